@@ -1,0 +1,5 @@
+import sys
+
+from eve.cli import main
+
+sys.exit(main())

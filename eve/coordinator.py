@@ -1,0 +1,188 @@
+"""The coordinator's domain: endpoints, interlays and direct endpoint calls.
+
+Everything here is plain Python, testable without gRPC: ``eve.server`` parses
+requests into these calls and converts the results. Returned records carry the
+stored config (passwords included); redaction happens wherever a record leaves
+the process (``eve.convert``, logs).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from eve import endpoints as model
+from eve.connections import DEFAULT_TIMEOUT, RedisConnection
+from eve.errors import ConfigError
+from eve.store import EndpointRecord, InterlayRecord, Store
+from proxy import resp
+
+__all__ = ["Coordinator", "CommandResult", "DEFAULT_MAX_CONNECTIONS"]
+
+log = logging.getLogger("eve.coordinator")
+
+DEFAULT_MAX_CONNECTIONS = 10_000
+DEFAULT_LISTEN_HOST = "127.0.0.1"
+MAX_COMMAND_TIMEOUT = 300.0
+
+# Commands that change or take over the connection itself: they make no sense as
+# one call on a connection that is closed right after (use the db field for SELECT).
+_CONNECTION_STATE_COMMANDS = frozenset({
+    "multi", "exec", "discard", "watch", "unwatch", "subscribe", "psubscribe", "ssubscribe",
+    "unsubscribe", "punsubscribe", "sunsubscribe", "monitor", "select", "hello", "auth",
+    "reset", "quit", "sync", "psync", "replconf",
+})
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    reply: Any  # a typed proxy.resp value
+    role: str
+    address: str
+
+
+class Coordinator:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._flags: dict[tuple[str, str, str], frozenset[str]] = {}
+        self._flags_lock = threading.Lock()
+
+    # -- endpoints ----------------------------------------------------------------
+
+    def create_endpoint(self, name: str, kind: str, config: Mapping[str, Any], description: str = "") -> EndpointRecord:
+        model.validate_name(name)
+        kind = model.validate_kind(kind)
+        model.parse_config(config)
+        record = self.store.create_endpoint(name, kind, dict(config), description)
+        log.info("endpoint created name=%s config=%s", name, model.redact_config(config))
+        return record
+
+    def get_endpoint(self, name: str) -> EndpointRecord:
+        return self.store.get_endpoint(model.validate_name(name))
+
+    def list_endpoints(self) -> list[EndpointRecord]:
+        return self.store.list_endpoints()
+
+    def update_endpoint(self, name: str, kind: str, config: Mapping[str, Any], description: str = "") -> EndpointRecord:
+        old = self.get_endpoint(name)
+        kind = model.validate_kind(kind)
+        config = model.merge_redacted(config, old.config)
+        model.parse_config(config)
+        record = self.store.update_endpoint(name, kind, config, description)
+        self._forget_flags()
+        log.info("endpoint updated name=%s config=%s", name, model.redact_config(config))
+        return record
+
+    def delete_endpoint(self, name: str) -> None:
+        self.store.delete_endpoint(model.validate_name(name))
+        log.info("endpoint deleted name=%s", name)
+
+    def endpoint_config(self, name: str) -> model.EndpointConfig:
+        return model.parse_config(self.get_endpoint(name).config)
+
+    # -- direct calls -------------------------------------------------------------
+
+    def read(self, name: str, command: Sequence[bytes | str], *, db: int = 0,
+             timeout: float = DEFAULT_TIMEOUT) -> CommandResult:
+        return self._run(name, "read", command, db=db, timeout=timeout)
+
+    def write(self, name: str, command: Sequence[bytes | str], *, db: int = 0,
+              timeout: float = DEFAULT_TIMEOUT) -> CommandResult:
+        return self._run(name, "write", command, db=db, timeout=timeout)
+
+    def _run(self, name: str, role: str, command: Sequence[bytes | str], *, db: int, timeout: float) -> CommandResult:
+        if not command:
+            raise ConfigError("the command is empty", field="command")
+        if not 0 <= db <= 1_000_000:
+            raise ConfigError(f"db {db} is out of range", field="db")
+        if timeout <= 0:
+            timeout = DEFAULT_TIMEOUT
+        timeout = min(timeout, MAX_COMMAND_TIMEOUT)
+        args = [a.encode() if isinstance(a, str) else bytes(a) for a in command]
+        verb = args[0].decode("utf-8", "replace").lower()
+        if verb in _CONNECTION_STATE_COMMANDS:
+            hint = "; use the db field" if verb == "select" else ""
+            raise ConfigError(f"{verb.upper()} changes the connection's state and cannot run as one call{hint}",
+                              field="command")
+        spec = self.endpoint_config(name).for_role(role)
+        with RedisConnection(spec, timeout=timeout, db=db, client_name=f"eve-{role}") as conn:
+            if role == "read":
+                flags = self._command_flags(conn, args)
+                if "write" in flags:
+                    raise ConfigError(
+                        f"{verb.upper()} is a write command (the server's COMMAND INFO flags: "
+                        f"{', '.join(sorted(flags))}); run it with Write", field="command")
+            reply = conn.call(*args)
+        return CommandResult(reply=reply, role=role, address=spec.address)
+
+    def _command_flags(self, conn: RedisConnection, args: list[bytes]) -> frozenset[str]:
+        """The command's flags as the server itself reports them (COMMAND INFO),
+        including a container command's subcommand (``CONFIG|SET``)."""
+        name = args[0].decode("utf-8", "replace").lower()
+        sub = args[1].decode("utf-8", "replace").lower() if len(args) > 1 else ""
+        key = (conn.spec.address, name, sub)
+        with self._flags_lock:
+            cached = self._flags.get(key)
+        if cached is not None:
+            return cached
+        info = resp.to_python(conn.call("COMMAND", "INFO", name))
+        flags: frozenset[str] = frozenset()
+        if isinstance(info, list) and info and isinstance(info[0], list):
+            entry = info[0]
+            flags = _flag_set(entry[2])
+            subcommands = entry[9] if len(entry) > 9 and isinstance(entry[9], list) else []
+            for subcommand in subcommands:
+                if isinstance(subcommand, list) and subcommand and \
+                        subcommand[0].lower() == f"{name}|{sub}".encode():
+                    flags = _flag_set(subcommand[2])
+        with self._flags_lock:
+            self._flags[key] = flags
+        return flags
+
+    def _forget_flags(self) -> None:
+        with self._flags_lock:
+            self._flags.clear()
+
+    # -- interlays ----------------------------------------------------------------
+
+    def create_interlay(self, id: str, endpoint: str, port: int, settings: Mapping[str, Any]) -> InterlayRecord:
+        model.validate_name(id, field="id")
+        model.validate_name(endpoint, field="endpoint")
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise ConfigError(f"port {port} is outside 1..65535", field="port")
+        settings = _interlay_settings(settings)
+        record = self.store.create_interlay(id, endpoint, port, settings)
+        log.info("interlay created id=%s endpoint=%s port=%d", id, endpoint, port)
+        return record
+
+    def get_interlay(self, id: str) -> InterlayRecord:
+        return self.store.get_interlay(model.validate_name(id, field="id"))
+
+    def list_interlays(self) -> list[InterlayRecord]:
+        return self.store.list_interlays()
+
+    def delete_interlay(self, id: str) -> None:
+        self.store.delete_interlay(model.validate_name(id, field="id"))
+        log.info("interlay deleted id=%s", id)
+
+
+def _flag_set(raw: Any) -> frozenset[str]:
+    if not isinstance(raw, list):
+        return frozenset()
+    return frozenset(f.decode("utf-8", "replace").lower() for f in raw if isinstance(f, bytes))
+
+
+def _interlay_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = set(settings) - {"max_concurrent_connections", "listen_host"}
+    if unknown:
+        raise ConfigError("unknown field", field=f"settings.{sorted(unknown)[0]}")
+    limit = settings.get("max_concurrent_connections", DEFAULT_MAX_CONNECTIONS)
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1_000_000:
+        raise ConfigError(f"must be between 1 and 1000000, got {limit!r}",
+                          field="settings.max_concurrent_connections")
+    host = settings.get("listen_host") or DEFAULT_LISTEN_HOST
+    if not isinstance(host, str) or any(ch.isspace() or ch in "/@" for ch in host):
+        raise ConfigError(f"{str(host)[:80]!r} is not a valid listen address", field="settings.listen_host")
+    return {"max_concurrent_connections": limit, "listen_host": host}

@@ -1,0 +1,337 @@
+"""The coordinator's gRPC server: thin servicers, error mapping, authentication,
+health, reflection and a span per RPC.
+
+Servicers parse the request, call ``eve.coordinator``, and convert the result.
+Eve's errors become gRPC status codes in exactly one place (``STATUS_CODES``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import server_interceptor as otel_server_interceptor
+from opentelemetry.sdk.trace import TracerProvider
+
+from eve import convert
+from eve.coordinator import Coordinator
+from eve.errors import (
+    AlreadyExistsError,
+    AuthError,
+    ConfigError,
+    EveError,
+    NotFoundError,
+    StateError,
+    UnavailableError,
+)
+from eve.store import Store
+from eve.v1 import (
+    endpoints_pb2,
+    endpoints_pb2_grpc,
+    interlays_pb2,
+    interlays_pb2_grpc,
+    workflows_pb2,
+    workflows_pb2_grpc,
+)
+
+__all__ = ["ServerOptions", "build_server", "serve", "parse_listen", "STATUS_CODES"]
+
+log = logging.getLogger("eve.server")
+
+# Most specific class first: the first isinstance match wins.
+STATUS_CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
+    (StateError, grpc.StatusCode.FAILED_PRECONDITION),
+    (AuthError, grpc.StatusCode.PERMISSION_DENIED),
+    (UnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (EveError, grpc.StatusCode.FAILED_PRECONDITION),
+    (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
+]
+
+SERVICE_NAMES = (
+    endpoints_pb2.DESCRIPTOR.services_by_name["EndpointService"].full_name,
+    interlays_pb2.DESCRIPTOR.services_by_name["InterlayService"].full_name,
+    workflows_pb2.DESCRIPTOR.services_by_name["MigrationService"].full_name,
+)
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    for cls, code in STATUS_CODES:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+# -- interceptors ---------------------------------------------------------------
+
+
+def _wrap_handler(handler: grpc.RpcMethodHandler, wrap: Callable[[Callable], Callable]) -> grpc.RpcMethodHandler:
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            wrap(handler.unary_unary), handler.request_deserializer, handler.response_serializer)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            wrap(handler.unary_stream), handler.request_deserializer, handler.response_serializer)
+    return handler  # Eve has no client-streaming calls; reflection's stream is left as is.
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Turns Eve's errors into status codes; anything unexpected is logged and INTERNAL."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+
+        def wrap(behavior):
+            def fail(exc: BaseException, context: grpc.ServicerContext):
+                code = status_for(exc)
+                if code is grpc.StatusCode.INTERNAL:
+                    log.exception("unexpected error in %s", method)
+                    context.abort(code, f"internal error in {method}: {type(exc).__name__} (see the coordinator log)")
+                context.abort(code, str(exc) or code.name)
+
+            if handler.unary_stream:
+                def stream(request, context):
+                    try:
+                        yield from behavior(request, context)
+                    except Exception as exc:
+                        if context.code() is not None:  # already aborted on purpose
+                            raise
+                        fail(exc, context)
+                return stream
+
+            def unary(request, context):
+                try:
+                    return behavior(request, context)
+                except Exception as exc:
+                    if context.code() is not None:  # already aborted on purpose
+                        raise
+                    fail(exc, context)
+            return unary
+
+        return _wrap_handler(handler, wrap)
+
+
+class TokenInterceptor(grpc.ServerInterceptor):
+    """With a token configured, every call needs ``authorization: Bearer <token>``."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    def intercept_service(self, continuation, handler_call_details):
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        given = metadata.get("authorization", "")
+        if isinstance(given, str) and hmac.compare_digest(given.encode(), self._expected):
+            return continuation(handler_call_details)
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        message = "missing or invalid token: send metadata 'authorization: Bearer <token>'"
+
+        def deny(behavior):
+            def unary(request, context):
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+            return unary
+
+        if handler.stream_stream or handler.stream_unary:
+            def deny_stream(request_iterator, context):
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+            if handler.stream_stream:
+                return grpc.stream_stream_rpc_method_handler(
+                    deny_stream, handler.request_deserializer, handler.response_serializer)
+            return grpc.stream_unary_rpc_method_handler(
+                deny_stream, handler.request_deserializer, handler.response_serializer)
+        return _wrap_handler(handler, deny)
+
+
+# -- servicers ------------------------------------------------------------------
+
+
+def _command(request: endpoints_pb2.CommandRequest) -> list[bytes | str]:
+    if request.command and request.command_bytes:
+        raise ConfigError("set command or command_bytes, not both", field="command")
+    return list(request.command) or list(request.command_bytes)
+
+
+class EndpointServicer(endpoints_pb2_grpc.EndpointServiceServicer):
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coordinator = coordinator
+
+    def CreateEndpoint(self, request, context):
+        record = self.coordinator.create_endpoint(
+            request.endpoint, request.kind, convert.message_to_dict(request.config), request.description)
+        return convert.endpoint_to_proto(record)
+
+    def GetEndpoint(self, request, context):
+        return convert.endpoint_to_proto(self.coordinator.get_endpoint(request.endpoint))
+
+    def ListEndpoints(self, request, context):
+        return endpoints_pb2.ListEndpointsResponse(
+            endpoints=[convert.endpoint_to_proto(r) for r in self.coordinator.list_endpoints()])
+
+    def UpdateEndpoint(self, request, context):
+        record = self.coordinator.update_endpoint(
+            request.endpoint, request.kind, convert.message_to_dict(request.config), request.description)
+        return convert.endpoint_to_proto(record)
+
+    def DeleteEndpoint(self, request, context):
+        self.coordinator.delete_endpoint(request.endpoint)
+        return endpoints_pb2.DeleteEndpointResponse()
+
+    def _call(self, request, run):
+        result = run(request.endpoint, _command(request), db=request.db, timeout=request.timeout_seconds)
+        return endpoints_pb2.CommandResponse(
+            reply=convert.resp_to_proto(result.reply), role=result.role, address=result.address)
+
+    def Read(self, request, context):
+        return self._call(request, self.coordinator.read)
+
+    def Write(self, request, context):
+        return self._call(request, self.coordinator.write)
+
+
+class InterlayServicer(interlays_pb2_grpc.InterlayServiceServicer):
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coordinator = coordinator
+
+    def CreateInterlay(self, request, context):
+        settings = convert.message_to_dict(request.settings)
+        record = self.coordinator.create_interlay(request.id, request.endpoint, request.port, settings)
+        return convert.interlay_to_proto(record)
+
+    def GetInterlay(self, request, context):
+        return convert.interlay_to_proto(self.coordinator.get_interlay(request.id))
+
+    def ListInterlays(self, request, context):
+        return interlays_pb2.ListInterlaysResponse(
+            interlays=[convert.interlay_to_proto(r) for r in self.coordinator.list_interlays()])
+
+    def DeleteInterlay(self, request, context):
+        self.coordinator.delete_interlay(request.id)
+        return interlays_pb2.DeleteInterlayResponse()
+
+    def StartInterlay(self, request, context):
+        raise NotImplementedError("StartInterlay is not implemented yet (the interlay proxy process lands with issue 5)")
+
+    def StopInterlay(self, request, context):
+        raise NotImplementedError("StopInterlay is not implemented yet (the interlay proxy process lands with issue 5)")
+
+
+class MigrationServicer(workflows_pb2_grpc.MigrationServiceServicer):
+    """Every call answers UNIMPLEMENTED until the workflow issue lands."""
+
+    def __getattribute__(self, name: str) -> Any:
+        attr = super().__getattribute__(name)
+        if name[:1].isupper() and callable(attr):
+            def unimplemented(request, context, _name=name):
+                raise NotImplementedError(f"MigrationService.{_name} is not implemented yet")
+            return unimplemented
+        return attr
+
+
+# -- server ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    listen: str = "127.0.0.1:50051"
+    state_path: str = "eve-state.db"
+    token: str | None = None
+    max_workers: int = 32
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ConfigError(f"{listen!r} is not HOST:PORT", field="listen")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port {port} is outside 0..65535", field="listen")
+    host = host.strip("[]")
+    if not host:
+        raise ConfigError(f"{listen!r} has no host (use 127.0.0.1, [::1] or 0.0.0.0)", field="listen")
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_server(coordinator: Coordinator, *, token: str | None = None, max_workers: int = 32,
+                 tracer_provider: TracerProvider | None = None) -> grpc.Server:
+    interceptors: list[grpc.ServerInterceptor] = [otel_server_interceptor(tracer_provider=tracer_provider)]
+    if token:
+        interceptors.append(TokenInterceptor(token))
+    interceptors.append(ErrorInterceptor())
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="eve-rpc"),
+        interceptors=interceptors,
+        # Without this a second coordinator could bind the same port silently.
+        options=[("grpc.so_reuseport", 0)],
+    )
+    endpoints_pb2_grpc.add_EndpointServiceServicer_to_server(EndpointServicer(coordinator), server)
+    interlays_pb2_grpc.add_InterlayServiceServicer_to_server(InterlayServicer(coordinator), server)
+    workflows_pb2_grpc.add_MigrationServiceServicer_to_server(MigrationServicer(), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", *SERVICE_NAMES):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server)
+    return server
+
+
+def serve(options: ServerOptions, *, on_ready: Callable[[str], None] | None = None,
+          stop_event: threading.Event | None = None, tracer_provider: TracerProvider | None = None) -> None:
+    """Run the coordinator until SIGTERM/SIGINT (or ``stop_event``)."""
+    host, port = parse_listen(options.listen)
+    if not options.token and not is_loopback(host):
+        raise ConfigError(
+            f"refusing to listen on {host} without a token: set EVE_TOKEN or --token-file, "
+            "or listen on a loopback address", field="listen")
+    store = Store(options.state_path)
+    server = build_server(Coordinator(store), token=options.token, max_workers=options.max_workers,
+                          tracer_provider=tracer_provider)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        bound = 0
+        log.debug("bind failed: %s", exc)
+    if not bound:
+        store.close()
+        raise ConfigError(f"cannot listen on {address}: the address is in use or not available here",
+                          field="listen")
+    stop = stop_event or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    server.start()
+    actual = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+    log.info("coordinator listening on %s state=%s auth=%s", actual, options.state_path,
+             "token" if options.token else "off")
+    if on_ready:
+        on_ready(actual)
+    stop.wait()
+    log.info("coordinator stopping")
+    server.stop(grace=5).wait()
+    store.close()
