@@ -36,6 +36,22 @@ _CONNECTION_STATE_COMMANDS = frozenset({
 })
 
 
+# Read runs commands the server flags "readonly", plus these inspections, which
+# carry no readonly flag (INFO, CONFIG GET ...) yet change nothing. CONFIG GET and
+# CONFIG SET have identical flags, so the flags alone cannot admit one and not the other.
+_READ_INSPECTIONS = frozenset({
+    "ping", "echo", "info", "time", "lastsave", "dbsize", "role", "command", "config|get",
+    "client|list", "client|info", "client|getname", "client|id", "slowlog|get", "slowlog|len",
+    "latency|latest", "latency|history", "latency|doctor", "memory|stats", "memory|doctor",
+    "memory|usage", "module|list", "acl|whoami", "acl|list", "acl|getuser", "acl|cat", "acl|users",
+    "acl|dryrun", "acl|log", "cluster|info", "cluster|nodes", "cluster|slots", "cluster|shards",
+    "cluster|myid", "cluster|keyslot", "cluster|countkeysinslot", "cluster|getkeysinslot",
+    "function|list", "function|dump", "function|stats", "script|exists", "pubsub|channels",
+    "pubsub|numsub", "pubsub|numpat", "pubsub|shardchannels", "pubsub|shardnumsub",
+    "object|encoding", "object|freq", "object|idletime", "object|refcount",
+})
+
+
 @dataclass(frozen=True)
 class CommandResult:
     reply: Any  # a typed proxy.resp value
@@ -46,7 +62,7 @@ class CommandResult:
 class Coordinator:
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._flags: dict[tuple[str, str, str], frozenset[str]] = {}
+        self._flags: dict[tuple[str, str, str], tuple[frozenset[str], str]] = {}
         self._flags_lock = threading.Lock()
 
     # -- endpoints ----------------------------------------------------------------
@@ -109,15 +125,22 @@ class Coordinator:
         spec = self.endpoint_config(name).for_role(role)
         with RedisConnection(spec, timeout=timeout, db=db, client_name=f"eve-{role}") as conn:
             if role == "read":
-                flags = self._command_flags(conn, args)
-                if "write" in flags:
-                    raise ConfigError(
-                        f"{verb.upper()} is a write command (the server's COMMAND INFO flags: "
-                        f"{', '.join(sorted(flags))}); run it with Write", field="command")
+                self._check_read_only(conn, args)
             reply = conn.call(*args)
         return CommandResult(reply=reply, role=role, address=spec.address)
 
-    def _command_flags(self, conn: RedisConnection, args: list[bytes]) -> frozenset[str]:
+    def _check_read_only(self, conn: RedisConnection, args: list[bytes]) -> None:
+        flags, name = self._command_flags(conn, args)
+        shown = ", ".join(sorted(flags)) or "none"
+        if "write" in flags:
+            raise ConfigError(f"{name.upper()} is a write command (the server's COMMAND INFO flags: {shown}); "
+                              "run it with Write", field="command")
+        if flags and "readonly" not in flags and name not in _READ_INSPECTIONS \
+                and name.split("|")[0] not in _READ_INSPECTIONS:
+            raise ConfigError(f"{name.upper()} is not a read-only command (the server's COMMAND INFO flags: "
+                              f"{shown}); run it with Write", field="command")
+
+    def _command_flags(self, conn: RedisConnection, args: list[bytes]) -> tuple[frozenset[str], str]:
         """The command's flags as the server itself reports them (COMMAND INFO),
         including a container command's subcommand (``CONFIG|SET``)."""
         name = args[0].decode("utf-8", "replace").lower()
@@ -129,6 +152,7 @@ class Coordinator:
             return cached
         info = resp.to_python(conn.call("COMMAND", "INFO", name))
         flags: frozenset[str] = frozenset()
+        full_name = name
         if isinstance(info, list) and info and isinstance(info[0], list):
             entry = info[0]
             flags = _flag_set(entry[2])
@@ -136,10 +160,10 @@ class Coordinator:
             for subcommand in subcommands:
                 if isinstance(subcommand, list) and subcommand and \
                         subcommand[0].lower() == f"{name}|{sub}".encode():
-                    flags = _flag_set(subcommand[2])
+                    flags, full_name = _flag_set(subcommand[2]), f"{name}|{sub}"
         with self._flags_lock:
-            self._flags[key] = flags
-        return flags
+            self._flags[key] = (flags, full_name)
+        return flags, full_name
 
     def _forget_flags(self) -> None:
         with self._flags_lock:

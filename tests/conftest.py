@@ -1,0 +1,83 @@
+"""Fixtures that start real servers (DESIGN.md section 8, STYLE.md habit 9).
+
+Importing this file starts nothing and looks for no binary, so unit tests run
+without any engine installed. Engines are chosen with $EVE_TEST_ENGINES
+(e.g. "redis-7.0,valkey-9.1"); the helpers themselves live in servers.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from servers import (
+    Engine,
+    RedisCluster,
+    RedisServer,
+    engine_names,
+    get_engine,
+    kill_all,
+    start_cluster,
+    start_server,
+    stop_all,
+)
+
+
+def _as_engine(engine: Engine | str) -> Engine:
+    return engine if isinstance(engine, Engine) else get_engine(engine)
+
+
+@pytest.fixture(params=engine_names())
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """Each selected engine in turn; test ids are the engine names."""
+    return get_engine(request.param)
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """`server_factory(engine, **start_server_kwargs)`; every server is stopped at teardown."""
+    started: list[RedisServer] = []
+
+    def start(engine: Engine | str, **kw: object) -> RedisServer:
+        workdir = tmp_path / "servers"
+        server = start_server(_as_engine(engine), workdir, **kw)  # type: ignore[arg-type]
+        started.append(server)
+        return server
+
+    yield start
+    stop_all(reversed(started))
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., RedisCluster]]:
+    """`cluster_factory(engine, **start_cluster_kwargs)`; every cluster is stopped at teardown."""
+    started: list[RedisCluster] = []
+
+    def start(engine: Engine | str, **kw: object) -> RedisCluster:
+        workdir = tmp_path / "clusters"
+        cluster = start_cluster(_as_engine(engine), workdir, **kw)  # type: ignore[arg-type]
+        started.append(cluster)
+        return cluster
+
+    yield start
+    stop_all(reversed(started))
+
+
+@pytest.fixture
+def redis_server(engine: Engine, server_factory: Callable[..., RedisServer]) -> RedisServer:
+    """A standalone server of `engine`."""
+    return server_factory(engine)
+
+
+@pytest.fixture
+def redis_cluster(engine: Engine, cluster_factory: Callable[..., RedisCluster]) -> RedisCluster:
+    """A 3-master cluster of `engine`, no replicas."""
+    return cluster_factory(engine, masters=3)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # Safety net besides the atexit hook in servers.py: a fixture that failed
+    # half-way must not leave a server running after the session.
+    kill_all()

