@@ -9,17 +9,70 @@ from __future__ import annotations
 
 import socket
 import ssl
-from typing import Any
+from typing import Any, Callable
 
 from eve.endpoints import ConnectionSpec
 from eve.errors import AuthError, EndpointError, UnavailableError
 from proxy import resp
 
-__all__ = ["RedisConnection", "DEFAULT_TIMEOUT"]
+__all__ = ["RedisConnection", "DEFAULT_TIMEOUT", "open_socket", "handshake", "checked"]
 
 DEFAULT_TIMEOUT = 5.0
 _AUTH_ERRORS = (b"WRONGPASS", b"NOAUTH", b"NOPERM", b"ERR invalid password", b"ERR AUTH",
                 b"ERR Client sent AUTH")
+
+
+def open_socket(spec: ConnectionSpec, timeout: float) -> socket.socket:
+    """A connected socket (TLS-wrapped when the spec asks), or UnavailableError naming the address."""
+    try:
+        sock = socket.create_connection((spec.host, spec.port), timeout=timeout)
+    except OSError as exc:
+        raise UnavailableError(f"cannot connect to {spec.address}: {exc.strerror or exc}") from exc
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if spec.tls:
+        context = ssl.create_default_context(cafile=spec.tls_ca_file)
+        if spec.tls_insecure_skip_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        try:
+            sock = context.wrap_socket(sock, server_hostname=spec.tls_server_name or spec.host)
+        except (ssl.SSLError, OSError) as exc:
+            sock.close()
+            raise UnavailableError(f"TLS handshake with {spec.address} failed: {exc}") from exc
+    return sock
+
+
+def checked(spec: ConnectionSpec, reply: Any, error: bytes | None, what: str) -> Any:
+    """Raise for a server error reply (AuthError for credential refusals)."""
+    if error is None:
+        return reply
+    message = error.decode("utf-8", "replace")
+    if error.startswith(_AUTH_ERRORS):
+        raise AuthError(f"{spec.address} refused {what.split()[0]} for user "
+                        f"{spec.username or 'default'!r}: {message}")
+    raise EndpointError(f"{what} failed on {spec.address}: {message}")
+
+
+def handshake(spec: ConnectionSpec, call: Callable[..., Any], error_text: Callable[[Any], bytes | None], *,
+              db: int, client_name: str, protocol: int) -> None:
+    """HELLO 3 or AUTH, CLIENT SETNAME, SELECT: the same for every kind of connection."""
+    user = spec.username or "default"
+    if protocol == 3:
+        args: list[Any] = ["HELLO", 3]
+        if spec.password:
+            args += ["AUTH", user, spec.password]
+        reply = call(*args)
+        checked(spec, reply, error_text(reply), "HELLO 3")
+    elif spec.password:
+        auth = ["AUTH", user, spec.password] if spec.username else ["AUTH", spec.password]
+        reply = call(*auth)
+        checked(spec, reply, error_text(reply), "AUTH")
+    # Name the connection so operators can find Eve in CLIENT LIST; a server
+    # that refuses CLIENT SETNAME (ACL) is not a reason to fail.
+    call("CLIENT", "SETNAME", client_name)
+    if db:
+        reply = call("SELECT", db)
+        checked(spec, reply, error_text(reply), f"SELECT {db}")
 
 
 class RedisConnection:
@@ -52,57 +105,20 @@ class RedisConnection:
     # -- transport ---------------------------------------------------------------
 
     def open(self) -> None:
-        spec = self.spec
+        self._sock = open_socket(self.spec, self.timeout)
         try:
-            sock = socket.create_connection((spec.host, spec.port), timeout=self.timeout)
-        except OSError as exc:
-            raise UnavailableError(f"cannot connect to {spec.address}: {exc.strerror or exc}") from exc
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if spec.tls:
-            try:
-                sock = self._tls_context().wrap_socket(sock, server_hostname=spec.tls_server_name or spec.host)
-            except (ssl.SSLError, OSError) as exc:
-                sock.close()
-                raise UnavailableError(f"TLS handshake with {spec.address} failed: {exc}") from exc
-        self._sock = sock
-        try:
-            self._handshake()
+            handshake(self.spec, self.call, self._error_text, db=self.db, client_name=self.client_name,
+                      protocol=self.spec.protocol_version)
         except BaseException:
             self.close()
             raise
 
-    def _tls_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=self.spec.tls_ca_file)
-        if self.spec.tls_insecure_skip_verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
-
-    def _handshake(self) -> None:
-        spec = self.spec
-        user = spec.username or "default"
-        if spec.protocol_version == 3:
-            args: list[Any] = ["HELLO", 3]
-            if spec.password:
-                args += ["AUTH", user, spec.password]
-            self._checked(self.call(*args), "HELLO 3")
-        elif spec.password:
-            auth = ["AUTH", user, spec.password] if spec.username else ["AUTH", spec.password]
-            self._checked(self.call(*auth), "AUTH")
-        # Name the connection so operators can find Eve in CLIENT LIST; a server
-        # that refuses CLIENT SETNAME (ACL) is not a reason to fail.
-        self.call("CLIENT", "SETNAME", self.client_name)
-        if self.db:
-            self._checked(self.call("SELECT", self.db), f"SELECT {self.db}")
+    @staticmethod
+    def _error_text(reply: Any) -> bytes | None:
+        return reply.value if isinstance(reply, resp.Error) else None
 
     def _checked(self, reply: Any, what: str) -> Any:
-        if isinstance(reply, resp.Error):
-            message = reply.value.decode("utf-8", "replace")
-            if reply.value.startswith(_AUTH_ERRORS):
-                raise AuthError(f"{self.spec.address} refused {what.split()[0]} for user "
-                                f"{self.spec.username or 'default'!r}: {message}")
-            raise EndpointError(f"{what} failed on {self.spec.address}: {message}")
-        return reply
+        return checked(self.spec, reply, self._error_text(reply), what)
 
     def call(self, *args: Any) -> Any:
         """Send one command and return its typed reply."""

@@ -1,0 +1,157 @@
+"""Frames that scanners, restorers and the coordinator exchange over
+multiprocessing queues: msgpack maps with a format version and a kind.
+
+    BATCH   scanner -> restorers: a header and rows (key, absolute_expiry_ms_or_0, payload)
+    RESULT  restorer -> coordinator: what happened to one batch
+    STOP    end of a stream (coordinator -> restorer, or a worker saying it finished)
+    FAILED  a worker gives up; ``who`` says which side failed ("source", "target", "internal")
+
+A stream's end is always an explicit STOP frame, never ``queue.Empty``.
+Frames are bytes on the queue, so nothing but msgpack crosses the process
+boundary, and a frame from another format version is refused loudly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import msgpack
+
+__all__ = [
+    "FORMAT_VERSION",
+    "BatchHeader",
+    "Batch",
+    "ErrorKeyRow",
+    "ConflictRow",
+    "Result",
+    "Stop",
+    "Failed",
+    "Frame",
+    "encode",
+    "decode",
+    "FrameError",
+]
+
+FORMAT_VERSION = 1
+BATCH, RESULT, STOP, FAILED = "BATCH", "RESULT", "STOP", "FAILED"
+
+
+class FrameError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class BatchHeader:
+    run_id: str
+    node: str            # source node address, "host:port"
+    db: int
+    epoch: int           # scanner incarnation: a restarted scanner starts a new epoch
+    seq: int             # batch number within (node, db, epoch), from 0
+    cursor: int          # SCAN cursor after this batch; 0 with last=True at the end of the db
+    last: bool = False   # the final batch of this (node, db)
+    scanned: int = 0     # keys SCAN returned for this batch (rows + skipped)
+    skipped: int = 0     # keys that vanished between SCAN and DUMP (PTTL -2 or DUMP nil)
+    trace: dict[str, str] = field(default_factory=dict)  # W3C trace context carrier
+
+
+@dataclass(frozen=True)
+class Batch:
+    header: BatchHeader
+    rows: list[tuple[bytes, int, bytes]]  # (key, absolute expiry in ms or 0, DUMP payload)
+
+
+@dataclass(frozen=True)
+class ErrorKeyRow:
+    key: bytes
+    db: int
+    node: str
+    type: str
+    size: int
+    reason: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class ConflictRow:
+    key: bytes
+    db: int
+    type: str
+    reason: str  # "BUSYKEY" or "type differs (string vs hash)", ...
+
+
+@dataclass(frozen=True)
+class Result:
+    header: BatchHeader
+    worker: str
+    restored: int = 0
+    skipped: int = 0      # expired in transit, vanished
+    conflicts: int = 0
+    failed: int = 0
+    bytes: int = 0
+    error_keys: list[ErrorKeyRow] = field(default_factory=list)
+    conflict_keys: list[ConflictRow] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Stop:
+    worker: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    worker: str
+    who: str      # "source", "target", "internal"
+    reason: str
+
+
+Frame = Union[Batch, Result, Stop, Failed]
+
+
+def _header(h: BatchHeader) -> list[Any]:
+    return [h.run_id, h.node, h.db, h.epoch, h.seq, h.cursor, h.last, h.scanned, h.skipped, h.trace]
+
+
+def _unheader(raw: list[Any]) -> BatchHeader:
+    return BatchHeader(*raw)
+
+
+def encode(frame: Frame) -> bytes:
+    if isinstance(frame, Batch):
+        body: Any = [_header(frame.header), frame.rows]
+        kind = BATCH
+    elif isinstance(frame, Result):
+        kind = RESULT
+        body = [_header(frame.header), frame.worker, frame.restored, frame.skipped, frame.conflicts,
+                frame.failed, frame.bytes,
+                [[e.key, e.db, e.node, e.type, e.size, e.reason, e.attempts] for e in frame.error_keys],
+                [[c.key, c.db, c.type, c.reason] for c in frame.conflict_keys]]
+    elif isinstance(frame, Stop):
+        kind, body = STOP, [frame.worker]
+    elif isinstance(frame, Failed):
+        kind, body = FAILED, [frame.worker, frame.who, frame.reason]
+    else:
+        raise TypeError(f"not a frame: {type(frame).__name__}")
+    return msgpack.packb([FORMAT_VERSION, kind, body], use_bin_type=True)
+
+
+def decode(data: bytes) -> Frame:
+    try:
+        version, kind, body = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False)
+    except (ValueError, TypeError, msgpack.ExtraData) as exc:
+        raise FrameError(f"undecodable frame: {exc}") from exc
+    if version != FORMAT_VERSION:
+        raise FrameError(f"frame format version {version} is not {FORMAT_VERSION}: "
+                         "scanner, restorer and coordinator must come from one Eve version")
+    if kind == BATCH:
+        header, rows = body
+        return Batch(_unheader(header), [(k, e, p) for k, e, p in rows])
+    if kind == RESULT:
+        header, worker, restored, skipped, conflicts, failed, nbytes, errors, conflict_rows = body
+        return Result(_unheader(header), worker, restored, skipped, conflicts, failed, nbytes,
+                      [ErrorKeyRow(*e) for e in errors], [ConflictRow(*c) for c in conflict_rows])
+    if kind == STOP:
+        return Stop(*body)
+    if kind == FAILED:
+        return Failed(*body)
+    raise FrameError(f"unknown frame kind {kind!r}")
