@@ -38,9 +38,9 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_INTERNAL if not isinstance(exc, EveError) else EXIT_FAILURES
 
 
-def _setup_logging(process: str, verbose: bool) -> None:
+def _setup_logging(process: str, verbose: bool, *, quiet: bool = False) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO),
         format=f"%(asctime)s {process} pid=%(process)d %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -74,6 +74,36 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from eve.migrate import MigrateArgs, run_migrate
+
+    _setup_logging("eve-migrate", args.verbose, quiet=not args.verbose)
+    return run_migrate(MigrateArgs(
+        source=args.source, target=args.target, mirrors=tuple(args.mirror or ()), conflict=args.conflict,
+        preserve_ttl=not args.no_ttl, match=args.match, type=args.type, db=args.db, restorers=args.restorers,
+        max_keys_per_sec=args.max_keys_per_sec, max_bytes_per_sec=args.max_bytes_per_sec,
+        errors_out=args.errors_out, resume=args.resume, json=args.json, state=args.state,
+        scan_count=args.scan_count, progress=not args.no_progress))
+
+
+def _cmd_errors(args: argparse.Namespace) -> int:
+    from eve.migrate import errors_command
+
+    _setup_logging("eve-errors", args.verbose, quiet=not args.verbose)
+    return errors_command(args.action, state=args.state, run=args.run_id, out=args.out,
+                          source=args.source, target=args.target, as_json=args.json)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eve", description="Eve: live migration of Redis-compatible databases.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -87,6 +117,44 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--token-file", metavar="PATH",
                        help="require 'authorization: Bearer <token>' on every call (or set EVE_TOKEN)")
     serve.set_defaults(run=_cmd_serve)
+
+    migrate = commands.add_parser(
+        "migrate", help="copy every key from a source to a target (one-shot bulk job, resumable)",
+        description="Copy every key (values and TTLs) from --source to --target with SCAN/DUMP/PTTL/RESTORE. "
+                    "URLs: redis://[user:pass@]host:port[/db], rediss:// for TLS; clusters are detected. "
+                    "Exit codes: 0 done, 1 done with error keys, 2 bad input or unreachable server, "
+                    "3 source failed, 4 target failed, 5 resume refused.")
+    migrate.add_argument("--source", required=True, metavar="URL")
+    migrate.add_argument("--target", required=True, metavar="URL")
+    migrate.add_argument("--mirror", action="append", metavar="URL", help="also copy to this target (repeatable)")
+    migrate.add_argument("--conflict", choices=["replace", "none", "merge"], default="replace",
+                         help="when the key exists on the target: overwrite (default), keep the target's and "
+                              "report a conflict, or merge hashes/sets/sorted sets")
+    migrate.add_argument("--no-ttl", action="store_true", help="restore keys without their TTLs")
+    migrate.add_argument("--match", metavar="GLOB", help="only keys matching this SCAN MATCH pattern")
+    migrate.add_argument("--type", metavar="T", help="only keys of this type (SCAN TYPE)")
+    migrate.add_argument("--db", type=_positive, metavar="N", help="only this database (default: every db with keys)")
+    migrate.add_argument("--restorers", type=_positive, default=2, metavar="N", help="restorer processes (default 2)")
+    migrate.add_argument("--max-keys-per-sec", type=_positive, default=0, metavar="N", help="source protection")
+    migrate.add_argument("--max-bytes-per-sec", type=_positive, default=0, metavar="N", help="source protection")
+    migrate.add_argument("--scan-count", type=_positive, default=1000, metavar="N", help="SCAN COUNT (default 1000)")
+    migrate.add_argument("--errors-out", metavar="FILE", help="write error keys to FILE (.jsonl or .csv)")
+    migrate.add_argument("--resume", action="store_true", help="continue the unfinished job in --state")
+    migrate.add_argument("--state", default="eve-migrate.db", metavar="PATH",
+                         help="job state (checkpoints, error keys); default %(default)s")
+    migrate.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    migrate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    migrate.set_defaults(run=_cmd_migrate)
+
+    errors = commands.add_parser("errors", help="list, export or retry the error keys of a migrate job")
+    errors.add_argument("action", choices=["list", "export", "retry"])
+    errors.add_argument("--state", default="eve-migrate.db", metavar="PATH")
+    errors.add_argument("--run", dest="run_id", metavar="ID", help="job id (default: the latest job in --state)")
+    errors.add_argument("--out", metavar="FILE", help="export: .jsonl or .csv (default: JSON Lines on stdout)")
+    errors.add_argument("--source", metavar="URL", help="retry: the job's source")
+    errors.add_argument("--target", metavar="URL", help="retry: the job's target")
+    errors.add_argument("--json", action="store_true")
+    errors.set_defaults(run=_cmd_errors)
     return parser
 
 

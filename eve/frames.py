@@ -31,9 +31,11 @@ __all__ = [
     "encode",
     "decode",
     "FrameError",
+    "COORDINATOR",
 ]
 
 FORMAT_VERSION = 1
+COORDINATOR = "coordinator"  # the worker name on the STOP frames the coordinator sends restorers
 BATCH, RESULT, STOP, FAILED = "BATCH", "RESULT", "STOP", "FAILED"
 
 
@@ -112,7 +114,7 @@ def _header(h: BatchHeader) -> list[Any]:
     return [h.run_id, h.node, h.db, h.epoch, h.seq, h.cursor, h.last, h.scanned, h.skipped, h.trace]
 
 
-def _unheader(raw: list[Any]) -> BatchHeader:
+def _unheader(raw: tuple[Any, ...]) -> BatchHeader:
     return BatchHeader(*raw)
 
 
@@ -137,7 +139,8 @@ def encode(frame: Frame) -> bytes:
 
 def decode(data: bytes) -> Frame:
     try:
-        version, kind, body = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False)
+        # use_list=False: arrays arrive as tuples, built in C (rows are (key, expiry, payload) as they are).
+        version, kind, body = msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=False)
     except (ValueError, TypeError, msgpack.ExtraData) as exc:
         raise FrameError(f"undecodable frame: {exc}") from exc
     if version != FORMAT_VERSION:
@@ -145,7 +148,7 @@ def decode(data: bytes) -> Frame:
                          "scanner, restorer and coordinator must come from one Eve version")
     if kind == BATCH:
         header, rows = body
-        return Batch(_unheader(header), [(k, e, p) for k, e, p in rows])
+        return Batch(_unheader(header), list(rows))
     if kind == RESULT:
         header, worker, restored, skipped, conflicts, failed, nbytes, errors, conflict_rows = body
         return Result(_unheader(header), worker, restored, skipped, conflicts, failed, nbytes,

@@ -24,7 +24,8 @@ from typing import Any, Iterator
 
 from eve.errors import AlreadyExistsError, ConfigError, NotFoundError, StateError
 
-__all__ = ["Store", "EndpointRecord", "InterlayRecord", "SCHEMA_VERSION"]
+__all__ = ["Store", "EndpointRecord", "InterlayRecord", "RunRecord", "ErrorKeyRecord", "SCHEMA_VERSION",
+           "COUNTER_FIELDS"]
 
 MIGRATIONS: list[str] = [
     # 0 -> 1: endpoints, interlays, runs and the endpoints each run uses.
@@ -63,8 +64,52 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, endpoint)
     );
     """,
+    # 1 -> 2: the bulk copy's checkpoints, committed counters, error keys and conflicts.
+    """
+    CREATE TABLE checkpoints (
+        run_id TEXT NOT NULL,
+        node TEXT NOT NULL,             -- source node address
+        db INTEGER NOT NULL,
+        cursor INTEGER NOT NULL,        -- SCAN cursor after the last acknowledged batch
+        done INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (run_id, node, db)
+    );
+    CREATE TABLE copy_counters (
+        run_id TEXT PRIMARY KEY,
+        scanned INTEGER NOT NULL DEFAULT 0,
+        restored INTEGER NOT NULL DEFAULT 0,
+        skipped INTEGER NOT NULL DEFAULT 0,
+        conflicts INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        bytes INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE error_keys (
+        run_id TEXT NOT NULL,
+        db INTEGER NOT NULL,
+        key BLOB NOT NULL,
+        node TEXT NOT NULL,
+        type TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        PRIMARY KEY (run_id, db, key, node)
+    );
+    CREATE TABLE conflict_keys (
+        run_id TEXT NOT NULL,
+        db INTEGER NOT NULL,
+        key BLOB NOT NULL,
+        type TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        seen REAL NOT NULL,
+        PRIMARY KEY (run_id, db, key)
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+COUNTER_FIELDS = ("scanned", "restored", "skipped", "conflicts", "failed", "bytes")
 
 
 @dataclass(frozen=True)
@@ -75,6 +120,30 @@ class EndpointRecord:
     description: str
     create_time: float
     update_time: float
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    state: str
+    setup: dict[str, Any] | None
+    description: str
+    failure_reason: str
+    create_time: float
+    update_time: float
+
+
+@dataclass(frozen=True)
+class ErrorKeyRecord:
+    key: bytes
+    db: int
+    node: str
+    type: str
+    size: int
+    reason: str
+    attempts: int
+    first_seen: float
+    last_seen: float
 
 
 @dataclass(frozen=True)
@@ -247,3 +316,128 @@ class Store:
             if row["state"] not in ("STOPPED", "FAILED"):
                 raise StateError(f"interlay {id!r} is {row['state']}; stop it before deleting it")
             db.execute("DELETE FROM interlays WHERE id = ?", (id,))
+
+    # -- runs ---------------------------------------------------------------------
+
+    @staticmethod
+    def _run(row: sqlite3.Row) -> RunRecord:
+        return RunRecord(row["id"], row["state"], json.loads(row["setup"]) if row["setup"] else None,
+                         row["description"], row["failure_reason"], row["create_time"], row["update_time"])
+
+    def create_run(self, id: str, state: str, setup: dict[str, Any] | None = None, description: str = "",
+                   endpoints: dict[str, str] | None = None) -> RunRecord:
+        """``endpoints`` maps endpoint names to their role in the run (protects them from deletion)."""
+        now = time.time()
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM runs WHERE id = ?", (id,)).fetchone():
+                raise AlreadyExistsError(f"run {id!r} already exists")
+            db.execute("INSERT INTO runs VALUES (?, ?, ?, ?, '', ?, ?)",
+                       (id, state, json.dumps(setup) if setup is not None else None, description, now, now))
+            for endpoint, role in (endpoints or {}).items():
+                db.execute("INSERT INTO run_endpoints VALUES (?, ?, ?)", (id, endpoint, role))
+        return self.get_run(id)
+
+    def get_run(self, id: str) -> RunRecord:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM runs WHERE id = ?", (id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"run {id!r} not found")
+        return self._run(row)
+
+    def list_runs(self) -> list[RunRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM runs ORDER BY create_time, id").fetchall()
+        return [self._run(row) for row in rows]
+
+    def set_run_state(self, id: str, state: str, failure_reason: str = "") -> RunRecord:
+        with self.transaction() as db:
+            if not db.execute("UPDATE runs SET state = ?, failure_reason = ?, update_time = ? WHERE id = ?",
+                              (state, failure_reason, time.time(), id)).rowcount:
+                raise NotFoundError(f"run {id!r} not found")
+        return self.get_run(id)
+
+    # -- bulk copy progress -------------------------------------------------------
+
+    def checkpoints(self, run_id: str) -> dict[tuple[str, int], tuple[int, bool]]:
+        """(node, db) -> (cursor, done)."""
+        with self._lock:
+            rows = self._db.execute("SELECT node, db, cursor, done FROM checkpoints WHERE run_id = ?",
+                                    (run_id,)).fetchall()
+        return {(r["node"], r["db"]): (r["cursor"], bool(r["done"])) for r in rows}
+
+    def commit_batches(self, run_id: str, node: str, db: int, cursor: int, done: bool,
+                       counters: dict[str, int], error_keys: list[Any], conflict_keys: list[Any]) -> None:
+        """One transaction: the new cursor, the counters and the keys of the acknowledged batches,
+        so a crash never separates a checkpoint from what it accounts for."""
+        now = time.time()
+        with self.transaction() as tx:
+            tx.execute("INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, node, db) "
+                       "DO UPDATE SET cursor = excluded.cursor, done = excluded.done",
+                       (run_id, node, db, cursor, int(done)))
+            self._add_counters(tx, run_id, counters)
+            self._add_error_keys(tx, run_id, error_keys, now)
+            tx.executemany(
+                "INSERT INTO conflict_keys VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, db, key) "
+                "DO UPDATE SET type = excluded.type, reason = excluded.reason, seen = excluded.seen",
+                [(run_id, c.db, c.key, c.type, c.reason, now) for c in conflict_keys])
+
+    @staticmethod
+    def _add_counters(tx: sqlite3.Connection, run_id: str, counters: dict[str, int]) -> None:
+        tx.execute("INSERT OR IGNORE INTO copy_counters (run_id) VALUES (?)", (run_id,))
+        assignments = ", ".join(f"{name} = {name} + ?" for name in COUNTER_FIELDS)
+        tx.execute(f"UPDATE copy_counters SET {assignments} WHERE run_id = ?",
+                   (*(int(counters.get(name, 0)) for name in COUNTER_FIELDS), run_id))
+
+    @staticmethod
+    def _add_error_keys(tx: sqlite3.Connection, run_id: str, error_keys: list[Any], now: float) -> None:
+        tx.executemany(
+            "INSERT INTO error_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (run_id, db, key, node) DO UPDATE SET type = excluded.type, size = excluded.size, "
+            "reason = excluded.reason, attempts = error_keys.attempts + excluded.attempts, "
+            "last_seen = excluded.last_seen",
+            [(run_id, e.db, e.key, e.node, e.type, e.size, e.reason, e.attempts, now, now) for e in error_keys])
+
+    def add_error_keys(self, run_id: str, error_keys: list[Any]) -> None:
+        with self.transaction() as tx:
+            self._add_error_keys(tx, run_id, error_keys, time.time())
+
+    def counters(self, run_id: str) -> dict[str, int]:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM copy_counters WHERE run_id = ?", (run_id,)).fetchone()
+        return {name: (row[name] if row else 0) for name in COUNTER_FIELDS}
+
+    def error_keys(self, run_id: str, *, limit: int | None = None, after: tuple[int, bytes, str] | None = None
+                   ) -> list[ErrorKeyRecord]:
+        """In (db, key, node) order; ``after`` pages from the last row of the previous page."""
+        query = "SELECT * FROM error_keys WHERE run_id = ?"
+        params: list[Any] = [run_id]
+        if after is not None:
+            query += " AND (db, key, node) > (?, ?, ?)"
+            params += list(after)
+        query += " ORDER BY db, key, node"
+        if limit is not None:
+            query += " LIMIT ?"
+            params.append(limit)
+        with self._lock:
+            rows = self._db.execute(query, params).fetchall()
+        return [ErrorKeyRecord(bytes(r["key"]), r["db"], r["node"], r["type"], r["size"], r["reason"],
+                               r["attempts"], r["first_seen"], r["last_seen"]) for r in rows]
+
+    def remove_error_key(self, run_id: str, db: int, key: bytes, node: str) -> None:
+        with self.transaction() as tx:
+            tx.execute("DELETE FROM error_keys WHERE run_id = ? AND db = ? AND key = ? AND node = ?",
+                       (run_id, db, key, node))
+
+    def error_key_count(self, run_id: str) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM error_keys WHERE run_id = ?", (run_id,)).fetchone()[0]
+
+    def conflict_keys(self, run_id: str, limit: int | None = None) -> list[tuple[int, bytes, str, str]]:
+        query = "SELECT db, key, type, reason FROM conflict_keys WHERE run_id = ? ORDER BY db, key"
+        params: list[Any] = [run_id]
+        if limit is not None:
+            query += " LIMIT ?"
+            params.append(limit)
+        with self._lock:
+            return [(r["db"], bytes(r["key"]), r["type"], r["reason"])
+                    for r in self._db.execute(query, params).fetchall()]

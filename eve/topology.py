@@ -20,7 +20,7 @@ __all__ = ["Node", "SlotMap", "is_cluster", "cluster_masters", "node_spec", "dbs
 SLOTS = 16384
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Node:
     host: str
     port: int

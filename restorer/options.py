@@ -1,0 +1,57 @@
+"""The restorer's options: everything one restorer process needs, frozen and picklable
+(it crosses the ``spawn`` boundary; STYLE.md habit 1)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from eve.endpoints import ConnectionSpec
+from eve.enums import ConflictPolicy
+from eve.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_MAX_PIPELINE",
+    "DEFAULT_RECONNECT_SECONDS",
+    "DEFAULT_RETRY_DELAY",
+    "DEFAULT_TIMEOUT",
+    "RestorerOptions",
+]
+
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_RETRY_DELAY = 0.05
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_RECONNECT_SECONDS = 30.0
+DEFAULT_MAX_PIPELINE = 1000
+
+
+@dataclass(frozen=True)
+class RestorerOptions:
+    run_id: str
+    worker: str                 # "restorer-1": names the process in logs, results and temp keys
+    target: ConnectionSpec      # the target endpoint (any node when it is a cluster)
+    target_cluster: bool
+    mirrors: tuple[tuple[ConnectionSpec, bool], ...] = ()   # (spec, is_cluster) of each mirror target
+    conflict: ConflictPolicy = ConflictPolicy.REPLACE
+    preserve_ttl: bool = True
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS   # per key, for transient errors (OOM, LOADING, BUSY, TRYAGAIN, timeouts)
+    retry_delay: float = DEFAULT_RETRY_DELAY   # first backoff between attempts, doubled each time
+    timeout: float = DEFAULT_TIMEOUT           # socket timeout of every target connection
+    reconnect_seconds: float = DEFAULT_RECONNECT_SECONDS  # keep retrying a lost target this long, then fail
+    max_pipeline: int = DEFAULT_MAX_PIPELINE   # RESTOREs per pipeline (one sendall)
+    log_level: int = logging.INFO              # the coordinator's level, passed down (spawned processes inherit none)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.conflict, ConflictPolicy):
+            object.__setattr__(self, "conflict", ConflictPolicy(self.conflict))
+        if self.max_attempts < 1:
+            raise ConfigError(f"must be at least 1, got {self.max_attempts}", field="max_attempts")
+        if self.max_pipeline < 1:
+            raise ConfigError(f"must be at least 1, got {self.max_pipeline}", field="max_pipeline")
+        if self.timeout <= 0:
+            raise ConfigError(f"must be positive, got {self.timeout}", field="timeout")
+        if self.retry_delay < 0:
+            raise ConfigError(f"must not be negative, got {self.retry_delay}", field="retry_delay")
+        if self.reconnect_seconds < 0:
+            raise ConfigError(f"must not be negative, got {self.reconnect_seconds}", field="reconnect_seconds")

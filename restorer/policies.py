@@ -1,0 +1,252 @@
+"""The conflict policy: what happens when a restored key already exists on the target.
+
+``conflict_handling`` is the one place that switches on ``ConflictPolicy``
+(DESIGN.md 4.4):
+
+- ``REPLACE``: ``RESTORE ... REPLACE``; the source overwrites the target.
+- ``NONE``: ``RESTORE`` without ``REPLACE``; a ``BUSYKEY`` reply keeps the
+  target's key and reports a conflict (never a failure).
+- ``MERGE``: ``RESTORE`` without ``REPLACE``; on ``BUSYKEY`` a hash, set or
+  sorted set is restored into a temporary key in the same hash slot and merged
+  server-side by a Lua script (source fields, members and scores win; the
+  target key keeps its TTL). Other types, and a type that differs between the
+  two sides, are reported as conflicts and left untouched. Merged hash fields
+  are written with HSET, so per-field TTLs (Redis 7.4+ / Valkey 9 HFE) of the
+  source fields are not carried over by a merge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from eve.enums import ConflictPolicy
+from eve.topology import key_slot
+from eve.wire import ReplyError, pack
+from restorer.rdb import MERGEABLE_TYPES, payload_type
+
+__all__ = [
+    "CONFLICT",
+    "ERROR",
+    "MERGE_SCRIPT",
+    "MERGE_TMP_TTL_MS",
+    "RESTORED",
+    "ConflictHandling",
+    "conflict_handling",
+    "merge_tmp_key",
+]
+
+# How each BUSYKEY row ended: (RESTORED, None), (CONFLICT, reason) or
+# (ERROR, server message) for the worker to classify like any RESTORE error.
+RESTORED, CONFLICT, ERROR = "restored", "conflict", "error"
+Resolution = tuple[str, Any]
+Row = tuple[bytes, int, bytes]
+# send(packed, count) -> replies, with the worker's reconnect handling.
+Send = Callable[[bytes, int], list[Any]]
+
+# A crash between restoring the temporary key and the merge must not leave it
+# behind for good: it expires by itself.
+MERGE_TMP_TTL_MS = 60_000
+
+# KEYS[1] = the target key, KEYS[2] = the temporary key holding the source value,
+# ARGV[1] = the source's absolute expiry in ms (0: none), used only when the
+# target key vanished since RESTORE said BUSYKEY.
+# Returns {1, "merged"}, {2, "restored"} or {0, conflict reason}.
+# Element-wise writes (not SUNIONSTORE/ZUNIONSTORE) keep the target key's TTL:
+# a *STORE command replaces the destination and drops its expiry.
+# Arguments go in slices so unpack() stays far below Lua's C stack limit.
+MERGE_SCRIPT = """
+local target_type = redis.call('TYPE', KEYS[1])['ok']
+local source_type = redis.call('TYPE', KEYS[2])['ok']
+if source_type == 'none' then
+  return {0, 'merge source vanished before the merge'}
+end
+if target_type == 'none' then
+  redis.call('RENAME', KEYS[2], KEYS[1])
+  local expiry = tonumber(ARGV[1])
+  if expiry > 0 then
+    redis.call('PEXPIREAT', KEYS[1], expiry)
+  else
+    redis.call('PERSIST', KEYS[1])
+  end
+  return {2, 'restored'}
+end
+if target_type ~= source_type then
+  redis.call('DEL', KEYS[2])
+  return {0, 'type differs (target ' .. target_type .. ', source ' .. source_type .. ')'}
+end
+local slice = 256
+local function write(command, args)
+  for first = 1, #args, slice do
+    redis.call(command, KEYS[1], unpack(args, first, math.min(first + slice - 1, #args)))
+  end
+end
+if source_type == 'hash' then
+  write('HSET', redis.call('HGETALL', KEYS[2]))
+elseif source_type == 'set' then
+  write('SADD', redis.call('SMEMBERS', KEYS[2]))
+elseif source_type == 'zset' then
+  local scored = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+  local args = {}
+  for i = 1, #scored, 2 do
+    args[i] = scored[i + 1]
+    args[i + 1] = scored[i]
+  end
+  write('ZADD', args)
+else
+  redis.call('DEL', KEYS[2])
+  return {0, 'no merge semantics for ' .. source_type}
+end
+redis.call('DEL', KEYS[2])
+return {1, 'merged'}
+"""
+MERGE_SHA = hashlib.sha1(MERGE_SCRIPT.encode()).hexdigest().encode()
+
+_ASKING = pack("ASKING")
+_BUSYKEY_CONFLICT: Resolution = (CONFLICT, "BUSYKEY")
+
+
+def _hash_tag(key: bytes) -> bytes | None:
+    """The key's hash tag per the cluster spec: between the first '{' and the next '}', non-empty."""
+    start = key.find(b"{")
+    if start < 0:
+        return None
+    end = key.find(b"}", start + 1)
+    if end < 0 or end == start + 1:
+        return None
+    return key[start + 1:end]
+
+
+def merge_tmp_key(key: bytes, worker: str) -> bytes:
+    """A temporary key in the same hash slot as ``key``, private to one restorer.
+
+    A key with a hash tag keeps it by appending; any other key is wrapped in
+    braces so that the whole key becomes the tag. The wrap cannot work for an
+    untagged key that contains '}' (the tag would end early) or for the empty
+    key (an empty tag is no tag): those get a tag searched for their slot
+    (rare, and still one slot: the script needs both keys there).
+    """
+    suffix = b":eve-merge:" + worker.encode()
+    if _hash_tag(key) is not None:
+        return key + suffix
+    if key and b"}" not in key:
+        return b"{" + key + b"}" + suffix
+    slot = key_slot(key)
+    n = 0
+    while key_slot(b"%d" % n) != slot:
+        n += 1
+    return b"{%d}" % n + suffix
+
+
+class ConflictHandling:
+    """How one policy restores: with REPLACE or not, and what a BUSYKEY reply becomes."""
+
+    policy: ConflictPolicy
+    replace: bool
+
+    def resolve(self, send: Send, address: str, rows: Sequence[Row], asking: bool) -> list[Resolution]:
+        """One resolution per BUSYKEY row, in order."""
+        raise NotImplementedError
+
+    def forget(self, address: str) -> None:
+        """The connection to ``address`` was reopened: per-connection state is gone."""
+
+
+class _Replace(ConflictHandling):
+    policy, replace = ConflictPolicy.REPLACE, True
+
+    def resolve(self, send: Send, address: str, rows: Sequence[Row], asking: bool) -> list[Resolution]:
+        # RESTORE ... REPLACE never answers BUSYKEY; if a server does, keep its key and say so.
+        return [_BUSYKEY_CONFLICT] * len(rows)
+
+
+class _KeepTarget(ConflictHandling):
+    policy, replace = ConflictPolicy.NONE, False
+
+    def resolve(self, send: Send, address: str, rows: Sequence[Row], asking: bool) -> list[Resolution]:
+        return [_BUSYKEY_CONFLICT] * len(rows)
+
+
+class _Merge(ConflictHandling):
+    policy, replace = ConflictPolicy.MERGE, False
+
+    def __init__(self, worker: str) -> None:
+        self.worker = worker
+        self._loaded: set[str] = set()  # addresses whose connection has the script loaded
+
+    def forget(self, address: str) -> None:
+        self._loaded.discard(address)
+
+    def resolve(self, send: Send, address: str, rows: Sequence[Row], asking: bool) -> list[Resolution]:
+        resolutions: list[Resolution | None] = [None] * len(rows)
+        mergeable: list[int] = []
+        for index, (_key, _expiry, payload) in enumerate(rows):
+            source_type = payload_type(payload)
+            if source_type in MERGEABLE_TYPES:
+                mergeable.append(index)
+            else:
+                resolutions[index] = (CONFLICT, f"no merge semantics for {source_type}")
+        if mergeable:
+            use_sha = True
+            if address not in self._loaded:
+                reply = send(pack("SCRIPT", "LOAD", MERGE_SCRIPT), 1)[0]
+                if isinstance(reply, ReplyError):
+                    use_sha = False  # SCRIPT refused (ACL): EVAL still works
+                else:
+                    self._loaded.add(address)
+            pending = mergeable
+            merged = self._merge(send, rows, pending, asking, use_sha)
+            retry = [index for index, reply in zip(pending, merged) if _is_noscript(reply)]
+            if retry:
+                # The script cache was flushed (SCRIPT FLUSH, restart): EVAL carries the script.
+                self._loaded.discard(address)
+                merged_again = self._merge(send, rows, retry, asking, False)
+                by_index = dict(zip(retry, merged_again))
+                merged = [by_index.get(index, reply) for index, reply in zip(pending, merged)]
+            for index, resolution in zip(pending, merged):
+                resolutions[index] = resolution
+        return resolutions  # type: ignore[return-value]
+
+    def _merge(self, send: Send, rows: Sequence[Row], indexes: list[int], asking: bool,
+               use_sha: bool) -> list[Any]:
+        """RESTORE the source value into the temporary key, run the script, drop the temporary key."""
+        prefix = _ASKING if asking else b""
+        commands = []
+        for index in indexes:
+            key, expiry, payload = rows[index]
+            tmp = merge_tmp_key(key, self.worker)
+            script = (pack("EVALSHA", MERGE_SHA, 2, key, tmp, expiry) if use_sha
+                      else pack("EVAL", MERGE_SCRIPT, 2, key, tmp, expiry))
+            commands.append(prefix + pack("RESTORE", tmp, MERGE_TMP_TTL_MS, payload, "REPLACE")
+                            + prefix + script + prefix + pack("DEL", tmp))
+        per_row = 6 if asking else 3
+        replies = send(b"".join(commands), per_row * len(indexes))
+        step = 2 if asking else 1
+        results: list[Any] = []  # Resolution, or the NOSCRIPT reply itself
+        for i in range(len(indexes)):
+            restore_reply, script_reply = replies[i * per_row + step - 1], replies[i * per_row + 2 * step - 1]
+            if isinstance(restore_reply, ReplyError):
+                results.append((ERROR, str(restore_reply)))
+            elif isinstance(script_reply, ReplyError):
+                results.append(script_reply if _is_noscript(script_reply) else (ERROR, str(script_reply)))
+            else:
+                code, message = script_reply[0], script_reply[1]
+                message = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+                results.append((RESTORED, None) if code in (1, 2) else (CONFLICT, message))
+        return results
+
+
+def _is_noscript(reply: Any) -> bool:
+    return isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT")
+
+
+def conflict_handling(policy: ConflictPolicy, worker: str) -> ConflictHandling:
+    """The one switch on ConflictPolicy (eve.enums)."""
+    if policy is ConflictPolicy.REPLACE:
+        return _Replace()
+    if policy is ConflictPolicy.NONE:
+        return _KeepTarget()
+    if policy is ConflictPolicy.MERGE:
+        return _Merge(worker)
+    raise ValueError(f"unknown conflict policy {policy!r}")

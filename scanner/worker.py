@@ -1,0 +1,520 @@
+"""The scanner process: SCAN + DUMP + PTTL of one source node, as BATCH frames.
+
+The worker loop has the one shape every Eve stage shares (STYLE.md, after
+pgcopydb): for each database, check for a stop, take one SCAN step, read its
+keys, put one frame; end with an explicit STOP, or a FAILED saying who failed.
+
+One step is ``SCAN cursor [MATCH m] COUNT n [TYPE t]`` followed by pipelined
+``DUMP key`` + ``PTTL key`` for the keys it returned (DESIGN.md section 4):
+
+* ``PTTL`` -2 or ``DUMP`` nil: the key vanished since SCAN; it is counted in
+  ``header.skipped``, not sent.
+* ``PTTL`` -1: no expiry (row expiry 0). ``PTTL`` >= 0: the absolute expiry in
+  Unix milliseconds, from the wall clock read right after the reply; a PTTL of
+  0 still sends the key (expiring now) and the restorer decides.
+  With ``preserve_ttl`` off no PTTL is sent at all and every expiry is 0.
+* A per-key error reply (a module type that cannot be dumped, a key that moved
+  to another cluster node, ...) skips the key with a warning naming it.
+  Errors that concern the node rather than the key are not skipped:
+  ``NOPERM``/``NOAUTH`` fail the scanner (every key would fail alike) and
+  ``LOADING``/``BUSY``/``TRYAGAIN``/``CLUSTERDOWN``/``MASTERDOWN`` retry the step.
+
+Frames: one BATCH per SCAN reply, ``seq`` counting from 0 per database within
+this epoch (also when resuming from a start cursor). An empty SCAN reply whose
+cursor is not 0 is folded into the next batch; the last batch of a database
+(cursor 0, ``last=True``) is always sent, even with no rows.
+
+Failures: a lost connection (or a retryable error reply) redoes the current
+step from the same cursor (SCAN is idempotent at a cursor), reconnecting with
+exponential backoff (0.05 s .. 2 s) for up to ``reconnect_seconds``; then
+FAILED("source", reason naming the address). Refused credentials, and error
+replies to SCAN itself (``NOPERM``, a bad TYPE, ...), fail at once.
+
+Stopping: ``stop_event`` is checked before every step and wakes every sleep
+(rate limit, latency backoff, reconnect). The step in progress is dropped,
+never half sent (its cursor was not acknowledged, so a resume redoes it), then
+STOP is put and ``run_scanner`` returns True. A ``put`` blocked on a full queue
+is not interrupted: backpressure wins, the consumer has to drain.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import statistics
+import sys
+import time
+from typing import Any, Callable, Protocol, Sequence
+
+from opentelemetry import metrics, trace
+from opentelemetry.propagate import inject
+
+from eve.errors import AuthError, EndpointError, SourceError, UnavailableError
+from eve.frames import Batch, BatchHeader, Failed, Stop, encode
+from eve.telemetry import setup
+from eve.wire import FastConnection, ReplyError, pack
+from scanner.options import ScannerOptions
+
+__all__ = [
+    "run_scanner",
+    "main",
+    "rows_from_replies",
+    "TokenBucket",
+    "LatencyGuard",
+    "BASELINE_ROUND_TRIPS",
+    "MAX_BACKOFF_SECONDS",
+    "RECONNECT_MIN_DELAY",
+    "RECONNECT_MAX_DELAY",
+]
+
+log = logging.getLogger("eve.scanner")
+
+Row = tuple[bytes, int, bytes]
+
+RECONNECT_MIN_DELAY = 0.05
+RECONNECT_MAX_DELAY = 2.0
+BASELINE_ROUND_TRIPS = 5     # DUMP/PTTL round trips that set the latency baseline
+MAX_BACKOFF_SECONDS = 2.0    # longest single latency backoff
+BUCKET_SECONDS = 0.1         # a token bucket holds this much of a second's budget
+STOP_POLL_SECONDS = 0.1      # how often main()'s combined stop signal is looked at while sleeping
+KEY_REPR_LIMIT = 80
+CLIENT_NAME = "eve-scanner"
+
+# One key's commands, formatted in a list comprehension per chunk and joined
+# once: the cheapest way found to build thousands of commands in Python.
+_DUMP_PTTL = b"*2\r\n$4\r\nDUMP\r\n$%d\r\n%s\r\n*2\r\n$4\r\nPTTL\r\n$%d\r\n%s\r\n"
+_DUMP = b"*2\r\n$4\r\nDUMP\r\n$%d\r\n%s\r\n"
+
+# Error replies that say the node cannot answer right now (loading its dataset,
+# running a slow script, cluster reconfiguring), not that a key is bad.
+_TRANSIENT = ("LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN")
+# The credentials lack a permission: skipping would silently drop every key.
+_DENIED = ("NOPERM", "NOAUTH", "WRONGPASS")
+
+
+class StopEvent(Protocol):
+    def is_set(self) -> bool: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+class BatchQueue(Protocol):
+    def put(self, item: bytes) -> None: ...
+
+
+class _Stopped(Exception):
+    """The stop event was set while the scanner waited."""
+
+
+class _Transient(Exception):
+    """An error reply worth retrying like a lost connection."""
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def rows_from_replies(keys: Sequence[bytes], replies: Sequence[Any], now_ms: int,
+                      preserve_ttl: bool) -> tuple[list[Row], int, list[tuple[bytes, ReplyError]]]:
+    """Turn a chunk's replies into rows: ``(rows, skipped, key_errors)``.
+
+    ``replies`` alternate DUMP and PTTL per key (only DUMP without
+    ``preserve_ttl``). ``skipped`` counts vanished keys and keys answered with
+    an error; ``key_errors`` lists the latter for the caller to judge.
+    """
+    if preserve_ttl:
+        dumps, pttls = replies[0::2], replies[1::2]
+        try:
+            # The common case in one comprehension: no per-key function call.
+            rows = [(key, now_ms + pttl if pttl >= 0 else 0, payload)
+                    for key, payload, pttl in zip(keys, dumps, pttls)
+                    if pttl != -2 and payload.__class__ is bytes]
+        except TypeError:  # a PTTL error reply next to a payload
+            rows = []
+    else:
+        rows = [(key, 0, payload) for key, payload in zip(keys, replies) if payload.__class__ is bytes]
+    if len(rows) == len(keys):
+        return rows, 0, []
+    # Something was skipped: go again, key by key, to tell vanished keys from errors.
+    rows, errors, skipped = [], [], 0
+    for index, key in enumerate(keys):
+        payload = replies[2 * index] if preserve_ttl else replies[index]
+        pttl = replies[2 * index + 1] if preserve_ttl else -1
+        if isinstance(payload, ReplyError) or isinstance(pttl, ReplyError):
+            errors.append((key, payload if isinstance(payload, ReplyError) else pttl))
+        elif payload is None or pttl == -2:
+            skipped += 1
+        else:
+            rows.append((key, now_ms + pttl if pttl >= 0 and preserve_ttl else 0, payload))
+    return rows, skipped + len(errors), errors
+
+
+def _key_repr(key: bytes) -> str:
+    return repr(key[:KEY_REPR_LIMIT]) + ("..." if len(key) > KEY_REPR_LIMIT else "")
+
+
+# --------------------------------------------------------------------------- source protection
+
+
+class TokenBucket:
+    """``rate`` units per second, holding at most ``burst``; ``charge`` says how long to sleep.
+
+    Charging may overdraw the bucket (a chunk is never cut to fit); the caller
+    then sleeps until the debt is paid, so the long-run rate is ``rate``.
+    """
+
+    def __init__(self, rate: float, burst: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = float(rate)
+        self.burst = max(float(burst), 1.0)
+        self.tokens = self.burst
+        self._clock = clock
+        self._stamp = clock()
+
+    def charge(self, amount: float) -> float:
+        now = self._clock()
+        self.tokens = min(self.burst, self.tokens + (now - self._stamp) * self.rate) - amount
+        self._stamp = now
+        return -self.tokens / self.rate if self.tokens < 0 else 0.0
+
+
+class LatencyGuard:
+    """The latency backoff rule of ``ScannerOptions`` (see its docstring).
+
+    ``observe(seconds, keys)`` takes one DUMP/PTTL round trip and returns how
+    long to sleep before the next one (0 while the source keeps its pace).
+    """
+
+    def __init__(self, budget_ms: float, *, baseline_round_trips: int = BASELINE_ROUND_TRIPS) -> None:
+        self.budget = budget_ms / 1000.0
+        self.baseline_round_trips = baseline_round_trips
+        self.baseline: float | None = None  # seconds per key
+        self._samples: list[float] = []
+        self._streak = 0
+
+    def observe(self, seconds: float, keys: int) -> float:
+        if keys <= 0:
+            return 0.0
+        per_key = seconds / keys
+        if self.baseline is None:
+            self._samples.append(per_key)
+            if len(self._samples) >= self.baseline_round_trips:
+                self.baseline = statistics.median(self._samples)
+            return 0.0
+        if per_key < self.baseline:
+            self.baseline = per_key
+        excess = seconds - self.baseline * keys
+        if excess <= self.budget:
+            self._streak = 0
+            return 0.0
+        self._streak += 1
+        return min(excess * 2 ** (self._streak - 1), MAX_BACKOFF_SECONDS)
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+class _Log(logging.LoggerAdapter):
+    """Every message names the process: ``scanner node=127.0.0.1:7000 pid=123 ...``."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"{self.extra['prefix']} {msg}", kwargs  # type: ignore[index]
+
+
+class _Scanner:
+    def __init__(self, options: ScannerOptions, batches: BatchQueue, stop_event: StopEvent | None,
+                 tracer: trace.Tracer | None, meter: metrics.Meter | None) -> None:
+        self.options = options
+        self.batches = batches
+        self.stop_event = stop_event
+        self.tracer = tracer or trace.get_tracer(__name__)
+        meter = meter or metrics.get_meter("eve.scanner")
+        self.keys_counter = meter.create_counter("eve.scanner.keys", unit="{key}",
+                                                 description="keys read from the source and sent")
+        self.bytes_counter = meter.create_counter("eve.scanner.bytes", unit="By",
+                                                  description="DUMP payload bytes read from the source")
+        self.skipped_counter = meter.create_counter("eve.scanner.skipped", unit="{key}",
+                                                    description="keys that vanished or could not be read")
+        self.log = _Log(log, {"prefix": f"{options.worker} pid={os.getpid()}"})
+        self.address = options.source.address
+        self.conn = FastConnection(options.source, timeout=options.timeout, client_name=CLIENT_NAME)
+        self.pipeline_size = options.max_pipeline
+        self.key_bucket: TokenBucket | None = None
+        self.byte_bucket: TokenBucket | None = None
+        if options.max_keys_per_second:
+            rate = options.max_keys_per_second
+            # Round trips of at most a tenth of a second's keys keep a low rate smooth.
+            self.pipeline_size = min(self.pipeline_size, max(1, int(rate * BUCKET_SECONDS)))
+            self.key_bucket = TokenBucket(rate, rate * BUCKET_SECONDS)
+        if options.max_bytes_per_second:
+            rate = options.max_bytes_per_second
+            self.byte_bucket = TokenBucket(rate, rate * BUCKET_SECONDS)
+        self.guard = LatencyGuard(options.backoff_latency_ms) if options.backoff_latency_ms else None
+        scan_tail: list[str | int] = []
+        if options.match is not None:
+            scan_tail += ["MATCH", options.match]
+        scan_tail += ["COUNT", options.count]
+        if options.type is not None:
+            scan_tail += ["TYPE", options.type]
+        self.scan_tail = tuple(scan_tail)
+        self.keys = self.skipped = self.bytes = self.batch_count = self.backoffs = 0
+
+    # -- the loop ------------------------------------------------------------------
+
+    def run(self) -> bool:
+        options = self.options
+        began = time.monotonic()
+        self.log.info("starting: source=%r dbs=%s epoch=%d", options.source, list(options.dbs), options.epoch)
+        try:
+            for db in options.dbs:
+                self._scan_db(db)
+        except _Stopped as stopped:
+            self.log.info("stop requested: stopped before %s (keys=%d)", stopped, self.keys)
+        except SourceError as exc:
+            self.log.error("failed: %s", exc)
+            self.batches.put(encode(Failed(options.worker, "source", str(exc))))
+            return False
+        else:
+            elapsed = time.monotonic() - began
+            self.log.info("finished: keys=%d skipped=%d bytes=%d batches=%d backoffs=%d in %.1fs (%.0f keys/s)",
+                          self.keys, self.skipped, self.bytes, self.batch_count, self.backoffs, elapsed,
+                          self.keys / elapsed if elapsed > 0 else 0.0)
+        finally:
+            self.conn.close()
+        self.batches.put(encode(Stop(options.worker)))
+        return True
+
+    def _scan_db(self, db: int) -> None:
+        options = self.options
+        cursor = options.start_cursor(db)
+        seq = keys = skipped = 0
+        began = time.monotonic()
+        span_start: int | None = None
+        attributes = {"node": options.node, "db": db}
+        self.log.info("db=%d scanning from cursor=%d", db, cursor)
+        while True:
+            if self.stop_event is not None and self.stop_event.is_set():
+                raise _Stopped(f"db={db} cursor={cursor}")
+            if span_start is None:
+                span_start = time.time_ns()
+            cursor, scanned, rows, batch_skipped, nbytes = self._retrying(self._step, db, cursor)
+            if scanned == 0 and cursor != 0:
+                continue  # an empty reply: fold it into the next batch
+            span = self.tracer.start_span("scan batch", start_time=span_start, attributes={
+                "node": options.node, "db": db, "keys": len(rows), "bytes": nbytes, "cursor": cursor,
+                "skipped": batch_skipped, "seq": seq, "epoch": options.epoch})
+            carrier: dict[str, str] = {}
+            inject(carrier, context=trace.set_span_in_context(span))
+            header = BatchHeader(options.run_id, options.node, db, options.epoch, seq, cursor,
+                                 cursor == 0, scanned, batch_skipped, carrier)
+            frame = encode(Batch(header, rows))
+            span.end()
+            self.batches.put(frame)  # blocks while the queue is full: backpressure
+            seq += 1
+            span_start = None
+            keys += len(rows)
+            skipped += batch_skipped
+            self.keys += len(rows)
+            self.skipped += batch_skipped
+            self.bytes += nbytes
+            self.batch_count += 1
+            self.keys_counter.add(len(rows), attributes)
+            self.bytes_counter.add(nbytes, attributes)
+            if batch_skipped:
+                self.skipped_counter.add(batch_skipped, attributes)
+            if cursor == 0:
+                break
+        elapsed = time.monotonic() - began
+        self.log.info("db=%d done keys=%d skipped=%d batches=%d in %.1fs (%.0f keys/s)", db, keys, skipped, seq,
+                      elapsed, keys / elapsed if elapsed > 0 else 0.0)
+
+    # -- one step: SCAN, then DUMP/PTTL of its keys --------------------------------
+
+    def _step(self, db: int, cursor: int) -> tuple[int, int, list[Row], int, int]:
+        """``(cursor_after, scanned, rows, skipped, payload_bytes)`` of one SCAN call."""
+        self.conn.select(db)
+        reply = self.conn.pipeline(pack("SCAN", cursor, *self.scan_tail), 1)[0]
+        if isinstance(reply, ReplyError):
+            self._raise_for(reply, f"SCAN {cursor}")
+        keys = reply[1]
+        if not keys:
+            return int(reply[0]), 0, [], 0, 0
+        rows, skipped, nbytes = self._read(db, keys)
+        return int(reply[0]), len(keys), rows, skipped, nbytes
+
+    def _read(self, db: int, keys: list[bytes]) -> tuple[list[Row], int, int]:
+        preserve_ttl = self.options.preserve_ttl
+        size = self.pipeline_size
+        rows: list[Row] = []
+        skipped = nbytes = 0
+        for start in range(0, len(keys), size):
+            chunk = keys if len(keys) <= size else keys[start:start + size]
+            if self.key_bucket is not None:
+                self._sleep(self.key_bucket.charge(len(chunk)))
+            if preserve_ttl:
+                packed = b"".join([_DUMP_PTTL % (len(key), key, len(key), key) for key in chunk])
+                count = 2 * len(chunk)
+            else:
+                packed = b"".join([_DUMP % (len(key), key) for key in chunk])
+                count = len(chunk)
+            sent = time.monotonic()
+            replies = self.conn.pipeline(packed, count)
+            now_ms = int(time.time() * 1000)
+            elapsed = time.monotonic() - sent
+            chunk_rows, chunk_skipped, errors = rows_from_replies(chunk, replies, now_ms, preserve_ttl)
+            if errors:
+                self._key_errors(db, errors)
+            chunk_bytes = sum([len(row[2]) for row in chunk_rows])
+            if rows:
+                rows += chunk_rows
+            else:
+                rows = chunk_rows
+            skipped += chunk_skipped
+            nbytes += chunk_bytes
+            if self.byte_bucket is not None:
+                self._sleep(self.byte_bucket.charge(chunk_bytes))
+            if self.guard is not None:
+                pause = self.guard.observe(elapsed, len(chunk))
+                if pause:
+                    self.backoffs += 1
+                    self.log.debug("db=%d source latency %.1fms for %d keys is above the baseline; backing off %.3fs",
+                                   db, elapsed * 1000, len(chunk), pause)
+                    self._sleep(pause)
+        return rows, skipped, nbytes
+
+    def _key_errors(self, db: int, errors: list[tuple[bytes, ReplyError]]) -> None:
+        for key, error in errors:
+            text = str(error)
+            if text.startswith(_DENIED):
+                raise SourceError(f"{self.address} refused DUMP/PTTL of {_key_repr(key)}: {text}")
+            if text.startswith(_TRANSIENT):
+                raise _Transient(f"{self.address} answered DUMP/PTTL of {_key_repr(key)} with: {text}")
+        for key, error in errors:
+            self.log.warning("db=%d skipped key %s: the source could not read it: %s", db, _key_repr(key), error)
+
+    def _raise_for(self, reply: ReplyError, what: str) -> None:
+        text = str(reply)
+        if text.startswith(_TRANSIENT):
+            raise _Transient(f"{self.address} answered {what} with: {text}")
+        raise SourceError(f"{what} failed on {self.address}: {text}")
+
+    # -- waiting and retrying -------------------------------------------------------
+
+    def _sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        if self.stop_event is None:
+            time.sleep(seconds)
+        elif self.stop_event.wait(seconds):
+            raise _Stopped("the step in progress")
+
+    def _retrying(self, step: Callable[..., Any], *args: Any) -> Any:
+        """Run ``step``, redoing it after a lost connection until ``reconnect_seconds`` pass."""
+        deadline: float | None = None
+        delay = RECONNECT_MIN_DELAY
+        while True:
+            try:
+                result = step(*args)
+            except AuthError as exc:
+                raise SourceError(str(exc)) from exc
+            except (UnavailableError, _Transient) as exc:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.options.reconnect_seconds
+                    if self.options.reconnect_seconds:
+                        self.log.warning("%s; retrying for up to %gs", exc, self.options.reconnect_seconds)
+                if now >= deadline:
+                    raise SourceError(f"source {self.address} unavailable for "
+                                      f"{self.options.reconnect_seconds:g}s: {exc}") from exc
+                self._sleep(min(delay, deadline - now))
+                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+                continue
+            except EndpointError as exc:
+                raise SourceError(str(exc)) from exc
+            if deadline is not None:
+                self.log.info("source %s answers again", self.address)
+            return result
+
+
+def run_scanner(options: ScannerOptions, batches: BatchQueue, *, stop_event: StopEvent | None = None,
+                tracer: trace.Tracer | None = None, meter: metrics.Meter | None = None) -> bool:
+    """Scan ``options.dbs`` of one source node into ``batches``; True when it ended with STOP.
+
+    ``batches`` is any queue with a blocking ``put(bytes)`` (a bounded
+    ``multiprocessing`` queue in production). Exactly one of STOP (returns
+    True: finished, or stopped by ``stop_event``) or FAILED (returns False)
+    is the last frame put. Unexpected exceptions (bugs) propagate; ``main``
+    turns them into FAILED("internal").
+    """
+    return _Scanner(options, batches, stop_event, tracer, meter).run()
+
+
+# --------------------------------------------------------------------------- process entry point
+
+
+class _StopSignal:
+    """The caller's stop event, or SIGTERM/SIGINT: whichever comes first.
+
+    The signal handler only sets a flag (taking a lock in a handler can
+    deadlock); sleeps look at the flag every ``STOP_POLL_SECONDS``.
+    """
+
+    def __init__(self, event: StopEvent | None) -> None:
+        self.event = event
+        self.signalled = False
+
+    def handle(self, signum: int, frame: Any) -> None:
+        self.signalled = True
+
+    def is_set(self) -> bool:
+        return self.signalled or (self.event is not None and self.event.is_set())
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            remaining = STOP_POLL_SECONDS if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            slice_ = min(remaining, STOP_POLL_SECONDS)
+            if self.event is not None:
+                self.event.wait(slice_)
+            else:
+                time.sleep(slice_)
+        return True
+
+
+def main(options: ScannerOptions, batches: BatchQueue, stop_event: StopEvent | None = None) -> None:
+    """Entry point of a scanner process (``multiprocessing`` spawn target).
+
+    Logs to stderr, sets up OpenTelemetry as ``eve-scanner``, treats SIGTERM and
+    SIGINT like ``stop_event`` (stop at the next batch, put STOP), never raises:
+    an unexpected exception becomes FAILED("internal"). Exits 0 after STOP, 1
+    otherwise. The process exits only once its frames are flushed into the
+    queue's pipe, so the consumer must read until STOP or FAILED.
+    """
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    stop = _StopSignal(stop_event)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            signal.signal(signum, stop.handle)
+        except ValueError:  # not the main thread (run in-process): keep the defaults
+            pass
+    ok = False
+    telemetry = None
+    try:
+        telemetry = setup("eve-scanner")
+        ok = run_scanner(options, batches, stop_event=stop, tracer=telemetry.tracer("eve.scanner"))
+    except BaseException as exc:  # noqa: BLE001 - the process reports, never raises
+        log.exception("%s pid=%d crashed", options.worker, os.getpid())
+        try:
+            batches.put(encode(Failed(options.worker, "internal", repr(exc)[:1000])))
+        except BaseException:  # noqa: BLE001 - nothing more can be reported
+            pass
+    finally:
+        if telemetry is not None:
+            try:
+                telemetry.shutdown()
+            except Exception:  # noqa: BLE001 - exporting is best effort at exit
+                pass
+    sys.exit(0 if ok else 1)

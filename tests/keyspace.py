@@ -1,0 +1,84 @@
+"""Test data: fill a server with every data type, and compare two keyspaces."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import redis
+
+TYPES = ("string", "hash", "list", "set", "zset", "stream")
+
+
+def fill(client: redis.Redis, count: int = 600, *, prefix: str = "k", ttl_every: int = 5, seed: int = 7,
+         binary: bool = True) -> list[bytes]:
+    """``count`` keys spread over every type; every ``ttl_every``-th key gets a TTL of 1-2 hours.
+    Returns the keys written."""
+    rng = random.Random(seed)
+    keys: list[bytes] = []
+    pipe = client.pipeline(transaction=False)
+    for i in range(count):
+        kind = TYPES[i % len(TYPES)]
+        key = f"{prefix}:{kind}:{i}".encode()
+        if binary and i % 97 == 0:
+            key += b"\xff\x00\xfe"  # keys are bytes, not text
+        if kind == "string":
+            pipe.set(key, rng.randbytes(rng.randint(0, 200)))
+        elif kind == "hash":
+            pipe.hset(key, mapping={f"f{j}": rng.randbytes(8) for j in range(rng.randint(1, 12))})
+        elif kind == "list":
+            pipe.rpush(key, *[rng.randbytes(6) for _ in range(rng.randint(1, 12))])
+        elif kind == "set":
+            pipe.sadd(key, *[f"m{rng.randint(0, 1000)}" for _ in range(rng.randint(1, 12))])
+        elif kind == "zset":
+            pipe.zadd(key, {f"m{j}": rng.random() * 100 for j in range(rng.randint(1, 12))})
+        else:
+            for j in range(rng.randint(1, 4)):
+                pipe.xadd(key, {"n": str(j), "v": rng.randbytes(5)})
+        if ttl_every and i % ttl_every == 0:
+            pipe.pexpire(key, rng.randint(3_600_000, 7_200_000))
+        keys.append(key)
+        if len(pipe) >= 500:
+            pipe.execute()
+    pipe.execute()
+    return keys
+
+
+def value_of(client: redis.Redis, key: bytes) -> tuple[str, Any]:
+    kind = client.type(key)
+    kind = kind.decode() if isinstance(kind, bytes) else kind
+    if kind == "string":
+        return kind, client.get(key)
+    if kind == "hash":
+        return kind, client.hgetall(key)
+    if kind == "list":
+        return kind, client.lrange(key, 0, -1)
+    if kind == "set":
+        return kind, sorted(client.smembers(key))
+    if kind == "zset":
+        return kind, client.zrange(key, 0, -1, withscores=True)
+    if kind == "stream":
+        return kind, client.xrange(key)
+    return kind, None
+
+
+def keys_of(client: redis.Redis) -> set[bytes]:
+    return set(client.scan_iter(count=1000))
+
+
+def assert_same(source: redis.Redis, target: redis.Redis, *, ttl_tolerance_ms: int = 1000,
+                keys: set[bytes] | None = None) -> int:
+    """Every key of the source (or of ``keys``) exists on the target with the same type,
+    value and TTL (within the tolerance). Returns how many keys were compared."""
+    wanted = keys if keys is not None else keys_of(source)
+    missing = [k for k in wanted if not target.exists(k)]
+    assert not missing, f"{len(missing)} keys missing on the target, e.g. {missing[:3]}"
+    for key in wanted:
+        assert value_of(target, key) == value_of(source, key), f"value of {key!r} differs"
+        source_ttl, target_ttl = source.pttl(key), target.pttl(key)
+        if source_ttl < 0:
+            assert target_ttl == source_ttl, f"TTL of {key!r}: source {source_ttl}, target {target_ttl}"
+        else:
+            assert abs(source_ttl - target_ttl) <= ttl_tolerance_ms, \
+                f"TTL of {key!r}: source {source_ttl} ms, target {target_ttl} ms"
+    return len(wanted)
