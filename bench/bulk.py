@@ -138,6 +138,7 @@ class BenchOptions:
     method_timeout: float
     seed: int
     eve_command: tuple[str, ...]
+    eve_args: tuple[str, ...]
     keep_awake: bool
     as_json: bool
 
@@ -698,6 +699,7 @@ def run_eve(source_server: RedisServer, target_server: RedisServer, options: Ben
             "--json"]
     if options.restorers is not None:
         argv += ["--restorers", str(options.restorers)]
+    argv += list(options.eve_args)
     result.detail["command"] = shlex.join(argv)
     with log_path.open("wb") as stderr:
         started = time.perf_counter()
@@ -1003,6 +1005,8 @@ def parse_args(argv: Sequence[str] | None) -> BenchOptions:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="keyspace seed")
     parser.add_argument("--eve-cmd", default=f"{shlex.quote(sys.executable)} -m eve",
                         help="how to run eve (default: this interpreter's -m eve)")
+    parser.add_argument("--eve-args", default="",
+                        help="extra eve migrate options, e.g. '--source-share 0.5'")
     parser.add_argument("--no-keep-awake", dest="keep_awake", action="store_false",
                         help="do not run idle-priority spinners during client windows "
                              "(see KeepAwake)")
@@ -1026,6 +1030,7 @@ def parse_args(argv: Sequence[str] | None) -> BenchOptions:
         method_timeout=args.timeout if args.timeout else 120 + args.keys / 1000,
         seed=args.seed,
         eve_command=tuple(shlex.split(args.eve_cmd)),
+        eve_args=tuple(shlex.split(args.eve_args)),
         keep_awake=args.keep_awake,
         as_json=args.as_json,
     )

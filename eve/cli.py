@@ -83,7 +83,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         preserve_ttl=not args.no_ttl, match=args.match, type=args.type, db=args.db, restorers=args.restorers,
         max_keys_per_sec=args.max_keys_per_sec, max_bytes_per_sec=args.max_bytes_per_sec,
         errors_out=args.errors_out, resume=args.resume, json=args.json, state=args.state,
-        scan_count=args.scan_count, progress=not args.no_progress))
+        scan_count=args.scan_count, progress=not args.no_progress, source_share=args.source_share,
+        backoff_latency_ms=args.backoff_latency_ms))
 
 
 def _cmd_errors(args: argparse.Namespace) -> int:
@@ -92,6 +93,21 @@ def _cmd_errors(args: argparse.Namespace) -> int:
     _setup_logging("eve-errors", args.verbose, quiet=not args.verbose)
     return errors_command(args.action, state=args.state, run=args.run_id, out=args.out,
                           source=args.source, target=args.target, as_json=args.json)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from eve.demo import run_demo
+
+    _setup_logging("eve-demo", args.verbose, quiet=not args.verbose)
+    return run_demo(keys=args.keys)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from eve.verify import verify_command
+
+    _setup_logging("eve-verify", args.verbose, quiet=not args.verbose)
+    return verify_command(args.source, args.target, ttl_tolerance_ms=args.ttl_tolerance_ms, as_json=args.json,
+                          max_examples=args.max_examples, db=args.db, match=args.match)
 
 
 def _positive(text: str) -> int:
@@ -137,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--restorers", type=_positive, default=2, metavar="N", help="restorer processes (default 2)")
     migrate.add_argument("--max-keys-per-sec", type=_positive, default=0, metavar="N", help="source protection")
     migrate.add_argument("--max-bytes-per-sec", type=_positive, default=0, metavar="N", help="source protection")
+    migrate.add_argument("--source-share", type=float, default=None, metavar="F",
+                         help="pause the scan so DUMP/PTTL round trips take at most this share (0-1] of the "
+                              "wall time, leaving the source to its live clients (default 0.6; 1 is full speed)")
+    migrate.add_argument("--backoff-latency-ms", type=float, default=0.0, metavar="MS",
+                         help="back off when a round trip to the source is this much slower than its baseline")
     migrate.add_argument("--scan-count", type=_positive, default=1000, metavar="N", help="SCAN COUNT (default 1000)")
     migrate.add_argument("--errors-out", metavar="FILE", help="write error keys to FILE (.jsonl or .csv)")
     migrate.add_argument("--resume", action="store_true", help="continue the unfinished job in --state")
@@ -145,6 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     migrate.add_argument("--no-progress", action="store_true", help="no progress bar")
     migrate.set_defaults(run=_cmd_migrate)
+
+    demo = commands.add_parser("demo", help="run a whole guided migration on embedded engines")
+    demo.add_argument("--keys", type=_positive, default=20_000, help="keys in the demo keyspace (default %(default)s)")
+    demo.set_defaults(run=_cmd_demo)
+
+    verify = commands.add_parser("verify", help="compare a source and a target key by key (type, value, TTL)")
+    verify.add_argument("--source", required=True, metavar="URL")
+    verify.add_argument("--target", required=True, metavar="URL")
+    verify.add_argument("--ttl-tolerance-ms", type=_positive, default=1000, metavar="MS")
+    verify.add_argument("--db", type=_positive, metavar="N")
+    verify.add_argument("--match", metavar="GLOB")
+    verify.add_argument("--max-examples", type=_positive, default=20, metavar="N")
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(run=_cmd_verify)
 
     errors = commands.add_parser("errors", help="list, export or retry the error keys of a migrate job")
     errors.add_argument("action", choices=["list", "export", "retry"])

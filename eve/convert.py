@@ -6,6 +6,7 @@ the process passes through ``redact_config`` on the way.
 
 from __future__ import annotations
 
+import base64
 import math
 from typing import Any
 
@@ -15,7 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from eve.endpoints import redact_config
 from eve.store import EndpointRecord, InterlayRecord
-from eve.v1 import common_pb2, endpoints_pb2, interlays_pb2
+from eve.v1 import common_pb2, endpoints_pb2, interlays_pb2, workflows_pb2
 from proxy import resp
 
 __all__ = ["message_to_dict", "endpoint_to_proto", "interlay_to_proto", "resp_to_proto", "timestamp"]
@@ -95,3 +96,80 @@ def resp_to_proto(value: Any) -> common_pb2.RespValue:
     else:  # pragma: no cover - the codec produces nothing else
         raise TypeError(f"not a RESP value: {type(value).__name__}")
     return out
+
+
+# -- the guided workflow ------------------------------------------------------------------
+
+
+def run_to_proto(record: Any, traffic: tuple[int, bool] = (0, False)) -> workflows_pb2.Run:
+    run = workflows_pb2.Run(
+        id=record.id, state=workflows_pb2.RunState.Value(record.state), description=record.description,
+        failure_reason=record.failure_reason, read_percent_target=traffic[0], writes_on_target=traffic[1],
+        create_time=timestamp(record.create_time), update_time=timestamp(record.update_time))
+    setup = record.setup
+    if setup and setup.get("kind") != "migrate":
+        body = {key: value for key, value in setup.items() if key != "rollback_window_seconds"}
+        body["rollback_window"] = f"{setup.get('rollback_window_seconds', 0):g}s"
+        json_format.ParseDict(body, run.setup, ignore_unknown_fields=True)
+    return run
+
+
+def issue_to_proto(issue: dict[str, Any]) -> workflows_pb2.CompatibilityIssue:
+    return workflows_pb2.CompatibilityIssue(
+        id=issue["id"], code=issue["code"], blocking=issue["blocking"], message=issue["message"],
+        evidence={str(k): str(v) for k, v in issue["evidence"].items()}, acknowledged=issue["acknowledged"],
+        notes=issue["notes"])
+
+
+def analysis_to_proto(body: dict[str, Any]) -> workflows_pb2.Analysis:
+    out = workflows_pb2.Analysis(used_memory_bytes=int(body.get("used_memory_bytes", 0)),
+                                 sampled=bool(body.get("sampled")), sampled_keys=int(body.get("sampled_keys", 0)),
+                                 module_types=list(body.get("module_types", [])))
+    for db in body.get("dbs", []):
+        out.dbs.add(db=db["db"], keys=db["keys"], keys_with_ttl=db["keys_with_ttl"],
+                    types=[workflows_pb2.TypeStats(**t) for t in db.get("types", [])])
+    for big in body.get("big_keys", []):
+        out.big_keys.add(key=base64.b64decode(big["key_base64"]), key_text=big.get("key_text", ""), db=big["db"],
+                         type=big["type"], memory_bytes=big["memory_bytes"])
+    for bucket, keys in body.get("ttl_distribution", []):
+        out.ttl_distribution.add(bucket=bucket, keys=keys)
+    return out
+
+
+def testrun_to_proto(body: dict[str, Any]) -> workflows_pb2.TestRunReport:
+    return workflows_pb2.TestRunReport(
+        results=[workflows_pb2.TypeResult(type=r["type"], keys=r["keys"], ok=r["ok"], failed=r["failed"])
+                 for r in body.get("results", [])],
+        errors=list(body.get("errors", [])), seconds=float(body.get("seconds", 0)),
+        estimated_seconds=float(body.get("estimated_seconds", 0)))
+
+
+def event_to_proto(run_id: str, event: dict[str, Any]) -> workflows_pb2.Event:
+    return workflows_pb2.Event(
+        seq=event["seq"], run=run_id, time=timestamp(event["time"]), type=event["type"], message=event["message"],
+        state=workflows_pb2.RunState.Value(event["state"]), attributes=event["attributes"])
+
+
+def metrics_to_proto(attributes: dict[str, Any]) -> workflows_pb2.RunMetrics:
+    eta = attributes.get("eta_seconds")
+    return workflows_pb2.RunMetrics(
+        keys_scanned=int(attributes["keys_scanned"]), keys_restored=int(attributes["keys_restored"]),
+        keys_skipped=int(attributes["keys_skipped"]), keys_conflicting=int(attributes["keys_conflicting"]),
+        keys_failed=int(attributes["keys_failed"]), bytes=int(attributes["bytes"]),
+        keys_per_second=float(attributes["keys_per_second"]), eta_seconds=float(eta) if eta not in ("", None) else 0,
+        source_keys=int(attributes["source_keys"]))
+
+
+def error_key_to_proto(record: Any) -> workflows_pb2.ErrorKey:
+    return workflows_pb2.ErrorKey(
+        key=record.key, key_text=_text(record.key), db=record.db, node=record.node, type=record.type,
+        size=record.size, reason=record.reason, attempts=record.attempts,
+        first_seen=timestamp(record.first_seen), last_seen=timestamp(record.last_seen))
+
+
+def verify_to_proto(report: Any) -> workflows_pb2.VerifyReport:
+    return workflows_pb2.VerifyReport(
+        clean=report.clean, keys_compared=report.keys_compared, missing=report.missing, extra=report.extra,
+        different=report.different, ttl_mismatch=report.ttl_mismatch,
+        examples=[workflows_pb2.KeyDifference(key=d.key, key_text=d.key_text, db=d.db, kind=d.kind, detail=d.detail)
+                  for d in report.examples])

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from eve import error_keys as export_mod
-from eve.bulk import BulkCopy, BulkOptions, Progress, retry_error_keys
+from eve.bulk import DEFAULT_SOURCE_SHARE, BulkCopy, BulkOptions, CopyStopped, Progress, retry_error_keys
 from eve.endpoints import ConnectionSpec
 from eve.enums import ConflictPolicy
 from eve.errors import ConfigError, StateError
@@ -50,6 +50,8 @@ class MigrateArgs:
     state: str = "eve-migrate.db"
     scan_count: int = 1000
     progress: bool = True
+    source_share: float | None = None  # None: DEFAULT_SOURCE_SHARE
+    backoff_latency_ms: float = 0.0
 
 
 def _identity(spec: ConnectionSpec) -> dict[str, Any]:
@@ -140,7 +142,8 @@ def run_migrate(args: MigrateArgs) -> int:
             run_id=run_id, source=source, target=target, mirrors=tuple(mirrors), dbs=dbs, match=args.match,
             type=args.type, conflict=ConflictPolicy(args.conflict.upper()), preserve_ttl=args.preserve_ttl,
             restorers=args.restorers or 1, scan_count=args.scan_count or 1000,
-            max_keys_per_second=args.max_keys_per_sec, max_bytes_per_second=args.max_bytes_per_sec)
+            max_keys_per_second=args.max_keys_per_sec, max_bytes_per_second=args.max_bytes_per_sec,
+            max_source_share=args.source_share or DEFAULT_SOURCE_SHARE, backoff_latency_ms=args.backoff_latency_ms)
         copy = BulkCopy(options, store)
         copy.prepare()  # unreachable servers fail here, before a job is recorded
         job = store.set_run_state(run_id, "COPYING") if args.resume else store.create_run(run_id, "COPYING", setup)
@@ -150,7 +153,7 @@ def run_migrate(args: MigrateArgs) -> int:
         previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
         try:
             progress = copy.run(stop_event=stop)
-        except StateError:
+        except CopyStopped:
             store.set_run_state(job.id, "COPYING")
             raise StateError(f"stopped; continue with: eve migrate ... --resume --state {args.state}") from None
         except Exception as exc:

@@ -7,8 +7,10 @@ Eve's errors become gRPC status codes in exactly one place (``STATUS_CODES``).
 
 from __future__ import annotations
 
+import base64
 import hmac
 import ipaddress
+import json
 import logging
 import signal
 import threading
@@ -34,6 +36,7 @@ from eve.errors import (
     UnavailableError,
 )
 from eve.store import Store
+from eve.workflow import Workflow
 from eve.v1 import (
     endpoints_pb2,
     endpoints_pb2_grpc,
@@ -231,15 +234,108 @@ class InterlayServicer(interlays_pb2_grpc.InterlayServiceServicer):
 
 
 class MigrationServicer(workflows_pb2_grpc.MigrationServiceServicer):
-    """Every call answers UNIMPLEMENTED until the workflow issue lands."""
+    def __init__(self, workflow: Workflow) -> None:
+        self.workflow = workflow
 
-    def __getattribute__(self, name: str) -> Any:
-        attr = super().__getattribute__(name)
-        if name[:1].isupper() and callable(attr):
-            def unimplemented(request, context, _name=name):
-                raise NotImplementedError(f"MigrationService.{_name} is not implemented yet")
-            return unimplemented
-        return attr
+    def _run(self, record):
+        return convert.run_to_proto(record, self.workflow.store.traffic(record.id))
+
+    def CreateRun(self, request, context):
+        return self._run(self.workflow.create(request.id, request.description))
+
+    def GetRun(self, request, context):
+        return self._run(self.workflow.get(request.run))
+
+    def ListRuns(self, request, context):
+        return workflows_pb2.ListRunsResponse(runs=[self._run(r) for r in self.workflow.list()
+                                                    if not (r.setup or {}).get("kind") == "migrate"])
+
+    def SubmitSetup(self, request, context):
+        return self._run(self.workflow.submit_setup(request.run, convert.message_to_dict(request.setup)))
+
+    def Prepare(self, request, context):
+        return self._run(self.workflow.prepare(request.run))
+
+    def GetCompatibility(self, request, context):
+        issues = self.workflow.issues(request.run)
+        if self.workflow.state(request.run).value in ("CREATED", "CONFIGURED", "PREPARING") and not issues:
+            raise StateError(f"run {request.run!r} has no compatibility report yet (it is "
+                             f"{self.workflow.state(request.run).value})")
+        return workflows_pb2.CompatibilityReport(issues=[convert.issue_to_proto(i) for i in issues],
+                                                 compatible=not any(i["blocking"] for i in issues))
+
+    def AcknowledgeIssue(self, request, context):
+        return convert.issue_to_proto(self.workflow.acknowledge(request.run, request.issue_id, request.notes))
+
+    def GetAnalysis(self, request, context):
+        return convert.analysis_to_proto(self.workflow.report(request.run, "analysis"))
+
+    def GetTestRun(self, request, context):
+        return convert.testrun_to_proto(self.workflow.report(request.run, "testrun"))
+
+    def Approve(self, request, context):
+        return self._run(self.workflow.approve(request.run, request.notes))
+
+    def SubscribeEvents(self, request, context):
+        for event in self.workflow.events(request.run, request.after_seq, is_active=context.is_active):
+            yield convert.event_to_proto(request.run, event)
+
+    def GetMetrics(self, request, context):
+        return convert.metrics_to_proto(self.workflow.metrics(request.run))
+
+    def ListErrorKeys(self, request, context):
+        self.workflow.get(request.run)
+        size = request.page_size if 0 < request.page_size <= 1000 else 100
+        after = _decode_page_token(request.page_token) if request.page_token else None
+        records = self.workflow.store.error_keys(request.run, limit=size + 1, after=after)
+        token = ""
+        if len(records) > size:
+            records = records[:size]
+            last = records[-1]
+            token = _encode_page_token(last.db, last.key, last.node)
+        return workflows_pb2.ListErrorKeysResponse(error_keys=[convert.error_key_to_proto(r) for r in records],
+                                                   next_page_token=token)
+
+    def ExportErrorKeys(self, request, context):
+        from eve import error_keys
+
+        self.workflow.get(request.run)
+        fmt = "csv" if request.format == workflows_pb2.CSV else "jsonl"
+        for chunk in error_keys.export(self.workflow.store.error_keys(request.run), fmt):
+            if chunk:
+                yield workflows_pb2.ExportChunk(data=chunk)
+
+    def RetryErrorKeys(self, request, context):
+        outcome = self.workflow.retry_error_keys(request.run, list(request.keys) or None)
+        return workflows_pb2.RetryErrorKeysResponse(**outcome)
+
+    def SetTraffic(self, request, context):
+        self.workflow.get(request.run)
+        raise NotImplementedError("SetTraffic needs an online strategy, which is not implemented yet")
+
+    def Verify(self, request, context):
+        return convert.verify_to_proto(self.workflow.verify(request.run, request.ttl_tolerance_ms))
+
+    def Complete(self, request, context):
+        return self._run(self.workflow.complete(request.run, request.accept_differences, request.notes))
+
+    def Rollback(self, request, context):
+        return self._run(self.workflow.rollback(request.run, request.reason))
+
+    def Cancel(self, request, context):
+        return self._run(self.workflow.cancel(request.run, request.reason))
+
+
+def _encode_page_token(db: int, key: bytes, node: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([db, base64.b64encode(key).decode(), node]).encode()).decode()
+
+
+def _decode_page_token(token: str) -> tuple[int, bytes, str]:
+    try:
+        db, key, node = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return int(db), base64.b64decode(key), str(node)
+    except (ValueError, TypeError, json.JSONDecodeError):
+        raise ConfigError("not a page token from ListErrorKeys", field="page_token") from None
 
 
 # -- server ---------------------------------------------------------------------
@@ -276,7 +372,7 @@ def is_loopback(host: str) -> bool:
 
 
 def build_server(coordinator: Coordinator, *, token: str | None = None, max_workers: int = 32,
-                 tracer_provider: TracerProvider | None = None) -> grpc.Server:
+                 tracer_provider: TracerProvider | None = None, workflow: Workflow | None = None) -> grpc.Server:
     interceptors: list[grpc.ServerInterceptor] = [otel_server_interceptor(tracer_provider=tracer_provider)]
     if token:
         interceptors.append(TokenInterceptor(token))
@@ -289,7 +385,8 @@ def build_server(coordinator: Coordinator, *, token: str | None = None, max_work
     )
     endpoints_pb2_grpc.add_EndpointServiceServicer_to_server(EndpointServicer(coordinator), server)
     interlays_pb2_grpc.add_InterlayServiceServicer_to_server(InterlayServicer(coordinator), server)
-    workflows_pb2_grpc.add_MigrationServiceServicer_to_server(MigrationServicer(), server)
+    workflows_pb2_grpc.add_MigrationServiceServicer_to_server(
+        MigrationServicer(workflow or Workflow(coordinator.store)), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):
@@ -309,8 +406,9 @@ def serve(options: ServerOptions, *, on_ready: Callable[[str], None] | None = No
             f"refusing to listen on {host} without a token: set EVE_TOKEN or --token-file, "
             "or listen on a loopback address", field="listen")
     store = Store(options.state_path)
+    workflow = Workflow(store)
     server = build_server(Coordinator(store), token=options.token, max_workers=options.max_workers,
-                          tracer_provider=tracer_provider)
+                          tracer_provider=tracer_provider, workflow=workflow)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)
@@ -329,9 +427,12 @@ def serve(options: ServerOptions, *, on_ready: Callable[[str], None] | None = No
     actual = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
     log.info("coordinator listening on %s state=%s auth=%s", actual, options.state_path,
              "token" if options.token else "off")
+    workflow.resume()
     if on_ready:
         on_ready(actual)
     stop.wait()
     log.info("coordinator stopping")
-    server.stop(grace=5).wait()
+    stopped = server.stop(grace=5)
+    workflow.shutdown()
+    stopped.wait()
     store.close()

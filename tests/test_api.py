@@ -116,7 +116,8 @@ def test_duplicate_and_in_use(eve):
 
 
 def test_unimplemented_until_their_issue(eve):
-    stderr = grpcurl_error(eve, "MigrationService/CreateRun", {})
+    grpcurl_json(eve, "MigrationService/CreateRun", {"id": "r1"})
+    stderr = grpcurl_error(eve, "MigrationService/SetTraffic", {"run": "r1", "read_percent_target": 10})
     assert "Code: Unimplemented" in stderr
 
 

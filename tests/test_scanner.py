@@ -6,10 +6,12 @@ consumer); main() once in a spawned process, as the coordinator starts it.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import pickle
 import queue
+import re
 import threading
 import time
 from collections import Counter
@@ -24,7 +26,8 @@ from eve import telemetry
 from eve.endpoints import ConnectionSpec
 from eve.errors import ConfigError
 from eve.frames import Batch, Failed, Stop, decode
-from eve.topology import key_slot
+from eve.topology import cluster_masters, key_slot, node_spec
+from eve.wire import FastConnection
 from scanner import ScannerOptions, main, run_scanner
 from scanner.worker import LatencyGuard, TokenBucket, rows_from_replies
 from servers import engine_names, free_port
@@ -153,7 +156,10 @@ def test_every_key_once_with_payload_and_expiry(redis_server, engine):
         restored.execute_command("RESTORE", key, expiry, payload, "ABSTTL")
     for key in ttls:
         assert snapshot(restored, key) == snapshot(client, key), key
-        assert abs(restored.pttl(key) - client.pttl(key)) <= 1000 if ttls[key] else restored.pttl(key) == -1
+        if ttls[key]:
+            assert abs(restored.pttl(key) - client.pttl(key)) <= 1000, key
+        else:
+            assert restored.pttl(key) == -1, key
 
 
 def test_rows_from_replies_vanished_expiring_and_errors():
@@ -389,12 +395,30 @@ def test_token_bucket_and_latency_guard_rules():
     assert guard.observe(0.008, 1000) == 0.0 and guard.baseline == pytest.approx(8e-6)
 
 
-def test_backoff_latency_does_not_lose_keys(source):
+def test_source_latency_makes_the_scanner_back_off(source, caplog):
+    caplog.set_level(logging.INFO, logger="eve.scanner")
     client = source.client()
-    for i in range(2000):
-        client.set(f"k:{i}", i)
-    ok, frames = scan(source, count=100, max_pipeline=50, backoff_latency_ms=0.01)
-    assert ok and len(rows_by_key(batches_of(frames))) == 2000
+    with client.pipeline(transaction=False) as pipe:
+        for i in range(5000):
+            pipe.set(f"k:{i}", i)
+        pipe.execute()
+    # ~100 DUMP/PTTL round trips of 10 keys per SCAN reply: the first set the
+    # baseline; a DEBUG SLEEP from another client then stalls one of them.
+    batches = WatchedQueue(maxsize=1)
+    options = options_for(source, count=1000, max_pipeline=10, backoff_latency_ms=20)
+    thread, result = run_in_thread(options, batches)
+    stalls = []
+
+    def stall_source(frame) -> None:
+        if len(stalls) < 2 and isinstance(frame, Batch):
+            stalls.append(client.execute_command("DEBUG", "SLEEP", "0.2"))
+
+    frames = drain(batches, on_frame=stall_source)
+    thread.join(10)
+    assert result == {"ok": True}
+    assert len(rows_by_key(batches_of(frames))) == 5000
+    [finished] = [record.getMessage() for record in caplog.records if " finished: " in record.getMessage()]
+    assert int(re.search(r"backoffs=(\d+)", finished).group(1)) >= 1, finished
 
 
 # --------------------------------------------------------------------------- failures
@@ -483,17 +507,21 @@ def test_cluster_master_yields_only_its_own_keys(redis_cluster):
     for key in keys:
         client.set(key, "v")
     client.close()
-    # The masters and their slots as CLUSTER SLOTS reports them.
-    slots: dict[int, list[tuple[int, int]]] = {}
-    for start, end, master, *_ in redis_cluster.masters[0].client().execute_command("CLUSTER", "SLOTS"):
-        slots.setdefault(int(master[1]), []).append((int(start), int(end)))
+    # As the coordinator does it: the masters from CLUSTER SLOTS, one scanner each.
+    endpoint = ConnectionSpec(redis_cluster.host, redis_cluster.port)
+    with FastConnection(endpoint) as conn:
+        masters = cluster_masters(conn)
+    assert len(masters) == 3
     seen: set[bytes] = set()
-    for master in redis_cluster.masters:
-        ok, frames = scan(master, count=25)
-        assert ok
-        mine = set(rows_by_key(batches_of(frames)))
+    for master in masters:
+        options = options_for(redis_cluster, source=node_spec(endpoint, master), node=master.address, count=25)
+        sink = Sink()
+        assert run_scanner(options, sink)
+        batches = batches_of(sink.frames)
+        assert {batch.header.node for batch in batches} == {master.address}
+        mine = set(rows_by_key(batches))
         assert mine and not mine & seen
-        assert all(any(start <= key_slot(key) <= end for start, end in slots[master.port]) for key in mine)
+        assert all(any(start <= key_slot(key) <= end for start, end in master.slots) for key in mine)
         seen |= mine
     assert seen == keys
 

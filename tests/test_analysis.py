@@ -1,0 +1,138 @@
+"""Keyspace analysis and the test run of the Prepare step (DESIGN.md section 7),
+against real servers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import pytest
+
+from eve import testrun
+from eve.analysis import TTL_BUCKETS, analyze, ttl_bucket
+from eve.endpoints import EndpointConfig, parse_config
+from keyspace import TYPES, fill
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+BIG_KEY = b"big:\xffblob"
+
+
+def endpoint(server) -> EndpointConfig:
+    return parse_config({"target": {"host": server.host, "port": server.port}})
+
+
+def types_of(analysis, db: int = 0) -> dict[str, int]:
+    stats = next(d for d in analysis.dbs if d.db == db)
+    return {t.type: t.keys for t in stats.types}
+
+
+def scratch_keys(client) -> list[bytes]:
+    return list(client.scan_iter(match=testrun.SCRATCH_PREFIX + "*", count=1000))
+
+
+def test_ttl_buckets():
+    assert [ttl_bucket(ms) for ms in (-1, 0, 59_999, 60_000, 3_599_999, 3_600_000, 86_399_999, 86_400_000)] == \
+        ["none", "<1m", "<1m", "1m-1h", "1m-1h", "1h-1d", "1h-1d", ">1d"]
+
+
+def test_analysis_counts_big_keys_and_ttls(server_factory):
+    server = server_factory("redis-7.0")
+    client = server.client()
+    fill(client, 600, ttl_every=5)                   # 100 keys of each type; 120 with a 1-2 h TTL
+    client.set(BIG_KEY, b"x" * (1 << 20))            # one 1 MB string among small keys
+    client.set("short", 1, px=30_000)                # < 1 minute
+    client.set("long", 1, ex=3 * 86_400)             # > 1 day
+    fill(server.client(db=3), 30, prefix="other", ttl_every=0)
+
+    analysis = analyze(endpoint(server), big_keys=3)
+    assert not analysis.sampled and analysis.sampled_keys == 633
+    assert [(d.db, d.keys, d.keys_with_ttl) for d in analysis.dbs] == [(0, 603, 122), (3, 30, 0)]
+    assert types_of(analysis) == {"string": 103, "hash": 100, "list": 100, "set": 100, "zset": 100,
+                                  "stream": 100}
+    assert types_of(analysis, 3) == {kind: 5 for kind in TYPES}
+    assert dict(analysis.ttl_distribution) == {"none": 633 - 122, "<1m": 1, "1m-1h": 0, "1h-1d": 120, ">1d": 1}
+    assert [bucket for bucket, _ in analysis.ttl_distribution] == list(TTL_BUCKETS)
+    biggest = analysis.big_keys[0]
+    assert (biggest.key, biggest.type, biggest.db) == (BIG_KEY, "string", 0)
+    assert biggest.memory_bytes >= 1 << 20 and biggest.key_text == "big:\\xffblob"
+    assert len(analysis.big_keys) == 3 and biggest.memory_bytes > analysis.big_keys[1].memory_bytes
+    strings = next(t for t in analysis.dbs[0].types if t.type == "string")
+    assert strings.memory_bytes > 1 << 20
+    assert analysis.module_types == () and analysis.used_memory_bytes > 1 << 20
+    json.dumps(analysis.to_dict())
+
+    # A small sample: counts are extrapolated from INFO keyspace, close to the real ones.
+    sampled = analyze(endpoint(server), sample_limit=400, scan_count=50)
+    assert sampled.sampled and sampled.sampled_keys == 400 + 30
+    assert [(d.db, d.keys, d.keys_with_ttl) for d in sampled.dbs] == [(0, 603, 122), (3, 30, 0)]
+    counts = types_of(sampled)
+    assert set(counts) == set(TYPES)
+    assert abs(sum(counts.values()) - 603) <= 6
+    assert all(50 <= n <= 160 for n in counts.values()), counts
+    assert abs(sum(n for _, n in sampled.ttl_distribution) - 633) <= 8
+
+
+def test_module_types_and_test_run_of_a_module_key(server_factory):
+    server = server_factory("redis-8.2", with_module=True)
+    client = server.client()
+    client.execute_command("GRAPH.QUERY", "g", "CREATE (:P {n:1})")
+    fill(client, 60)
+    analysis = analyze(endpoint(server))
+    assert analysis.module_types == ("graphdata",)
+    assert types_of(analysis)["graphdata"] == 1
+
+    # Into the same server: the graph's copy is compared by its DUMP payload.
+    before = client.dbsize()
+    report = testrun.test_run(endpoint(server), endpoint(server), run_id="mod", sample=20)
+    results = {r.type: r for r in report.results}
+    assert results["graphdata"].ok == 1 and set(results) == {"graphdata", *TYPES}
+    assert report.errors == () and report.keys == 20
+    assert client.dbsize() == before and scratch_keys(client) == []
+
+
+def test_test_run_all_ok_and_scratch_keys_removed(server_factory):
+    source, target = server_factory("redis-7.0"), server_factory("valkey-9.1")
+    fill(source.client(), 600)
+    fill(source.client(db=2), 12, prefix="db2")
+    target.client().set("already-there", 1)
+
+    report = testrun.test_run(endpoint(source), endpoint(target), run_id="run-1", sample=60)
+    assert report.errors == ()
+    assert report.keys == 60
+    assert {r.type for r in report.results} == set(TYPES)
+    assert all(r.ok == r.keys and r.failed == 0 and r.keys >= 5 for r in report.results), report.results
+    assert report.total_keys == 612 and report.keys_per_second > 0
+    assert report.estimated_seconds == pytest.approx(612 / report.keys_per_second, rel=0.01)
+    assert target.client().dbsize() == 1 and scratch_keys(target.client()) == []
+    json.dumps(asdict(report))
+
+
+def test_test_run_reports_refused_payloads_per_type(server_factory):
+    source, target = server_factory("redis-8.2"), server_factory("valkey-8.1")
+    fill(source.client(), 120)
+    report = testrun.test_run(endpoint(source), endpoint(target), run_id="refused", sample=30, total_keys=1000)
+    assert {r.type: (r.keys, r.ok, r.failed) for r in report.results} == {kind: (5, 0, 5) for kind in TYPES}
+    assert len(report.errors) == 30
+    assert all("payload version or checksum" in error for error in report.errors)
+    assert report.total_keys == 1000
+    assert target.client().dbsize() == 0
+
+
+def test_cluster_target_and_cluster_analysis(server_factory, cluster_factory):
+    source = server_factory("redis-7.0")
+    cluster = cluster_factory("valkey-9.1", masters=3)
+    fill(source.client(), 120)
+
+    report = testrun.test_run(endpoint(source), endpoint(cluster), run_id="c", sample=40)
+    assert report.errors == () and report.keys == 40
+    assert sum(r.ok for r in report.results) == 40
+    assert sum(master.client().dbsize() for master in cluster.masters) == 0
+
+    # The cluster as a source: every master is analyzed, db 0 only.
+    client = cluster.client()
+    fill(client, 90, ttl_every=0, binary=False)
+    analysis = analyze(endpoint(cluster))
+    assert [(d.db, d.keys) for d in analysis.dbs] == [(0, 90)]
+    assert types_of(analysis) == {kind: 15 for kind in TYPES}
+    client.close()

@@ -1,0 +1,203 @@
+"""Compatibility checks of the Prepare step, each shown firing on a real setup
+built to trip it and quiet on a compatible pair (DESIGN.md section 7)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import pytest
+
+from eve.compat import (
+    CODES,
+    CompatIssue,
+    check_compatibility,
+    rdb_accepts,
+    server_version,
+    source_version_issue,
+)
+from eve.endpoints import EndpointConfig, parse_config
+from eve.errors import UnavailableError
+from servers import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def endpoint(server, *, write_user: tuple[str, str] | None = None) -> EndpointConfig:
+    config: dict = {"target": {"host": server.host, "port": server.port}}
+    if server.password:
+        config["read_credentials"] = {"password": server.password}
+    if write_user:
+        config["write_credentials"] = {"username": write_user[0], "password": write_user[1]}
+    return parse_config(config)
+
+
+def codes(issues: list[CompatIssue]) -> set[str]:
+    return {issue.code for issue in issues}
+
+
+def only(issues: list[CompatIssue], code: str) -> CompatIssue:
+    found = [issue for issue in issues if issue.code == code]
+    assert len(found) == 1, issues
+    return found[0]
+
+
+def fill_strings(server, count: int, size: int, db: int = 0) -> None:
+    pipe = server.client(db=db).pipeline(transaction=False)
+    for i in range(count):
+        pipe.set(f"s:{i}", b"x" * size)
+    pipe.execute()
+
+
+def assert_jsonable(issues: list[CompatIssue]) -> None:
+    for issue in issues:
+        assert issue.code in CODES
+        assert all(isinstance(v, str) for v in issue.evidence.values()), issue
+    json.dumps([asdict(issue) for issue in issues])
+
+
+# --------------------------------------------------------------------------- unit: versions
+
+
+def test_source_version_logic_from_info():
+    old = server_version({"redis_version": "4.0.14", "redis_mode": "standalone"})
+    issue = source_version_issue(old)
+    assert issue is not None and issue.code == "SOURCE_VERSION_TOO_OLD" and issue.blocking
+    assert issue.evidence == {"source_engine": "redis", "source_version": "4.0.14", "minimum_version": "5.0"}
+    assert "redis 4.0.14" in issue.message
+    assert source_version_issue(server_version({"redis_version": "5.0.0"})) is None
+    valkey = server_version({"redis_version": "7.2.4", "valkey_version": "8.1.8", "server_name": "valkey"})
+    assert (valkey.engine, valkey.version, valkey.major, valkey.redis_major) == ("valkey", "8.1.8", 8, 7)
+    assert source_version_issue(valkey) is None
+
+
+def test_rdb_version_fallback_matches_measured_engines():
+    # DESIGN.md 8: 10 (Redis 7.0) -> all; 11 (Valkey 8.1) -> 12, 80; 12 and 80 -> none of the others.
+    versions = {"redis-7.0": 10, "valkey-8.1": 11, "redis-8.2": 12, "valkey-9.1": 80}
+    accepted = {(s, t) for s in versions for t in versions if s != t and rdb_accepts(versions[s], versions[t])}
+    assert accepted == {("redis-7.0", "valkey-8.1"), ("redis-7.0", "redis-8.2"), ("redis-7.0", "valkey-9.1"),
+                        ("valkey-8.1", "redis-8.2"), ("valkey-8.1", "valkey-9.1")}
+
+
+def test_unreachable_target_raises_naming_it(server_factory):
+    source = server_factory("redis-7.0")
+    gone = parse_config({"target": {"host": "127.0.0.1", "port": free_port()}})
+    with pytest.raises(UnavailableError, match="target 'new-cache'"):
+        check_compatibility(endpoint(source), gone, target_name="new-cache", timeout=2)
+
+
+# --------------------------------------------------------------------------- real setups
+
+
+def test_compatible_pair_has_no_issues(server_factory):
+    source, target = server_factory("redis-7.0"), server_factory("valkey-9.1")
+    fill_strings(source, 50, 100)
+    for mode in ("AUTO", "DUMP_RESTORE", "LOGICAL"):
+        assert check_compatibility(endpoint(source), endpoint(target), mode=mode, conflict_policy="MERGE",
+                                   interlay_listeners=1) == []
+    assert source.client().dbsize() == 50 and target.client().dbsize() == 0  # probes cleaned up
+
+
+def test_dump_version_mismatch_from_a_real_probe(server_factory):
+    source, target = server_factory("redis-8.2"), server_factory("valkey-8.1")
+    issues = check_compatibility(endpoint(source), endpoint(target))
+    assert_jsonable(issues)
+    assert codes(issues) == {"DUMP_VERSION_MISMATCH", "TARGET_OLDER_VERSION"}
+    dump = only(issues, "DUMP_VERSION_MISMATCH")
+    assert not dump.blocking and dump.evidence["fallback"] == "logical copy"
+    assert (dump.evidence["source_rdb_version"], dump.evidence["target_rdb_version"]) == ("12", "11")
+    assert "payload version or checksum" in dump.evidence["target_reply"]
+    assert not only(issues, "TARGET_OLDER_VERSION").blocking
+
+    strict = only(check_compatibility(endpoint(source), endpoint(target), mode="DUMP_RESTORE"),
+                  "DUMP_VERSION_MISMATCH")
+    assert strict.blocking and "DUMP_RESTORE" in strict.message
+    assert source.client().dbsize() == 0 and target.client().dbsize() == 0
+
+
+def test_modules_differ_blocking_only_with_module_keys(server_factory):
+    source = server_factory("redis-8.2", with_module=True)
+    target = server_factory("redis-8.2")  # lists the built-in "vectorset" only
+    fill_strings(source, 20, 10)
+    issues = check_compatibility(endpoint(source), endpoint(target))
+    assert codes(issues) == {"MODULES_DIFFER"}
+    issue = only(issues, "MODULES_DIFFER")
+    assert not issue.blocking and issue.evidence["module"] == "graph"
+
+    source.client().execute_command("GRAPH.QUERY", "g", "CREATE (:P {n:1})")
+    issue = only(check_compatibility(endpoint(source), endpoint(target)), "MODULES_DIFFER")
+    assert issue.blocking, issue
+    assert issue.evidence["source_module_key_types"] == "graphdata"
+    assert "graphdata" in issue.message and issue.evidence["target_module_version"] == "none"
+
+
+@pytest.mark.parametrize("acl_rules, method", [
+    (("+@all", "-restore"), "ACL DRYRUN"),
+    (("+@all", "-restore", "-acl"), "MULTI/DISCARD probe"),  # may not run ACL DRYRUN itself
+], ids=["dryrun", "multi-probe"])
+def test_acl_user_without_restore_on_the_target(server_factory, acl_rules, method):
+    source, target = server_factory("redis-7.0"), server_factory("valkey-9.1")
+    target.client().execute_command("ACL", "SETUSER", "limited", "on", ">pw", "~*", "&*", *acl_rules)
+    issues = check_compatibility(endpoint(source), endpoint(target, write_user=("limited", "pw")))
+    assert_jsonable(issues)
+    assert codes(issues) == {"ACL_MISSING_COMMANDS"}, issues
+    issue = only(issues, "ACL_MISSING_COMMANDS")
+    assert issue.blocking
+    assert issue.evidence == {"endpoint": "target", "role": "write", "user": "limited",
+                              "missing_commands": "restore", "checked_with": method}
+    assert "RESTORE" in issue.message and "limited" in issue.message
+    assert target.client().dbsize() == 0
+
+
+def test_cluster_topology_checks(server_factory, cluster_factory):
+    standalone = server_factory("redis-7.0")
+    cluster = cluster_factory("redis-7.0", masters=3)
+    fill_strings(standalone, 10, 10)
+
+    issue = only(check_compatibility(endpoint(standalone), endpoint(cluster)), "CLUSTER_MODE_DIFFERS")
+    assert not issue.blocking and issue.evidence["target_cluster"] == "yes"
+
+    fill_strings(standalone, 3, 10, db=3)
+    issues = check_compatibility(endpoint(standalone), endpoint(cluster))
+    assert codes(issues) == {"CLUSTER_MODE_DIFFERS"}
+    issue = only(issues, "CLUSTER_MODE_DIFFERS")
+    assert issue.blocking and "db 3" in issue.message and issue.evidence["source_dbs_with_keys"] == "0, 3"
+
+    # Cluster source -> standalone target: non-blocking; the interlay needs one listener per master.
+    issues = check_compatibility(endpoint(cluster), endpoint(standalone), interlay_listeners=1)
+    assert codes(issues) == {"CLUSTER_MODE_DIFFERS", "INTERLAY_LISTENERS_MISMATCH"}
+    assert not only(issues, "CLUSTER_MODE_DIFFERS").blocking
+    interlay = only(issues, "INTERLAY_LISTENERS_MISMATCH")
+    assert interlay.blocking and interlay.evidence["source_masters"] == "3"
+    assert codes(check_compatibility(endpoint(cluster), endpoint(standalone), interlay_listeners=3)) == \
+        {"CLUSTER_MODE_DIFFERS"}
+    assert sum(master.client().dbsize() for master in cluster.masters) == 0  # probes cleaned up
+
+
+def test_target_memory_too_small_on_a_mirror(server_factory):
+    source = server_factory("redis-7.0")
+    target = server_factory("valkey-9.1")
+    mirror = server_factory("valkey-8.1", extra_args=["--maxmemory", "1mb"])
+    fill_strings(source, 40, 100_000)  # ~4 MB
+    issues = check_compatibility(endpoint(source), endpoint(target), mirrors=[endpoint(mirror)])
+    assert_jsonable(issues)
+    assert codes(issues) == {"TARGET_MEMORY_TOO_SMALL"}, issues
+    issue = only(issues, "TARGET_MEMORY_TOO_SMALL")
+    assert issue.blocking and issue.evidence["endpoint"] == "mirror target 1"
+    assert int(issue.evidence["target_maxmemory_bytes"]) == 1 << 20
+    assert int(issue.evidence["source_used_memory_bytes"]) > 4_000_000
+
+
+def test_dump_probe_on_a_source_that_cannot_write(server_factory):
+    # A read-only user (as on a replica): the probe uses the DUMP of an existing key instead.
+    source, target = server_factory("redis-8.2"), server_factory("valkey-8.1")
+    fill_strings(source, 5, 10)
+    source.client().execute_command("ACL", "SETUSER", "reader", "on", ">pw", "~*", "&*", "+@all", "-@write")
+    reader = parse_config({"target": {"host": source.host, "port": source.port, "username": "reader",
+                                      "password": "pw"}})
+    issues = check_compatibility(reader, endpoint(target), mode="DUMP_RESTORE")
+    assert codes(issues) == {"DUMP_VERSION_MISMATCH", "TARGET_OLDER_VERSION"}, issues
+    dump = only(issues, "DUMP_VERSION_MISMATCH")
+    assert dump.blocking and "existing source key" in dump.evidence["probe"]
+    assert (dump.evidence["source_rdb_version"], dump.evidence["target_rdb_version"]) == ("12", "11")
+    assert source.client().dbsize() == 5 and target.client().dbsize() == 0
