@@ -41,7 +41,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 from eve.endpoints import ConnectionSpec, EndpointConfig
 from eve.enums import DataMovementMode
 from eve.errors import AuthError, ConfigError, EndpointError, UnavailableError
-from eve.topology import Node, cluster_masters, key_slot, node_spec
+from eve.topology import Node, cluster_masters, key_slot, node_spec, parse_info
 from eve.wire import FastConnection, ReplyError, pack
 from restorer.rdb import payload_rdb_version
 
@@ -197,15 +197,6 @@ def _denied(reply: Any) -> bool:
     return isinstance(reply, ReplyError) and str(reply).startswith(_DENIED)
 
 
-def _parse_info(reply: Any) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for line in _text(reply).splitlines():
-        if ":" in line and not line.startswith("#"):
-            key, _, value = line.partition(":")
-            fields[key.strip()] = value.strip()
-    return fields
-
-
 class _Side:
     """One endpoint of the check (source, target or a mirror target): its
     connections, opened on first use and cached per connection spec."""
@@ -296,7 +287,7 @@ class _Side:
         reply = self.ask("INFO", section, node=node)
         if isinstance(reply, ReplyError):
             raise EndpointError(f"INFO {section} failed on the {self.label}: {reply}")
-        return _parse_info(reply)
+        return parse_info(reply)
 
     def close(self) -> None:
         for conn in self._conns.values():
@@ -434,7 +425,7 @@ def _dbs_of(side: _Side, spec: ConnectionSpec) -> list[int]:
     reply = side.call(spec, "INFO", "keyspace")
     if isinstance(reply, ReplyError):
         return [0]
-    return sorted(int(name[2:]) for name in _parse_info(reply) if name.startswith("db") and name[2:].isdigit())
+    return sorted(int(name[2:]) for name in parse_info(reply) if name.startswith("db") and name[2:].isdigit())
 
 
 def _probe_dump(source: _Side, target: _Side) -> _DumpProbe:

@@ -16,7 +16,7 @@ import signal
 import threading
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc

@@ -14,7 +14,7 @@ from eve.endpoints import ConnectionSpec
 from eve.errors import EndpointError
 from eve.wire import FastConnection, ReplyError
 
-__all__ = ["Node", "SlotMap", "is_cluster", "cluster_masters", "node_spec", "dbs_with_keys", "key_slot",
+__all__ = ["parse_info", "info_section", "Node", "SlotMap", "is_cluster", "cluster_masters", "node_spec", "dbs_with_keys", "key_slot",
            "SLOTS"]
 
 SLOTS = 16384
@@ -35,16 +35,21 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def info_section(conn: FastConnection, section: str) -> dict[str, str]:
-    reply = conn.execute("INFO", section)
-    if isinstance(reply, ReplyError):
-        raise EndpointError(f"INFO {section} failed on {conn.spec.address}: {reply}")
+def parse_info(reply: Any) -> dict[str, str]:
+    """An INFO reply as ``{field: value}`` (section headers dropped)."""
     fields: dict[str, str] = {}
     for line in _text(reply).splitlines():
         if ":" in line and not line.startswith("#"):
             key, _, value = line.partition(":")
             fields[key.strip()] = value.strip()
     return fields
+
+
+def info_section(conn: FastConnection, section: str) -> dict[str, str]:
+    reply = conn.execute("INFO", section)
+    if isinstance(reply, ReplyError):
+        raise EndpointError(f"INFO {section} failed on {conn.spec.address}: {reply}")
+    return parse_info(reply)
 
 
 def is_cluster(conn: FastConnection) -> bool:

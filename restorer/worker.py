@@ -58,7 +58,7 @@ from eve.frames import (
     decode,
     encode,
 )
-from eve.topology import Node, SlotMap, cluster_masters, key_slot, node_spec
+from eve.topology import SlotMap, cluster_masters, key_slot, node_spec
 from eve.wire import FastConnection, ReplyError
 from restorer.options import RestorerOptions
 from restorer.policies import CONFLICT, RESTORED, conflict_handling

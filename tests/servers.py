@@ -16,22 +16,15 @@ cluster_state:ok. Both are `RuntimeError`s.
 from __future__ import annotations
 
 import atexit
-import functools
-import importlib.util
 import os
-import platform
 import random
-import re
-import shutil
 import shlex
 import signal
 import socket
-import stat
 import subprocess
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from eve.engines import ENGINE_NAMES, Engine, EngineNotFound, get_engine
