@@ -1,0 +1,1212 @@
+"""Convergence of a live migration: dirty keys re-copied from the authoritative side (DESIGN.md 6).
+
+Every write made while a run is live marks its key dirty (the interlay reports
+the keys of each write it forwards; ``KeyspaceNotifications`` adds keys written
+by clients that bypass it). ``DirtyKeySync`` re-copies dirty keys from the
+authoritative side to every other side until the backlog is small and steady:
+
+    interlay / keyspace notifications --mark(db, key)--> DirtyKeys (bounded, de-duplicated)
+    DirtyKeySync workers: take -> DUMP + PTTL on the authoritative side
+                                -> RESTORE key <abs expiry> payload ABSTTL REPLACE on every other side
+                                   (DEL when the key is gone: DUMP nil or PTTL -2)
+                          -> done
+
+Why this converges without a stale copy landing last: a key is in flight at most
+once. ``DirtyKeys`` hands a key to one worker and, when the key is marked again
+while that worker's DUMP may predate the write, holds the new mark until the
+worker reports the key done, then queues it again. So every write is followed by
+a read that starts after it, and two copies of one key never race. The rule needs
+the marks to come *after* the write executed (see ``DirtyKeys.mark``).
+
+Re-copies always use ``REPLACE``: the application wrote these keys during the run,
+so they win over the conflict policy (DESIGN.md 6.2). Expiry is absolute, computed
+from PTTL when it is read (DESIGN.md 4.3); a key whose expiry passed before it is
+written is deleted on the other sides rather than created.
+
+Who failed, per key: a reply that refuses the key (a DUMP payload of a newer RDB
+format, a cluster side asked for db 3, ...) is a ``RecopyFailure`` handed to
+``on_error``; the key leaves the backlog and becomes an error key of the run.
+Redirections (MOVED/ASK) are followed; LOADING, BUSY, TRYAGAIN, CLUSTERDOWN,
+MASTERDOWN, READONLY and OOM are retried with backoff, then are failures. A side
+that cannot be reached for ``reconnect_seconds`` raises ``UnavailableError`` from
+``recopy``; ``run`` and ``drain`` put the batch back (nothing is lost) and retry.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import hiredis
+
+from eve.connections import handshake, open_socket
+from eve.endpoints import ConnectionSpec
+from eve.errors import AuthError, ConfigError, EndpointError, SourceError, UnavailableError
+from eve.frames import ErrorKeyRow
+from eve.topology import SlotMap, cluster_masters, info_section, is_cluster, node_spec
+from eve.wire import FastConnection, ReplyError, pack
+from restorer.rdb import payload_type
+from restorer.worker import classify
+
+__all__ = [
+    "ALL_DBS",
+    "DEFAULT_MAX_BACKLOG",
+    "DEFAULT_BATCH",
+    "DirtyKeys",
+    "DirtyKeySync",
+    "KeyspaceNotifications",
+    "RecopyFailure",
+    "RecopyResult",
+    "SyncOptions",
+    "SyncStats",
+    "parse_keyspace_channel",
+]
+
+log = logging.getLogger("eve.sync")
+
+DEFAULT_MAX_BACKLOG = 1_000_000
+DEFAULT_BATCH = 500
+ALL_DBS = None               # resync_dbs() when a full resync must cover every db
+IDLE_WAIT = 0.1              # a worker with nothing to do sleeps on the backlog's condition this long
+UNAVAILABLE_BACKOFF = 1.0    # after a side stayed unreachable for reconnect_seconds
+MAX_REDIRECTS = 5            # MOVED/ASK hops (and re-routes) per key before its reply is final
+RECONNECT_FIRST_DELAY = 0.05
+RECONNECT_MAX_DELAY = 1.0
+_TRANSIENT_PREFIXES = ("LOADING", "BUSY ", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN", "READONLY", "OOM")
+_SLOT_CHANGE_PREFIXES = ("TRYAGAIN", "CLUSTERDOWN", "READONLY")
+_ASKING = pack("ASKING")
+_DUMP = b"*2\r\n$4\r\nDUMP\r\n$%d\r\n%b\r\n"
+_PTTL = b"*2\r\n$4\r\nPTTL\r\n$%d\r\n%b\r\n"
+_DEL = b"*2\r\n$3\r\nDEL\r\n$%d\r\n%b\r\n"
+_OK = b"OK"
+
+Item = tuple[int, bytes]
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    """What one re-copy loop needs; frozen and picklable (STYLE.md habit 1)."""
+
+    authoritative: ConnectionSpec        # the side whose value wins: the source before cutover, the target after
+    others: tuple[ConnectionSpec, ...]   # target and mirror targets before cutover; the source after (reverse sync)
+    preserve_ttl: bool = True
+    max_backlog: int = DEFAULT_MAX_BACKLOG  # beyond it DirtyKeys drops marks and flags a full re-verify
+    batch: int = DEFAULT_BATCH           # keys per take (and per pipeline)
+    # Worker threads. One key is never in flight in two workers at once (DirtyKeys holds a
+    # key marked again while in flight until that re-copy is done), which gives the per-key
+    # order hash sharding would, without a hot shard starving the others.
+    workers: int = 1
+    timeout: float = 10.0                # per pipeline
+    reconnect_seconds: float = 10.0      # a side unreachable longer than this fails the batch (it is re-queued)
+    max_attempts: int = 3                # for transient error replies (LOADING, TRYAGAIN, OOM, ...)
+    retry_delay: float = 0.05            # doubled per attempt
+
+    def __post_init__(self) -> None:
+        if not self.others:
+            raise ConfigError("at least one side to copy to is required", field="others")
+        if self.authoritative.address in {spec.address for spec in self.others}:
+            raise ConfigError(f"{self.authoritative.address} is both the authoritative side and a side "
+                              "copied to", field="others")
+        for name in ("max_backlog", "batch", "workers", "max_attempts"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"must be at least 1, got {getattr(self, name)}", field=name)
+
+
+# --------------------------------------------------------------------------- the backlog
+
+
+class DirtyKeys:
+    """A bounded, de-duplicating backlog of ``(db, key)`` in insertion order.
+
+    ``mark`` is O(1) and thread-safe. A key marked again while it is queued is not
+    queued twice. A key marked while its re-copy is in flight is queued again once
+    that re-copy is ``done`` (its DUMP may predate the write) and is not handed out
+    before: one key is only ever in flight once.
+
+    The backlog (queued + in flight) never grows past ``max_backlog``: a
+    mark beyond it is dropped and ``overflowed`` is set, meaning "marks were lost,
+    run a full re-verify of ``resync_dbs()``". ``mark_all`` (FLUSHDB, FLUSHALL,
+    SWAPDB) sets the same flag: a whole db changed and no list of keys says how.
+    """
+
+    def __init__(self, max_backlog: int = DEFAULT_MAX_BACKLOG) -> None:
+        if max_backlog < 1:
+            raise ConfigError(f"must be at least 1, got {max_backlog}", field="max_backlog")
+        self.max_backlog = max_backlog
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        # item -> monotonic time of its first pending mark (for the lag)
+        self._queued: collections.OrderedDict[Item, float] = collections.OrderedDict()
+        self._in_flight: dict[Item, float] = {}
+        self._again: dict[Item, float] = {}        # marked while in flight
+        self._overflowed = False
+        self._resync_all = False
+        self._resync: set[int] = set()
+        self.marked = 0      # marks that queued a key (repeats of a queued key not counted)
+        self.dropped = 0     # marks dropped because the backlog was full
+
+    def __repr__(self) -> str:
+        return (f"DirtyKeys(backlog={self.backlog}, max_backlog={self.max_backlog}, "
+                f"overflowed={self._overflowed})")
+
+    # -- producers ---------------------------------------------------------------
+
+    def mark(self, db: int, key: bytes) -> None:
+        """Call *after* the write executed (after its reply, or after its outcome became
+        unknown): a mark made before could be consumed by a re-copy that reads the
+        key before the write lands, and the write would then never be copied."""
+        if key.__class__ is not bytes:
+            key = key.encode() if isinstance(key, str) else bytes(key)
+        item = (db, key)
+        with self._lock:
+            if item in self._queued:
+                return
+            if item in self._in_flight:
+                # Counted in the backlog already: held, queued again by done().
+                self._again.setdefault(item, time.monotonic())
+                return
+            if self._full():
+                self._drop(db)
+                return
+            self._queued[item] = time.monotonic()
+            self.marked += 1
+            if len(self._queued) == 1:
+                self._changed.notify_all()
+
+    def mark_many(self, db: int, keys: Iterable[bytes]) -> None:
+        for key in keys:
+            self.mark(db, key)
+
+    def mark_all(self, db: int | None) -> None:
+        """The whole ``db`` (every db with None) changed: a full resync is needed (the flag)."""
+        with self._lock:
+            self._overflowed = True
+            if db is None:
+                self._resync_all = True
+            else:
+                self._resync.add(db)
+            self._changed.notify_all()
+
+    # -- the consumer ------------------------------------------------------------
+
+    def take(self, n: int) -> list[Item]:
+        """Up to ``n`` queued keys, oldest first; they are in flight until ``done`` or ``requeue``."""
+        with self._lock:
+            count = min(n, len(self._queued))
+            items: list[Item] = []
+            for _ in range(count):
+                item, marked_at = self._queued.popitem(last=False)
+                self._in_flight[item] = marked_at
+                items.append(item)
+            return items
+
+    def done(self, items: Iterable[Item]) -> None:
+        """The re-copy of ``items`` finished (copied, deleted or failed): marks made while
+        they were in flight queue them again."""
+        with self._lock:
+            for item in items:
+                if self._in_flight.pop(item, None) is None:
+                    continue
+                marked_at = self._again.pop(item, None)
+                if marked_at is not None:
+                    self._queued[item] = marked_at
+            self._changed.notify_all()
+
+    def requeue(self, items: Sequence[Item]) -> None:
+        """The re-copy of ``items`` did not happen (a side was unreachable): queue them again,
+        at the front, with their original mark times."""
+        with self._lock:
+            for item in reversed(items):
+                marked_at = self._in_flight.pop(item, None)
+                if marked_at is None:
+                    continue
+                again = self._again.pop(item, None)
+                self._queued[item] = min(marked_at, again) if again is not None else marked_at
+                self._queued.move_to_end(item, last=False)
+            self._changed.notify_all()
+
+    def wait_for_work(self, timeout: float) -> bool:
+        """Sleep until a key is queued (True) or ``timeout`` passed (False). Never spins."""
+        with self._lock:
+            if not self._queued:
+                self._changed.wait(timeout)
+            return bool(self._queued)
+
+    def wait_for_change(self, timeout: float) -> None:
+        with self._lock:
+            self._changed.wait(timeout)
+
+    # -- overflow ----------------------------------------------------------------
+
+    @property
+    def overflowed(self) -> bool:
+        return self._overflowed
+
+    def resync_dbs(self) -> frozenset[int] | None:
+        """The dbs a full re-verify must cover: empty when none, ``ALL_DBS`` (None) for every db."""
+        with self._lock:
+            return ALL_DBS if self._resync_all else frozenset(self._resync)
+
+    def reset_overflow(self) -> frozenset[int] | None:
+        """Clear the flag when a full re-verify starts; returns what it must cover
+        (as ``resync_dbs``). Marks made from now on are queued again as usual."""
+        with self._lock:
+            needed = ALL_DBS if self._resync_all else frozenset(self._resync)
+            self._overflowed = self._resync_all = False
+            self._resync = set()
+            return needed
+
+    # -- counters ----------------------------------------------------------------
+
+    @property
+    def backlog(self) -> int:
+        """Keys still to re-copy: queued or in flight (one marked again while in flight counts once)."""
+        with self._lock:
+            return len(self._queued) + len(self._in_flight)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    @property
+    def lag_seconds(self) -> float:
+        """Age of the oldest pending mark (0.0 with an empty backlog)."""
+        with self._lock:
+            oldest = None
+            if self._queued:
+                oldest = next(iter(self._queued.values()))
+            for pending in (self._in_flight, self._again):
+                if pending:
+                    first = min(pending.values())
+                    oldest = first if oldest is None else min(oldest, first)
+        return 0.0 if oldest is None else max(time.monotonic() - oldest, 0.0)
+
+    def _full(self) -> bool:
+        return len(self._queued) + len(self._in_flight) >= self.max_backlog
+
+    def _drop(self, db: int) -> None:
+        if not self._overflowed:
+            log.warning("dirty-key backlog full (%d keys): dropping marks; a full re-verify is needed",
+                        self.max_backlog)
+        self._overflowed = True
+        self._resync.add(db)
+        self.dropped += 1
+        self._changed.notify_all()
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class RecopyFailure:
+    """One key one side refused; it leaves the backlog and becomes an error key of the run."""
+
+    db: int
+    key: bytes
+    side: str       # the endpoint's address as configured (options.authoritative or one of options.others)
+    node: str       # the node that answered (a cluster master), else the same as side
+    type: str       # from the DUMP payload, "unknown" when there was none
+    size: int       # payload bytes, 0 when there was none
+    reason: str
+    attempts: int = 1
+
+    def as_error_key(self) -> ErrorKeyRow:
+        return ErrorKeyRow(self.key, self.db, self.node, self.type, self.size, self.reason, self.attempts)
+
+
+@dataclass
+class RecopyResult:
+    """Per key: copied (RESTOREd on every other side), deleted (gone on the authoritative
+    side, or expired, and deleted on every other side), or failed (any side refused it)."""
+
+    copied: int = 0
+    deleted: int = 0
+    failed: int = 0
+    failures: list[RecopyFailure] = field(default_factory=list)
+
+    def add(self, other: "RecopyResult") -> None:
+        self.copied += other.copied
+        self.deleted += other.deleted
+        self.failed += other.failed
+        self.failures.extend(other.failures)
+
+
+@dataclass(frozen=True)
+class SyncStats:
+    backlog: int
+    in_flight: int
+    copied: int
+    deleted: int
+    failed: int
+    lag_seconds: float
+    overflowed: bool
+    marked: int
+    dropped: int
+    unavailable: int          # batches put back because a side was unreachable
+    last_error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- one side
+
+
+class _Reroute(Exception):
+    """A cluster node is gone from the slot map: its keys must be routed again."""
+
+
+class _Side:
+    """One endpoint (the authoritative side or one of the others), standalone or cluster:
+    a FastConnection per node, pipelines routed by slot, MOVED/ASK followed. One thread."""
+
+    def __init__(self, spec: ConnectionSpec, role: str, options: SyncOptions,
+                 stopping: Callable[[], bool]) -> None:
+        self.spec = spec
+        self.role = role
+        self.address = spec.address
+        self.options = options
+        self.cluster: bool | None = None  # known after connect()
+        self._stopping = stopping
+        self._conns: dict[str, FastConnection] = {}
+        self._specs: dict[str, ConnectionSpec] = {spec.address: spec}
+        self._slots: SlotMap | None = None
+        self._masters: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"_Side({self.role} {self.address}, cluster={self.cluster})"
+
+    def connect(self) -> None:
+        if self.cluster is not None:
+            return
+        conn = self._open(self.address)
+        try:
+            self.cluster = is_cluster(conn)
+        except UnavailableError:
+            conn.close()
+            raise
+        except EndpointError as exc:
+            raise EndpointError(f"{self.role} {self.address}: {exc}") from exc
+        if self.cluster:
+            self._refresh_slots()
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+    # -- connections -------------------------------------------------------------
+
+    def _connection(self, address: str) -> FastConnection:
+        conn = self._conns.get(address)
+        if conn is None:
+            conn = FastConnection(self._specs[address], timeout=self.options.timeout, client_name="eve-sync")
+            self._conns[address] = conn
+        return conn
+
+    def _open(self, address: str) -> FastConnection:
+        """The node's connection, opened; retried with backoff for reconnect_seconds."""
+        return self._retrying(address, lambda conn: conn)
+
+    def _address_of(self, host: str, port: int) -> str:
+        spec = dataclasses.replace(self.spec, host=host or self.spec.host, port=port)
+        self._specs.setdefault(spec.address, spec)
+        return spec.address
+
+    def _refresh_slots(self) -> None:
+        last: Exception | None = None
+        for address in dict.fromkeys([self.address, *self._masters]):
+            conn = self._connection(address)
+            try:
+                masters = cluster_masters(conn)
+            except AuthError:
+                raise
+            except EndpointError as exc:
+                conn.close()
+                last = exc
+                continue
+            for node in masters:
+                self._specs.setdefault(node.address, node_spec(self.spec, node))
+            self._slots = SlotMap(masters)
+            self._masters = {node.address for node in masters}
+            return
+        raise UnavailableError(f"{self.role} {self.address}: no node answered CLUSTER SLOTS: {last}")
+
+    def _retrying(self, address: str, call: Callable[[FastConnection], Any]) -> Any:
+        """``call(conn)``, reopening the connection with backoff while the node is unreachable.
+
+        Everything sent here is idempotent (DUMP, PTTL, RESTORE ... REPLACE, DEL), so a
+        pipeline whose connection dropped is simply sent again."""
+        deadline: float | None = None
+        delay = RECONNECT_FIRST_DELAY
+        while True:
+            conn = self._connection(address)
+            try:
+                if not conn.connected:
+                    conn.open()
+                return call(conn)
+            except AuthError as exc:
+                raise AuthError(f"{self.role} {address}: {exc}") from exc
+            except EndpointError as exc:  # unreachable, timed out, or a malformed reply
+                conn.close()
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.options.reconnect_seconds
+                    log.warning("sync: %s %s: %s; reconnecting for up to %gs", self.role, address, exc,
+                                self.options.reconnect_seconds)
+                if self.cluster:
+                    # A failover may have moved the node's slots: ask the others.
+                    try:
+                        self._refresh_slots()
+                    except EndpointError:
+                        pass
+                    else:
+                        if address not in self._masters:
+                            raise _Reroute(address) from exc
+                if self._stopping() or now + delay > deadline:
+                    raise UnavailableError(f"{self.role} {address} unreachable: {exc}") from exc
+                time.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+
+    def _pipeline(self, address: str, db: int, packed: bytes, count: int) -> list[Any]:
+        def send(conn: FastConnection) -> list[Any]:
+            if not self.cluster and conn.db != db:
+                try:
+                    conn.select(db)
+                except UnavailableError:
+                    raise
+                except EndpointError as exc:  # the db does not exist there: each key fails
+                    return [ReplyError(str(exc))] * count
+            return conn.pipeline(packed, count)
+        return self._retrying(address, send)
+
+    # -- commands ----------------------------------------------------------------
+
+    def execute(self, db: int, keys: Sequence[bytes], jobs: Sequence[Sequence[bytes]]) -> list[tuple[str, list[Any]]]:
+        """Run each job (the pre-packed commands of one key) on the node that owns its key.
+
+        Returns, per job, the node that answered and its replies. MOVED/ASK are
+        followed, transient errors retried; what comes back is the final word."""
+        self.connect()
+        results: list[tuple[str, list[Any]] | None] = [None] * len(jobs)
+        route: dict[int, tuple[str, bool]] = {}   # job -> (node, asking) after a redirection
+        hops: dict[int, int] = collections.defaultdict(int)
+        tries: dict[int, int] = collections.defaultdict(int)
+        pending = list(range(len(jobs)))
+        backoffs = 0
+        while pending:
+            groups: dict[tuple[str, bool], list[int]] = collections.defaultdict(list)
+            for index in pending:
+                groups[route.get(index) or (self._owner(keys[index]), False)].append(index)
+            again: list[int] = []
+            refresh = transient = False
+            for (address, asking), indexes in groups.items():
+                commands = [command for index in indexes for command in jobs[index]]
+                if asking:
+                    packed, count = b"".join(_ASKING + command for command in commands), 2 * len(commands)
+                else:
+                    packed, count = b"".join(commands), len(commands)
+                try:
+                    replies = self._pipeline(address, db, packed, count)
+                except _Reroute:
+                    for index in indexes:
+                        route.pop(index, None)
+                        hops[index] += 1
+                    again.extend(indexes)
+                    continue
+                if asking:
+                    replies = replies[1::2]
+                offset = 0
+                for index in indexes:
+                    size = len(jobs[index])
+                    job_replies = replies[offset:offset + size]
+                    offset += size
+                    redirect = _first_error(job_replies)
+                    if redirect is None:
+                        results[index] = (address, job_replies)
+                        continue
+                    message = str(redirect)
+                    if message.startswith(("MOVED ", "ASK ")) and self.cluster and hops[index] < MAX_REDIRECTS:
+                        hops[index] += 1
+                        moved = message.startswith("MOVED ")
+                        route[index] = (self._address_of(*_split(message.split()[2])), not moved)
+                        refresh = refresh or moved
+                        again.append(index)
+                    elif message.startswith(_TRANSIENT_PREFIXES) and tries[index] + 1 < self.options.max_attempts:
+                        tries[index] += 1
+                        route.pop(index, None)
+                        transient = True
+                        refresh = refresh or (self.cluster and message.startswith(_SLOT_CHANGE_PREFIXES))
+                        again.append(index)
+                    else:
+                        results[index] = (address, job_replies)
+            if refresh:
+                try:
+                    self._refresh_slots()
+                except EndpointError as exc:
+                    log.warning("sync: %s %s: cannot refresh the slot map: %s", self.role, self.address, exc)
+            if transient:
+                time.sleep(self.options.retry_delay * 2 ** backoffs)
+                backoffs += 1
+            pending = again
+        return results  # type: ignore[return-value]
+
+    def _owner(self, key: bytes) -> str:
+        if not self.cluster:
+            return self.address
+        assert self._slots is not None
+        node = self._slots.node_for_key(key)
+        # A slot without a master (the cluster is being reconfigured): the seed answers
+        # MOVED or CLUSTERDOWN, and both are handled.
+        return node.address if node is not None else self.address
+
+
+def _first_error(replies: list[Any]) -> ReplyError | None:
+    """The first redirection or transient error among a job's replies."""
+    for reply in replies:
+        if isinstance(reply, ReplyError):
+            message = str(reply)
+            if message.startswith(("MOVED ", "ASK ")) or message.startswith(_TRANSIENT_PREFIXES):
+                return reply
+    return None
+
+
+def _split(address: str) -> tuple[str, int]:
+    """"host:port" (also "[v6]:port" and the bare v6 form of MOVED replies) -> (host, port)."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+# --------------------------------------------------------------------------- the re-copy
+
+
+class _Copier:
+    """The connections of one thread: the authoritative side and every other side."""
+
+    def __init__(self, options: SyncOptions, stopping: Callable[[], bool]) -> None:
+        self.options = options
+        self.authoritative = _Side(options.authoritative, "authoritative side", options, stopping)
+        self.others = [_Side(spec, "copy target", options, stopping) for spec in options.others]
+
+    def close(self) -> None:
+        for side in (self.authoritative, *self.others):
+            side.close()
+
+    def recopy(self, items: Sequence[Item]) -> RecopyResult:
+        result = RecopyResult()
+        by_db: dict[int, list[bytes]] = {}
+        for db, key in items:
+            by_db.setdefault(db, []).append(key)
+        step = self.options.batch
+        for db, keys in by_db.items():
+            keys = list(dict.fromkeys(keys))
+            for start in range(0, len(keys), step):
+                self._recopy_db(db, keys[start:start + step], result)
+        return result
+
+    def _recopy_db(self, db: int, keys: list[bytes], result: RecopyResult) -> None:
+        options = self.options
+        auth = self.authoritative
+        auth.connect()
+        failures: dict[bytes, list[RecopyFailure]] = {}
+
+        def fail(side: _Side, node: str, key: bytes, payload: bytes | None, reason: str, attempts: int = 1) -> None:
+            failures.setdefault(key, []).append(RecopyFailure(
+                db, key, side.address, node, payload_type(payload) if payload else "unknown",
+                len(payload) if payload else 0, reason, attempts))
+
+        if auth.cluster and db != 0:
+            for key in keys:
+                fail(auth, auth.address, key, None, f"the authoritative side is a cluster: it has only db 0, "
+                                                    f"the key was marked in db {db}")
+            _tally(keys, {}, failures, result)
+            return
+        replies = auth.execute(db, keys, [(_DUMP % (len(key), key), _PTTL % (len(key), key)) for key in keys])
+        now_ms = time.time_ns() // 1_000_000
+        # key -> (expiry, payload); payload None: delete on the other sides
+        rows: dict[bytes, tuple[int, bytes | None]] = {}
+        for key, (node, (payload, pttl)) in zip(keys, replies):
+            if isinstance(payload, ReplyError) or isinstance(pttl, ReplyError):
+                error = payload if isinstance(payload, ReplyError) else pttl
+                fail(auth, node, key, None, f"DUMP/PTTL refused on the authoritative side: {error}",
+                     options.max_attempts if str(error).startswith(_TRANSIENT_PREFIXES) else 1)
+            elif payload is None or pttl == -2:
+                # Gone since it was marked (deleted, expired, renamed away): delete it everywhere.
+                rows[key] = (0, None)
+            elif isinstance(pttl, int) and pttl >= 0 and options.preserve_ttl:
+                rows[key] = (now_ms + pttl, payload)
+            else:
+                rows[key] = (0, payload)
+        todo = [key for key in keys if key in rows]
+        deleted: dict[bytes, bool] = {}
+        for side in self.others:
+            if not todo:
+                break
+            side.connect()
+            if side.cluster and db != 0:
+                for key in todo:
+                    fail(side, side.address, key, rows[key][1],
+                         f"{side.address} is a cluster: it has only db 0, the key is in db {db}")
+                continue
+            now_ms = time.time_ns() // 1_000_000
+            jobs = []
+            for key in todo:
+                expiry, payload = rows[key]
+                if payload is None or (expiry and expiry <= now_ms):
+                    # A key whose expiry passed in transit is deleted, not created (DESIGN.md 4.3).
+                    jobs.append((_DEL % (len(key), key),))
+                    deleted[key] = True
+                elif expiry:
+                    jobs.append((pack("RESTORE", key, expiry, payload, "ABSTTL", "REPLACE"),))
+                else:
+                    jobs.append((pack("RESTORE", key, 0, payload, "REPLACE"),))
+            for key, (node, (reply,)) in zip(todo, side.execute(db, todo, jobs)):
+                if isinstance(reply, ReplyError):
+                    message = str(reply)
+                    _kind, reason = classify(message)
+                    attempts = options.max_attempts if message.startswith(_TRANSIENT_PREFIXES) else 1
+                    fail(side, node, key, rows[key][1], reason, attempts)
+                elif not deleted.get(key) and reply != _OK:
+                    fail(side, node, key, rows[key][1], f"unexpected reply to RESTORE: {reply!r:.200}")
+        _tally(keys, deleted, failures, result)
+
+
+def _tally(keys: list[bytes], deleted: dict[bytes, bool], failures: dict[bytes, list[RecopyFailure]],
+           result: RecopyResult) -> None:
+    for key in keys:
+        if key in failures:
+            result.failed += 1
+            result.failures.extend(failures[key])
+        elif deleted.get(key):
+            result.deleted += 1
+        else:
+            result.copied += 1
+
+
+class DirtyKeySync:
+    """Re-copies dirty keys from the authoritative side to every other side.
+
+    ``run(stop_event)`` is the worker loop (``options.workers`` threads); ``drain``
+    re-copies until the backlog is empty (cutover, tests); ``recopy`` is one batch.
+    Connections are opened lazily, one set per thread; ``close`` ends them.
+
+    ``on_error(failures)`` gets each batch's ``RecopyFailure`` list (refused keys:
+    they are out of the backlog and are error keys for the caller). Feed keys a
+    verification pass found different through ``dirty.mark``, not straight into
+    ``recopy``: only the backlog guarantees a key is never in flight twice.
+    """
+
+    def __init__(self, options: SyncOptions, dirty: DirtyKeys, *,
+                 on_error: Callable[[list[RecopyFailure]], None] | None = None) -> None:
+        self.options = options
+        self.dirty = dirty
+        self.on_error = on_error
+        self._local = threading.local()
+        self._copiers: list[_Copier] = []
+        self._lock = threading.Lock()
+        self._copied = self._deleted = self._failed = self._unavailable = 0
+        self._last_error: str | None = None
+        self._stop_event: threading.Event | None = None  # run()'s: ends reconnect waits early
+
+    def __repr__(self) -> str:
+        others = ", ".join(spec.address for spec in self.options.others)
+        return f"DirtyKeySync({self.options.authoritative.address} -> {others}, backlog={self.dirty.backlog})"
+
+    def __enter__(self) -> "DirtyKeySync":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            copiers, self._copiers = self._copiers, []
+        for copier in copiers:
+            copier.close()
+
+    # -- one batch ---------------------------------------------------------------
+
+    def recopy(self, items: list[Item]) -> RecopyResult:
+        """DUMP+PTTL on the authoritative side, then RESTORE ... ABSTTL REPLACE (or DEL) on
+        every other side. Raises UnavailableError/AuthError when a side cannot be used;
+        per-key refusals are in the result (and passed to ``on_error``)."""
+        result = self._copier().recopy(items)
+        with self._lock:
+            self._copied += result.copied
+            self._deleted += result.deleted
+            self._failed += result.failed
+        if result.failures:
+            first = result.failures[0]
+            log.warning("sync: %d keys failed (first: %r db=%d on %s: %s)", result.failed, first.key[:100],
+                        first.db, first.node, first.reason)
+            if self.on_error is not None:
+                try:
+                    self.on_error(result.failures)
+                except Exception:
+                    log.exception("sync: on_error raised; the failures are counted anyway")
+        return result
+
+    def _copier(self) -> _Copier:
+        copier = getattr(self._local, "copier", None)
+        if copier is None:
+            copier = self._local.copier = _Copier(self.options, self._stopping)
+            with self._lock:
+                self._copiers.append(copier)
+        return copier
+
+    def _stopping(self) -> bool:
+        stop_event = self._stop_event
+        return stop_event is not None and stop_event.is_set()
+
+    def _release_copier(self) -> None:
+        copier = getattr(self._local, "copier", None)
+        if copier is not None:
+            self._local.copier = None
+            with self._lock:
+                if copier in self._copiers:
+                    self._copiers.remove(copier)
+            copier.close()
+
+    def _step(self, items: list[Item]) -> bool:
+        """Re-copy one taken batch and settle it with the backlog; False when a side was unreachable."""
+        try:
+            self.recopy(items)
+        except EndpointError as exc:  # unreachable or refused credentials: nothing is lost
+            self.dirty.requeue(items)
+            with self._lock:
+                self._unavailable += 1
+                self._last_error = str(exc)
+            log.warning("sync: %s; %d keys put back in the backlog", exc, len(items))
+            return False
+        except BaseException:
+            self.dirty.requeue(items)
+            raise
+        self.dirty.done(items)
+        return True
+
+    # -- loops -------------------------------------------------------------------
+
+    def run(self, stop_event: threading.Event) -> None:
+        """take, recopy, done, until ``stop_event`` is set; ``options.workers`` threads.
+        An empty backlog sleeps on its condition (woken by the next mark), never spins.
+        A worker's internal error stops them all and is raised here."""
+        halt = threading.Event()            # a worker failed: the others stop too
+        crashed: list[BaseException] = []
+        self._stop_event = stop_event
+
+        def stopping() -> bool:
+            return stop_event.is_set() or halt.is_set()
+
+        def worker(number: int) -> None:
+            try:
+                self._worker(stopping, number)
+            except BaseException as exc:
+                crashed.append(exc)
+                halt.set()
+
+        threads = [threading.Thread(target=worker, args=(i,), name=f"eve-sync-{i}", daemon=True)
+                   for i in range(2, self.options.workers + 1)]
+        for thread in threads:
+            thread.start()
+        log.info("sync: %r with %d workers", self, self.options.workers)
+        try:
+            worker(1)
+        finally:
+            for thread in threads:
+                thread.join()
+            self._stop_event = None
+        if crashed:
+            raise crashed[0]
+        log.info("sync: stopped; %s", self.stats().as_dict())
+
+    def _worker(self, stopping: Callable[[], bool], number: int) -> None:
+        dirty, batch = self.dirty, self.options.batch
+        try:
+            while not stopping():
+                items = dirty.take(batch)
+                if not items:
+                    dirty.wait_for_work(IDLE_WAIT)
+                    continue
+                if not self._step(items):
+                    deadline = time.monotonic() + UNAVAILABLE_BACKOFF
+                    while not stopping() and time.monotonic() < deadline:
+                        time.sleep(IDLE_WAIT)
+        except BaseException:
+            log.exception("sync worker %d stopped on an internal error", number)
+            raise
+        finally:
+            self._release_copier()
+
+    def drain(self, timeout: float) -> bool:
+        """Re-copy in this thread (alongside ``run``'s workers, if any) until the backlog is
+        empty: True, or False when ``timeout`` passed first. ``dirty.overflowed`` still
+        says whether a full re-verify is needed."""
+        deadline = time.monotonic() + timeout
+        dirty = self.dirty
+        try:
+            while dirty.backlog:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                items = dirty.take(self.options.batch)
+                if not items:
+                    dirty.wait_for_change(min(remaining, IDLE_WAIT))  # in flight in another worker
+                elif not self._step(items):
+                    time.sleep(min(UNAVAILABLE_BACKOFF, max(deadline - time.monotonic(), 0)))
+            return True
+        finally:
+            self._release_copier()
+
+    # -- progress ----------------------------------------------------------------
+
+    @property
+    def lag_seconds(self) -> float:
+        return self.dirty.lag_seconds
+
+    def stats(self) -> SyncStats:
+        dirty = self.dirty
+        with self._lock:
+            return SyncStats(backlog=dirty.backlog, in_flight=dirty.in_flight, copied=self._copied,
+                             deleted=self._deleted, failed=self._failed, lag_seconds=round(dirty.lag_seconds, 3),
+                             overflowed=dirty.overflowed, marked=dirty.marked, dropped=dirty.dropped,
+                             unavailable=self._unavailable, last_error=self._last_error)
+
+
+# --------------------------------------------------------------------------- keyspace notifications
+
+
+_KEYSPACE_PREFIX = b"__keyspace@"
+_PATTERN = b"__keyspace@*__:*"
+# A channel the pattern matches but that names no db: barrier tokens travel on it, in order
+# with the notifications of the node they are published on.
+_BARRIER_PREFIX = b"__keyspace@eve-barrier__:"
+# What 'A' stands for (https://redis.io/docs/latest/develop/use/keyspace-notifications/).
+_EVENT_CLASSES = "g$lshzxet"
+_WHOLE_DB_COMMANDS = ("flushdb", "flushall", "swapdb")  # they notify nothing per key
+
+
+def parse_keyspace_channel(channel: bytes) -> Item | None:
+    """``__keyspace@<db>__:<key>`` -> (db, key). Keys are binary and may contain ``__:``
+    themselves; the db never does, so the first ``__:`` ends it."""
+    if not channel.startswith(_KEYSPACE_PREFIX):
+        return None
+    db, sep, key = channel[len(_KEYSPACE_PREFIX):].partition(b"__:")
+    if not sep or not db.isdigit():
+        return None
+    return int(db), key
+
+
+def _flags_enough(flags: str) -> bool:
+    return "K" in flags and ("A" in flags or all(c in flags for c in _EVENT_CLASSES))
+
+
+class _Subscriber:
+    """PSUBSCRIBE __keyspace@*__:* on one master, in a thread of its own."""
+
+    def __init__(self, spec: ConnectionSpec, dirty: DirtyKeys, *, configure: bool, poll_seconds: float) -> None:
+        self.spec = spec
+        self.address = spec.address
+        self.dirty = dirty
+        self.configure = configure
+        self.poll_seconds = poll_seconds
+        self.notified = 0
+        self.reconnects = 0
+        self._control = FastConnection(spec, timeout=10.0, client_name="eve-keyspace")
+        self._sock: socket.socket | None = None
+        self._reader = hiredis.Reader()
+        self._previous: str | None = None   # notify-keyspace-events before we changed it
+        self._applied: str | None = None    # ... and after
+        self._whole_db_calls: int | None = None
+        self._control_lock = threading.Lock()   # the loop's INFO polls and barrier()'s PUBLISH
+        self._barriers: dict[bytes, threading.Event] = {}
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- setup -------------------------------------------------------------------
+
+    def enable(self) -> None:
+        """Make the server publish keyspace events (K + A), remembering the previous setting."""
+        reply = self._control.execute("CONFIG", "GET", "notify-keyspace-events")
+        if isinstance(reply, ReplyError):
+            if not self.configure:
+                log.info("keyspace %s: CONFIG GET refused (%s); trusting that notify-keyspace-events "
+                         "includes 'KA'", self.address, reply)
+                return
+            raise SourceError(self._refused("CONFIG GET notify-keyspace-events", reply))
+        current = _config_value(reply)
+        if _flags_enough(current):
+            return
+        if not self.configure:
+            raise SourceError(f"keyspace notifications on {self.address}: notify-keyspace-events is "
+                              f"{current!r}, which lacks 'K' and 'A'; set it to include 'KA'")
+        wanted = current + "".join(c for c in "KA" if c not in current)
+        reply = self._control.execute("CONFIG", "SET", "notify-keyspace-events", wanted)
+        if isinstance(reply, ReplyError):
+            raise SourceError(self._refused("CONFIG SET notify-keyspace-events", reply))
+        self._previous = current
+        self._applied = _config_value(self._control.execute("CONFIG", "GET", "notify-keyspace-events"))
+        log.info("keyspace %s: notify-keyspace-events %r -> %r", self.address, current, self._applied)
+
+    def _refused(self, what: str, reply: Any) -> str:
+        return (f"cannot enable keyspace notifications on {self.address}: {what} was refused ({reply}). "
+                "Set notify-keyspace-events to include 'KA' on the server (a parameter group on managed "
+                "services) and start with configure=False, or send every client through an interlay")
+
+    def restore(self) -> None:
+        """Put notify-keyspace-events back, unless someone changed it since we did."""
+        if self._previous is None:
+            return
+        try:
+            current = _config_value(self._control.execute("CONFIG", "GET", "notify-keyspace-events"))
+            if current != self._applied:
+                log.warning("keyspace %s: notify-keyspace-events changed to %r since Eve set %r; "
+                            "leaving it", self.address, current, self._applied)
+            else:
+                self._control.execute("CONFIG", "SET", "notify-keyspace-events", self._previous)
+                log.info("keyspace %s: notify-keyspace-events restored to %r", self.address, self._previous)
+            self._previous = None
+        except EndpointError as exc:
+            log.warning("keyspace %s: cannot restore notify-keyspace-events to %r: %s", self.address,
+                        self._previous, exc)
+        finally:
+            self._control.close()
+
+    def subscribe(self) -> None:
+        """Connect and PSUBSCRIBE; returns once the server confirmed, so no later write is missed."""
+        self.close_socket()
+        self._reader = hiredis.Reader()
+        sock = open_socket(self.spec, 10.0)
+        self._sock = sock
+        try:
+            handshake(self.spec, self._call, lambda r: str(r).encode() if isinstance(r, ReplyError) else None,
+                      db=0, client_name="eve-keyspace", protocol=2)
+            confirmation = self._call("PSUBSCRIBE", _PATTERN)
+            if isinstance(confirmation, ReplyError) or not isinstance(confirmation, list):
+                raise SourceError(f"keyspace {self.address}: PSUBSCRIBE refused: {confirmation}")
+        except BaseException:
+            self.close_socket()
+            raise
+        sock.settimeout(min(self.poll_seconds, 0.5))
+        self._whole_db_calls = self._count_whole_db_commands()
+
+    def _call(self, *args: Any) -> Any:
+        assert self._sock is not None
+        self._sock.sendall(pack(*args))
+        while True:
+            reply = self._reader.gets()
+            if reply is not False:
+                return reply
+            data = self._sock.recv(1 << 16)
+            if not data:
+                raise UnavailableError(f"{self.address} closed the connection")
+            self._reader.feed(data)
+
+    def close_socket(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None
+
+    # -- the loop ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name=f"eve-keyspace {self.address}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        self.close_socket()
+
+    def _loop(self) -> None:
+        next_poll = time.monotonic() + self.poll_seconds
+        while not self._stopping.is_set():
+            try:
+                self._read()
+                if time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + self.poll_seconds
+                    self._check_whole_db_commands()
+            except (OSError, EndpointError, hiredis.ProtocolError) as exc:
+                if self._stopping.is_set():
+                    return
+                self._resubscribe(exc)
+
+    def _read(self) -> None:
+        sock = self._sock
+        if sock is None:
+            raise UnavailableError("not subscribed")
+        try:
+            data = sock.recv(1 << 18)
+        except socket.timeout:
+            return
+        if not data:
+            raise UnavailableError(f"{self.address} closed the subscription")
+        reader, mark = self._reader, self.dirty.mark
+        reader.feed(data)
+        while (message := reader.gets()) is not False:
+            # [b"pmessage", pattern, b"__keyspace@<db>__:<key>", event]
+            if message.__class__ is list and len(message) == 4 and message[0] == b"pmessage":
+                item = parse_keyspace_channel(message[2])
+                if item is not None:
+                    mark(*item)
+                    self.notified += 1
+                elif message[2].startswith(_BARRIER_PREFIX):
+                    # Tokens of other masters arrive too (PUBLISH is cluster-wide): not ours, no entry.
+                    event = self._barriers.pop(message[2][len(_BARRIER_PREFIX):], None)
+                    if event is not None:
+                        event.set()
+
+    def barrier(self, timeout: float) -> bool:
+        """True once every notification this master published before the call was marked."""
+        token = os.urandom(12).hex().encode()
+        reached = self._barriers[token] = threading.Event()
+        try:
+            with self._control_lock:
+                reply = self._control.execute("PUBLISH", _BARRIER_PREFIX + token, b"")
+            if isinstance(reply, ReplyError):
+                raise SourceError(f"keyspace {self.address}: PUBLISH refused: {reply}")
+            return reached.wait(timeout)
+        finally:
+            self._barriers.pop(token, None)
+
+    def _resubscribe(self, exc: BaseException) -> None:
+        """Writes made while the subscription was down were not seen: flag a full resync."""
+        self.dirty.mark_all(ALL_DBS)
+        log.warning("keyspace %s: subscription lost (%s); marks may be missing, a full re-verify is "
+                    "flagged; resubscribing", self.address, exc)
+        delay = RECONNECT_FIRST_DELAY
+        while not self._stopping.is_set():
+            try:
+                self.subscribe()
+                self.reconnects += 1
+                log.info("keyspace %s: resubscribed", self.address)
+                return
+            except EndpointError as retry_exc:
+                log.debug("keyspace %s: resubscribe failed: %s", self.address, retry_exc)
+            except OSError as retry_exc:
+                log.debug("keyspace %s: resubscribe failed: %s", self.address, retry_exc)
+            self._stopping.wait(delay)
+            delay = min(delay * 2, 2.0)
+
+    def _count_whole_db_commands(self) -> int | None:
+        """FLUSHDB, FLUSHALL and SWAPDB publish no keyspace event: INFO commandstats counts them.
+        None when the server refuses INFO commandstats (the check is then off)."""
+        try:
+            with self._control_lock:
+                stats = info_section(self._control, "commandstats")
+        except UnavailableError:
+            raise
+        except EndpointError as exc:
+            log.warning("keyspace %s: INFO commandstats refused (%s); FLUSHDB/FLUSHALL/SWAPDB by clients "
+                        "that bypass the interlay will not be noticed", self.address, exc)
+            self.poll_seconds = float("inf")
+            return None
+        total = 0
+        for name in _WHOLE_DB_COMMANDS:
+            fields = dict(part.split("=", 1) for part in stats.get(f"cmdstat_{name}", "").split(",") if "=" in part)
+            total += int(fields.get("calls", 0))
+        return total
+
+    def _check_whole_db_commands(self) -> None:
+        calls = self._count_whole_db_commands()
+        previous, self._whole_db_calls = self._whole_db_calls, calls
+        if previous is not None and calls is not None and calls != previous:
+            # Which db is not known (and a CONFIG RESETSTAT may have hidden one): all of them.
+            log.warning("keyspace %s: FLUSHDB/FLUSHALL/SWAPDB ran on the source; a full resync is flagged",
+                        self.address)
+            self.dirty.mark_all(ALL_DBS)
+
+
+def _config_value(reply: Any) -> str:
+    """CONFIG GET's [name, value] (a map in RESP3) -> value."""
+    if isinstance(reply, dict):
+        values = list(reply.values())
+    else:
+        values = list(reply or [])[1::2]
+    value = values[0] if values else b""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class KeyspaceNotifications:
+    """Marks keys written by clients that bypass the interlay, from keyspace notifications.
+
+    Subscribes to ``__keyspace@*__:*`` on every master of ``source`` (notifications
+    are node-local in a cluster). With ``configure`` (the default) it enables 'K'
+    and 'A' in ``notify-keyspace-events`` and puts the previous value back on
+    ``stop``; a server that refuses CONFIG raises ``SourceError`` saying what to do.
+    FLUSHDB, FLUSHALL and SWAPDB publish nothing per key: ``INFO commandstats`` is
+    polled every ``poll_seconds`` and a change flags a full resync
+    (``dirty.mark_all(ALL_DBS)``), as does a lost subscription.
+
+    Subscribe on the side clients write to, which is the authoritative side. Never
+    on a side ``DirtyKeySync`` copies to: its own RESTOREs would mark the keys again,
+    forever (after cutover, stop the source's notifications before reverse sync).
+    """
+
+    def __init__(self, source: ConnectionSpec, dirty: DirtyKeys, *, configure: bool = True,
+                 poll_seconds: float = 1.0) -> None:
+        self.source = source
+        self.dirty = dirty
+        self.configure = configure
+        self.poll_seconds = poll_seconds
+        self._subscribers: list[_Subscriber] = []
+
+    def __repr__(self) -> str:
+        return f"KeyspaceNotifications({self.source.address}, masters={len(self._subscribers)})"
+
+    def __enter__(self) -> "KeyspaceNotifications":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def notified(self) -> int:
+        return sum(s.notified for s in self._subscribers)
+
+    def barrier(self, timeout: float) -> bool:
+        """True once every write the source executed before this call has been marked dirty
+        (a token published on each master comes back behind its notifications); False
+        after ``timeout``. For cutover: stop the writes, ``barrier``, then ``drain``."""
+        deadline = time.monotonic() + timeout
+        return all(subscriber.barrier(max(deadline - time.monotonic(), 0.0))
+                   for subscriber in list(self._subscribers))
+
+    def start(self) -> None:
+        """Subscribed on every master when it returns; SourceError/UnavailableError otherwise."""
+        if self._subscribers:
+            return
+        with FastConnection(self.source, timeout=10.0, client_name="eve-keyspace") as conn:
+            specs = ([node_spec(self.source, node) for node in cluster_masters(conn)] if is_cluster(conn)
+                     else [self.source])
+        subscribers = [_Subscriber(spec, self.dirty, configure=self.configure, poll_seconds=self.poll_seconds)
+                       for spec in specs]
+        try:
+            for subscriber in subscribers:
+                self._subscribers.append(subscriber)
+                subscriber.enable()
+                subscriber.subscribe()
+        except BaseException:
+            self.stop()
+            raise
+        for subscriber in subscribers:
+            subscriber.start()
+        log.info("keyspace notifications: subscribed on %s", ", ".join(s.address for s in subscribers))
+
+    def stop(self) -> None:
+        subscribers, self._subscribers = self._subscribers, []
+        for subscriber in subscribers:
+            subscriber.stop()
+        for subscriber in subscribers:
+            subscriber.restore()
