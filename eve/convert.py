@@ -40,15 +40,31 @@ def endpoint_to_proto(record: EndpointRecord) -> endpoints_pb2.Endpoint:
         create_time=timestamp(record.create_time), update_time=timestamp(record.update_time))
 
 
-def interlay_to_proto(record: InterlayRecord) -> interlays_pb2.Interlay:
+def interlay_to_proto(record: InterlayRecord, status: Any = None,
+                      stats: dict[str, Any] | None = None) -> interlays_pb2.Interlay:
+    """The stored interlay; ``status`` (the supervisor's) wins on state and ports while it knows
+    the interlay, ``stats`` are the live numbers of a running one."""
     settings = interlays_pb2.InterlaySettings(
         max_concurrent_connections=record.settings.get("max_concurrent_connections"),
         listen_host=record.settings.get("listen_host", ""))
-    return interlays_pb2.Interlay(
+    state, last_error = record.state, record.last_error
+    if status is not None and status.state != "STOPPED":
+        state, last_error = status.state, status.reason or last_error
+    elif status is not None and state == "RUNNING":
+        state = "STOPPED"  # recorded as running, but no process: it did not come back
+    out = interlays_pb2.Interlay(
         id=record.id, endpoint=record.endpoint, port=record.port, settings=settings,
-        state=interlays_pb2.InterlayState.Value(f"INTERLAY_{record.state}"),
-        last_error=record.last_error,
+        state=interlays_pb2.InterlayState.Value(f"INTERLAY_{state}"), last_error=last_error,
+        listener_ports=list(status.ports) if status is not None else [],
         create_time=timestamp(record.create_time), update_time=timestamp(record.update_time))
+    if stats:
+        out.stats.connections = stats["connections"]
+        out.stats.ops_per_second = stats["ops_per_second"]
+        out.stats.errors = stats["errors"]
+        for backend in stats["backends"]:
+            out.stats.backends.add(backend=backend["backend"], ops=backend["ops"], errors=backend["errors"],
+                                   p50_ms=backend["p50_ms"], p99_ms=backend["p99_ms"])
+    return out
 
 
 def _text(data: bytes) -> str:

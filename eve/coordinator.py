@@ -15,7 +15,8 @@ from typing import Any, Mapping, Sequence
 
 from eve import endpoints as model
 from eve.connections import DEFAULT_TIMEOUT, RedisConnection
-from eve.errors import ConfigError
+from eve.errors import ConfigError, EveError, StateError
+from eve.interlay_supervisor import InterlaySupervisor
 from eve.store import EndpointRecord, InterlayRecord, Store
 from proxy import resp
 
@@ -60,8 +61,9 @@ class CommandResult:
 
 
 class Coordinator:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, interlays: InterlaySupervisor | None = None) -> None:
         self.store = store
+        self.interlays = interlays
         self._flags: dict[tuple[str, str, str], tuple[frozenset[str], str]] = {}
         self._flags_lock = threading.Lock()
 
@@ -190,6 +192,66 @@ class Coordinator:
     def delete_interlay(self, id: str) -> None:
         self.store.delete_interlay(model.validate_name(id, field="id"))
         log.info("interlay deleted id=%s", id)
+
+    def _supervisor(self) -> InterlaySupervisor:
+        if self.interlays is None:
+            raise StateError("this coordinator runs no interlays")
+        return self.interlays
+
+    def start_interlay(self, id: str) -> InterlayRecord:
+        record = self.get_interlay(id)
+        supervisor = self._supervisor()
+        if supervisor.running(id):
+            raise StateError(f"interlay {id!r} is already running on port {record.port}")
+        config = self.endpoint_config(record.endpoint)
+        self.store.set_interlay_state(id, "STARTING")
+        try:
+            ports = supervisor.start(id, record.port, record.settings.get("listen_host", DEFAULT_LISTEN_HOST), config,
+                                     record.settings.get("max_concurrent_connections", DEFAULT_MAX_CONNECTIONS))
+        except EveError as exc:
+            self.store.set_interlay_state(id, "FAILED", str(exc))
+            raise
+        log.info("interlay started id=%s ports=%s endpoint=%s", id, ports, record.endpoint)
+        return self.store.set_interlay_state(id, "RUNNING")
+
+    def stop_interlay(self, id: str, drain_seconds: float = 5.0) -> InterlayRecord:
+        record = self.get_interlay(id)
+        if record.state in ("STOPPED",) and not self._supervisor().running(id):
+            raise StateError(f"interlay {id!r} is not running")
+        self.store.set_interlay_state(id, "STOPPING")
+        self._supervisor().stop(id, drain_seconds=drain_seconds)
+        log.info("interlay stopped id=%s", id)
+        return self.store.set_interlay_state(id, "STOPPED")
+
+    def interlay_status(self, id: str) -> tuple[Any, dict[str, Any] | None]:
+        """The supervisor's view (ports, state) and live stats when it runs."""
+        if self.interlays is None:
+            return None, None
+        status = self.interlays.status(id)
+        stats = self.interlays.stats(id) if self.interlays.running(id) else None
+        return status, stats
+
+    def interlay_failed(self, id: str, state: str, reason: str) -> None:
+        """The supervisor noticed a proxy process die on its own."""
+        log.error("interlay %s %s: %s", id, state, reason)
+        try:
+            self.store.set_interlay_state(id, state, reason)
+        except EveError:
+            log.exception("cannot record the state of interlay %s", id)
+
+    def restart_interlays(self) -> None:
+        """After a coordinator restart: start again every interlay that was running."""
+        for record in self.store.list_interlays():
+            if record.state in ("RUNNING", "STARTING"):
+                try:
+                    self.start_interlay(record.id)
+                except EveError as exc:
+                    log.error("interlay %s could not be restarted: %s", record.id, exc)
+
+    def shutdown_interlays(self) -> None:
+        """Stop the proxy processes; the store keeps them RUNNING so the next start brings them back."""
+        if self.interlays is not None:
+            self.interlays.stop_all(drain_seconds=2.0)
 
 
 def _flag_set(raw: Any) -> frozenset[str]:

@@ -35,6 +35,7 @@ from eve.errors import (
     StateError,
     UnavailableError,
 )
+from eve.interlay_supervisor import InterlaySupervisor
 from eve.store import Store
 from eve.workflow import Workflow
 from eve.v1 import (
@@ -215,22 +216,26 @@ class InterlayServicer(interlays_pb2_grpc.InterlayServiceServicer):
         record = self.coordinator.create_interlay(request.id, request.endpoint, request.port, settings)
         return convert.interlay_to_proto(record)
 
+    def _interlay(self, record):
+        status, stats = self.coordinator.interlay_status(record.id)
+        return convert.interlay_to_proto(record, status, stats)
+
     def GetInterlay(self, request, context):
-        return convert.interlay_to_proto(self.coordinator.get_interlay(request.id))
+        return self._interlay(self.coordinator.get_interlay(request.id))
 
     def ListInterlays(self, request, context):
         return interlays_pb2.ListInterlaysResponse(
-            interlays=[convert.interlay_to_proto(r) for r in self.coordinator.list_interlays()])
+            interlays=[self._interlay(r) for r in self.coordinator.list_interlays()])
 
     def DeleteInterlay(self, request, context):
         self.coordinator.delete_interlay(request.id)
         return interlays_pb2.DeleteInterlayResponse()
 
     def StartInterlay(self, request, context):
-        raise NotImplementedError("StartInterlay is not implemented yet (the interlay proxy process lands with issue 5)")
+        return self._interlay(self.coordinator.start_interlay(request.id))
 
     def StopInterlay(self, request, context):
-        raise NotImplementedError("StopInterlay is not implemented yet (the interlay proxy process lands with issue 5)")
+        return self._interlay(self.coordinator.stop_interlay(request.id))
 
 
 class MigrationServicer(workflows_pb2_grpc.MigrationServiceServicer):
@@ -407,7 +412,9 @@ def serve(options: ServerOptions, *, on_ready: Callable[[str], None] | None = No
             "or listen on a loopback address", field="listen")
     store = Store(options.state_path)
     workflow = Workflow(store)
-    server = build_server(Coordinator(store), token=options.token, max_workers=options.max_workers,
+    coordinator = Coordinator(store)
+    coordinator.interlays = InterlaySupervisor(on_state=coordinator.interlay_failed)
+    server = build_server(coordinator, token=options.token, max_workers=options.max_workers,
                           tracer_provider=tracer_provider, workflow=workflow)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
@@ -416,6 +423,7 @@ def serve(options: ServerOptions, *, on_ready: Callable[[str], None] | None = No
         bound = 0
         log.debug("bind failed: %s", exc)
     if not bound:
+        coordinator.interlays.stop_all()
         store.close()
         raise ConfigError(f"cannot listen on {address}: the address is in use or not available here",
                           field="listen")
@@ -427,6 +435,7 @@ def serve(options: ServerOptions, *, on_ready: Callable[[str], None] | None = No
     actual = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
     log.info("coordinator listening on %s state=%s auth=%s", actual, options.state_path,
              "token" if options.token else "off")
+    coordinator.restart_interlays()
     workflow.resume()
     if on_ready:
         on_ready(actual)
@@ -434,5 +443,6 @@ def serve(options: ServerOptions, *, on_ready: Callable[[str], None] | None = No
     log.info("coordinator stopping")
     stopped = server.stop(grace=5)
     workflow.shutdown()
+    coordinator.shutdown_interlays()
     stopped.wait()
     store.close()

@@ -198,13 +198,3 @@ def test_port_in_use_is_a_clear_error(eve, tmp_path):
     with pytest.raises(RuntimeError, match="cannot listen"):
         second.start()
     assert second.process.returncode == 2
-
-
-def test_interlay_start_stop_unimplemented(eve):
-    stub = eve.interlays()
-    eve.endpoints().CreateEndpoint(endpoints_pb2.CreateEndpointRequest(
-        endpoint="s", kind="redis", config=endpoints_pb2.EndpointConfig(target=endpoints_pb2.Connection(host="h"))))
-    stub.CreateInterlay(interlays_pb2.CreateInterlayRequest(id="i", endpoint="s", port=6299))
-    with pytest.raises(grpc.RpcError) as info:
-        stub.StartInterlay(interlays_pb2.StartInterlayRequest(id="i"))
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -1,0 +1,316 @@
+#!/usr/bin/env python3
+"""Interlay benchmark: redis-benchmark against the server, through an interlay,
+and through twemproxy, in the same run.
+
+    python bench/proxy.py [--requests N] [--rounds R] [--workers W] [--pool P] [--json]
+
+One run starts a server (tests/servers.py, loopback, a free port), an interlay
+in front of it through ``InterlaySupervisor`` (as the coordinator starts one:
+spawned proxy process(es), ``connection_pool.multiplexed_connections`` =
+``--pool``), and twemproxy (``nutcracker``, a config generated in a temp dir,
+the same number of server connections) when it is installed. Then, for each
+round, for pipeline 1 and 16, each target in turn gets
+
+    redis-benchmark -c 50 -n N -P <pipeline> -t set,get --csv
+
+(N is ``--requests`` at pipeline 1 and ten times that at pipeline 16, so each
+run lasts about as long). Each figure is the median over the rounds.
+
+Ratios and their targets (issue "Interlays: a fast, faithful RESP proxy"; 2 cores):
+
+    interlay / direct requests/s, pipeline 1          >= 0.6
+    interlay / twemproxy requests/s, pipeline 16      >= 1.0
+    interlay p50 - direct p50, pipeline 1 (ms)        <  0.2
+
+Everything shares the machine's cores (server, proxy, redis-benchmark): the
+ratios are what travel between machines. Targets are reported, not enforced.
+Exit status: 0 when every run completed, 1 when one failed, 2 for bad
+arguments or a missing engine or redis-benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+_REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(_REPO / "tests"))
+sys.path.insert(0, str(_REPO))
+
+from servers import (
+    ENGINE_NAMES,
+    EngineNotFound,
+    ServerStartError,
+    free_port,
+    get_engine,
+    start_server,
+)
+
+from eve.endpoints import parse_config
+from eve.interlay_supervisor import InterlaySupervisor
+
+CLIENTS = 50
+PIPELINES = (1, 16)
+TESTS = ("SET", "GET")
+DEFAULT_REQUESTS = 200_000
+DEFAULT_ROUNDS = 3
+RUN_TIMEOUT = 300.0
+TARGETS = {
+    "interlay / direct rps, P1": (">=", 0.6),
+    "interlay / twemproxy rps, P16": (">=", 1.0),
+    "interlay p50 - direct p50, P1 (ms)": ("<", 0.2),
+}
+
+
+@dataclass
+class Run:
+    target: str
+    pipeline: int
+    test: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def start_twemproxy(workdir: Path, server_port: int, connections: int) -> tuple[subprocess.Popen, int] | None:
+    binary = shutil.which("nutcracker")
+    if binary is None:
+        return None
+    port, stats_port = free_port(), free_port()
+    config = workdir / "nutcracker.yml"
+    config.write_text(
+        "bench:\n"
+        f"  listen: 127.0.0.1:{port}\n"
+        "  hash: fnv1a_64\n"
+        "  distribution: ketama\n"
+        "  redis: true\n"
+        "  preconnect: true\n"
+        "  auto_eject_hosts: false\n"
+        f"  server_connections: {connections}\n"
+        "  servers:\n"
+        f"   - 127.0.0.1:{server_port}:1\n")
+    process = subprocess.Popen([binary, "-c", str(config), "-o", str(workdir / "nutcracker.log"),
+                                "-s", str(stats_port), "-a", "127.0.0.1"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port)
+    except OSError:
+        process.kill()
+        process.wait()
+        log(f"twemproxy did not start; its log:\n{(workdir / 'nutcracker.log').read_text()[-2000:]}")
+        return None
+    return process, port
+
+
+def redis_benchmark(port: int, pipeline: int, requests: int) -> list[dict[str, str]]:
+    command = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(CLIENTS), "-n", str(requests),
+               "-P", str(pipeline), "-t", ",".join(test.lower() for test in TESTS), "--csv"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {result.returncode}: {result.stderr[-500:]}")
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    if {row.get("test") for row in rows} != set(TESTS):
+        raise RuntimeError(f"unexpected redis-benchmark output: {result.stdout[-500:]!r}")
+    return rows
+
+
+def median_runs(runs: list[Run]) -> dict[tuple[str, int, str], Run]:
+    grouped: dict[tuple[str, int, str], list[Run]] = {}
+    for run in runs:
+        grouped.setdefault((run.target, run.pipeline, run.test), []).append(run)
+    return {key: Run(key[0], key[1], key[2], statistics.median(r.rps for r in group),
+                     statistics.median(r.p50_ms for r in group), statistics.median(r.p99_ms for r in group))
+            for key, group in grouped.items()}
+
+
+def mean_over_tests(medians: dict, target: str, pipeline: int, field: str) -> float | None:
+    values = [getattr(medians[(target, pipeline, test)], field) for test in TESTS
+              if (target, pipeline, test) in medians]
+    return sum(values) / len(values) if values else None
+
+
+def compute_ratios(medians: dict) -> dict[str, float | None]:
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    def rps(target: str, pipeline: int) -> float | None:
+        return mean_over_tests(medians, target, pipeline, "rps")
+
+    def p50(target: str, pipeline: int) -> float | None:
+        return mean_over_tests(medians, target, pipeline, "p50_ms")
+
+    interlay_p50, direct_p50 = p50("interlay", 1), p50("direct", 1)
+    return {
+        "interlay / direct rps, P1": ratio(rps("interlay", 1), rps("direct", 1)),
+        "interlay / direct rps, P16": ratio(rps("interlay", 16), rps("direct", 16)),
+        "interlay / twemproxy rps, P1": ratio(rps("interlay", 1), rps("twemproxy", 1)),
+        "interlay / twemproxy rps, P16": ratio(rps("interlay", 16), rps("twemproxy", 16)),
+        "twemproxy / direct rps, P1": ratio(rps("twemproxy", 1), rps("direct", 1)),
+        "interlay p50 - direct p50, P1 (ms)":
+            interlay_p50 - direct_p50 if interlay_p50 is not None and direct_p50 is not None else None,
+        "twemproxy p50 - direct p50, P1 (ms)":
+            p50("twemproxy", 1) - direct_p50 if p50("twemproxy", 1) is not None and direct_p50 is not None
+            else None,
+    }
+
+
+def judge(name: str, value: float | None) -> str:
+    if name not in TARGETS:
+        return ""
+    if value is None:
+        return "n/a"
+    op, goal = TARGETS[name]
+    return "met" if (value >= goal if op == ">=" else value < goal) else "MISSED"
+
+
+def print_report(report: dict[str, Any], medians: dict) -> None:
+    print(f"Interlay benchmark: {report['engine']}, {CLIENTS} clients, {report['requests']:,} requests "
+          f"(x10 at P16), {report['rounds']} round(s), median shown; {report['cpus']} CPUs, "
+          f"interlay workers={report['workers']} pool={report['pool']}")
+    print(f"{'target':<11}{'pipeline':>9}{'test':>6}{'requests/s':>14}{'p50 ms':>9}{'p99 ms':>9}")
+    print("-" * 58)
+    for pipeline in PIPELINES:
+        for target in ("direct", "interlay", "twemproxy"):
+            for test in TESTS:
+                run = medians.get((target, pipeline, test))
+                if run is not None:
+                    print(f"{target:<11}{pipeline:>9}{test:>6}{run.rps:>14,.0f}{run.p50_ms:>9.3f}{run.p99_ms:>9.3f}")
+    if not report["twemproxy"]:
+        print("twemproxy: not installed (apt-get install nutcracker); its ratios are n/a")
+    print()
+    print(f"{'ratio (SET and GET averaged)':<40}{'value':>8}{'target':>10}  result")
+    print("-" * 66)
+    for name, value in report["ratios"].items():
+        target = f"{TARGETS[name][0]} {TARGETS[name][1]:g}" if name in TARGETS else ""
+        shown = "n/a" if value is None else f"{value:.2f}" if "ms" not in name else f"{value:.3f}"
+        print(f"{name:<40}{shown:>8}{target:>10}  {judge(name, value)}")
+
+
+def run(options: argparse.Namespace) -> int:
+    if shutil.which("redis-benchmark") is None:
+        log("redis-benchmark is not installed (Debian package redis-tools)")
+        return 2
+    try:
+        engine = get_engine(options.engine)
+    except EngineNotFound as exc:
+        log(str(exc))
+        return 2
+    runs: list[Run] = []
+    failures = 0
+    with tempfile.TemporaryDirectory(prefix="eve-bench-proxy-") as tmp:
+        workdir = Path(tmp)
+        try:
+            server = start_server(engine, workdir / "servers")
+        except ServerStartError as exc:
+            log(str(exc))
+            return 2
+        supervisor = InterlaySupervisor(workers=options.workers)
+        twemproxy = None
+        try:
+            endpoint = parse_config({"target": {"host": server.host, "port": server.port},
+                                     "connection_pool": {"multiplexed_connections": options.pool}})
+            interlay_port = supervisor.start("bench", free_port(), "127.0.0.1", endpoint, 10_000)[0]
+            twemproxy = start_twemproxy(workdir, server.port, options.pool)
+            targets = {"direct": server.port, "interlay": interlay_port}
+            if twemproxy is not None:
+                targets["twemproxy"] = twemproxy[1]
+            log(f"server {engine.name} :{server.port}, interlay :{interlay_port}"
+                + (f", twemproxy :{twemproxy[1]}" if twemproxy else ", no twemproxy"))
+            for name, port in targets.items():  # warm up: connections, allocator, CPU frequency
+                redis_benchmark(port, 16, 20_000)
+            for round_number in range(1, options.rounds + 1):
+                for pipeline in PIPELINES:
+                    requests = options.requests * (10 if pipeline > 1 else 1)
+                    for name, port in targets.items():
+                        try:
+                            rows = redis_benchmark(port, pipeline, requests)
+                        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                            failures += 1
+                            log(f"round {round_number} {name} P{pipeline}: {exc}")
+                            continue
+                        for row in rows:
+                            runs.append(Run(name, pipeline, row["test"], float(row["rps"]),
+                                            float(row["p50_latency_ms"]), float(row["p99_latency_ms"])))
+                        log(f"round {round_number} P{pipeline:<2} {name:<9} " + "  ".join(
+                            f"{row['test']} {float(row['rps']):>10,.0f}/s" for row in rows))
+            stats = supervisor.stats("bench")
+        finally:
+            if twemproxy is not None:
+                twemproxy[0].kill()
+                twemproxy[0].wait()
+            supervisor.stop_all()
+            server.stop()
+    medians = median_runs(runs)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    report = {
+        "engine": engine.name, "requests": options.requests, "rounds": options.rounds, "cpus": os.cpu_count(),
+        "workers": options.workers, "pool": options.pool, "twemproxy": twemproxy is not None,
+        "load_average_1m": load, "interlay_stats": stats,
+        "runs": [asdict(run) for run in runs], "medians": [asdict(run) for run in medians.values()],
+        "ratios": compute_ratios(medians),
+    }
+    report["results"] = {name: judge(name, report["ratios"].get(name)) for name in TARGETS}
+    if options.as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report, medians)
+    return 1 if failures else 0
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS,
+                        help=f"requests per redis-benchmark run at pipeline 1 (default {DEFAULT_REQUESTS:,})")
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
+                        help=f"rounds; each figure is the median (default {DEFAULT_ROUNDS})")
+    parser.add_argument("--workers", type=int, default=1, help="interlay proxy processes (default 1)")
+    parser.add_argument("--pool", type=int, default=1,
+                        help="multiplexed backend connections (interlay) and server_connections (twemproxy)")
+    parser.add_argument("--engine", default="redis-7.0", choices=ENGINE_NAMES)
+    parser.add_argument("--json", dest="as_json", action="store_true", help="one JSON object on stdout")
+    options = parser.parse_args(argv)
+    if options.requests < 1000 or options.rounds < 1 or options.workers < 1 or options.pool < 1:
+        parser.error("--requests must be at least 1000, --rounds, --workers and --pool at least 1")
+    return options
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return run(parse_args(argv))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,895 @@
+"""One application client of an interlay, and where its commands go.
+
+Routing (DESIGN.md section 5):
+
+* Stateless commands go to the client's multiplexed connection (one of the
+  node's ``pool_size`` shared connections for the client's RESP version),
+  forwarded as the bytes that arrived, consecutive commands in one write.
+* A client entering a stateful mode is *pinned* to a dedicated connection of
+  its own until the mode ends: ``MULTI``/``WATCH`` until ``EXEC``/``DISCARD``/
+  ``UNWATCH``; a blocking command (flag ``blocking`` in the backend's command
+  table, ``XREAD``/``XREADGROUP`` only with ``BLOCK``, ``WAIT``/``WAITAOF``)
+  until its reply; Pub/Sub until the server confirms no subscription is left;
+  ``SELECT`` of another db until ``SELECT 0``; ``ASKING`` for the command after
+  it; a large request while it streams. CLIENT state (``SETNAME``,
+  ``TRACKING``, ``REPLY``...), ``MONITOR`` and authenticating as another ACL
+  user pin for the rest of the connection (or until ``RESET``).
+* Authentication is the backend's: when the endpoint has credentials, a client
+  starts on a connection without any (``BARE``), so whatever it sends, AUTH and
+  HELLO AUTH included, is answered by the backend itself; once the backend
+  accepts AUTH as the endpoint's own user, the client may use the shared
+  connections. A failed AUTH leaves it unauthenticated.
+* ``QUIT`` and ``RESET`` (when not pinned) are answered by the interlay; so
+  are protocol errors, after which the connection is closed.
+
+Replies always come back in request order: a client has outstanding replies
+on at most one backend connection at a time; a command for another one (or
+answered locally) waits until those have arrived ("settled").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import TYPE_CHECKING, Any
+
+from proxy import resp
+from proxy.backend import Backend
+from proxy.framing import RequestScanner, partial_request
+from proxy.resp import MAX_INLINE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from proxy.backend import Node
+    from proxy.server import Proxy
+
+__all__ = ["Client", "SHARED", "BLOCKING", "XREAD", "SPECIAL", "classify"]
+
+log = logging.getLogger("eve.proxy")
+
+# Command kinds, by name.
+SHARED, BLOCKING, XREAD, SPECIAL = 0, 1, 2, 3
+
+SPECIAL_NAMES = frozenset((
+    b"multi", b"exec", b"discard", b"watch", b"unwatch", b"select", b"auth", b"hello", b"client",
+    b"subscribe", b"psubscribe", b"ssubscribe", b"unsubscribe", b"punsubscribe", b"sunsubscribe",
+    b"monitor", b"reset", b"quit", b"asking", b"sync", b"psync", b"replconf",
+))
+# Blocking commands known before the backend's command table has arrived.
+# WAIT and WAITAOF carry no "blocking" flag but wait for replicas.
+BLOCKING_NAMES = frozenset((
+    b"blpop", b"brpop", b"brpoplpush", b"blmove", b"blmpop", b"bzpopmin", b"bzpopmax", b"bzmpop",
+    b"wait", b"waitaof",
+))
+SUBSCRIBE_NAMES = frozenset((b"subscribe", b"psubscribe", b"ssubscribe"))
+UNSUBSCRIBE_NAMES = frozenset((b"unsubscribe", b"punsubscribe", b"sunsubscribe"))
+# CLIENT subcommands that neither read nor change the calling connection's own state.
+CLIENT_SHARED = frozenset((b"list", b"kill", b"pause", b"unpause", b"unblock", b"setinfo", b"help"))
+REPLICATION_NAMES = frozenset((b"sync", b"psync", b"replconf"))
+CLUSTER_REWRITES = frozenset((b"slots", b"shards", b"nodes"))
+
+_OK = b"+OK\r\n"
+_RESET = b"+RESET\r\n"
+_MAX_CLIENTS = b"-ERR max number of clients reached\r\n"
+_NO_REPLICATION = b"-ERR interlay: replication commands (SYNC, PSYNC, REPLCONF) are not forwarded\r\n"
+
+
+def classify(name: bytes, table: Any, cluster: bool) -> int:
+    lower = name.lower()
+    if lower in SPECIAL_NAMES:
+        return SPECIAL
+    if cluster and lower == b"cluster":
+        return SPECIAL
+    if lower == b"xread" or lower == b"xreadgroup":
+        return XREAD
+    if lower in BLOCKING_NAMES or (table is not None and table.is_blocking(lower)):
+        return BLOCKING
+    return SHARED
+
+
+def _xread_blocks(args: list[bytes]) -> bool:
+    for arg in args[1:]:
+        lower = arg.lower()
+        if lower == b"streams":
+            return False
+        if lower == b"block":
+            return True
+    return False
+
+
+def _is_error(frame: bytes | None) -> bool:
+    return frame is None or frame[:1] in (b"-", b"!")
+
+
+class Client(asyncio.Protocol):
+    __slots__ = (
+        "proxy", "node", "transport", "id", "slot", "buf", "protocol", "authenticated", "outstanding",
+        "current", "shared", "pinned", "forever", "in_multi", "watching", "db", "asking", "stalled",
+        "closing", "close_error", "quitting", "resetting", "reset_done", "req_stream", "write_paused",
+        "pause_reasons", "paused_backend", "resume_scheduled", "rejected", "announce", "max_bulk", "max_args",
+        "threshold", "scanner",
+    )
+
+    def __init__(self, proxy: Proxy, node: Node) -> None:
+        self.proxy = proxy
+        self.node = node
+        self.transport: asyncio.Transport | None = None
+        self.id = proxy.next_client_id()
+        self.slot = self.id % node.pool_size
+        self.buf = b""
+        self.protocol = 2
+        self.authenticated = not node.auth_required
+        self.outstanding = 0          # replies owed by `current`
+        self.current: Backend | None = None
+        self.shared: Backend | None = None
+        self.pinned: Backend | None = None
+        self.forever = False          # pinned for the rest of the connection
+        self.in_multi = False
+        self.watching = False
+        self.db = 0
+        self.asking = False
+        self.stalled = False          # input waits until replies settle
+        self.closing = False          # a protocol error: close once settled
+        self.close_error = b""
+        self.quitting = False
+        self.resetting = False
+        self.reset_done = False
+        self.req_stream: list | None = None  # [conn, args_left, bytes_left, partial header]
+        self.write_paused = False
+        self.pause_reasons: set[str] = set()
+        self.paused_backend: Backend | None = None
+        self.resume_scheduled = False
+        self.rejected = False
+        self.announce = ""
+        options = proxy.options
+        self.max_bulk = options.max_bulk
+        self.max_args = options.max_args
+        self.threshold = options.stream_threshold
+        self.scanner = RequestScanner(options.max_bulk, options.max_args)
+
+    # -- transport events ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if not self.proxy.admit(self):
+            self.rejected = True
+            transport.write(_MAX_CLIENTS)  # type: ignore[attr-defined]
+            transport.close()
+            self.transport = None
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        if self.proxy.cluster_map is not None:
+            sockname = transport.get_extra_info("sockname")
+            host = sockname[0] if sockname else self.proxy.options.listen_host
+            self.announce = host
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.rejected:
+            return
+        self.proxy.client_closed(self)
+        conn = self.pinned
+        if conn is not None:
+            self.pinned = None
+            conn.owner = None
+            if self.req_stream is not None or conn.raw or self.forever or self.in_multi or self.watching \
+                    or self.db or self.outstanding or conn.stream_to is self:
+                conn.close()
+            else:
+                self.node.release(conn)
+        self.req_stream = None
+        backend = self.paused_backend
+        if backend is not None and backend.transport is not None:
+            self.paused_backend = None
+            backend.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        # The client does not read its replies: stop reading its requests too,
+        # and stop a large reply streaming to it at the backend.
+        self.write_paused = True
+        self.pause_reading("write")
+        for conn in (self.current, self.pinned):
+            if conn is not None and conn.stream_to is self and conn.transport is not None:
+                conn.transport.pause_reading()
+                self.paused_backend = conn
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        backend = self.paused_backend
+        if backend is not None:
+            self.paused_backend = None
+            if backend.transport is not None:
+                backend.transport.resume_reading()
+        self.resume_reading("write")
+
+    def pause_reading(self, reason: str) -> None:
+        if not self.pause_reasons and self.transport is not None:
+            self.transport.pause_reading()
+        self.pause_reasons.add(reason)
+
+    def resume_reading(self, reason: str) -> None:
+        if reason in self.pause_reasons:
+            self.pause_reasons.discard(reason)
+            if not self.pause_reasons and self.transport is not None and not self.closing:
+                self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.req_stream is not None:
+            data = self._stream_request(data)  # type: ignore[assignment]
+            if not data:
+                return
+        if self.buf:
+            data = self.buf + data
+            self.buf = b""
+        if self.stalled or self.closing:
+            self.buf = data
+            if len(data) > 2 * self.threshold:
+                self.pause_reading("stall")
+            return
+        self._process(data)
+
+    # -- replies from backends ------------------------------------------------------------
+
+    def deliver(self, data: bytes, frames: int) -> None:
+        if frames:
+            self.outstanding -= frames
+            if not self.outstanding:
+                self.current = None
+                if (self.stalled or self.pinned is not None or self.closing) and not self.resume_scheduled:
+                    self.resume_scheduled = True
+                    self.proxy.loop.call_soon(self._resume)
+        if data:
+            transport = self.transport
+            if transport is not None:
+                transport.write(data)
+
+    def backend_failed(self, conn: Backend, count: int, error: bytes) -> None:
+        self.proxy.stats.errors += count
+        self.deliver(error * count, count)
+
+    def broken(self, conn: Backend) -> None:
+        """Half a reply was forwarded and the rest will never come: the stream is lost."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pinned_lost(self, conn: Backend, error: bytes) -> None:
+        if self.pinned is not conn:
+            return
+        self.pinned = None
+        if self.req_stream is not None and self.req_stream[0] is conn:
+            self.req_stream = None
+            self._abort()
+            return
+        if self.quitting:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if conn.raw or self.forever or self.in_multi or self.watching or self.db or not self.authenticated:
+            # The connection's state (subscriptions, transaction, db, user...) is
+            # gone with it; the server going away would have closed ours too.
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self._schedule_resume()
+
+    def barrier_reply(self, conn: Backend, settled: bool) -> None:
+        self._schedule_resume()
+
+    def reset_reply(self, conn: Backend) -> None:
+        self.deliver(_RESET, 0)
+        self.reset_done = True
+        self._schedule_resume()
+
+    def _schedule_resume(self) -> None:
+        if not self.resume_scheduled:
+            self.resume_scheduled = True
+            self.proxy.loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        self.resume_scheduled = False
+        if self.transport is None:
+            return
+        if self.reset_done:
+            self.reset_done = False
+            self.resetting = False
+            conn = self.pinned
+            self.pinned = None
+            if conn is not None:
+                conn.owner = None
+                conn.close()
+            self._reset_state()
+        self._maybe_release()
+        if self.closing:
+            if self._settled():
+                self._finish_close()
+            else:
+                self._stall()
+            return
+        if self.stalled and not self.quitting and not self.resetting:
+            self.stalled = False
+            buf, self.buf = self.buf, b""
+            if buf:
+                self._process(buf)
+            if not self.stalled:
+                self.resume_reading("stall")
+
+    # -- settling ---------------------------------------------------------------------
+
+    def _settled(self) -> bool:
+        conn = self.pinned
+        if conn is not None and conn.raw:
+            return conn.monitor or conn.barrier_settled
+        return not self.outstanding and self.req_stream is None
+
+    def _stall(self) -> bool:
+        self.stalled = True
+        conn = self.pinned
+        if conn is not None and conn.raw and not conn.monitor and not conn.barrier_settled:
+            conn.send_barrier()
+        return False
+
+    def _local(self, frame: bytes, *, error: bool = False) -> bool:
+        """Answer from the interlay, in order: once earlier replies have arrived."""
+        if not self._settled():
+            return self._stall()
+        stats = self.proxy.stats
+        stats.ops += 1
+        if error:
+            stats.errors += 1
+        if self.transport is not None:
+            self.transport.write(frame)
+        return True
+
+    def _maybe_release(self) -> None:
+        conn = self.pinned
+        if conn is None:
+            return
+        if conn.raw:
+            if self.forever or conn.monitor or conn.subscribed or self.resetting:
+                return
+            if conn.barrier_settled:
+                conn.leave_raw()
+            else:
+                conn.send_barrier()
+                return
+        if self.outstanding or self.forever or self.in_multi or self.watching or self.db or self.asking \
+                or self.req_stream is not None or not self.authenticated or conn.user != self.node.user \
+                or conn.protocol != self.protocol or self.resetting or conn.stream_to is not None:
+            return
+        self.pinned = None
+        self.node.release(conn)
+
+    # -- requests -------------------------------------------------------------------------
+
+    def _process(self, buf: bytes) -> None:
+        """Route every complete request in ``buf``; keep the rest for later."""
+        proxy = self.proxy
+        kinds = proxy.kinds
+        n = len(buf)
+        if self.pinned is None and self.authenticated:
+            # The hot path: only stateless requests, all complete.
+            count = self.scanner.scan_forwardable(buf, kinds, SHARED)
+            if count:
+                conn = self.shared
+                if conn is None or conn.closed:
+                    conn = self.shared = self.node.shared_conn(self.protocol, self.slot)
+                if conn is not None and (not self.outstanding or self.current is conn):
+                    self._send_run(conn, buf, 0, n, count, n)
+                    return
+        requests, _, error = self.scanner.scan(buf)
+        pos = 0
+        run_conn: Backend | None = None
+        run_start = 0
+        run_count = 0
+        for end, args, name, argc in requests:
+            if self.stalled or self.closing or self.transport is None:
+                break
+            if not argc:
+                if not run_count:
+                    run_start = end
+                pos = end
+                continue
+            kind = kinds.get(name)
+            if kind is None:
+                kind = proxy.classify(name)
+            if kind == SHARED and self.authenticated:
+                conn = self.pinned
+                if self.asking:
+                    self.asking = False  # ASKING applies to the command right after it
+                if conn is None:
+                    conn = self.shared
+                    if conn is None or conn.closed:
+                        conn = self.shared = self.node.shared_conn(self.protocol, self.slot)
+                if conn is run_conn:
+                    run_count += 1
+                    pos = end
+                    continue
+                if run_count:
+                    self._send_run(run_conn, buf, run_start, pos, run_count, n)  # type: ignore[arg-type]
+                    run_count = 0
+                    run_conn = None
+                if conn is None:
+                    if not self._local(self.node.unavailable(), error=True):
+                        break
+                    pos = end
+                    continue
+                if self.outstanding and self.current is not conn:
+                    self._stall()
+                    break
+                run_conn = conn
+                run_start = pos
+                run_count = 1
+                pos = end
+                continue
+            if run_count:
+                self._send_run(run_conn, buf, run_start, pos, run_count, n)  # type: ignore[arg-type]
+                run_count = 0
+                run_conn = None
+            raw = buf[pos:end]
+            if args is None:
+                args = resp.parse_command(raw, 0, max_bulk=self.max_bulk, max_args=self.max_args)[0]  # type: ignore[index]
+            if not self._special(kind, args, raw):
+                break
+            pos = end
+        else:
+            # Every complete request was routed: what follows is a protocol
+            # error, or the start of a request still arriving.
+            if run_count:
+                self._send_run(run_conn, buf, run_start, pos, run_count, n)  # type: ignore[arg-type]
+                run_count = 0
+                run_conn = None
+            if error is not None:
+                if not self.closing and self.transport is not None:
+                    self._protocol_error(error)
+                return
+            if n - pos > MAX_INLINE and not self.stalled and not self.closing:
+                pos = self._incomplete(buf, pos, n)
+        if run_count:
+            self._send_run(run_conn, buf, run_start, pos, run_count, n)  # type: ignore[arg-type]
+        if pos < n and not self.closing:
+            self.buf = buf[pos:] + self.buf if self.buf else buf[pos:]
+            if self.stalled and len(self.buf) > 2 * self.threshold:
+                self.pause_reading("stall")
+
+    def _send_run(self, conn: Backend, buf: bytes, start: int, end: int, count: int, n: int) -> None:
+        data = buf if start == 0 and end == n else buf[start:end]
+        stats = self.proxy.stats
+        stats.ops += count
+        stats.backend_ops += count
+        if conn.raw:
+            conn.send_raw(data)
+        else:
+            conn.send(self, data, count)
+            self.outstanding += count
+            self.current = conn
+        if conn.write_paused:
+            self.pause_reading("backend")
+            conn.paused_clients.append(self)
+
+    def _send_one(self, conn: Backend, data: bytes, tag: Any = None) -> None:
+        self.proxy.stats.backend_ops += 1
+        if conn.raw:
+            conn.send_raw(data)
+        else:
+            conn.send(self, data, 1, tag)
+            self.outstanding += 1
+            self.current = conn
+        if conn.write_paused:
+            self.pause_reading("backend")
+            conn.paused_clients.append(self)
+
+    def _special(self, kind: int, args: list[bytes], raw: bytes) -> bool:
+        """One request that needs more than forwarding; False when it has to wait."""
+        name = args[0].lower()
+        if self.pinned is not None:
+            return self._pinned_command(name, args, raw)
+        if name == b"quit":
+            return self._quit()
+        if name == b"reset":
+            if not self._settled():
+                return self._stall()
+            self._reset_state()
+            return self._local(_RESET)
+        if not self.authenticated:
+            # Until the backend accepts its AUTH, the client talks to a connection
+            # that carries no credentials: the backend answers it, NOAUTH included.
+            if not self._settled():
+                return self._stall()
+            if name in REPLICATION_NAMES:
+                return self._local(_NO_REPLICATION, error=True)
+            conn = self.node.bare()
+            if conn is None:
+                return self._local(self.node.unavailable(), error=True)
+            self._pin(conn)
+            return self._pinned_command(name, args, raw)
+        if kind == BLOCKING or (kind == XREAD and _xread_blocks(args)):
+            return self._pin_and_send(name, args, raw)
+        if kind == XREAD:
+            return self._send_shared(raw)
+        if name in (b"multi", b"watch", b"asking", b"monitor", b"auth") or name in SUBSCRIBE_NAMES \
+                or name in UNSUBSCRIBE_NAMES:
+            return self._pin_and_send(name, args, raw)
+        if name == b"select":
+            if len(args) == 2 and args[1] != b"0" and args[1].isdigit():
+                return self._pin_and_send(name, args, raw)
+            return self._send_shared(raw)
+        if name == b"client":
+            sub = args[1].lower() if len(args) > 1 else b""
+            if sub in CLIENT_SHARED or not sub:
+                return self._send_shared(raw)
+            return self._pin_and_send(name, args, raw)
+        if name == b"hello":
+            proto, user, setname = _hello_options(args)
+            if user is not None or setname:
+                return self._pin_and_send(name, args, raw)
+            protocol = proto if proto in (2, 3) else self.protocol
+            return self._send_shared(raw, protocol=protocol, tag=self._hello_tag(None, proto, None))
+        if name in REPLICATION_NAMES:
+            return self._local(_NO_REPLICATION, error=True)
+        if name == b"cluster":
+            sub = args[1].lower() if len(args) > 1 else b""
+            if sub in CLUSTER_REWRITES:
+                return self._send_shared(raw, tag=self._cluster_tag(sub))
+            return self._send_shared(raw)
+        # exec, discard, unwatch outside a transaction: stateless on a clean connection.
+        return self._send_shared(raw)
+
+    def _send_shared(self, raw: bytes, *, protocol: int | None = None, tag: Any = None) -> bool:
+        protocol = self.protocol if protocol is None else protocol
+        if protocol == self.protocol:
+            conn = self.shared
+            if conn is None or conn.closed:
+                conn = self.shared = self.node.shared_conn(protocol, self.slot)
+        else:
+            conn = self.node.shared_conn(protocol, self.slot)
+        if conn is None:
+            return self._local(self.node.unavailable(), error=True)
+        if self.outstanding and self.current is not conn:
+            return self._stall()
+        self.proxy.stats.ops += 1
+        self._send_one(conn, raw, tag)
+        return True
+
+    def _pin(self, conn: Backend) -> None:
+        self.pinned = conn
+        conn.owner = self
+
+    def _pin_and_send(self, name: bytes, args: list[bytes], raw: bytes) -> bool:
+        if not self._settled():
+            return self._stall()
+        conn = self.node.dedicated(self.protocol)
+        if conn is None:
+            return self._local(self.node.unavailable(), error=True)
+        self._pin(conn)
+        return self._pinned_command(name, args, raw)
+
+    def _pinned_command(self, name: bytes, args: list[bytes], raw: bytes) -> bool:
+        """A request of a pinned client: forwarded to its connection, tracking the mode."""
+        conn: Backend = self.pinned  # type: ignore[assignment]
+        stats = self.proxy.stats
+        if name in REPLICATION_NAMES:
+            return self._local(_NO_REPLICATION, error=True)
+        stats.ops += 1
+        # QUIT and RESET are answered by the backend; nothing after them is read
+        # until the reply (QUIT: ever; RESET: it closes this connection).
+        if name == b"quit":
+            self.quitting = True
+            self.stalled = True
+            self._send_one(conn, raw)
+            return True
+        if name == b"reset":
+            self.resetting = True
+            self.stalled = True
+            if conn.raw:
+                conn.reset_pending = True
+                self._send_one(conn, raw)
+            else:
+                self._send_one(conn, raw, self._reset_tag())
+            return True
+        if name in SUBSCRIBE_NAMES or name in UNSUBSCRIBE_NAMES:
+            if not conn.raw:
+                conn.enter_raw()
+                self.outstanding = 0
+                self.current = None
+            self._send_one(conn, raw)
+            if name in UNSUBSCRIBE_NAMES and not self.forever:
+                # The confirmations tell how many subscriptions are left; the
+                # barrier tells when they have all arrived.
+                conn.send_barrier()
+            return True
+        if name == b"monitor":
+            conn.enter_raw()
+            conn.monitor = True
+            self.forever = True
+            self.outstanding = 0
+            self.current = None
+            self._send_one(conn, raw)
+            return True
+        if conn.raw:
+            # Replies are not counted here, so their outcome is unknown: a
+            # state change keeps the connection pinned for good.
+            if name in (b"multi", b"watch", b"select", b"auth", b"hello", b"client", b"asking"):
+                self.forever = True
+            self._send_one(conn, raw)
+            return True
+        tag = None
+        if self.asking and name != b"asking":
+            self.asking = False
+        if name == b"multi":
+            self.in_multi = True
+        elif name == b"exec" or name == b"discard":
+            self.in_multi = False
+            self.watching = False
+        elif name == b"watch":
+            if not self.in_multi:
+                self.watching = True
+        elif name == b"unwatch":
+            if not self.in_multi:
+                self.watching = False
+        elif name == b"asking":
+            self.asking = True
+        elif name in (b"select", b"auth", b"hello") and self.in_multi:
+            self.forever = True  # queued: its outcome is only known inside EXEC's reply
+        elif name == b"select":
+            if len(args) == 2 and args[1].isdigit() and len(args[1]) < 10:
+                tag = self._select_tag(int(args[1]))
+        elif name == b"auth":
+            if len(args) == 2:
+                tag = self._auth_tag(conn, b"default", None)
+            elif len(args) == 3:
+                tag = self._auth_tag(conn, args[1], None)
+        elif name == b"hello":
+            proto, user, setname = _hello_options(args)
+            if setname:
+                self.forever = True
+            tag = self._hello_tag(conn, proto, user)
+        elif name == b"client":
+            sub = args[1].lower() if len(args) > 1 else b""
+            if sub == b"reply" and len(args) > 2 and args[2].lower() in (b"off", b"skip"):
+                conn.enter_raw()
+                self.forever = True
+                self.outstanding = 0
+                self.current = None
+                self._send_one(conn, raw)
+                return True
+            if sub and sub not in CLIENT_SHARED:
+                self.forever = True
+        elif name == b"cluster" and self.proxy.cluster_map is not None:
+            sub = args[1].lower() if len(args) > 1 else b""
+            if sub in CLUSTER_REWRITES:
+                tag = self._cluster_tag(sub)
+        self._send_one(conn, raw, tag)
+        return True
+
+    # -- reply tags -----------------------------------------------------------------------
+
+    def _auth_tag(self, conn: Backend, user: bytes, protocol: int | None):
+        def on_reply(frame: bytes | None) -> bytes | None:
+            if not _is_error(frame):
+                conn.user = user
+                self.authenticated = True
+                if protocol in (2, 3):
+                    conn.protocol = protocol  # type: ignore[assignment]
+                    self._set_protocol(protocol)  # type: ignore[arg-type]
+                if user != self.node.user:
+                    self.forever = True  # another ACL user: its permissions are not the pool's
+            return frame
+        return on_reply
+
+    def _hello_tag(self, conn: Backend | None, proto: int | None, user: bytes | None):
+        if conn is not None and user is not None:
+            return self._auth_tag(conn, user, proto)
+
+        def on_reply(frame: bytes | None) -> bytes | None:
+            if not _is_error(frame) and proto in (2, 3):
+                if conn is not None:
+                    conn.protocol = proto  # type: ignore[assignment]
+                self._set_protocol(proto)  # type: ignore[arg-type]
+            return frame
+        return on_reply
+
+    def _select_tag(self, db: int):
+        def on_reply(frame: bytes | None) -> bytes | None:
+            if not _is_error(frame):
+                self.db = db
+            return frame
+        return on_reply
+
+    def _reset_tag(self):
+        def on_reply(frame: bytes | None) -> bytes | None:
+            self.reset_done = True
+            self._schedule_resume()
+            return frame
+        return on_reply
+
+    def _cluster_tag(self, sub: bytes):
+        cluster = self.proxy.cluster_map
+
+        def on_reply(frame: bytes | None) -> bytes | None:
+            if frame is None or cluster is None:
+                return frame
+            try:
+                return cluster.rewrite_reply(sub, frame, self.announce)
+            except (resp.ProtocolError, ValueError, TypeError):
+                log.exception("cannot rewrite CLUSTER %s", sub.decode())
+                return frame
+        return on_reply
+
+    def _set_protocol(self, protocol: int) -> None:
+        if protocol != self.protocol:
+            self.protocol = protocol
+            self.shared = None
+
+    def _reset_state(self) -> None:
+        self.protocol = 2
+        self.shared = None
+        self.authenticated = not self.node.auth_required
+        self.forever = self.in_multi = self.watching = self.asking = False
+        self.db = 0
+
+    # -- closing ------------------------------------------------------------------------
+
+    def _quit(self) -> bool:
+        if not self._local(_OK):
+            return False
+        self.quitting = True
+        self.stalled = True
+        if self.transport is not None:
+            self.transport.close()
+        return True
+
+    def _protocol_error(self, message: str) -> None:
+        """Redis answers ``-ERR Protocol error: ...`` and closes; earlier replies go first."""
+        self.proxy.stats.protocol_errors += 1
+        self.closing = True
+        self.close_error = b"-ERR " + message.encode("utf-8", "replace") + b"\r\n"
+        self.buf = b""
+        self.pause_reading("closing")
+        if self._settled():
+            self._finish_close()
+        else:
+            self._stall()
+
+    def _finish_close(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        self.proxy.stats.errors += 1
+        transport.write(self.close_error)
+        transport.close()
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- large requests -------------------------------------------------------------------
+
+    def _incomplete(self, buf: bytes, pos: int, n: int) -> int:
+        """An incomplete request with a lot buffered: stream it to a dedicated
+        connection as it arrives instead of holding it whole. Returns the new position."""
+        info = partial_request(buf, pos)
+        if info is None or info.name is None:
+            return pos
+        if n - pos <= self.threshold and info.bulk_len <= self.threshold:
+            return pos
+        kind = self.proxy.classify(info.name)
+        if kind == SPECIAL or not self.authenticated:
+            return pos
+        conn = self.pinned
+        if conn is None:
+            if not self._settled():
+                self._stall()
+                self.pause_reading("stall")
+                return pos
+            conn = self.node.dedicated(self.protocol)
+            if conn is None:
+                return pos
+            self._pin(conn)
+        elif conn.raw:
+            return pos
+        self.proxy.stats.ops += 1
+        self._send_one(conn, buf[pos:n])
+        if info.bulk_len >= 0:
+            left, head = info.data_start + info.bulk_len + 2 - n, b""
+        else:
+            left, head = 0, buf[info.arg_pos:n]
+        self.req_stream = [conn, info.args_left, left, head]
+        return n
+
+    def _stream_request(self, data: bytes) -> bytes | None:
+        state = self.req_stream
+        conn, args_left, left, head = state  # type: ignore[misc]
+        n = len(data)
+        i = 0
+        while args_left:
+            if left:
+                take = min(left, n - i)
+                i += take
+                left -= take
+                if left:
+                    break
+                args_left -= 1
+                continue
+            if i >= n:
+                break
+            newline = data.find(b"\n", i)
+            if newline < 0:
+                head += data[i:]
+                i = n
+                if len(head) > MAX_INLINE:
+                    return self._stream_error(conn, "Protocol error: too big bulk count string")
+                break
+            line = head + data[i : newline + 1]
+            head = b""
+            i = newline + 1
+            digits = line[1:-2]
+            if line[:1] != b"$" or line[-2:] != b"\r\n" or not digits.isdigit() or len(digits) > 18:
+                return self._stream_error(conn, "Protocol error: invalid bulk length")
+            length = int(digits)
+            if length > self.max_bulk:
+                return self._stream_error(conn, "Protocol error: invalid bulk length")
+            left = length + 2
+        if conn.closed:
+            self.req_stream = None
+            self._abort()
+            return None
+        chunk = data if i == n else data[:i]
+        conn.write(chunk)
+        if conn.write_paused:
+            self.pause_reading("backend")
+            conn.paused_clients.append(self)
+        if args_left:
+            state[1], state[2], state[3] = args_left, left, head  # type: ignore[index]
+            return None
+        self.req_stream = None
+        if not self.outstanding:
+            self._schedule_resume()
+        return data[i:] if i < n else None
+
+    def _stream_error(self, conn: Backend, message: str) -> None:
+        # The backend holds half a request: that connection cannot be used again.
+        self.req_stream = None
+        if self.pinned is conn:
+            self.pinned = None
+        conn.owner = None
+        conn.close()
+        self.outstanding = 0
+        self.current = None
+        self.proxy.stats.protocol_errors += 1
+        self.closing = True
+        self.close_error = b"-ERR " + message.encode() + b"\r\n"
+        self._finish_close()
+
+    def busy(self) -> bool:
+        """Requests in flight (for draining at stop)."""
+        return bool(self.outstanding or self.req_stream is not None or (self.pinned is not None and
+                    not self.pinned.raw and self.pinned.pending))
+
+
+def _hello_options(args: list[bytes]) -> tuple[int | None, bytes | None, bool]:
+    """HELLO [protover [AUTH username password] [SETNAME clientname]]: (protover, username, setname)."""
+    proto = None
+    if len(args) > 1:
+        try:
+            proto = int(args[1])
+        except ValueError:
+            proto = -1
+    user = None
+    setname = False
+    i = 2
+    while i < len(args):
+        option = args[i].lower()
+        if option == b"auth" and i + 2 < len(args):
+            user = args[i + 1]
+            i += 3
+        elif option == b"setname" and i + 1 < len(args):
+            setname = True
+            i += 2
+        else:
+            break
+    return proto, user, setname

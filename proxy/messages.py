@@ -1,0 +1,92 @@
+"""Messages between a proxy process and its supervisor, over one duplex
+``multiprocessing`` pipe per worker.
+
+    READY    proxy -> supervisor: listening on these ports
+    STATS    proxy -> supervisor: counters, every ``stats_interval`` seconds
+    STOPPED  proxy -> supervisor: drained and closed, about to exit 0
+    FAILED   proxy -> supervisor: gave up; ``who`` says which side failed
+             ("config" for a port in use, "internal" for a bug)
+    STOP     supervisor -> proxy: stop accepting, drain for at most ``drain_seconds``
+
+Every message is a small frozen dataclass carrying the format version; a
+message of another version is refused (``check``) rather than misread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+__all__ = [
+    "FORMAT_VERSION",
+    "BackendReport",
+    "Failed",
+    "Message",
+    "Ready",
+    "StatsReport",
+    "Stop",
+    "Stopped",
+    "check",
+]
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Ready:
+    worker: int
+    pid: int
+    ports: tuple[int, ...]
+    version: int = FORMAT_VERSION
+
+
+@dataclass(frozen=True)
+class BackendReport:
+    backend: str                 # "source" (every node of a cluster together)
+    ops: int                     # commands answered since the start
+    errors: int                  # error replies and failed commands since the start
+    histogram: tuple[int, ...]   # round-trip latencies of the last interval (proxy.stats buckets)
+
+
+@dataclass(frozen=True)
+class StatsReport:
+    worker: int
+    connections: int             # clients connected now
+    ops: int                     # commands since the start
+    errors: int                  # errors sent to clients since the start (backend's and the interlay's own)
+    interval_ops: int            # commands during the last interval
+    interval_seconds: float
+    backends: tuple[BackendReport, ...]
+    version: int = FORMAT_VERSION
+
+
+@dataclass(frozen=True)
+class Stopped:
+    worker: int
+    version: int = FORMAT_VERSION
+
+
+@dataclass(frozen=True)
+class Failed:
+    worker: int
+    who: str                     # "config" (e.g. port in use), "internal"
+    reason: str
+    version: int = FORMAT_VERSION
+
+
+@dataclass(frozen=True)
+class Stop:
+    drain_seconds: float
+    version: int = FORMAT_VERSION
+
+
+Message = Union[Ready, StatsReport, Stopped, Failed, Stop]
+
+
+def check(message: object) -> Message:
+    """The message itself, or ValueError when it is not one of ours or of another version."""
+    if not isinstance(message, (Ready, StatsReport, Stopped, Failed, Stop)):
+        raise ValueError(f"not a proxy message: {type(message).__name__}")
+    if message.version != FORMAT_VERSION:
+        raise ValueError(f"proxy message of format version {message.version}, expected {FORMAT_VERSION}")
+    return message

@@ -1,0 +1,353 @@
+"""The proxy process: listeners, backend nodes, stats, and the worker loop.
+
+``main`` is the ``multiprocessing`` spawn target. It follows the shape every
+Eve worker has: report READY (or FAILED saying who failed), then serve until
+STOP arrives on the control pipe (or the pipe closes: the supervisor is gone),
+drain, report STOPPED and exit 0. Every ``stats_interval`` seconds it sends a
+STATS report.
+
+Stopping (``Proxy.stop``): listeners close at once; clients stop being read;
+requests already forwarded get up to ``drain_seconds`` to be answered; then
+every connection is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import gc
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry import metrics
+
+from eve.supervision import die_with_parent, ignore_interrupts
+from eve.telemetry import setup
+from proxy import messages, resp
+from proxy.backend import Node
+from proxy.client import Client, classify
+from proxy.cluster import ClusterMap
+from proxy.commands import CommandTable
+from proxy.options import ProxyOptions
+from proxy.stats import histogram
+
+__all__ = ["Proxy", "Stats", "main", "run_proxy"]
+
+log = logging.getLogger("eve.proxy")
+
+MAX_KIND_CACHE = 10_000
+MAX_SAMPLES = 100_000
+LISTEN_BACKLOG = 1024
+GC_THRESHOLD = 20_000
+
+
+class Stats:
+    """Counters of one process; ``samples`` are backend round trips (seconds) since the last report."""
+
+    __slots__ = ("ops", "errors", "protocol_errors", "backend_ops", "backend_errors", "samples", "connections",
+                 "rejected", "_last_ops", "_last_time")
+
+    def __init__(self) -> None:
+        self.ops = 0
+        self.errors = 0           # errors the interlay itself answered (unavailable backend, protocol errors)
+        self.protocol_errors = 0
+        self.backend_ops = 0
+        self.backend_errors = 0   # error replies from the backend, and commands a lost connection failed
+        self.samples: list[float] = []
+        self.connections = 0
+        self.rejected = 0
+        self._last_ops = 0
+        self._last_time = time.monotonic()
+
+    def report(self, worker: int, label: str) -> messages.StatsReport:
+        now = time.monotonic()
+        samples, self.samples = self.samples, []
+        if len(samples) > MAX_SAMPLES:
+            samples = samples[:: len(samples) // MAX_SAMPLES + 1]
+        interval_ops, self._last_ops = self.ops - self._last_ops, self.ops
+        seconds, self._last_time = now - self._last_time, now
+        backend = messages.BackendReport(label, self.backend_ops, self.backend_errors,
+                                         histogram(sample * 1000.0 for sample in samples))
+        return messages.StatsReport(worker=worker, connections=self.connections, ops=self.ops,
+                                    errors=self.errors + self.backend_errors, interval_ops=interval_ops,
+                                    interval_seconds=seconds, backends=(backend,))
+
+
+class Proxy:
+    """Everything one proxy process serves."""
+
+    def __init__(self, options: ProxyOptions, control: Any = None, counter: Any = None) -> None:
+        self.options = options
+        self.control = control
+        self.counter = counter          # multiprocessing.Value shared by the workers, or None
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.stats = Stats()
+        self.kinds: dict[bytes, int] = {}
+        self.table: CommandTable | None = None
+        self.table_loading = False
+        self.clients: set[Client] = set()
+        self.servers: list[asyncio.base_events.Server] = []
+        self.stopping = False
+        self.cluster_map = ClusterMap([(node.host, node.port) for node in options.nodes], list(options.ports)) \
+            if options.cluster else None
+        self.nodes = [Node(self, i, spec) for i, spec in enumerate(options.nodes)]
+        self._next_id = 0
+        self._stopped: asyncio.Future | None = None
+        self._drain = 0.0
+
+    # -- clients --------------------------------------------------------------------------
+
+    def next_client_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def admit(self, client: Client) -> bool:
+        if self.stopping:
+            return False
+        limit = self.options.max_connections
+        counter = self.counter
+        if counter is not None:
+            with counter.get_lock():
+                if counter.value >= limit:
+                    self.stats.rejected += 1
+                    return False
+                counter.value += 1
+        elif self.stats.connections >= limit:
+            self.stats.rejected += 1
+            return False
+        self.stats.connections += 1
+        self.clients.add(client)
+        return True
+
+    def client_closed(self, client: Client) -> None:
+        if client in self.clients:
+            self.clients.discard(client)
+            self.stats.connections -= 1
+            if self.counter is not None:
+                with self.counter.get_lock():
+                    self.counter.value -= 1
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def classify(self, name: bytes) -> int:
+        kind = classify(name, self.table, self.cluster_map is not None)
+        if len(self.kinds) < MAX_KIND_CACHE:
+            self.kinds[bytes(name)] = kind
+        return kind
+
+    def table_request(self) -> tuple[bytes, Any] | None:
+        """``COMMAND`` and its callback, for a fresh connection to send ahead of
+        the clients' commands, until the table has arrived."""
+        if self.table is not None or self.table_loading:
+            return None
+        self.table_loading = True
+        return resp.encode_command("COMMAND"), self._on_table
+
+    def _on_table(self, frame: bytes | None) -> None:
+        self.table_loading = False
+        if frame is None:
+            return
+        try:
+            parsed = resp.parse(frame)
+            if parsed is None:
+                raise ValueError("incomplete COMMAND reply")
+            self.table = CommandTable.from_reply(parsed[0])
+        except (ValueError, resp.ProtocolError, TypeError, IndexError) as exc:
+            log.warning("%s: cannot read the backend's command table: %s", self.options.name, exc)
+            return
+        self.kinds.clear()
+        log.info("%s: command table of %d commands loaded", self.options.name, len(self.table))
+        return
+
+    # -- serving ----------------------------------------------------------------------------
+
+    async def start(self) -> list[int]:
+        """Bind every listener; raises OSError (EADDRINUSE...) naming nothing: the caller does."""
+        self.loop = asyncio.get_running_loop()
+        options = self.options
+        ports: list[int] = []
+        for node, port in zip(self.nodes, options.ports):
+            server = await self.loop.create_server(
+                lambda node=node: Client(self, node), options.listen_host, port,
+                reuse_address=True, reuse_port=options.workers > 1 or None, backlog=LISTEN_BACKLOG)
+            self.servers.append(server)
+            ports.append(server.sockets[0].getsockname()[1] if server.sockets else port)
+        # Warm the pools: the first client should not pay for the connections,
+        # and the command table arrives before traffic does.
+        protocol = options.nodes[0].protocol_version if options.nodes[0].protocol_version in (2, 3) else 2
+        for node in self.nodes:
+            for slot in range(node.pool_size):
+                node.shared_conn(protocol, slot)
+        return ports
+
+    async def stop(self, drain_seconds: float) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        for server in self.servers:
+            server.close()
+        for client in list(self.clients):
+            client.pause_reading("stop")
+        deadline = time.monotonic() + max(0.0, drain_seconds)
+        while any(client.busy() for client in self.clients) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for client in list(self.clients):
+            if client.transport is not None:
+                client.transport.close()
+        for node in self.nodes:
+            node.close_all()
+        for server in self.servers:
+            try:
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+            except (TimeoutError, Exception):
+                pass
+        await asyncio.sleep(0)
+
+    def request_stop(self, drain_seconds: float) -> None:
+        if self._stopped is not None and not self._stopped.done():
+            self._drain = drain_seconds
+            self._stopped.set_result(None)
+
+    def _on_control(self) -> None:
+        control = self.control
+        try:
+            while control.poll():
+                message = messages.check(control.recv())
+                if isinstance(message, messages.Stop):
+                    self.request_stop(message.drain_seconds)
+        except (EOFError, OSError):
+            # The supervisor is gone: nobody will ever send STOP.
+            self.loop.remove_reader(control.fileno())
+            self.request_stop(0.0)
+        except ValueError as exc:
+            log.error("%s: %s", self.options.name, exc)
+
+    def _send(self, message: messages.Message) -> None:
+        if self.control is None:
+            return
+        try:
+            self.control.send(message)
+        except (OSError, ValueError):
+            pass
+
+    async def _report_stats(self) -> None:
+        options = self.options
+        while True:
+            await asyncio.sleep(options.stats_interval)
+            self._send(self.stats.report(options.worker, options.backend_label))
+
+    async def serve(self) -> bool:
+        """READY, serve until STOP, drain, STOPPED. False when the listeners could not start."""
+        options = self.options
+        self.loop = asyncio.get_running_loop()
+        self._stopped = self.loop.create_future()
+        try:
+            ports = await self.start()
+        except OSError as exc:
+            for server in self.servers:
+                server.close()
+            port = getattr(exc, "eve_port", None) or options.ports[len(self.servers)]
+            if exc.errno == errno.EADDRINUSE:
+                reason = f"port {port} on {options.listen_host} is already in use"
+            else:
+                reason = f"cannot listen on {options.listen_host}:{port}: {exc.strerror or exc}"
+            log.error("%s: %s", options.name, reason)
+            self._send(messages.Failed(options.worker, "config", reason))
+            for node in self.nodes:
+                node.close_all()
+            return False
+        if self.control is not None:
+            self.loop.add_reader(self.control.fileno(), self._on_control)
+        try:
+            self.loop.add_signal_handler(signal.SIGTERM, self.request_stop, 0.0)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+        log.info("%s pid=%d listening on %s ports %s", options.name, os.getpid(), options.listen_host,
+                 ",".join(map(str, ports)))
+        self._send(messages.Ready(options.worker, os.getpid(), tuple(ports)))
+        reporter = self.loop.create_task(self._report_stats())
+        try:
+            await self._stopped
+        finally:
+            reporter.cancel()
+            await self.stop(self._drain)
+            if self.control is not None:
+                try:
+                    self.loop.remove_reader(self.control.fileno())
+                except (OSError, ValueError):
+                    pass
+        self._send(self.stats.report(options.worker, options.backend_label))
+        self._send(messages.Stopped(options.worker))
+        log.info("%s pid=%d stopped", options.name, os.getpid())
+        return True
+
+
+def _observe(proxy: Proxy, meter: metrics.Meter) -> None:
+    """OpenTelemetry instruments reading the proxy's counters when an exporter collects."""
+    attributes = {"interlay": proxy.options.interlay_id, "worker": proxy.options.worker}
+    stats = proxy.stats
+
+    def observe(value: Callable[[], float]) -> Callable[[metrics.CallbackOptions], list[metrics.Observation]]:
+        return lambda _options: [metrics.Observation(value(), attributes)]
+
+    meter.create_observable_counter("eve.interlay.ops", [observe(lambda: stats.ops)],
+                                    description="commands answered for clients")
+    meter.create_observable_counter("eve.interlay.errors", [observe(lambda: stats.errors + stats.backend_errors)],
+                                    description="errors answered to clients")
+    meter.create_observable_up_down_counter("eve.interlay.connections", [observe(lambda: stats.connections)],
+                                            description="clients connected")
+
+
+def run_proxy(options: ProxyOptions, control: Any = None, counter: Any = None,
+              meter: metrics.Meter | None = None) -> bool:
+    """Run one proxy in this process (uvloop when installed) until it stops."""
+    # Every request allocates a few short-lived objects; collecting the young
+    # generation less often (and never scanning what start-up allocated) keeps
+    # the collector's pauses out of the latency.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 20)
+    proxy = Proxy(options, control, counter)
+    if meter is not None:
+        _observe(proxy, meter)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        return asyncio.run(proxy.serve())
+    return uvloop.run(proxy.serve())
+
+
+def main(options: ProxyOptions, control: Any, counter: Any = None) -> None:
+    """Entry point of a proxy process (``multiprocessing`` spawn target).
+
+    Dies with its parent, ignores Ctrl-C (the supervisor decides), logs to
+    stderr, never raises: an unexpected exception becomes FAILED("internal").
+    Exits 0 after STOPPED, 1 otherwise.
+    """
+    die_with_parent()
+    ignore_interrupts()
+    logging.basicConfig(level=options.log_level, stream=sys.stderr, force=True,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    ok = False
+    telemetry = None
+    try:
+        telemetry = setup("eve-proxy")
+        ok = run_proxy(options, control, counter, telemetry.meter("eve.proxy"))
+    except BaseException as exc:
+        log.exception("%s pid=%d crashed", options.name, os.getpid())
+        try:
+            control.send(messages.Failed(options.worker, "internal", repr(exc)[:1000]))
+        except BaseException:
+            pass
+    finally:
+        if telemetry is not None:
+            try:
+                telemetry.shutdown()
+            except Exception:
+                pass
+    sys.exit(0 if ok else 1)

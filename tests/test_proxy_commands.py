@@ -1,0 +1,207 @@
+"""The proxy's parsing pieces: the command table built from each engine's own
+COMMAND reply (checked against the server's COMMAND GETKEYS), the request
+scanner, cluster reply rewriting, latency histograms and the options."""
+
+from __future__ import annotations
+
+import pytest
+
+from eve.connections import RedisConnection
+from eve.endpoints import ConnectionSpec
+from eve.errors import ConfigError
+from proxy import resp
+from proxy.cluster import ClusterMap
+from proxy.commands import CommandTable
+from proxy.framing import RequestScanner, partial_request
+from proxy.options import ProxyOptions
+from proxy.stats import histogram, merge, percentile
+
+MB = 1024 * 1024
+
+# (arguments, keys): the key specs of the server must find exactly these.
+KEY_CASES = [
+    (["SET", "k", "v"], ["k"]),
+    (["SET", "k", "v", "GET", "EX", "10"], ["k"]),
+    (["GET", "k"], ["k"]),
+    (["GETEX", "k", "EX", "10"], ["k"]),
+    (["MSET", "a", "1", "b", "2", "c", "3"], ["a", "b", "c"]),
+    (["MGET", "a", "b"], ["a", "b"]),
+    (["DEL", "a", "b", "c"], ["a", "b", "c"]),
+    (["RENAME", "a", "b"], ["a", "b"]),
+    (["ZUNIONSTORE", "dst", "2", "z1", "z2", "WEIGHTS", "1", "2"], ["dst", "z1", "z2"]),
+    (["ZINTERCARD", "2", "z1", "z2", "LIMIT", "5"], ["z1", "z2"]),
+    (["XREAD", "COUNT", "2", "STREAMS", "s1", "s2", "0", "0"], ["s1", "s2"]),
+    (["XREAD", "BLOCK", "0", "STREAMS", "s1", "$"], ["s1"]),
+    (["XREADGROUP", "GROUP", "g", "c", "STREAMS", "s1", ">"], ["s1"]),
+    (["EVAL", "return 1", "2", "k1", "k2", "arg"], ["k1", "k2"]),
+    (["EVAL", "return 1", "0"], []),
+    (["EVALSHA", "a" * 40, "1", "k1", "arg"], ["k1"]),
+    (["FCALL", "fn", "1", "k1", "arg"], ["k1"]),
+    (["LMPOP", "2", "l1", "l2", "LEFT", "COUNT", "2"], ["l1", "l2"]),
+    (["BLPOP", "l1", "l2", "0"], ["l1", "l2"]),
+    (["BLMOVE", "src", "dst", "LEFT", "RIGHT", "0"], ["src", "dst"]),
+    (["BZMPOP", "1", "2", "z1", "z2", "MIN"], ["z1", "z2"]),
+    (["SINTERCARD", "2", "s1", "s2"], ["s1", "s2"]),
+    (["XINFO", "STREAM", "s1"], ["s1"]),
+    (["OBJECT", "ENCODING", "k"], ["k"]),
+    (["GEORADIUS", "g", "0", "0", "1", "km", "STORE", "dst"], ["g", "dst"]),
+    (["PUBLISH", "channel", "message"], []),
+    (["PING"], []),
+]
+
+
+def _table(server) -> CommandTable:
+    spec = ConnectionSpec(server.host, server.port, password=server.password)
+    with RedisConnection(spec) as conn:
+        return CommandTable.from_reply(conn.call("COMMAND"))
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_keys_from_each_engines_key_specs(engine, server_factory) -> None:
+    server = server_factory(engine)
+    table = _table(server)
+    assert len(table) > 150
+    direct = RedisConnection(ConnectionSpec(server.host, server.port))
+    direct.open()
+    for args, keys in KEY_CASES:
+        encoded = [arg.encode() for arg in args]
+        assert table.keys(encoded) == [key.encode() for key in keys], args
+        if keys:
+            # The server agrees (COMMAND GETKEYS runs its own key extraction).
+            found = resp.to_python(direct.call("COMMAND", "GETKEYS", *args))
+            assert found == [key.encode() for key in keys], args
+    # Flags come from the server too.
+    assert table.is_write([b"SET", b"k", b"v"])
+    assert "readonly" in table.flags([b"GET", b"k"])
+    assert table.is_blocking(b"blpop") and table.is_blocking(b"BZPOPMIN") and not table.is_blocking(b"get")
+    assert "pubsub" in table.flags([b"SUBSCRIBE", b"c"])
+    assert table.lookup([b"xinfo", b"stream", b"s"]).name == "xinfo|stream"
+    assert table.lookup([b"no-such"]) is None
+    # SORT ... STORE: the STORE key is found by SORT's own code, not by a key spec.
+    assert table.lookup([b"SORT", b"k"]).incomplete_keys
+    assert table.keys([b"SORT", b"k", b"STORE", b"dst"])[0] == b"k"
+    direct.close()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_table_in_resp3_matches_resp2(server_factory) -> None:
+    server = server_factory("valkey-9.1")
+    spec2 = ConnectionSpec(server.host, server.port)
+    spec3 = ConnectionSpec(server.host, server.port, protocol_version=3)
+    with RedisConnection(spec2) as conn2, RedisConnection(spec3) as conn3:
+        table2 = CommandTable.from_reply(conn2.call("COMMAND"))
+        table3 = CommandTable.from_reply(conn3.call("COMMAND"))
+    assert set(table2.commands) == set(table3.commands)
+    for args, keys in KEY_CASES:
+        encoded = [arg.encode() for arg in args]
+        assert table3.keys(encoded) == table2.keys(encoded) == [key.encode() for key in keys]
+
+
+def test_malformed_key_arguments_find_nothing() -> None:
+    reply = [[b"eval", -3, [b"movablekeys"], 0, 0, 0, [], [], [
+        [b"flags", [b"RW"], b"begin_search", [b"type", b"index", b"spec", [b"index", 2]],
+         b"find_keys", [b"type", b"keynum", b"spec", [b"keynumidx", 0, b"firstkey", 1, b"keystep", 1]]]], []]]
+    table = CommandTable.from_reply(reply)
+    assert table.keys([b"EVAL", b"s", b"x"]) == []        # numkeys not a number
+    assert table.keys([b"EVAL", b"s", b"5", b"a"]) == []  # more keys than arguments
+    assert table.keys([b"EVAL", b"s"]) == []              # numkeys missing
+    assert table.keys([b"EVAL", b"s", b"1", b"a"]) == [b"a"]
+
+
+# --------------------------------------------------------------------------- request scanner
+
+
+def _scan(data: bytes, max_bulk: int = 512 * MB):
+    return RequestScanner(max_bulk, 1024 * 1024).scan(data)
+
+
+def test_scanner_splits_canonical_requests() -> None:
+    data = resp.encode_command("SET", "k", "v" * 200) + resp.encode_command("GET", "k")
+    requests, end, error = _scan(data)
+    assert [(r[0], r[2], r[3]) for r in requests] == [(len(data) - 20, b"SET", 3), (len(data), b"GET", 2)]
+    assert end == len(data) and error is None
+
+
+def test_scanner_keeps_an_incomplete_request() -> None:
+    whole = resp.encode_command("PING") + resp.encode_command("SET", "key", "value")
+    for cut in range(len(resp.encode_command("PING")), len(whole)):
+        requests, end, error = _scan(whole[:cut])
+        assert [r[2] for r in requests] == [b"PING"] and end == 14 and error is None
+
+
+@pytest.mark.parametrize("data, error", [
+    (b"*1\r\n+PING\r\n", "Protocol error: expected '$', got '+'"),
+    (b"*2\r\n$3\r\nGET\r\n=7\r\ntxt:foo\r\n", "Protocol error: expected '$', got '='"),
+    (b"*1\r\n$4\r\nPINGXY", "Protocol error: bulk data not followed by CRLF"),
+    (b"*1\r\n$04\r\nPING\r\n", None),  # leading zero: left to the exact scanner, which reads 4
+    (b"*x\r\n", "Protocol error: invalid multibulk length"),
+    (b"*2\r\n*1\r\n$1\r\na\r\n", "Protocol error: expected '$', got '*'"),
+    (b"*1\r\n$700000000\r\n", "Protocol error: invalid bulk length"),
+])
+def test_scanner_refuses_what_a_server_refuses(data, error) -> None:
+    _, _, found = _scan(resp.encode_command("PING") + data)
+    assert found == error
+
+
+def test_scanner_reads_inline_commands() -> None:
+    requests, _, error = _scan(b"SET a \"b c\"\r\n\r\nPING\n")
+    assert [(r[2], r[3]) for r in requests] == [(b"SET", 3), (b"", 0), (b"PING", 1)]
+    assert error is None
+
+
+def test_partial_request_knows_the_big_argument() -> None:
+    data = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1000000\r\n" + b"x" * 10
+    partial = partial_request(data, 0)
+    assert partial.name == b"SET" and partial.args_left == 1 and partial.bulk_len == 1000000
+    assert partial.data_start == len(data) - 10
+
+
+# --------------------------------------------------------------------------- cluster rewriting
+
+
+def test_cluster_map_rewrites_redirections_and_nodes() -> None:
+    cluster = ClusterMap([("10.0.0.1", 7000), ("10.0.0.2", 7000)], [6200, 6201])
+    assert cluster.rewrite_redirect(b"-MOVED 42 10.0.0.2:7000\r\n", "127.0.0.1") == b"-MOVED 42 127.0.0.1:6201\r\n"
+    assert cluster.rewrite_redirect(b"-ASK 7 10.0.0.1:7000\r\n", "::1") == b"-ASK 7 ::1:6200\r\n"
+    assert cluster.rewrite_redirect(b"-MOVED 1 10.9.9.9:7001\r\n", "h") == b"-MOVED 1 10.9.9.9:7001\r\n"
+    text = (b"aaa 10.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-8191\n"
+            b"bbb 10.0.0.2:7000@17000,host2 master - 0 0 2 connected 8192-16383\n"
+            b"ccc 10.0.0.3:7000@17000 slave aaa 0 0 1 connected\n")
+    rewritten = cluster.rewrite_nodes_text(text, "127.0.0.1")
+    assert rewritten == (b"aaa 127.0.0.1:6200@17000 myself,master - 0 0 1 connected 0-8191\n"
+                         b"bbb 127.0.0.1:6201@17000,host2 master - 0 0 2 connected 8192-16383\n")
+    slots = resp.encode(resp.Array([resp.Array([
+        resp.Integer(0), resp.Integer(8191),
+        resp.Array([resp.BulkString(b"10.0.0.1"), resp.Integer(7000), resp.BulkString(b"aaa")]),
+        resp.Array([resp.BulkString(b"10.0.0.3"), resp.Integer(7000), resp.BulkString(b"ccc")])])]))
+    value = resp.parse(cluster.rewrite_reply(b"slots", slots, "127.0.0.1"))[0]
+    assert resp.to_python(value) == [[0, 8191, [b"127.0.0.1", 6200, b"aaa"]]]
+
+
+# --------------------------------------------------------------------------- stats and options
+
+
+def test_latency_histograms_merge_and_percentiles() -> None:
+    first = histogram([0.1] * 98 + [5.0, 5.0])
+    second = histogram([0.1] * 100)
+    merged = merge([first, second])
+    assert sum(merged) == 200
+    assert 0.09 <= percentile(merged, 50) <= 0.111
+    assert 0.09 <= percentile(merged, 99) <= 0.111
+    assert 4.5 <= percentile(first, 99) <= 5.5
+    assert percentile((), 99) == 0.0
+
+
+def test_options_are_validated_and_picklable() -> None:
+    import pickle
+
+    node = ConnectionSpec("127.0.0.1", 6379, password="secret")
+    options = ProxyOptions(interlay_id="cache", listen_host="127.0.0.1", ports=[6200], nodes=[node])
+    assert pickle.loads(pickle.dumps(options)) == options
+    assert "secret" not in repr(options)
+    with pytest.raises(ConfigError, match="ports"):
+        ProxyOptions(interlay_id="cache", listen_host="127.0.0.1", ports=(6200, 6201), nodes=(node,))
+    with pytest.raises(ConfigError, match="pool_size"):
+        ProxyOptions(interlay_id="cache", listen_host="127.0.0.1", ports=(6200,), nodes=(node,), pool_size=0)
