@@ -382,11 +382,16 @@ class Store:
             rows = self._db.execute("SELECT * FROM runs ORDER BY create_time, id").fetchall()
         return [self._run(row) for row in rows]
 
-    def set_run_state(self, id: str, state: str, failure_reason: str = "") -> RunRecord:
+    def set_run_state(self, id: str, state: str, failure_reason: str = "",
+                      event: tuple[str, str, dict[str, str]] | None = None) -> RunRecord:
+        """``event`` (type, message, attributes) is appended in the same transaction, so a
+        subscriber that sees the new state also finds the event that announces it."""
         with self.transaction() as db:
             if not db.execute("UPDATE runs SET state = ?, failure_reason = ?, update_time = ? WHERE id = ?",
                               (state, failure_reason, time.time(), id)).rowcount:
                 raise NotFoundError(f"run {id!r} not found")
+            if event is not None:
+                self._append_event(db, id, event[0], event[1], state, event[2])
         return self.get_run(id)
 
     # -- bulk copy progress -------------------------------------------------------
@@ -506,9 +511,14 @@ class Store:
     def append_event(self, run_id: str, type: str, message: str, state: str,
                      attributes: dict[str, str] | None = None) -> int:
         with self.transaction() as tx:
-            seq = tx.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = ?", (run_id,)).fetchone()[0]
-            tx.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (run_id, seq, time.time(), type, message, state, json.dumps(attributes or {})))
+            return self._append_event(tx, run_id, type, message, state, attributes)
+
+    @staticmethod
+    def _append_event(tx: sqlite3.Connection, run_id: str, type: str, message: str, state: str,
+                      attributes: dict[str, str] | None) -> int:
+        seq = tx.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = ?", (run_id,)).fetchone()[0]
+        tx.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (run_id, seq, time.time(), type, message, state, json.dumps(attributes or {})))
         return seq
 
     def events(self, run_id: str, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:

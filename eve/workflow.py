@@ -197,11 +197,14 @@ class Workflow:
             current = self.state(run_id)
             if to not in TRANSITIONS[current] or (allowed_from is not None and current not in allowed_from):
                 raise StateError(f"run {run_id!r} is {current.value}; it cannot go to {to.value}")
-            record = self.store.set_run_state(run_id, to.value, failure_reason)
+            attributes = {"from": current.value, "to": to.value,
+                          **({"reason": failure_reason} if failure_reason else {})}
+            record = self.store.set_run_state(run_id, to.value, failure_reason,
+                                              event=("state", message or f"{current.value} -> {to.value}", attributes))
             if to in TERMINAL:
                 self.store.release_run_endpoints(run_id)
-        self._event(run_id, "state", message or f"{current.value} -> {to.value}",
-                    {"from": current.value, "to": to.value, **({"reason": failure_reason} if failure_reason else {})})
+        with self._changed:
+            self._changed.notify_all()
         log.info("run %s %s -> %s %s", run_id, current.value, to.value, failure_reason)
         return record
 
@@ -491,6 +494,9 @@ class Workflow:
             if batch:
                 continue
             if RunState(self.store.get_run(run_id).state) in TERMINAL:
+                # The state and its event commit together: one more read finds it.
+                for event in self.store.events(run_id, seq):
+                    yield event
                 return
             with self._changed:
                 self._changed.wait(wait_seconds)

@@ -408,10 +408,14 @@ def test_source_latency_makes_the_scanner_back_off(source, caplog):
     options = options_for(source, count=1000, max_pipeline=10, backoff_latency_ms=20)
     thread, result = run_in_thread(options, batches)
     stalls = []
+    seen = []
 
     def stall_source(frame) -> None:
-        if len(stalls) < 2 and isinstance(frame, Batch):
-            stalls.append(client.execute_command("DEBUG", "SLEEP", "0.2"))
+        # Not on the first batch: its round trips may still be setting the baseline.
+        if isinstance(frame, Batch):
+            seen.append(frame)
+            if len(seen) >= 2 and len(stalls) < 3:
+                stalls.append(client.execute_command("DEBUG", "SLEEP", "0.2"))
 
     frames = drain(batches, on_frame=stall_source)
     thread.join(10)
