@@ -246,7 +246,7 @@ def run(options: argparse.Namespace) -> int:
                 targets["twemproxy"] = twemproxy[1]
             log(f"server {engine.name} :{server.port}, interlay :{interlay_port}"
                 + (f", twemproxy :{twemproxy[1]}" if twemproxy else ", no twemproxy"))
-            for name, port in targets.items():  # warm up: connections, allocator, CPU frequency
+            for port in targets.values():  # warm up: connections, allocator, CPU frequency
                 redis_benchmark(port, 16, 20_000)
             for round_number in range(1, options.rounds + 1):
                 for pipeline in PIPELINES:

@@ -35,7 +35,7 @@ class ClusterMap:
     def __init__(self, nodes: list[tuple[str, int]], ports: list[int]) -> None:
         self._by_address = {(host, int(port)): listener for (host, port), listener in zip(nodes, ports)}
         by_port: dict[int, list[int]] = {}
-        for (host, port), listener in zip(nodes, ports):
+        for (_, port), listener in zip(nodes, ports):
             by_port.setdefault(int(port), []).append(listener)
         # A node may be reported under another spelling of its host (an empty
         # host, a hostname): fall back to the port when it is unambiguous.
