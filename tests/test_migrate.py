@@ -348,3 +348,30 @@ def test_unreachable_server_one_line_exit_2(server_factory, tmp_path):
     result = migrate("--source", f"redis://127.0.0.1:{port}", "--target", url(source), state=tmp_path / "t.db",
                      timeout=60)
     assert result.returncode == 2 and "source" in result.stderr.strip().splitlines()[0]
+
+
+def test_tls_and_password_source(server_factory, tmp_path):
+    """rediss:// with a CA file and a password; the password never shows in output."""
+    import shutil as _shutil
+
+    if _shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=30)
+    tls_port = free_port()
+    source = server_factory("redis-7.0", password="s3cret-src", extra_args=[
+        "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+        "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"])
+    target = server_factory("valkey-9.1")
+    fill(source.client(), 300)
+    result = migrate("--source", f"rediss://:s3cret-src@127.0.0.1:{tls_port}?ssl_ca_certs={cert}",
+                     "--target", url(target), "--json", state=tmp_path / "s.db")
+    assert result.returncode == 0, result.stderr
+    assert "s3cret-src" not in result.stdout + result.stderr
+    assert_same(source.client(), target.client())
+    from eve.store import Store
+    store = Store(tmp_path / "s.db")
+    assert "s3cret-src" not in json.dumps([r.setup for r in store.list_runs()]), "credentials are never stored"
+    store.close()
