@@ -13,6 +13,13 @@ record it.
     supervisor.stats("cache")      # {"connections": 3, "ops_per_second": ..., "backends": [...]}
     supervisor.stop("cache", drain_seconds=5)
 
+Dirty keys (DESIGN.md section 6): ``track_dirty("cache", dirty)`` has every
+proxy process record the keys of the writes it forwards (after their replies)
+and send them in batches; the monitor thread marks them in ``dirty``
+(``eve.sync.DirtyKeys``). ``dirty_barrier("cache", timeout)`` returns True once
+every key recorded before the call has been marked. ``track_dirty("cache",
+None)`` switches tracking off (the default: plain forwarding pays nothing).
+
 A cluster source gets one listener per master, on ``port`` and the ports
 after it; the masters are read from the source when the interlay starts. A
 source that cannot be reached then is not a reason to refuse starting: the
@@ -30,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eve.endpoints import ConnectionSpec, EndpointConfig
 from eve.errors import ConfigError, EveError, NotFoundError, StateError
@@ -40,6 +47,9 @@ from proxy import messages
 from proxy import stats as latency
 from proxy.options import DEFAULT_STATS_INTERVAL, ProxyOptions
 from proxy.server import main as proxy_main
+
+if TYPE_CHECKING:  # pragma: no cover
+    from eve.sync import DirtyKeys
 
 __all__ = [
     "InterlaySupervisor",
@@ -87,6 +97,7 @@ class _Worker:
     stopped: bool = False
     failure: str = ""
     report: messages.StatsReport | None = None
+    barrier_done: int = 0          # the latest dirty barrier token this process answered
 
 
 @dataclass
@@ -99,6 +110,7 @@ class _Interlay:
     reason: str = ""
     ports: tuple[int, ...] = ()
     started: float = field(default_factory=time.monotonic)
+    dirty: Any = None              # eve.sync.DirtyKeys receiving the written keys, or None
 
 
 def _addresses(host: str, port: int) -> list[tuple[int, tuple]]:
@@ -152,6 +164,9 @@ class InterlaySupervisor:
         self._monitor: threading.Thread | None = None
         self._closing = False
         self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
+        self._changed = threading.Condition(self._lock)   # a dirty barrier was answered
+        self._send_lock = threading.Lock()                # supervisor -> proxy messages
+        self._barrier_token = 0
 
     # -- API ------------------------------------------------------------------------------
 
@@ -207,6 +222,7 @@ class InterlaySupervisor:
             raise
         with self._lock:
             interlay.state = RUNNING
+            self._changed.notify_all()
         self._ensure_monitor()
         return list(ports)
 
@@ -230,6 +246,55 @@ class InterlaySupervisor:
                 self._interlays.pop(interlay_id, None)
             self._wake()
         log.info("interlay %s stopped", interlay_id)
+
+    def track_dirty(self, interlay_id: str, dirty: DirtyKeys | None) -> None:
+        """Record the keys of every write the interlay forwards into ``dirty``
+        (``eve.sync.DirtyKeys``: ``mark_many``, and ``mark_all`` for FLUSHDB,
+        FLUSHALL, SWAPDB); ``None`` switches tracking off. NotFoundError when the
+        interlay is not running."""
+        with self._lock:
+            interlay = self._interlays.get(interlay_id)
+            if interlay is None or interlay.state not in (STARTING, RUNNING):
+                raise NotFoundError(f"interlay {interlay_id!r} is not running")
+            interlay.dirty = dirty
+            workers = list(interlay.workers)
+        for worker in workers:
+            self._send(worker, messages.TrackDirty(dirty is not None))
+        log.info("interlay %s: dirty-key tracking %s", interlay_id, "on" if dirty is not None else "off")
+
+    def dirty_barrier(self, interlay_id: str, timeout: float = 5.0) -> bool:
+        """True once every key the interlay's processes recorded before this call
+        has been marked; False after ``timeout`` seconds, or when the interlay is
+        not running (or a process of it died)."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._lock:
+            interlay = self._interlays.get(interlay_id)
+            if interlay is None or interlay.state != RUNNING:
+                return False
+            self._barrier_token += 1
+            token = self._barrier_token
+            workers = list(interlay.workers)
+        for worker in workers:
+            if not self._send(worker, messages.DirtyBarrier(token)):
+                return False
+        with self._changed:
+            while True:
+                if interlay.state != RUNNING:
+                    return False
+                if all(worker.barrier_done >= token for worker in workers):
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(min(left, 0.5))
+
+    def _send(self, worker: _Worker, message: messages.Message) -> bool:
+        with self._send_lock:
+            try:
+                worker.pipe.send(message)
+                return True
+            except (OSError, ValueError):
+                return False
 
     def stop_all(self, drain_seconds: float = 0.0) -> None:
         with self._lock:
@@ -355,10 +420,7 @@ class InterlaySupervisor:
     def _terminate(self, interlay: _Interlay, drain_seconds: float) -> None:
         for worker in interlay.workers:
             if worker.process.is_alive():
-                try:
-                    worker.pipe.send(messages.Stop(max(0.0, float(drain_seconds))))
-                except (OSError, ValueError):
-                    pass
+                self._send(worker, messages.Stop(max(0.0, float(drain_seconds))))
         deadline = time.monotonic() + max(0.0, drain_seconds) + STOP_GRACE_SECONDS
         for worker in interlay.workers:
             worker.process.join(timeout=max(0.1, deadline - time.monotonic()))
@@ -436,8 +498,14 @@ class InterlaySupervisor:
         try:
             while worker.pipe.poll():
                 message = messages.check(worker.pipe.recv())
+                if isinstance(message, messages.DirtyReport):
+                    self._mark(interlay, message.keys)
+                    continue
                 with self._lock:
-                    if isinstance(message, messages.StatsReport):
+                    if isinstance(message, messages.DirtyBarrierDone):
+                        worker.barrier_done = max(worker.barrier_done, message.token)
+                        self._changed.notify_all()
+                    elif isinstance(message, messages.StatsReport):
                         worker.report = message
                     elif isinstance(message, messages.Stopped):
                         worker.stopped = True
@@ -448,6 +516,32 @@ class InterlaySupervisor:
         except ValueError as exc:
             log.error("interlay %s worker=%d: %s", interlay.interlay_id, worker.index, exc)
 
+    @staticmethod
+    def _mark(interlay: _Interlay, keys: tuple) -> None:
+        """Route one batch of written keys into the interlay's DirtyKeys, in order."""
+        dirty = interlay.dirty
+        if dirty is None:
+            return  # tracking was switched off meanwhile
+        run_db: int | None = None
+        run: list[bytes] = []
+        try:
+            for db, key in keys:
+                if key is None:
+                    if run:
+                        dirty.mark_many(run_db, run)
+                        run = []
+                    dirty.mark_all(db)
+                    continue
+                if db != run_db and run:
+                    dirty.mark_many(run_db, run)
+                    run = []
+                run_db = db
+                run.append(key)
+            if run:
+                dirty.mark_many(run_db, run)
+        except Exception:
+            log.exception("interlay %s: cannot mark dirty keys", interlay.interlay_id)
+
     def _exited(self, interlay: _Interlay, worker: _Worker) -> None:
         with self._lock:
             if interlay.state != RUNNING or self._interlays.get(interlay.interlay_id) is not interlay:
@@ -457,6 +551,7 @@ class InterlaySupervisor:
             reason = worker.failure or f"proxy process pid={worker.process.pid} exited with code {code}"
             interlay.state = FAILED
             interlay.reason = reason
+            self._changed.notify_all()
         log.error("interlay %s FAILED: %s", interlay.interlay_id, reason)
         # The other workers of the interlay would serve only part of its clients.
         for other in interlay.workers:

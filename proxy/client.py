@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from proxy import resp
@@ -107,7 +108,7 @@ class Client(asyncio.Protocol):
         "current", "shared", "pinned", "forever", "in_multi", "watching", "db", "asking", "stalled",
         "closing", "close_error", "quitting", "resetting", "reset_done", "req_stream", "write_paused",
         "pause_reasons", "paused_backend", "resume_scheduled", "rejected", "announce", "max_bulk", "max_args",
-        "threshold", "scanner",
+        "threshold", "scanner", "issued", "answered", "marks", "multi_marks", "wdb",
     )
 
     def __init__(self, proxy: Proxy, node: Node) -> None:
@@ -146,6 +147,16 @@ class Client(asyncio.Protocol):
         self.max_args = options.max_args
         self.threshold = options.stream_threshold
         self.scanner = RequestScanner(options.max_bulk, options.max_args)
+        # Dirty-key tracking: counted replies asked for and received since the
+        # start; ``marks`` holds ``(issued count of the write, [(db, key)...])``
+        # until its reply arrives; ``multi_marks`` the keys of writes queued in
+        # MULTI until EXEC is sent; ``wdb`` the db the backend connection will
+        # be in when it runs the next command (SELECT counts once sent).
+        self.issued = 0
+        self.answered = 0
+        self.marks: deque | None = None
+        self.multi_marks: list | None = None
+        self.wdb = 0
 
     # -- transport events ---------------------------------------------------------------
 
@@ -173,6 +184,7 @@ class Client(asyncio.Protocol):
         if self.rejected:
             return
         self.proxy.client_closed(self)
+        self.multi_marks = None
         conn = self.pinned
         if conn is not None:
             self.pinned = None
@@ -180,6 +192,9 @@ class Client(asyncio.Protocol):
             if self.req_stream is not None or conn.raw or self.forever or self.in_multi or self.watching \
                     or self.db or self.outstanding or conn.stream_to is self:
                 conn.close()
+                if self.marks:
+                    # Replies owed on it will never come: the outcome is unknown.
+                    self._release_marks(True)
             else:
                 self.node.release(conn)
         self.req_stream = None
@@ -238,6 +253,9 @@ class Client(asyncio.Protocol):
     def deliver(self, data: bytes, frames: int) -> None:
         if frames:
             self.outstanding -= frames
+            self.answered += frames
+            if self.marks:
+                self._release_marks(False)
             if not self.outstanding:
                 self.current = None
                 if (self.stalled or self.pinned is not None or self.closing) and not self.resume_scheduled:
@@ -247,6 +265,38 @@ class Client(asyncio.Protocol):
             transport = self.transport
             if transport is not None:
                 transport.write(data)
+
+    # -- dirty keys -----------------------------------------------------------------------
+
+    def _release_marks(self, everything: bool) -> None:
+        """Record the keys of the writes answered so far (all of them: their outcome is unknown)."""
+        marks = self.marks
+        answered = self.answered
+        record = self.proxy.record_dirty
+        while marks and (everything or marks[0][0] <= answered):
+            record(marks.popleft()[1])
+
+    def _uncounted(self) -> None:
+        """Replies still owed will arrive uncounted (the connection went raw or
+        was dropped): their writes' outcome is as good as known."""
+        self.answered = self.issued
+        if self.marks:
+            self._release_marks(True)
+
+    def _track(self, args: list[bytes], seq: int) -> None:
+        """A write forwarded as the ``seq``-th counted request: its keys, once answered."""
+        items = self.proxy.write_marks(args, self.wdb)
+        if not items:
+            return
+        if self.in_multi:
+            if self.multi_marks is None:
+                self.multi_marks = items
+            else:
+                self.multi_marks.extend(items)
+            return
+        if self.marks is None:
+            self.marks = deque()
+        self.marks.append((seq, items))
 
     def backend_failed(self, conn: Backend, count: int, error: bytes) -> None:
         self.proxy.stats.errors += count
@@ -371,7 +421,8 @@ class Client(asyncio.Protocol):
         proxy = self.proxy
         kinds = proxy.kinds
         n = len(buf)
-        if self.pinned is None and self.authenticated:
+        tracking = proxy.tracking
+        if self.pinned is None and self.authenticated and not tracking:
             # The hot path: only stateless requests, all complete.
             count = self.scanner.scan_forwardable(buf, kinds, SHARED)
             if count:
@@ -407,6 +458,18 @@ class Client(asyncio.Protocol):
                         conn = self.shared = self.node.shared_conn(self.protocol, self.slot)
                 if conn is run_conn:
                     run_count += 1
+                    if tracking and proxy.may_write(name):
+                        if args is None:
+                            args = resp.parse_command(buf[pos:end], 0, max_bulk=self.max_bulk,
+                                                      max_args=self.max_args)[0]  # type: ignore[index]
+                        if conn.raw:
+                            # No reply is counted on a raw connection: recorded once forwarded.
+                            self._send_run(conn, buf, run_start, end, run_count, n)
+                            run_count = 0
+                            run_conn = None
+                            proxy.record_dirty(proxy.write_marks(args, self.wdb))
+                        else:
+                            self._track(args, self.issued + run_count)
                     pos = end
                     continue
                 if run_count:
@@ -424,6 +487,18 @@ class Client(asyncio.Protocol):
                 run_conn = conn
                 run_start = pos
                 run_count = 1
+                if tracking and proxy.may_write(name):
+                    if args is None:
+                        args = resp.parse_command(buf[pos:end], 0, max_bulk=self.max_bulk,
+                                                  max_args=self.max_args)[0]  # type: ignore[index]
+                    if conn.raw:
+                        # No reply is counted on a raw connection: recorded once forwarded.
+                        self._send_run(conn, buf, run_start, end, 1, n)
+                        run_count = 0
+                        run_conn = None
+                        proxy.record_dirty(proxy.write_marks(args, self.wdb))
+                    else:
+                        self._track(args, self.issued + run_count)
                 pos = end
                 continue
             if run_count:
@@ -466,6 +541,7 @@ class Client(asyncio.Protocol):
         else:
             conn.send(self, data, count)
             self.outstanding += count
+            self.issued += count
             self.current = conn
         if conn.write_paused:
             self.pause_reading("backend")
@@ -478,6 +554,7 @@ class Client(asyncio.Protocol):
         else:
             conn.send(self, data, 1, tag)
             self.outstanding += 1
+            self.issued += 1
             self.current = conn
         if conn.write_paused:
             self.pause_reading("backend")
@@ -510,7 +587,7 @@ class Client(asyncio.Protocol):
         if kind == BLOCKING or (kind == XREAD and _xread_blocks(args)):
             return self._pin_and_send(name, args, raw)
         if kind == XREAD:
-            return self._send_shared(raw)
+            return self._send_shared(raw, track=args)
         if name in (b"multi", b"watch", b"asking", b"monitor", b"auth") or name in SUBSCRIBE_NAMES \
                 or name in UNSUBSCRIBE_NAMES:
             return self._pin_and_send(name, args, raw)
@@ -539,7 +616,8 @@ class Client(asyncio.Protocol):
         # exec, discard, unwatch outside a transaction: stateless on a clean connection.
         return self._send_shared(raw)
 
-    def _send_shared(self, raw: bytes, *, protocol: int | None = None, tag: Any = None) -> bool:
+    def _send_shared(self, raw: bytes, *, protocol: int | None = None, tag: Any = None,
+                     track: list[bytes] | None = None) -> bool:
         protocol = self.protocol if protocol is None else protocol
         if protocol == self.protocol:
             conn = self.shared
@@ -552,6 +630,8 @@ class Client(asyncio.Protocol):
         if self.outstanding and self.current is not conn:
             return self._stall()
         self.proxy.stats.ops += 1
+        if track is not None and self.proxy.tracking and self.proxy.may_write(track[0]):
+            self._track(track, self.issued + 1)
         self._send_one(conn, raw, tag)
         return True
 
@@ -596,6 +676,7 @@ class Client(asyncio.Protocol):
                 conn.enter_raw()
                 self.outstanding = 0
                 self.current = None
+                self._uncounted()
             self._send_one(conn, raw)
             if name in UNSUBSCRIBE_NAMES and not self.forever:
                 # The confirmations tell how many subscriptions are left; the
@@ -608,6 +689,7 @@ class Client(asyncio.Protocol):
             self.forever = True
             self.outstanding = 0
             self.current = None
+            self._uncounted()
             self._send_one(conn, raw)
             return True
         if conn.raw:
@@ -616,6 +698,10 @@ class Client(asyncio.Protocol):
             if name in (b"multi", b"watch", b"select", b"auth", b"hello", b"client", b"asking"):
                 self.forever = True
             self._send_one(conn, raw)
+            proxy = self.proxy
+            if proxy.tracking and proxy.may_write(name):
+                # No reply is counted on a raw connection: recorded once forwarded.
+                proxy.record_dirty(proxy.write_marks(args, self.wdb))
             return True
         tag = None
         if self.asking and name != b"asking":
@@ -623,6 +709,12 @@ class Client(asyncio.Protocol):
         if name == b"multi":
             self.in_multi = True
         elif name == b"exec" or name == b"discard":
+            if self.in_multi and self.multi_marks and name == b"exec":
+                # The queued writes run when EXEC does: recorded after its reply.
+                if self.marks is None:
+                    self.marks = deque()
+                self.marks.append((self.issued + 1, self.multi_marks))
+            self.multi_marks = None
             self.in_multi = False
             self.watching = False
         elif name == b"watch":
@@ -635,8 +727,11 @@ class Client(asyncio.Protocol):
             self.asking = True
         elif name in (b"select", b"auth", b"hello") and self.in_multi:
             self.forever = True  # queued: its outcome is only known inside EXEC's reply
+            if name == b"select" and len(args) == 2 and args[1].isdigit() and len(args[1]) < 10:
+                self.wdb = int(args[1])
         elif name == b"select":
             if len(args) == 2 and args[1].isdigit() and len(args[1]) < 10:
+                self.wdb = int(args[1])
                 tag = self._select_tag(int(args[1]))
         elif name == b"auth":
             if len(args) == 2:
@@ -655,6 +750,7 @@ class Client(asyncio.Protocol):
                 self.forever = True
                 self.outstanding = 0
                 self.current = None
+                self._uncounted()
                 self._send_one(conn, raw)
                 return True
             if sub and sub not in CLIENT_SHARED:
@@ -663,6 +759,8 @@ class Client(asyncio.Protocol):
             sub = args[1].lower() if len(args) > 1 else b""
             if sub in CLUSTER_REWRITES:
                 tag = self._cluster_tag(sub)
+        if self.proxy.tracking and self.proxy.may_write(name):
+            self._track(args, self.issued + 1)
         self._send_one(conn, raw, tag)
         return True
 
@@ -697,6 +795,8 @@ class Client(asyncio.Protocol):
         def on_reply(frame: bytes | None) -> bytes | None:
             if not _is_error(frame):
                 self.db = db
+            elif self.wdb == db:
+                self.wdb = self.db
             return frame
         return on_reply
 
@@ -731,6 +831,8 @@ class Client(asyncio.Protocol):
         self.authenticated = not self.node.auth_required
         self.forever = self.in_multi = self.watching = self.asking = False
         self.db = 0
+        self.wdb = 0
+        self.multi_marks = None
 
     # -- closing ------------------------------------------------------------------------
 
@@ -780,6 +882,8 @@ class Client(asyncio.Protocol):
         kind = self.proxy.classify(info.name)
         if kind == SPECIAL or not self.authenticated:
             return pos
+        if self.proxy.tracking and self.proxy.may_write(info.name):
+            return pos  # its keys are needed once it is answered: buffered whole, not streamed
         conn = self.pinned
         if conn is None:
             if not self._settled():
@@ -860,6 +964,7 @@ class Client(asyncio.Protocol):
         conn.close()
         self.outstanding = 0
         self.current = None
+        self._uncounted()
         self.proxy.stats.protocol_errors += 1
         self.closing = True
         self.close_error = b"-ERR " + message.encode() + b"\r\n"

@@ -66,6 +66,9 @@ def _flags(value: Any) -> frozenset[str]:
     return frozenset()
 
 
+_WRITE_SPEC_FLAGS = frozenset(("ow", "rw", "rm"))
+
+
 @dataclass(frozen=True)
 class KeySpec:
     """One key specification. ``begin`` is ``("index", pos)``,
@@ -201,6 +204,22 @@ class CommandInfo:
         return "movablekeys" in self.flags and (not self.key_specs or any(
             not spec.known or "incomplete" in spec.flags for spec in self.key_specs))
 
+    def write_key_positions(self, args: Sequence[bytes]) -> list[int]:
+        """Positions of the keys the command may change: those of key specs
+        flagged ``OW``, ``RW`` or ``RM`` (all keys on servers without key specs)."""
+        if self.key_specs:
+            positions: list[int] = []
+            for spec in self.key_specs:
+                if spec.flags & _WRITE_SPEC_FLAGS:
+                    positions.extend(spec.positions(args))
+            return positions
+        return self.key_positions(args)
+
+    @property
+    def may_write(self) -> bool:
+        """The command, or one of its subcommands, is flagged ``write``."""
+        return "write" in self.flags or any("write" in sub.flags for sub in self.subcommands.values())
+
     def key_positions(self, args: Sequence[bytes]) -> list[int]:
         if self.key_specs:
             positions: list[int] = []
@@ -266,6 +285,18 @@ class CommandTable:
         if info is None:
             return []
         return [bytes(args[i]) for i in info.key_positions(args)]
+
+    def write_keys(self, args: Sequence[bytes]) -> list[bytes]:
+        """The keys a request may change (key specs flagged OW/RW/RM), in order."""
+        info = self.lookup(args)
+        if info is None:
+            return []
+        return [bytes(args[i]) for i in info.write_key_positions(args)]
+
+    def may_write(self, name: bytes | str) -> bool:
+        """A command of this name (or one of its subcommands) is flagged ``write``."""
+        info = self.commands.get(_text(name).lower())
+        return info is not None and info.may_write
 
     def is_write(self, args: Sequence[bytes]) -> bool:
         return "write" in self.flags(args)

@@ -7,6 +7,10 @@
     FAILED   proxy -> supervisor: gave up; ``who`` says which side failed
              ("config" for a port in use, "internal" for a bug)
     STOP     supervisor -> proxy: stop accepting, drain for at most ``drain_seconds``
+    TRACK    supervisor -> proxy: record the keys of every write (on) or stop (off)
+    DIRTY    proxy -> supervisor: keys written since the last DIRTY (a batch, while tracking)
+    BARRIER  supervisor -> proxy: flush the keys recorded so far, then answer BARRIER_DONE
+    BARRIER_DONE proxy -> supervisor: every key recorded before BARRIER arrived was sent
 
 Every message is a small frozen dataclass carrying the format version; a
 message of another version is refused (``check``) rather than misread.
@@ -20,12 +24,16 @@ from typing import Union
 __all__ = [
     "FORMAT_VERSION",
     "BackendReport",
+    "DirtyBarrier",
+    "DirtyBarrierDone",
+    "DirtyReport",
     "Failed",
     "Message",
     "Ready",
     "StatsReport",
     "Stop",
     "Stopped",
+    "TrackDirty",
     "check",
 ]
 
@@ -80,12 +88,43 @@ class Stop:
     version: int = FORMAT_VERSION
 
 
-Message = Union[Ready, StatsReport, Stopped, Failed, Stop]
+@dataclass(frozen=True)
+class TrackDirty:
+    on: bool
+    version: int = FORMAT_VERSION
+
+
+@dataclass(frozen=True)
+class DirtyReport:
+    """``keys``: ``(db, key)`` pairs in the order their writes were answered.
+    ``key`` None means the whole ``db`` changed (FLUSHDB, SWAPDB); ``db`` None
+    too means every db (FLUSHALL)."""
+
+    worker: int
+    keys: tuple[tuple[int | None, bytes | None], ...]
+    version: int = FORMAT_VERSION
+
+
+@dataclass(frozen=True)
+class DirtyBarrier:
+    token: int
+    version: int = FORMAT_VERSION
+
+
+@dataclass(frozen=True)
+class DirtyBarrierDone:
+    worker: int
+    token: int
+    version: int = FORMAT_VERSION
+
+
+Message = Union[Ready, StatsReport, Stopped, Failed, Stop, TrackDirty, DirtyReport, DirtyBarrier, DirtyBarrierDone]
+_TYPES = (Ready, StatsReport, Stopped, Failed, Stop, TrackDirty, DirtyReport, DirtyBarrier, DirtyBarrierDone)
 
 
 def check(message: object) -> Message:
     """The message itself, or ValueError when it is not one of ours or of another version."""
-    if not isinstance(message, (Ready, StatsReport, Stopped, Failed, Stop)):
+    if not isinstance(message, _TYPES):
         raise ValueError(f"not a proxy message: {type(message).__name__}")
     if message.version != FORMAT_VERSION:
         raise ValueError(f"proxy message of format version {message.version}, expected {FORMAT_VERSION}")

@@ -28,7 +28,7 @@ from opentelemetry import metrics
 
 from eve.supervision import die_with_parent, ignore_interrupts
 from eve.telemetry import setup
-from proxy import messages, resp
+from proxy import dirty, messages, resp
 from proxy.backend import Node
 from proxy.client import Client, classify
 from proxy.cluster import ClusterMap
@@ -41,6 +41,8 @@ __all__ = ["Proxy", "Stats", "main", "run_proxy"]
 log = logging.getLogger("eve.proxy")
 
 MAX_KIND_CACHE = 10_000
+DIRTY_FLUSH_SECONDS = 0.05   # recorded keys go to the supervisor at least this often...
+DIRTY_FLUSH_KEYS = 1000      # ...or as soon as this many are waiting
 MAX_SAMPLES = 100_000
 LISTEN_BACKLOG = 1024
 GC_THRESHOLD = 20_000
@@ -96,6 +98,11 @@ class Proxy:
         self.cluster_map = ClusterMap([(node.host, node.port) for node in options.nodes], list(options.ports)) \
             if options.cluster else None
         self.nodes = [Node(self, i, spec) for i, spec in enumerate(options.nodes)]
+        # Dirty-key tracking (DESIGN.md section 6), switched on by the supervisor.
+        self.tracking = False
+        self.writes: dict[bytes, bool] = {}     # command name as sent -> may change keys
+        self.dirty: list[dirty.Mark] = []       # recorded, not sent yet
+        self._dirty_timer: asyncio.TimerHandle | None = None
         self._next_id = 0
         self._stopped: asyncio.Future | None = None
         self._drain = 0.0
@@ -161,8 +168,48 @@ class Proxy:
             log.warning("%s: cannot read the backend's command table: %s", self.options.name, exc)
             return
         self.kinds.clear()
+        self.writes.clear()
         log.info("%s: command table of %d commands loaded", self.options.name, len(self.table))
         return
+
+    # -- dirty keys -------------------------------------------------------------------------
+
+    def may_write(self, name: bytes) -> bool:
+        """Whether a request named ``name`` can change keys (cached by name as sent)."""
+        found = self.writes.get(name)
+        if found is None:
+            found = dirty.may_write(self.table, name)
+            if self.table is not None and len(self.writes) < MAX_KIND_CACHE:
+                self.writes[bytes(name)] = found
+        return found
+
+    def write_marks(self, args: list[bytes], db: int) -> list[dirty.Mark]:
+        return dirty.marks(self.table, args, db)
+
+    def record_dirty(self, items: list[dirty.Mark]) -> None:
+        """Keys whose writes were answered (or whose outcome became unknown)."""
+        if not self.tracking:
+            return
+        pending = self.dirty
+        pending.extend(items)
+        if len(pending) >= DIRTY_FLUSH_KEYS:
+            self.flush_dirty()
+        elif self._dirty_timer is None:
+            self._dirty_timer = self.loop.call_later(DIRTY_FLUSH_SECONDS, self.flush_dirty)
+
+    def flush_dirty(self) -> None:
+        timer, self._dirty_timer = self._dirty_timer, None
+        if timer is not None:
+            timer.cancel()
+        if self.dirty:
+            items, self.dirty = self.dirty, []
+            self._send(messages.DirtyReport(self.options.worker, tuple(items)))
+
+    def set_tracking(self, on: bool) -> None:
+        if not on:
+            self.flush_dirty()
+        self.tracking = on
+        log.info("%s: dirty-key tracking %s", self.options.name, "on" if on else "off")
 
     # -- serving ----------------------------------------------------------------------------
 
@@ -220,6 +267,12 @@ class Proxy:
                 message = messages.check(control.recv())
                 if isinstance(message, messages.Stop):
                     self.request_stop(message.drain_seconds)
+                elif isinstance(message, messages.TrackDirty):
+                    self.set_tracking(message.on)
+                elif isinstance(message, messages.DirtyBarrier):
+                    # Every key recorded before the barrier arrived goes first, in order.
+                    self.flush_dirty()
+                    self._send(messages.DirtyBarrierDone(self.options.worker, message.token))
         except (EOFError, OSError):
             # The supervisor is gone: nobody will ever send STOP.
             self.loop.remove_reader(control.fileno())
@@ -276,6 +329,7 @@ class Proxy:
         finally:
             reporter.cancel()
             await self.stop(self._drain)
+            self.flush_dirty()
             if self.control is not None:
                 try:
                     self.loop.remove_reader(self.control.fileno())

@@ -1,0 +1,97 @@
+"""Which keys a write changes, for the dirty-key backlog (DESIGN.md section 6).
+
+While tracking is on, a proxy records ``(db, key)`` for every key a forwarded
+write changes, *after* the backend answered it (or after its outcome became
+unknown), and sends them to the supervisor in batches (``messages.DirtyReport``).
+
+``marks(table, args, db)`` is what one request changes:
+
+* commands flagged ``write`` by the backend's command table: the keys of
+  their key specs flagged ``OW``/``RW``/``RM`` (``COPY src dst`` marks only
+  ``dst``); ``SORT ... STORE dst`` and ``MIGRATE`` (whose keys the key specs
+  cannot locate) by their arguments;
+* scripts and functions (``EVAL``, ``EVALSHA``, ``FCALL``): their declared keys;
+* ``FLUSHDB``: ``(db, None)``, the whole db; ``FLUSHALL``: ``(None, None)``;
+  ``SWAPDB a b``: ``(a, None)`` and ``(b, None)``;
+  ``MOVE key n``: ``(db, key)`` and ``(n, key)``; ``COPY src dst DB n``: ``(n, dst)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from proxy.commands import CommandTable
+
+__all__ = ["SCRIPT_NAMES", "Mark", "marks", "may_write"]
+
+Mark = tuple  # (db | None, key | None)
+
+SCRIPT_NAMES = frozenset((b"eval", b"evalsha", b"fcall"))
+_SPECIAL = frozenset((b"flushdb", b"flushall", b"swapdb", b"move", b"copy", b"sort", b"migrate"))
+
+
+def may_write(table: CommandTable | None, name: bytes) -> bool:
+    """Whether requests named ``name`` can change keys (cheap: cached by the caller)."""
+    lower = name.lower()
+    if lower in SCRIPT_NAMES or lower in _SPECIAL:
+        return True
+    return table is not None and table.may_write(lower)
+
+
+def _db(arg: bytes) -> int | None:
+    return int(arg) if arg.isdigit() and len(arg) < 10 else None
+
+
+def marks(table: CommandTable | None, args: Sequence[bytes], db: int) -> list[Mark]:
+    """The ``(db, key)`` pairs one request may change (empty for reads)."""
+    name = args[0].lower()
+    argc = len(args)
+    if name == b"flushdb":
+        return [(db, None)]
+    if name == b"flushall":
+        return [(None, None)]
+    if name == b"swapdb":
+        if argc == 3:
+            a, b = _db(args[1]), _db(args[2])
+            if a is not None and b is not None:
+                return [(a, None), (b, None)]
+        return []
+    if name == b"move":
+        if argc == 3:
+            target = _db(args[2])
+            key = bytes(args[1])
+            return [(db, key)] if target is None else [(db, key), (target, key)]
+        return []
+    if name == b"copy":
+        if argc < 3:
+            return []
+        target = db
+        for i in range(3, argc - 1):
+            if args[i].lower() == b"db":
+                found = _db(args[i + 1])
+                if found is not None:
+                    target = found
+                break
+        return [(target, bytes(args[2]))]
+    if name == b"sort":
+        for i in range(2, argc - 1):
+            if args[i].lower() == b"store":
+                return [(db, bytes(args[i + 1]))]
+        return []
+    if name == b"migrate":
+        # MIGRATE host port key|"" destination-db timeout [COPY] [REPLACE] [AUTH ...] [KEYS key ...]
+        keys: list[Mark] = []
+        if argc > 3 and args[3]:
+            keys.append((db, bytes(args[3])))
+        for i in range(6, argc):
+            if args[i].lower() == b"keys":
+                keys.extend((db, bytes(key)) for key in args[i + 1:])
+                break
+        return keys
+    if table is None:
+        return []
+    if name in SCRIPT_NAMES:
+        return [(db, key) for key in table.keys(args)]
+    if not table.is_write(args):
+        return []
+    return [(db, key) for key in table.write_keys(args)]
