@@ -15,7 +15,7 @@ from eve.endpoints import ConnectionSpec
 from eve.errors import AuthError, EndpointError, UnavailableError
 from proxy import resp
 
-__all__ = ["RedisConnection", "DEFAULT_TIMEOUT", "open_socket", "handshake", "checked"]
+__all__ = ["RedisConnection", "DEFAULT_TIMEOUT", "open_socket", "handshake", "checked", "transport_error"]
 
 DEFAULT_TIMEOUT = 5.0
 _AUTH_ERRORS = (b"WRONGPASS", b"NOAUTH", b"NOPERM", b"ERR invalid password", b"ERR AUTH",
@@ -40,6 +40,16 @@ def open_socket(spec: ConnectionSpec, timeout: float) -> socket.socket:
             sock.close()
             raise UnavailableError(f"TLS handshake with {spec.address} failed: {exc}") from exc
     return sock
+
+
+def transport_error(spec: ConnectionSpec, timeout: float, exc: BaseException) -> EndpointError:
+    """The Eve error for a failed round trip: a timeout or socket error means the server is
+    unavailable; anything else (a malformed reply) is the server's fault."""
+    if isinstance(exc, socket.timeout):
+        return UnavailableError(f"{spec.address} did not answer within {timeout:g}s")
+    if isinstance(exc, OSError):
+        return UnavailableError(f"connection to {spec.address} failed: {exc.strerror or exc}")
+    return EndpointError(f"{spec.address} sent a malformed reply: {exc}")
 
 
 def checked(spec: ConnectionSpec, reply: Any, error: bytes | None, what: str) -> Any:
@@ -134,15 +144,9 @@ class RedisConnection:
                 if not data:
                     raise UnavailableError(f"{self.spec.address} closed the connection")
                 self._reader.feed(data)
-        except socket.timeout as exc:
+        except (OSError, resp.ProtocolError) as exc:
             self.close()
-            raise UnavailableError(f"{self.spec.address} did not answer within {self.timeout:g}s") from exc
-        except resp.ProtocolError as exc:
-            self.close()
-            raise EndpointError(f"{self.spec.address} sent a malformed reply: {exc}") from exc
-        except OSError as exc:
-            self.close()
-            raise UnavailableError(f"connection to {self.spec.address} failed: {exc.strerror or exc}") from exc
+            raise transport_error(self.spec, self.timeout, exc) from exc
 
     def call_checked(self, *args: Any) -> Any:
         """Like ``call``, but a server error raises ``EndpointError``."""

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 
 import hiredis
 
-from eve.connections import handshake, open_socket
+from eve.connections import handshake, open_socket, transport_error
 from eve.endpoints import ConnectionSpec
 from eve.errors import EndpointError, UnavailableError
 
@@ -123,15 +123,9 @@ class FastConnection:
                     continue
                 replies.append(reply)
             return replies
-        except socket.timeout as exc:
+        except (OSError, hiredis.ProtocolError) as exc:
             self.close()
-            raise UnavailableError(f"{self.spec.address} did not answer within {self.timeout:g}s") from exc
-        except hiredis.ProtocolError as exc:
-            self.close()
-            raise EndpointError(f"{self.spec.address} sent a malformed reply: {exc}") from exc
-        except OSError as exc:
-            self.close()
-            raise UnavailableError(f"connection to {self.spec.address} failed: {exc.strerror or exc}") from exc
+            raise transport_error(self.spec, self.timeout, exc) from exc
         except UnavailableError:
             self.close()
             raise
