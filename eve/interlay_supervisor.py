@@ -98,6 +98,8 @@ class _Worker:
     failure: str = ""
     report: messages.StatsReport | None = None
     barrier_done: int = 0          # the latest dirty barrier token this process answered
+    paused: int = 0                # the latest pause token this process answered
+    settled: bool = False          # ... and whether every reply had arrived then
 
 
 @dataclass
@@ -288,6 +290,56 @@ class InterlaySupervisor:
                     return False
                 self._changed.wait(min(left, 0.5))
 
+    def route(self, interlay_id: str, route: messages.Route) -> None:
+        """Set a live run's route on every process of the interlay (``proxy.routing``).
+        StateError for a cluster interlay (live routes need a standalone source)."""
+        with self._lock:
+            interlay = self._interlays.get(interlay_id)
+            if interlay is None or interlay.state != RUNNING:
+                raise StateError(f"interlay {interlay_id!r} is not running")
+            if interlay.options[0].cluster:
+                raise StateError(f"interlay {interlay_id!r} fronts a cluster: live migration through an interlay "
+                                 "needs a standalone source for now")
+            workers = list(interlay.workers)
+        for worker in workers:
+            if not self._send(worker, route):
+                raise StateError(f"interlay {interlay_id!r}: proxy process pid={worker.process.pid} is gone")
+        log.info("interlay %s: route authoritative=%s dual writes to %s policy=%s reads on target=%d%%",
+                 interlay_id, route.authoritative, ",".join(route.mirror_to) or "nobody", route.policy,
+                 route.read_percent)
+
+    def pause(self, interlay_id: str, timeout: float = 2.0) -> bool:
+        """Stop reading the interlay's clients and wait for every reply in flight (pinned
+        clients are closed). True when everything settled; False when ``timeout`` passed
+        first (clients stay paused: ``resume`` them either way)."""
+        deadline = time.monotonic() + max(0.0, timeout) + 2.0
+        with self._lock:
+            interlay = self._interlays.get(interlay_id)
+            if interlay is None or interlay.state != RUNNING:
+                raise StateError(f"interlay {interlay_id!r} is not running")
+            self._barrier_token += 1
+            token = self._barrier_token
+            workers = list(interlay.workers)
+        for worker in workers:
+            self._send(worker, messages.Pause(token, timeout))
+        with self._changed:
+            while True:
+                if interlay.state != RUNNING:
+                    return False
+                if all(worker.paused >= token for worker in workers):
+                    return all(worker.settled for worker in workers)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(min(left, 0.5))
+
+    def resume(self, interlay_id: str) -> None:
+        with self._lock:
+            interlay = self._interlays.get(interlay_id)
+            workers = list(interlay.workers) if interlay is not None else []
+        for worker in workers:
+            self._send(worker, messages.Resume())
+
     def _send(self, worker: _Worker, message: messages.Message) -> bool:
         with self._send_lock:
             try:
@@ -334,7 +386,11 @@ class InterlaySupervisor:
 
             {"connections": int, "ops_per_second": float, "errors": int, "ops": int,
              "backends": [{"backend": "source", "ops": int, "errors": int,
-                           "p50_ms": float, "p99_ms": float}]}
+                           "p50_ms": float, "p99_ms": float}],
+             "sides": [{"side": "target", "writes": int, "failures": int, "last_error": str}],
+             "dirty_pending": int}
+
+        ``sides``: the dual writes of a live run, per side other than the authoritative one.
 
         ``p50_ms``/``p99_ms`` are backend round trips of the last report
         interval (about a second); ``ops`` and ``errors`` count from the start.
@@ -357,6 +413,13 @@ class InterlaySupervisor:
             backend_stats.append({"backend": name, "ops": entry["ops"], "errors": entry["errors"],
                                   "p50_ms": round(latency.percentile(merged, 50), 4),
                                   "p99_ms": round(latency.percentile(merged, 99), 4)})
+        sides: dict[str, dict[str, Any]] = {}
+        for report in reports:
+            for side, writes, failures, last_error in report.sides:
+                entry = sides.setdefault(side, {"side": side, "writes": 0, "failures": 0, "last_error": ""})
+                entry["writes"] += writes
+                entry["failures"] += failures
+                entry["last_error"] = last_error or entry["last_error"]
         return {
             "connections": sum(report.connections for report in reports),
             "ops_per_second": round(sum(report.interval_ops / report.interval_seconds
@@ -364,6 +427,8 @@ class InterlaySupervisor:
             "errors": sum(report.errors for report in reports),
             "ops": sum(report.ops for report in reports),
             "backends": backend_stats,
+            "sides": list(sides.values()),
+            "dirty_pending": sum(report.dirty_pending for report in reports),
         }
 
     # -- starting -----------------------------------------------------------------------------
@@ -504,6 +569,10 @@ class InterlaySupervisor:
                 with self._lock:
                     if isinstance(message, messages.DirtyBarrierDone):
                         worker.barrier_done = max(worker.barrier_done, message.token)
+                        self._changed.notify_all()
+                    elif isinstance(message, messages.Paused):
+                        worker.paused = max(worker.paused, message.token)
+                        worker.settled = message.settled
                         self._changed.notify_all()
                     elif isinstance(message, messages.StatsReport):
                         worker.report = message

@@ -39,6 +39,7 @@ from proxy import resp
 from proxy.backend import Backend
 from proxy.framing import RequestScanner, partial_request
 from proxy.resp import MAX_INLINE
+from proxy.routing import DUAL, READ_TARGET
 
 if TYPE_CHECKING:  # pragma: no cover
     from proxy.backend import Node
@@ -72,6 +73,10 @@ CLUSTER_REWRITES = frozenset((b"slots", b"shards", b"nodes"))
 _OK = b"+OK\r\n"
 _RESET = b"+RESET\r\n"
 _MAX_CLIENTS = b"-ERR max number of clients reached\r\n"
+# Pinned-mode commands whose effect depends on the connection: never mirrored.
+_NOT_MIRRORED = frozenset((b"multi", b"exec", b"discard", b"watch", b"unwatch", b"select", b"auth", b"hello",
+                           b"client", b"asking", b"reset", b"quit"))
+_NO_MAINT_NOTIFICATIONS = b"-ERR interlay: CLIENT MAINT_NOTIFICATIONS is not available through an interlay\r\n"
 _NO_REPLICATION = b"-ERR interlay: replication commands (SYNC, PSYNC, REPLCONF) are not forwarded\r\n"
 
 
@@ -113,6 +118,9 @@ class Client(asyncio.Protocol):
 
     def __init__(self, proxy: Proxy, node: Node) -> None:
         self.proxy = proxy
+        primary = proxy.router.primary
+        if primary is not None and proxy.cluster_map is None:
+            node = primary  # a live run moved the authoritative side
         self.node = node
         self.transport: asyncio.Transport | None = None
         self.id = proxy.next_client_id()
@@ -241,7 +249,7 @@ class Client(asyncio.Protocol):
         if self.buf:
             data = self.buf + data
             self.buf = b""
-        if self.stalled or self.closing:
+        if self.stalled or self.closing or self.proxy.paused:
             self.buf = data
             if len(data) > 2 * self.threshold:
                 self.pause_reading("stall")
@@ -422,7 +430,9 @@ class Client(asyncio.Protocol):
         kinds = proxy.kinds
         n = len(buf)
         tracking = proxy.tracking
-        if self.pinned is None and self.authenticated and not tracking:
+        router = proxy.router
+        routing = router.active
+        if self.pinned is None and self.authenticated and not tracking and not routing:
             # The hot path: only stateless requests, all complete.
             count = self.scanner.scan_forwardable(buf, kinds, SHARED)
             if count:
@@ -438,7 +448,7 @@ class Client(asyncio.Protocol):
         run_start = 0
         run_count = 0
         for end, args, name, argc in requests:
-            if self.stalled or self.closing or self.transport is None:
+            if self.stalled or self.closing or self.transport is None or proxy.paused:
                 break
             if not argc:
                 if not run_count:
@@ -453,9 +463,30 @@ class Client(asyncio.Protocol):
                 if self.asking:
                     self.asking = False  # ASKING applies to the command right after it
                 if conn is None:
-                    conn = self.shared
-                    if conn is None or conn.closed:
-                        conn = self.shared = self.node.shared_conn(self.protocol, self.slot)
+                    route = 0
+                    if routing:
+                        writes = proxy.may_write(name)
+                        if writes or router.read_percent or name.lower() in (b"script", b"function"):
+                            if args is None:
+                                args = resp.parse_command(buf[pos:end], 0, max_bulk=self.max_bulk,
+                                                          max_args=self.max_args)[0]  # type: ignore[index]
+                            route = router.decide(args, writes)  # type: ignore[arg-type]
+                    conn = None
+                    if route == READ_TARGET:
+                        conn = router.target.shared_conn(self.protocol, self.slot)  # type: ignore[union-attr]
+                    if conn is None:
+                        conn = self.shared
+                        if conn is None or conn.closed:
+                            conn = self.shared = self.node.shared_conn(self.protocol, self.slot)
+                    if route == DUAL:
+                        if run_count:
+                            self._send_run(run_conn, buf, run_start, pos, run_count, n)  # type: ignore[arg-type]
+                            run_count = 0
+                            run_conn = None
+                        if not self._dual_write(conn, args, buf[pos:end]):  # type: ignore[arg-type]
+                            break
+                        pos = end
+                        continue
                 if conn is run_conn:
                     run_count += 1
                     if tracking and proxy.may_write(name):
@@ -547,6 +578,27 @@ class Client(asyncio.Protocol):
             self.pause_reading("backend")
             conn.paused_clients.append(self)
 
+    def _dual_write(self, conn: Backend | None, args: list[bytes], raw: bytes) -> bool:
+        """A write for every side of a live run (``proxy.routing``); False when it has to wait."""
+        if conn is None:
+            return self._local(self.node.unavailable(), error=True)
+        if self.outstanding and self.current is not conn:
+            return self._stall()
+        proxy = self.proxy
+        stats = proxy.stats
+        stats.ops += 1
+        stats.backend_ops += 1
+        marks = proxy.write_marks(args, self.wdb) if proxy.tracking else []
+        sink = proxy.router.send_dual(self, conn, raw, marks)
+        self.outstanding += 1
+        self.issued += 1
+        # BOTH_REQUIRED holds the reply until every side answered: what follows waits for it.
+        self.current = sink if proxy.router.both else conn
+        if conn.write_paused:
+            self.pause_reading("backend")
+            conn.paused_clients.append(self)
+        return True
+
     def _send_one(self, conn: Backend, data: bytes, tag: Any = None) -> None:
         self.proxy.stats.backend_ops += 1
         if conn.raw:
@@ -599,6 +651,10 @@ class Client(asyncio.Protocol):
             sub = args[1].lower() if len(args) > 1 else b""
             if sub in CLIENT_SHARED or not sub:
                 return self._send_shared(raw)
+            if sub == b"maint_notifications":
+                # Maintenance push notifications describe the backend's own node moves,
+                # which the interlay hides; clients (redis-py 8 "auto") go on without.
+                return self._local(_NO_MAINT_NOTIFICATIONS, error=True)
             return self._pin_and_send(name, args, raw)
         if name == b"hello":
             proto, user, setname = _hello_options(args)
@@ -759,7 +815,14 @@ class Client(asyncio.Protocol):
             sub = args[1].lower() if len(args) > 1 else b""
             if sub in CLUSTER_REWRITES:
                 tag = self._cluster_tag(sub)
-        if self.proxy.tracking and self.proxy.may_write(name):
+        proxy = self.proxy
+        writes = proxy.may_write(name)
+        if proxy.router.active and tag is None and not self.in_multi and not self.wdb and writes \
+                and name not in _NOT_MIRRORED and proxy.kinds.get(name, SHARED) == SHARED \
+                and proxy.router.decide(args, writes) == DUAL:
+            # A pinned client's plain write (CLIENT state, RESP3...): mirrored like any.
+            return self._dual_write(conn, args, raw)
+        if proxy.tracking and writes:
             self._track(args, self.issued + 1)
         self._send_one(conn, raw, tag)
         return True

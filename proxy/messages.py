@@ -11,6 +11,10 @@
     DIRTY    proxy -> supervisor: keys written since the last DIRTY (a batch, while tracking)
     BARRIER  supervisor -> proxy: flush the keys recorded so far, then answer BARRIER_DONE
     BARRIER_DONE proxy -> supervisor: every key recorded before BARRIER arrived was sent
+    ROUTE    supervisor -> proxy: the live run's route (authoritative side, dual writes, reads)
+    PAUSE    supervisor -> proxy: stop reading clients, let every reply arrive, answer PAUSED
+    PAUSED   proxy -> supervisor: no request is in flight (``settled``) or the timeout passed
+    RESUME   supervisor -> proxy: read clients again
 
 Every message is a small frozen dataclass carrying the format version; a
 message of another version is refused (``check``) rather than misread.
@@ -21,9 +25,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
+from eve.endpoints import ConnectionSpec
+
 __all__ = [
     "FORMAT_VERSION",
     "BackendReport",
+    "Pause",
+    "Paused",
+    "Resume",
+    "Route",
     "DirtyBarrier",
     "DirtyBarrierDone",
     "DirtyReport",
@@ -65,6 +75,9 @@ class StatsReport:
     interval_ops: int            # commands during the last interval
     interval_seconds: float
     backends: tuple[BackendReport, ...]
+    # Dual writes per other side: (side, writes sent, writes failed, last error).
+    sides: tuple[tuple[str, int, int, str], ...] = ()
+    dirty_pending: int = 0       # keys recorded and not sent yet
     version: int = FORMAT_VERSION
 
 
@@ -118,8 +131,47 @@ class DirtyBarrierDone:
     version: int = FORMAT_VERSION
 
 
-Message = Union[Ready, StatsReport, Stopped, Failed, Stop, TrackDirty, DirtyReport, DirtyBarrier, DirtyBarrierDone]
-_TYPES = (Ready, StatsReport, Stopped, Failed, Stop, TrackDirty, DirtyReport, DirtyBarrier, DirtyBarrierDone)
+@dataclass(frozen=True)
+class Route:
+    """The route of a live run (``proxy.routing``). ``sides`` names the nodes other
+    than the source (``"target"``, ``"mirror:<endpoint>"``); ``authoritative`` is
+    ``"source"`` or one of them; ``mirror_to`` the sides receiving dual writes;
+    ``read_percent`` the share of reads the target serves while the source is
+    authoritative."""
+
+    authoritative: str
+    sides: tuple[tuple[str, ConnectionSpec], ...]
+    mirror_to: tuple[str, ...]
+    policy: str
+    read_percent: int
+    scripts_deterministic: bool = False
+    version: int = FORMAT_VERSION
+
+
+@dataclass(frozen=True)
+class Pause:
+    token: int
+    timeout: float               # seconds to wait for replies in flight
+    version: int = FORMAT_VERSION
+
+
+@dataclass(frozen=True)
+class Paused:
+    worker: int
+    token: int
+    settled: bool                # every reply arrived (False: the timeout passed first)
+    version: int = FORMAT_VERSION
+
+
+@dataclass(frozen=True)
+class Resume:
+    version: int = FORMAT_VERSION
+
+
+Message = Union[Ready, StatsReport, Stopped, Failed, Stop, TrackDirty, DirtyReport, DirtyBarrier, DirtyBarrierDone,
+                Route, Pause, Paused, Resume]
+_TYPES = (Ready, StatsReport, Stopped, Failed, Stop, TrackDirty, DirtyReport, DirtyBarrier, DirtyBarrierDone,
+          Route, Pause, Paused, Resume)
 
 
 def check(message: object) -> Message:

@@ -34,6 +34,7 @@ from proxy.client import Client, classify
 from proxy.cluster import ClusterMap
 from proxy.commands import CommandTable
 from proxy.options import ProxyOptions
+from proxy.routing import Router
 from proxy.stats import histogram
 
 __all__ = ["Proxy", "Stats", "main", "run_proxy"]
@@ -66,7 +67,7 @@ class Stats:
         self._last_ops = 0
         self._last_time = time.monotonic()
 
-    def report(self, worker: int, label: str) -> messages.StatsReport:
+    def report(self, worker: int, label: str, sides: tuple = (), dirty_pending: int = 0) -> messages.StatsReport:
         now = time.monotonic()
         samples, self.samples = self.samples, []
         if len(samples) > MAX_SAMPLES:
@@ -77,7 +78,8 @@ class Stats:
                                          histogram(sample * 1000.0 for sample in samples))
         return messages.StatsReport(worker=worker, connections=self.connections, ops=self.ops,
                                     errors=self.errors + self.backend_errors, interval_ops=interval_ops,
-                                    interval_seconds=seconds, backends=(backend,))
+                                    interval_seconds=seconds, backends=(backend,), sides=sides,
+                                    dirty_pending=dirty_pending)
 
 
 class Proxy:
@@ -103,6 +105,9 @@ class Proxy:
         self.writes: dict[bytes, bool] = {}     # command name as sent -> may change keys
         self.dirty: list[dirty.Mark] = []       # recorded, not sent yet
         self._dirty_timer: asyncio.TimerHandle | None = None
+        # A live run's route (DESIGN.md sections 5 and 6), set by the supervisor.
+        self.router = Router(self)
+        self.paused = False                     # clients are not read (a cutover or rollback flips sides)
         self._next_id = 0
         self._stopped: asyncio.Future | None = None
         self._drain = 0.0
@@ -211,6 +216,67 @@ class Proxy:
         self.tracking = on
         log.info("%s: dirty-key tracking %s", self.options.name, "on" if on else "off")
 
+    # -- live route ---------------------------------------------------------------------------
+
+    def apply_route(self, route: messages.Route) -> None:
+        if self.cluster_map is not None:
+            log.error("%s: a live route needs a standalone source; ignored", self.options.name)
+            return
+        moved = self.router.apply(route, lambda index, spec: Node(self, index, spec))
+        if moved:
+            # The authoritative side changed: stateless clients follow at their next
+            # command; a pinned client's state lives on the old side, so it is closed
+            # and reconnects (the supervisor paused everyone first).
+            primary = self.router.primary
+            for client in list(self.clients):
+                if client.pinned is not None:
+                    if client.transport is not None:
+                        client.transport.close()
+                    continue
+                client.node = primary
+                client.shared = None
+        log.info("%s: route: authoritative %s, dual writes to %s under %s, %d%% of reads on the target",
+                 self.options.name, route.authoritative, ",".join(route.mirror_to) or "nobody", route.policy,
+                 route.read_percent)
+
+    async def _pause(self, token: int, timeout: float) -> None:
+        """Stop reading clients; wait until every reply (dual writes included) arrived.
+        Pinned clients get a moment, then are closed: a blocking command would never
+        settle, and their state lives on the side being left."""
+        self.paused = True
+        for client in list(self.clients):
+            client.pause_reading("pause")
+        loop = self.loop
+        start = loop.time()
+        deadline = start + max(0.0, timeout)
+        pinned_grace = start + min(0.5, max(0.0, timeout))
+        settled = False
+        while True:
+            now = loop.time()
+            busy = [c for c in self.clients if c.outstanding and (c.pinned is None or now < pinned_grace)]
+            if not busy and not self.router.pending:
+                settled = True
+                break
+            if now >= deadline:
+                break
+            await asyncio.sleep(0.002)
+        for client in list(self.clients):
+            if client.pinned is not None and client.transport is not None:
+                client.transport.close()
+        self.flush_dirty()
+        if self.paused:
+            self._send(messages.Paused(self.options.worker, token, settled))
+
+    def resume_clients(self) -> None:
+        if not self.paused:
+            return
+        self.paused = False
+        for client in list(self.clients):
+            client.resume_reading("pause")
+            if client.buf and client.transport is not None:
+                client.stalled = True
+                client._schedule_resume()
+
     # -- serving ----------------------------------------------------------------------------
 
     async def start(self) -> list[int]:
@@ -248,6 +314,8 @@ class Proxy:
                 client.transport.close()
         for node in self.nodes:
             node.close_all()
+        for node in self.router.sides.values():
+            node.close_all()
         for server in self.servers:
             try:
                 await asyncio.wait_for(server.wait_closed(), 1.0)
@@ -273,6 +341,12 @@ class Proxy:
                     # Every key recorded before the barrier arrived goes first, in order.
                     self.flush_dirty()
                     self._send(messages.DirtyBarrierDone(self.options.worker, message.token))
+                elif isinstance(message, messages.Route):
+                    self.apply_route(message)
+                elif isinstance(message, messages.Pause):
+                    self.loop.create_task(self._pause(message.token, message.timeout))
+                elif isinstance(message, messages.Resume):
+                    self.resume_clients()
         except (EOFError, OSError):
             # The supervisor is gone: nobody will ever send STOP.
             self.loop.remove_reader(control.fileno())
@@ -292,7 +366,8 @@ class Proxy:
         options = self.options
         while True:
             await asyncio.sleep(options.stats_interval)
-            self._send(self.stats.report(options.worker, options.backend_label))
+            self._send(self.stats.report(options.worker, options.backend_label, self.router.report(),
+                                         len(self.dirty)))
 
     async def serve(self) -> bool:
         """READY, serve until STOP, drain, STOPPED. False when the listeners could not start."""

@@ -1,0 +1,321 @@
+"""Where a live run sends a client's commands (DESIGN.md sections 5 and 6).
+
+Outside a run an interlay forwards everything to its one backend. During an
+online run the supervisor sends a ``messages.Route``: which side is
+*authoritative* (the source until writes are cut over, then the target),
+which other sides receive *dual writes*, under which write consistency
+policy, and which share of reads the target serves. This module holds that
+state and the two reply sinks of a dual write; ``proxy.client`` asks
+``Router.decide`` about each stateless request.
+
+A dual write is sent to the authoritative side and to every other side at
+once. ``WriteConsistency`` is applied in one place, ``DualWrite._settle``:
+
+=====================  =====================================  ==================================
+policy                 the client's reply                     a failure on another side
+=====================  =====================================  ==================================
+SOURCE_AUTHORITATIVE   the source's, as soon as it arrives    counted per side, reported, re-copied
+TARGET_AUTHORITATIVE   the target's, as soon as it arrives    counted per side, reported, re-copied
+BOTH_REQUIRED          the authoritative side's, once every   an error to the client; re-copied
+                       side answered; an error if one failed
+BEST_EFFORT            the authoritative side's               counted only
+=====================  =====================================  ==================================
+
+(SOURCE_ and TARGET_AUTHORITATIVE differ by which side is authoritative; the
+workflow flips it at cutover.)
+
+Why a dual write's keys are marked dirty only once *every* side answered: the
+re-copy loop copies a dirty key's value from the authoritative side over the
+others. Were the mark sent after the authoritative reply alone, a re-copy could
+land on the target before the mirrored command does, and the mirrored command
+would then apply twice (an ``INCR`` counted two times). Marked after the last
+reply, every re-copy starts after every copy of the write executed, so the
+target converges whatever a mirrored command did.
+
+Only stateless writes are mirrored. Writes of a pinned client (``MULTI``/
+``EXEC``, a non-zero db, blocking commands) and scripts not declared
+deterministic run on the authoritative side alone and reach the others by
+re-copy of their keys. ``SCRIPT LOAD``/``FLUSH`` and ``FUNCTION LOAD``/
+``DELETE``/``FLUSH``/``RESTORE`` go to every side; an ``EVALSHA`` answered
+``NOSCRIPT`` by another side is retried there after loading the script, when
+the interlay saw its body (``SCRIPT LOAD`` or ``EVAL`` through it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+from eve.topology import key_slot
+from proxy import resp
+from proxy.dirty import SCRIPT_NAMES
+
+if TYPE_CHECKING:  # pragma: no cover
+    from proxy.backend import Node
+    from proxy.client import Client
+    from proxy.server import Proxy
+
+__all__ = ["DualWrite", "MirrorReply", "Router", "PLAIN", "DUAL", "READ_TARGET", "SOURCE", "TARGET",
+           "SOURCE_AUTHORITATIVE", "TARGET_AUTHORITATIVE", "BOTH_REQUIRED", "BEST_EFFORT", "POLICIES"]
+
+PLAIN, DUAL, READ_TARGET = 0, 1, 2   # Router.decide
+SOURCE, TARGET = "source", "target"  # side names; mirror targets are "mirror:<endpoint>"
+
+SOURCE_AUTHORITATIVE = "SOURCE_AUTHORITATIVE"
+TARGET_AUTHORITATIVE = "TARGET_AUTHORITATIVE"
+BOTH_REQUIRED = "BOTH_REQUIRED"
+BEST_EFFORT = "BEST_EFFORT"
+POLICIES = (SOURCE_AUTHORITATIVE, TARGET_AUTHORITATIVE, BOTH_REQUIRED, BEST_EFFORT)
+
+MAX_SCRIPTS = 10_000        # script bodies remembered for NOSCRIPT healing
+SLOTS = 16384
+_SCRIPT_SUBCOMMANDS = {b"script": frozenset((b"load", b"flush")),
+                       b"function": frozenset((b"load", b"delete", b"flush", b"restore"))}
+
+
+def _identity(frame: bytes | None) -> bytes | None:
+    return frame
+
+
+def _discard(frame: bytes | None) -> bytes | None:
+    return None
+
+
+def _is_error(frame: bytes) -> bool:
+    return frame[:1] in (b"-", b"!")
+
+
+def _error_text(frame: bytes) -> str:
+    return frame[1:].split(b"\r\n", 1)[0].decode("utf-8", "replace")
+
+
+def _error_frame(message: str) -> bytes:
+    return b"-" + message.replace("\r", " ").replace("\n", " ").encode("utf-8", "replace") + b"\r\n"
+
+
+def reads_from_target(key: bytes, percent: int) -> bool:
+    """Whether ``key`` is read from the target when ``percent`` of reads are: by hash
+    slot, so one key (and one hash tag) always reads from one side."""
+    return key_slot(key) * 100 < percent * SLOTS
+
+
+class SideStats:
+    __slots__ = ("ops", "failures", "last_error")
+
+    def __init__(self) -> None:
+        self.ops = 0            # dual writes sent to this side
+        self.failures = 0       # of them, answered with an error or lost
+        self.last_error = ""
+
+
+class Router:
+    """The route of one proxy process; changed only by ``apply`` (a ``messages.Route``)."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.active = False                 # a route is set: decide() is asked
+        self.authoritative = SOURCE
+        self.primary: Node | None = None    # the authoritative side's node
+        self.target: Node | None = None     # the node reads shift to
+        self.mirrors: list[tuple[str, Node]] = []
+        self.policy = SOURCE_AUTHORITATIVE
+        self.both = False
+        self.read_percent = 0
+        self.scripts_deterministic = False
+        self.sides: dict[str, Node] = {}    # side name -> node, the source's included
+        self.side_stats: dict[str, SideStats] = {}
+        self.scripts: dict[bytes, bytes] = {}   # lowercase hex sha1 -> body
+        self.pending = 0                    # dual writes not fully answered
+
+    # -- route changes ------------------------------------------------------------------
+
+    def apply(self, route: Any, make_node: Any) -> bool:
+        """Take a new route; True when the authoritative side changed (clients move)."""
+        proxy = self.proxy
+        sides: dict[str, Node] = {SOURCE: proxy.nodes[0]}
+        for name, spec in route.sides:
+            node = self.sides.get(name)
+            if node is None or node.spec != spec:
+                if node is not None:
+                    node.close_all()
+                node = make_node(len(sides), spec)
+            sides[name] = node
+        for name, node in self.sides.items():
+            if name not in sides and node is not proxy.nodes[0]:
+                node.close_all()
+        self.sides = sides
+        previous = self.primary
+        self.authoritative = route.authoritative
+        self.primary = sides[route.authoritative]
+        self.mirrors = [(name, sides[name]) for name in route.mirror_to if name != route.authoritative]
+        for name, _ in self.mirrors:
+            self.side_stats.setdefault(name, SideStats())
+        self.policy = route.policy
+        self.both = route.policy == BOTH_REQUIRED
+        self.read_percent = route.read_percent if route.authoritative == SOURCE else 0
+        self.target = sides.get(TARGET) if self.read_percent else None
+        self.scripts_deterministic = route.scripts_deterministic
+        self.active = bool(self.mirrors) or self.read_percent > 0
+        return previous is not None and previous is not self.primary or \
+            (previous is None and self.primary is not proxy.nodes[0])
+
+    # -- per request ----------------------------------------------------------------------
+
+    def decide(self, args: list[bytes], may_write: bool) -> int:
+        """PLAIN (the client's authoritative connection), DUAL or READ_TARGET."""
+        name = args[0].lower()
+        if may_write:
+            if not self.mirrors:
+                return PLAIN
+            if name in SCRIPT_NAMES:
+                if name == b"eval" and len(args) > 1:
+                    self.remember_script(args[1])
+                return DUAL if self.scripts_deterministic else PLAIN
+            return DUAL
+        subcommands = _SCRIPT_SUBCOMMANDS.get(name)
+        if subcommands is not None and len(args) > 1:
+            sub = args[1].lower()
+            if sub in subcommands:
+                if name == b"script" and sub == b"load" and len(args) > 2:
+                    self.remember_script(args[2])
+                return DUAL if self.mirrors else PLAIN
+            return PLAIN
+        if self.read_percent and self.target is not None:
+            table = self.proxy.table
+            keys = table.keys(args) if table is not None else []
+            if keys and reads_from_target(keys[0], self.read_percent):
+                return READ_TARGET
+        return PLAIN
+
+    def remember_script(self, body: bytes) -> None:
+        if len(self.scripts) < MAX_SCRIPTS:
+            self.scripts[hashlib.sha1(body).hexdigest().encode()] = bytes(body)
+
+    def side_failed(self, name: str, frame: bytes) -> None:
+        stats = self.side_stats.setdefault(name, SideStats())
+        stats.failures += 1
+        stats.last_error = _error_text(frame)[:300]
+
+    def report(self) -> tuple[tuple[str, int, int, str], ...]:
+        return tuple((name, s.ops, s.failures, s.last_error) for name, s in self.side_stats.items())
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def send_dual(self, client: Client, conn: Any, raw: bytes, marks: list) -> Any:
+        """Send one write to ``conn`` (the authoritative side) and to every mirrored side;
+        returns the sink the client's reply comes through."""
+        dual = DualWrite(client, self, marks)
+        self.pending += 1
+        conn.send(dual, raw, 1, _identity)
+        slot = client.slot
+        for name, node in self.mirrors:
+            stats = self.side_stats[name]
+            stats.ops += 1
+            mconn = node.shared_conn(2, slot)
+            if mconn is None:
+                dual.left += 1
+                dual.side_result(name, node.unavailable())
+                continue
+            dual.left += 1
+            mconn.send(MirrorReply(dual, name, node, slot, raw), raw, 1, _identity)
+        return dual
+
+
+class DualWrite:
+    """The authoritative side's reply sink of one dual write, and the join of all its replies."""
+
+    __slots__ = ("client", "router", "marks", "left", "reply", "failure", "announce")
+    stream_to = None   # a client's ``current`` may be a DualWrite: nothing streams through it
+    transport = None
+
+    def __init__(self, client: Client, router: Router, marks: list) -> None:
+        self.client = client
+        self.router = router
+        self.marks = marks
+        self.left = 1                 # replies still to come (the authoritative side's, plus one per mirror)
+        self.reply: bytes | None = None
+        self.failure = ""             # the first other side's error: "target: ERR ..."
+        self.announce = client.announce
+
+    def deliver(self, data: bytes, frames: int) -> None:
+        if self.router.both:
+            self.reply = data
+        else:
+            self.client.deliver(data, 1)
+        self._arrived()
+
+    def backend_failed(self, conn: Any, count: int, error: bytes) -> None:
+        self.router.proxy.stats.errors += 1
+        self.deliver(error, 1)
+
+    def broken(self, conn: Any) -> None:  # pragma: no cover - a tagged reply is never streamed
+        self.client.broken(conn)
+
+    def side_result(self, name: str, frame: bytes) -> None:
+        if _is_error(frame):
+            self.router.side_failed(name, frame)
+            if not self.failure:
+                self.failure = f"{name}: {_error_text(frame)}"
+        self._arrived()
+
+    def _arrived(self) -> None:
+        self.left -= 1
+        if self.left:
+            return
+        router = self.router
+        router.pending -= 1
+        if self.marks:
+            router.proxy.record_dirty(self.marks)
+        if router.both:
+            self._settle()
+
+    def _settle(self) -> None:
+        """BOTH_REQUIRED: the write succeeded only if every side applied it."""
+        reply = self.reply or b""
+        if self.failure and not _is_error(reply):
+            reply = _error_frame(f"ERR interlay: BOTH_REQUIRED write applied on {self.router.authoritative} but "
+                                 f"failed on {self.failure}; its keys are re-copied")
+            self.router.proxy.stats.errors += 1
+        self.client.deliver(reply, 1)
+
+
+class MirrorReply:
+    """The reply sink of one dual write on one other side."""
+
+    __slots__ = ("dual", "side", "node", "slot", "raw", "retried")
+
+    def __init__(self, dual: DualWrite, side: str, node: Node, slot: int, raw: bytes) -> None:
+        self.dual = dual
+        self.side = side
+        self.node = node
+        self.slot = slot
+        self.raw = raw
+        self.retried = False
+
+    def deliver(self, data: bytes, frames: int) -> None:
+        if data[:9] == b"-NOSCRIPT" and not self.retried and self._load_script():
+            return
+        self.dual.side_result(self.side, data)
+
+    def backend_failed(self, conn: Any, count: int, error: bytes) -> None:
+        self.dual.side_result(self.side, error)
+
+    def broken(self, conn: Any) -> None:  # pragma: no cover - a tagged reply is never streamed
+        self.dual.side_result(self.side, b"-ERR interlay: reply lost\r\n")
+
+    def _load_script(self) -> bool:
+        """EVALSHA unknown on this side: load the body the interlay saw, then run it again."""
+        try:
+            args = resp.parse_command(self.raw, 0)[0]
+        except (resp.ProtocolError, ValueError, TypeError, IndexError):
+            return False
+        if not args or args[0].lower() != b"evalsha" or len(args) < 2:
+            return False
+        body = self.dual.router.scripts.get(bytes(args[1]).lower())
+        conn = self.node.shared_conn(2, self.slot)
+        if body is None or conn is None:
+            return False
+        self.retried = True
+        conn.send(None, resp.encode_command(b"SCRIPT", b"LOAD", body), 1, _discard)
+        conn.send(self, self.raw, 1, _identity)
+        return True
