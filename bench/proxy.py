@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Interlay benchmark: redis-benchmark against the server, through an interlay,
-and through twemproxy, in the same run.
+and through twemproxy, in the same run; then the interlay's live-run modes
+(dirty tracking, dual writes) against plain forwarding.
 
-    python bench/proxy.py [--requests N] [--rounds R] [--workers W] [--pool P] [--json]
+    python bench/proxy.py [--requests N] [--rounds R] [--workers W] [--pool P] [--no-live] [--json]
 
 One run starts a server (tests/servers.py, loopback, a free port), an interlay
 in front of it through ``InterlaySupervisor`` (as the coordinator starts one:
@@ -15,6 +16,19 @@ round, for pipeline 1 and 16, each target in turn gets
 
 (N is ``--requests`` at pipeline 1 and ten times that at pipeline 16, so each
 run lasts about as long). Each figure is the median over the rounds.
+
+Live-run modes, each its own interlay in front of the same server, measured
+with ``-t set`` only (a GET is never mirrored) in the same rounds:
+
+    tracking   dirty-key tracking on (``track_dirty``), no route
+    dual       tracking on + a route that dual-writes to a second server under
+               SOURCE_AUTHORITATIVE (the client's reply is the source's)
+    both       the same under BOTH_REQUIRED (the reply waits for both servers,
+               so a client has one write in flight: at pipeline 16 it gets N
+               requests, not ten times N, to last about as long)
+
+and each is reported as a ratio of its SET requests/s to the plain interlay's
+(tracking off, no route) of the same rounds.
 
 Ratios and their targets (issue "Interlays: a fast, faithful RESP proxy"; 2 cores):
 
@@ -62,10 +76,17 @@ from servers import (
 
 from eve.endpoints import parse_config
 from eve.interlay_supervisor import InterlaySupervisor
+from eve.sync import DirtyKeys
+from proxy import messages
+from proxy.routing import BOTH_REQUIRED, SOURCE, SOURCE_AUTHORITATIVE, TARGET
 
 CLIENTS = 50
 PIPELINES = (1, 16)
 TESTS = ("SET", "GET")
+# Live-run modes: interlay name -> write consistency policy of its route (None: no route).
+LIVE_MODES = {"tracking": None, "dual": SOURCE_AUTHORITATIVE, "both": BOTH_REQUIRED}
+LIVE_TESTS = ("SET",)
+ALL_TARGETS = ("direct", "interlay", "twemproxy", *LIVE_MODES)
 DEFAULT_REQUESTS = 200_000
 DEFAULT_ROUNDS = 3
 RUN_TIMEOUT = 300.0
@@ -132,14 +153,33 @@ def start_twemproxy(workdir: Path, server_port: int, connections: int) -> tuple[
     return process, port
 
 
-def redis_benchmark(port: int, pipeline: int, requests: int) -> list[dict[str, str]]:
+def start_live_interlays(supervisor: InterlaySupervisor, endpoint: Any, second: Any) -> dict[str, int]:
+    """One interlay per live-run mode, tracking on, its route applied before any traffic."""
+    ports = {}
+    for mode, policy in LIVE_MODES.items():
+        interlay_id = f"bench-{mode}"
+        ports[mode] = supervisor.start(interlay_id, free_port(), "127.0.0.1", endpoint, 10_000)[0]
+        # Nobody re-copies here: the backlog de-duplicates and is bounded (DirtyKeys).
+        supervisor.track_dirty(interlay_id, DirtyKeys())
+        if policy is not None:
+            supervisor.route(interlay_id, messages.Route(
+                authoritative=SOURCE, sides=((TARGET, second.write),), mirror_to=(TARGET,), policy=policy,
+                read_percent=0))
+        # Answered after every earlier control message: tracking and route are in place.
+        if not supervisor.dirty_barrier(interlay_id, timeout=10):
+            raise RuntimeError(f"interlay {interlay_id} did not answer")
+    return ports
+
+
+def redis_benchmark(port: int, pipeline: int, requests: int,
+                    tests: Sequence[str] = TESTS) -> list[dict[str, str]]:
     command = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(CLIENTS), "-n", str(requests),
-               "-P", str(pipeline), "-t", ",".join(test.lower() for test in TESTS), "--csv"]
+               "-P", str(pipeline), "-t", ",".join(test.lower() for test in tests), "--csv"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {result.returncode}: {result.stderr[-500:]}")
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
-    if {row.get("test") for row in rows} != set(TESTS):
+    if {row.get("test") for row in rows} != set(tests):
         raise RuntimeError(f"unexpected redis-benchmark output: {result.stdout[-500:]!r}")
     return rows
 
@@ -169,7 +209,14 @@ def compute_ratios(medians: dict) -> dict[str, float | None]:
     def p50(target: str, pipeline: int) -> float | None:
         return mean_over_tests(medians, target, pipeline, "p50_ms")
 
+    def set_rps(target: str, pipeline: int) -> float | None:
+        run = medians.get((target, pipeline, "SET"))
+        return run.rps if run is not None else None
+
     interlay_p50, direct_p50 = p50("interlay", 1), p50("direct", 1)
+    live = {f"{mode} / interlay SET rps, P{pipeline}": ratio(set_rps(mode, pipeline), set_rps("interlay", pipeline))
+            for mode in LIVE_MODES for pipeline in PIPELINES
+            if any(key[0] == mode for key in medians)}  # not with --no-live
     return {
         "interlay / direct rps, P1": ratio(rps("interlay", 1), rps("direct", 1)),
         "interlay / direct rps, P16": ratio(rps("interlay", 16), rps("direct", 16)),
@@ -181,6 +228,7 @@ def compute_ratios(medians: dict) -> dict[str, float | None]:
         "twemproxy p50 - direct p50, P1 (ms)":
             p50("twemproxy", 1) - direct_p50 if p50("twemproxy", 1) is not None and direct_p50 is not None
             else None,
+        **live,
     }
 
 
@@ -200,15 +248,19 @@ def print_report(report: dict[str, Any], medians: dict) -> None:
     print(f"{'target':<11}{'pipeline':>9}{'test':>6}{'requests/s':>14}{'p50 ms':>9}{'p99 ms':>9}")
     print("-" * 58)
     for pipeline in PIPELINES:
-        for target in ("direct", "interlay", "twemproxy"):
+        for target in ALL_TARGETS:
             for test in TESTS:
                 run = medians.get((target, pipeline, test))
                 if run is not None:
                     print(f"{target:<11}{pipeline:>9}{test:>6}{run.rps:>14,.0f}{run.p50_ms:>9.3f}{run.p99_ms:>9.3f}")
     if not report["twemproxy"]:
         print("twemproxy: not installed (apt-get install nutcracker); its ratios are n/a")
+    for mode, stats in report["live_stats"].items():
+        sides = ", ".join(f"{side['side']} writes={side['writes']:,} failures={side['failures']:,}"
+                          for side in stats.get("sides", ())) or "no dual writes"
+        print(f"{mode}: {sides}; errors to clients={stats.get('errors', 0):,}")
     print()
-    print(f"{'ratio (SET and GET averaged)':<40}{'value':>8}{'target':>10}  result")
+    print(f"{'ratio (SET and GET averaged; live modes SET)':<40}{'value':>8}{'target':>10}  result")
     print("-" * 66)
     for name, value in report["ratios"].items():
         target = f"{TARGETS[name][0]} {TARGETS[name][1]:g}" if name in TARGETS else ""
@@ -227,33 +279,50 @@ def run(options: argparse.Namespace) -> int:
         return 2
     runs: list[Run] = []
     failures = 0
+    live_stats: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="eve-bench-proxy-") as tmp:
         workdir = Path(tmp)
+        started = []
         try:
             server = start_server(engine, workdir / "servers")
+            started.append(server)
+            second = start_server(engine, workdir / "servers") if options.live else None
+            if second is not None:
+                started.append(second)
         except ServerStartError as exc:
             log(str(exc))
+            for running in started:
+                running.stop()
             return 2
         supervisor = InterlaySupervisor(workers=options.workers)
         twemproxy = None
         try:
-            endpoint = parse_config({"target": {"host": server.host, "port": server.port},
-                                     "connection_pool": {"multiplexed_connections": options.pool}})
+            pool = {"multiplexed_connections": options.pool}
+            endpoint = parse_config({"target": {"host": server.host, "port": server.port}, "connection_pool": pool})
             interlay_port = supervisor.start("bench", free_port(), "127.0.0.1", endpoint, 10_000)[0]
             twemproxy = start_twemproxy(workdir, server.port, options.pool)
-            targets = {"direct": server.port, "interlay": interlay_port}
+            # name -> (port, redis-benchmark tests)
+            targets = {"direct": (server.port, TESTS), "interlay": (interlay_port, TESTS)}
             if twemproxy is not None:
-                targets["twemproxy"] = twemproxy[1]
+                targets["twemproxy"] = (twemproxy[1], TESTS)
+            if second is not None:
+                second_endpoint = parse_config({"target": {"host": second.host, "port": second.port},
+                                                "connection_pool": pool})
+                for mode, port in start_live_interlays(supervisor, endpoint, second_endpoint).items():
+                    targets[mode] = (port, LIVE_TESTS)
             log(f"server {engine.name} :{server.port}, interlay :{interlay_port}"
-                + (f", twemproxy :{twemproxy[1]}" if twemproxy else ", no twemproxy"))
-            for port in targets.values():  # warm up: connections, allocator, CPU frequency
-                redis_benchmark(port, 16, 20_000)
+                + (f", twemproxy :{twemproxy[1]}" if twemproxy else ", no twemproxy")
+                + (f", second server :{second.port}, live modes " + ", ".join(
+                    f"{mode} :{targets[mode][0]}" for mode in LIVE_MODES) if second is not None else ""))
+            for port, tests in targets.values():  # warm up: connections, allocator, CPU frequency
+                redis_benchmark(port, 16, 20_000, tests)
             for round_number in range(1, options.rounds + 1):
                 for pipeline in PIPELINES:
-                    requests = options.requests * (10 if pipeline > 1 else 1)
-                    for name, port in targets.items():
+                    for name, (port, tests) in targets.items():
+                        # BOTH_REQUIRED holds a client's next request until both servers answered.
+                        requests = options.requests * (10 if pipeline > 1 and name != "both" else 1)
                         try:
-                            rows = redis_benchmark(port, pipeline, requests)
+                            rows = redis_benchmark(port, pipeline, requests, tests)
                         except (RuntimeError, subprocess.TimeoutExpired) as exc:
                             failures += 1
                             log(f"round {round_number} {name} P{pipeline}: {exc}")
@@ -263,19 +332,22 @@ def run(options: argparse.Namespace) -> int:
                                             float(row["p50_latency_ms"]), float(row["p99_latency_ms"])))
                         log(f"round {round_number} P{pipeline:<2} {name:<9} " + "  ".join(
                             f"{row['test']} {float(row['rps']):>10,.0f}/s" for row in rows))
+            time.sleep(supervisor.stats_interval * 1.5)  # the processes' last counters, reported
             stats = supervisor.stats("bench")
+            live_stats = {mode: supervisor.stats(f"bench-{mode}") for mode in LIVE_MODES if mode in targets}
         finally:
             if twemproxy is not None:
                 twemproxy[0].kill()
                 twemproxy[0].wait()
             supervisor.stop_all()
-            server.stop()
+            for running in started:
+                running.stop()
     medians = median_runs(runs)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     report = {
         "engine": engine.name, "requests": options.requests, "rounds": options.rounds, "cpus": os.cpu_count(),
         "workers": options.workers, "pool": options.pool, "twemproxy": twemproxy is not None,
-        "load_average_1m": load, "interlay_stats": stats,
+        "load_average_1m": load, "interlay_stats": stats, "live_stats": live_stats,
         "runs": [asdict(run) for run in runs], "medians": [asdict(run) for run in medians.values()],
         "ratios": compute_ratios(medians),
     }
@@ -298,6 +370,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--pool", type=int, default=1,
                         help="multiplexed backend connections (interlay) and server_connections (twemproxy)")
     parser.add_argument("--engine", default="redis-7.0", choices=ENGINE_NAMES)
+    parser.add_argument("--no-live", dest="live", action="store_false",
+                        help="skip the live-run modes (tracking, dual, both) and their second server")
     parser.add_argument("--json", dest="as_json", action="store_true", help="one JSON object on stdout")
     options = parser.parse_args(argv)
     if options.requests < 1000 or options.rounds < 1 or options.workers < 1 or options.pool < 1:

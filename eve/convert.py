@@ -173,7 +173,12 @@ def metrics_to_proto(attributes: dict[str, Any]) -> workflows_pb2.RunMetrics:
         keys_skipped=int(attributes["keys_skipped"]), keys_conflicting=int(attributes["keys_conflicting"]),
         keys_failed=int(attributes["keys_failed"]), bytes=int(attributes["bytes"]),
         keys_per_second=float(attributes["keys_per_second"]), eta_seconds=float(eta) if eta not in ("", None) else 0,
-        source_keys=int(attributes["source_keys"]))
+        source_keys=int(attributes["source_keys"]), dirty_backlog=int(attributes.get("dirty_backlog", 0)),
+        interlay_ops_per_second=float(attributes.get("interlay_ops_per_second", 0)),
+        dirty_lag_seconds=float(attributes.get("dirty_lag_seconds", 0)),
+        keys_recopied=int(attributes.get("keys_recopied", 0)),
+        dual_write_failures=int(attributes.get("dual_write_failures", 0)),
+        authoritative=str(attributes.get("authoritative", "")))
 
 
 def error_key_to_proto(record: Any) -> workflows_pb2.ErrorKey:

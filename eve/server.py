@@ -315,8 +315,8 @@ class MigrationServicer(workflows_pb2_grpc.MigrationServiceServicer):
         return workflows_pb2.RetryErrorKeysResponse(**outcome)
 
     def SetTraffic(self, request, context):
-        self.workflow.get(request.run)
-        raise NotImplementedError("SetTraffic needs an online strategy, which is not implemented yet")
+        return self._run(self.workflow.set_traffic(request.run, request.read_percent_target,
+                                                   request.cutover_writes))
 
     def Verify(self, request, context):
         return convert.verify_to_proto(self.workflow.verify(request.run, request.ttl_tolerance_ms))
@@ -411,9 +411,9 @@ def serve(options: ServerOptions, *, on_ready: Callable[[str], None] | None = No
             f"refusing to listen on {host} without a token: set EVE_TOKEN or --token-file, "
             "or listen on a loopback address", field="listen")
     store = Store(options.state_path)
-    workflow = Workflow(store)
     coordinator = Coordinator(store)
     coordinator.interlays = InterlaySupervisor(on_state=coordinator.interlay_failed)
+    workflow = Workflow(store, interlays=coordinator.interlays)
     server = build_server(coordinator, token=options.token, max_workers=options.max_workers,
                           tracer_provider=tracer_provider, workflow=workflow)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -340,6 +340,12 @@ class Store:
                 raise NotFoundError(f"interlay {id!r} not found")
         return self.get_interlay(id)
 
+    def set_interlay_endpoint(self, id: str, endpoint: str) -> InterlayRecord:
+        """A completed online run leaves its interlay in front of the target."""
+        with self.transaction() as tx:
+            tx.execute("UPDATE interlays SET endpoint = ?, update_time = ? WHERE id = ?", (endpoint, time.time(), id))
+        return self.get_interlay(id)
+
     def delete_interlay(self, id: str) -> None:
         with self.transaction() as db:
             row = db.execute("SELECT state FROM interlays WHERE id = ?", (id,)).fetchone()

@@ -25,6 +25,8 @@ from eve.bulk import BulkCopy, BulkOptions, CopyStopped, Progress, retry_error_k
 from eve.endpoints import EndpointConfig
 from eve.enums import ConflictPolicy, DataMovementMode, Strategy, WriteConsistency
 from eve.errors import ConfigError, EveError, NotFoundError, StateError
+from eve.frames import ErrorKeyRow
+from eve.live import LiveOptions, LiveRun
 from eve.store import RunRecord, Store
 
 __all__ = ["RunState", "TRANSITIONS", "TERMINAL", "Workflow", "parse_setup"]
@@ -60,7 +62,8 @@ TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     RunState.APPROVED: frozenset({RunState.COPYING, RunState.FAILED, RunState.CANCELLED}),
     RunState.COPYING: frozenset({RunState.SYNCING, RunState.CUT_OVER, RunState.FAILED, RunState.CANCELLED}),
     RunState.SYNCING: frozenset({RunState.CUTTING_OVER, RunState.FAILED, RunState.CANCELLED}),
-    RunState.CUTTING_OVER: frozenset({RunState.CUT_OVER, RunState.FAILED}),
+    # A cutover that cannot drain the backlog in time goes back to SYNCING, clients unharmed.
+    RunState.CUTTING_OVER: frozenset({RunState.CUT_OVER, RunState.SYNCING, RunState.FAILED}),
     RunState.CUT_OVER: frozenset({RunState.COMPLETED}),
     RunState.COMPLETED: frozenset(),
     RunState.ROLLING_BACK: frozenset({RunState.ROLLED_BACK, RunState.FAILED}),
@@ -75,6 +78,9 @@ for _state in _ROLLBACKABLE:
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 MAX_ERROR_KEY_EVENTS = 10_000
 PROGRESS_EVENT_SECONDS = 2.0
+VERIFY_DRAIN_SECONDS = 30.0
+# States an online run passes with live traffic through its interlay.
+_LIVE_STATES = frozenset({RunState.COPYING, RunState.SYNCING, RunState.CUTTING_OVER, RunState.CUT_OVER})
 
 
 # -- setup ------------------------------------------------------------------------------
@@ -148,11 +154,11 @@ def parse_setup(raw: Mapping[str, Any]) -> dict[str, Any]:
         "scripts_deterministic": bool(raw.get("scripts_deterministic", False)),
         "big_key_threshold_bytes": _non_negative(raw.get("big_key_threshold_bytes"), "setup.big_key_threshold_bytes"),
         "restorers": _non_negative(raw.get("restorers"), "setup.restorers", 64),
+        "keyspace_notifications": bool(raw.get("keyspace_notifications", False)),
     }
-    if setup["strategy"] != Strategy.OFFLINE.value:
-        raise NotImplementedError(
-            f"strategy {setup['strategy']} needs live sync through an interlay, which is not implemented yet; "
-            "use OFFLINE")
+    if setup["strategy"] != Strategy.OFFLINE.value and not setup["interlay"]:
+        raise ConfigError(f"strategy {setup['strategy']} moves live traffic: name the interlay the applications "
+                          "use instead of the source", field="setup.interlay")
     if setup["mode"] == DataMovementMode.LOGICAL.value:
         raise NotImplementedError("mode LOGICAL is not implemented yet; use AUTO or DUMP_RESTORE")
     return setup
@@ -162,9 +168,12 @@ def parse_setup(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class Workflow:
-    def __init__(self, store: Store, *, restorers_default: int = 2) -> None:
+    def __init__(self, store: Store, *, restorers_default: int = 2, interlays: Any = None) -> None:
+        """``interlays``: the coordinator's ``InterlaySupervisor`` (online strategies need it)."""
         self.store = store
         self.restorers_default = restorers_default
+        self.interlays = interlays
+        self._live: dict[str, LiveRun] = {}
         self._changed = threading.Condition()
         self._lock = threading.RLock()
         self._threads: dict[str, threading.Thread] = {}
@@ -330,10 +339,14 @@ class Workflow:
 
     def approve(self, run_id: str, notes: str = "") -> RunRecord:
         record = self._require(run_id, RunState.READY, RunState.FAILED, doing="Approve")
+        online = _online(record.setup)
         if record.state == RunState.FAILED.value:
             # A copy that failed resumes from its checkpoints; anything else needs Prepare again.
             if not self.store.checkpoints(run_id):
                 raise StateError(f"run {run_id!r} failed before copying ({record.failure_reason}); Prepare it again")
+            if online and run_id not in self._live:
+                raise StateError(f"run {run_id!r} lost track of the writes made since it failed (the coordinator "
+                                 "restarted); Rollback it and start a new run")
             self._transition(run_id, RunState.COPYING, "copy resumed after a failure")
             self._spawn(run_id, "copy", self._copy)
             return self.get(run_id)
@@ -342,6 +355,8 @@ class Workflow:
             listed = "; ".join(f"{i['id']} ({'blocking' if i['blocking'] else 'unacknowledged'}): {i['message']}"
                                for i in open_issues)
             raise StateError(f"approval refused: {listed}")
+        if online:
+            self._live[run_id] = self._new_live(run_id, record.setup or {})
         self._transition(run_id, RunState.APPROVED, notes or "approved")
         self._transition(run_id, RunState.COPYING, "bulk copy started")
         self._spawn(run_id, "copy", self._copy)
@@ -372,7 +387,11 @@ class Workflow:
                 self._event(run_id, "progress", f"{progress.scanned} keys scanned, {progress.restored} restored",
                             _metrics_attributes(progress))
 
+        live = self._live.get(run_id)
         try:
+            if live is not None and not live.tracking:
+                # Before the first key is read: every write from now on is a dirty key.
+                live.start_tracking()
             copy = BulkCopy(self._bulk_options(run_id, setup), self.store, on_progress=on_progress,
                             on_error_keys=lambda rows: self._error_key_events_for(run_id, rows))
             progress = copy.run(stop_event=stop)
@@ -383,7 +402,113 @@ class Workflow:
             return
         self._progress[run_id] = progress
         self._event(run_id, "metrics", "bulk copy finished", _metrics_attributes(progress))
-        self._transition(run_id, RunState.CUT_OVER, "bulk copy finished: verify, then complete")
+        if live is None:
+            self._transition(run_id, RunState.CUT_OVER, "bulk copy finished: verify, then complete")
+            return
+        self._transition(run_id, RunState.SYNCING, "bulk copy finished: catching up on the writes made meanwhile")
+        self._live_loop(run_id, live, stop)
+
+    # -- online strategies ---------------------------------------------------------------------
+
+    def _new_live(self, run_id: str, setup: dict[str, Any]) -> LiveRun:
+        """The live machinery of an online run; StateError when its interlay cannot carry it."""
+        from eve.topology import is_cluster
+        from eve.wire import FastConnection
+
+        interlay_id = setup["interlay"]
+        if self.interlays is None:
+            raise StateError("this coordinator runs no interlays; online strategies need one")
+        if not self.interlays.running(interlay_id):
+            raise StateError(f"interlay {interlay_id!r} is not running: StartInterlay it and point the "
+                             "applications at it, then Approve")
+        if len(self.interlays.status(interlay_id).ports) > 1:
+            raise StateError("online strategies through a cluster interlay are not supported yet: use OFFLINE")
+        source, target = self._config(setup["source"]), self._config(setup["target"])
+        mirrors = tuple((f"mirror:{name}", self._config(name).write) for name in setup["mirror_targets"])
+        for name, spec in (("target", target.write), *mirrors):
+            with FastConnection(spec, timeout=5.0, client_name="eve-live-check") as conn:
+                if is_cluster(conn):
+                    raise StateError(f"the {name} {spec.address} is a cluster: online strategies need a "
+                                     "standalone target and mirrors for now; use OFFLINE")
+        options = LiveOptions(run_id=run_id, interlay_id=interlay_id, source=source.write, target=target.write,
+                              mirrors=mirrors, policy=setup["write_consistency"],
+                              scripts_deterministic=setup["scripts_deterministic"],
+                              keyspace_notifications=setup.get("keyspace_notifications", False),
+                              preserve_ttl=setup["preserve_ttl"])
+        return LiveRun(options, self.interlays,
+                       on_event=lambda type, message, attributes: self._event(run_id, type, message, attributes),
+                       on_failures=lambda failures: self._recopy_failures(run_id, failures))
+
+    def _recopy_failures(self, run_id: str, failures: list[Any]) -> None:
+        rows = [failure.as_error_key() for failure in failures]
+        self.store.add_error_keys(run_id, rows)
+        self._error_key_events_for(run_id, rows)
+
+    def _live_loop(self, run_id: str, live: LiveRun, stop: threading.Event) -> None:
+        """SYNCING: catch up, go in sync, then watch (failures on other sides, the backlog)
+        until the run moves on (``stop`` is set by rollback, cancel, complete, shutdown)."""
+        try:
+            live.start_sync()
+            if not live.catch_up(stop):
+                return
+            live.go_in_sync()
+            seen: dict[str, int] = {}
+            last = None
+            while not stop.wait(PROGRESS_EVENT_SECONDS):
+                live.check_sync()
+                live.reconcile_if_needed()
+                for side in live.side_failures():
+                    failures = side["failures"]
+                    new = failures - seen.get(side["side"], 0)
+                    if new > 0:
+                        seen[side["side"]] = failures
+                        healed = "counted only (BEST_EFFORT)" if live.options.policy == "BEST_EFFORT" else \
+                            "their keys are re-copied"
+                        self._event(run_id, "dual_write", f"{new} writes failed on {side['side']}: "
+                                    f"{side['last_error']}; {healed}",
+                                    {"side": side["side"], "failures": failures, "last_error": side["last_error"]})
+                metrics = live.metrics()
+                if metrics != last:
+                    last = metrics
+                    self._event(run_id, "progress", f"live: {metrics['dirty_backlog']} dirty keys, lag "
+                                f"{metrics['lag_seconds']}s, {metrics['recopied']} re-copied", metrics)
+        except EveError as exc:
+            self._fail(run_id, f"live sync failed: {exc}")
+
+    def set_traffic(self, run_id: str, read_percent_target: int, cutover_writes: bool) -> RunRecord:
+        record = self.get(run_id)
+        setup = record.setup or {}
+        strategy = setup.get("strategy", Strategy.OFFLINE.value)
+        if strategy == Strategy.OFFLINE.value:
+            raise StateError(f"run {run_id!r} is OFFLINE: its traffic stays on the source; SetTraffic needs "
+                             "ONLINE_CUTOVER or ONLINE_PHASED")
+        if not isinstance(read_percent_target, int) or not 0 <= read_percent_target <= 100:
+            raise ConfigError(f"must be between 0 and 100, got {read_percent_target}", field="read_percent_target")
+        state = RunState(record.state)
+        live = self._live.get(run_id)
+        if state == RunState.CUT_OVER:
+            if cutover_writes:
+                return record
+            raise StateError("writes are on the target; Rollback returns all traffic to the source")
+        if state != RunState.SYNCING or live is None or not live.dual:
+            raise StateError(f"run {run_id!r} is {state.value}; SetTraffic needs it SYNCING and in sync "
+                             "(the \"in sync\" event says when)")
+        if not cutover_writes:
+            if strategy == Strategy.ONLINE_CUTOVER.value:
+                raise StateError("ONLINE_CUTOVER moves all traffic in one step: SetTraffic with cutover_writes; "
+                                 "ONLINE_PHASED shifts reads in steps")
+            live.set_reads(read_percent_target)
+            self.store.set_traffic(run_id, read_percent_target, False)
+            return self.get(run_id)
+        self._transition(run_id, RunState.CUTTING_OVER, "cutover of writes started")
+        try:
+            live.cutover()
+        except EveError as exc:
+            self._transition(run_id, RunState.SYNCING, f"cutover aborted: {exc}")
+            raise StateError(f"cutover aborted, traffic unchanged: {exc}") from exc
+        self.store.set_traffic(run_id, 100, True)
+        return self._transition(run_id, RunState.CUT_OVER, "writes cut over: the target is authoritative and "
+                                "the source kept in sync in reverse; verify, then complete (or roll back)")
 
     def _error_key_events_for(self, run_id: str, rows: list[Any]) -> None:
         for row in rows:
@@ -408,6 +533,16 @@ class Workflow:
             progress.seconds = 1e-9
         attributes = _metrics_attributes(progress)
         attributes["state"] = record.state
+        live = self._live.get(run_id)
+        if live is not None:
+            metrics = live.metrics()
+            attributes.update(dirty_backlog=metrics["dirty_backlog"], dirty_lag_seconds=metrics["lag_seconds"],
+                              keys_recopied=metrics["recopied"], authoritative=metrics["authoritative"],
+                              dual_write_failures=sum(side["failures"] for side in live.side_failures()))
+            try:
+                attributes["interlay_ops_per_second"] = self.interlays.stats(live.options.interlay_id)["ops_per_second"]
+            except EveError:
+                pass
         return attributes
 
     def retry_error_keys(self, run_id: str, keys: list[bytes] | None = None) -> dict[str, int]:
@@ -425,12 +560,36 @@ class Workflow:
     def verify(self, run_id: str, ttl_tolerance_ms: int = 1000) -> Any:
         from eve.verify import verify
 
-        self._require(run_id, RunState.CUT_OVER, doing="Verify")
+        live = self._live.get(run_id)
+        if live is not None:
+            self._require(run_id, RunState.SYNCING, RunState.CUT_OVER, doing="Verify")
+        else:
+            self._require(run_id, RunState.CUT_OVER, doing="Verify")
         setup = self.get(run_id).setup or {}
         options = self._bulk_options(run_id, setup)
         self._event(run_id, "verify", "verification started")
-        report = verify(options.source, options.target, dbs=options.dbs, match=options.match, type=options.type,
-                        ttl_tolerance_ms=ttl_tolerance_ms or 1000)
+
+        def compare() -> Any:
+            return verify(options.source, options.target, dbs=options.dbs, match=options.match, type=options.type,
+                          ttl_tolerance_ms=ttl_tolerance_ms or 1000)
+
+        if live is None:
+            report = compare()
+        else:
+            # Writes keep coming: compare once the backlog is re-copied; what differs is
+            # re-copied and compared again, and what still differs is an error key.
+            live.wait_synced(VERIFY_DRAIN_SECONDS)
+            report = compare()
+            if report.differences:
+                for difference in report.differences:
+                    live.dirty.mark(difference.db, difference.key)
+                self._event(run_id, "verify", f"{len(report.differences)} differences re-copied; comparing again")
+                live.wait_synced(VERIFY_DRAIN_SECONDS)
+                report = compare()
+            if report.differences:
+                self.store.add_error_keys(run_id, [
+                    ErrorKeyRow(d.key, d.db, options.target.address, "", 0,
+                                f"verification: {d.kind.lower()}: {d.detail}", 1) for d in report.differences])
         body = _jsonable(dataclasses.asdict(report))
         body.pop("differences", None)
         self.store.set_report(run_id, "verify", body)
@@ -451,6 +610,13 @@ class Workflow:
                                  "accept_differences and notes")
             if not notes.strip():
                 raise ConfigError("accepting differences needs notes", field="notes")
+        live = self._live.get(run_id)
+        if live is not None:
+            self._stop_work(run_id)
+            live.complete()
+            del self._live[run_id]
+            # A restarted coordinator starts the interlay in front of the target from now on.
+            self.store.set_interlay_endpoint(live.options.interlay_id, (self.get(run_id).setup or {})["target"])
         return self._transition(run_id, RunState.COMPLETED, notes or "completed")
 
     def rollback(self, run_id: str, reason: str = "") -> RunRecord:
@@ -459,6 +625,25 @@ class Workflow:
             raise StateError(f"run {run_id!r} is {record.state}; rollback is possible until the run is completed")
         self._stop_work(run_id)
         self._transition(run_id, RunState.ROLLING_BACK, reason or "rollback requested")
+        live = self._live.get(run_id)
+        if live is not None:
+            try:
+                live.rollback()
+            except EveError as exc:
+                self._fail(run_id, f"rollback could not finish: {exc}; call Rollback again")
+                raise StateError(f"rollback could not finish: {exc}; traffic stays where it was, call Rollback "
+                                 "again") from exc
+            del self._live[run_id]
+            self.store.set_traffic(run_id, 0, False)
+            return self._transition(run_id, RunState.ROLLED_BACK, "rolled back: all traffic on the source, which "
+                                    "holds every write")
+        if _online(record.setup) and RunState(record.state) not in (RunState.CREATED, RunState.CONFIGURED,
+                                                                      RunState.PREPARING, RunState.READY):
+            # An online run whose live part ended with a coordinator restart: the
+            # restarted interlay fronts its endpoint (the source) with no route.
+            self._event(run_id, "rollback", "the live route ended with the coordinator restart: the interlay "
+                        "forwards to the source; writes made on the target after a cutover are not on the source")
+            return self._transition(run_id, RunState.ROLLED_BACK, "rolled back: all traffic on the source")
         # Offline: the source never stopped being authoritative and nothing on it changed.
         counters = self.store.counters(run_id)
         self._event(run_id, "rollback", "the source was never modified; the target received what the counters say",
@@ -470,6 +655,9 @@ class Workflow:
         if RunState.CANCELLED not in TRANSITIONS[RunState(record.state)]:
             raise StateError(f"run {run_id!r} is {record.state}; it cannot be cancelled")
         self._stop_work(run_id)
+        live = self._live.pop(run_id, None)
+        if live is not None:
+            live.rollback()  # before any cutover (CANCELLED is not reachable after): traffic stays on the source
         return self._transition(run_id, RunState.CANCELLED, reason or "cancelled")
 
     def _fail(self, run_id: str, reason: str) -> None:
@@ -533,7 +721,19 @@ class Workflow:
             if state == RunState.PREPARING:
                 self._event(record.id, "state", "coordinator restarted: prepare runs again")
                 self._spawn(record.id, "prepare", self._prepare)
-            elif state == RunState.APPROVED:
+            elif state == RunState.APPROVED and not _online(record.setup):
+                self._transition(record.id, RunState.COPYING, "bulk copy started")
+                self._spawn(record.id, "copy", self._copy)
+            elif state in _LIVE_STATES and _online(record.setup):
+                # The interlay's processes ended with the coordinator, and with them the dirty keys.
+                self._fail(record.id, "the coordinator restarted during a live run: writes made meanwhile were "
+                           "not tracked; Rollback (after a cutover, check the source first) and start a new run")
+            elif state == RunState.APPROVED and _online(record.setup):
+                try:
+                    self._live[record.id] = self._new_live(record.id, record.setup)
+                except EveError as exc:
+                    self._fail(record.id, f"cannot start the live run after a restart: {exc}")
+                    continue
                 self._transition(record.id, RunState.COPYING, "bulk copy started")
                 self._spawn(record.id, "copy", self._copy)
             elif state == RunState.COPYING:
@@ -546,6 +746,12 @@ class Workflow:
         """Stop the copies at their next batch; their runs stay COPYING and resume on restart."""
         for run_id in list(self._threads):
             self._stop_work(run_id)
+        for live in list(self._live.values()):
+            live.close()
+
+
+def _online(setup: Mapping[str, Any] | None) -> bool:
+    return (setup or {}).get("strategy", Strategy.OFFLINE.value) != Strategy.OFFLINE.value
 
 
 def _metrics_attributes(progress: Progress) -> dict[str, Any]:

@@ -73,9 +73,7 @@ CLUSTER_REWRITES = frozenset((b"slots", b"shards", b"nodes"))
 _OK = b"+OK\r\n"
 _RESET = b"+RESET\r\n"
 _MAX_CLIENTS = b"-ERR max number of clients reached\r\n"
-# Pinned-mode commands whose effect depends on the connection: never mirrored.
-_NOT_MIRRORED = frozenset((b"multi", b"exec", b"discard", b"watch", b"unwatch", b"select", b"auth", b"hello",
-                           b"client", b"asking", b"reset", b"quit"))
+_SCRIPTING = frozenset((b"script", b"function"))  # their LOAD/FLUSH/... reach every side of a live run
 _NO_MAINT_NOTIFICATIONS = b"-ERR interlay: CLIENT MAINT_NOTIFICATIONS is not available through an interlay\r\n"
 _NO_REPLICATION = b"-ERR interlay: replication commands (SYNC, PSYNC, REPLCONF) are not forwarded\r\n"
 
@@ -462,31 +460,32 @@ class Client(asyncio.Protocol):
                 conn = self.pinned
                 if self.asking:
                     self.asking = False  # ASKING applies to the command right after it
+                route = 0
+                # A live run's route: stateless writes go to every side; a pinned client's
+                # too, unless queued in MULTI, in another db, or on a raw connection.
+                if routing and (conn is None or not (self.in_multi or self.wdb or conn.raw)):
+                    writes = proxy.may_write(name)
+                    if writes or (router.read_percent and conn is None) or name.lower() in _SCRIPTING:
+                        if args is None:
+                            args = resp.parse_command(buf[pos:end], 0, max_bulk=self.max_bulk,
+                                                      max_args=self.max_args)[0]  # type: ignore[index]
+                        route = router.decide(args, writes)  # type: ignore[arg-type]
                 if conn is None:
-                    route = 0
-                    if routing:
-                        writes = proxy.may_write(name)
-                        if writes or router.read_percent or name.lower() in (b"script", b"function"):
-                            if args is None:
-                                args = resp.parse_command(buf[pos:end], 0, max_bulk=self.max_bulk,
-                                                          max_args=self.max_args)[0]  # type: ignore[index]
-                            route = router.decide(args, writes)  # type: ignore[arg-type]
-                    conn = None
                     if route == READ_TARGET:
                         conn = router.target.shared_conn(self.protocol, self.slot)  # type: ignore[union-attr]
                     if conn is None:
                         conn = self.shared
                         if conn is None or conn.closed:
                             conn = self.shared = self.node.shared_conn(self.protocol, self.slot)
-                    if route == DUAL:
-                        if run_count:
-                            self._send_run(run_conn, buf, run_start, pos, run_count, n)  # type: ignore[arg-type]
-                            run_count = 0
-                            run_conn = None
-                        if not self._dual_write(conn, args, buf[pos:end]):  # type: ignore[arg-type]
-                            break
-                        pos = end
-                        continue
+                if route == DUAL:
+                    if run_count:
+                        self._send_run(run_conn, buf, run_start, pos, run_count, n)  # type: ignore[arg-type]
+                        run_count = 0
+                        run_conn = None
+                    if not self._dual_write(conn, args, buf[pos:end]):  # type: ignore[arg-type]
+                        break
+                    pos = end
+                    continue
                 if conn is run_conn:
                     run_count += 1
                     if tracking and proxy.may_write(name):
@@ -815,14 +814,7 @@ class Client(asyncio.Protocol):
             sub = args[1].lower() if len(args) > 1 else b""
             if sub in CLUSTER_REWRITES:
                 tag = self._cluster_tag(sub)
-        proxy = self.proxy
-        writes = proxy.may_write(name)
-        if proxy.router.active and tag is None and not self.in_multi and not self.wdb and writes \
-                and name not in _NOT_MIRRORED and proxy.kinds.get(name, SHARED) == SHARED \
-                and proxy.router.decide(args, writes) == DUAL:
-            # A pinned client's plain write (CLIENT state, RESP3...): mirrored like any.
-            return self._dual_write(conn, args, raw)
-        if proxy.tracking and writes:
+        if self.proxy.tracking and self.proxy.may_write(name):
             self._track(args, self.issued + 1)
         self._send_one(conn, raw, tag)
         return True

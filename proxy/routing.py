@@ -46,7 +46,7 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any
 
-from eve.topology import key_slot
+from redis.crc import key_slot
 from proxy import resp
 from proxy.dirty import SCRIPT_NAMES
 
@@ -86,6 +86,8 @@ def _is_error(frame: bytes) -> bool:
 
 
 def _error_text(frame: bytes) -> str:
+    if frame[:1] == b"!":  # RESP3 blob error: !<length>\r\n<text>\r\n
+        frame = b"-" + frame.split(b"\r\n", 1)[-1]
     return frame[1:].split(b"\r\n", 1)[0].decode("utf-8", "replace")
 
 
@@ -164,6 +166,16 @@ class Router:
     def decide(self, args: list[bytes], may_write: bool) -> int:
         """PLAIN (the client's authoritative connection), DUAL or READ_TARGET."""
         name = args[0].lower()
+        subcommands = _SCRIPT_SUBCOMMANDS.get(name)
+        if subcommands is not None:
+            # SCRIPT LOAD/FLUSH, FUNCTION LOAD/DELETE/FLUSH/RESTORE: every side; the
+            # other subcommands (FUNCTION LIST, STATS, KILL...) the authoritative side.
+            sub = args[1].lower() if len(args) > 1 else b""
+            if sub not in subcommands:
+                return PLAIN
+            if name == b"script" and sub == b"load" and len(args) > 2:
+                self.remember_script(args[2])
+            return DUAL if self.mirrors else PLAIN
         if may_write:
             if not self.mirrors:
                 return PLAIN
@@ -172,14 +184,6 @@ class Router:
                     self.remember_script(args[1])
                 return DUAL if self.scripts_deterministic else PLAIN
             return DUAL
-        subcommands = _SCRIPT_SUBCOMMANDS.get(name)
-        if subcommands is not None and len(args) > 1:
-            sub = args[1].lower()
-            if sub in subcommands:
-                if name == b"script" and sub == b"load" and len(args) > 2:
-                    self.remember_script(args[2])
-                return DUAL if self.mirrors else PLAIN
-            return PLAIN
         if self.read_percent and self.target is not None:
             table = self.proxy.table
             keys = table.keys(args) if table is not None else []
@@ -207,17 +211,19 @@ class Router:
         dual = DualWrite(client, self, marks)
         self.pending += 1
         conn.send(dual, raw, 1, _identity)
-        slot = client.slot
+        slot, protocol = client.slot, client.protocol
         for name, node in self.mirrors:
             stats = self.side_stats[name]
             stats.ops += 1
-            mconn = node.shared_conn(2, slot)
+            # On the connection of the client's protocol: the client's reads shifted to
+            # this side travel on it too, and so come after its writes.
+            mconn = node.shared_conn(protocol, slot)
             if mconn is None:
                 dual.left += 1
                 dual.side_result(name, node.unavailable())
                 continue
             dual.left += 1
-            mconn.send(MirrorReply(dual, name, node, slot, raw), raw, 1, _identity)
+            mconn.send(MirrorReply(dual, name, node, protocol, slot, raw), raw, 1, _identity)
         return dual
 
 
@@ -282,12 +288,13 @@ class DualWrite:
 class MirrorReply:
     """The reply sink of one dual write on one other side."""
 
-    __slots__ = ("dual", "side", "node", "slot", "raw", "retried")
+    __slots__ = ("dual", "side", "node", "protocol", "slot", "raw", "retried")
 
-    def __init__(self, dual: DualWrite, side: str, node: Node, slot: int, raw: bytes) -> None:
+    def __init__(self, dual: DualWrite, side: str, node: Node, protocol: int, slot: int, raw: bytes) -> None:
         self.dual = dual
         self.side = side
         self.node = node
+        self.protocol = protocol
         self.slot = slot
         self.raw = raw
         self.retried = False
@@ -312,7 +319,7 @@ class MirrorReply:
         if not args or args[0].lower() != b"evalsha" or len(args) < 2:
             return False
         body = self.dual.router.scripts.get(bytes(args[1]).lower())
-        conn = self.node.shared_conn(2, self.slot)
+        conn = self.node.shared_conn(self.protocol, self.slot)
         if body is None or conn is None:
             return False
         self.retried = True

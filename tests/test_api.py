@@ -115,10 +115,10 @@ def test_duplicate_and_in_use(eve):
     assert grpcurl_json(eve, "EndpointService/ListEndpoints", {}) == {}
 
 
-def test_unimplemented_until_their_issue(eve):
+def test_set_traffic_needs_a_live_run(eve):
     grpcurl_json(eve, "MigrationService/CreateRun", {"id": "r1"})
     stderr = grpcurl_error(eve, "MigrationService/SetTraffic", {"run": "r1", "read_percent_target": 10})
-    assert "Code: Unimplemented" in stderr
+    assert "Code: FailedPrecondition" in stderr and "OFFLINE" in stderr
 
 
 def test_update_keeps_redacted_passwords(eve, tmp_path):

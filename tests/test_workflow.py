@@ -184,8 +184,10 @@ def test_bad_setups_and_illegal_transitions(eve, server_factory):
          "two roles"),
         (wpb.RunSetup(source="src", target="dst", filters=wpb.Filters(dbs=[-1])), grpc.StatusCode.INVALID_ARGUMENT,
          "setup.filters.dbs"),
-        (wpb.RunSetup(source="src", target="dst", strategy=wpb.ONLINE_CUTOVER), grpc.StatusCode.UNIMPLEMENTED,
-         "ONLINE_CUTOVER"),
+        (wpb.RunSetup(source="src", target="dst", strategy=wpb.ONLINE_CUTOVER), grpc.StatusCode.INVALID_ARGUMENT,
+         "setup.interlay"),
+        (wpb.RunSetup(source="src", target="dst", strategy=wpb.ONLINE_PHASED, interlay="nope"),
+         grpc.StatusCode.NOT_FOUND, "nope"),
     ]
     for body, code, needle in cases:
         with pytest.raises(grpc.RpcError) as info:

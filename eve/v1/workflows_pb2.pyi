@@ -120,7 +120,7 @@ class RateLimits(_message.Message):
     def __init__(self, max_keys_per_second: _Optional[int] = ..., max_bytes_per_second: _Optional[int] = ..., max_pipeline_depth: _Optional[int] = ...) -> None: ...
 
 class RunSetup(_message.Message):
-    __slots__ = ("source", "target", "mirror_targets", "strategy", "mode", "conflict_policy", "write_consistency", "preserve_ttl", "filters", "rate_limits", "rollback_window", "interlay", "scripts_deterministic", "big_key_threshold_bytes", "restorers")
+    __slots__ = ("source", "target", "mirror_targets", "strategy", "mode", "conflict_policy", "write_consistency", "preserve_ttl", "filters", "rate_limits", "rollback_window", "interlay", "scripts_deterministic", "big_key_threshold_bytes", "restorers", "keyspace_notifications")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     MIRROR_TARGETS_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +136,7 @@ class RunSetup(_message.Message):
     SCRIPTS_DETERMINISTIC_FIELD_NUMBER: _ClassVar[int]
     BIG_KEY_THRESHOLD_BYTES_FIELD_NUMBER: _ClassVar[int]
     RESTORERS_FIELD_NUMBER: _ClassVar[int]
+    KEYSPACE_NOTIFICATIONS_FIELD_NUMBER: _ClassVar[int]
     source: str
     target: str
     mirror_targets: _containers.RepeatedScalarFieldContainer[str]
@@ -151,7 +152,8 @@ class RunSetup(_message.Message):
     scripts_deterministic: bool
     big_key_threshold_bytes: int
     restorers: int
-    def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ..., mirror_targets: _Optional[_Iterable[str]] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., mode: _Optional[_Union[DataMovementMode, str]] = ..., conflict_policy: _Optional[_Union[ConflictPolicy, str]] = ..., write_consistency: _Optional[_Union[WriteConsistency, str]] = ..., preserve_ttl: _Optional[bool] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., rate_limits: _Optional[_Union[RateLimits, _Mapping]] = ..., rollback_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., interlay: _Optional[str] = ..., scripts_deterministic: _Optional[bool] = ..., big_key_threshold_bytes: _Optional[int] = ..., restorers: _Optional[int] = ...) -> None: ...
+    keyspace_notifications: bool
+    def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ..., mirror_targets: _Optional[_Iterable[str]] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., mode: _Optional[_Union[DataMovementMode, str]] = ..., conflict_policy: _Optional[_Union[ConflictPolicy, str]] = ..., write_consistency: _Optional[_Union[WriteConsistency, str]] = ..., preserve_ttl: _Optional[bool] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., rate_limits: _Optional[_Union[RateLimits, _Mapping]] = ..., rollback_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., interlay: _Optional[str] = ..., scripts_deterministic: _Optional[bool] = ..., big_key_threshold_bytes: _Optional[int] = ..., restorers: _Optional[int] = ..., keyspace_notifications: _Optional[bool] = ...) -> None: ...
 
 class Run(_message.Message):
     __slots__ = ("id", "state", "setup", "description", "failure_reason", "read_percent_target", "writes_on_target", "create_time", "update_time")
@@ -408,7 +410,7 @@ class GetMetricsRequest(_message.Message):
     def __init__(self, run: _Optional[str] = ...) -> None: ...
 
 class RunMetrics(_message.Message):
-    __slots__ = ("keys_scanned", "keys_restored", "keys_skipped", "keys_conflicting", "keys_failed", "bytes", "keys_per_second", "bytes_per_second", "eta_seconds", "source_keys", "dirty_backlog", "interlay_ops_per_second")
+    __slots__ = ("keys_scanned", "keys_restored", "keys_skipped", "keys_conflicting", "keys_failed", "bytes", "keys_per_second", "bytes_per_second", "eta_seconds", "source_keys", "dirty_backlog", "interlay_ops_per_second", "dirty_lag_seconds", "keys_recopied", "dual_write_failures", "authoritative")
     KEYS_SCANNED_FIELD_NUMBER: _ClassVar[int]
     KEYS_RESTORED_FIELD_NUMBER: _ClassVar[int]
     KEYS_SKIPPED_FIELD_NUMBER: _ClassVar[int]
@@ -421,6 +423,10 @@ class RunMetrics(_message.Message):
     SOURCE_KEYS_FIELD_NUMBER: _ClassVar[int]
     DIRTY_BACKLOG_FIELD_NUMBER: _ClassVar[int]
     INTERLAY_OPS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    DIRTY_LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    KEYS_RECOPIED_FIELD_NUMBER: _ClassVar[int]
+    DUAL_WRITE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    AUTHORITATIVE_FIELD_NUMBER: _ClassVar[int]
     keys_scanned: int
     keys_restored: int
     keys_skipped: int
@@ -433,7 +439,11 @@ class RunMetrics(_message.Message):
     source_keys: int
     dirty_backlog: int
     interlay_ops_per_second: float
-    def __init__(self, keys_scanned: _Optional[int] = ..., keys_restored: _Optional[int] = ..., keys_skipped: _Optional[int] = ..., keys_conflicting: _Optional[int] = ..., keys_failed: _Optional[int] = ..., bytes: _Optional[int] = ..., keys_per_second: _Optional[float] = ..., bytes_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., source_keys: _Optional[int] = ..., dirty_backlog: _Optional[int] = ..., interlay_ops_per_second: _Optional[float] = ...) -> None: ...
+    dirty_lag_seconds: float
+    keys_recopied: int
+    dual_write_failures: int
+    authoritative: str
+    def __init__(self, keys_scanned: _Optional[int] = ..., keys_restored: _Optional[int] = ..., keys_skipped: _Optional[int] = ..., keys_conflicting: _Optional[int] = ..., keys_failed: _Optional[int] = ..., bytes: _Optional[int] = ..., keys_per_second: _Optional[float] = ..., bytes_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., source_keys: _Optional[int] = ..., dirty_backlog: _Optional[int] = ..., interlay_ops_per_second: _Optional[float] = ..., dirty_lag_seconds: _Optional[float] = ..., keys_recopied: _Optional[int] = ..., dual_write_failures: _Optional[int] = ..., authoritative: _Optional[str] = ...) -> None: ...
 
 class ErrorKey(_message.Message):
     __slots__ = ("key", "key_text", "db", "node", "type", "size", "reason", "attempts", "first_seen", "last_seen")

@@ -1,0 +1,346 @@
+"""Online runs through the API while applications write through the interlay (issue 6).
+
+Client threads write every data type at a steady rate from before the bulk copy until
+after the cutover (or the rollback). Each thread counts the increments the interlay
+acknowledged, so a lost write shows as a counter below its count. After the writes stop,
+the sides are compared key by key: after a completed run, source, target and mirror
+target are identical; after a rollback, the source holds every write.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+import redis
+
+from eve.v1 import endpoints_pb2 as epb
+from eve.v1 import interlays_pb2 as ipb
+from eve.v1 import workflows_pb2 as wpb
+from eve_process import EveServer
+from keyspace import fill, keys_of, value_of
+from servers import free_port
+from test_workflow import Subscriber, wait_state
+
+ENGINE = "valkey-8.1"
+SHORT_TTL_SECONDS = 2     # SETEX keys; the comparison waits them out
+LONG_TTL_SECONDS = 600    # EXPIRE keys: their TTLs are compared within a second
+SCRIPT = "redis.call('incr', KEYS[1]); redis.call('lpush', KEYS[2], ARGV[1]); return redis.call('ltrim', KEYS[2], 0, 49)"
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+@dataclass
+class Counter:
+    ok: int = 0          # acknowledged increments
+    unknown: int = 0     # increments answered with an error or lost with the connection
+
+    def check(self, value: int, what: str) -> None:
+        assert self.ok <= value <= self.ok + self.unknown, \
+            f"{what}: {value} on the server, {self.ok} acknowledged (+{self.unknown} of unknown outcome)"
+
+
+@dataclass
+class Writer:
+    number: int
+    port: int
+    stop: threading.Event
+    counters: dict[str, Counter] = field(default_factory=dict)
+    ops: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def key(self, name: str) -> str:
+        return f"w{self.number}:{name}"
+
+    def counted(self, name: str, call) -> None:
+        counter = self.counters.setdefault(self.key(name), Counter())
+        try:
+            call()
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            counter.unknown += 1
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+        else:
+            counter.ok += 1
+
+    def plain(self, call) -> None:
+        try:
+            call()
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def run(self) -> None:
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10, socket_connect_timeout=5)
+        script = client.register_script(SCRIPT)
+        k = self.key
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            self.counted("counter", lambda: client.incr(k("counter")))
+            self.counted("hash", lambda: client.hincrby(k("hash"), f"f{n % 20}", 1))
+            self.counted("zset", lambda: client.zincrby(k("zset"), 1, f"m{n % 10}"))
+            self.plain(lambda: client.lpush(k("list"), n))
+            self.plain(lambda: client.ltrim(k("list"), 0, 99))
+            self.plain(lambda: client.xadd(k("stream"), {"n": n}, maxlen=100, approximate=False))
+            self.plain(lambda: client.execute_command("SETEX", k(f"short:{n % 50}"), SHORT_TTL_SECONDS, n))
+            self.plain(lambda: client.set(k(f"ttl:{n % 20}"), n))
+            self.plain(lambda: client.expire(k(f"ttl:{n % 20}"), LONG_TTL_SECONDS))
+            self.plain(lambda: client.set(k(f"gone:{n % 30}"), n))
+            self.plain(lambda: client.delete(k(f"gone:{(n + 15) % 30}")))
+
+            def transaction() -> None:
+                pipe = client.pipeline(transaction=True)
+                pipe.incr(k("tx"))
+                pipe.hset(k("txh"), f"f{n % 10}", n)
+                pipe.execute()
+
+            self.counted("tx", transaction)
+            self.counted("script", lambda: script(keys=[k("script"), k("slist")], args=[n]))
+            self.ops += 13
+            time.sleep(0.004)
+        client.close()
+
+
+class Writers:
+    def __init__(self, port: int, threads: int = 3) -> None:
+        self.stop = threading.Event()
+        self.writers = [Writer(i, port, self.stop) for i in range(threads)]
+        self.threads = [threading.Thread(target=w.run, daemon=True, name=f"writer-{i}")
+                        for i, w in enumerate(self.writers)]
+
+    def __enter__(self) -> "Writers":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()
+
+    def finish(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+    @property
+    def ops(self) -> int:
+        return sum(w.ops for w in self.writers)
+
+    def wait_ops(self, more: int, timeout: float = 30, at_least: float = 1.0) -> None:
+        """Let at least ``more`` further writes through, for at least ``at_least`` seconds."""
+        goal = self.ops + more
+        start = time.monotonic()
+        deadline = start + timeout
+        while self.ops < goal or time.monotonic() - start < at_least:
+            assert time.monotonic() < deadline, f"writers stalled at {self.ops} ops: {self.errors()[-3:]}"
+            time.sleep(0.05)
+
+    def errors(self) -> list[str]:
+        return [e for w in self.writers for e in w.errors]
+
+    def check_counters(self, client: redis.Redis) -> None:
+        for writer in self.writers:
+            for key, counter in writer.counters.items():
+                kind = key.split(":", 1)[1]
+                if kind in ("counter", "tx", "script"):
+                    counter.check(int(client.get(key) or 0), key)
+                elif kind == "hash":
+                    counter.check(sum(int(v) for v in client.hvals(key)), key)
+                elif kind == "zset":
+                    counter.check(int(sum(score for _, score in client.zrange(key, 0, -1, withscores=True))), key)
+
+
+def assert_identical(first: redis.Redis, second: redis.Redis, what: str) -> int:
+    keys = keys_of(first)
+    assert keys == keys_of(second), f"{what}: keys differ: {sorted(keys ^ keys_of(second))[:5]}"
+    for key in keys:
+        assert value_of(first, key) == value_of(second, key), f"{what}: value of {key!r} differs"
+        ttl_a, ttl_b = first.pttl(key), second.pttl(key)
+        assert (ttl_a < 0 and ttl_a == ttl_b) or abs(ttl_a - ttl_b) <= 1000, \
+            f"{what}: TTL of {key!r}: {ttl_a} ms and {ttl_b} ms"
+    return len(keys)
+
+
+@pytest.fixture
+def eve(tmp_path):
+    server = EveServer(state=tmp_path / "eve.db", log_path=tmp_path / "eve.log").start()
+    yield server
+    server.stop()
+
+
+class Live:
+    """One online run driven through the API."""
+
+    def __init__(self, eve: EveServer, server_factory, policy: int, *, mirror: bool = False,
+                 strategy: int = wpb.ONLINE_PHASED, target_args: tuple[str, ...] = (), max_keys_per_second: int = 0,
+                 keys: int = 1500) -> None:
+        self.eve = eve
+        self.source = server_factory(ENGINE)
+        self.target = server_factory(ENGINE, extra_args=target_args)
+        self.mirror = server_factory(ENGINE) if mirror else None
+        fill(self.source.client(), keys, prefix="pre")
+        for name, server in (("src", self.source), ("dst", self.target), ("mir", self.mirror)):
+            if server is not None:
+                eve.endpoints().CreateEndpoint(epb.CreateEndpointRequest(
+                    endpoint=name, kind="redis",
+                    config=epb.EndpointConfig(target=epb.Connection(host="127.0.0.1", port=server.port))))
+        self.port = free_port()
+        eve.interlays().CreateInterlay(ipb.CreateInterlayRequest(
+            id="app", endpoint="src", port=self.port, settings=ipb.InterlaySettings(max_concurrent_connections=100)))
+        eve.interlays().StartInterlay(ipb.StartInterlayRequest(id="app"))
+        self.stub = eve.migrations()
+        self.run = self.stub.CreateRun(wpb.CreateRunRequest(id="live")).id
+        self.events = Subscriber(self.stub, self.run)
+        self.events.start()
+        self.stub.SubmitSetup(wpb.SubmitSetupRequest(run=self.run, setup=wpb.RunSetup(
+            source="src", target="dst", mirror_targets=["mir"] if mirror else [], strategy=strategy,
+            write_consistency=policy, interlay="app",
+            rate_limits=wpb.RateLimits(max_keys_per_second=max_keys_per_second))))
+        self.stub.Prepare(wpb.PrepareRequest(run=self.run))
+        wait_state(self.stub, self.run, "READY")
+        for issue in self.stub.GetCompatibility(wpb.GetCompatibilityRequest(run=self.run)).issues:
+            self.stub.AcknowledgeIssue(wpb.AcknowledgeIssueRequest(run=self.run, issue_id=issue.id, notes="ok"))
+
+    def approve(self) -> None:
+        self.stub.Approve(wpb.ApproveRequest(run=self.run, notes="go"))
+
+    def wait_in_sync(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(e.type == "live" and e.message.startswith("in sync") for e in list(self.events.events)):
+            record = self.stub.GetRun(wpb.GetRunRequest(run=self.run))
+            assert record.state in (wpb.APPROVED, wpb.COPYING, wpb.SYNCING), record.failure_reason
+            assert time.monotonic() < deadline, "the run did not get in sync"
+            time.sleep(0.1)
+
+    def traffic(self, percent: int = 0, cutover: bool = False) -> wpb.Run:
+        return self.stub.SetTraffic(wpb.SetTrafficRequest(run=self.run, read_percent_target=percent,
+                                                          cutover_writes=cutover))
+
+    def state(self) -> int:
+        return self.stub.GetRun(wpb.GetRunRequest(run=self.run)).state
+
+    def settle(self) -> None:
+        """After the writes stopped: let the last ones be re-copied and the short TTLs pass."""
+        time.sleep(SHORT_TTL_SECONDS + 1.5)
+
+
+def _restart(server) -> None:
+    server.stop()
+    time.sleep(0.3)
+    server.start()
+
+
+@pytest.mark.parametrize("policy,restart", [
+    pytest.param(wpb.SOURCE_AUTHORITATIVE, True, id="source-authoritative-target-restarted"),
+    pytest.param(wpb.BOTH_REQUIRED, True, id="both-required-target-restarted"),
+    pytest.param(wpb.TARGET_AUTHORITATIVE, False, id="target-authoritative"),
+    pytest.param(wpb.BEST_EFFORT, False, id="best-effort"),
+])
+def test_online_run_cutover_and_complete(eve, server_factory, policy, restart):
+    aof = ("--appendonly", "yes", "--appendfsync", "always")
+    # A rate-limited bulk copy: the writers change keys while the scanner reads them.
+    live = Live(eve, server_factory, policy, mirror=policy == wpb.SOURCE_AUTHORITATIVE, target_args=aof,
+                max_keys_per_second=1000)
+    with Writers(live.port) as writers:
+        writers.wait_ops(200)
+        live.approve()
+        live.wait_in_sync()
+        writers.wait_ops(500)
+        if restart:
+            _restart(live.target)
+            writers.wait_ops(500)
+        if policy != wpb.TARGET_AUTHORITATIVE:
+            shifted = live.traffic(50)
+            assert shifted.read_percent_target == 50 and not shifted.writes_on_target
+            writers.wait_ops(300)
+        cut = live.traffic(100, cutover=True)
+        assert cut.state == wpb.CUT_OVER and cut.writes_on_target
+        writers.wait_ops(500)
+    live.settle()
+    target = live.target.client()
+    writers.check_counters(target)
+    compared = assert_identical(live.source.client(), target, "source and target")
+    assert compared > 1500
+    if live.mirror is not None:
+        assert_identical(target, live.mirror.client(), "target and mirror target")
+    verified = live.stub.Verify(wpb.VerifyRequest(run=live.run))
+    assert verified.clean, verified
+    metrics = live.stub.GetMetrics(wpb.GetMetricsRequest(run=live.run))
+    assert metrics.authoritative == "target" and metrics.keys_recopied > 0
+    done = live.stub.Complete(wpb.CompleteRequest(run=live.run, notes="accepted"))
+    assert done.state == wpb.COMPLETED
+    # The interlay now forwards to the target alone.
+    client = redis.Redis(host="127.0.0.1", port=live.port)
+    client.set("after-complete", 1)
+    assert target.get("after-complete") == b"1" and not live.source.client().exists("after-complete")
+    types = {e.type for e in live.events.events}
+    assert {"live", "traffic", "progress", "verify"} <= types
+    if restart:
+        if policy == wpb.BOTH_REQUIRED:
+            assert any("BOTH_REQUIRED" in e for e in writers.errors()), "clients saw the target's failure"
+        assert any(e.type == "dual_write" for e in live.events.events), "the failures on the target are events"
+
+
+@pytest.mark.parametrize("phase,policy", [
+    pytest.param("copying", wpb.SOURCE_AUTHORITATIVE, id="copying"),
+    pytest.param("in-sync", wpb.BOTH_REQUIRED, id="in-sync"),
+    pytest.param("reads-shifted", wpb.BEST_EFFORT, id="reads-shifted"),
+    pytest.param("target-authoritative", wpb.TARGET_AUTHORITATIVE, id="target-authoritative-in-sync"),
+    pytest.param("cut-over", wpb.SOURCE_AUTHORITATIVE, id="cut-over"),
+])
+def test_rollback_keeps_every_write_on_the_source(eve, server_factory, phase, policy):
+    live = Live(eve, server_factory, policy, max_keys_per_second=300 if phase == "copying" else 0)
+    with Writers(live.port) as writers:
+        writers.wait_ops(200)
+        live.approve()
+        if phase == "copying":
+            wait_state(live.stub, live.run, "COPYING")
+            writers.wait_ops(300)
+            assert live.state() == wpb.COPYING
+        else:
+            live.wait_in_sync()
+            writers.wait_ops(400)
+            if phase == "reads-shifted":
+                live.traffic(60)
+                writers.wait_ops(300)
+            elif phase == "cut-over":
+                live.traffic(100, cutover=True)
+                writers.wait_ops(500)
+        rolled = live.stub.Rollback(wpb.RollbackRequest(run=live.run, reason=f"rollback while {phase}"))
+        assert rolled.state == wpb.ROLLED_BACK and rolled.read_percent_target == 0 and not rolled.writes_on_target
+        writers.wait_ops(300)  # the applications go on, on the source
+    source = live.source.client()
+    writers.check_counters(source)
+    # Nothing goes to the target any more.
+    before = keys_of(live.target.client())
+    redis.Redis(host="127.0.0.1", port=live.port).set("after-rollback", 1)
+    assert source.get("after-rollback") == b"1" and keys_of(live.target.client()) == before
+    with pytest.raises(grpc.RpcError) as info:
+        live.traffic(10)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_traffic_requests_in_the_wrong_state(eve, server_factory):
+    live = Live(eve, server_factory, wpb.SOURCE_AUTHORITATIVE, strategy=wpb.ONLINE_CUTOVER, keys=100)
+    with pytest.raises(grpc.RpcError) as info:
+        live.traffic(10)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "SYNCING" in info.value.details()
+    live.approve()
+    live.wait_in_sync()
+    for percent, cutover, code, needle in [
+        (10, False, grpc.StatusCode.FAILED_PRECONDITION, "one step"),
+        (101, True, grpc.StatusCode.INVALID_ARGUMENT, "read_percent_target"),
+    ]:
+        with pytest.raises(grpc.RpcError) as info:
+            live.traffic(percent, cutover)
+        assert info.value.code() == code and needle in info.value.details(), info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        live.stub.Complete(wpb.CompleteRequest(run=live.run, notes="too early"))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert live.traffic(100, cutover=True).state == wpb.CUT_OVER
+    with pytest.raises(grpc.RpcError) as info:
+        live.traffic(0, False)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "Rollback" in info.value.details()
+    # The interlay cannot be stopped or deleted from under the run.
+    live.stub.Rollback(wpb.RollbackRequest(run=live.run, reason="done testing"))
