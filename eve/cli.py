@@ -107,7 +107,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     _setup_logging("eve-verify", args.verbose, quiet=not args.verbose)
     return verify_command(args.source, args.target, ttl_tolerance_ms=args.ttl_tolerance_ms, as_json=args.json,
-                          max_examples=args.max_examples, db=args.db, match=args.match)
+                          max_examples=args.max_examples, db=args.db, match=args.match,
+                          max_keys_per_second=args.max_keys_per_second)
 
 
 def _positive(text: str) -> int:
@@ -177,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--ttl-tolerance-ms", type=_positive, default=1000, metavar="MS")
     verify.add_argument("--db", type=_positive, metavar="N")
     verify.add_argument("--match", metavar="GLOB")
+    verify.add_argument("--max-keys-per-second", type=_positive, default=0, metavar="N",
+                        help="keys compared per second at most, to spare a busy source (default: no limit)")
     verify.add_argument("--max-examples", type=_positive, default=20, metavar="N")
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(run=_cmd_verify)

@@ -948,7 +948,7 @@ def verify(source: ConnectionSpec, target: ConnectionSpec, *, dbs: Sequence[int]
 
 
 def verify_command(source_url: str, target_url: str, *, ttl_tolerance_ms: int, as_json: bool, max_examples: int,
-                   db: int | None, match: str | None) -> int:
+                   db: int | None, match: str | None, max_keys_per_second: int = 0) -> int:
     """``eve verify``: print the summary and examples (or one JSON object); 0 when clean, 1 otherwise.
 
     The db is ``db``, else the one the URLs name (they must agree), else every db with keys.
@@ -961,7 +961,8 @@ def verify_command(source_url: str, target_url: str, *, ttl_tolerance_ms: int, a
                               "on both sides, choose it with --db", field="--db")
         db = source_db if source_db is not None else target_db
     report = verify(source, target, dbs=None if db is None else [db], match=match,
-                    ttl_tolerance_ms=ttl_tolerance_ms, max_examples=max_examples)
+                    ttl_tolerance_ms=ttl_tolerance_ms, max_examples=max_examples,
+                    max_keys_per_second=max_keys_per_second)
     if as_json:
         document = {"source": mask_url(source_url), "target": mask_url(target_url), **report.as_dict()}
         print(json.dumps(document, sort_keys=False))

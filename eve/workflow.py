@@ -570,8 +570,10 @@ class Workflow:
         self._event(run_id, "verify", "verification started")
 
         def compare() -> Any:
+            # At the run's own rate limit: the source may be serving production traffic.
             return verify(options.source, options.target, dbs=options.dbs, match=options.match, type=options.type,
-                          ttl_tolerance_ms=ttl_tolerance_ms or 1000)
+                          ttl_tolerance_ms=ttl_tolerance_ms or 1000,
+                          max_keys_per_second=options.max_keys_per_second)
 
         if live is None:
             report = compare()
@@ -586,10 +588,11 @@ class Workflow:
                 self._event(run_id, "verify", f"{len(report.differences)} differences re-copied; comparing again")
                 live.wait_synced(VERIFY_DRAIN_SECONDS)
                 report = compare()
-            if report.differences:
-                self.store.add_error_keys(run_id, [
-                    ErrorKeyRow(d.key, d.db, options.target.address, "", 0,
-                                f"verification: {d.kind.lower()}: {d.detail}", 1) for d in report.differences])
+        if report.differences:
+            # Error keys: listed, exported and retried (RetryErrorKeys) like any other.
+            self.store.add_error_keys(run_id, [
+                ErrorKeyRow(d.key, d.db, options.source.address, "", 0,
+                            f"verification: {d.kind.lower()}: {d.detail}", 1) for d in report.differences])
         body = _jsonable(dataclasses.asdict(report))
         body.pop("differences", None)
         self.store.set_report(run_id, "verify", body)

@@ -111,7 +111,7 @@ class Client(asyncio.Protocol):
         "current", "shared", "pinned", "forever", "in_multi", "watching", "db", "asking", "stalled",
         "closing", "close_error", "quitting", "resetting", "reset_done", "req_stream", "write_paused",
         "pause_reasons", "paused_backend", "resume_scheduled", "rejected", "announce", "max_bulk", "max_args",
-        "threshold", "scanner", "issued", "answered", "marks", "multi_marks", "wdb",
+        "threshold", "scanner", "issued", "answered", "marks", "multi_marks", "wdb", "delayed",
     )
 
     def __init__(self, proxy: Proxy, node: Node) -> None:
@@ -163,6 +163,7 @@ class Client(asyncio.Protocol):
         self.marks: deque | None = None
         self.multi_marks: list | None = None
         self.wdb = 0
+        self.delayed: list[bytes] | None = None   # reply bytes waiting for deliver_soon's flush
 
     # -- transport events ---------------------------------------------------------------
 
@@ -268,9 +269,27 @@ class Client(asyncio.Protocol):
                     self.resume_scheduled = True
                     self.proxy.loop.call_soon(self._resume)
         if data:
+            if self.delayed:
+                self.flush_delayed()
             transport = self.transport
             if transport is not None:
                 transport.write(data)
+
+    def deliver_soon(self, frame: bytes) -> None:
+        """One counted reply whose bytes go out with the others of this loop iteration:
+        dual writes answer one frame at a time, and a write per frame would cost a
+        system call each."""
+        self.deliver(b"", 1)
+        if self.delayed is None:
+            self.delayed = [frame]
+            self.proxy.loop.call_soon(self.flush_delayed)
+        else:
+            self.delayed.append(frame)
+
+    def flush_delayed(self) -> None:
+        delayed, self.delayed = self.delayed, None
+        if delayed and self.transport is not None:
+            self.transport.write(delayed[0] if len(delayed) == 1 else b"".join(delayed))
 
     # -- dirty keys -----------------------------------------------------------------------
 
@@ -397,6 +416,8 @@ class Client(asyncio.Protocol):
         stats.ops += 1
         if error:
             stats.errors += 1
+        if self.delayed:
+            self.flush_delayed()
         if self.transport is not None:
             self.transport.write(frame)
         return True
@@ -917,6 +938,8 @@ class Client(asyncio.Protocol):
         if transport is None:
             return
         self.proxy.stats.errors += 1
+        if self.delayed:
+            self.flush_delayed()
         transport.write(self.close_error)
         transport.close()
 

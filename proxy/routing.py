@@ -224,6 +224,11 @@ class Router:
                 continue
             dual.left += 1
             mconn.send(MirrorReply(dual, name, node, protocol, slot, raw), raw, 1, _identity)
+            if mconn.write_paused:
+                # A side that cannot keep up slows the clients down rather than
+                # letting the interlay buffer its writes without bound.
+                client.pause_reading("backend")
+                mconn.paused_clients.append(client)
         return dual
 
 
@@ -247,7 +252,7 @@ class DualWrite:
         if self.router.both:
             self.reply = data
         else:
-            self.client.deliver(data, 1)
+            self.client.deliver_soon(data)
         self._arrived()
 
     def backend_failed(self, conn: Any, count: int, error: bytes) -> None:
@@ -282,7 +287,7 @@ class DualWrite:
             reply = _error_frame(f"ERR interlay: BOTH_REQUIRED write applied on {self.router.authoritative} but "
                                  f"failed on {self.failure}; its keys are re-copied")
             self.router.proxy.stats.errors += 1
-        self.client.deliver(reply, 1)
+        self.client.deliver_soon(reply)
 
 
 class MirrorReply:

@@ -174,7 +174,7 @@ class Live:
 
     def __init__(self, eve: EveServer, server_factory, policy: int, *, mirror: bool = False,
                  strategy: int = wpb.ONLINE_PHASED, target_args: tuple[str, ...] = (), max_keys_per_second: int = 0,
-                 keys: int = 1500) -> None:
+                 keys: int = 1500, keyspace_notifications: bool = False) -> None:
         self.eve = eve
         self.source = server_factory(ENGINE)
         self.target = server_factory(ENGINE, extra_args=target_args)
@@ -195,7 +195,7 @@ class Live:
         self.events.start()
         self.stub.SubmitSetup(wpb.SubmitSetupRequest(run=self.run, setup=wpb.RunSetup(
             source="src", target="dst", mirror_targets=["mir"] if mirror else [], strategy=strategy,
-            write_consistency=policy, interlay="app",
+            write_consistency=policy, interlay="app", keyspace_notifications=keyspace_notifications,
             rate_limits=wpb.RateLimits(max_keys_per_second=max_keys_per_second))))
         self.stub.Prepare(wpb.PrepareRequest(run=self.run))
         wait_state(self.stub, self.run, "READY")
@@ -344,3 +344,24 @@ def test_traffic_requests_in_the_wrong_state(eve, server_factory):
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "Rollback" in info.value.details()
     # The interlay cannot be stopped or deleted from under the run.
     live.stub.Rollback(wpb.RollbackRequest(run=live.run, reason="done testing"))
+
+
+def test_keyspace_notifications_catch_writes_around_the_interlay(eve, server_factory):
+    live = Live(eve, server_factory, wpb.SOURCE_AUTHORITATIVE, keys=200, keyspace_notifications=True)
+    direct = live.source.client()
+    with Writers(live.port, threads=1) as writers:
+        live.approve()
+        live.wait_in_sync()
+        for i in range(200):  # a client that never heard of the interlay
+            direct.hincrby("bypass:hash", f"f{i % 7}", 1)
+            direct.set(f"bypass:{i % 20}", i)
+        direct.delete("bypass:3")
+        writers.wait_ops(100)
+        live.traffic(100, cutover=True)
+        writers.wait_ops(100)
+    live.settle()
+    target = live.target.client()
+    assert target.hgetall("bypass:hash") == direct.hgetall("bypass:hash")
+    assert target.get("bypass:19") == b"199" and not target.exists("bypass:3")
+    assert_identical(direct, target, "source and target")
+    live.stub.Rollback(wpb.RollbackRequest(run=live.run, reason="test over"))

@@ -386,5 +386,10 @@ def test_verify_command_exit_codes_and_json(server_factory, capsys):
     assert json.loads(capsys.readouterr().out)["keys_compared"] == 0
     assert verify_command(source_url, target_url, as_json=True, **{**options, "match": "k:set:*"}) == 0
     capsys.readouterr()
+    # Paced for a busy source: 100 keys at 200 keys/s take about half a second.
+    started = time.monotonic()
+    assert verify_command(source_url, target_url, as_json=True, **{**options, "max_keys_per_second": 200}) == 1
+    assert time.monotonic() - started >= 0.3
+    assert json.loads(capsys.readouterr().out)["keys_compared"] == 100
     with pytest.raises(ConfigError):
         verify_command("http://nope", target_url, as_json=True, **options)
