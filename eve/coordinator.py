@@ -190,8 +190,18 @@ class Coordinator:
         return self.store.list_interlays()
 
     def delete_interlay(self, id: str) -> None:
-        self.store.delete_interlay(model.validate_name(id, field="id"))
+        self._refuse_if_carrying_a_run(model.validate_name(id, field="id"), "deleted")
+        self.store.delete_interlay(id)
         log.info("interlay deleted id=%s", id)
+
+    def _refuse_if_carrying_a_run(self, id: str, doing: str) -> None:
+        """An online run that has started tracking writes needs its interlay until it ends."""
+        for run in self.store.list_runs():
+            setup = run.setup or {}
+            if setup.get("interlay") == id and setup.get("strategy", "OFFLINE") != "OFFLINE" \
+                    and run.state in _CARRYING_STATES:
+                raise StateError(f"interlay {id!r} carries the live traffic of run {run.id!r} ({run.state}); it "
+                                 f"cannot be {doing} until the run is completed or rolled back")
 
     def _supervisor(self) -> InterlaySupervisor:
         if self.interlays is None:
@@ -216,6 +226,7 @@ class Coordinator:
 
     def stop_interlay(self, id: str, drain_seconds: float = 5.0) -> InterlayRecord:
         record = self.get_interlay(id)
+        self._refuse_if_carrying_a_run(id, "stopped")
         if record.state in ("STOPPED",) and not self._supervisor().running(id):
             raise StateError(f"interlay {id!r} is not running")
         self.store.set_interlay_state(id, "STOPPING")
@@ -252,6 +263,10 @@ class Coordinator:
         """Stop the proxy processes; the store keeps them RUNNING so the next start brings them back."""
         if self.interlays is not None:
             self.interlays.stop_all(drain_seconds=2.0)
+
+
+# Run states (eve.workflow.RunState values) in which an online run's interlay carries its traffic.
+_CARRYING_STATES = frozenset({"APPROVED", "COPYING", "SYNCING", "CUTTING_OVER", "CUT_OVER", "ROLLING_BACK"})
 
 
 def _flag_set(raw: Any) -> frozenset[str]:

@@ -207,8 +207,14 @@ class LiveRun:
         return False
 
     def check_sync(self) -> None:
+        """StateError when the re-copy loop stopped, or the interlay did (its writes are
+        no longer tracked)."""
         if self._sync_error is not None:
             raise StateError(f"the re-copy loop stopped: {self._sync_error}")
+        if self._tracking and not self.interlays.running(self.options.interlay_id):
+            status = self.interlays.status(self.options.interlay_id)
+            raise StateError(f"interlay {self.options.interlay_id!r} is {status.state.lower()}"
+                             f"{': ' + status.reason if status.reason else ''}; writes are no longer tracked")
 
     def reconcile_if_needed(self) -> None:
         """A whole db changed (FLUSHDB...) or marks were dropped: compare and mark what differs."""
@@ -291,6 +297,9 @@ class LiveRun:
     def rollback(self) -> None:
         """All traffic back on the source, which holds every write."""
         with self._lock:
+            if not self.interlays.running(self.options.interlay_id):
+                self._rollback_without_interlay()
+                return
             if self.authoritative == TARGET:
                 self._flip(SOURCE)
             self.dual = False
@@ -299,6 +308,19 @@ class LiveRun:
             self.close()
         self.on_event("traffic", "all traffic on the source", {"read_percent_target": 0,
                                                                "writes_on_target": False})
+
+    def _rollback_without_interlay(self) -> None:
+        """The interlay died: no client writes anywhere now. Copy back what the reverse
+        sync still owes the source; started again, the interlay fronts the source."""
+        sync = self._sync
+        drained = True
+        if self.authoritative == TARGET and sync is not None:
+            drained = sync.drain(self.options.drain_seconds)
+        self.authoritative, self.dual, self.read_percent = SOURCE, False, 0
+        self.close()
+        self.on_event("traffic", "the interlay is not running: started again, it forwards to the source"
+                      + ("" if drained else f"; {self.dirty.backlog} keys written on the target could not be "
+                         "copied back"), {"writes_on_target": False})
 
     def complete(self) -> None:
         """The target alone serves the interlay's clients; the source is released."""

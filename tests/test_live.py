@@ -9,13 +9,18 @@ target are identical; after a rollback, the source holds every write.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import grpc
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from eve.v1 import endpoints_pb2 as epb
 from eve.v1 import interlays_pb2 as ipb
@@ -56,6 +61,8 @@ class Writer:
         return f"w{self.number}:{name}"
 
     def counted(self, name: str, call) -> None:
+        if self.stop.is_set():
+            return
         counter = self.counters.setdefault(self.key(name), Counter())
         try:
             call()
@@ -66,13 +73,18 @@ class Writer:
             counter.ok += 1
 
     def plain(self, call) -> None:
+        if self.stop.is_set():
+            return
         try:
             call()
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
             self.errors.append(f"{type(exc).__name__}: {exc}")
 
     def run(self) -> None:
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10, socket_connect_timeout=5)
+        # No retries: a write whose connection was lost is of unknown outcome, and is counted so;
+        # a retry could apply it twice.
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10, socket_connect_timeout=5,
+                             retry=Retry(NoBackoff(), 0))
         script = client.register_script(SCRIPT)
         k = self.key
         n = 0
@@ -343,7 +355,13 @@ def test_traffic_requests_in_the_wrong_state(eve, server_factory):
         live.traffic(0, False)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "Rollback" in info.value.details()
     # The interlay cannot be stopped or deleted from under the run.
+    for call in (lambda: live.eve.interlays().StopInterlay(ipb.StopInterlayRequest(id="app")),
+                 lambda: live.eve.interlays().DeleteInterlay(ipb.DeleteInterlayRequest(id="app"))):
+        with pytest.raises(grpc.RpcError) as info:
+            call()
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "live" in info.value.details()
     live.stub.Rollback(wpb.RollbackRequest(run=live.run, reason="done testing"))
+    live.eve.interlays().StopInterlay(ipb.StopInterlayRequest(id="app"))
 
 
 def test_keyspace_notifications_catch_writes_around_the_interlay(eve, server_factory):
@@ -365,3 +383,39 @@ def test_keyspace_notifications_catch_writes_around_the_interlay(eve, server_fac
     assert target.get("bypass:19") == b"199" and not target.exists("bypass:3")
     assert_identical(direct, target, "source and target")
     live.stub.Rollback(wpb.RollbackRequest(run=live.run, reason="test over"))
+
+
+def _proxy_pids(parent: int) -> list[int]:
+    """The interlay's proxy processes: spawned children of the coordinator."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and b"spawn_main" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_interlay_lost_mid_run_fails_the_run_and_rollback_recovers(eve, server_factory):
+    live = Live(eve, server_factory, wpb.SOURCE_AUTHORITATIVE, keys=300)
+    with Writers(live.port, threads=2) as writers:
+        live.approve()
+        live.wait_in_sync()
+        writers.wait_ops(200)
+        pids = _proxy_pids(eve.process.pid)
+        assert pids, "no proxy process found"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        failed = wait_state(live.stub, live.run, "FAILED", timeout=30)
+        assert "interlay 'app'" in failed.failure_reason and "no longer tracked" in failed.failure_reason
+    rolled = live.stub.Rollback(wpb.RollbackRequest(run=live.run, reason="interlay lost"))
+    assert rolled.state == wpb.ROLLED_BACK
+    writers.check_counters(live.source.client())
+    # Started again, the interlay forwards to the source alone.
+    live.eve.interlays().StartInterlay(ipb.StartInterlayRequest(id="app"))
+    before = keys_of(live.target.client())
+    redis.Redis(host="127.0.0.1", port=live.port).set("after-restart", 1)
+    assert live.source.client().get("after-restart") == b"1" and keys_of(live.target.client()) == before
