@@ -64,6 +64,10 @@ def interlay_to_proto(record: InterlayRecord, status: Any = None,
         for backend in stats["backends"]:
             out.stats.backends.add(backend=backend["backend"], ops=backend["ops"], errors=backend["errors"],
                                    p50_ms=backend["p50_ms"], p99_ms=backend["p99_ms"])
+        for side in stats.get("sides", []):
+            out.stats.dual_writes.add(side=side["side"], writes=side["writes"], failures=side["failures"],
+                                      last_error=side["last_error"])
+        out.stats.dirty_keys_pending = stats.get("dirty_pending", 0)
     return out
 
 

@@ -269,6 +269,17 @@ def test_online_run_cutover_and_complete(eve, server_factory, policy, restart):
         cut = live.traffic(100, cutover=True)
         assert cut.state == wpb.CUT_OVER and cut.writes_on_target
         writers.wait_ops(500)
+        # After the cutover the source receives the writes second (stats arrive every second).
+        deadline = time.monotonic() + 10
+        while True:
+            stats = eve.interlays().GetInterlay(ipb.GetInterlayRequest(id="app")).stats
+            dual = {d.side: d for d in stats.dual_writes}
+            if "source" in dual and dual["source"].writes > 0:
+                break
+            assert time.monotonic() < deadline, f"no dual writes to the source in {stats}"
+            time.sleep(0.2)
+        if policy != wpb.TARGET_AUTHORITATIVE:
+            assert dual["target"].writes > 0
     live.settle()
     target = live.target.client()
     writers.check_counters(target)
