@@ -73,6 +73,7 @@ CLUSTER_REWRITES = frozenset((b"slots", b"shards", b"nodes"))
 _OK = b"+OK\r\n"
 _RESET = b"+RESET\r\n"
 _MAX_CLIENTS = b"-ERR max number of clients reached\r\n"
+MERGE_MARKS = 64   # keys of consecutive writes recorded together, at most
 _SCRIPTING = frozenset((b"script", b"function"))  # their LOAD/FLUSH/... reach every side of a live run
 _NO_MAINT_NOTIFICATIONS = b"-ERR interlay: CLIENT MAINT_NOTIFICATIONS is not available through an interlay\r\n"
 _NO_REPLICATION = b"-ERR interlay: replication commands (SYNC, PSYNC, REPLCONF) are not forwarded\r\n"
@@ -319,9 +320,17 @@ class Client(asyncio.Protocol):
             else:
                 self.multi_marks.extend(items)
             return
-        if self.marks is None:
-            self.marks = deque()
-        self.marks.append((seq, items))
+        marks = self.marks
+        if marks is None:
+            marks = self.marks = deque()
+        elif marks and marks[-1][0] == seq - 1 and len(marks[-1][1]) < MERGE_MARKS:
+            # The write right before this one: recorded together, once this one is
+            # answered (its reply follows the other's immediately).
+            last = marks[-1][1]
+            last.extend(items)
+            marks[-1] = (seq, last)
+            return
+        marks.append((seq, items))
 
     def backend_failed(self, conn: Backend, count: int, error: bytes) -> None:
         self.proxy.stats.errors += count

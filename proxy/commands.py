@@ -38,6 +38,9 @@ from proxy import resp
 __all__ = ["CommandInfo", "CommandTable", "KeySpec"]
 
 
+_MAX_NAMES = 10_000  # distinct spellings of command names remembered
+
+
 def _text(value: Any) -> str:
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).decode("utf-8", "replace")
@@ -241,6 +244,15 @@ class CommandTable:
 
     def __init__(self, commands: Mapping[str, CommandInfo]) -> None:
         self.commands = dict(commands)
+        # Command names as clients send them (b"SET", b"set") -> info: every forwarded
+        # write is looked up while a live run tracks dirty keys.
+        self._by_name: dict[bytes, CommandInfo | None] = {}
+        # Writes whose one key is argument 1 (SET, INCR, HSET, LPUSH, ...): most writes.
+        self._first_key_writes = frozenset(
+            info.name for info in self.commands.values()
+            if "write" in info.flags and len(info.key_specs) == 1
+            and info.key_specs[0].flags & _WRITE_SPEC_FLAGS
+            and info.key_specs[0].begin == ("index", 1) and info.key_specs[0].find[:3] == ("range", 0, 1))
 
     def __len__(self) -> int:
         return len(self.commands)
@@ -268,7 +280,13 @@ class CommandTable:
         """The command (or its subcommand, when it has some and one is named) of a request."""
         if not args:
             return None
-        info = self.commands.get(_text(args[0]).lower())
+        name = args[0]
+        try:
+            info = self._by_name[name]
+        except (KeyError, TypeError):
+            info = self.commands.get(_text(name).lower())
+            if isinstance(name, bytes) and len(self._by_name) < _MAX_NAMES:
+                self._by_name[name] = info
         if info is None:
             return None
         if info.subcommands and len(args) > 1:
@@ -291,6 +309,15 @@ class CommandTable:
         info = self.lookup(args)
         if info is None:
             return []
+        return [bytes(args[i]) for i in info.write_key_positions(args)]
+
+    def changed_keys(self, args: Sequence[bytes]) -> list[bytes]:
+        """``write_keys`` of a request flagged ``write`` (one lookup); [] for anything else."""
+        info = self.lookup(args)
+        if info is None or "write" not in info.flags:
+            return []
+        if info.name in self._first_key_writes:
+            return [bytes(args[1])] if len(args) > 1 else []
         return [bytes(args[i]) for i in info.write_key_positions(args)]
 
     def may_write(self, name: bytes | str) -> bool:

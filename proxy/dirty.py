@@ -27,7 +27,7 @@ __all__ = ["SCRIPT_NAMES", "Mark", "marks", "may_write"]
 Mark = tuple  # (db | None, key | None)
 
 SCRIPT_NAMES = frozenset((b"eval", b"evalsha", b"fcall"))
-_SPECIAL = frozenset((b"flushdb", b"flushall", b"swapdb", b"move", b"copy", b"sort", b"migrate"))
+_SPECIAL = frozenset((b"flushdb", b"flushall", b"swapdb", b"move", b"copy", b"sort", b"migrate"))  # by arguments
 
 
 def may_write(table: CommandTable | None, name: bytes) -> bool:
@@ -45,6 +45,12 @@ def _db(arg: bytes) -> int | None:
 def marks(table: CommandTable | None, args: Sequence[bytes], db: int) -> list[Mark]:
     """The ``(db, key)`` pairs one request may change (empty for reads)."""
     name = args[0].lower()
+    if name not in _SPECIAL:
+        if table is None:
+            return []
+        if name in SCRIPT_NAMES:
+            return [(db, key) for key in table.keys(args)]
+        return [(db, key) for key in table.changed_keys(args)]
     argc = len(args)
     if name == b"flushdb":
         return [(db, None)]
@@ -88,10 +94,4 @@ def marks(table: CommandTable | None, args: Sequence[bytes], db: int) -> list[Ma
                 keys.extend((db, bytes(key)) for key in args[i + 1:])
                 break
         return keys
-    if table is None:
-        return []
-    if name in SCRIPT_NAMES:
-        return [(db, key) for key in table.keys(args)]
-    if not table.is_write(args):
-        return []
-    return [(db, key) for key in table.write_keys(args)]
+    return []
