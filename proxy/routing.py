@@ -134,6 +134,11 @@ class Router:
     def apply(self, route: Any, make_node: Any) -> bool:
         """Take a new route; True when the authoritative side changed (clients move)."""
         proxy = self.proxy
+        names = {SOURCE, *(name for name, _ in route.sides)}
+        if route.authoritative not in names or not set(route.mirror_to) <= names or route.policy not in POLICIES \
+                or not 0 <= route.read_percent <= 100:
+            raise ValueError(f"malformed route: authoritative {route.authoritative!r}, sides {sorted(names)}, "
+                             f"mirror_to {route.mirror_to}, policy {route.policy!r}, reads {route.read_percent}%")
         sides: dict[str, Node] = {SOURCE: proxy.nodes[0]}
         for name, spec in route.sides:
             node = self.sides.get(name)
