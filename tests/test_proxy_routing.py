@@ -559,6 +559,22 @@ def test_maint_notifications_answered_by_the_interlay(pair, supervisor, interlay
     sock.close()
 
 
+def test_malformed_route_is_refused_and_the_interlay_keeps_serving(pair, supervisor, interlay) -> None:
+    source, target = pair
+    it = interlay(source)
+    spec = endpoint_for(target.host, target.port).write
+    for route in (messages.Route("nowhere", (("target", spec),), (), SOURCE_AUTHORITATIVE, 0),
+                  messages.Route(SOURCE, (("target", spec),), ("target",), "SOMETIMES", 0),
+                  messages.Route(SOURCE, (("target", spec),), ("mirror:x",), SOURCE_AUTHORITATIVE, 0),
+                  messages.Route(SOURCE, (("target", spec),), (), SOURCE_AUTHORITATIVE, 101)):
+        set_route(supervisor, it, route)
+    assert supervisor.running(it.id)
+    client = it.client()
+    assert client.set("still", "served") is True
+    assert source.client().get("still") == b"served" and target.client().get("still") is None
+    client.close()
+
+
 # --------------------------------------------------------------------------- dirty marks
 
 
