@@ -99,7 +99,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from eve.demo import run_demo
 
     _setup_logging("eve-demo", args.verbose, quiet=not args.verbose)
-    return run_demo(keys=args.keys)
+    return run_demo(keys=args.keys, offline=args.offline)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -168,8 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--no-progress", action="store_true", help="no progress bar")
     migrate.set_defaults(run=_cmd_migrate)
 
-    demo = commands.add_parser("demo", help="run a whole guided migration on embedded engines")
+    demo = commands.add_parser("demo", help="run a whole live migration on embedded engines")
     demo.add_argument("--keys", type=_positive, default=20_000, help="keys in the demo keyspace (default %(default)s)")
+    demo.add_argument("--offline", action="store_true",
+                      help="the offline strategy: no interlay, no application writing meanwhile")
     demo.set_defaults(run=_cmd_demo)
 
     verify = commands.add_parser("verify", help="compare a source and a target key by key (type, value, TTL)")

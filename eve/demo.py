@@ -1,17 +1,23 @@
-"""``eve demo``: the whole guided workflow on embedded engines, through the API.
+"""``eve demo``: a whole live migration on embedded engines, through the API.
 
 Starts a source and a target from the installed engines (Redis 7.0 from PATH
 when present, else Valkey 8.1, to Valkey 9.1), fills the source with a small
 but realistic keyspace, starts a coordinator on loopback, and drives a run
-through its gRPC API exactly as an operator would: endpoints, setup, prepare,
-review, approve, progress, verify, complete. Everything it starts, it stops.
+through its gRPC API exactly as an operator would: endpoints, an interlay,
+setup, prepare, review, approve, progress, catch-up, cutover, verify,
+complete. Meanwhile an "application" thread keeps writing through the
+interlay and counts what it was told succeeded; at the end the target must
+hold every one of those writes. ``offline=True`` runs the offline strategy
+instead (no interlay, no application). Everything it starts, it stops.
 """
 
 from __future__ import annotations
 
 import random
 import shutil
+import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -23,7 +29,9 @@ from eve.errors import ConfigError
 from eve.server import build_server
 from eve.store import Store
 from eve.v1 import endpoints_pb2 as epb
-from eve.v1 import endpoints_pb2_grpc, workflows_pb2_grpc
+from eve.interlay_supervisor import InterlaySupervisor
+from eve.v1 import endpoints_pb2_grpc, interlays_pb2_grpc, workflows_pb2_grpc
+from eve.v1 import interlays_pb2 as ipb
 from eve.v1 import workflows_pb2 as wpb
 from eve.workflow import Workflow
 
@@ -61,6 +69,63 @@ def _fill(url: str, keys: int, seed: int = 1) -> None:
     client.close()
 
 
+class _Application:
+    """Writes through the interlay as a web application would, and counts its page views:
+    every INCR it was told succeeded must be on the target after the cutover."""
+
+    def __init__(self, port: int) -> None:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        # No client-side retries: a retried INCR whose first try did land would count twice.
+        self.client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=10, retry=Retry(NoBackoff(), 0))
+        self.stop = threading.Event()
+        self.views = 0          # acknowledged INCRs of demo:page:views
+        self.unknown = 0        # INCRs answered with an error (outcome unknown)
+        self.commands = 0
+        self.thread = threading.Thread(target=self._run, name="demo-application", daemon=True)
+
+    def _run(self) -> None:
+        import redis
+
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            try:
+                self.client.incr("demo:page:views")
+                self.views += 1
+            except redis.RedisError:
+                self.unknown += 1
+            try:
+                pipe = self.client.pipeline(transaction=False)
+                pipe.hset(f"session:live:{n % 500}", mapping={"user": f"u{n % 97}", "seen": n})
+                pipe.expire(f"session:live:{n % 500}", 3600)
+                pipe.zincrby("leaderboard:live", 1, f"player:{n % 50}")
+                pipe.lpush("queue:live", n)
+                pipe.ltrim("queue:live", 0, 999)
+                pipe.execute()
+                self.commands += 6
+            except redis.RedisError:
+                pass
+            time.sleep(0.002)
+
+    def __enter__(self) -> "_Application":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+        self.client.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def _engines() -> tuple[str, str]:
     try:
         get_engine("redis-7.0")
@@ -83,7 +148,7 @@ def _wait(stub, run: str, states: set[int], on_tick=None, timeout: float = 300) 
         time.sleep(0.2)
 
 
-def run_demo(keys: int = DEFAULT_KEYS) -> int:
+def run_demo(keys: int = DEFAULT_KEYS, *, offline: bool = False) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
     from rich.table import Table
@@ -93,9 +158,11 @@ def run_demo(keys: int = DEFAULT_KEYS) -> int:
     source_engine, target_engine = _engines()
     state_dir = Path(tempfile.mkdtemp(prefix="eve-demo-"))
     servers: list[EmbeddedServer] = []
-    server = store = workflow = None
+    server = store = workflow = interlays = None
+    application: _Application | None = None
     try:
-        console.print(f"[bold]Eve demo[/]: {source_engine} -> {target_engine}")
+        console.print(f"[bold]Eve demo[/]: {'an offline' if offline else 'a live'} migration, "
+                      f"{source_engine} -> {target_engine}")
         servers.append(EmbeddedServer(get_engine(source_engine)))
         servers.append(EmbeddedServer(get_engine(target_engine)))
         source, target = servers
@@ -105,8 +172,10 @@ def run_demo(keys: int = DEFAULT_KEYS) -> int:
         console.print(f"  source filled with sessions, counters, leaderboards, queues, tags and streams "
                       f"({keys:,} writes)")
         store = Store(state_dir / "eve.db")
-        workflow = Workflow(store)
-        server = build_server(Coordinator(store), workflow=workflow)
+        interlays = InterlaySupervisor()
+        coordinator = Coordinator(store, interlays)
+        workflow = Workflow(store, interlays=interlays)
+        server = build_server(coordinator, workflow=workflow)
         port = server.add_insecure_port("127.0.0.1:0")
         server.start()
         console.print(f"  coordinator on 127.0.0.1:{port} (gRPC; try: grpcurl -plaintext 127.0.0.1:{port} list)")
@@ -117,9 +186,20 @@ def run_demo(keys: int = DEFAULT_KEYS) -> int:
             endpoints.CreateEndpoint(epb.CreateEndpointRequest(
                 endpoint=name, kind="redis", description=f"embedded {srv.engine.name}",
                 config=epb.EndpointConfig(target=epb.Connection(host=srv.host, port=srv.port))))
+        setup = wpb.RunSetup(source="demo-source", target="demo-target", strategy=wpb.OFFLINE,
+                             conflict_policy=wpb.REPLACE)
+        if not offline:
+            app_port = _free_port()
+            stub = interlays_pb2_grpc.InterlayServiceStub(channel)
+            stub.CreateInterlay(ipb.CreateInterlayRequest(id="demo-app", endpoint="demo-source", port=app_port))
+            stub.StartInterlay(ipb.StartInterlayRequest(id="demo-app"))
+            console.print(f"  interlay on 127.0.0.1:{app_port}: the application writes there, not to the source")
+            application = _Application(app_port).__enter__()
+            setup = wpb.RunSetup(source="demo-source", target="demo-target", strategy=wpb.ONLINE_CUTOVER,
+                                 interlay="demo-app", conflict_policy=wpb.REPLACE,
+                                 write_consistency=wpb.SOURCE_AUTHORITATIVE)
         run = runs.CreateRun(wpb.CreateRunRequest(id="demo", description="eve demo")).id
-        runs.SubmitSetup(wpb.SubmitSetupRequest(run=run, setup=wpb.RunSetup(
-            source="demo-source", target="demo-target", strategy=wpb.OFFLINE, conflict_policy=wpb.REPLACE)))
+        runs.SubmitSetup(wpb.SubmitSetupRequest(run=run, setup=setup))
         console.print("[bold]prepare[/]: compatibility checks, keyspace analysis, test run")
         runs.Prepare(wpb.PrepareRequest(run=run))
         record = _wait(runs, run, {wpb.READY})
@@ -162,24 +242,52 @@ def run_demo(keys: int = DEFAULT_KEYS) -> int:
                 bar.update(task, completed=metrics.keys_scanned, total=metrics.source_keys or None,
                            rate=f"{metrics.keys_per_second:,.0f}")
 
-            record = _wait(runs, run, {wpb.CUT_OVER}, on_tick=tick)
+            record = _wait(runs, run, {wpb.CUT_OVER, wpb.SYNCING}, on_tick=tick)
         if record.state == wpb.FAILED:
             console.print(f"[red]copy failed[/]: {record.failure_reason}")
             return 1
         metrics = runs.GetMetrics(wpb.GetMetricsRequest(run=run))
+        console.print(f"[bold]bulk copy[/]: {metrics.keys_scanned:,} keys scanned, {metrics.keys_restored:,} "
+                      f"restored, {metrics.keys_failed} failed at {metrics.keys_per_second:,.0f} keys/s")
+        if application is not None:
+            if not _wait_in_sync(runs, run):
+                console.print(f"[red]catch-up failed[/]: {runs.GetRun(wpb.GetRunRequest(run=run)).failure_reason}")
+                return 1
+            live = runs.GetMetrics(wpb.GetMetricsRequest(run=run))
+            console.print(f"[bold]in sync[/]: {live.keys_recopied:,} keys the application wrote meanwhile "
+                          f"re-copied; writes now reach both sides ({live.dirty_backlog} dirty keys waiting)")
+            time.sleep(1.0)
+            cut = runs.SetTraffic(wpb.SetTrafficRequest(run=run, read_percent_target=100, cutover_writes=True))
+            console.print(f"[bold]cutover[/]: run {wpb.RunState.Name(cut.state)}; the target is authoritative, "
+                          "the source follows in reverse until Complete")
+            time.sleep(1.0)
+            application.__exit__()
         report = runs.Verify(wpb.VerifyRequest(run=run))
         done = runs.Complete(wpb.CompleteRequest(run=run, notes="verified by eve demo"))
         events = list(runs.SubscribeEvents(wpb.SubscribeEventsRequest(run=run), timeout=30))
+        ok = report.clean and done.state == wpb.COMPLETED
+        if application is not None:
+            import redis
+
+            views = int(redis.Redis(host=target.host, port=target.port).get("demo:page:views") or 0)
+            kept = application.views <= views <= application.views + application.unknown
+            ok = ok and kept
+            console.print(f"[bold]application[/]: {application.commands + application.views:,} writes through the "
+                          f"interlay during the run; {application.views:,} page views acknowledged, "
+                          f"{views:,} on the target: {'none lost' if kept else '[red]writes lost[/]'}")
+            interlays_pb2_grpc.InterlayServiceStub(channel).StopInterlay(ipb.StopInterlayRequest(id="demo-app"))
         channel.close()
-        console.print(f"[bold]report[/]: run {run} {wpb.RunState.Name(done.state)}; "
-                      f"{metrics.keys_scanned:,} keys scanned, {metrics.keys_restored:,} restored, "
-                      f"{metrics.keys_failed} failed at {metrics.keys_per_second:,.0f} keys/s; verification "
+        console.print(f"[bold]report[/]: run {run} {wpb.RunState.Name(done.state)}; verification "
                       f"{'clean' if report.clean else 'found differences'} over {report.keys_compared:,} keys; "
                       f"{len(events)} events; {time.monotonic() - started:.1f}s in all")
-        return 0 if report.clean and done.state == wpb.COMPLETED else 1
+        return 0 if ok else 1
     finally:
+        if application is not None:
+            application.__exit__()
         if workflow is not None:
             workflow.shutdown()
+        if interlays is not None:
+            interlays.stop_all()
         if server is not None:
             server.stop(None)
         if store is not None:
@@ -188,3 +296,20 @@ def run_demo(keys: int = DEFAULT_KEYS) -> int:
             srv.stop()
         shutil.rmtree(state_dir, ignore_errors=True)
 
+
+def _wait_in_sync(runs, run: str, timeout: float = 120) -> bool:
+    """True once the run's events say it is in sync; False when it failed or took too long."""
+    deadline = time.monotonic() + timeout
+    after = 0
+    while time.monotonic() < deadline:
+        try:
+            for event in runs.SubscribeEvents(wpb.SubscribeEventsRequest(run=run, after_seq=after), timeout=1.0):
+                after = event.seq
+                if event.type == "live" and event.message.startswith("in sync"):
+                    return True
+                if event.state == wpb.FAILED:
+                    return False
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+    return False

@@ -9,6 +9,7 @@ authoritative side to every other side until the backlog is small and steady:
     DirtyKeySync workers: take -> DUMP + PTTL on the authoritative side
                                 -> RESTORE key <abs expiry> payload ABSTTL REPLACE on every other side
                                    (DEL when the key is gone: DUMP nil or PTTL -2)
+                                -> where the payload is refused: a logical copy (eve.logical)
                           -> done
 
 Why this converges without a stale copy landing last: a key is in flight at most
@@ -23,8 +24,22 @@ so they win over the conflict policy (DESIGN.md 6.2). Expiry is absolute, comput
 from PTTL when it is read (DESIGN.md 4.3); a key whose expiry passed before it is
 written is deleted on the other sides rather than created.
 
-Who failed, per key: a reply that refuses the key (a DUMP payload of a newer RDB
-format, a cluster side asked for db 3, ...) is a ``RecopyFailure`` handed to
+When a side refuses a payload (``restorer.worker.classify``'s payload-refused case:
+"DUMP payload version or checksum are wrong", "Bad data format"), the key is copied
+to it logically instead (``eve.logical``): read on the authoritative side by one
+script (type, PTTL and value, atomically), written with one MULTI: DEL, the type's
+own commands, PEXPIREAT, EXEC. This is reverse sync after cutover from a newer
+engine (Valkey 9, Redis 8.2) to an older source (Redis 7.0, Valkey 8.1), whose
+RESTORE refuses every payload of the newer RDB format: a side that refused one for
+its version is remembered (per worker thread, while its connections last) and
+later batches go to it logically at once, without a RESTORE first. A key gone by
+the time of the logical read is deleted on that side. Stream consumer groups are
+not carried: the side's copy of such a stream has none (logged). A key of a module
+type cannot be copied logically: its ``RecopyFailure`` says so.
+``RecopyResult.logical`` counts the keys copied logically.
+
+Who failed, per key: a reply that refuses the key (a module-type key whose payload
+the side refuses, a cluster side asked for db 3, ...) is a ``RecopyFailure`` handed to
 ``on_error``; the key leaves the backlog and becomes an error key of the run.
 Redirections (MOVED/ASK) are followed; LOADING, BUSY, TRYAGAIN, CLUSTERDOWN,
 MASTERDOWN, READONLY and OOM are retried with backoff, then are failures. A side
@@ -50,10 +65,13 @@ from eve.connections import handshake, open_socket
 from eve.endpoints import ConnectionSpec
 from eve.errors import AuthError, ConfigError, EndpointError, SourceError, UnavailableError
 from eve.frames import ErrorKeyRow
+from eve.logical import (LogicalCopyError, LogicalValue, UnsupportedTypeError, check_write, pack_read, pack_write,
+                         parse_read)
 from eve.topology import SlotMap, cluster_masters, info_section, is_cluster, node_spec
 from eve.wire import FastConnection, ReplyError, pack
 from restorer.rdb import payload_type
-from restorer.worker import classify
+# The texts of classify's payload-refused case, so the fallback matches it exactly.
+from restorer.worker import classify, payload_refused
 
 __all__ = [
     "ALL_DBS",
@@ -86,6 +104,7 @@ _DUMP = b"*2\r\n$4\r\nDUMP\r\n$%d\r\n%b\r\n"
 _PTTL = b"*2\r\n$4\r\nPTTL\r\n$%d\r\n%b\r\n"
 _DEL = b"*2\r\n$3\r\nDEL\r\n$%d\r\n%b\r\n"
 _OK = b"OK"
+_NEWER_FORMAT = "payload version or checksum"   # a RESTORE refusal that every payload will get
 
 Item = tuple[int, bytes]
 
@@ -323,19 +342,23 @@ class RecopyFailure:
 
 @dataclass
 class RecopyResult:
-    """Per key: copied (RESTOREd on every other side), deleted (gone on the authoritative
-    side, or expired, and deleted on every other side), or failed (any side refused it)."""
+    """Per key: copied (RESTOREd or copied logically on every other side), deleted (gone on
+    the authoritative side, or expired, and deleted on every other side), or failed (any
+    side refused it). ``logical`` counts the copied keys that went to at least one side by a
+    logical copy (that side refuses the authoritative side's DUMP payloads)."""
 
     copied: int = 0
     deleted: int = 0
     failed: int = 0
     failures: list[RecopyFailure] = field(default_factory=list)
+    logical: int = 0
 
     def add(self, other: "RecopyResult") -> None:
         self.copied += other.copied
         self.deleted += other.deleted
         self.failed += other.failed
         self.failures.extend(other.failures)
+        self.logical += other.logical
 
 
 @dataclass(frozen=True)
@@ -442,8 +465,9 @@ class _Side:
     def _retrying(self, address: str, call: Callable[[FastConnection], Any]) -> Any:
         """``call(conn)``, reopening the connection with backoff while the node is unreachable.
 
-        Everything sent here is idempotent (DUMP, PTTL, RESTORE ... REPLACE, DEL), so a
-        pipeline whose connection dropped is simply sent again."""
+        Everything sent here is idempotent (DUMP, PTTL, RESTORE ... REPLACE, DEL, the
+        logical read's EVAL and write's MULTI ... EXEC), so a pipeline whose connection
+        dropped is simply sent again."""
         deadline: float | None = None
         delay = RECONNECT_FIRST_DELAY
         while True:
@@ -594,6 +618,9 @@ class _Copier:
         self.options = options
         self.authoritative = _Side(options.authoritative, "authoritative side", options, stopping)
         self.others = [_Side(spec, "copy target", options, stopping) for spec in options.others]
+        # Addresses of the sides that refused a payload of the authoritative side for its RDB
+        # version: they would refuse every one, so their keys are copied logically, no RESTORE first.
+        self.logical_sides: set[str] = set()
 
     def close(self) -> None:
         for side in (self.authoritative, *self.others):
@@ -612,82 +639,209 @@ class _Copier:
         return result
 
     def _recopy_db(self, db: int, keys: list[bytes], result: RecopyResult) -> None:
-        options = self.options
         auth = self.authoritative
         auth.connect()
-        failures: dict[bytes, list[RecopyFailure]] = {}
-
-        def fail(side: _Side, node: str, key: bytes, payload: bytes | None, reason: str, attempts: int = 1) -> None:
-            failures.setdefault(key, []).append(RecopyFailure(
-                db, key, side.address, node, payload_type(payload) if payload else "unknown",
-                len(payload) if payload else 0, reason, attempts))
-
+        batch = _Batch(db)
         if auth.cluster and db != 0:
             for key in keys:
-                fail(auth, auth.address, key, None, f"the authoritative side is a cluster: it has only db 0, "
+                batch.fail(auth, auth.address, key, f"the authoritative side is a cluster: it has only db 0, "
                                                     f"the key was marked in db {db}")
-            _tally(keys, {}, failures, result)
+            batch.tally(keys, result)
             return
+        logical: dict[_Side, list[bytes]] = {}   # side -> keys to copy to it logically
+        known = [side for side in self.others if side.address in self.logical_sides]
+        restoring = [side for side in self.others if side not in known]
+        todo = keys
+        if restoring:   # else no DUMP: every side copies logically
+            rows = self._read_dumps(db, keys, batch)
+            todo = [key for key in keys if key in rows]
+            for side in restoring:
+                if todo and not self._refuses_db(side, db, todo, batch):
+                    refused = self._restore(side, db, todo, rows, batch)
+                    if refused:
+                        logical[side] = refused
+        for side in known:
+            if todo and not self._refuses_db(side, db, todo, batch):
+                logical[side] = todo
+        if logical:
+            self._copy_logically(db, logical, batch)
+        batch.tally(keys, result)
+
+    # -- DUMP / RESTORE ----------------------------------------------------------
+
+    def _read_dumps(self, db: int, keys: list[bytes], batch: _Batch) -> dict[bytes, tuple[int, bytes | None]]:
+        """DUMP + PTTL on the authoritative side: key -> (absolute expiry or 0, payload or None
+        when the key is gone). Keys whose read was refused are failed, not in the result."""
+        auth = self.authoritative
         replies = auth.execute(db, keys, [(_DUMP % (len(key), key), _PTTL % (len(key), key)) for key in keys])
         now_ms = time.time_ns() // 1_000_000
-        # key -> (expiry, payload); payload None: delete on the other sides
         rows: dict[bytes, tuple[int, bytes | None]] = {}
         for key, (node, (payload, pttl)) in zip(keys, replies):
             if isinstance(payload, ReplyError) or isinstance(pttl, ReplyError):
                 error = payload if isinstance(payload, ReplyError) else pttl
-                fail(auth, node, key, None, f"DUMP/PTTL refused on the authoritative side: {error}",
-                     options.max_attempts if str(error).startswith(_TRANSIENT_PREFIXES) else 1)
+                batch.fail(auth, node, key, f"DUMP/PTTL refused on the authoritative side: {error}",
+                           self._attempts(str(error)))
             elif payload is None or pttl == -2:
                 # Gone since it was marked (deleted, expired, renamed away): delete it everywhere.
                 rows[key] = (0, None)
-            elif isinstance(pttl, int) and pttl >= 0 and options.preserve_ttl:
-                rows[key] = (now_ms + pttl, payload)
             else:
-                rows[key] = (0, payload)
-        todo = [key for key in keys if key in rows]
-        deleted: dict[bytes, bool] = {}
-        for side in self.others:
-            if not todo:
-                break
-            side.connect()
-            if side.cluster and db != 0:
-                for key in todo:
-                    fail(side, side.address, key, rows[key][1],
-                         f"{side.address} is a cluster: it has only db 0, the key is in db {db}")
-                continue
-            now_ms = time.time_ns() // 1_000_000
-            jobs = []
-            for key in todo:
-                expiry, payload = rows[key]
-                if payload is None or (expiry and expiry <= now_ms):
-                    # A key whose expiry passed in transit is deleted, not created (DESIGN.md 4.3).
-                    jobs.append((_DEL % (len(key), key),))
-                    deleted[key] = True
-                elif expiry:
-                    jobs.append((pack("RESTORE", key, expiry, payload, "ABSTTL", "REPLACE"),))
+                batch.payloads[key] = payload
+                rows[key] = (now_ms + pttl if isinstance(pttl, int) and pttl >= 0 and self.options.preserve_ttl
+                             else 0, payload)
+        return rows
+
+    def _restore(self, side: _Side, db: int, keys: list[bytes], rows: dict[bytes, tuple[int, bytes | None]],
+                 batch: _Batch) -> list[bytes]:
+        """RESTORE ... REPLACE (or DEL) on ``side``; returns the keys it refused for their payload."""
+        now_ms = time.time_ns() // 1_000_000
+        jobs = []
+        deleting: set[bytes] = set()
+        for key in keys:
+            expiry, payload = rows[key]
+            if payload is None or (expiry and expiry <= now_ms):
+                # A key whose expiry passed in transit is deleted, not created (DESIGN.md 4.3).
+                jobs.append((_DEL % (len(key), key),))
+                deleting.add(key)
+            elif expiry:
+                jobs.append((pack("RESTORE", key, expiry, payload, "ABSTTL", "REPLACE"),))
+            else:
+                jobs.append((pack("RESTORE", key, 0, payload, "REPLACE"),))
+        refused: list[bytes] = []
+        for key, (node, (reply,)) in zip(keys, side.execute(db, keys, jobs)):
+            if isinstance(reply, ReplyError):
+                message = str(reply)
+                if payload_refused(message):
+                    refused.append(key)
+                    self._learn_format_refusal(side, message)
                 else:
-                    jobs.append((pack("RESTORE", key, 0, payload, "REPLACE"),))
-            for key, (node, (reply,)) in zip(todo, side.execute(db, todo, jobs)):
-                if isinstance(reply, ReplyError):
-                    message = str(reply)
-                    _kind, reason = classify(message)
-                    attempts = options.max_attempts if message.startswith(_TRANSIENT_PREFIXES) else 1
-                    fail(side, node, key, rows[key][1], reason, attempts)
-                elif not deleted.get(key) and reply != _OK:
-                    fail(side, node, key, rows[key][1], f"unexpected reply to RESTORE: {reply!r:.200}")
-        _tally(keys, deleted, failures, result)
+                    batch.fail(side, node, key, classify(message)[1], self._attempts(message))
+            elif key not in deleting and reply != _OK:
+                batch.fail(side, node, key, f"unexpected reply to RESTORE: {reply!r:.200}")
+        batch.deleted |= deleting
+        return refused
+
+    def _learn_format_refusal(self, side: _Side, message: str) -> None:
+        # "Bad data format" can be one payload (a module type the side lacks): only a version
+        # refusal says that every payload of the authoritative side will be refused.
+        if _NEWER_FORMAT in message and side.address not in self.logical_sides:
+            self.logical_sides.add(side.address)
+            log.info("sync: %s %s refuses the DUMP payloads of %s (%s); its keys are copied logically from "
+                     "now on", side.role, side.address, self.authoritative.address, message)
+
+    # -- logical copy ------------------------------------------------------------
+
+    def _copy_logically(self, db: int, by_side: dict[_Side, list[bytes]], batch: _Batch) -> None:
+        """Read each key once with eve.logical on the authoritative side and write it on the
+        sides that need it (MULTI, DEL, the value, PEXPIREAT, EXEC), or DEL it where it is gone."""
+        values = self._read_logical(db, list(dict.fromkeys(key for keys in by_side.values() for key in keys)),
+                                    batch)
+        now_ms = time.time_ns() // 1_000_000
+        noted: list[tuple[bytes, str]] = []
+        for side, keys in by_side.items():
+            jobs: list[tuple[bytes, ...]] = []
+            sent: list[bytes] = []
+            writing: dict[bytes, LogicalValue] = {}    # the others are DELs
+            for key in keys:
+                found = values.get(key)
+                if found is None:
+                    continue    # the read was refused: the key is failed already
+                if isinstance(found, UnsupportedTypeError):
+                    batch.fail(side, side._owner(key), key, _logical_failure(side, found), type_name=found.type)
+                    continue
+                expiry, value = found
+                if value is None or (expiry and expiry <= now_ms):
+                    jobs.append((_DEL % (len(key), key),))
+                    batch.deleted.add(key)
+                else:
+                    jobs.append(pack_write(key, value, expiry))
+                    writing[key] = value
+                sent.append(key)
+            for key, (node, replies) in zip(sent, side.execute(db, sent, jobs)):
+                value = writing.get(key)
+                if value is None:
+                    if isinstance(replies[0], ReplyError):
+                        message = str(replies[0])
+                        batch.fail(side, node, key, classify(message)[1], self._attempts(message))
+                    continue
+                try:
+                    check_write(replies)
+                except LogicalCopyError as exc:
+                    batch.fail(side, node, key, _logical_failure(side, exc), self._attempts(exc.reply or ""),
+                               type_name=value.type)
+                    continue
+                batch.logical.add(key)
+                noted.extend((key, note) for note in value.notes)
+        if noted:
+            log.warning("sync: %d keys copied logically lost what a logical copy does not carry (first: %r: %s)",
+                        len(noted), noted[0][0][:100], noted[0][1])
+
+    def _read_logical(self, db: int, keys: list[bytes],
+                      batch: _Batch) -> dict[bytes, tuple[int, LogicalValue | None] | UnsupportedTypeError]:
+        """key -> (absolute expiry or 0, value or None when gone), or the reason it has no logical
+        form (a module type). Keys whose read was refused are failed, not in the result."""
+        auth = self.authoritative
+        replies = auth.execute(db, keys, [(pack_read(key),) for key in keys])
+        now_ms = time.time_ns() // 1_000_000
+        values: dict[bytes, tuple[int, LogicalValue | None] | UnsupportedTypeError] = {}
+        for key, (node, (reply,)) in zip(keys, replies):
+            try:
+                value = parse_read(reply)
+            except UnsupportedTypeError as exc:
+                values[key] = exc
+            except LogicalCopyError as exc:
+                batch.fail(auth, node, key, f"logical copy failed: {exc}", self._attempts(exc.reply or ""))
+            else:
+                values[key] = (value.expiry(now_ms) if value is not None and self.options.preserve_ttl else 0,
+                               value)
+        return values
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _refuses_db(self, side: _Side, db: int, keys: list[bytes], batch: _Batch) -> bool:
+        """A cluster side has only db 0: the keys of another db fail there."""
+        side.connect()
+        if side.cluster and db != 0:
+            for key in keys:
+                batch.fail(side, side.address, key, f"{side.address} is a cluster: it has only db 0, "
+                                                    f"the key is in db {db}")
+            return True
+        return False
+
+    def _attempts(self, message: str) -> int:
+        return self.options.max_attempts if message.startswith(_TRANSIENT_PREFIXES) else 1
 
 
-def _tally(keys: list[bytes], deleted: dict[bytes, bool], failures: dict[bytes, list[RecopyFailure]],
-           result: RecopyResult) -> None:
-    for key in keys:
-        if key in failures:
-            result.failed += 1
-            result.failures.extend(failures[key])
-        elif deleted.get(key):
-            result.deleted += 1
-        else:
-            result.copied += 1
+@dataclass
+class _Batch:
+    """What one ``_recopy_db`` found, per key, until ``tally`` counts it."""
+
+    db: int
+    failures: dict[bytes, list[RecopyFailure]] = field(default_factory=dict)
+    deleted: set[bytes] = field(default_factory=set)       # a DEL was sent for it (gone or expired)
+    logical: set[bytes] = field(default_factory=set)       # written logically to at least one side
+    payloads: dict[bytes, bytes] = field(default_factory=dict)  # DUMP payloads: type and size of failures
+
+    def fail(self, side: _Side, node: str, key: bytes, reason: str, attempts: int = 1,
+             type_name: str | None = None) -> None:
+        payload = self.payloads.get(key)
+        self.failures.setdefault(key, []).append(RecopyFailure(
+            self.db, key, side.address, node, type_name or (payload_type(payload) if payload else "unknown"),
+            len(payload) if payload else 0, reason, attempts))
+
+    def tally(self, keys: list[bytes], result: RecopyResult) -> None:
+        for key in keys:
+            if key in self.failures:
+                result.failed += 1
+                result.failures.extend(self.failures[key])
+            elif key in self.deleted:
+                result.deleted += 1
+            else:
+                result.copied += 1
+                result.logical += key in self.logical
+
+
+def _logical_failure(side: _Side, exc: LogicalCopyError) -> str:
+    return f"logical copy failed ({side.address} refuses the DUMP payload): {exc}"
 
 
 class DirtyKeySync:
@@ -735,7 +889,7 @@ class DirtyKeySync:
 
     def recopy(self, items: list[Item]) -> RecopyResult:
         """DUMP+PTTL on the authoritative side, then RESTORE ... ABSTTL REPLACE (or DEL) on
-        every other side. Raises UnavailableError/AuthError when a side cannot be used;
+        every other side, or a logical copy where the payload is refused. Raises UnavailableError/AuthError when a side cannot be used;
         per-key refusals are in the result (and passed to ``on_error``)."""
         result = self._copier().recopy(items)
         with self._lock:

@@ -64,7 +64,7 @@ from restorer.options import RestorerOptions
 from restorer.policies import CONFLICT, RESTORED, conflict_handling
 from restorer.rdb import payload_type
 
-__all__ = ["classify", "main", "run_restorer"]
+__all__ = ["classify", "main", "payload_refused", "run_restorer"]
 
 logger = logging.getLogger("eve.restorer")
 
@@ -99,11 +99,17 @@ class _Reroute(Exception):
     """A cluster node is gone from the slot map: its rows must be routed again."""
 
 
+def payload_refused(message: str) -> bool:
+    """The reply says the server cannot read the DUMP payload (a newer RDB format, or a
+    module type it does not have): the key needs a logical copy."""
+    return any(text in message for text in _PAYLOAD_REFUSED)
+
+
 def classify(message: str) -> tuple[str, str]:
     """(kind, reason) for an error reply to RESTORE; the reason is what an error key says."""
     if message.startswith("BUSYKEY"):
         return BUSYKEY, message
-    if any(text in message for text in _PAYLOAD_REFUSED):
+    if payload_refused(message):
         return PERMANENT, f"target refused the DUMP payload (RDB format of a newer server?): {message}"
     if message.startswith("OOM"):
         return TRANSIENT, f"target out of memory (maxmemory): {message}"
