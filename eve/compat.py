@@ -572,6 +572,12 @@ _TARGET_LOGICAL = [("set", ("SET", _K, "v")), ("hset", ("HSET", _K, "f", "v")), 
                    ("xadd", ("XADD", _K, "*", "f", "v")), ("rename", ("RENAME", _K, _K + ":tmp"))]
 _TARGET_SCRIPTS = [("evalsha", ("EVALSHA", "0" * 40, "0")), ("eval", ("EVAL", "return 1", "0")),
                    ("script load", ("SCRIPT", "LOAD", "return 1"))]
+# Online runs: both sides are read and written by the re-copy loop (the source is
+# written once writes are cut over), through each endpoint's write connection.
+_LIVE = [("dump", ("DUMP", _K)), ("pttl", ("PTTL", _K)), ("restore", ("RESTORE", _K, "0", "x")),
+         ("del", ("DEL", _K)), ("pexpireat", ("PEXPIREAT", _K, "0")), ("eval", ("EVAL", "return 1", "0"))]
+_NOTIFICATIONS = [("config set", ("CONFIG", "SET", "notify-keyspace-events", "")),
+                  ("psubscribe", ("PSUBSCRIBE", "__keyspace@*__:*"))]
 _ADMIN = [("info", ("INFO", "server")), ("config get", ("CONFIG", "GET", "maxmemory"))]
 _ADMIN_CLUSTER = [("cluster slots", ("CLUSTER", "SLOTS"))]
 
@@ -781,13 +787,16 @@ def check_compatibility(source: EndpointConfig, target: EndpointConfig, *, mirro
                         interlay_listeners: int | None = None, mode: str | DataMovementMode = "AUTO",
                         conflict_policy: str | None = None, timeout: float = DEFAULT_TIMEOUT,
                         source_name: str | None = None, target_name: str | None = None,
-                        mirror_names: Sequence[str] | None = None) -> list[CompatIssue]:
+                        mirror_names: Sequence[str] | None = None, online: bool = False,
+                        keyspace_notifications: bool = False) -> list[CompatIssue]:
     """The compatibility issues between a source and its target(s); empty when they fit.
 
     ``mode`` is the run's data movement mode; ``conflict_policy`` (when known)
-    decides whether the target user needs scripting for MERGE. Names, when given,
-    appear in messages and evidence ("target 'cache-new'"); otherwise "source",
-    "target", "mirror target 1", ...
+    decides whether the target user needs scripting for MERGE. ``online``: the
+    re-copy loop of a live run reads and writes every side through its write
+    connection (the source too, after the cutover), and ``keyspace_notifications``
+    subscribes on the source. Names, when given, appear in messages and evidence
+    ("target 'cache-new'"); otherwise "source", "target", "mirror target 1", ...
     """
     mode = _mode(mode)
     policy = str(getattr(conflict_policy, "value", conflict_policy)).upper() if conflict_policy else None
@@ -816,6 +825,10 @@ def check_compatibility(source: EndpointConfig, target: EndpointConfig, *, mirro
         logical = True if mode == DataMovementMode.LOGICAL.value or any_refused else (
             False if mode == DataMovementMode.DUMP_RESTORE.value else None)
         issues += _source_acl(src_side, logical)
+        if online:
+            for side in sides:
+                extra = _NOTIFICATIONS if keyspace_notifications and side is src_side else []
+                issues += _acl_issues(side, "write", [*_LIVE, *extra])
     finally:
         for side in sides:
             side.close()

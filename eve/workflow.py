@@ -278,13 +278,16 @@ class Workflow:
         try:
             source, target = self._config(setup["source"]), self._config(setup["target"])
             mirrors = [self._config(m) for m in setup["mirror_targets"]]
-            # The interlay's listener count is known once it runs: until interlays are
-            # started by the coordinator the check is skipped (None).
+            # The interlay's listener count is known once it runs (else the check is skipped).
+            listeners = None
+            if setup["interlay"] and self.interlays is not None and self.interlays.running(setup["interlay"]):
+                listeners = len(self.interlays.status(setup["interlay"]).ports)
             self._event(run_id, "prepare", "compatibility checks started")
-            found = check_compatibility(source, target, mirrors=mirrors, interlay_listeners=None,
+            found = check_compatibility(source, target, mirrors=mirrors, interlay_listeners=listeners,
                                         mode=setup["mode"], conflict_policy=setup["conflict_policy"],
                                         source_name=setup["source"], target_name=setup["target"],
-                                        mirror_names=setup["mirror_targets"])
+                                        mirror_names=setup["mirror_targets"], online=_online(setup),
+                                        keyspace_notifications=setup.get("keyspace_notifications", False))
             issues = []
             for index, issue in enumerate(found, start=1):
                 issues.append({"id": f"{index}-{issue.code.lower()}", "code": issue.code, "blocking": issue.blocking,

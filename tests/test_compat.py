@@ -201,3 +201,18 @@ def test_dump_probe_on_a_source_that_cannot_write(server_factory):
     assert dump.blocking and "existing source key" in dump.evidence["probe"]
     assert (dump.evidence["source_rdb_version"], dump.evidence["target_rdb_version"]) == ("12", "11")
     assert source.client().dbsize() == 5 and target.client().dbsize() == 0
+
+
+def test_online_runs_need_writes_on_the_source(server_factory):
+    """After a cutover the re-copy loop writes to the source: its write user must be allowed to."""
+    source, target = server_factory("valkey-8.1"), server_factory("valkey-8.1")
+    source.client().execute_command("ACL", "SETUSER", "reader", "on", ">pw", "~*", "&*", "+@all", "-@write",
+                                    "-config|set")
+    config = endpoint(source, write_user=("reader", "pw"))
+    assert check_compatibility(config, endpoint(target)) == [], "an offline run only reads the source"
+    issues = check_compatibility(config, endpoint(target), online=True, keyspace_notifications=True)
+    assert_jsonable(issues)
+    issue = only(issues, "ACL_MISSING_COMMANDS")
+    assert issue.blocking and issue.evidence["role"] == "write" and issue.evidence["endpoint"] == "source"
+    assert set(issue.evidence["missing_commands"].split(", ")) == {"restore", "del", "pexpireat", "config set"}
+    assert check_compatibility(endpoint(source), endpoint(target), online=True, keyspace_notifications=True) == []
