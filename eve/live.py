@@ -268,8 +268,10 @@ class LiveRun:
             settled = self.interlays.pause(options.interlay_id, options.pause_seconds)
             try:
                 if not settled:
-                    log.warning("run %s: some replies were still in flight after %.1fs; their clients were "
-                                "closed", options.run_id, options.pause_seconds)
+                    # A write still in flight could land on either side after the flip: its
+                    # outcome would decide which value the re-copy spreads. Not now, then.
+                    raise StateError(f"replies were still in flight after {options.pause_seconds:g}s (a slow "
+                                     f"side?); clients resumed on the {self.authoritative}, try again")
                 if not self.barrier():
                     raise StateError("the interlay did not report its last dirty keys in time")
                 self.reconcile_if_needed()

@@ -335,6 +335,12 @@ class Backend(asyncio.Protocol):
             self.transport.close()
         pending, self.pending = self.pending, deque()
         self._cancel_internal(pending)
+        for sink, count, _, _ in pending:
+            # A dual write waits for every reply, even when its client is gone: an
+            # abandoned one is a failed one (its keys are re-copied), not a hang.
+            if getattr(sink, "waits_for_replies", False):
+                sink.backend_failed(self, count, _error_frame(f"ERR interlay: connection to {self.node.address} "
+                                                              "closed before the reply"))
 
     def _cancel_internal(self, pending: deque) -> None:
         """The interlay's own commands that will get no reply (the command table) are told so."""

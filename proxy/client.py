@@ -460,7 +460,7 @@ class Client(asyncio.Protocol):
         tracking = proxy.tracking
         router = proxy.router
         routing = router.active
-        if self.pinned is None and self.authenticated and not tracking and not routing:
+        if self.pinned is None and self.authenticated and not tracking and not routing and not proxy.paused:
             # The hot path: only stateless requests, all complete.
             count = self.scanner.scan_forwardable(buf, kinds, SHARED)
             if count:

@@ -243,6 +243,7 @@ class DualWrite:
     __slots__ = ("client", "router", "marks", "left", "reply", "failure", "announce")
     stream_to = None   # a client's ``current`` may be a DualWrite: nothing streams through it
     transport = None
+    waits_for_replies = True   # told by Backend.close when its connection goes
 
     def __init__(self, client: Client, router: Router, marks: list) -> None:
         self.client = client
@@ -299,6 +300,7 @@ class MirrorReply:
     """The reply sink of one dual write on one other side."""
 
     __slots__ = ("dual", "side", "node", "protocol", "slot", "raw", "retried")
+    waits_for_replies = True
 
     def __init__(self, dual: DualWrite, side: str, node: Node, protocol: int, slot: int, raw: bytes) -> None:
         self.dual = dual

@@ -612,3 +612,25 @@ def test_dual_write_marks_after_every_side_answered(pair, supervisor, interlay) 
     assert target_client.mget("held", "held-n") == [b"1", b"1"]
     assert marked == {(0, b"held"), (0, b"held-n")}
     client.close()
+
+
+def test_a_dual_write_abandoned_with_its_client_does_not_hold_a_pause(pair, supervisor, interlay) -> None:
+    """A pinned client leaves while its dual write waits: the write counts as failed (its
+    keys re-copied) and a cutover's pause still settles, instead of waiting for ever."""
+    source, target = pair
+    it = interlay(source)
+    keys = DirtyKeys()
+    supervisor.track_dirty(it.id, keys)
+    set_route(supervisor, it, live_route(target))
+    for server in (source, target):
+        server.client().execute_command("CLIENT", "PAUSE", 800, "WRITE")
+    sock = it.raw()
+    sock.sendall(encode_command("CLIENT", "SETNAME", "leaving") + encode_command("SET", "abandoned", "v"))
+    assert recv_exactly(sock, 5) == b"+OK\r\n"  # SETNAME: the client is pinned from here on
+    time.sleep(0.1)  # the SET reaches both (paused) sides
+    sock.close()
+    assert supervisor.pause(it.id, timeout=3.0), "the abandoned dual write held the pause"
+    supervisor.resume(it.id)
+    # Its outcome is unknown (the paused source may drop a command of a closed connection):
+    # marked dirty, the re-copy makes the sides agree either way.
+    assert (0, b"abandoned") in drain(supervisor, it, keys)
