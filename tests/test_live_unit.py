@@ -64,6 +64,13 @@ def live_run(source, target, interlays, **options) -> LiveRun:
     return run
 
 
+def in_sync(run: LiveRun) -> LiveRun:
+    run.start_tracking()
+    run.start_sync()
+    run.go_in_sync()
+    return run
+
+
 def test_cutover_drains_flips_and_syncs_back(sides):
     source, target = sides
     interlays = RecordingInterlays()
@@ -87,10 +94,7 @@ def test_cutover_drains_flips_and_syncs_back(sides):
 def test_cutover_aborts_when_clients_do_not_settle(sides):
     source, target = sides
     interlays = RecordingInterlays(settles=False)
-    run = live_run(source, target, interlays)
-    run.start_tracking()
-    run.start_sync()
-    run.go_in_sync()
+    run = in_sync(live_run(source, target, interlays))
     with pytest.raises(StateError, match="still in flight"):
         run.cutover()
     assert run.authoritative == "source" and interlays.calls[-1] == ("resume",)
@@ -101,10 +105,7 @@ def test_cutover_aborts_when_clients_do_not_settle(sides):
 def test_cutover_aborts_when_the_backlog_cannot_drain(sides):
     source, target = sides
     interlays = RecordingInterlays()
-    run = live_run(source, target, interlays, drain_seconds=1.0)
-    run.start_tracking()
-    run.start_sync()
-    run.go_in_sync()
+    run = in_sync(live_run(source, target, interlays, drain_seconds=1.0))
     target.stop()
     source.client().set("stuck", "1")
     run.dirty.mark(0, b"stuck")
@@ -118,10 +119,7 @@ def test_cutover_aborts_when_the_backlog_cannot_drain(sides):
 def test_an_interlay_that_died_is_noticed_and_rollback_goes_on_without_it(sides):
     source, target = sides
     interlays = RecordingInterlays()
-    run = live_run(source, target, interlays)
-    run.start_tracking()
-    run.start_sync()
-    run.go_in_sync()
+    run = in_sync(live_run(source, target, interlays))
     run.cutover()
     target.client().set("on-target", "1")
     run.dirty.mark(0, b"on-target")
