@@ -455,6 +455,8 @@ class Workflow:
             if not live.catch_up(stop):
                 return
             live.go_in_sync()
+            if live.authoritative == "target":  # TARGET_AUTHORITATIVE: the target took the writes
+                self.store.set_traffic(run_id, 100, True)
             seen: dict[str, int] = {}
             last = None
             while not stop.wait(PROGRESS_EVENT_SECONDS):
@@ -730,10 +732,15 @@ class Workflow:
             elif state == RunState.APPROVED and not _online(record.setup):
                 self._transition(record.id, RunState.COPYING, "bulk copy started")
                 self._spawn(record.id, "copy", self._copy)
+            elif state in (RunState.COPYING, RunState.SYNCING) and _online(record.setup) \
+                    and not self.store.traffic(record.id)[1]:
+                self._resume_live(record.id, state, record.setup)
             elif state in _LIVE_STATES and _online(record.setup):
-                # The interlay's processes ended with the coordinator, and with them the dirty keys.
-                self._fail(record.id, "the coordinator restarted during a live run: writes made meanwhile were "
-                           "not tracked; Rollback (after a cutover, check the source first) and start a new run")
+                # The target was authoritative: the restarted interlay fronts its endpoint, the
+                # source, and which writes the target got that the source lacks is unknown.
+                self._fail(record.id, "the coordinator restarted after writes were cut over to the target: "
+                           "writes made meanwhile were not tracked; check the target, then Rollback or start "
+                           "a new run")
             elif state == RunState.APPROVED and _online(record.setup):
                 try:
                     self._live[record.id] = self._new_live(record.id, record.setup)
@@ -747,6 +754,34 @@ class Workflow:
                 self._spawn(record.id, "copy", self._copy)
             elif state == RunState.ROLLING_BACK:
                 self._transition(record.id, RunState.ROLLED_BACK, "rolled back after a restart")
+
+    def _resume_live(self, run_id: str, state: RunState, setup: dict[str, Any]) -> None:
+        """A live run whose source was still authoritative: the interlay (restarted before
+        this) tracks writes again, and since the dirty keys of before the restart are
+        gone, the sides are compared in full and what differs is re-copied."""
+        try:
+            live = self._live[run_id] = self._new_live(run_id, setup)
+        except EveError as exc:
+            self._fail(run_id, f"cannot resume the live run after a restart: {exc}")
+            return
+        live.dirty.mark_all(None)  # "every db changed": the catch-up compares the sides first
+        if state == RunState.COPYING:
+            self._event(run_id, "state", "coordinator restarted: the copy resumes from its checkpoints, then "
+                        "every key is compared to catch the writes whose re-copy was lost")
+            self._spawn(run_id, "copy", self._copy)
+            return
+        self._event(run_id, "state", "coordinator restarted: comparing the sides to catch the writes whose "
+                    "re-copy was lost, then catching up again")
+
+        def sync(run_id: str) -> None:
+            try:
+                live.start_tracking()
+            except EveError as exc:
+                self._fail(run_id, f"cannot resume the live run after a restart: {exc}")
+                return
+            self._live_loop(run_id, live, self._stops[run_id])
+
+        self._spawn(run_id, "sync", sync)
 
     def shutdown(self) -> None:
         """Stop the copies at their next batch; their runs stay COPYING and resume on restart."""

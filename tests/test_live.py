@@ -436,3 +436,43 @@ def test_interlay_lost_mid_run_fails_the_run_and_rollback_recovers(eve, server_f
     before = keys_of(live.target.client())
     redis.Redis(host="127.0.0.1", port=live.port).set("after-restart", 1)
     assert live.source.client().get("after-restart") == b"1" and keys_of(live.target.client()) == before
+
+
+def test_coordinator_killed_while_in_sync_resumes_without_losing_a_write(tmp_path, eve, server_factory):
+    """The interlay dies with the coordinator, and with them the dirty keys not re-copied yet:
+    restarted, the run compares the sides, re-copies what differs, and gets in sync again."""
+    live = Live(eve, server_factory, wpb.SOURCE_AUTHORITATIVE, keys=500)
+    with Writers(live.port, threads=2) as writers:
+        live.approve()
+        live.wait_in_sync()
+        writers.wait_ops(300)
+        eve.process.kill()
+        eve.process.wait()
+        eve.stop()
+        writers.wait_ops(0, at_least=0.5)  # writes fail meanwhile: counted as of unknown outcome
+        restarted = EveServer(state=eve.state, log_path=tmp_path / "eve-restarted.log").start()
+        try:
+            live.eve, live.stub = restarted, restarted.migrations()
+            live.events = Subscriber(live.stub, live.run)
+            live.events.start()
+            deadline = time.monotonic() + 60
+            while sum(e.type == "live" and e.message.startswith("in sync") for e in list(live.events.events)) < 2:
+                record = live.stub.GetRun(wpb.GetRunRequest(run=live.run))
+                assert record.state == wpb.SYNCING, record.failure_reason
+                assert time.monotonic() < deadline, "not in sync again after the restart"
+                time.sleep(0.1)
+            assert any("coordinator restarted" in e.message for e in live.events.events)
+            writers.wait_ops(300)
+            assert live.traffic(100, cutover=True).state == wpb.CUT_OVER
+            writers.wait_ops(300)
+        finally:
+            writers.finish()
+            live.settle()
+            try:
+                target = live.target.client()
+                writers.check_counters(target)
+                assert_identical(live.source.client(), target, "source and target")
+                assert live.stub.Verify(wpb.VerifyRequest(run=live.run)).clean
+                assert live.stub.Complete(wpb.CompleteRequest(run=live.run, notes="ok")).state == wpb.COMPLETED
+            finally:
+                restarted.stop()
