@@ -663,9 +663,10 @@ class Workflow:
         if RunState.CANCELLED not in TRANSITIONS[RunState(record.state)]:
             raise StateError(f"run {run_id!r} is {record.state}; it cannot be cancelled")
         self._stop_work(run_id)
-        live = self._live.pop(run_id, None)
+        live = self._live.get(run_id)
         if live is not None:
-            live.rollback()  # before any cutover (CANCELLED is not reachable after): traffic stays on the source
+            live.rollback()  # traffic returns to the source, holding every write, as a rollback would
+            del self._live[run_id]
         return self._transition(run_id, RunState.CANCELLED, reason or "cancelled")
 
     def _fail(self, run_id: str, reason: str) -> None:
