@@ -139,7 +139,7 @@ class Writers:
     def ops(self) -> int:
         return sum(w.ops for w in self.writers)
 
-    def wait_ops(self, more: int, timeout: float = 30, at_least: float = 1.0) -> None:
+    def wait_ops(self, more: int, timeout: float = 30, at_least: float = 0.6) -> None:
         """Let at least ``more`` further writes through, for at least ``at_least`` seconds."""
         goal = self.ops + more
         start = time.monotonic()
@@ -342,9 +342,9 @@ def test_rollback_keeps_every_write_on_the_source(eve, server_factory, phase, po
     errors = live.stub.ListErrorKeys(wpb.ListErrorKeysRequest(run=live.run, page_size=10))
     assert not errors.error_keys, errors
     # Nothing goes to the target any more.
-    before = keys_of(live.target.client())
     redis.Redis(host="127.0.0.1", port=live.port).set("after-rollback", 1)
-    assert source.get("after-rollback") == b"1" and keys_of(live.target.client()) == before
+    time.sleep(0.3)  # a dual write or a re-copy would have landed by now
+    assert source.get("after-rollback") == b"1" and not live.target.client().exists("after-rollback")
     with pytest.raises(grpc.RpcError) as info:
         live.traffic(10)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -433,9 +433,9 @@ def test_interlay_lost_mid_run_fails_the_run_and_rollback_recovers(eve, server_f
     writers.check_counters(live.source.client())
     # Started again, the interlay forwards to the source alone.
     live.eve.interlays().StartInterlay(ipb.StartInterlayRequest(id="app"))
-    before = keys_of(live.target.client())
     redis.Redis(host="127.0.0.1", port=live.port).set("after-restart", 1)
-    assert live.source.client().get("after-restart") == b"1" and keys_of(live.target.client()) == before
+    time.sleep(0.3)  # a dual write or a re-copy would have landed by now
+    assert live.source.client().get("after-restart") == b"1" and not live.target.client().exists("after-restart")
 
 
 def test_coordinator_killed_while_in_sync_resumes_without_losing_a_write(tmp_path, eve, server_factory):
