@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from eve import endpoints as model
 from eve.connections import DEFAULT_TIMEOUT, RedisConnection
+from eve.enums import Strategy
 from eve.errors import ConfigError, EveError, StateError
 from eve.interlay_supervisor import InterlaySupervisor
 from eve.store import EndpointRecord, InterlayRecord, Store
@@ -198,7 +199,7 @@ class Coordinator:
         """An online run that has started tracking writes needs its interlay until it ends."""
         for run in self.store.list_runs():
             setup = run.setup or {}
-            if setup.get("interlay") == id and setup.get("strategy", "OFFLINE") != "OFFLINE" \
+            if setup.get("interlay") == id and setup.get("strategy", Strategy.OFFLINE.value) != Strategy.OFFLINE.value \
                     and run.state in _CARRYING_STATES:
                 raise StateError(f"interlay {id!r} carries the live traffic of run {run.id!r} ({run.state}); it "
                                  f"cannot be {doing} until the run is completed or rolled back")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import random
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 import grpc
 
 from eve.coordinator import Coordinator
-from eve.engines import EmbeddedServer, EngineNotFound, get_engine
+from eve.engines import EmbeddedServer, EngineNotFound, free_loopback_port, get_engine
 from eve.errors import ConfigError
 from eve.server import build_server
 from eve.store import Store
@@ -120,12 +119,6 @@ class _Application:
         self.client.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _engines() -> tuple[str, str]:
     try:
         get_engine("redis-7.0")
@@ -189,7 +182,7 @@ def run_demo(keys: int = DEFAULT_KEYS, *, offline: bool = False) -> int:
         setup = wpb.RunSetup(source="demo-source", target="demo-target", strategy=wpb.OFFLINE,
                              conflict_policy=wpb.REPLACE)
         if not offline:
-            app_port = _free_port()
+            app_port = free_loopback_port()
             stub = interlays_pb2_grpc.InterlayServiceStub(channel)
             stub.CreateInterlay(ipb.CreateInterlayRequest(id="demo-app", endpoint="demo-source", port=app_port))
             stub.StartInterlay(ipb.StartInterlayRequest(id="demo-app"))

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ENGINE_NAMES", "Engine", "EngineNotFound", "get_engine", "EmbeddedServer"]
+__all__ = ["ENGINE_NAMES", "Engine", "EngineNotFound", "get_engine", "EmbeddedServer", "free_loopback_port"]
 
 ENGINE_NAMES = ("redis-7.0", "redis-8.2", "valkey-8.1", "valkey-9.1")
 
@@ -152,6 +152,13 @@ def _check_version(engine: str, binary: Path) -> None:
 
 
 
+def free_loopback_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (the kernel's choice; a race with others is possible)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
 class EmbeddedServer:
     """One engine on a free loopback port, nothing kept on disk; ``stop()`` ends it."""
 
@@ -159,9 +166,7 @@ class EmbeddedServer:
         self.engine = engine
         self.dir = Path(tempfile.mkdtemp(prefix=f"eve-{engine.name}-"))
         self.host = "127.0.0.1"
-        with socket.socket() as probe:
-            probe.bind((self.host, 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_loopback_port(self.host)
         log_path = self.dir / "server.log"
         self.process = subprocess.Popen(
             [str(engine.binary), "--bind", self.host, "--port", str(self.port), "--dir", str(self.dir),

@@ -28,6 +28,7 @@ from eve.errors import ConfigError, EveError, NotFoundError, StateError
 from eve.frames import ErrorKeyRow
 from eve.live import LiveOptions, LiveRun
 from eve.store import RunRecord, Store
+from proxy.routing import TARGET
 
 __all__ = ["RunState", "TRANSITIONS", "TERMINAL", "Workflow", "parse_setup"]
 
@@ -455,7 +456,7 @@ class Workflow:
             if not live.catch_up(stop):
                 return
             live.go_in_sync()
-            if live.authoritative == "target":  # TARGET_AUTHORITATIVE: the target took the writes
+            if live.authoritative == TARGET:  # TARGET_AUTHORITATIVE: the target took the writes
                 self.store.set_traffic(run_id, 100, True)
             seen: dict[str, int] = {}
             last = None
@@ -467,7 +468,7 @@ class Workflow:
                     new = failures - seen.get(side["side"], 0)
                     if new > 0:
                         seen[side["side"]] = failures
-                        healed = "counted only (BEST_EFFORT)" if live.options.policy == "BEST_EFFORT" else \
+                        healed = "counted only (BEST_EFFORT)" if live.options.policy == WriteConsistency.BEST_EFFORT.value else \
                             "their keys are re-copied"
                         self._event(run_id, "dual_write", f"{new} writes failed on {side['side']}: "
                                     f"{side['last_error']}; {healed}",

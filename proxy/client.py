@@ -516,44 +516,29 @@ class Client(asyncio.Protocol):
                         break
                     pos = end
                     continue
-                if conn is run_conn:
-                    run_count += 1
-                    if tracking and proxy.may_write(name):
-                        if args is None:
-                            args = resp.parse_command(buf[pos:end], 0, max_bulk=self.max_bulk,
-                                                      max_args=self.max_args)[0]  # type: ignore[index]
-                        if conn.raw:
-                            # No reply is counted on a raw connection: recorded once forwarded.
-                            self._send_run(conn, buf, run_start, end, run_count, n)
-                            run_count = 0
-                            run_conn = None
-                            proxy.record_dirty(proxy.write_marks(args, self.wdb))
-                        else:
-                            self._track(args, self.issued + run_count)
-                    pos = end
-                    continue
-                if run_count:
-                    self._send_run(run_conn, buf, run_start, pos, run_count, n)  # type: ignore[arg-type]
-                    run_count = 0
-                    run_conn = None
-                if conn is None:
-                    if not self._local(self.node.unavailable(), error=True):
+                if conn is None or conn is not run_conn:
+                    if run_count:
+                        self._send_run(run_conn, buf, run_start, pos, run_count, n)  # type: ignore[arg-type]
+                        run_count = 0
+                        run_conn = None
+                    if conn is None:
+                        if not self._local(self.node.unavailable(), error=True):
+                            break
+                        pos = end
+                        continue
+                    if self.outstanding and self.current is not conn:
+                        self._stall()
                         break
-                    pos = end
-                    continue
-                if self.outstanding and self.current is not conn:
-                    self._stall()
-                    break
-                run_conn = conn
-                run_start = pos
-                run_count = 1
+                    run_conn = conn
+                    run_start = pos
+                run_count += 1
                 if tracking and proxy.may_write(name):
                     if args is None:
                         args = resp.parse_command(buf[pos:end], 0, max_bulk=self.max_bulk,
                                                   max_args=self.max_args)[0]  # type: ignore[index]
                     if conn.raw:
                         # No reply is counted on a raw connection: recorded once forwarded.
-                        self._send_run(conn, buf, run_start, end, 1, n)
+                        self._send_run(conn, buf, run_start, end, run_count, n)
                         run_count = 0
                         run_conn = None
                         proxy.record_dirty(proxy.write_marks(args, self.wdb))

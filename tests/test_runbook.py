@@ -24,44 +24,36 @@ def bash_blocks(text: str) -> list[str]:
     return re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M)
 
 
-def run_blocks(blocks: list[str], env: dict[str, str], eve: EveServer) -> None:
+def run_runbook(page: Path, min_blocks: int, tmp_path: Path, source, target, **env: str) -> None:
+    """Every bash block of ``page``, in order, against a fresh coordinator and these servers."""
+    blocks = bash_blocks(page.read_text())
+    assert len(blocks) >= min_blocks, f"{page.name} lost its commands"
+    eve = EveServer(state=tmp_path / "eve.db", log_path=tmp_path / "eve.log").start()
+    env = {**os.environ, "EVE": eve.address, "SOURCE_HOST": "127.0.0.1", "SOURCE_PORT": str(source.port),
+           "TARGET_HOST": "127.0.0.1", "TARGET_PORT": str(target.port), "WORK": str(tmp_path / "work"),
+           "PATH": f"{Path(grpcurl_binary()).parent}{os.pathsep}{os.environ['PATH']}", **env}
     transcript = []
-    for number, block in enumerate(blocks, start=1):
-        result = subprocess.run(["bash", "-euo", "pipefail", "-c", block], env=env, capture_output=True,
-                                text=True, timeout=120)
-        transcript.append(f"--- block {number} (exit {result.returncode})\n{block}\n{result.stdout}"
-                          f"{result.stderr}")
-        assert result.returncode == 0, "\n".join(transcript[-2:]) + "\n" + eve.log()[-3000:]
-
-
-def runbook_env(eve: EveServer, source, target, work: Path, **more: str) -> dict[str, str]:
-    return {**os.environ, "EVE": eve.address, "SOURCE_HOST": "127.0.0.1", "SOURCE_PORT": str(source.port),
-            "TARGET_HOST": "127.0.0.1", "TARGET_PORT": str(target.port), "WORK": str(work),
-            "PATH": f"{Path(grpcurl_binary()).parent}{os.pathsep}{os.environ['PATH']}", **more}
+    try:
+        for number, block in enumerate(blocks, start=1):
+            result = subprocess.run(["bash", "-euo", "pipefail", "-c", block], env=env, capture_output=True,
+                                    text=True, timeout=120)
+            transcript.append(f"--- block {number} (exit {result.returncode})\n{block}\n{result.stdout}"
+                              f"{result.stderr}")
+            assert result.returncode == 0, "\n".join(transcript[-2:]) + "\n" + eve.log()[-3000:]
+    finally:
+        eve.stop()
 
 
 def test_runbook_commands_as_written(tmp_path, server_factory):
-    blocks = bash_blocks(RUNBOOK.read_text())
-    assert len(blocks) >= 10, "the runbook lost its commands"
     source, target = server_factory("redis-7.0"), server_factory("valkey-9.1")
     fill(source.client(), 800)
-    eve = EveServer(state=tmp_path / "eve.db", log_path=tmp_path / "eve.log").start()
-    try:
-        run_blocks(blocks, runbook_env(eve, source, target, tmp_path / "work"), eve)
-    finally:
-        eve.stop()
+    run_runbook(RUNBOOK, 10, tmp_path, source, target)
     assert_same(source.client(), target.client())
 
 
 def test_online_runbook_commands_as_written(tmp_path, server_factory):
-    blocks = bash_blocks(ONLINE_RUNBOOK.read_text())
-    assert len(blocks) >= 7, "the online runbook lost its commands"
     source, target = server_factory("valkey-8.1"), server_factory("valkey-8.1")
     fill(source.client(), 500)
-    eve = EveServer(state=tmp_path / "eve.db", log_path=tmp_path / "eve.log").start()
-    try:
-        run_blocks(blocks, runbook_env(eve, source, target, tmp_path / "work", APP_PORT=str(free_port())), eve)
-    finally:
-        eve.stop()
+    run_runbook(ONLINE_RUNBOOK, 7, tmp_path, source, target, APP_PORT=str(free_port()))
     assert keys_of(target.client()) >= keys_of(source.client())
     assert_same(source.client(), target.client(), keys=keys_of(source.client()) - {b"app:visits"})
