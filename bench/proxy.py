@@ -74,9 +74,9 @@ from servers import (
     start_server,
 )
 
-from eve.endpoints import parse_config
-from eve.interlay_supervisor import InterlaySupervisor
-from eve.sync import DirtyKeys
+from eve.core.endpoints import parse_config
+from eve.live.backlog import DirtyKeys
+from eve.live.interlays import InterlaySupervisor
 from proxy import messages
 from proxy.routing import BOTH_REQUIRED, SOURCE, SOURCE_AUTHORITATIVE, TARGET
 

@@ -1,5 +1,5 @@
 import sys
 
-from eve.cli import main
+from eve.cli.main import main
 
 sys.exit(main())

@@ -1,6 +1,6 @@
 """Interlays: the RESP proxy that application clients use instead of the source.
 
-A proxy process (``main``, spawned by ``eve.interlay_supervisor``) listens on
+A proxy process (``main``, spawned by ``eve.live.interlays``) listens on
 the interlay's port(s) and forwards every client's requests to the endpoint,
 multiplexing stateless commands onto a few backend connections and pinning a
 client to a connection of its own while it is in a stateful mode

@@ -44,9 +44,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from eve.endpoints import ConnectionSpec
-from proxy import resp
-from proxy.framing import scan_reply
+from eve.core.endpoints import ConnectionSpec
+from eve.redis import resp
+from eve.redis.framing import scan_reply
 
 if TYPE_CHECKING:  # pragma: no cover
     from proxy.server import Proxy

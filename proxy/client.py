@@ -35,10 +35,10 @@ import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from proxy import resp
+from eve.redis import resp
+from eve.redis.framing import RequestScanner, partial_request
+from eve.redis.resp import MAX_INLINE
 from proxy.backend import Backend
-from proxy.framing import RequestScanner, partial_request
-from proxy.resp import MAX_INLINE
 from proxy.routing import DUAL, READ_TARGET
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -16,7 +16,7 @@ the server reported it.
 
 from __future__ import annotations
 
-from proxy import resp
+from eve.redis import resp
 
 __all__ = ["ClusterMap"]
 

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy import resp
+from eve.redis import resp
 
 __all__ = ["CommandInfo", "CommandTable", "KeySpec"]
 
@@ -262,7 +262,7 @@ class CommandTable:
 
     @classmethod
     def from_reply(cls, reply: Any) -> CommandTable:
-        """From the ``COMMAND`` (or ``COMMAND INFO``) reply, typed (``proxy.resp``) or plain."""
+        """From the ``COMMAND`` (or ``COMMAND INFO``) reply, typed (``eve.redis.resp``) or plain."""
         value = resp.to_python(reply) if not isinstance(reply, list) else reply
         if isinstance(value, resp.Error):
             raise ValueError(f"COMMAND failed: {value.value.decode('utf-8', 'replace')}")

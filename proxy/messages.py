@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
-from eve.endpoints import ConnectionSpec
+from eve.core.endpoints import ConnectionSpec
 
 __all__ = [
     "FORMAT_VERSION",

@@ -1,6 +1,6 @@
 """What one proxy process is told: a frozen, picklable value.
 
-The supervisor (``eve.interlay_supervisor``) builds one ``ProxyOptions`` per
+The supervisor (``eve.live.interlays``) builds one ``ProxyOptions`` per
 worker process of an interlay and hands it to the process it spawns; the
 process reads nothing else (no globals, no protobuf, no environment).
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from eve.endpoints import ConnectionSpec
-from eve.errors import ConfigError
-from proxy import resp
+from eve.core.endpoints import ConnectionSpec
+from eve.core.errors import ConfigError
+from eve.redis import resp
 
 __all__ = [
     "ProxyOptions",

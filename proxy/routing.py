@@ -47,7 +47,8 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 from redis.crc import key_slot
-from proxy import resp
+
+from eve.redis import resp
 from proxy.dirty import SCRIPT_NAMES
 
 if TYPE_CHECKING:  # pragma: no cover

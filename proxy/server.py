@@ -26,9 +26,10 @@ from typing import Any
 
 from opentelemetry import metrics
 
-from eve.supervision import die_with_parent, ignore_interrupts
-from eve.telemetry import setup
-from proxy import dirty, messages, resp
+from eve.core.child_process import die_with_parent, ignore_interrupts
+from eve.core.telemetry import setup
+from eve.redis import resp
+from proxy import dirty, messages
 from proxy.backend import Node
 from proxy.client import Client, classify
 from proxy.cluster import ClusterMap

@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from eve.endpoints import ConnectionSpec
-from eve.enums import ConflictPolicy
-from eve.errors import ConfigError
+from eve.core.endpoints import ConnectionSpec
+from eve.core.enums import ConflictPolicy
+from eve.core.errors import ConfigError
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",

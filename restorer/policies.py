@@ -21,10 +21,10 @@ import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from eve.enums import ConflictPolicy
-from eve.topology import key_slot
-from eve.wire import ReplyError, pack
-from restorer.rdb import MERGEABLE_TYPES, payload_type
+from eve.core.enums import ConflictPolicy
+from eve.redis.rdb import MERGEABLE_TYPES, payload_type
+from eve.redis.topology import key_slot
+from eve.redis.wire import ReplyError, pack
 
 __all__ = [
     "CONFLICT",
@@ -242,7 +242,7 @@ def _is_noscript(reply: Any) -> bool:
 
 
 def conflict_handling(policy: ConflictPolicy, worker: str) -> ConflictHandling:
-    """The one switch on ConflictPolicy (eve.enums)."""
+    """The one switch on ConflictPolicy (eve.core.enums)."""
     if policy is ConflictPolicy.REPLACE:
         return _Replace()
     if policy is ConflictPolicy.NONE:

@@ -44,9 +44,9 @@ from typing import Any, Protocol
 
 from opentelemetry import metrics, propagate, trace
 
-from eve.endpoints import ConnectionSpec
-from eve.errors import AuthError, EndpointError, UnavailableError
-from eve.frames import (
+from eve.core.endpoints import ConnectionSpec
+from eve.core.errors import AuthError, EndpointError, UnavailableError
+from eve.core.frames import (
     COORDINATOR,
     Batch,
     ConflictRow,
@@ -58,11 +58,11 @@ from eve.frames import (
     decode,
     encode,
 )
-from eve.topology import SlotMap, cluster_masters, key_slot, node_spec
-from eve.wire import FastConnection, ReplyError
+from eve.redis.rdb import payload_type
+from eve.redis.topology import SlotMap, cluster_masters, key_slot, node_spec
+from eve.redis.wire import FastConnection, ReplyError
 from restorer.options import RestorerOptions
 from restorer.policies import CONFLICT, RESTORED, conflict_handling
-from restorer.rdb import payload_type
 
 __all__ = ["classify", "main", "payload_refused", "run_restorer"]
 
@@ -615,8 +615,8 @@ def run_restorer(options: RestorerOptions, batches: _Queue, results: _Queue, *,
 
 def main(options: RestorerOptions, batches: _Queue, results: _Queue) -> None:
     """Entry point of a spawned restorer process; exits 0 after STOP, 1 after FAILED."""
-    from eve import telemetry
-    from eve.supervision import die_with_parent, ignore_interrupts
+    from eve.core import telemetry
+    from eve.core.child_process import die_with_parent, ignore_interrupts
 
     die_with_parent()
     ignore_interrupts()

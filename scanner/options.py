@@ -7,12 +7,12 @@ no environment), so a scanner can also be run alone from a test or a CLI.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from eve.endpoints import ConnectionSpec
-from eve.errors import ConfigError
+from eve.core.endpoints import ConnectionSpec
+from eve.core.errors import ConfigError
 
 __all__ = [
     "ScannerOptions",

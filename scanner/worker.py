@@ -51,10 +51,10 @@ from typing import Any, Callable, Protocol, Sequence
 from opentelemetry import metrics, trace
 from opentelemetry.propagate import inject
 
-from eve.errors import AuthError, EndpointError, SourceError, UnavailableError
-from eve.frames import Batch, BatchHeader, Failed, Stop, encode
-from eve.telemetry import setup
-from eve.wire import FastConnection, ReplyError, pack
+from eve.core.errors import AuthError, EndpointError, SourceError, UnavailableError
+from eve.core.frames import Batch, BatchHeader, Failed, Stop, encode
+from eve.core.telemetry import setup
+from eve.redis.wire import FastConnection, ReplyError, pack
 from scanner.options import ScannerOptions
 
 __all__ = [
@@ -498,7 +498,7 @@ def main(options: ScannerOptions, batches: BatchQueue, stop_event: StopEvent | N
     otherwise. The process exits only once its frames are flushed into the
     queue's pipe, so the consumer must read until STOP or FAILED.
     """
-    from eve.supervision import die_with_parent
+    from eve.core.child_process import die_with_parent
 
     die_with_parent()
     logging.basicConfig(level=options.log_level, stream=sys.stderr, force=True,

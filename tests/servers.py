@@ -27,11 +27,12 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from eve.engines import ENGINE_NAMES, Engine, EngineNotFound, get_engine
 import redis
 import redis.cluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from eve.cli.engines import ENGINE_NAMES, Engine, EngineNotFound, get_engine
 
 __all__ = [
     "CLUSTER_SLOTS",

@@ -7,11 +7,11 @@ import json
 from dataclasses import asdict
 
 import pytest
-
-from eve import testrun
-from eve.analysis import TTL_BUCKETS, analyze, ttl_bucket
-from eve.endpoints import EndpointConfig, parse_config
 from keyspace import TYPES, fill
+
+from eve.core.endpoints import EndpointConfig, parse_config
+from eve.prepare import testrun
+from eve.prepare.analysis import TTL_BUCKETS, analyze, ttl_bucket
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

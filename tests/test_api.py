@@ -9,9 +9,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-
-from eve.v1 import endpoints_pb2, interlays_pb2, workflows_pb2
 from eve_process import EveServer
+
+from eve.v1 import endpoints_pb2, workflows_pb2
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 DATA = Path(__file__).parent / "data"

@@ -7,8 +7,11 @@ import json
 from dataclasses import asdict
 
 import pytest
+from servers import free_port
 
-from eve.compat import (
+from eve.core.endpoints import EndpointConfig, parse_config
+from eve.core.errors import UnavailableError
+from eve.prepare.compat import (
     CODES,
     CompatIssue,
     check_compatibility,
@@ -16,9 +19,6 @@ from eve.compat import (
     server_version,
     source_version_issue,
 )
-from eve.endpoints import EndpointConfig, parse_config
-from eve.errors import UnavailableError
-from servers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
-
-from eve.v1 import endpoints_pb2 as pb
 from eve_process import EveServer
 from servers import free_port
+
+from eve.v1 import endpoints_pb2 as pb
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

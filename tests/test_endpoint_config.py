@@ -9,8 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eve.endpoints import REDACTED, merge_redacted, parse_config, redact_config, validate_kind, validate_name
-from eve.errors import ConfigError
+from eve.core.endpoints import (
+    REDACTED,
+    merge_redacted,
+    parse_config,
+    redact_config,
+    validate_kind,
+    validate_name,
+)
+from eve.core.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(60)
 DATA = Path(__file__).parent / "data"

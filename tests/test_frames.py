@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eve import frames
+from eve.core import frames
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,11 +8,11 @@ import time
 import grpc
 import pytest
 import redis
+from eve_process import EveServer
+from servers import free_port
 
 from eve.v1 import endpoints_pb2 as epb
 from eve.v1 import interlays_pb2 as ipb
-from eve_process import EveServer
-from servers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -13,22 +13,22 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import pytest
 import redis
+from eve_process import EveServer
+from keyspace import fill, keys_of, value_of
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from servers import free_port
+from test_workflow import Subscriber, wait_state
 
 from eve.v1 import endpoints_pb2 as epb
 from eve.v1 import interlays_pb2 as ipb
 from eve.v1 import workflows_pb2 as wpb
-from eve_process import EveServer
-from keyspace import fill, keys_of, value_of
-from servers import free_port
-from test_workflow import Subscriber, wait_state
 
 ENGINE = "valkey-8.1"
 SHORT_TTL_SECONDS = 2     # SETEX keys; the comparison waits them out

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from eve.endpoints import ConnectionSpec
-from eve.errors import StateError
-from eve.interlay_supervisor import InterlayStatus
-from eve.live import LiveOptions, LiveRun
+from eve.core.endpoints import ConnectionSpec
+from eve.core.errors import StateError
+from eve.live.interlays import InterlayStatus
+from eve.live.run import LiveOptions, LiveRun
 
 pytestmark = pytest.mark.timeout(60)
 

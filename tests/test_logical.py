@@ -1,4 +1,4 @@
-"""Logical copy (eve.logical) and DirtyKeySync's fallback to it when a side refuses the
+"""Logical copy (eve.redis.logical) and DirtyKeySync's fallback to it when a side refuses the
 authoritative side's DUMP payloads: the build and parse functions on fake replies, then
 real servers (Valkey 9.1 and Redis 8.2 payloads are refused by Redis 7.0 and Valkey 8.1)."""
 
@@ -10,9 +10,12 @@ import time
 import hiredis
 import pytest
 import redis
+from keyspace import assert_same, fill, value_of
 
-from eve.endpoints import ConnectionSpec
-from eve.logical import (
+from eve.core.endpoints import ConnectionSpec
+from eve.live.backlog import DirtyKeys
+from eve.live.recopy import DirtyKeySync, SyncOptions
+from eve.redis.logical import (
     READ_SCRIPT,
     LogicalCopyError,
     LogicalValue,
@@ -24,9 +27,7 @@ from eve.logical import (
     pack_write,
     parse_read,
 )
-from eve.sync import DirtyKeys, DirtyKeySync, SyncOptions
-from eve.wire import FastConnection, ReplyError, pack
-from keyspace import assert_same, fill, value_of
+from eve.redis.wire import FastConnection, ReplyError, pack
 
 BIG = 2500   # elements: more than one write command (1000 per command)
 BATCH = 40
@@ -323,7 +324,7 @@ def test_stream_consumer_groups_are_not_copied(server_factory, caplog):
     older.xadd("events", {"old": "1"}, id="1-0")
     older.xgroup_create("events", "old-workers", id="0")
     options = SyncOptions(authoritative=spec(auth_server), others=(spec(older_server),))
-    with caplog.at_level(logging.WARNING, logger="eve.sync"), DirtyKeySync(options, DirtyKeys()) as sync:
+    with caplog.at_level(logging.WARNING, logger="eve.live.recopy"), DirtyKeySync(options, DirtyKeys()) as sync:
         result = sync.recopy([(0, b"events")])
     assert (result.copied, result.logical) == (1, 1)
     assert older.xrange("events") == auth.xrange("events")

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from eve import error_keys as export_mod
 from keyspace import assert_same, fill, keys_of
 from servers import free_port
+
+from eve.bulk import error_keys as export_mod
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -169,7 +169,7 @@ def test_conflict_none_keeps_target_and_lists_conflicts(server_factory, tmp_path
     assert report["conflicts"] == 6 and report["error_keys"] == 0
     assert dst.get("s") == b"target" and dst.hgetall("h") == {b"b": b"tgt", b"c": b"tgt"}
     assert dst.get("new") == b"only-source"
-    from eve.store import Store
+    from eve.core.store import Store
     store = Store(tmp_path / "s.db")
     listed = {key for _, key, _, _ in store.conflict_keys(report["run_id"])}
     store.close()
@@ -371,7 +371,7 @@ def test_tls_and_password_source(server_factory, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "s3cret-src" not in result.stdout + result.stderr
     assert_same(source.client(), target.client())
-    from eve.store import Store
+    from eve.core.store import Store
     store = Store(tmp_path / "s.db")
     assert "s3cret-src" not in json.dumps([r.setup for r in store.list_runs()]), "credentials are never stored"
     store.close()

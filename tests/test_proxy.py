@@ -30,11 +30,11 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from servers import free_port
 
-from eve.endpoints import EndpointConfig, parse_config
-from eve.errors import StateError
-from eve.interlay_supervisor import FAILED, RUNNING, InterlaySupervisor
-from proxy import resp
-from proxy.resp import encode_command
+from eve.core.endpoints import EndpointConfig, parse_config
+from eve.core.errors import StateError
+from eve.live.interlays import FAILED, RUNNING, InterlaySupervisor
+from eve.redis import resp
+from eve.redis.resp import encode_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -845,7 +845,6 @@ def test_random_pipelines_match_the_server(server_factory, stream_threshold) -> 
     """Many clients, random mixes of shared and pinned requests in one write:
     every client gets exactly the replies the server itself gives. With a tiny
     stream threshold, most frames are forwarded piece by piece."""
-    import random
 
     proxied, reference = server_factory("redis-7.0"), server_factory("redis-7.0")
     extra = {"stream_threshold": stream_threshold} if stream_threshold else {}

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from eve.connections import RedisConnection
-from eve.endpoints import ConnectionSpec
-from eve.errors import ConfigError
-from proxy import resp
+from eve.core.endpoints import ConnectionSpec
+from eve.core.errors import ConfigError
+from eve.redis import resp
+from eve.redis.connections import RedisConnection
+from eve.redis.framing import RequestScanner, partial_request
 from proxy.cluster import ClusterMap
 from proxy.commands import CommandTable
-from proxy.framing import RequestScanner, partial_request
 from proxy.options import ProxyOptions
 from proxy.stats import histogram, merge, percentile
 

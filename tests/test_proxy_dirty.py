@@ -9,10 +9,10 @@ import pytest
 import redis
 from test_proxy import LOOPBACK, endpoint_for, interlay, recv_exactly, supervisor  # noqa: F401 - fixtures
 
-from eve.sync import ALL_DBS, DirtyKeys
+from eve.live.backlog import ALL_DBS, DirtyKeys
+from eve.redis.resp import encode_command
 from proxy import dirty
 from proxy.commands import CommandTable
-from proxy.resp import encode_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -146,7 +146,7 @@ def test_marks_without_a_server() -> None:
 
 
 def test_tracking_needs_a_running_interlay(supervisor) -> None:  # noqa: F811
-    from eve.errors import NotFoundError
+    from eve.core.errors import NotFoundError
     with pytest.raises(NotFoundError):
         supervisor.track_dirty("nope", DirtyKeys())
     assert supervisor.dirty_barrier("nope", timeout=0.1) is False

@@ -19,9 +19,9 @@ import redis
 import test_proxy
 from test_proxy import endpoint_for, recv_exactly, wait_for
 
-from eve.sync import DirtyKeys
+from eve.live.backlog import DirtyKeys
+from eve.redis.resp import encode_command
 from proxy import messages
-from proxy.resp import encode_command
 from proxy.routing import (
     BEST_EFFORT,
     BOTH_REQUIRED,

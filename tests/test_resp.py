@@ -1,4 +1,4 @@
-"""Unit tests for the RESP2/RESP3 codec (proxy/resp.py). No servers."""
+"""Unit tests for the RESP2/RESP3 codec (eve/redis/resp.py). No servers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.resp import (
+from eve.redis.resp import (
     MAX_INLINE,
     NIL,
     Array,

@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from eve_process import EveServer, grpcurl_binary
 from keyspace import assert_same, fill, keys_of
 from servers import free_port

@@ -21,16 +21,16 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from servers import engine_names, free_port
 
-from eve import telemetry
-from eve.endpoints import ConnectionSpec
-from eve.errors import ConfigError
-from eve.frames import Batch, Failed, Stop, decode
-from eve.topology import cluster_masters, key_slot, node_spec
-from eve.wire import FastConnection
+from eve.core import telemetry
+from eve.core.endpoints import ConnectionSpec
+from eve.core.errors import ConfigError
+from eve.core.frames import Batch, Failed, Stop, decode
+from eve.redis.topology import cluster_masters, key_slot, node_spec
+from eve.redis.wire import FastConnection
 from scanner import ScannerOptions, main, run_scanner
 from scanner.worker import LatencyGuard, TokenBucket, rows_from_replies
-from servers import engine_names, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

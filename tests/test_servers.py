@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import redis
+import servers
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-
-import servers
 from servers import (
     CLUSTER_SLOTS,
     Engine,

@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from eve.errors import AlreadyExistsError, ConfigError, NotFoundError, StateError
-from eve.store import SCHEMA_VERSION, Store
+from eve.core.errors import AlreadyExistsError, ConfigError, NotFoundError, StateError
+from eve.core.store import SCHEMA_VERSION, Store
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -8,20 +8,14 @@ import threading
 import time
 
 import pytest
-
-from eve.endpoints import ConnectionSpec
-from eve.errors import ConfigError, SourceError
-from eve.topology import Node, SlotMap
-from eve.sync import (
-    ALL_DBS,
-    DirtyKeys,
-    DirtyKeySync,
-    KeyspaceNotifications,
-    RecopyResult,
-    SyncOptions,
-    parse_keyspace_channel,
-)
 from keyspace import assert_same, fill, keys_of
+
+from eve.core.endpoints import ConnectionSpec
+from eve.core.errors import ConfigError, SourceError
+from eve.live.backlog import ALL_DBS, DirtyKeys
+from eve.live.notifications import KeyspaceNotifications, parse_keyspace_channel
+from eve.live.recopy import DirtyKeySync, RecopyResult, SyncOptions
+from eve.redis.topology import Node, SlotMap
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

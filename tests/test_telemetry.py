@@ -6,11 +6,11 @@ import grpc
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from eve import telemetry
-from eve.coordinator import Coordinator
-from eve.server import build_server
-from eve.store import Store
+from eve.api.server import build_server
+from eve.core import telemetry
+from eve.core.store import Store
 from eve.v1 import endpoints_pb2, endpoints_pb2_grpc
+from eve.workflow.registry import Coordinator
 
 pytestmark = pytest.mark.timeout(60)
 

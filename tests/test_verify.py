@@ -1,4 +1,4 @@
-"""The verification compare pass (eve.verify) on real servers: clean copies across
+"""The verification compare pass (eve.live.verify) on real servers: clean copies across
 engine versions and topologies, each kind of difference, big keys read in chunks,
 ignored prefixes, the rate limit and ``eve verify``'s exit codes and JSON."""
 
@@ -9,15 +9,16 @@ import time
 
 import pytest
 import redis
-
-from eve import verify as verify_mod
-from eve.endpoints import ConnectionSpec
-from eve.errors import ConfigError, UnavailableError
-from eve.topology import Node, SlotMap
-from eve.verify import EXTRA, MISSING, TTL, TYPE, VALUE, verify, verify_command
-from eve.wire import pack
 from keyspace import fill
 from servers import free_port
+
+from eve.cli.verify import verify_command
+from eve.core.endpoints import ConnectionSpec
+from eve.core.errors import ConfigError, UnavailableError
+from eve.live import verify as verify_mod
+from eve.live.verify import EXTRA, MISSING, TTL, TYPE, VALUE, verify
+from eve.redis.topology import Node, SlotMap
+from eve.redis.wire import pack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -9,11 +9,11 @@ import time
 
 import grpc
 import pytest
+from eve_process import EveServer
+from keyspace import assert_same, fill
 
 from eve.v1 import endpoints_pb2 as epb
 from eve.v1 import workflows_pb2 as wpb
-from eve_process import EveServer
-from keyspace import assert_same, fill
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -1,0 +1,840 @@
+"""Convergence of a live migration: dirty keys re-copied from the authoritative side (DESIGN.md 6).
+
+Every write made while a run is live marks its key dirty (the interlay reports
+the keys of each write it forwards; ``eve.live.notifications`` adds keys written
+by clients that bypass it). ``DirtyKeySync`` re-copies dirty keys from the
+authoritative side to every other side until the backlog is small and steady:
+
+    interlay / keyspace notifications --mark(db, key)--> eve.live.backlog.DirtyKeys
+    DirtyKeySync workers: take -> DUMP + PTTL on the authoritative side
+                                -> RESTORE key <abs expiry> payload ABSTTL REPLACE on every other side
+                                   (DEL when the key is gone: DUMP nil or PTTL -2)
+                                -> where the payload is refused: a logical copy (eve.redis.logical)
+                          -> done
+
+Why this converges without a stale copy landing last: a key is in flight at most
+once. ``DirtyKeys`` hands a key to one worker and, when the key is marked again
+while that worker's DUMP may predate the write, holds the new mark until the
+worker reports the key done, then queues it again. So every write is followed by
+a read that starts after it, and two copies of one key never race. The rule needs
+the marks to come *after* the write executed (see ``DirtyKeys.mark``).
+
+Re-copies always use ``REPLACE``: the application wrote these keys during the run,
+so they win over the conflict policy (DESIGN.md 6.2). Expiry is absolute, computed
+from PTTL when it is read (DESIGN.md 4.3); a key whose expiry passed before it is
+written is deleted on the other sides rather than created.
+
+When a side refuses a payload (``restorer.worker.classify``'s payload-refused case:
+"DUMP payload version or checksum are wrong", "Bad data format"), the key is copied
+to it logically instead (``eve.redis.logical``): read on the authoritative side by one
+script (type, PTTL and value, atomically), written with one MULTI: DEL, the type's
+own commands, PEXPIREAT, EXEC. This is reverse sync after cutover from a newer
+engine (Valkey 9, Redis 8.2) to an older source (Redis 7.0, Valkey 8.1), whose
+RESTORE refuses every payload of the newer RDB format: a side that refused one for
+its version is remembered (per worker thread, while its connections last) and
+later batches go to it logically at once, without a RESTORE first. A key gone by
+the time of the logical read is deleted on that side. Stream consumer groups are
+not carried: the side's copy of such a stream has none (logged). A key of a module
+type cannot be copied logically: its ``RecopyFailure`` says so.
+``RecopyResult.logical`` counts the keys copied logically.
+
+Who failed, per key: a reply that refuses the key (a module-type key whose payload
+the side refuses, a cluster side asked for db 3, ...) is a ``RecopyFailure`` handed to
+``on_error``; the key leaves the backlog and becomes an error key of the run.
+Redirections (MOVED/ASK) are followed; LOADING, BUSY, TRYAGAIN, CLUSTERDOWN,
+MASTERDOWN, READONLY and OOM are retried with backoff, then are failures. A side
+that cannot be reached for ``reconnect_seconds`` raises ``UnavailableError`` from
+``recopy``; ``run`` and ``drain`` put the batch back (nothing is lost) and retry.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from eve.core.endpoints import ConnectionSpec
+from eve.core.errors import AuthError, ConfigError, EndpointError, UnavailableError
+from eve.core.frames import ErrorKeyRow
+from eve.live.backlog import DEFAULT_MAX_BACKLOG, DirtyKeys, Item
+from eve.redis.logical import (
+    LogicalCopyError,
+    LogicalValue,
+    UnsupportedTypeError,
+    check_write,
+    pack_read,
+    pack_write,
+    parse_read,
+)
+from eve.redis.rdb import payload_type
+from eve.redis.topology import SlotMap, cluster_masters, is_cluster, node_spec
+from eve.redis.wire import FastConnection, ReplyError, pack
+
+# The texts of classify's payload-refused case, so the fallback matches it exactly.
+from restorer.worker import classify, payload_refused
+
+__all__ = ["DEFAULT_BATCH", "DirtyKeySync", "RecopyFailure", "RecopyResult", "SyncOptions", "SyncStats"]
+
+log = logging.getLogger("eve.live.recopy")
+
+DEFAULT_BATCH = 500
+IDLE_WAIT = 0.1              # a worker with nothing to do sleeps on the backlog's condition this long
+UNAVAILABLE_BACKOFF = 1.0    # after a side stayed unreachable for reconnect_seconds
+MAX_REDIRECTS = 5            # MOVED/ASK hops (and re-routes) per key before its reply is final
+RECONNECT_FIRST_DELAY = 0.05
+RECONNECT_MAX_DELAY = 1.0
+_TRANSIENT_PREFIXES = ("LOADING", "BUSY ", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN", "READONLY", "OOM")
+_SLOT_CHANGE_PREFIXES = ("TRYAGAIN", "CLUSTERDOWN", "READONLY")
+_ASKING = pack("ASKING")
+_DUMP = b"*2\r\n$4\r\nDUMP\r\n$%d\r\n%b\r\n"
+_PTTL = b"*2\r\n$4\r\nPTTL\r\n$%d\r\n%b\r\n"
+_DEL = b"*2\r\n$3\r\nDEL\r\n$%d\r\n%b\r\n"
+_OK = b"OK"
+_NEWER_FORMAT = "payload version or checksum"   # a RESTORE refusal that every payload will get
+
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    """What one re-copy loop needs; frozen and picklable (STYLE.md habit 1)."""
+
+    authoritative: ConnectionSpec        # the side whose value wins: the source before cutover, the target after
+    others: tuple[ConnectionSpec, ...]   # target and mirror targets before cutover; the source after (reverse sync)
+    preserve_ttl: bool = True
+    max_backlog: int = DEFAULT_MAX_BACKLOG  # beyond it DirtyKeys drops marks and flags a full re-verify
+    batch: int = DEFAULT_BATCH           # keys per take (and per pipeline)
+    # Worker threads. One key is never in flight in two workers at once (DirtyKeys holds a
+    # key marked again while in flight until that re-copy is done), which gives the per-key
+    # order hash sharding would, without a hot shard starving the others.
+    workers: int = 1
+    timeout: float = 10.0                # per pipeline
+    reconnect_seconds: float = 10.0      # a side unreachable longer than this fails the batch (it is re-queued)
+    max_attempts: int = 3                # for transient error replies (LOADING, TRYAGAIN, OOM, ...)
+    retry_delay: float = 0.05            # doubled per attempt
+
+    def __post_init__(self) -> None:
+        if not self.others:
+            raise ConfigError("at least one side to copy to is required", field="others")
+        if self.authoritative.address in {spec.address for spec in self.others}:
+            raise ConfigError(f"{self.authoritative.address} is both the authoritative side and a side "
+                              "copied to", field="others")
+        for name in ("max_backlog", "batch", "workers", "max_attempts"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"must be at least 1, got {getattr(self, name)}", field=name)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class RecopyFailure:
+    """One key one side refused; it leaves the backlog and becomes an error key of the run."""
+
+    db: int
+    key: bytes
+    side: str       # the endpoint's address as configured (options.authoritative or one of options.others)
+    node: str       # the node that answered (a cluster master), else the same as side
+    type: str       # from the DUMP payload, "unknown" when there was none
+    size: int       # payload bytes, 0 when there was none
+    reason: str
+    attempts: int = 1
+
+    def as_error_key(self) -> ErrorKeyRow:
+        return ErrorKeyRow(self.key, self.db, self.node, self.type, self.size, self.reason, self.attempts)
+
+
+@dataclass
+class RecopyResult:
+    """Per key: copied (RESTOREd or copied logically on every other side), deleted (gone on
+    the authoritative side, or expired, and deleted on every other side), or failed (any
+    side refused it). ``logical`` counts the copied keys that went to at least one side by a
+    logical copy (that side refuses the authoritative side's DUMP payloads)."""
+
+    copied: int = 0
+    deleted: int = 0
+    failed: int = 0
+    failures: list[RecopyFailure] = field(default_factory=list)
+    logical: int = 0
+
+    def add(self, other: "RecopyResult") -> None:
+        self.copied += other.copied
+        self.deleted += other.deleted
+        self.failed += other.failed
+        self.failures.extend(other.failures)
+        self.logical += other.logical
+
+
+@dataclass(frozen=True)
+class SyncStats:
+    backlog: int
+    in_flight: int
+    copied: int
+    deleted: int
+    failed: int
+    lag_seconds: float
+    overflowed: bool
+    marked: int
+    dropped: int
+    unavailable: int          # batches put back because a side was unreachable
+    last_error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- one side
+
+
+class _Reroute(Exception):
+    """A cluster node is gone from the slot map: its keys must be routed again."""
+
+
+class _Side:
+    """One endpoint (the authoritative side or one of the others), standalone or cluster:
+    a FastConnection per node, pipelines routed by slot, MOVED/ASK followed. One thread."""
+
+    def __init__(self, spec: ConnectionSpec, role: str, options: SyncOptions,
+                 stopping: Callable[[], bool]) -> None:
+        self.spec = spec
+        self.role = role
+        self.address = spec.address
+        self.options = options
+        self.cluster: bool | None = None  # known after connect()
+        self._stopping = stopping
+        self._conns: dict[str, FastConnection] = {}
+        self._specs: dict[str, ConnectionSpec] = {spec.address: spec}
+        self._slots: SlotMap | None = None
+        self._masters: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"_Side({self.role} {self.address}, cluster={self.cluster})"
+
+    def connect(self) -> None:
+        if self.cluster is not None:
+            return
+        conn = self._open(self.address)
+        try:
+            self.cluster = is_cluster(conn)
+        except UnavailableError:
+            conn.close()
+            raise
+        except EndpointError as exc:
+            raise EndpointError(f"{self.role} {self.address}: {exc}") from exc
+        if self.cluster:
+            self._refresh_slots()
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+    # -- connections -------------------------------------------------------------
+
+    def _connection(self, address: str) -> FastConnection:
+        conn = self._conns.get(address)
+        if conn is None:
+            conn = FastConnection(self._specs[address], timeout=self.options.timeout, client_name="eve-sync")
+            self._conns[address] = conn
+        return conn
+
+    def _open(self, address: str) -> FastConnection:
+        """The node's connection, opened; retried with backoff for reconnect_seconds."""
+        return self._retrying(address, lambda conn: conn)
+
+    def _address_of(self, host: str, port: int) -> str:
+        spec = dataclasses.replace(self.spec, host=host or self.spec.host, port=port)
+        self._specs.setdefault(spec.address, spec)
+        return spec.address
+
+    def _refresh_slots(self) -> None:
+        last: Exception | None = None
+        for address in dict.fromkeys([self.address, *self._masters]):
+            conn = self._connection(address)
+            try:
+                masters = cluster_masters(conn)
+            except AuthError:
+                raise
+            except EndpointError as exc:
+                conn.close()
+                last = exc
+                continue
+            for node in masters:
+                self._specs.setdefault(node.address, node_spec(self.spec, node))
+            self._slots = SlotMap(masters)
+            self._masters = {node.address for node in masters}
+            return
+        raise UnavailableError(f"{self.role} {self.address}: no node answered CLUSTER SLOTS: {last}")
+
+    def _retrying(self, address: str, call: Callable[[FastConnection], Any]) -> Any:
+        """``call(conn)``, reopening the connection with backoff while the node is unreachable.
+
+        Everything sent here is idempotent (DUMP, PTTL, RESTORE ... REPLACE, DEL, the
+        logical read's EVAL and write's MULTI ... EXEC), so a pipeline whose connection
+        dropped is simply sent again."""
+        deadline: float | None = None
+        delay = RECONNECT_FIRST_DELAY
+        while True:
+            conn = self._connection(address)
+            try:
+                if not conn.connected:
+                    conn.open()
+                return call(conn)
+            except AuthError as exc:
+                raise AuthError(f"{self.role} {address}: {exc}") from exc
+            except EndpointError as exc:  # unreachable, timed out, or a malformed reply
+                conn.close()
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.options.reconnect_seconds
+                    log.warning("sync: %s %s: %s; reconnecting for up to %gs", self.role, address, exc,
+                                self.options.reconnect_seconds)
+                if self.cluster:
+                    # A failover may have moved the node's slots: ask the others.
+                    try:
+                        self._refresh_slots()
+                    except EndpointError:
+                        pass
+                    else:
+                        if address not in self._masters:
+                            raise _Reroute(address) from exc
+                if self._stopping() or now + delay > deadline:
+                    raise UnavailableError(f"{self.role} {address} unreachable: {exc}") from exc
+                time.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+
+    def _pipeline(self, address: str, db: int, packed: bytes, count: int) -> list[Any]:
+        def send(conn: FastConnection) -> list[Any]:
+            if not self.cluster and conn.db != db:
+                try:
+                    conn.select(db)
+                except UnavailableError:
+                    raise
+                except EndpointError as exc:  # the db does not exist there: each key fails
+                    return [ReplyError(str(exc))] * count
+            return conn.pipeline(packed, count)
+        return self._retrying(address, send)
+
+    # -- commands ----------------------------------------------------------------
+
+    def execute(self, db: int, keys: Sequence[bytes], jobs: Sequence[Sequence[bytes]]) -> list[tuple[str, list[Any]]]:
+        """Run each job (the pre-packed commands of one key) on the node that owns its key.
+
+        Returns, per job, the node that answered and its replies. MOVED/ASK are
+        followed, transient errors retried; what comes back is the final word."""
+        self.connect()
+        results: list[tuple[str, list[Any]] | None] = [None] * len(jobs)
+        route: dict[int, tuple[str, bool]] = {}   # job -> (node, asking) after a redirection
+        hops: dict[int, int] = collections.defaultdict(int)
+        tries: dict[int, int] = collections.defaultdict(int)
+        pending = list(range(len(jobs)))
+        backoffs = 0
+        while pending:
+            groups: dict[tuple[str, bool], list[int]] = collections.defaultdict(list)
+            for index in pending:
+                groups[route.get(index) or (self._owner(keys[index]), False)].append(index)
+            again: list[int] = []
+            refresh = transient = False
+            for (address, asking), indexes in groups.items():
+                commands = [command for index in indexes for command in jobs[index]]
+                if asking:
+                    packed, count = b"".join(_ASKING + command for command in commands), 2 * len(commands)
+                else:
+                    packed, count = b"".join(commands), len(commands)
+                try:
+                    replies = self._pipeline(address, db, packed, count)
+                except _Reroute:
+                    for index in indexes:
+                        route.pop(index, None)
+                        hops[index] += 1
+                    again.extend(indexes)
+                    continue
+                if asking:
+                    replies = replies[1::2]
+                offset = 0
+                for index in indexes:
+                    size = len(jobs[index])
+                    job_replies = replies[offset:offset + size]
+                    offset += size
+                    redirect = _first_error(job_replies)
+                    if redirect is None:
+                        results[index] = (address, job_replies)
+                        continue
+                    message = str(redirect)
+                    if message.startswith(("MOVED ", "ASK ")) and self.cluster and hops[index] < MAX_REDIRECTS:
+                        hops[index] += 1
+                        moved = message.startswith("MOVED ")
+                        route[index] = (self._address_of(*_split(message.split()[2])), not moved)
+                        refresh = refresh or moved
+                        again.append(index)
+                    elif message.startswith(_TRANSIENT_PREFIXES) and tries[index] + 1 < self.options.max_attempts:
+                        tries[index] += 1
+                        route.pop(index, None)
+                        transient = True
+                        refresh = refresh or (self.cluster and message.startswith(_SLOT_CHANGE_PREFIXES))
+                        again.append(index)
+                    else:
+                        results[index] = (address, job_replies)
+            if refresh:
+                try:
+                    self._refresh_slots()
+                except EndpointError as exc:
+                    log.warning("sync: %s %s: cannot refresh the slot map: %s", self.role, self.address, exc)
+            if transient:
+                time.sleep(self.options.retry_delay * 2 ** backoffs)
+                backoffs += 1
+            pending = again
+        return results  # type: ignore[return-value]
+
+    def _owner(self, key: bytes) -> str:
+        if not self.cluster:
+            return self.address
+        assert self._slots is not None
+        node = self._slots.node_for_key(key)
+        # A slot without a master (the cluster is being reconfigured): the seed answers
+        # MOVED or CLUSTERDOWN, and both are handled.
+        return node.address if node is not None else self.address
+
+
+def _first_error(replies: list[Any]) -> ReplyError | None:
+    """The first redirection or transient error among a job's replies."""
+    for reply in replies:
+        if isinstance(reply, ReplyError):
+            message = str(reply)
+            if message.startswith(("MOVED ", "ASK ")) or message.startswith(_TRANSIENT_PREFIXES):
+                return reply
+    return None
+
+
+def _split(address: str) -> tuple[str, int]:
+    """"host:port" (also "[v6]:port" and the bare v6 form of MOVED replies) -> (host, port)."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+# --------------------------------------------------------------------------- the re-copy
+
+
+class _Copier:
+    """The connections of one thread: the authoritative side and every other side."""
+
+    def __init__(self, options: SyncOptions, stopping: Callable[[], bool]) -> None:
+        self.options = options
+        self.authoritative = _Side(options.authoritative, "authoritative side", options, stopping)
+        self.others = [_Side(spec, "copy target", options, stopping) for spec in options.others]
+        # Addresses of the sides that refused a payload of the authoritative side for its RDB
+        # version: they would refuse every one, so their keys are copied logically, no RESTORE first.
+        self.logical_sides: set[str] = set()
+
+    def close(self) -> None:
+        for side in (self.authoritative, *self.others):
+            side.close()
+
+    def recopy(self, items: Sequence[Item]) -> RecopyResult:
+        result = RecopyResult()
+        by_db: dict[int, list[bytes]] = {}
+        for db, key in items:
+            by_db.setdefault(db, []).append(key)
+        step = self.options.batch
+        for db, keys in by_db.items():
+            keys = list(dict.fromkeys(keys))
+            for start in range(0, len(keys), step):
+                self._recopy_db(db, keys[start:start + step], result)
+        return result
+
+    def _recopy_db(self, db: int, keys: list[bytes], result: RecopyResult) -> None:
+        auth = self.authoritative
+        auth.connect()
+        batch = _Batch(db)
+        if auth.cluster and db != 0:
+            for key in keys:
+                batch.fail(auth, auth.address, key, f"the authoritative side is a cluster: it has only db 0, "
+                                                    f"the key was marked in db {db}")
+            batch.tally(keys, result)
+            return
+        logical: dict[_Side, list[bytes]] = {}   # side -> keys to copy to it logically
+        known = [side for side in self.others if side.address in self.logical_sides]
+        restoring = [side for side in self.others if side not in known]
+        todo = keys
+        if restoring:   # else no DUMP: every side copies logically
+            rows = self._read_dumps(db, keys, batch)
+            todo = [key for key in keys if key in rows]
+            for side in restoring:
+                if todo and not self._refuses_db(side, db, todo, batch):
+                    refused = self._restore(side, db, todo, rows, batch)
+                    if refused:
+                        logical[side] = refused
+        for side in known:
+            if todo and not self._refuses_db(side, db, todo, batch):
+                logical[side] = todo
+        if logical:
+            self._copy_logically(db, logical, batch)
+        batch.tally(keys, result)
+
+    # -- DUMP / RESTORE ----------------------------------------------------------
+
+    def _read_dumps(self, db: int, keys: list[bytes], batch: _Batch) -> dict[bytes, tuple[int, bytes | None]]:
+        """DUMP + PTTL on the authoritative side: key -> (absolute expiry or 0, payload or None
+        when the key is gone). Keys whose read was refused are failed, not in the result."""
+        auth = self.authoritative
+        replies = auth.execute(db, keys, [(_DUMP % (len(key), key), _PTTL % (len(key), key)) for key in keys])
+        now_ms = time.time_ns() // 1_000_000
+        rows: dict[bytes, tuple[int, bytes | None]] = {}
+        for key, (node, (payload, pttl)) in zip(keys, replies):
+            if isinstance(payload, ReplyError) or isinstance(pttl, ReplyError):
+                error = payload if isinstance(payload, ReplyError) else pttl
+                batch.fail(auth, node, key, f"DUMP/PTTL refused on the authoritative side: {error}",
+                           self._attempts(str(error)))
+            elif payload is None or pttl == -2:
+                # Gone since it was marked (deleted, expired, renamed away): delete it everywhere.
+                rows[key] = (0, None)
+            else:
+                batch.payloads[key] = payload
+                rows[key] = (now_ms + pttl if isinstance(pttl, int) and pttl >= 0 and self.options.preserve_ttl
+                             else 0, payload)
+        return rows
+
+    def _restore(self, side: _Side, db: int, keys: list[bytes], rows: dict[bytes, tuple[int, bytes | None]],
+                 batch: _Batch) -> list[bytes]:
+        """RESTORE ... REPLACE (or DEL) on ``side``; returns the keys it refused for their payload."""
+        now_ms = time.time_ns() // 1_000_000
+        jobs = []
+        deleting: set[bytes] = set()
+        for key in keys:
+            expiry, payload = rows[key]
+            if payload is None or (expiry and expiry <= now_ms):
+                # A key whose expiry passed in transit is deleted, not created (DESIGN.md 4.3).
+                jobs.append((_DEL % (len(key), key),))
+                deleting.add(key)
+            elif expiry:
+                jobs.append((pack("RESTORE", key, expiry, payload, "ABSTTL", "REPLACE"),))
+            else:
+                jobs.append((pack("RESTORE", key, 0, payload, "REPLACE"),))
+        refused: list[bytes] = []
+        for key, (node, (reply,)) in zip(keys, side.execute(db, keys, jobs)):
+            if isinstance(reply, ReplyError):
+                message = str(reply)
+                if payload_refused(message):
+                    refused.append(key)
+                    self._learn_format_refusal(side, message)
+                else:
+                    batch.fail(side, node, key, classify(message)[1], self._attempts(message))
+            elif key not in deleting and reply != _OK:
+                batch.fail(side, node, key, f"unexpected reply to RESTORE: {reply!r:.200}")
+        batch.deleted |= deleting
+        return refused
+
+    def _learn_format_refusal(self, side: _Side, message: str) -> None:
+        # "Bad data format" can be one payload (a module type the side lacks): only a version
+        # refusal says that every payload of the authoritative side will be refused.
+        if _NEWER_FORMAT in message and side.address not in self.logical_sides:
+            self.logical_sides.add(side.address)
+            log.info("sync: %s %s refuses the DUMP payloads of %s (%s); its keys are copied logically from "
+                     "now on", side.role, side.address, self.authoritative.address, message)
+
+    # -- logical copy ------------------------------------------------------------
+
+    def _copy_logically(self, db: int, by_side: dict[_Side, list[bytes]], batch: _Batch) -> None:
+        """Read each key once with eve.redis.logical on the authoritative side and write it on the
+        sides that need it (MULTI, DEL, the value, PEXPIREAT, EXEC), or DEL it where it is gone."""
+        values = self._read_logical(db, list(dict.fromkeys(key for keys in by_side.values() for key in keys)),
+                                    batch)
+        now_ms = time.time_ns() // 1_000_000
+        noted: list[tuple[bytes, str]] = []
+        for side, keys in by_side.items():
+            jobs: list[tuple[bytes, ...]] = []
+            sent: list[bytes] = []
+            writing: dict[bytes, LogicalValue] = {}    # the others are DELs
+            for key in keys:
+                found = values.get(key)
+                if found is None:
+                    continue    # the read was refused: the key is failed already
+                if isinstance(found, UnsupportedTypeError):
+                    batch.fail(side, side._owner(key), key, _logical_failure(side, found), type_name=found.type)
+                    continue
+                expiry, value = found
+                if value is None or (expiry and expiry <= now_ms):
+                    jobs.append((_DEL % (len(key), key),))
+                    batch.deleted.add(key)
+                else:
+                    jobs.append(pack_write(key, value, expiry))
+                    writing[key] = value
+                sent.append(key)
+            for key, (node, replies) in zip(sent, side.execute(db, sent, jobs)):
+                value = writing.get(key)
+                if value is None:
+                    if isinstance(replies[0], ReplyError):
+                        message = str(replies[0])
+                        batch.fail(side, node, key, classify(message)[1], self._attempts(message))
+                    continue
+                try:
+                    check_write(replies)
+                except LogicalCopyError as exc:
+                    batch.fail(side, node, key, _logical_failure(side, exc), self._attempts(exc.reply or ""),
+                               type_name=value.type)
+                    continue
+                batch.logical.add(key)
+                noted.extend((key, note) for note in value.notes)
+        if noted:
+            log.warning("sync: %d keys copied logically lost what a logical copy does not carry (first: %r: %s)",
+                        len(noted), noted[0][0][:100], noted[0][1])
+
+    def _read_logical(self, db: int, keys: list[bytes],
+                      batch: _Batch) -> dict[bytes, tuple[int, LogicalValue | None] | UnsupportedTypeError]:
+        """key -> (absolute expiry or 0, value or None when gone), or the reason it has no logical
+        form (a module type). Keys whose read was refused are failed, not in the result."""
+        auth = self.authoritative
+        replies = auth.execute(db, keys, [(pack_read(key),) for key in keys])
+        now_ms = time.time_ns() // 1_000_000
+        values: dict[bytes, tuple[int, LogicalValue | None] | UnsupportedTypeError] = {}
+        for key, (node, (reply,)) in zip(keys, replies):
+            try:
+                value = parse_read(reply)
+            except UnsupportedTypeError as exc:
+                values[key] = exc
+            except LogicalCopyError as exc:
+                batch.fail(auth, node, key, f"logical copy failed: {exc}", self._attempts(exc.reply or ""))
+            else:
+                values[key] = (value.expiry(now_ms) if value is not None and self.options.preserve_ttl else 0,
+                               value)
+        return values
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _refuses_db(self, side: _Side, db: int, keys: list[bytes], batch: _Batch) -> bool:
+        """A cluster side has only db 0: the keys of another db fail there."""
+        side.connect()
+        if side.cluster and db != 0:
+            for key in keys:
+                batch.fail(side, side.address, key, f"{side.address} is a cluster: it has only db 0, "
+                                                    f"the key is in db {db}")
+            return True
+        return False
+
+    def _attempts(self, message: str) -> int:
+        return self.options.max_attempts if message.startswith(_TRANSIENT_PREFIXES) else 1
+
+
+@dataclass
+class _Batch:
+    """What one ``_recopy_db`` found, per key, until ``tally`` counts it."""
+
+    db: int
+    failures: dict[bytes, list[RecopyFailure]] = field(default_factory=dict)
+    deleted: set[bytes] = field(default_factory=set)       # a DEL was sent for it (gone or expired)
+    logical: set[bytes] = field(default_factory=set)       # written logically to at least one side
+    payloads: dict[bytes, bytes] = field(default_factory=dict)  # DUMP payloads: type and size of failures
+
+    def fail(self, side: _Side, node: str, key: bytes, reason: str, attempts: int = 1,
+             type_name: str | None = None) -> None:
+        payload = self.payloads.get(key)
+        self.failures.setdefault(key, []).append(RecopyFailure(
+            self.db, key, side.address, node, type_name or (payload_type(payload) if payload else "unknown"),
+            len(payload) if payload else 0, reason, attempts))
+
+    def tally(self, keys: list[bytes], result: RecopyResult) -> None:
+        for key in keys:
+            if key in self.failures:
+                result.failed += 1
+                result.failures.extend(self.failures[key])
+            elif key in self.deleted:
+                result.deleted += 1
+            else:
+                result.copied += 1
+                result.logical += key in self.logical
+
+
+def _logical_failure(side: _Side, exc: LogicalCopyError) -> str:
+    return f"logical copy failed ({side.address} refuses the DUMP payload): {exc}"
+
+
+class DirtyKeySync:
+    """Re-copies dirty keys from the authoritative side to every other side.
+
+    ``run(stop_event)`` is the worker loop (``options.workers`` threads); ``drain``
+    re-copies until the backlog is empty (cutover, tests); ``recopy`` is one batch.
+    Connections are opened lazily, one set per thread; ``close`` ends them.
+
+    ``on_error(failures)`` gets each batch's ``RecopyFailure`` list (refused keys:
+    they are out of the backlog and are error keys for the caller). Feed keys a
+    verification pass found different through ``dirty.mark``, not straight into
+    ``recopy``: only the backlog guarantees a key is never in flight twice.
+    """
+
+    def __init__(self, options: SyncOptions, dirty: DirtyKeys, *,
+                 on_error: Callable[[list[RecopyFailure]], None] | None = None) -> None:
+        self.options = options
+        self.dirty = dirty
+        self.on_error = on_error
+        self._local = threading.local()
+        self._copiers: list[_Copier] = []
+        self._lock = threading.Lock()
+        self._copied = self._deleted = self._failed = self._unavailable = 0
+        self._last_error: str | None = None
+        self._stop_event: threading.Event | None = None  # run()'s: ends reconnect waits early
+
+    def __repr__(self) -> str:
+        others = ", ".join(spec.address for spec in self.options.others)
+        return f"DirtyKeySync({self.options.authoritative.address} -> {others}, backlog={self.dirty.backlog})"
+
+    def __enter__(self) -> "DirtyKeySync":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            copiers, self._copiers = self._copiers, []
+        for copier in copiers:
+            copier.close()
+
+    # -- one batch ---------------------------------------------------------------
+
+    def recopy(self, items: list[Item]) -> RecopyResult:
+        """DUMP+PTTL on the authoritative side, then RESTORE ... ABSTTL REPLACE (or DEL) on
+        every other side, or a logical copy where the payload is refused. Raises UnavailableError/AuthError when a side cannot be used;
+        per-key refusals are in the result (and passed to ``on_error``)."""
+        result = self._copier().recopy(items)
+        with self._lock:
+            self._copied += result.copied
+            self._deleted += result.deleted
+            self._failed += result.failed
+        if result.failures:
+            first = result.failures[0]
+            log.warning("sync: %d keys failed (first: %r db=%d on %s: %s)", result.failed, first.key[:100],
+                        first.db, first.node, first.reason)
+            if self.on_error is not None:
+                try:
+                    self.on_error(result.failures)
+                except Exception:
+                    log.exception("sync: on_error raised; the failures are counted anyway")
+        return result
+
+    def _copier(self) -> _Copier:
+        copier = getattr(self._local, "copier", None)
+        if copier is None:
+            copier = self._local.copier = _Copier(self.options, self._stopping)
+            with self._lock:
+                self._copiers.append(copier)
+        return copier
+
+    def _stopping(self) -> bool:
+        stop_event = self._stop_event
+        return stop_event is not None and stop_event.is_set()
+
+    def _release_copier(self) -> None:
+        copier = getattr(self._local, "copier", None)
+        if copier is not None:
+            self._local.copier = None
+            with self._lock:
+                if copier in self._copiers:
+                    self._copiers.remove(copier)
+            copier.close()
+
+    def _step(self, items: list[Item]) -> bool:
+        """Re-copy one taken batch and settle it with the backlog; False when a side was unreachable."""
+        try:
+            self.recopy(items)
+        except EndpointError as exc:  # unreachable or refused credentials: nothing is lost
+            self.dirty.requeue(items)
+            with self._lock:
+                self._unavailable += 1
+                self._last_error = str(exc)
+            log.warning("sync: %s; %d keys put back in the backlog", exc, len(items))
+            return False
+        except BaseException:
+            self.dirty.requeue(items)
+            raise
+        self.dirty.done(items)
+        return True
+
+    # -- loops -------------------------------------------------------------------
+
+    def run(self, stop_event: threading.Event) -> None:
+        """take, recopy, done, until ``stop_event`` is set; ``options.workers`` threads.
+        An empty backlog sleeps on its condition (woken by the next mark), never spins.
+        A worker's internal error stops them all and is raised here."""
+        halt = threading.Event()            # a worker failed: the others stop too
+        crashed: list[BaseException] = []
+        self._stop_event = stop_event
+
+        def stopping() -> bool:
+            return stop_event.is_set() or halt.is_set()
+
+        def worker(number: int) -> None:
+            try:
+                self._worker(stopping, number)
+            except BaseException as exc:
+                crashed.append(exc)
+                halt.set()
+
+        threads = [threading.Thread(target=worker, args=(i,), name=f"eve-sync-{i}", daemon=True)
+                   for i in range(2, self.options.workers + 1)]
+        for thread in threads:
+            thread.start()
+        log.info("sync: %r with %d workers", self, self.options.workers)
+        try:
+            worker(1)
+        finally:
+            for thread in threads:
+                thread.join()
+            self._stop_event = None
+        if crashed:
+            raise crashed[0]
+        log.info("sync: stopped; %s", self.stats().as_dict())
+
+    def _worker(self, stopping: Callable[[], bool], number: int) -> None:
+        dirty, batch = self.dirty, self.options.batch
+        try:
+            while not stopping():
+                items = dirty.take(batch)
+                if not items:
+                    dirty.wait_for_work(IDLE_WAIT)
+                    continue
+                if not self._step(items):
+                    deadline = time.monotonic() + UNAVAILABLE_BACKOFF
+                    while not stopping() and time.monotonic() < deadline:
+                        time.sleep(IDLE_WAIT)
+        except BaseException:
+            log.exception("sync worker %d stopped on an internal error", number)
+            raise
+        finally:
+            self._release_copier()
+
+    def drain(self, timeout: float) -> bool:
+        """Re-copy in this thread (alongside ``run``'s workers, if any) until the backlog is
+        empty: True, or False when ``timeout`` passed first. ``dirty.overflowed`` still
+        says whether a full re-verify is needed."""
+        deadline = time.monotonic() + timeout
+        dirty = self.dirty
+        try:
+            while dirty.backlog:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                items = dirty.take(self.options.batch)
+                if not items:
+                    dirty.wait_for_change(min(remaining, IDLE_WAIT))  # in flight in another worker
+                elif not self._step(items):
+                    time.sleep(min(UNAVAILABLE_BACKOFF, max(deadline - time.monotonic(), 0)))
+            return True
+        finally:
+            self._release_copier()
+
+    # -- progress ----------------------------------------------------------------
+
+    @property
+    def lag_seconds(self) -> float:
+        return self.dirty.lag_seconds
+
+    def stats(self) -> SyncStats:
+        dirty = self.dirty
+        with self._lock:
+            return SyncStats(backlog=dirty.backlog, in_flight=dirty.in_flight, copied=self._copied,
+                             deleted=self._deleted, failed=self._failed, lag_seconds=round(dirty.lag_seconds, 3),
+                             overflowed=dirty.overflowed, marked=dirty.marked, dropped=dirty.dropped,
+                             unavailable=self._unavailable, last_error=self._last_error)

@@ -1,0 +1,957 @@
+"""Verification: compare a source and a target key by key (DESIGN.md 6.5).
+
+``verify`` scans the source (every master of a cluster, every db that holds
+keys) and, for each SCAN step, reads on both sides in pipelines:
+
+1. ``TYPE`` + ``PTTL`` of every key. Source ``TYPE none`` or ``PTTL -2``: the
+   key vanished since SCAN and is skipped (DESIGN.md 4.2). Target ``none``:
+   **missing** (unless the source TTL is within the tolerance of expiring: the
+   target expired it a moment earlier). Types differ: **type**. TTLs: both
+   without expiry are equal; one with and one without, or both with and more
+   than ``ttl_tolerance_ms`` apart: **ttl**.
+2. The size of every key whose type matches (``STRLEN``/``HLEN``/``LLEN``/
+   ``SCARD``/``ZCARD``/``XLEN``). Sizes differ: **value**, without reading it.
+3. A digest of the logical value on each side, compared. DUMP payloads are
+   never compared for the core types: Redis 7.0 and Valkey 9.1 serialize the
+   same value differently (RDB 10 vs 80, other encodings), and even Redis 7.0
+   and 8.2 print the same zset score differently (``0.10000000000000001`` vs
+   ``0.1``), so scores are compared as doubles.
+
+Digests (``_value_digest`` is the reference, the chunked readers give the same bytes):
+
+* string: blake2b of the bytes (``GET``, or ``GETRANGE`` chunks above 8 MiB).
+* list: ordered blake2b of length-prefixed elements (``LRANGE``, by ranges
+  above ``BIG_ELEMENTS``).
+* zset: ordered blake2b of (member, score as an IEEE double) in ``ZRANGE``
+  order, which is canonical (score, then member bytes); big zsets by rank ranges.
+* stream: ordered blake2b of the entries (``XRANGE``; big ones in ``COUNT``
+  pages), then the stream's ``last-generated-id`` and its consumer groups
+  (name, ``last-delivered-id``) sorted by name: a copy that lost the groups
+  or would hand out old IDs again differs. PELs and consumers are not compared.
+* hash and set: order-independent. Each element (field+value, member) is
+  hashed to 128 bits and the hashes are **added** modulo 2**128, then the sum
+  and the element count are hashed. Addition is commutative, so chunks from
+  ``HSCAN``/``SSCAN`` can arrive in any order and no process holds the value;
+  unlike XOR, an element seen twice does not cancel out. ``HSCAN`` may return
+  an element more than once (a rehash between two calls), which a sum would
+  count twice: when a chunked read returns more elements than ``HLEN`` said,
+  the key is read again with a set of the element hashes that drops repeats
+  (memory only for that key, only in that rare case).
+* module types (any other ``TYPE``): Eve cannot read a module's value, so
+  ``DUMP`` on both sides. Payloads of the same RDB version (trailer) that are
+  byte for byte equal prove the values equal. Anything else is counted in
+  ``not_comparable`` and is *not* a difference: payloads of another RDB
+  version are encoded differently, and even equal versions prove nothing,
+  since a module may serialize one value differently each time (FalkorDB's
+  ``graphdata``: two DUMPs of the same untouched graph on one Redis 8.2
+  differ). Missing keys and type differences of module keys are found as
+  for every key.
+
+Keys changing while they are compared can show up as differences; the re-copy
+loop makes such keys exact again, and a later pass is clean.
+
+With ``check_extra`` the target is scanned too and every key the source lacks
+(``EXISTS`` on the source, pipelined) is **extra**. Keys starting with one of
+``ignore_prefixes`` (Eve's scratch keys, ``eve:`` by default) are skipped on
+both sides. A cluster has only db 0: source keys of another db are missing on
+a cluster target, target keys of another db are extra against a cluster source.
+
+``max_keys_per_second`` is a token bucket over the keys looked at on either
+side (source keys, and target keys of the extra-key pass, whose ``EXISTS``
+runs on the source), so a pass does not starve the source's clients.
+
+Counts: ``missing``, ``extra``, ``different`` (type or value), ``ttl_mismatch``;
+a key whose value and TTL both differ is listed twice (once per kind).
+``keys_compared`` counts the source keys examined (vanished ones excluded).
+
+Errors: a side that cannot be reached raises ``UnavailableError`` ("source
+unreachable: ..."), refused credentials ``AuthError``, any other failure of a
+side ``SourceError`` / ``TargetError``; bad arguments ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import logging
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from eve.core.endpoints import ConnectionSpec
+from eve.core.errors import (
+    AuthError,
+    ConfigError,
+    EndpointError,
+    SourceError,
+    TargetError,
+    UnavailableError,
+)
+from eve.redis.rdb import payload_rdb_version
+from eve.redis.topology import (
+    Node,
+    SlotMap,
+    cluster_masters,
+    dbs_with_keys,
+    is_cluster,
+    node_spec,
+)
+from eve.redis.wire import FastConnection, ReplyError, pack
+
+__all__ = [
+    "KeyDifference",
+    "VerifyReport",
+    "verify",
+    "MISSING",
+    "EXTRA",
+    "TYPE",
+    "VALUE",
+    "TTL",
+    "KINDS",
+    "CORE_TYPES",
+    "BIG_ELEMENTS",
+    "DEFAULT_TTL_TOLERANCE_MS",
+    "DEFAULT_MAX_EXAMPLES",
+    "DEFAULT_MAX_DIFFERENCES",
+    "DEFAULT_SCAN_COUNT",
+    "DEFAULT_IGNORE_PREFIXES",
+    "DEFAULT_TIMEOUT",
+]
+
+log = logging.getLogger("eve.live.verify")
+
+MISSING, EXTRA, TYPE, VALUE, TTL = "missing", "extra", "type", "value", "ttl"
+KINDS = (MISSING, EXTRA, TYPE, VALUE, TTL)
+CORE_TYPES = ("string", "hash", "list", "set", "zset", "stream")
+
+DEFAULT_TTL_TOLERANCE_MS = 1000
+DEFAULT_MAX_EXAMPLES = 20
+DEFAULT_MAX_DIFFERENCES = 100_000
+DEFAULT_SCAN_COUNT = 500
+DEFAULT_IGNORE_PREFIXES = (b"eve:",)
+DEFAULT_TIMEOUT = 10.0
+
+BIG_ELEMENTS = 10_000              # a collection with more elements is read in chunks
+CHUNK_ELEMENTS = 1_000             # elements per chunk (HSCAN/SSCAN COUNT, LRANGE/ZRANGE/XRANGE span)
+BIG_STRING_BYTES = 8 << 20         # a longer string is read with GETRANGE
+STRING_CHUNK_BYTES = 1 << 20
+PIPELINE_ELEMENTS = 50_000         # elements read in one pipeline of small values
+PIPELINE_BYTES = 16 << 20          # string bytes read in one pipeline
+MAX_REDIRECTS = 3                  # MOVED/ASK rounds before a cluster read gives up
+CLIENT_NAME = "eve-verify"
+
+_SIZE_COMMAND = {"string": b"STRLEN", "hash": b"HLEN", "list": b"LLEN", "set": b"SCARD", "zset": b"ZCARD",
+                 "stream": b"XLEN"}
+_UNIT = {"string": "bytes", "hash": "fields", "list": "elements", "set": "members", "zset": "members",
+         "stream": "entries"}
+# An empty hash, list, set or zset does not exist (an empty string or stream does).
+_NEVER_EMPTY = frozenset({"hash", "list", "set", "zset"})
+_MASK128 = (1 << 128) - 1
+_DOUBLE = struct.Struct(">d")
+
+
+class _Gone:
+    """The key vanished between TYPE and the read (nil / empty reply)."""
+
+
+class _Changed:
+    """The key changed type between TYPE and the read (WRONGTYPE)."""
+
+
+_GONE, _CHANGED = _Gone(), _Changed()
+
+
+@dataclass(frozen=True)
+class KeyDifference:
+    key: bytes
+    key_text: str
+    db: int
+    kind: str      # MISSING, EXTRA, TYPE, VALUE or TTL
+    detail: str    # "source hash, target string", "source TTL 3600000 ms, target none", ...
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key_text, "key_base64": base64.b64encode(self.key).decode(), "db": self.db,
+                "kind": self.kind, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    clean: bool
+    keys_compared: int
+    missing: int
+    extra: int
+    different: int       # type or value differs
+    ttl_mismatch: int
+    examples: tuple[KeyDifference, ...]      # the first max_examples differences
+    differences: tuple[KeyDifference, ...]   # the first max_differences (error keys, re-copy)
+    seconds: float
+    not_comparable: int = 0  # module-type keys whose DUMP payloads could not prove equality (not differences)
+
+    def summary(self) -> str:
+        if self.clean:
+            text = f"clean: {self.keys_compared} keys compared in {self.seconds:.2f} s"
+        else:
+            text = (f"{self.missing} missing, {self.extra} extra, {self.different} different, "
+                    f"{self.ttl_mismatch} TTL mismatches; {self.keys_compared} keys compared in {self.seconds:.2f} s")
+        if self.not_comparable:
+            text += f" ({self.not_comparable} module-type keys not comparable)"
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"clean": self.clean, "keys_compared": self.keys_compared, "missing": self.missing,
+                "extra": self.extra, "different": self.different, "ttl_mismatch": self.ttl_mismatch,
+                "not_comparable": self.not_comparable, "seconds": round(self.seconds, 3),
+                "examples": [difference.as_dict() for difference in self.examples]}
+
+
+def _key_text(key: bytes) -> str:
+    return key.decode("utf-8", "backslashreplace")
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+# --------------------------------------------------------------------------- digests
+
+
+def _element_hash(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=16).digest(), "little")
+
+
+def _pair(first: bytes, second: bytes) -> bytes:
+    # The length prefix makes ("ab", "c") and ("a", "bc") different elements.
+    return b"%d:%s%s" % (len(first), first, second)
+
+
+class _Ordered:
+    """Running digest of a sequence: length-prefixed elements in order."""
+
+    def __init__(self, kind: str) -> None:
+        self._hash = hashlib.blake2b(kind.encode(), digest_size=32)
+        self.count = 0
+
+    def add(self, elements: Iterable[bytes]) -> None:
+        parts = []
+        for element in elements:
+            parts.append(b"%d:" % len(element))
+            parts.append(element)
+            self.count += 1
+        self._hash.update(b"".join(parts))
+
+    def finish(self) -> bytes:
+        self._hash.update(b"#%d" % self.count)
+        return self._hash.digest()
+
+
+class _Unordered:
+    """Running digest of a set: the sum modulo 2**128 of per-element hashes (see the module docstring).
+
+    With ``dedupe`` an element hash seen before is not added again (a chunked
+    read that returned duplicates)."""
+
+    def __init__(self, kind: str, *, dedupe: bool = False) -> None:
+        self.kind = kind
+        self.total = 0
+        self.count = 0
+        self._seen: set[int] | None = set() if dedupe else None
+
+    def add(self, elements: Iterable[bytes]) -> None:
+        seen = self._seen
+        for element in elements:
+            value = _element_hash(element)
+            if seen is not None:
+                if value in seen:
+                    continue
+                seen.add(value)
+            self.total = (self.total + value) & _MASK128
+            self.count += 1
+
+    def finish(self) -> bytes:
+        return hashlib.blake2b(b"%s#%d#%s" % (self.kind.encode(), self.count, self.total.to_bytes(16, "little")),
+                               digest_size=32).digest()
+
+
+def _pairs(flat: Sequence[bytes]) -> Iterator[bytes]:
+    return (_pair(flat[i], flat[i + 1]) for i in range(0, len(flat) - 1, 2))
+
+
+def _scored(flat: Sequence[bytes]) -> Iterator[bytes]:
+    # Scores as doubles: Redis 7.0 prints "%.17g" ("0.10000000000000001"), 7.2+ and
+    # Valkey the shortest form ("0.1"); "+ 0.0" folds -0.0 into 0.0.
+    return (_pair(flat[i], _DOUBLE.pack(float(flat[i + 1]) + 0.0)) for i in range(0, len(flat) - 1, 2))
+
+
+def _stream_entries(entries: Sequence[Any]) -> Iterator[bytes]:
+    for entry_id, fields in entries:
+        yield entry_id
+        yield b"".join(b"%d:%s" % (len(part), part) for part in (fields or ()))
+
+
+def _stream_meta(info: Any, groups: Any) -> list[bytes]:
+    """last-generated-id and the groups (name, last-delivered-id), from XINFO STREAM / GROUPS in RESP2."""
+    stream = dict(zip(info[0::2], info[1::2]))
+    meta = [b"last-generated-id", stream.get(b"last-generated-id") or b""]
+    described = []
+    for group in groups or ():
+        fields = dict(zip(group[0::2], group[1::2]))
+        described.append(_pair(fields.get(b"name") or b"", fields.get(b"last-delivered-id") or b""))
+    return meta + sorted(described)
+
+
+def _reply_error(reply: Any) -> bool:
+    return isinstance(reply, ReplyError)
+
+
+def _value_digest(kind: str, replies: Sequence[Any]) -> bytes | _Gone | _Changed:
+    """The digest of one value from the replies of the small-value reads (``_read_commands``)."""
+    if any(_reply_error(reply) for reply in replies):
+        for reply in replies:
+            if _reply_error(reply) and (str(reply).startswith("WRONGTYPE") or "no such key" in str(reply)):
+                return _CHANGED if str(reply).startswith("WRONGTYPE") else _GONE
+        raise EndpointError(f"{kind} read failed: {next(r for r in replies if _reply_error(r))}")
+    first = replies[0]
+    if kind == "string":
+        if first is None:
+            return _GONE
+        digest = hashlib.blake2b(first, digest_size=32)
+        return digest.digest()
+    if kind == "stream":
+        ordered = _Ordered(kind)
+        ordered.add(_stream_entries(first))
+        ordered.add(_stream_meta(replies[1], replies[2]))
+        return ordered.finish()
+    if not first:  # collections are never empty: the key is gone
+        return _GONE
+    if kind == "list":
+        ordered = _Ordered(kind)
+        ordered.add(first)
+        return ordered.finish()
+    if kind == "zset":
+        ordered = _Ordered(kind)
+        ordered.add(_scored(first))
+        return ordered.finish()
+    unordered = _Unordered(kind)
+    unordered.add(_pairs(first) if kind == "hash" else first)
+    return unordered.finish()
+
+
+class _KeyCommand:
+    """``NAME key`` pre-encoded: a verify pass sends several per key, ``pack`` costs more than the servers."""
+
+    def __init__(self, name: bytes) -> None:
+        self.name = name
+        self._prefix = b"*2\r\n$%d\r\n%s\r\n" % (len(name), name)
+
+    def __call__(self, key: bytes) -> bytes:
+        return self._prefix + b"$%d\r\n%s\r\n" % (len(key), key)
+
+
+_TYPE, _PTTL, _EXISTS, _DUMP = (_KeyCommand(name) for name in (b"TYPE", b"PTTL", b"EXISTS", b"DUMP"))
+_GET, _HGETALL, _SMEMBERS = (_KeyCommand(name) for name in (b"GET", b"HGETALL", b"SMEMBERS"))
+_SIZE_COMMANDS = {kind: _KeyCommand(name) for kind, name in _SIZE_COMMAND.items()}
+
+
+def _read_commands(kind: str, key: bytes) -> list[bytes]:
+    """The commands that read a small value whole, for ``_value_digest``."""
+    if kind == "string":
+        return [_GET(key)]
+    if kind == "hash":
+        return [_HGETALL(key)]
+    if kind == "list":
+        return [pack(b"LRANGE", key, 0, -1)]
+    if kind == "set":
+        return [_SMEMBERS(key)]
+    if kind == "zset":
+        return [pack(b"ZRANGE", key, 0, -1, b"WITHSCORES")]
+    if kind == "stream":
+        return [pack(b"XRANGE", key, b"-", b"+"), pack(b"XINFO", b"STREAM", key), pack(b"XINFO", b"GROUPS", key)]
+    return [_DUMP(key)]
+
+
+# --------------------------------------------------------------------------- one side
+
+
+class _Side:
+    """One endpoint (standalone or cluster) as the verifier sees it: SCAN per node,
+    and per-key pipelines routed to the master owning the key's slot.
+
+    Public methods map every failure to an error naming the side (module docstring)."""
+
+    def __init__(self, role: str, spec: ConnectionSpec, timeout: float) -> None:
+        self.role = role
+        self.spec = spec
+        self.timeout = timeout
+        self.error: type[EndpointError] = SourceError if role == "source" else TargetError
+        self.cluster = False
+        self._conns: dict[str, FastConnection] = {}
+        self._specs: dict[str, ConnectionSpec] = {}
+        self._slots: SlotMap | None = None
+        self._depth = 0
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        # Only the outermost block names the side: public methods call each other.
+        self._depth += 1
+        try:
+            yield
+        except (SourceError, TargetError):
+            raise
+        except EndpointError as exc:
+            if self._depth > 1:
+                raise
+            if isinstance(exc, UnavailableError):
+                raise UnavailableError(f"{self.role} unreachable: {exc}") from exc
+            if isinstance(exc, AuthError):
+                raise AuthError(f"{self.role}: {exc}") from exc
+            raise self.error(f"{self.role} {self.spec.address}: {exc}") from exc
+        finally:
+            self._depth -= 1
+
+    def _conn(self, address: str) -> FastConnection:
+        conn = self._conns.get(address)
+        if conn is None:
+            conn = FastConnection(self._specs[address], timeout=self.timeout, client_name=CLIENT_NAME)
+            conn.open()
+            self._conns[address] = conn
+        return conn
+
+    def open(self) -> None:
+        with self._errors():
+            seed = FastConnection(self.spec, timeout=self.timeout, client_name=CLIENT_NAME)
+            seed.open()
+            self._specs[self.spec.address] = self.spec
+            self._conns[self.spec.address] = seed
+            self.cluster = is_cluster(seed)
+            if self.cluster:
+                self._load_slots(seed)
+
+    def _load_slots(self, conn: FastConnection) -> None:
+        masters = cluster_masters(conn)
+        self._slots = SlotMap(masters)
+        for node in masters:
+            self._specs.setdefault(node.address, node_spec(self.spec, node))
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+    @property
+    def scan_nodes(self) -> list[str]:
+        if self._slots is None:
+            return [self.spec.address]
+        return [node.address for node in self._slots.masters]
+
+    def has_db(self, db: int) -> bool:
+        return db == 0 or not self.cluster
+
+    def dbs_with_keys(self) -> list[int]:
+        if self.cluster:
+            return [0]
+        with self._errors():
+            return dbs_with_keys(self._conn(self.spec.address))
+
+    def use_db(self, db: int) -> None:
+        with self._errors():
+            if not self.cluster:
+                self._conn(self.spec.address).select(db)
+
+    def scan(self, address: str, cursor: bytes, count: int, match: bytes | None,
+             key_type: str | None) -> tuple[bytes, list[bytes]]:
+        args: list[Any] = [b"SCAN", cursor]
+        if match is not None:
+            args += [b"MATCH", match]
+        args += [b"COUNT", count]
+        if key_type is not None:
+            args += [b"TYPE", key_type]
+        with self._errors():
+            reply = self._conn(address).execute(*args)
+            if _reply_error(reply):
+                raise EndpointError(f"SCAN failed on {address}: {reply}")
+            return reply[0], list(reply[1])
+
+    def run(self, keys: Sequence[bytes], commands: Sequence[Sequence[bytes]]) -> list[list[Any]]:
+        """Send each key's pre-encoded commands and return each key's replies, in key order."""
+        with self._errors():
+            if not keys:
+                return []
+            if self._slots is None:
+                conn = self._conn(self.spec.address)
+                flat = conn.pipeline(b"".join(b"".join(c) for c in commands), sum(len(c) for c in commands))
+                out, at = [], 0
+                for key_commands in commands:
+                    out.append(flat[at:at + len(key_commands)])
+                    at += len(key_commands)
+                return out
+            return self._run_cluster(keys, commands)
+
+    def call(self, key: bytes, *args: Any) -> Any:
+        """One command about ``key`` on the node that owns it."""
+        return self.run([key], [[pack(*args)]])[0][0]
+
+    def _run_cluster(self, keys: Sequence[bytes], commands: Sequence[Sequence[bytes]]) -> list[list[Any]]:
+        assert self._slots is not None
+        results: list[list[Any] | None] = [None] * len(keys)
+        routes: dict[int, tuple[str, bool]] = {}
+        for index, key in enumerate(keys):
+            node = self._slots.node_for_key(key)
+            if node is None:
+                raise EndpointError(f"no master serves the slot of {_key_text(key)[:80]!r} (cluster being reconfigured)")
+            routes[index] = (node.address, False)
+        for _ in range(MAX_REDIRECTS + 1):
+            by_node: dict[tuple[str, bool], list[int]] = {}
+            for index, route in routes.items():
+                by_node.setdefault(route, []).append(index)
+            redirected: dict[int, tuple[str, bool]] = {}
+            moved = False
+            for (address, asking), indexes in by_node.items():
+                parts: list[bytes] = []
+                sent = 0
+                for index in indexes:
+                    for command in commands[index]:
+                        # ASKING covers only the command right after it.
+                        parts.append(b"*1\r\n$6\r\nASKING\r\n" + command if asking else command)
+                        sent += 2 if asking else 1
+                flat = self._conn(address).pipeline(b"".join(parts), sent)
+                if asking:
+                    flat = flat[1::2]
+                at = 0
+                for index in indexes:
+                    replies = flat[at:at + len(commands[index])]
+                    at += len(commands[index])
+                    redirect = next((r for r in replies if _reply_error(r)
+                                     and str(r).startswith(("MOVED ", "ASK "))), None)
+                    if redirect is None:
+                        results[index] = replies
+                        continue
+                    verb, _slot, target = str(redirect).split(" ", 2)
+                    host, _, port = target.rpartition(":")
+                    node = Node(host or self.spec.host, int(port))
+                    self._specs.setdefault(node.address, node_spec(self.spec, node))
+                    redirected[index] = (node.address, verb == "ASK")
+                    moved = moved or verb == "MOVED"
+            if not redirected:
+                return [replies or [] for replies in results]
+            if moved:
+                self._load_slots(self._conn(next(iter(redirected.values()))[0]))
+            routes = redirected
+        raise EndpointError(f"keys kept being redirected after {MAX_REDIRECTS} MOVED/ASK rounds "
+                            "(the cluster is being resharded); verify again later")
+
+
+# --------------------------------------------------------------------------- chunked reads
+
+
+def _read_big(side: _Side, key: bytes, kind: str, size: int) -> bytes | _Gone | _Changed:
+    """The digest of a big value, read in chunks into a running digest."""
+    with side._errors():
+        try:
+            if kind == "string":
+                return _big_string(side, key, size)
+            if kind == "list":
+                return _big_ranges(side, key, kind, b"LRANGE", ())
+            if kind == "zset":
+                return _big_ranges(side, key, kind, b"ZRANGE", (b"WITHSCORES",))
+            if kind == "stream":
+                return _big_stream(side, key)
+            digest, count = _big_scan(side, key, kind, dedupe=False)
+            if count > size:  # more elements than the size said: repeats (see the module docstring)
+                digest, count = _big_scan(side, key, kind, dedupe=True)
+            return digest
+        except _ReadError as exc:
+            return exc.outcome
+
+
+class _ReadError(Exception):
+    def __init__(self, outcome: _Gone | _Changed) -> None:
+        self.outcome = outcome
+
+
+def _checked(reply: Any, what: str) -> Any:
+    if _reply_error(reply):
+        text = str(reply)
+        if text.startswith("WRONGTYPE"):
+            raise _ReadError(_CHANGED)
+        if "no such key" in text:
+            raise _ReadError(_GONE)
+        raise EndpointError(f"{what} failed: {text}")
+    return reply
+
+
+def _big_string(side: _Side, key: bytes, size: int) -> bytes | _Gone:
+    digest = hashlib.blake2b(digest_size=32)
+    start = 0
+    while True:
+        chunk = _checked(side.call(key, b"GETRANGE", key, start, start + STRING_CHUNK_BYTES - 1), "GETRANGE")
+        if start == 0 and not chunk and size:
+            return _GONE
+        digest.update(chunk)
+        start += len(chunk)
+        if len(chunk) < STRING_CHUNK_BYTES:
+            return digest.digest()
+
+
+def _big_ranges(side: _Side, key: bytes, kind: str, command: bytes, extra: tuple[bytes, ...]) -> bytes | _Gone:
+    ordered = _Ordered(kind)
+    start = 0
+    while True:
+        reply = _checked(side.call(key, command, key, start, start + CHUNK_ELEMENTS - 1, *extra), command.decode())
+        if start == 0 and not reply:
+            return _GONE
+        ordered.add(_scored(reply) if kind == "zset" else reply)
+        got = len(reply) // 2 if kind == "zset" else len(reply)
+        start += got
+        if got < CHUNK_ELEMENTS:
+            return ordered.finish()
+
+
+def _big_stream(side: _Side, key: bytes) -> bytes | _Gone:
+    ordered = _Ordered("stream")
+    start = b"-"
+    while True:
+        entries = _checked(side.call(key, b"XRANGE", key, start, b"+", b"COUNT", CHUNK_ELEMENTS), "XRANGE")
+        ordered.add(_stream_entries(entries))
+        if len(entries) < CHUNK_ELEMENTS:
+            break
+        start = b"(" + entries[-1][0]
+    info = _checked(side.call(key, b"XINFO", b"STREAM", key), "XINFO STREAM")
+    groups = _checked(side.call(key, b"XINFO", b"GROUPS", key), "XINFO GROUPS")
+    ordered.add(_stream_meta(info, groups))
+    return ordered.finish()
+
+
+def _big_scan(side: _Side, key: bytes, kind: str, *, dedupe: bool) -> tuple[bytes | _Gone, int]:
+    """HSCAN/SSCAN into an unordered digest, and how many elements were added."""
+    unordered = _Unordered(kind, dedupe=dedupe)
+    command = b"HSCAN" if kind == "hash" else b"SSCAN"
+    cursor = b"0"
+    while True:
+        cursor, elements = _checked(side.call(key, command, key, cursor, b"COUNT", CHUNK_ELEMENTS), command.decode())
+        unordered.add(_pairs(elements) if kind == "hash" else elements)
+        if cursor == b"0":
+            break
+    if unordered.count == 0:
+        return _GONE, 0
+    return unordered.finish(), unordered.count
+
+
+# --------------------------------------------------------------------------- the compare pass
+
+
+class _RateLimit:
+    """A token bucket of ``rate`` keys per second (a tenth of a second of burst); charge() sleeps off the debt."""
+
+    def __init__(self, rate: int, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.rate = float(rate)
+        self.burst = max(self.rate / 10, 1.0)
+        self.tokens = self.burst
+        self._clock, self._sleep = clock, sleep
+        self._stamp = clock()
+
+    def charge(self, keys: int) -> None:
+        now = self._clock()
+        self.tokens = min(self.burst, self.tokens + (now - self._stamp) * self.rate) - keys
+        self._stamp = now
+        if self.tokens < 0:
+            self._sleep(-self.tokens / self.rate)
+
+
+@dataclass
+class _Tally:
+    max_examples: int
+    max_differences: int
+    keys_compared: int = 0
+    missing: int = 0
+    extra: int = 0
+    different: int = 0
+    ttl_mismatch: int = 0
+    not_comparable: int = 0
+    differences: list[KeyDifference] = field(default_factory=list)
+
+    def add(self, key: bytes, db: int, kind: str, detail: str) -> None:
+        if kind == MISSING:
+            self.missing += 1
+        elif kind == EXTRA:
+            self.extra += 1
+        elif kind == TTL:
+            self.ttl_mismatch += 1
+        else:
+            self.different += 1
+        if len(self.differences) < self.max_differences:
+            self.differences.append(KeyDifference(key, _key_text(key), db, kind, detail))
+
+    def report(self, seconds: float) -> VerifyReport:
+        clean = not (self.missing or self.extra or self.different or self.ttl_mismatch)
+        return VerifyReport(clean, self.keys_compared, self.missing, self.extra, self.different, self.ttl_mismatch,
+                            tuple(self.differences[:self.max_examples]), tuple(self.differences), seconds,
+                            self.not_comparable)
+
+
+def _ttl_text(pttl: int) -> str:
+    return "none" if pttl == -1 else f"{pttl} ms"
+
+
+def _ttl_difference(source_pttl: int, target_pttl: int, tolerance: int) -> str | None:
+    if source_pttl == -1 and target_pttl == -1:
+        return None
+    if source_pttl >= 0 and target_pttl >= 0:
+        off = abs(source_pttl - target_pttl)
+        if off <= tolerance:
+            return None
+        return (f"source TTL {source_pttl} ms, target {target_pttl} ms "
+                f"(off by {off} ms, tolerance {tolerance} ms)")
+    return f"source TTL {_ttl_text(source_pttl)}, target {_ttl_text(target_pttl)}"
+
+
+def _kind_of(type_reply: Any) -> str:
+    return _text(type_reply)
+
+
+def _ignored(key: bytes, prefixes: tuple[bytes, ...]) -> bool:
+    return bool(prefixes) and key.startswith(prefixes)
+
+
+class _Comparer:
+    def __init__(self, source: _Side, target: _Side, tally: _Tally, *, ttl_tolerance_ms: int) -> None:
+        self.source, self.target, self.tally = source, target, tally
+        self.tolerance = ttl_tolerance_ms
+
+    def compare(self, db: int, keys: list[bytes]) -> None:
+        """One SCAN step's keys: TYPE + PTTL, then sizes, then digests (module docstring)."""
+        type_ttl = [[_TYPE(key), _PTTL(key)] for key in keys]
+        source_meta = self.source.run(keys, type_ttl)
+        if self.target.has_db(db):
+            target_meta = self.target.run(keys, type_ttl)
+        else:
+            target_meta = [[b"none", -2]] * len(keys)
+        for replies in (source_meta, target_meta):
+            for pair in replies:
+                for reply in pair:
+                    if _reply_error(reply):
+                        side = self.source if replies is source_meta else self.target
+                        raise side.error(f"{side.role} {side.spec.address}: TYPE/PTTL failed: {reply}")
+        same: list[tuple[bytes, str]] = []
+        for key, (s_type, s_ttl), (t_type, t_ttl) in zip(keys, source_meta, target_meta):
+            source_kind, target_kind = _kind_of(s_type), _kind_of(t_type)
+            if source_kind == "none" or s_ttl == -2:
+                continue  # vanished since SCAN
+            self.tally.keys_compared += 1
+            if target_kind == "none" or t_ttl == -2:
+                if 0 <= s_ttl <= self.tolerance:
+                    continue  # expiring: the target expired it a moment earlier
+                where = "" if self.target.has_db(db) else " (the target is a cluster: it has only db 0)"
+                self.tally.add(key, db, MISSING, f"source {source_kind}, not on the target{where}")
+                continue
+            if source_kind != target_kind:
+                self.tally.add(key, db, TYPE, f"source {source_kind}, target {target_kind}")
+            else:
+                same.append((key, source_kind))
+            ttl = _ttl_difference(s_ttl, t_ttl, self.tolerance)
+            if ttl is not None:
+                self.tally.add(key, db, TTL, ttl)
+        if same:
+            self._compare_values(db, same)
+
+    def _compare_values(self, db: int, same: list[tuple[bytes, str]]) -> None:
+        core = [(key, kind) for key, kind in same if kind in _SIZE_COMMAND]
+        modules = [(key, kind) for key, kind in same if kind not in _SIZE_COMMAND]
+        if modules:
+            self._compare_modules(db, modules)
+        if not core:
+            return
+        keys = [key for key, _ in core]
+        size_commands = [[_SIZE_COMMANDS[kind](key)] for key, kind in core]
+        source_sizes = [r[0] for r in self.source.run(keys, size_commands)]
+        target_sizes = [r[0] for r in self.target.run(keys, size_commands)]
+        small: list[tuple[bytes, str, int]] = []
+        big: list[tuple[bytes, str, int]] = []
+        for (key, kind), s_size, t_size in zip(core, source_sizes, target_sizes):
+            if _reply_error(s_size) or _reply_error(t_size):
+                # WRONGTYPE: the key changed type since TYPE; anything else is a server failure.
+                bad = s_size if _reply_error(s_size) else t_size
+                if not str(bad).startswith("WRONGTYPE"):
+                    side = self.source if _reply_error(s_size) else self.target
+                    raise side.error(f"{side.role} {side.spec.address}: {_SIZE_COMMAND[kind].decode()} failed: {bad}")
+                self.tally.add(key, db, VALUE, f"{kind} changed type during the comparison")
+                continue
+            if s_size != t_size:
+                if kind in _NEVER_EMPTY and s_size == 0:
+                    continue  # vanished from the source since TYPE
+                if kind in _NEVER_EMPTY and t_size == 0:
+                    self.tally.add(key, db, MISSING, f"source {kind}, gone from the target during the comparison")
+                    continue
+                unit = _UNIT[kind]
+                self.tally.add(key, db, VALUE, f"source {kind} of {s_size} {unit}, target {t_size} {unit}")
+                continue
+            limit = BIG_STRING_BYTES if kind == "string" else BIG_ELEMENTS
+            (big if s_size > limit else small).append((key, kind, s_size))
+        for batch in _budgeted(small):
+            source_digests = self._small_digests(self.source, batch)
+            target_digests = self._small_digests(self.target, batch)
+            for (key, kind, size), s_digest, t_digest in zip(batch, source_digests, target_digests):
+                self._judge(db, key, kind, size, s_digest, t_digest)
+        for key, kind, size in big:
+            s_digest = _read_big(self.source, key, kind, size)
+            t_digest = _read_big(self.target, key, kind, size)
+            self._judge(db, key, kind, size, s_digest, t_digest)
+
+    def _small_digests(self, side: _Side, batch: list[tuple[bytes, str, int]]) -> list[Any]:
+        replies = side.run([key for key, _, _ in batch], [_read_commands(kind, key) for key, kind, _ in batch])
+        with side._errors():
+            return [_value_digest(kind, key_replies) for (_, kind, _), key_replies in zip(batch, replies)]
+
+    def _judge(self, db: int, key: bytes, kind: str, size: int, source_digest: Any, target_digest: Any) -> None:
+        if source_digest is _GONE:
+            return  # vanished from the source while being read
+        if source_digest is _CHANGED or target_digest is _CHANGED:
+            self.tally.add(key, db, VALUE, f"{kind} changed type during the comparison")
+        elif target_digest is _GONE:
+            self.tally.add(key, db, MISSING, f"source {kind}, gone from the target during the comparison")
+        elif source_digest != target_digest:
+            what = "elements or their order differ" if kind in ("list", "zset", "stream") else "contents differ"
+            if kind == "stream":
+                what = "entries, last ID or consumer groups differ"
+            elif kind == "string":
+                what = "bytes differ"
+            self.tally.add(key, db, VALUE, f"{kind} of {size} {_UNIT[kind]} on both sides, {what}")
+
+    def _compare_modules(self, db: int, modules: list[tuple[bytes, str]]) -> None:
+        keys = [key for key, _ in modules]
+        dumps = [[_DUMP(key)] for key in keys]
+        source_payloads = [r[0] for r in self.source.run(keys, dumps)]
+        target_payloads = [r[0] for r in self.target.run(keys, dumps)]
+        for (key, kind), s_payload, t_payload in zip(modules, source_payloads, target_payloads):
+            if s_payload is None:
+                continue  # vanished from the source
+            if t_payload is None:
+                self.tally.add(key, db, MISSING, f"source {kind}, gone from the target during the comparison")
+                continue
+            if not isinstance(s_payload, bytes) or not isinstance(t_payload, bytes):
+                self.tally.not_comparable += 1  # DUMP refused (a module without RDB support)
+                continue
+            try:
+                s_version, t_version = payload_rdb_version(s_payload), payload_rdb_version(t_payload)
+            except ValueError:
+                self.tally.not_comparable += 1
+                continue
+            if s_version != t_version or s_payload != t_payload:
+                self.tally.not_comparable += 1  # see the module docstring: not a difference
+
+    def extra(self, db: int, keys: list[bytes]) -> None:
+        """Target keys of one SCAN step that the source lacks."""
+        if self.source.has_db(db):
+            exists = [r[0] for r in self.source.run(keys, [[_EXISTS(key)] for key in keys])]
+        else:
+            exists = [0] * len(keys)
+        absent = []
+        for key, reply in zip(keys, exists):
+            if _reply_error(reply):
+                raise self.source.error(f"source {self.source.spec.address}: EXISTS failed: {reply}")
+            if reply == 0:
+                absent.append(key)
+        if not absent:
+            return
+        types = [r[0] for r in self.target.run(absent, [[_TYPE(key)] for key in absent])]
+        for key, reply in zip(absent, types):
+            kind = _kind_of(reply) if not _reply_error(reply) else "none"
+            if kind == "none":
+                continue  # gone from the target too
+            where = "" if self.source.has_db(db) else " (the source is a cluster: it has only db 0)"
+            self.tally.add(key, db, EXTRA, f"target {kind}, not on the source{where}")
+
+
+def _budgeted(items: list[tuple[bytes, str, int]]) -> Iterator[list[tuple[bytes, str, int]]]:
+    """Small values in pipelines of at most PIPELINE_ELEMENTS elements / PIPELINE_BYTES string bytes."""
+    batch: list[tuple[bytes, str, int]] = []
+    elements = string_bytes = 0
+    for item in items:
+        _, kind, size = item
+        if batch and (elements >= PIPELINE_ELEMENTS or string_bytes >= PIPELINE_BYTES):
+            yield batch
+            batch, elements, string_bytes = [], 0, 0
+        batch.append(item)
+        if kind == "string":
+            string_bytes += size
+        else:
+            elements += size
+    if batch:
+        yield batch
+
+
+def _scan_keys(side: _Side, db: int, *, scan_count: int, match: bytes | None, key_type: str | None,
+               ignore: tuple[bytes, ...]) -> Iterator[list[bytes]]:
+    """The keys of each SCAN step on every node of ``side`` (ignored prefixes left out)."""
+    for address in side.scan_nodes:
+        cursor = b"0"
+        while True:
+            cursor, keys = side.scan(address, cursor, scan_count, match, key_type)
+            keys = [key for key in keys if not _ignored(key, ignore)]
+            if keys:
+                yield keys
+            if cursor in (b"0", 0):
+                break
+
+
+def verify(source: ConnectionSpec, target: ConnectionSpec, *, dbs: Sequence[int] | None = None,
+           match: str | None = None, type: str | None = None, ttl_tolerance_ms: int = DEFAULT_TTL_TOLERANCE_MS,
+           max_examples: int = DEFAULT_MAX_EXAMPLES, max_differences: int = DEFAULT_MAX_DIFFERENCES,
+           max_keys_per_second: int = 0, scan_count: int = DEFAULT_SCAN_COUNT, check_extra: bool = True,
+           ignore_prefixes: Sequence[bytes] = DEFAULT_IGNORE_PREFIXES,
+           timeout: float = DEFAULT_TIMEOUT) -> VerifyReport:
+    """Compare every key of the source with the target (module docstring); a report, never an exception
+    for a difference."""
+    key_type = type
+    if ttl_tolerance_ms < 0:
+        raise ConfigError("must be 0 or more", field="ttl_tolerance_ms")
+    if max_examples < 0 or max_differences < 0:
+        raise ConfigError("must be 0 or more", field="max_examples" if max_examples < 0 else "max_differences")
+    if max_keys_per_second < 0:
+        raise ConfigError("must be 0 (no limit) or more", field="max_keys_per_second")
+    if scan_count <= 0:
+        raise ConfigError("must be positive", field="scan_count")
+    if dbs is not None and any(db < 0 for db in dbs):
+        raise ConfigError("database numbers are 0 or more", field="dbs")
+    pattern = match.encode() if isinstance(match, str) else match
+    ignore = tuple(prefix.encode() if isinstance(prefix, str) else bytes(prefix) for prefix in ignore_prefixes)
+    ignore = tuple(prefix for prefix in ignore if prefix)
+    started = time.monotonic()
+    tally = _Tally(max_examples=min(max_examples, max_differences), max_differences=max_differences)
+    limit = _RateLimit(max_keys_per_second) if max_keys_per_second else None
+    source_side, target_side = _Side("source", source, timeout), _Side("target", target, timeout)
+    try:
+        source_side.open()
+        target_side.open()
+        if dbs is not None and source_side.cluster and set(dbs) - {0}:
+            raise ConfigError(f"the source {source.address} is a cluster, which has only db 0", field="dbs")
+        comparer = _Comparer(source_side, target_side, tally, ttl_tolerance_ms=ttl_tolerance_ms)
+        scan = {"scan_count": scan_count, "match": pattern, "key_type": key_type, "ignore": ignore}
+        for db in (sorted(set(dbs)) if dbs is not None else source_side.dbs_with_keys()):
+            source_side.use_db(db)
+            if target_side.has_db(db):
+                target_side.use_db(db)
+            for keys in _scan_keys(source_side, db, **scan):  # type: ignore[arg-type]
+                if limit is not None:
+                    limit.charge(len(keys))
+                comparer.compare(db, keys)
+        if check_extra:
+            target_dbs = sorted(set(dbs)) if dbs is not None else target_side.dbs_with_keys()
+            for db in target_dbs:
+                if not target_side.has_db(db):
+                    continue
+                target_side.use_db(db)
+                if source_side.has_db(db):
+                    source_side.use_db(db)
+                for keys in _scan_keys(target_side, db, **scan):  # type: ignore[arg-type]
+                    if limit is not None:
+                        limit.charge(len(keys))
+                    comparer.extra(db, keys)
+    finally:
+        source_side.close()
+        target_side.close()
+    report = tally.report(time.monotonic() - started)
+    log.info("verify %s -> %s: %s", source.address, target.address, report.summary())
+    return report

@@ -1,0 +1,290 @@
+"""The coordinator's domain: endpoints, interlays and direct endpoint calls.
+
+Everything here is plain Python, testable without gRPC: ``eve.api.server`` parses
+requests into these calls and converts the results. Returned records carry the
+stored config (passwords included); redaction happens wherever a record leaves
+the process (``eve.api.convert``, logs).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from eve.core import endpoints as model
+from eve.core.enums import Strategy
+from eve.core.errors import ConfigError, EveError, StateError
+from eve.core.store import EndpointRecord, InterlayRecord, Store
+from eve.live.interlays import InterlaySupervisor
+from eve.redis import resp
+from eve.redis.connections import DEFAULT_TIMEOUT, RedisConnection
+
+__all__ = ["Coordinator", "CommandResult", "DEFAULT_MAX_CONNECTIONS"]
+
+log = logging.getLogger("eve.workflow.registry")
+
+DEFAULT_MAX_CONNECTIONS = 10_000
+DEFAULT_LISTEN_HOST = "127.0.0.1"
+MAX_COMMAND_TIMEOUT = 300.0
+
+# Commands that change or take over the connection itself: they make no sense as
+# one call on a connection that is closed right after (use the db field for SELECT).
+_CONNECTION_STATE_COMMANDS = frozenset({
+    "multi", "exec", "discard", "watch", "unwatch", "subscribe", "psubscribe", "ssubscribe",
+    "unsubscribe", "punsubscribe", "sunsubscribe", "monitor", "select", "hello", "auth",
+    "reset", "quit", "sync", "psync", "replconf",
+})
+
+
+# Read runs commands the server flags "readonly", plus these inspections, which
+# carry no readonly flag (INFO, CONFIG GET ...) yet change nothing. CONFIG GET and
+# CONFIG SET have identical flags, so the flags alone cannot admit one and not the other.
+_READ_INSPECTIONS = frozenset({
+    "ping", "echo", "info", "time", "lastsave", "dbsize", "role", "command", "config|get",
+    "client|list", "client|info", "client|getname", "client|id", "slowlog|get", "slowlog|len",
+    "latency|latest", "latency|history", "latency|doctor", "memory|stats", "memory|doctor",
+    "memory|usage", "module|list", "acl|whoami", "acl|list", "acl|getuser", "acl|cat", "acl|users",
+    "acl|dryrun", "acl|log", "cluster|info", "cluster|nodes", "cluster|slots", "cluster|shards",
+    "cluster|myid", "cluster|keyslot", "cluster|countkeysinslot", "cluster|getkeysinslot",
+    "function|list", "function|dump", "function|stats", "script|exists", "pubsub|channels",
+    "pubsub|numsub", "pubsub|numpat", "pubsub|shardchannels", "pubsub|shardnumsub",
+    "object|encoding", "object|freq", "object|idletime", "object|refcount",
+})
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    reply: Any  # a typed eve.redis.resp value
+    role: str
+    address: str
+
+
+class Coordinator:
+    def __init__(self, store: Store, interlays: InterlaySupervisor | None = None) -> None:
+        self.store = store
+        self.interlays = interlays
+        self._flags: dict[tuple[str, str, str], tuple[frozenset[str], str]] = {}
+        self._flags_lock = threading.Lock()
+
+    # -- endpoints ----------------------------------------------------------------
+
+    def create_endpoint(self, name: str, kind: str, config: Mapping[str, Any], description: str = "") -> EndpointRecord:
+        model.validate_name(name)
+        kind = model.validate_kind(kind)
+        model.parse_config(config)
+        record = self.store.create_endpoint(name, kind, dict(config), description)
+        log.info("endpoint created name=%s config=%s", name, model.redact_config(config))
+        return record
+
+    def get_endpoint(self, name: str) -> EndpointRecord:
+        return self.store.get_endpoint(model.validate_name(name))
+
+    def list_endpoints(self) -> list[EndpointRecord]:
+        return self.store.list_endpoints()
+
+    def update_endpoint(self, name: str, kind: str, config: Mapping[str, Any], description: str = "") -> EndpointRecord:
+        old = self.get_endpoint(name)
+        kind = model.validate_kind(kind)
+        config = model.merge_redacted(config, old.config)
+        model.parse_config(config)
+        record = self.store.update_endpoint(name, kind, config, description)
+        self._forget_flags()
+        log.info("endpoint updated name=%s config=%s", name, model.redact_config(config))
+        return record
+
+    def delete_endpoint(self, name: str) -> None:
+        self.store.delete_endpoint(model.validate_name(name))
+        log.info("endpoint deleted name=%s", name)
+
+    def endpoint_config(self, name: str) -> model.EndpointConfig:
+        return model.parse_config(self.get_endpoint(name).config)
+
+    # -- direct calls -------------------------------------------------------------
+
+    def read(self, name: str, command: Sequence[bytes | str], *, db: int = 0,
+             timeout: float = DEFAULT_TIMEOUT) -> CommandResult:
+        return self._run(name, "read", command, db=db, timeout=timeout)
+
+    def write(self, name: str, command: Sequence[bytes | str], *, db: int = 0,
+              timeout: float = DEFAULT_TIMEOUT) -> CommandResult:
+        return self._run(name, "write", command, db=db, timeout=timeout)
+
+    def _run(self, name: str, role: str, command: Sequence[bytes | str], *, db: int, timeout: float) -> CommandResult:
+        if not command:
+            raise ConfigError("the command is empty", field="command")
+        if not 0 <= db <= 1_000_000:
+            raise ConfigError(f"db {db} is out of range", field="db")
+        if timeout <= 0:
+            timeout = DEFAULT_TIMEOUT
+        timeout = min(timeout, MAX_COMMAND_TIMEOUT)
+        args = [a.encode() if isinstance(a, str) else bytes(a) for a in command]
+        verb = args[0].decode("utf-8", "replace").lower()
+        if verb in _CONNECTION_STATE_COMMANDS:
+            hint = "; use the db field" if verb == "select" else ""
+            raise ConfigError(f"{verb.upper()} changes the connection's state and cannot run as one call{hint}",
+                              field="command")
+        spec = self.endpoint_config(name).for_role(role)
+        with RedisConnection(spec, timeout=timeout, db=db, client_name=f"eve-{role}") as conn:
+            if role == "read":
+                self._check_read_only(conn, args)
+            reply = conn.call(*args)
+        return CommandResult(reply=reply, role=role, address=spec.address)
+
+    def _check_read_only(self, conn: RedisConnection, args: list[bytes]) -> None:
+        flags, name = self._command_flags(conn, args)
+        shown = ", ".join(sorted(flags)) or "none"
+        if "write" in flags:
+            raise ConfigError(f"{name.upper()} is a write command (the server's COMMAND INFO flags: {shown}); "
+                              "run it with Write", field="command")
+        if flags and "readonly" not in flags and name not in _READ_INSPECTIONS \
+                and name.split("|")[0] not in _READ_INSPECTIONS:
+            raise ConfigError(f"{name.upper()} is not a read-only command (the server's COMMAND INFO flags: "
+                              f"{shown}); run it with Write", field="command")
+
+    def _command_flags(self, conn: RedisConnection, args: list[bytes]) -> tuple[frozenset[str], str]:
+        """The command's flags as the server itself reports them (COMMAND INFO),
+        including a container command's subcommand (``CONFIG|SET``)."""
+        name = args[0].decode("utf-8", "replace").lower()
+        sub = args[1].decode("utf-8", "replace").lower() if len(args) > 1 else ""
+        key = (conn.spec.address, name, sub)
+        with self._flags_lock:
+            cached = self._flags.get(key)
+        if cached is not None:
+            return cached
+        info = resp.to_python(conn.call("COMMAND", "INFO", name))
+        flags: frozenset[str] = frozenset()
+        full_name = name
+        if isinstance(info, list) and info and isinstance(info[0], list):
+            entry = info[0]
+            flags = _flag_set(entry[2])
+            subcommands = entry[9] if len(entry) > 9 and isinstance(entry[9], list) else []
+            for subcommand in subcommands:
+                if isinstance(subcommand, list) and subcommand and \
+                        subcommand[0].lower() == f"{name}|{sub}".encode():
+                    flags, full_name = _flag_set(subcommand[2]), f"{name}|{sub}"
+        with self._flags_lock:
+            self._flags[key] = (flags, full_name)
+        return flags, full_name
+
+    def _forget_flags(self) -> None:
+        with self._flags_lock:
+            self._flags.clear()
+
+    # -- interlays ----------------------------------------------------------------
+
+    def create_interlay(self, id: str, endpoint: str, port: int, settings: Mapping[str, Any]) -> InterlayRecord:
+        model.validate_name(id, field="id")
+        model.validate_name(endpoint, field="endpoint")
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise ConfigError(f"port {port} is outside 1..65535", field="port")
+        settings = _interlay_settings(settings)
+        record = self.store.create_interlay(id, endpoint, port, settings)
+        log.info("interlay created id=%s endpoint=%s port=%d", id, endpoint, port)
+        return record
+
+    def get_interlay(self, id: str) -> InterlayRecord:
+        return self.store.get_interlay(model.validate_name(id, field="id"))
+
+    def list_interlays(self) -> list[InterlayRecord]:
+        return self.store.list_interlays()
+
+    def delete_interlay(self, id: str) -> None:
+        self._refuse_if_carrying_a_run(model.validate_name(id, field="id"), "deleted")
+        self.store.delete_interlay(id)
+        log.info("interlay deleted id=%s", id)
+
+    def _refuse_if_carrying_a_run(self, id: str, doing: str) -> None:
+        """An online run that has started tracking writes needs its interlay until it ends."""
+        for run in self.store.list_runs():
+            setup = run.setup or {}
+            if setup.get("interlay") == id and setup.get("strategy", Strategy.OFFLINE.value) != Strategy.OFFLINE.value \
+                    and run.state in _CARRYING_STATES:
+                raise StateError(f"interlay {id!r} carries the live traffic of run {run.id!r} ({run.state}); it "
+                                 f"cannot be {doing} until the run is completed or rolled back")
+
+    def _supervisor(self) -> InterlaySupervisor:
+        if self.interlays is None:
+            raise StateError("this coordinator runs no interlays")
+        return self.interlays
+
+    def start_interlay(self, id: str) -> InterlayRecord:
+        record = self.get_interlay(id)
+        supervisor = self._supervisor()
+        if supervisor.running(id):
+            raise StateError(f"interlay {id!r} is already running on port {record.port}")
+        config = self.endpoint_config(record.endpoint)
+        self.store.set_interlay_state(id, "STARTING")
+        try:
+            ports = supervisor.start(id, record.port, record.settings.get("listen_host", DEFAULT_LISTEN_HOST), config,
+                                     record.settings.get("max_concurrent_connections", DEFAULT_MAX_CONNECTIONS))
+        except EveError as exc:
+            self.store.set_interlay_state(id, "FAILED", str(exc))
+            raise
+        log.info("interlay started id=%s ports=%s endpoint=%s", id, ports, record.endpoint)
+        return self.store.set_interlay_state(id, "RUNNING")
+
+    def stop_interlay(self, id: str, drain_seconds: float = 5.0) -> InterlayRecord:
+        record = self.get_interlay(id)
+        self._refuse_if_carrying_a_run(id, "stopped")
+        if record.state in ("STOPPED",) and not self._supervisor().running(id):
+            raise StateError(f"interlay {id!r} is not running")
+        self.store.set_interlay_state(id, "STOPPING")
+        self._supervisor().stop(id, drain_seconds=drain_seconds)
+        log.info("interlay stopped id=%s", id)
+        return self.store.set_interlay_state(id, "STOPPED")
+
+    def interlay_status(self, id: str) -> tuple[Any, dict[str, Any] | None]:
+        """The supervisor's view (ports, state) and live stats when it runs."""
+        if self.interlays is None:
+            return None, None
+        status = self.interlays.status(id)
+        stats = self.interlays.stats(id) if self.interlays.running(id) else None
+        return status, stats
+
+    def interlay_failed(self, id: str, state: str, reason: str) -> None:
+        """The supervisor noticed a proxy process die on its own."""
+        log.error("interlay %s %s: %s", id, state, reason)
+        try:
+            self.store.set_interlay_state(id, state, reason)
+        except EveError:
+            log.exception("cannot record the state of interlay %s", id)
+
+    def restart_interlays(self) -> None:
+        """After a coordinator restart: start again every interlay that was running."""
+        for record in self.store.list_interlays():
+            if record.state in ("RUNNING", "STARTING"):
+                try:
+                    self.start_interlay(record.id)
+                except EveError as exc:
+                    log.error("interlay %s could not be restarted: %s", record.id, exc)
+
+    def shutdown_interlays(self) -> None:
+        """Stop the proxy processes; the store keeps them RUNNING so the next start brings them back."""
+        if self.interlays is not None:
+            self.interlays.stop_all(drain_seconds=2.0)
+
+
+# Run states (eve.workflow.runs.RunState values) in which an online run's interlay carries its traffic.
+_CARRYING_STATES = frozenset({"APPROVED", "COPYING", "SYNCING", "CUTTING_OVER", "CUT_OVER", "ROLLING_BACK"})
+
+
+def _flag_set(raw: Any) -> frozenset[str]:
+    if not isinstance(raw, list):
+        return frozenset()
+    return frozenset(f.decode("utf-8", "replace").lower() for f in raw if isinstance(f, bytes))
+
+
+def _interlay_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = set(settings) - {"max_concurrent_connections", "listen_host"}
+    if unknown:
+        raise ConfigError("unknown field", field=f"settings.{sorted(unknown)[0]}")
+    limit = settings.get("max_concurrent_connections", DEFAULT_MAX_CONNECTIONS)
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1_000_000:
+        raise ConfigError(f"must be between 1 and 1000000, got {limit!r}",
+                          field="settings.max_concurrent_connections")
+    host = settings.get("listen_host") or DEFAULT_LISTEN_HOST
+    if not isinstance(host, str) or any(ch.isspace() or ch in "/@" for ch in host):
+        raise ConfigError(f"{str(host)[:80]!r} is not a valid listen address", field="settings.listen_host")
+    return {"max_concurrent_connections": limit, "listen_host": host}

@@ -1,0 +1,825 @@
+"""The guided migration workflow (DESIGN.md section 7): runs, their persisted
+state machine, setup, prepare, review, approval, execution, verification,
+completion, rollback, and the events that tell all of it.
+
+Every state change goes through ``Workflow._transition``, which checks it
+against ``TRANSITIONS`` and records a ``state`` event in the same breath.
+Long work (prepare, the copy) runs on threads of this process; after a
+coordinator restart ``Workflow.resume`` picks every unfinished run up where it
+was (a copying run continues from its checkpoints).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import threading
+import time
+import uuid
+from enum import Enum
+from typing import Any, Callable, Iterator, Mapping
+
+from eve.bulk.pipeline import (
+    BulkCopy,
+    BulkOptions,
+    CopyStopped,
+    Progress,
+    retry_error_keys,
+)
+from eve.core import endpoints as endpoint_model
+from eve.core.endpoints import EndpointConfig
+from eve.core.enums import ConflictPolicy, DataMovementMode, Strategy, WriteConsistency
+from eve.core.errors import ConfigError, EveError, NotFoundError, StateError
+from eve.core.frames import ErrorKeyRow
+from eve.core.store import RunRecord, Store
+from eve.live.run import LiveOptions, LiveRun
+from proxy.routing import TARGET
+
+__all__ = ["RunState", "TRANSITIONS", "TERMINAL", "Workflow", "parse_setup"]
+
+log = logging.getLogger("eve.workflow.runs")
+
+
+class RunState(str, Enum):
+    CREATED = "CREATED"            # the run exists; no setup yet
+    CONFIGURED = "CONFIGURED"      # a valid setup is saved; may be submitted again
+    PREPARING = "PREPARING"        # compatibility checks, keyspace analysis and the test run are running
+    READY = "READY"                # prepared: the operator reviews issues, analysis and test run
+    APPROVED = "APPROVED"          # approved: execution is starting
+    COPYING = "COPYING"            # the bulk copy runs (resumable from its checkpoints)
+    SYNCING = "SYNCING"            # online strategies: dirty keys re-copied, target in sync
+    CUTTING_OVER = "CUTTING_OVER"  # online strategies: traffic moving to the target
+    CUT_OVER = "CUT_OVER"          # the target holds the data (and, online, the traffic); verify, then complete
+    COMPLETED = "COMPLETED"        # accepted; the source is released
+    ROLLING_BACK = "ROLLING_BACK"  # returning all traffic to the source
+    ROLLED_BACK = "ROLLED_BACK"    # the source is authoritative again
+    FAILED = "FAILED"              # stopped by an error; failure_reason says which
+    CANCELLED = "CANCELLED"        # stopped by the operator
+
+
+TERMINAL = frozenset({RunState.COMPLETED, RunState.ROLLED_BACK, RunState.CANCELLED})
+_ROLLBACKABLE = frozenset(RunState) - TERMINAL - {RunState.ROLLING_BACK}
+
+TRANSITIONS: dict[RunState, frozenset[RunState]] = {
+    RunState.CREATED: frozenset({RunState.CONFIGURED, RunState.CANCELLED}),
+    RunState.CONFIGURED: frozenset({RunState.CONFIGURED, RunState.PREPARING, RunState.CANCELLED}),
+    RunState.PREPARING: frozenset({RunState.READY, RunState.FAILED, RunState.CANCELLED}),
+    RunState.READY: frozenset({RunState.CONFIGURED, RunState.PREPARING, RunState.APPROVED, RunState.CANCELLED}),
+    RunState.APPROVED: frozenset({RunState.COPYING, RunState.FAILED, RunState.CANCELLED}),
+    RunState.COPYING: frozenset({RunState.SYNCING, RunState.CUT_OVER, RunState.FAILED, RunState.CANCELLED}),
+    RunState.SYNCING: frozenset({RunState.CUTTING_OVER, RunState.FAILED, RunState.CANCELLED}),
+    # A cutover that cannot drain the backlog in time goes back to SYNCING, clients unharmed.
+    RunState.CUTTING_OVER: frozenset({RunState.CUT_OVER, RunState.SYNCING, RunState.FAILED}),
+    RunState.CUT_OVER: frozenset({RunState.COMPLETED}),
+    RunState.COMPLETED: frozenset(),
+    RunState.ROLLING_BACK: frozenset({RunState.ROLLED_BACK, RunState.FAILED}),
+    RunState.ROLLED_BACK: frozenset(),
+    # A failed copy can be approved again: it resumes from its checkpoints.
+    RunState.FAILED: frozenset({RunState.CONFIGURED, RunState.PREPARING, RunState.COPYING, RunState.CANCELLED}),
+    RunState.CANCELLED: frozenset(),
+}
+for _state in _ROLLBACKABLE:
+    TRANSITIONS[_state] = TRANSITIONS[_state] | {RunState.ROLLING_BACK}
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+MAX_ERROR_KEY_EVENTS = 10_000
+PROGRESS_EVENT_SECONDS = 2.0
+VERIFY_DRAIN_SECONDS = 30.0
+# States an online run passes with live traffic through its interlay.
+_LIVE_STATES = frozenset({RunState.COPYING, RunState.SYNCING, RunState.CUTTING_OVER, RunState.CUT_OVER})
+
+
+# -- setup ------------------------------------------------------------------------------
+
+
+def _enum(enum: type[Enum], value: Any, field: str, default: Enum) -> str:
+    if value in (None, "", 0) or (isinstance(value, str) and value.endswith("_UNSPECIFIED")):
+        return default.value
+    try:
+        return enum(value).value
+    except ValueError:
+        raise ConfigError(f"{value!r} is not one of {', '.join(m.value for m in enum)}", field=field) from None
+
+
+def _non_negative(value: Any, field: str, maximum: int | None = None) -> int:
+    try:
+        number = int(value or 0)
+    except (TypeError, ValueError):
+        raise ConfigError(f"must be a whole number, got {value!r}", field=field) from None
+    if number < 0 or (maximum is not None and number > maximum):
+        raise ConfigError(f"must be between 0 and {maximum if maximum is not None else 'any'}, got {number}",
+                          field=field)
+    return number
+
+
+def parse_setup(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a setup dict (proto field names) into the saved form, with field-level errors.
+    Endpoint existence is checked by the workflow, which knows the store."""
+    source = endpoint_model.validate_name(raw.get("source"), field="setup.source")
+    target = endpoint_model.validate_name(raw.get("target"), field="setup.target")
+    mirrors = [endpoint_model.validate_name(m, field="setup.mirror_targets") for m in raw.get("mirror_targets", [])]
+    roles = [source, target, *mirrors]
+    duplicates = sorted({name for name in roles if roles.count(name) > 1})
+    if duplicates:
+        raise ConfigError(f"endpoint {duplicates[0]!r} has two roles; source, target and mirror targets must be "
+                          "separate endpoints", field="setup")
+    filters = raw.get("filters") or {}
+    dbs = [_non_negative(db, "setup.filters.dbs", 1_000_000) for db in filters.get("dbs", [])]
+    types = [str(t) for t in filters.get("types", [])]
+    if len(types) > 1:
+        raise ConfigError("one type at most (SCAN TYPE takes one)", field="setup.filters.types")
+    limits = raw.get("rate_limits") or {}
+    window = raw.get("rollback_window")
+    window_seconds = 0.0
+    if window:
+        text = str(window)
+        if not text.endswith("s"):
+            raise ConfigError(f"{text!r} is not a duration like \"3600s\"", field="setup.rollback_window")
+        window_seconds = float(text[:-1])
+    setup = {
+        "source": source,
+        "target": target,
+        "mirror_targets": mirrors,
+        "strategy": _enum(Strategy, raw.get("strategy"), "setup.strategy", Strategy.OFFLINE),
+        "mode": _enum(DataMovementMode, raw.get("mode"), "setup.mode", DataMovementMode.AUTO),
+        "conflict_policy": _enum(ConflictPolicy, raw.get("conflict_policy"), "setup.conflict_policy",
+                                 ConflictPolicy.REPLACE),
+        "write_consistency": _enum(WriteConsistency, raw.get("write_consistency"), "setup.write_consistency",
+                                   WriteConsistency.SOURCE_AUTHORITATIVE),
+        "preserve_ttl": bool(raw.get("preserve_ttl", True)),
+        "filters": {"key_pattern": str(filters.get("key_pattern", "")), "dbs": dbs, "types": types},
+        "rate_limits": {
+            "max_keys_per_second": _non_negative(limits.get("max_keys_per_second"), "setup.rate_limits.max_keys_per_second"),
+            "max_bytes_per_second": _non_negative(limits.get("max_bytes_per_second"),
+                                                  "setup.rate_limits.max_bytes_per_second"),
+            "max_pipeline_depth": _non_negative(limits.get("max_pipeline_depth"),
+                                                "setup.rate_limits.max_pipeline_depth", 100_000),
+        },
+        "rollback_window_seconds": window_seconds,
+        "interlay": str(raw.get("interlay", "")),
+        "scripts_deterministic": bool(raw.get("scripts_deterministic", False)),
+        "big_key_threshold_bytes": _non_negative(raw.get("big_key_threshold_bytes"), "setup.big_key_threshold_bytes"),
+        "restorers": _non_negative(raw.get("restorers"), "setup.restorers", 64),
+        "keyspace_notifications": bool(raw.get("keyspace_notifications", False)),
+    }
+    if setup["strategy"] != Strategy.OFFLINE.value and not setup["interlay"]:
+        raise ConfigError(f"strategy {setup['strategy']} moves live traffic: name the interlay the applications "
+                          "use instead of the source", field="setup.interlay")
+    if setup["mode"] == DataMovementMode.LOGICAL.value:
+        raise NotImplementedError("mode LOGICAL is not implemented yet; use AUTO or DUMP_RESTORE")
+    return setup
+
+
+# -- the workflow -------------------------------------------------------------------------
+
+
+class Workflow:
+    def __init__(self, store: Store, *, restorers_default: int = 2, interlays: Any = None) -> None:
+        """``interlays``: the coordinator's ``InterlaySupervisor`` (online strategies need it)."""
+        self.store = store
+        self.restorers_default = restorers_default
+        self.interlays = interlays
+        self._live: dict[str, LiveRun] = {}
+        self._changed = threading.Condition()
+        self._lock = threading.RLock()
+        self._threads: dict[str, threading.Thread] = {}
+        self._stops: dict[str, threading.Event] = {}
+        self._progress: dict[str, Progress] = {}
+        self._error_key_events: dict[str, int] = {}
+
+    # -- records and transitions ----------------------------------------------------------
+
+    def get(self, run_id: str) -> RunRecord:
+        if not isinstance(run_id, str) or not run_id:
+            raise ConfigError("a run id is required", field="run")
+        return self.store.get_run(run_id)
+
+    def list(self) -> list[RunRecord]:
+        return self.store.list_runs()
+
+    def state(self, run_id: str) -> RunState:
+        return RunState(self.get(run_id).state)
+
+    def _event(self, run_id: str, type: str, message: str, attributes: Mapping[str, Any] | None = None) -> None:
+        state = self.store.get_run(run_id).state
+        self.store.append_event(run_id, type, message, state, {k: str(v) for k, v in (attributes or {}).items()})
+        with self._changed:
+            self._changed.notify_all()
+
+    def _transition(self, run_id: str, to: RunState, message: str = "", *, failure_reason: str = "",
+                    allowed_from: frozenset[RunState] | None = None) -> RunRecord:
+        with self._lock:
+            current = self.state(run_id)
+            if to not in TRANSITIONS[current] or (allowed_from is not None and current not in allowed_from):
+                raise StateError(f"run {run_id!r} is {current.value}; it cannot go to {to.value}")
+            attributes = {"from": current.value, "to": to.value,
+                          **({"reason": failure_reason} if failure_reason else {})}
+            record = self.store.set_run_state(run_id, to.value, failure_reason,
+                                              event=("state", message or f"{current.value} -> {to.value}", attributes))
+            if to in TERMINAL:
+                self.store.release_run_endpoints(run_id)
+        with self._changed:
+            self._changed.notify_all()
+        log.info("run %s %s -> %s %s", run_id, current.value, to.value, failure_reason)
+        return record
+
+    def _require(self, run_id: str, *states: RunState, doing: str) -> RunRecord:
+        record = self.get(run_id)
+        if RunState(record.state) not in states:
+            raise StateError(f"run {run_id!r} is {record.state}; {doing} needs it "
+                             f"{' or '.join(s.value for s in states)}")
+        return record
+
+    # -- create, setup ----------------------------------------------------------------------
+
+    def create(self, run_id: str = "", description: str = "") -> RunRecord:
+        run_id = run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        if not _RUN_ID.match(run_id):
+            raise ConfigError(f"{run_id[:80]!r} is not a valid run id (1-63 letters, digits, '.', '_', '-')",
+                              field="id")
+        record = self.store.create_run(run_id, RunState.CREATED.value, None, description)
+        self._event(run_id, "state", "run created", {"to": RunState.CREATED.value})
+        return record
+
+    def submit_setup(self, run_id: str, raw: Mapping[str, Any]) -> RunRecord:
+        self._require(run_id, RunState.CREATED, RunState.CONFIGURED, RunState.READY, RunState.FAILED,
+                      doing="SubmitSetup")
+        setup = parse_setup(raw)
+        roles = {setup["source"]: "source", setup["target"]: "target",
+                 **{m: "mirror" for m in setup["mirror_targets"]}}
+        for name, role in roles.items():
+            field = {"source": "setup.source", "target": "setup.target"}.get(role, "setup.mirror_targets")
+            try:
+                endpoint_model.parse_config(self.store.get_endpoint(name).config)
+            except NotFoundError:
+                raise ConfigError(f"no endpoint named {name!r}", field=field) from None
+        if setup["interlay"]:
+            interlay = self.store.get_interlay(setup["interlay"])
+            if interlay.endpoint != setup["source"]:
+                raise ConfigError(f"interlay {interlay.id!r} fronts {interlay.endpoint!r}, not the source "
+                                  f"{setup['source']!r}", field="setup.interlay")
+        self.store.set_run_setup(run_id, setup, roles)
+        record = self._transition(run_id, RunState.CONFIGURED, "setup submitted")
+        self._event(run_id, "setup", "setup saved", {"source": setup["source"], "target": setup["target"],
+                                                     "strategy": setup["strategy"]})
+        return record
+
+    def _config(self, name: str) -> EndpointConfig:
+        return endpoint_model.parse_config(self.store.get_endpoint(name).config)
+
+    # -- prepare ----------------------------------------------------------------------------
+
+    def prepare(self, run_id: str) -> RunRecord:
+        self._require(run_id, RunState.CONFIGURED, RunState.READY, RunState.FAILED, doing="Prepare")
+        record = self._transition(run_id, RunState.PREPARING, "prepare started")
+        self._spawn(run_id, "prepare", self._prepare)
+        return record
+
+    def _prepare(self, run_id: str) -> None:
+        from eve.prepare.analysis import analyze
+        from eve.prepare.compat import check_compatibility
+        from eve.prepare.testrun import test_run
+
+        setup = self.get(run_id).setup or {}
+        try:
+            source, target = self._config(setup["source"]), self._config(setup["target"])
+            mirrors = [self._config(m) for m in setup["mirror_targets"]]
+            # The interlay's listener count is known once it runs (else the check is skipped).
+            listeners = None
+            if setup["interlay"] and self.interlays is not None and self.interlays.running(setup["interlay"]):
+                listeners = len(self.interlays.status(setup["interlay"]).ports)
+            self._event(run_id, "prepare", "compatibility checks started")
+            found = check_compatibility(source, target, mirrors=mirrors, interlay_listeners=listeners,
+                                        mode=setup["mode"], conflict_policy=setup["conflict_policy"],
+                                        source_name=setup["source"], target_name=setup["target"],
+                                        mirror_names=setup["mirror_targets"], online=_online(setup),
+                                        keyspace_notifications=setup.get("keyspace_notifications", False))
+            issues = []
+            for index, issue in enumerate(found, start=1):
+                issues.append({"id": f"{index}-{issue.code.lower()}", "code": issue.code, "blocking": issue.blocking,
+                               "message": issue.message, "evidence": dict(issue.evidence)})
+            self.store.replace_issues(run_id, issues)
+            for issue in issues:
+                self._event(run_id, "issue", issue["message"], {"id": issue["id"], "code": issue["code"],
+                                                                "blocking": issue["blocking"]})
+            self._event(run_id, "prepare", "keyspace analysis started")
+            analysis = analyze(source)
+            self.store.set_report(run_id, "analysis", analysis.to_dict())
+            total = sum(db.keys for db in analysis.dbs)
+            self._event(run_id, "analysis", f"{total} keys in {len(analysis.dbs)} databases",
+                        {"keys": total, "big_keys": len(analysis.big_keys), "sampled": analysis.sampled})
+            self._event(run_id, "prepare", "test run started")
+            report = test_run(source, target, run_id=run_id, total_keys=total)
+            self.store.set_report(run_id, "testrun", _jsonable(dataclasses.asdict(report)))
+            failed = sum(r.failed for r in report.results)
+            self._event(run_id, "testrun", f"test run: {report.keys} keys, {failed} failed, "
+                        f"estimated {report.estimated_seconds:.0f}s for the full copy",
+                        {"keys": report.keys, "failed": failed, "estimated_seconds": f"{report.estimated_seconds:.1f}"})
+        except EveError as exc:
+            self._fail(run_id, f"prepare failed: {exc}")
+            return
+        self._transition(run_id, RunState.READY, "prepared: review compatibility, analysis and test run")
+
+    def issues(self, run_id: str) -> list[dict[str, Any]]:
+        self.get(run_id)
+        return self.store.issues(run_id)
+
+    def acknowledge(self, run_id: str, issue_id: str, notes: str) -> dict[str, Any]:
+        self._require(run_id, RunState.READY, doing="AcknowledgeIssue")
+        issue = next((i for i in self.store.issues(run_id) if i["id"] == issue_id), None)
+        if issue is None:
+            raise NotFoundError(f"run {run_id!r} has no issue {issue_id!r}")
+        if issue["blocking"]:
+            raise StateError(f"issue {issue_id} ({issue['code']}) is blocking: resolve it and prepare again")
+        if not notes.strip():
+            raise ConfigError("acknowledging an issue needs notes saying why it is accepted", field="notes")
+        self.store.acknowledge_issue(run_id, issue_id, notes)
+        self._event(run_id, "issue", f"issue {issue_id} acknowledged", {"id": issue_id, "notes": notes})
+        return next(i for i in self.store.issues(run_id) if i["id"] == issue_id)
+
+    def report(self, run_id: str, kind: str) -> Any:
+        record = self.get(run_id)
+        body = self.store.report(run_id, kind)
+        if body is None:
+            raise StateError(f"run {run_id!r} has no {kind} yet (it is {record.state}; Prepare makes one)")
+        return body
+
+    # -- approval and execution --------------------------------------------------------------
+
+    def approve(self, run_id: str, notes: str = "") -> RunRecord:
+        record = self._require(run_id, RunState.READY, RunState.FAILED, doing="Approve")
+        online = _online(record.setup)
+        if record.state == RunState.FAILED.value:
+            # A copy that failed resumes from its checkpoints; anything else needs Prepare again.
+            if not self.store.checkpoints(run_id):
+                raise StateError(f"run {run_id!r} failed before copying ({record.failure_reason}); Prepare it again")
+            if online and run_id not in self._live:
+                raise StateError(f"run {run_id!r} lost track of the writes made since it failed (the coordinator "
+                                 "restarted); Rollback it and start a new run")
+            self._transition(run_id, RunState.COPYING, "copy resumed after a failure")
+            self._spawn(run_id, "copy", self._copy)
+            return self.get(run_id)
+        open_issues = [i for i in self.store.issues(run_id) if i["blocking"] or not i["acknowledged"]]
+        if open_issues:
+            listed = "; ".join(f"{i['id']} ({'blocking' if i['blocking'] else 'unacknowledged'}): {i['message']}"
+                               for i in open_issues)
+            raise StateError(f"approval refused: {listed}")
+        if online:
+            self._live[run_id] = self._new_live(run_id, record.setup or {})
+        self._transition(run_id, RunState.APPROVED, notes or "approved")
+        self._transition(run_id, RunState.COPYING, "bulk copy started")
+        self._spawn(run_id, "copy", self._copy)
+        return self.get(run_id)
+
+    def _bulk_options(self, run_id: str, setup: dict[str, Any]) -> BulkOptions:
+        source, target = self._config(setup["source"]), self._config(setup["target"])
+        filters, limits = setup["filters"], setup["rate_limits"]
+        return BulkOptions(
+            run_id=run_id, source=source.read, target=target.write,
+            mirrors=tuple(self._config(m).write for m in setup["mirror_targets"]),
+            dbs=tuple(filters["dbs"]) or None, match=filters["key_pattern"] or None,
+            type=(filters["types"] or [None])[0], conflict=ConflictPolicy(setup["conflict_policy"]),
+            preserve_ttl=setup["preserve_ttl"], restorers=setup["restorers"] or self.restorers_default,
+            max_keys_per_second=limits["max_keys_per_second"], max_bytes_per_second=limits["max_bytes_per_second"],
+            max_pipeline=limits["max_pipeline_depth"] or 1000)
+
+    def _copy(self, run_id: str) -> None:
+        setup = self.get(run_id).setup or {}
+        stop = self._stops.setdefault(run_id, threading.Event())
+        last_event = [0.0]
+
+        def on_progress(progress: Progress) -> None:
+            self._progress[run_id] = progress
+            now = time.monotonic()
+            if now - last_event[0] >= PROGRESS_EVENT_SECONDS:
+                last_event[0] = now
+                self._event(run_id, "progress", f"{progress.scanned} keys scanned, {progress.restored} restored",
+                            _metrics_attributes(progress))
+
+        live = self._live.get(run_id)
+        try:
+            if live is not None and not live.tracking:
+                # Before the first key is read: every write from now on is a dirty key.
+                live.start_tracking()
+            copy = BulkCopy(self._bulk_options(run_id, setup), self.store, on_progress=on_progress,
+                            on_error_keys=lambda rows: self._error_key_events_for(run_id, rows))
+            progress = copy.run(stop_event=stop)
+        except CopyStopped:
+            return  # stopped on purpose (cancel, rollback, shutdown): whoever stopped it moves the state
+        except EveError as exc:
+            self._fail(run_id, f"copy failed: {exc}")
+            return
+        self._progress[run_id] = progress
+        self._event(run_id, "metrics", "bulk copy finished", _metrics_attributes(progress))
+        if live is None:
+            self._transition(run_id, RunState.CUT_OVER, "bulk copy finished: verify, then complete")
+            return
+        self._transition(run_id, RunState.SYNCING, "bulk copy finished: catching up on the writes made meanwhile")
+        self._live_loop(run_id, live, stop)
+
+    # -- online strategies ---------------------------------------------------------------------
+
+    def _new_live(self, run_id: str, setup: dict[str, Any]) -> LiveRun:
+        """The live machinery of an online run; StateError when its interlay cannot carry it."""
+        from eve.redis.topology import is_cluster
+        from eve.redis.wire import FastConnection
+
+        interlay_id = setup["interlay"]
+        if self.interlays is None:
+            raise StateError("this coordinator runs no interlays; online strategies need one")
+        if not self.interlays.running(interlay_id):
+            raise StateError(f"interlay {interlay_id!r} is not running: StartInterlay it and point the "
+                             "applications at it, then Approve")
+        if len(self.interlays.status(interlay_id).ports) > 1:
+            raise StateError("online strategies through a cluster interlay are not supported yet: use OFFLINE")
+        source, target = self._config(setup["source"]), self._config(setup["target"])
+        mirrors = tuple((f"mirror:{name}", self._config(name).write) for name in setup["mirror_targets"])
+        for name, spec in (("target", target.write), *mirrors):
+            with FastConnection(spec, timeout=5.0, client_name="eve-live-check") as conn:
+                if is_cluster(conn):
+                    raise StateError(f"the {name} {spec.address} is a cluster: online strategies need a "
+                                     "standalone target and mirrors for now; use OFFLINE")
+        options = LiveOptions(run_id=run_id, interlay_id=interlay_id, source=source.write, target=target.write,
+                              mirrors=mirrors, policy=setup["write_consistency"],
+                              scripts_deterministic=setup["scripts_deterministic"],
+                              keyspace_notifications=setup.get("keyspace_notifications", False),
+                              preserve_ttl=setup["preserve_ttl"])
+        return LiveRun(options, self.interlays,
+                       on_event=lambda type, message, attributes: self._event(run_id, type, message, attributes),
+                       on_failures=lambda failures: self._recopy_failures(run_id, failures))
+
+    def _recopy_failures(self, run_id: str, failures: list[Any]) -> None:
+        rows = [failure.as_error_key() for failure in failures]
+        self.store.add_error_keys(run_id, rows)
+        self._error_key_events_for(run_id, rows)
+
+    def _live_loop(self, run_id: str, live: LiveRun, stop: threading.Event) -> None:
+        """SYNCING: catch up, go in sync, then watch (failures on other sides, the backlog)
+        until the run moves on (``stop`` is set by rollback, cancel, complete, shutdown)."""
+        try:
+            live.start_sync()
+            if not live.catch_up(stop):
+                return
+            live.go_in_sync()
+            if live.authoritative == TARGET:  # TARGET_AUTHORITATIVE: the target took the writes
+                self.store.set_traffic(run_id, 100, True)
+            seen: dict[str, int] = {}
+            last = None
+            while not stop.wait(PROGRESS_EVENT_SECONDS):
+                live.check_sync()
+                live.reconcile_if_needed()
+                for side in live.side_failures():
+                    failures = side["failures"]
+                    new = failures - seen.get(side["side"], 0)
+                    if new > 0:
+                        seen[side["side"]] = failures
+                        healed = "counted only (BEST_EFFORT)" if live.options.policy == WriteConsistency.BEST_EFFORT.value else \
+                            "their keys are re-copied"
+                        self._event(run_id, "dual_write", f"{new} writes failed on {side['side']}: "
+                                    f"{side['last_error']}; {healed}",
+                                    {"side": side["side"], "failures": failures, "last_error": side["last_error"]})
+                metrics = live.metrics()
+                if metrics != last:
+                    last = metrics
+                    self._event(run_id, "progress", f"live: {metrics['dirty_backlog']} dirty keys, lag "
+                                f"{metrics['lag_seconds']}s, {metrics['recopied']} re-copied", metrics)
+        except EveError as exc:
+            self._fail(run_id, f"live sync failed: {exc}")
+
+    def set_traffic(self, run_id: str, read_percent_target: int, cutover_writes: bool) -> RunRecord:
+        record = self.get(run_id)
+        setup = record.setup or {}
+        strategy = setup.get("strategy", Strategy.OFFLINE.value)
+        if strategy == Strategy.OFFLINE.value:
+            raise StateError(f"run {run_id!r} is OFFLINE: its traffic stays on the source; SetTraffic needs "
+                             "ONLINE_CUTOVER or ONLINE_PHASED")
+        if not isinstance(read_percent_target, int) or not 0 <= read_percent_target <= 100:
+            raise ConfigError(f"must be between 0 and 100, got {read_percent_target}", field="read_percent_target")
+        state = RunState(record.state)
+        live = self._live.get(run_id)
+        if state == RunState.CUT_OVER:
+            if cutover_writes:
+                return record
+            raise StateError("writes are on the target; Rollback returns all traffic to the source")
+        if state != RunState.SYNCING or live is None or not live.dual:
+            raise StateError(f"run {run_id!r} is {state.value}; SetTraffic needs it SYNCING and in sync "
+                             "(the \"in sync\" event says when)")
+        if not cutover_writes:
+            if strategy == Strategy.ONLINE_CUTOVER.value:
+                raise StateError("ONLINE_CUTOVER moves all traffic in one step: SetTraffic with cutover_writes; "
+                                 "ONLINE_PHASED shifts reads in steps")
+            live.set_reads(read_percent_target)
+            self.store.set_traffic(run_id, read_percent_target, False)
+            return self.get(run_id)
+        self._transition(run_id, RunState.CUTTING_OVER, "cutover of writes started")
+        try:
+            live.cutover()
+        except EveError as exc:
+            self._transition(run_id, RunState.SYNCING, f"cutover aborted: {exc}")
+            raise StateError(f"cutover aborted, traffic unchanged: {exc}") from exc
+        self.store.set_traffic(run_id, 100, True)
+        return self._transition(run_id, RunState.CUT_OVER, "writes cut over: the target is authoritative and "
+                                "the source kept in sync in reverse; verify, then complete (or roll back)")
+
+    def _error_key_events_for(self, run_id: str, rows: list[Any]) -> None:
+        for row in rows:
+            sent = self._error_key_events.get(run_id, 0)
+            if sent >= MAX_ERROR_KEY_EVENTS:
+                return
+            self._error_key_events[run_id] = sent + 1
+            key = row.key.decode("utf-8", "backslashreplace")
+            self._event(run_id, "error_key", f"error key {key[:200]!r}: {row.reason}",
+                        {"key": key[:512], "db": row.db, "type": row.type, "node": row.node,
+                         "attempts": row.attempts})
+            if sent + 1 == MAX_ERROR_KEY_EVENTS:
+                self._event(run_id, "error_key", f"more than {MAX_ERROR_KEY_EVENTS} error keys: "
+                            "further ones are listed by ListErrorKeys only")
+
+    def metrics(self, run_id: str) -> dict[str, float]:
+        record = self.get(run_id)
+        progress = self._progress.get(run_id)
+        if progress is None:
+            counters = self.store.counters(run_id)
+            progress = Progress(**{k: counters[k] for k in counters})
+            progress.seconds = 1e-9
+        attributes = _metrics_attributes(progress)
+        attributes["state"] = record.state
+        live = self._live.get(run_id)
+        if live is not None:
+            metrics = live.metrics()
+            attributes.update(dirty_backlog=metrics["dirty_backlog"], dirty_lag_seconds=metrics["lag_seconds"],
+                              keys_recopied=metrics["recopied"], authoritative=metrics["authoritative"],
+                              dual_write_failures=sum(side["failures"] for side in live.side_failures()))
+            try:
+                attributes["interlay_ops_per_second"] = self.interlays.stats(live.options.interlay_id)["ops_per_second"]
+            except EveError:
+                pass
+        return attributes
+
+    def retry_error_keys(self, run_id: str, keys: list[bytes] | None = None) -> dict[str, int]:
+        self._require(run_id, RunState.CUT_OVER, RunState.FAILED, doing="RetryErrorKeys")
+        setup = self.get(run_id).setup or {}
+        options = self._bulk_options(run_id, setup)
+        outcome = retry_error_keys(self.store, run_id, options.source, options.target, conflict=options.conflict,
+                                   preserve_ttl=options.preserve_ttl, mirrors=options.mirrors, keys=keys)
+        self._event(run_id, "error_key", f"retried {outcome['retried']} error keys: {outcome['succeeded']} "
+                    f"succeeded, {outcome['still_failing']} still failing", outcome)
+        return outcome
+
+    # -- verification, completion, rollback, cancel ------------------------------------------
+
+    def verify(self, run_id: str, ttl_tolerance_ms: int = 1000) -> Any:
+        from eve.live.verify import verify
+
+        live = self._live.get(run_id)
+        if live is not None:
+            self._require(run_id, RunState.SYNCING, RunState.CUT_OVER, doing="Verify")
+        else:
+            self._require(run_id, RunState.CUT_OVER, doing="Verify")
+        setup = self.get(run_id).setup or {}
+        options = self._bulk_options(run_id, setup)
+        self._event(run_id, "verify", "verification started")
+
+        def compare() -> Any:
+            # At the run's own rate limit: the source may be serving production traffic.
+            return verify(options.source, options.target, dbs=options.dbs, match=options.match, type=options.type,
+                          ttl_tolerance_ms=ttl_tolerance_ms or 1000,
+                          max_keys_per_second=options.max_keys_per_second)
+
+        if live is None:
+            report = compare()
+        else:
+            # Writes keep coming: compare once the backlog is re-copied; what differs is
+            # re-copied and compared again, and what still differs is an error key.
+            live.wait_synced(VERIFY_DRAIN_SECONDS)
+            report = compare()
+            if report.differences:
+                for difference in report.differences:
+                    live.dirty.mark(difference.db, difference.key)
+                self._event(run_id, "verify", f"{len(report.differences)} differences re-copied; comparing again")
+                live.wait_synced(VERIFY_DRAIN_SECONDS)
+                report = compare()
+        if report.differences:
+            # Error keys: listed, exported and retried (RetryErrorKeys) like any other.
+            self.store.add_error_keys(run_id, [
+                ErrorKeyRow(d.key, d.db, options.source.address, "", 0,
+                            f"verification: {d.kind.lower()}: {d.detail}", 1) for d in report.differences])
+        body = _jsonable(dataclasses.asdict(report))
+        body.pop("differences", None)
+        self.store.set_report(run_id, "verify", body)
+        self._event(run_id, "verify", "verification clean" if report.clean else
+                    f"verification found {report.missing} missing, {report.extra} extra, {report.different} "
+                    f"different, {report.ttl_mismatch} TTL mismatches",
+                    {"clean": report.clean, "keys_compared": report.keys_compared})
+        return report
+
+    def complete(self, run_id: str, accept_differences: bool = False, notes: str = "") -> RunRecord:
+        self._require(run_id, RunState.CUT_OVER, doing="Complete")
+        report = self.store.report(run_id, "verify")
+        if report is None:
+            raise StateError(f"run {run_id!r} is not verified: call Verify first")
+        if not report["clean"]:
+            if not accept_differences:
+                raise StateError("verification found differences: fix them and Verify again, or Complete with "
+                                 "accept_differences and notes")
+            if not notes.strip():
+                raise ConfigError("accepting differences needs notes", field="notes")
+        live = self._live.get(run_id)
+        if live is not None:
+            self._stop_work(run_id)
+            live.complete()
+            del self._live[run_id]
+            # A restarted coordinator starts the interlay in front of the target from now on.
+            self.store.set_interlay_endpoint(live.options.interlay_id, (self.get(run_id).setup or {})["target"])
+        return self._transition(run_id, RunState.COMPLETED, notes or "completed")
+
+    def rollback(self, run_id: str, reason: str = "") -> RunRecord:
+        record = self.get(run_id)
+        if RunState(record.state) not in _ROLLBACKABLE:
+            raise StateError(f"run {run_id!r} is {record.state}; rollback is possible until the run is completed")
+        self._stop_work(run_id)
+        self._transition(run_id, RunState.ROLLING_BACK, reason or "rollback requested")
+        live = self._live.get(run_id)
+        if live is not None:
+            try:
+                live.rollback()
+            except EveError as exc:
+                self._fail(run_id, f"rollback could not finish: {exc}; call Rollback again")
+                raise StateError(f"rollback could not finish: {exc}; traffic stays where it was, call Rollback "
+                                 "again") from exc
+            del self._live[run_id]
+            self.store.set_traffic(run_id, 0, False)
+            return self._transition(run_id, RunState.ROLLED_BACK, "rolled back: all traffic on the source, which "
+                                    "holds every write")
+        if _online(record.setup) and RunState(record.state) not in (RunState.CREATED, RunState.CONFIGURED,
+                                                                      RunState.PREPARING, RunState.READY):
+            # An online run whose live part ended with a coordinator restart: the
+            # restarted interlay fronts its endpoint (the source) with no route.
+            self._event(run_id, "rollback", "the live route ended with the coordinator restart: the interlay "
+                        "forwards to the source; writes made on the target after a cutover are not on the source")
+            return self._transition(run_id, RunState.ROLLED_BACK, "rolled back: all traffic on the source")
+        # Offline: the source never stopped being authoritative and nothing on it changed.
+        counters = self.store.counters(run_id)
+        self._event(run_id, "rollback", "the source was never modified; the target received what the counters say",
+                    counters)
+        return self._transition(run_id, RunState.ROLLED_BACK, "rolled back: all traffic on the source")
+
+    def cancel(self, run_id: str, reason: str = "") -> RunRecord:
+        record = self.get(run_id)
+        if RunState.CANCELLED not in TRANSITIONS[RunState(record.state)]:
+            raise StateError(f"run {run_id!r} is {record.state}; it cannot be cancelled")
+        self._stop_work(run_id)
+        live = self._live.get(run_id)
+        if live is not None:
+            live.rollback()  # traffic returns to the source, holding every write, as a rollback would
+            del self._live[run_id]
+        return self._transition(run_id, RunState.CANCELLED, reason or "cancelled")
+
+    def _fail(self, run_id: str, reason: str) -> None:
+        try:
+            self._transition(run_id, RunState.FAILED, reason, failure_reason=reason)
+        except StateError:
+            log.warning("run %s: %s (state already moved on)", run_id, reason)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def events(self, run_id: str, after_seq: int = 0, *, is_active: Callable[[], bool] = lambda: True,
+               wait_seconds: float = 1.0) -> Iterator[dict[str, Any]]:
+        """Stored events after ``after_seq``, then new ones as they come; ends when the run is
+        terminal and every event was sent (or the subscriber went away)."""
+        self.get(run_id)
+        seq = max(0, int(after_seq))
+        while is_active():
+            batch = self.store.events(run_id, seq)
+            for event in batch:
+                seq = event["seq"]
+                yield event
+            if batch:
+                continue
+            if RunState(self.store.get_run(run_id).state) in TERMINAL:
+                # The state and its event commit together: one more read finds it.
+                for event in self.store.events(run_id, seq):
+                    yield event
+                return
+            with self._changed:
+                self._changed.wait(wait_seconds)
+
+    # -- threads, restart --------------------------------------------------------------------
+
+    def _spawn(self, run_id: str, what: str, target: Callable[[str], None]) -> None:
+        def body() -> None:
+            try:
+                target(run_id)
+            except Exception as exc:  # noqa: BLE001 - a worker thread must record, not vanish
+                log.exception("run %s: %s crashed", run_id, what)
+                self._fail(run_id, f"{what} crashed: {type(exc).__name__}: {exc}")
+
+        self._stops[run_id] = threading.Event()
+        thread = threading.Thread(target=body, name=f"run-{run_id}-{what}", daemon=True)
+        self._threads[run_id] = thread
+        thread.start()
+
+    def _stop_work(self, run_id: str) -> None:
+        stop = self._stops.get(run_id)
+        thread = self._threads.get(run_id)
+        if stop is not None:
+            stop.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=60)
+
+    def resume(self) -> None:
+        """After a coordinator restart: continue every run where it was."""
+        for record in self.store.list_runs():
+            if not record.setup or record.setup.get("kind") == "migrate":
+                continue
+            state = RunState(record.state)
+            if state == RunState.PREPARING:
+                self._event(record.id, "state", "coordinator restarted: prepare runs again")
+                self._spawn(record.id, "prepare", self._prepare)
+            elif state == RunState.APPROVED and not _online(record.setup):
+                self._transition(record.id, RunState.COPYING, "bulk copy started")
+                self._spawn(record.id, "copy", self._copy)
+            elif state in (RunState.COPYING, RunState.SYNCING) and _online(record.setup) \
+                    and not self.store.traffic(record.id)[1]:
+                self._resume_live(record.id, state, record.setup)
+            elif state in _LIVE_STATES and _online(record.setup):
+                # The target was authoritative: the restarted interlay fronts its endpoint, the
+                # source, and which writes the target got that the source lacks is unknown.
+                self._fail(record.id, "the coordinator restarted after writes were cut over to the target: "
+                           "writes made meanwhile were not tracked; check the target, then Rollback or start "
+                           "a new run")
+            elif state == RunState.APPROVED and _online(record.setup):
+                try:
+                    self._live[record.id] = self._new_live(record.id, record.setup)
+                except EveError as exc:
+                    self._fail(record.id, f"cannot start the live run after a restart: {exc}")
+                    continue
+                self._transition(record.id, RunState.COPYING, "bulk copy started")
+                self._spawn(record.id, "copy", self._copy)
+            elif state == RunState.COPYING:
+                self._event(record.id, "state", "coordinator restarted: the copy resumes from its checkpoints")
+                self._spawn(record.id, "copy", self._copy)
+            elif state == RunState.ROLLING_BACK:
+                self._transition(record.id, RunState.ROLLED_BACK, "rolled back after a restart")
+
+    def _resume_live(self, run_id: str, state: RunState, setup: dict[str, Any]) -> None:
+        """A live run whose source was still authoritative: the interlay (restarted before
+        this) tracks writes again, and since the dirty keys of before the restart are
+        gone, the sides are compared in full and what differs is re-copied."""
+        try:
+            live = self._live[run_id] = self._new_live(run_id, setup)
+        except EveError as exc:
+            self._fail(run_id, f"cannot resume the live run after a restart: {exc}")
+            return
+        live.dirty.mark_all(None)  # "every db changed": the catch-up compares the sides first
+        if state == RunState.COPYING:
+            self._event(run_id, "state", "coordinator restarted: the copy resumes from its checkpoints, then "
+                        "every key is compared to catch the writes whose re-copy was lost")
+            self._spawn(run_id, "copy", self._copy)
+            return
+        self._event(run_id, "state", "coordinator restarted: comparing the sides to catch the writes whose "
+                    "re-copy was lost, then catching up again")
+
+        def sync(run_id: str) -> None:
+            try:
+                live.start_tracking()
+            except EveError as exc:
+                self._fail(run_id, f"cannot resume the live run after a restart: {exc}")
+                return
+            self._live_loop(run_id, live, self._stops[run_id])
+
+        self._spawn(run_id, "sync", sync)
+
+    def shutdown(self) -> None:
+        """Stop the copies at their next batch; their runs stay COPYING and resume on restart."""
+        for run_id in list(self._threads):
+            self._stop_work(run_id)
+        for live in list(self._live.values()):
+            live.close()
+
+
+def _online(setup: Mapping[str, Any] | None) -> bool:
+    return (setup or {}).get("strategy", Strategy.OFFLINE.value) != Strategy.OFFLINE.value
+
+
+def _metrics_attributes(progress: Progress) -> dict[str, Any]:
+    eta = progress.eta_seconds
+    return {"keys_scanned": progress.scanned, "keys_restored": progress.restored,
+            "keys_skipped": progress.skipped, "keys_conflicting": progress.conflicts,
+            "keys_failed": progress.failed, "bytes": progress.bytes,
+            "keys_per_second": round(progress.keys_per_second, 1),
+            "eta_seconds": round(eta, 1) if eta is not None else "",
+            "source_keys": progress.source_keys}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Enum):
+        return value.value
+    return value
