@@ -364,9 +364,9 @@ class BulkCopy:
             return
 
     def _failed(self, frame: frames.Failed) -> None:
-        if frame.who == "source":
+        if frame.who is Side.SOURCE:
             raise SourceError(f"{frame.worker}: {frame.reason}")
-        if frame.who == "target":
+        if frame.who is Side.TARGET:
             raise TargetError(f"{frame.worker}: {frame.reason}")
         raise _Restart(f"{frame.worker} failed: {frame.reason}")
 

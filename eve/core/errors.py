@@ -5,17 +5,29 @@
     +-- NotFoundError        a named endpoint, interlay or run does not exist (NOT_FOUND)
     +-- AlreadyExistsError   the name is taken (ALREADY_EXISTS)
     +-- StateError           the call is not allowed in the current state (FAILED_PRECONDITION)
-    +-- EndpointError        a Redis-compatible server failed us
+    +-- EndpointError        a Redis-compatible server failed us; ``side`` says which one
     |   +-- SourceError      ... the source of a run
     |   +-- TargetError      ... the target (or a mirror target) of a run
     |   +-- UnavailableError ... could not be reached at all (UNAVAILABLE)
     |   +-- AuthError        ... refused our credentials (PERMISSION_DENIED)
+    +-- ProtocolError        bytes that are not RESP (eve.redis.resp); the peer sent them
+    +-- FrameError           a frame between Eve's processes that cannot be decoded (eve.core.frames)
+    +-- LogicalCopyError     one key cannot be copied with ordinary commands (eve.redis.logical)
+        +-- UnsupportedTypeError   ... its type (a module type) has no logical form
 
-gRPC status codes are assigned in one place: ``eve.api.server`` maps the classes.
+``side`` is a ``Side`` (source, target, internal) or None where the server is no side
+of a run (a direct endpoint call). An ``UnavailableError``/``AuthError`` raised where
+the side is known carries it, so callers read ``exc.side`` instead of re-wrapping
+the error into ``SourceError``/``TargetError`` to say who failed; ``who_failed(exc)``
+answers for any error, the subclasses included.
+
+gRPC status codes are assigned in one place: ``eve.api.interceptors`` maps the classes.
 Messages name the problem and never carry a secret.
 """
 
 from __future__ import annotations
+
+from enum import Enum
 
 __all__ = [
     "EveError",
@@ -28,7 +40,21 @@ __all__ = [
     "TargetError",
     "UnavailableError",
     "AuthError",
+    "ProtocolError",
+    "FrameError",
+    "LogicalCopyError",
+    "UnsupportedTypeError",
+    "Side",
+    "who_failed",
 ]
+
+
+class Side(str, Enum):
+    """Who failed: the value a worker's FAILED frame carries and an EndpointError's ``side``."""
+
+    SOURCE = "source"      # the run's source (the authoritative side before cutover)
+    TARGET = "target"      # the run's target or a mirror target
+    INTERNAL = "internal"  # Eve itself: a bug, a lost worker, a frame that cannot be decoded
 
 
 class EveError(Exception):
@@ -56,15 +82,31 @@ class StateError(EveError):
 
 
 class EndpointError(EveError):
-    """A server answered in a way we cannot work with."""
+    """A server answered in a way we cannot work with. ``side`` says which side of a run it is,
+    when the raiser knows; ``SourceError`` and ``TargetError`` know by their class."""
+
+    side_of_class: Side | None = None
+
+    def __init__(self, *args: object, side: Side | str | None = None) -> None:
+        super().__init__(*args)
+        self.side: Side | None = Side(side) if side is not None else self.side_of_class
+
+    def __reduce__(self):  # keeps ``side`` across processes (pickle rebuilds from args alone)
+        return _rebuild_endpoint_error, (type(self), self.args, self.side)
+
+    def on_side(self, side: Side | str) -> EndpointError:
+        """This error, now saying which side failed (when it did not say yet); returns self."""
+        if self.side is None:
+            self.side = Side(side)
+        return self
 
 
 class SourceError(EndpointError):
-    pass
+    side_of_class = Side.SOURCE
 
 
 class TargetError(EndpointError):
-    pass
+    side_of_class = Side.TARGET
 
 
 class UnavailableError(EndpointError):
@@ -73,3 +115,42 @@ class UnavailableError(EndpointError):
 
 class AuthError(EndpointError):
     """The server refused the configured credentials."""
+
+
+class ProtocolError(EveError):
+    """Malformed RESP. The message uses Redis' wording where Redis has one."""
+
+
+class FrameError(EveError, ValueError):
+    """A frame between Eve's processes that cannot be decoded: a bug or a version mismatch."""
+
+
+class LogicalCopyError(EveError):
+    """The key cannot be copied logically. ``reply`` is the server's error text when one refused it."""
+
+    def __init__(self, message: str, *, reply: str | None = None) -> None:
+        super().__init__(message)
+        self.reply = reply
+
+
+class UnsupportedTypeError(LogicalCopyError):
+    """The key's type (a module type) has no logical form here."""
+
+    def __init__(self, type_name: str, supported: tuple[str, ...] = ()) -> None:
+        only = f": only {', '.join(supported)} can" if supported else ""
+        super().__init__(f"a {type_name!r} key (a module type) cannot be copied logically{only}")
+        self.type = type_name
+
+
+def _rebuild_endpoint_error(cls: type[EndpointError], args: tuple[object, ...],
+                            side: Side | None) -> EndpointError:
+    error = cls(*args)
+    error.side = side
+    return error
+
+
+def who_failed(exc: BaseException) -> Side:
+    """Which side an error says failed; anything that is not an endpoint's error is Eve's own."""
+    if isinstance(exc, EndpointError) and exc.side is not None:
+        return exc.side
+    return Side.INTERNAL

@@ -4,7 +4,7 @@ multiprocessing queues: msgpack maps with a format version and a kind.
     BATCH   scanner -> restorers: a header and rows (key, absolute_expiry_ms_or_0, payload)
     RESULT  restorer -> coordinator: what happened to one batch
     STOP    end of a stream (coordinator -> restorer, or a worker saying it finished)
-    FAILED  a worker gives up; ``who`` says which side failed ("source", "target", "internal")
+    FAILED  a worker gives up; ``who`` says which side failed (a ``Side``: source, target, internal)
 
 A stream's end is always an explicit STOP frame, never ``queue.Empty``.
 Frames are bytes on the queue, so nothing but msgpack crosses the process
@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 import msgpack
+
+from eve.core.errors import FrameError, Side
 
 __all__ = [
     "FORMAT_VERSION",
@@ -37,10 +39,6 @@ __all__ = [
 FORMAT_VERSION = 1
 COORDINATOR = "coordinator"  # the worker name on the STOP frames the coordinator sends restorers
 BATCH, RESULT, STOP, FAILED = "BATCH", "RESULT", "STOP", "FAILED"
-
-
-class FrameError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -103,8 +101,15 @@ class Stop:
 @dataclass(frozen=True)
 class Failed:
     worker: str
-    who: str      # "source", "target", "internal"
+    who: Side     # which side failed: the source, the target, or Eve itself (internal)
     reason: str
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "who", Side(self.who))
+        except ValueError:
+            raise FrameError(f"a FAILED frame names {self.who!r} as who failed, not one of "
+                             f"{', '.join(side.value for side in Side)}") from None
 
 
 Frame = Union[Batch, Result, Stop, Failed]
@@ -131,7 +136,7 @@ def encode(frame: Frame) -> bytes:
     elif isinstance(frame, Stop):
         kind, body = STOP, [frame.worker]
     elif isinstance(frame, Failed):
-        kind, body = FAILED, [frame.worker, frame.who, frame.reason]
+        kind, body = FAILED, [frame.worker, frame.who.value, frame.reason]
     else:
         raise TypeError(f"not a frame: {type(frame).__name__}")
     return msgpack.packb([FORMAT_VERSION, kind, body], use_bin_type=True)

@@ -55,6 +55,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence, Union
 
+from eve.core.errors import LogicalCopyError, UnsupportedTypeError
 from eve.redis.wire import ReplyError, pack
 
 __all__ = [
@@ -114,23 +115,6 @@ _OK = b"OK"
 _QUEUED = b"QUEUED"
 # An empty stream is created by one entry trimmed away at once (XADD ... MAXLEN 0), then XSETID.
 _PLACEHOLDER_ID = b"0-1"
-
-
-class LogicalCopyError(Exception):
-    """The key cannot be copied logically. ``reply`` is the server's error text when one refused it."""
-
-    def __init__(self, message: str, *, reply: str | None = None) -> None:
-        super().__init__(message)
-        self.reply = reply
-
-
-class UnsupportedTypeError(LogicalCopyError):
-    """The key's type (a module type) has no logical form here."""
-
-    def __init__(self, type_name: str) -> None:
-        super().__init__(f"a {type_name!r} key (a module type) cannot be copied logically: only "
-                         f"{', '.join(TYPES)} can")
-        self.type = type_name
 
 
 class StreamEntry(NamedTuple):
@@ -208,7 +192,7 @@ def parse_read(reply: Any) -> LogicalValue | None:
     if kind == "none" or pttl == -2:
         return None
     if kind not in TYPES:
-        raise UnsupportedTypeError(kind)
+        raise UnsupportedTypeError(kind, TYPES)
     if len(reply) < 3:
         raise LogicalCopyError(f"the read script replied no value for a {kind} key")
     data, stream = _parse_data(kind, reply[2]), None
@@ -295,7 +279,7 @@ def pack_write(key: bytes, value: LogicalValue, expiry_ms: int = 0, *,
     elif kind == "stream":
         commands += _stream_writes(key, value)
     else:
-        raise UnsupportedTypeError(kind)
+        raise UnsupportedTypeError(kind, TYPES)
     if expiry_ms:
         commands.append(pack("PEXPIREAT", key, expiry_ms))
     commands.append(_EXEC)

@@ -26,6 +26,8 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from eve.core.errors import ProtocolError
+
 __all__ = [
     "DEFAULT_MAX_ARGS",
     "DEFAULT_MAX_BULK",
@@ -63,10 +65,6 @@ DEFAULT_MAX_ARGS = 1024 * 1024
 # Redis' PROTO_INLINE_MAX_SIZE: the longest inline request, and the longest
 # count line ("*123", "$45") before it is refused as "too big".
 MAX_INLINE = 64 * 1024
-
-
-class ProtocolError(Exception):
-    """Malformed RESP. The message uses Redis' wording where Redis has one."""
 
 
 # ---------------------------------------------------------------------------
