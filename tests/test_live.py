@@ -233,6 +233,35 @@ class Live:
     def state(self) -> int:
         return self.stub.GetRun(wpb.GetRunRequest(run=self.run)).state
 
+    def assert_forwarded_to_source_alone(self, key: str, timeout: float = 15.0) -> None:
+        """A write through the interlay lands on the source and on no other side. Waits on the
+        interlay's own accounting instead of a fixed sleep: until its stats count the write on the
+        source backend, and then a PING sent after it (so a dual write of the SET, dispatched with
+        it, has been answered and counted); then no dual write may have been counted since."""
+        stub = self.eve.interlays()
+
+        def stats() -> ipb.InterlayStats:
+            return stub.GetInterlay(ipb.GetInterlayRequest(id="app")).stats
+
+        def source_ops(current: ipb.InterlayStats) -> int:
+            return sum(backend.ops for backend in current.backends if backend.backend == "source")
+
+        def dual_writes(current: ipb.InterlayStats) -> dict[str, int]:
+            return {dual.side: dual.writes + dual.failures for dual in current.dual_writes}
+
+        before = current = stats()
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        for command in (lambda: client.set(key, 1), client.ping):
+            counted = source_ops(current)
+            command()
+            deadline = time.monotonic() + timeout
+            while source_ops(current := stats()) <= counted:
+                assert time.monotonic() < deadline, f"the interlay never counted the write on the source: {current}"
+                time.sleep(0.05)
+        client.close()
+        assert dual_writes(current) == dual_writes(before), f"a dual write after the rollback: {current}"
+        assert self.source.client().get(key) == b"1" and not self.target.client().exists(key)
+
     def settle(self) -> None:
         """After the writes stopped: let the last ones be re-copied and the short TTLs pass."""
         time.sleep(SHORT_TTL_SECONDS + 1.5)
@@ -342,9 +371,7 @@ def test_rollback_keeps_every_write_on_the_source(eve, server_factory, phase, po
     errors = live.stub.ListErrorKeys(wpb.ListErrorKeysRequest(run=live.run, page_size=10))
     assert not errors.error_keys, errors
     # Nothing goes to the target any more.
-    redis.Redis(host="127.0.0.1", port=live.port).set("after-rollback", 1)
-    time.sleep(0.3)  # a dual write or a re-copy would have landed by now
-    assert source.get("after-rollback") == b"1" and not live.target.client().exists("after-rollback")
+    live.assert_forwarded_to_source_alone("after-rollback")
     with pytest.raises(grpc.RpcError) as info:
         live.traffic(10)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -433,9 +460,7 @@ def test_interlay_lost_mid_run_fails_the_run_and_rollback_recovers(eve, server_f
     writers.check_counters(live.source.client())
     # Started again, the interlay forwards to the source alone.
     live.eve.interlays().StartInterlay(ipb.StartInterlayRequest(id="app"))
-    redis.Redis(host="127.0.0.1", port=live.port).set("after-restart", 1)
-    time.sleep(0.3)  # a dual write or a re-copy would have landed by now
-    assert live.source.client().get("after-restart") == b"1" and not live.target.client().exists("after-restart")
+    live.assert_forwarded_to_source_alone("after-restart")
 
 
 def test_coordinator_killed_while_in_sync_resumes_without_losing_a_write(tmp_path, eve, server_factory):

@@ -90,7 +90,12 @@ def test_expired_in_transit_and_no_ttl(server_factory, tmp_path):
         src.set(f"short:{i}", "x", px=150 + i)
     result = migrate("--source", url(source), "--target", url(target), "--json", state=tmp_path / "s.db")
     assert result.returncode == 0, result.stderr
-    time.sleep(0.6)
+    # Wait until the source's short keys expired (one clock, one absolute expiry on both sides):
+    # from then on, one of them still on the target would have outlived its TTL there.
+    deadline = time.monotonic() + 10
+    while any(src.scan_iter(match="short:*")):
+        assert time.monotonic() < deadline, "the source's short keys did not expire"
+        time.sleep(0.05)
     dst = target.client()
     assert not [k for k in dst.scan_iter(match="short:*")], "a key whose TTL ran out must not live on"
     assert_same(src, dst)
