@@ -1,4 +1,4 @@
-"""Exporting error keys as JSON Lines or CSV.
+"""Exporting error keys (and the conflicts of a job) as JSON Lines or CSV.
 
 Keys are bytes and may be anything: every row carries ``key_base64`` (exact) and
 ``key`` (the UTF-8 text when the key is valid UTF-8, else empty), so a file read
@@ -17,45 +17,71 @@ from typing import IO, Iterable, Iterator
 from eve.core.errors import ConfigError
 from eve.core.store import ErrorKeyRecord
 
-__all__ = ["FORMATS", "format_for_path", "export", "read_back", "COLUMNS"]
+__all__ = ["FORMATS", "format_for_path", "export", "export_conflicts", "read_back", "COLUMNS", "CONFLICT_COLUMNS",
+           "reason_summary"]
 
 FORMATS = ("jsonl", "csv")
 COLUMNS = ("key", "key_base64", "db", "node", "type", "size", "reason", "attempts", "first_seen", "last_seen")
+CONFLICT_COLUMNS = ("key", "key_base64", "db", "type", "reason")
 
 
-def format_for_path(path: str) -> str:
+def format_for_path(path: str, *, field: str = "--errors-out") -> str:
     lowered = path.lower()
     if lowered.endswith(".csv"):
         return "csv"
     if lowered.endswith((".jsonl", ".ndjson", ".json")):
         return "jsonl"
-    raise ConfigError(f"{path}: name the file .jsonl or .csv", field="--errors-out")
+    raise ConfigError(f"{path}: name the file .jsonl or .csv", field=field)
 
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _row(record: ErrorKeyRecord) -> dict[str, object]:
+def _key_fields(key: bytes) -> dict[str, object]:
     try:
-        text = record.key.decode("utf-8")
+        text = key.decode("utf-8")
     except UnicodeDecodeError:
         text = ""
-    return {"key": text, "key_base64": base64.b64encode(record.key).decode("ascii"), "db": record.db,
+    return {"key": text, "key_base64": base64.b64encode(key).decode("ascii")}
+
+
+def _row(record: ErrorKeyRecord) -> dict[str, object]:
+    return {**_key_fields(record.key), "db": record.db,
             "node": record.node, "type": record.type, "size": record.size, "reason": record.reason,
             "attempts": record.attempts, "first_seen": _iso(record.first_seen), "last_seen": _iso(record.last_seen)}
 
 
 def export(records: Iterable[ErrorKeyRecord], fmt: str) -> Iterator[bytes]:
     """The export as chunks of bytes (for files and for gRPC streams alike)."""
+    return _export((_row(record) for record in records), COLUMNS, fmt)
+
+
+def export_conflicts(conflicts: Iterable[tuple[int, bytes, str, str]], fmt: str) -> Iterator[bytes]:
+    """A job's conflicts (``Store.conflict_keys``: db, key, type, reason) in the same formats."""
+    rows = ({**_key_fields(key), "db": db, "type": kind, "reason": reason} for db, key, kind, reason in conflicts)
+    return _export(rows, CONFLICT_COLUMNS, fmt)
+
+
+def reason_summary(reasons: Iterable[str], *, width: int = 120) -> list[tuple[str, int]]:
+    """How many keys failed for each reason, most first. Reasons that differ only after their
+    first line (or past ``width``) count as one."""
+    counts: dict[str, int] = {}
+    for reason in reasons:
+        line = (reason.splitlines() or [""])[0][:width]
+        counts[line] = counts.get(line, 0) + 1
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+
+
+def _export(rows: Iterable[dict[str, object]], columns: tuple[str, ...], fmt: str) -> Iterator[bytes]:
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r} (use {' or '.join(FORMATS)})", field="format")
     if fmt == "csv":
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
-        for record in records:
-            writer.writerow(_row(record))
+        for row in rows:
+            writer.writerow(row)
             if buffer.tell() > 1 << 16:
                 yield buffer.getvalue().encode()
                 buffer.seek(0)
@@ -63,8 +89,8 @@ def export(records: Iterable[ErrorKeyRecord], fmt: str) -> Iterator[bytes]:
         yield buffer.getvalue().encode()
         return
     chunk: list[str] = []
-    for record in records:
-        chunk.append(json.dumps(_row(record), ensure_ascii=False))
+    for row in rows:
+        chunk.append(json.dumps(row, ensure_ascii=False))
         if len(chunk) >= 1000:
             yield ("\n".join(chunk) + "\n").encode()
             chunk = []

@@ -53,11 +53,12 @@ from scanner import ScannerOptions
 from scanner import main as scanner_main
 
 __all__ = ["BulkOptions", "BulkCopy", "CopyStopped", "Progress", "SourcePlan", "DEFAULT_RESTORERS",
-           "retry_error_keys"]
+           "MAX_RESTORERS", "retry_error_keys"]
 
 log = logging.getLogger("eve.bulk.pipeline")
 
 DEFAULT_RESTORERS = 2
+MAX_RESTORERS = 64  # per job, the API's cap too: more processes than that only thrash a host
 # Measured with bench/bulk.py on 2 cores, 1M keys: at 0.6 a live client on the source keeps
 # 0.59x its idle throughput while Eve copies at 0.73x MIGRATE's speed; at 1.0, 0.13x.
 DEFAULT_SOURCE_SHARE = 0.6

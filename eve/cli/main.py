@@ -1,19 +1,22 @@
 """The ``eve`` command line.
 
 Exit codes say who failed: 0 success, 1 the job finished with failures (error
-keys), 2 bad input or an unreachable server, 3 a failure in the source, 4 in
-the target, 5 a call in the wrong state, 70 an internal error.
+keys), 2 bad input, an unreachable server or refused credentials, 3 a failure in
+the source, 4 in the target, 5 a call in the wrong state, 70 an internal error,
+130 interrupted (Ctrl-C), 141 the output's reader went away (``| head``).
 """
 
 from __future__ import annotations
 
 import argparse
+from importlib import metadata
 import logging
 import os
 import sys
 from pathlib import Path
 
 from eve.core.errors import (
+    AuthError,
     ConfigError,
     EveError,
     SourceError,
@@ -31,10 +34,12 @@ EXIT_SOURCE = 3
 EXIT_TARGET = 4
 EXIT_STATE = 5
 EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
 
 
 def exit_code_for(exc: BaseException) -> int:
-    if isinstance(exc, (ConfigError, UnavailableError)):
+    if isinstance(exc, (ConfigError, UnavailableError, AuthError)):
         return EXIT_USAGE
     if isinstance(exc, SourceError):
         return EXIT_SOURCE
@@ -88,10 +93,12 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return run_migrate(MigrateArgs(
         source=args.source, target=args.target, mirrors=tuple(args.mirror or ()), conflict=args.conflict,
         preserve_ttl=not args.no_ttl, match=args.match, type=args.type, db=args.db, restorers=args.restorers,
-        max_keys_per_sec=args.max_keys_per_sec, max_bytes_per_sec=args.max_bytes_per_sec,
+        max_keys_per_sec=args.max_keys_per_second, max_bytes_per_sec=args.max_bytes_per_second,
         errors_out=args.errors_out, resume=args.resume, json=args.json, state=args.state,
         scan_count=args.scan_count, progress=not args.no_progress, source_share=args.source_share,
-        backoff_latency_ms=args.backoff_latency_ms))
+        backoff_latency_ms=args.backoff_latency_ms, source_password_file=args.source_password_file,
+        target_password_file=args.target_password_file, dry_run=args.dry_run, force=args.force,
+        command=tuple(args.argv)))
 
 
 def _cmd_errors(args: argparse.Namespace) -> int:
@@ -99,7 +106,16 @@ def _cmd_errors(args: argparse.Namespace) -> int:
 
     _setup_logging("eve-errors", args.verbose, quiet=not args.verbose)
     return errors_command(args.action, state=args.state, run=args.run_id, out=args.out,
-                          source=args.source, target=args.target, as_json=args.json)
+                          source=args.source, target=args.target, as_json=args.json, limit=args.limit,
+                          source_password_file=args.source_password_file,
+                          target_password_file=args.target_password_file)
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from eve.cli.migrate import jobs_command
+
+    _setup_logging("eve-jobs", args.verbose, quiet=not args.verbose)
+    return jobs_command(args.action, state=args.state, run=args.run_id, as_json=args.json)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -115,7 +131,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     _setup_logging("eve-verify", args.verbose, quiet=not args.verbose)
     return verify_command(args.source, args.target, ttl_tolerance_ms=args.ttl_tolerance_ms, as_json=args.json,
                           max_examples=args.max_examples, db=args.db, match=args.match,
-                          max_keys_per_second=args.max_keys_per_second)
+                          max_keys_per_second=args.max_keys_per_second,
+                          source_password_file=args.source_password_file,
+                          target_password_file=args.target_password_file)
 
 
 def _positive(text: str) -> int:
@@ -128,9 +146,17 @@ def _positive(text: str) -> int:
     return value
 
 
+def _version() -> str:
+    try:
+        return metadata.version("eve-migrate")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eve", description="Eve: live migration of Redis-compatible databases.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"eve {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     serve = commands.add_parser("serve", help="run the coordinator (gRPC API)")
@@ -146,21 +172,34 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate", help="copy every key from a source to a target (one-shot bulk job, resumable)",
         description="Copy every key (values and TTLs) from --source to --target with SCAN/DUMP/PTTL/RESTORE. "
                     "URLs: redis://[user:pass@]host:port[/db], rediss:// for TLS; clusters are detected. "
-                    "Exit codes: 0 done, 1 done with error keys, 2 bad input or unreachable server, "
-                    "3 source failed, 4 target failed, 5 resume refused.")
-    migrate.add_argument("--source", required=True, metavar="URL")
-    migrate.add_argument("--target", required=True, metavar="URL")
+                    "Passwords: in the URL, in a file (--source-password-file, --target-password-file) or in "
+                    "EVE_SOURCE_PASSWORD / EVE_TARGET_PASSWORD / EVE_MIRROR_PASSWORD, so that ps does not show "
+                    "them. Before anything is written, a pre-flight refuses the same server twice, sides "
+                    "linked by replication, a read-only target and a db the servers do not have. "
+                    "Exit codes: 0 done, 1 done with error keys, 2 bad input, unreachable server or refused "
+                    "credentials, 3 source failed, 4 target failed, 5 resume refused, 130 interrupted.")
+    migrate.add_argument("--source", required=True, metavar="URL", help="the server to copy from")
+    migrate.add_argument("--target", required=True, metavar="URL",
+                         help="the server to copy to; a db in its URL must be the db copied")
     migrate.add_argument("--mirror", action="append", metavar="URL", help="also copy to this target (repeatable)")
+    migrate.add_argument("--source-password-file", metavar="PATH", help="read the source's password from PATH")
+    migrate.add_argument("--target-password-file", metavar="PATH", help="read the target's password from PATH")
     migrate.add_argument("--conflict", choices=["replace", "none", "merge"], default="replace",
                          help="when the key exists on the target: overwrite (default), keep the target's and "
                               "report a conflict, or merge hashes/sets/sorted sets")
     migrate.add_argument("--no-ttl", action="store_true", help="restore keys without their TTLs")
     migrate.add_argument("--match", metavar="GLOB", help="only keys matching this SCAN MATCH pattern")
-    migrate.add_argument("--type", metavar="T", help="only keys of this type (SCAN TYPE)")
+    migrate.add_argument("--type", metavar="T",
+                         help="only keys of this type: string, list, set, zset, hash, stream, or a module type")
     migrate.add_argument("--db", type=_positive, metavar="N", help="only this database (default: every db with keys)")
-    migrate.add_argument("--restorers", type=_positive, default=2, metavar="N", help="restorer processes (default 2)")
-    migrate.add_argument("--max-keys-per-sec", type=_positive, default=0, metavar="N", help="source protection")
-    migrate.add_argument("--max-bytes-per-sec", type=_positive, default=0, metavar="N", help="source protection")
+    migrate.add_argument("--restorers", type=_positive, default=2, metavar="N",
+                         help="restorer processes, 1 to 64 (default %(default)s)")
+    migrate.add_argument("--max-keys-per-second", "--max-keys-per-sec", dest="max_keys_per_second",
+                         type=_positive, default=0, metavar="N",
+                         help="copy at most N keys per second, to spare the source (default: no limit)")
+    migrate.add_argument("--max-bytes-per-second", "--max-bytes-per-sec", dest="max_bytes_per_second",
+                         type=_positive, default=0, metavar="N",
+                         help="copy at most N payload bytes per second (default: no limit)")
     migrate.add_argument("--source-share", type=float, default=None, metavar="F",
                          help="pause the scan so DUMP/PTTL round trips take at most this share (0-1] of the "
                               "wall time, leaving the source to its live clients (default 0.6; 1 is full speed)")
@@ -169,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--scan-count", type=_positive, default=1000, metavar="N", help="SCAN COUNT (default 1000)")
     migrate.add_argument("--errors-out", metavar="FILE", help="write error keys to FILE (.jsonl or .csv)")
     migrate.add_argument("--resume", action="store_true", help="continue the unfinished job in --state")
+    migrate.add_argument("--force", action="store_true",
+                         help="start a new job even though the one in --state did not finish (it is discarded)")
+    migrate.add_argument("--dry-run", action="store_true",
+                         help="run the pre-flight and print the plan; copy nothing")
     migrate.add_argument("--state", default="eve-migrate.db", metavar="PATH",
                          help="job state (checkpoints, error keys); default %(default)s")
     migrate.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -181,37 +224,67 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the offline strategy: no interlay, no application writing meanwhile")
     demo.set_defaults(run=_cmd_demo)
 
-    verify = commands.add_parser("verify", help="compare a source and a target key by key (type, value, TTL)")
-    verify.add_argument("--source", required=True, metavar="URL")
-    verify.add_argument("--target", required=True, metavar="URL")
-    verify.add_argument("--ttl-tolerance-ms", type=_positive, default=1000, metavar="MS")
-    verify.add_argument("--db", type=_positive, metavar="N")
-    verify.add_argument("--match", metavar="GLOB")
-    verify.add_argument("--max-keys-per-second", type=_positive, default=0, metavar="N",
+    verify = commands.add_parser("verify", help="compare a source and a target key by key (type, value, TTL)",
+                                 description="Exit codes: 0 the sides are identical, 1 they differ, 2 bad input, "
+                                             "unreachable server or refused credentials.")
+    verify.add_argument("--source", required=True, metavar="URL", help="the side whose keys are the reference")
+    verify.add_argument("--target", required=True, metavar="URL", help="the side compared with it")
+    verify.add_argument("--source-password-file", metavar="PATH", help="read the source's password from PATH")
+    verify.add_argument("--target-password-file", metavar="PATH", help="read the target's password from PATH")
+    verify.add_argument("--ttl-tolerance-ms", type=_positive, default=1000, metavar="MS",
+                        help="TTLs that differ by at most this much are equal (default %(default)s)")
+    verify.add_argument("--db", type=_positive, metavar="N", help="only this database (default: every db with keys)")
+    verify.add_argument("--match", metavar="GLOB", help="only keys matching this SCAN MATCH pattern")
+    verify.add_argument("--max-keys-per-second", "--max-keys-per-sec", dest="max_keys_per_second",
+                        type=_positive, default=0, metavar="N",
                         help="keys compared per second at most, to spare a busy source (default: no limit)")
-    verify.add_argument("--max-examples", type=_positive, default=20, metavar="N")
-    verify.add_argument("--json", action="store_true")
+    verify.add_argument("--max-examples", type=_positive, default=20, metavar="N",
+                        help="differences shown (default %(default)s)")
+    verify.add_argument("--json", action="store_true", help="print one JSON object")
     verify.set_defaults(run=_cmd_verify)
 
-    errors = commands.add_parser("errors", help="list, export or retry the error keys of a migrate job")
-    errors.add_argument("action", choices=["list", "export", "retry"])
-    errors.add_argument("--state", default="eve-migrate.db", metavar="PATH")
+    errors = commands.add_parser("errors", help="list, export or retry the error keys (or conflicts) of a job")
+    errors.add_argument("action", choices=["list", "export", "retry", "conflicts"],
+                        help="list: a summary by reason and the keys; export: JSON Lines or CSV; retry: copy "
+                             "them again; conflicts: the keys kept on the target (--conflict none/merge)")
+    errors.add_argument("--state", default="eve-migrate.db", metavar="PATH", help="the job's state file")
     errors.add_argument("--run", dest="run_id", metavar="ID", help="job id (default: the latest job in --state)")
-    errors.add_argument("--out", metavar="FILE", help="export: .jsonl or .csv (default: JSON Lines on stdout)")
+    errors.add_argument("--out", metavar="FILE", help="export, conflicts: .jsonl or .csv (default: stdout)")
+    errors.add_argument("--limit", type=_positive, default=100, metavar="N",
+                        help="list, conflicts: show at most N keys (default %(default)s; 0 for all)")
     errors.add_argument("--source", metavar="URL", help="retry: the job's source")
     errors.add_argument("--target", metavar="URL", help="retry: the job's target")
-    errors.add_argument("--json", action="store_true")
+    errors.add_argument("--source-password-file", metavar="PATH", help="retry: the source's password")
+    errors.add_argument("--target-password-file", metavar="PATH", help="retry: the target's password")
+    errors.add_argument("--json", action="store_true", help="print one JSON object")
     errors.set_defaults(run=_cmd_errors)
+
+    jobs = commands.add_parser("jobs", help="list the jobs of a state file, or discard an unfinished one")
+    jobs.add_argument("action", choices=["list", "discard"],
+                      help="list: every job with its state; discard: give up the unfinished job so that a "
+                           "plain eve migrate starts a new one")
+    jobs.add_argument("--state", default="eve-migrate.db", metavar="PATH", help="the state file")
+    jobs.add_argument("--run", dest="run_id", metavar="ID", help="discard: this job (default: the latest)")
+    jobs.add_argument("--json", action="store_true", help="print one JSON object")
+    jobs.set_defaults(run=_cmd_jobs)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(words)
+    args.argv = [word for word in words if word not in ("-v", "--verbose")]
     try:
         return args.run(args)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (eve errors export | head): end quietly. Python would complain
+        # again when it flushes stdout at exit, so point stdout at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except EveError as exc:
         print(f"eve {args.command}: {exc}", file=sys.stderr)
         return exit_code_for(exc)

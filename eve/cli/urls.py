@@ -7,13 +7,21 @@ before they are echoed.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
+from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from eve.core.endpoints import ConnectionSpec
 from eve.core.errors import ConfigError
 
-__all__ = ["parse_redis_url", "mask_url"]
+__all__ = ["parse_redis_url", "mask_url", "password_for", "PASSWORD_ENV"]
+
+# Where a password comes from when the URL has none (like redis-cli's REDISCLI_AUTH), so that
+# it need not appear on a command line, where ``ps`` shows it to every user of the host.
+PASSWORD_ENV = {"--source": "EVE_SOURCE_PASSWORD", "--target": "EVE_TARGET_PASSWORD",
+                "--mirror": "EVE_MIRROR_PASSWORD"}
 
 _SCHEMES = {"redis": False, "rediss": True, "valkey": False, "valkeys": True}
 
@@ -68,3 +76,21 @@ def parse_redis_url(url: str, *, field: str = "url") -> tuple[ConnectionSpec, in
     if spec.username and not spec.password:
         spec = ConnectionSpec(**{**spec.__dict__, "username": None, "password": spec.username})
     return spec, db
+
+
+def password_for(spec: ConnectionSpec, *, flag: str, password_file: str | None) -> ConnectionSpec:
+    """The spec with its password from the URL, else ``password_file``, else the flag's
+    environment variable (``PASSWORD_ENV``); unchanged when none gives one."""
+    if spec.password:
+        return spec
+    password = None
+    if password_file:
+        try:
+            password = Path(password_file).read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"cannot read {password_file}: {exc.strerror}", field=f"{flag}-password-file") from None
+        if not password:
+            raise ConfigError(f"{password_file} is empty", field=f"{flag}-password-file")
+    else:
+        password = os.environ.get(PASSWORD_ENV.get(flag, "")) or None
+    return dataclasses.replace(spec, password=password) if password else spec
