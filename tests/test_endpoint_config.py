@@ -180,3 +180,28 @@ def test_ports_outside_range_always_refused(conn, port):
     with pytest.raises(ConfigError) as info:
         parse_config({"target": {**conn, "port": port}})
     assert info.value.field == "config.target.port"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:6379", "redis.internal:6380", "[::1]:6379"])
+def test_a_host_with_a_port_in_it_is_refused(host):
+    with pytest.raises(ConfigError, match="carries a port") as info:
+        parse_config({"target": {"host": host}})
+    assert info.value.field == "config.target.host"
+
+
+@pytest.mark.parametrize("host,address", [("::1", "[::1]:6379"), ("[::1]", "[::1]:6379"),
+                                          ("fe80::1", "[fe80::1]:6379"), ("redis-1.internal", "redis-1.internal:6379")])
+def test_hosts_and_ipv6_literals_are_accepted(host, address):
+    assert parse_config({"target": {"host": host}}).read.address == address
+
+
+def test_a_tls_ca_file_must_exist_and_hold_a_certificate(tmp_path):
+    missing = tmp_path / "nope.pem"
+    with pytest.raises(ConfigError, match="does not exist") as info:
+        parse_config({"target": {"host": "h", "tls": True, "tls_ca_file": str(missing)}})
+    assert info.value.field == "config.target.tls_ca_file"
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match="no PEM CA certificate") as info:
+        parse_config({"read_conn": {"host": "h", "tls": True, "tls_ca_file": str(garbage)}})
+    assert info.value.field == "config.read_conn.tls_ca_file"

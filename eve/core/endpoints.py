@@ -15,8 +15,11 @@ Mixing them is refused, so the shape stays unambiguous. Configs are plain dicts
 from __future__ import annotations
 
 import copy
+import ipaddress
 import math
+import os
 import re
+import ssl
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -172,7 +175,34 @@ def _host(value: Mapping[str, Any], path: str) -> str:
         raise ConfigError("host is required", field=f"{path}.host")
     if len(host) > 253 or any(ch.isspace() or ch in "/@?#" for ch in host):
         raise ConfigError(f"{host[:80]!r} is not a valid host name or address", field=f"{path}.host")
-    return host.strip("[]") if host.startswith("[") else host
+    name, colon, port = host.rpartition(":")
+    if colon and port.isdigit() and (host.count(":") == 1 or name.endswith("]")):
+        raise ConfigError(f"{host[:80]!r} carries a port: give the host alone and the port in "
+                          f"{path}.port", field=f"{path}.host")
+    bare = host.strip("[]") if host.startswith("[") else host
+    if ":" in bare:
+        try:
+            ipaddress.IPv6Address(bare)
+        except ValueError:
+            raise ConfigError(f"{host[:80]!r} is not a valid host name or IPv6 address", field=f"{path}.host") from None
+    return bare
+
+
+def _ca_file(conn: Mapping[str, Any], path: str) -> str | None:
+    """A CA bundle that exists and holds PEM certificates: found now, not at the first TLS handshake."""
+    ca_file = _string(conn, "tls_ca_file", path)
+    if ca_file is None:
+        return None
+    where = f"{path}.tls_ca_file"
+    if not os.path.isfile(ca_file):
+        raise ConfigError(f"{ca_file!r} does not exist (or is not a file) on the coordinator's host", field=where)
+    try:
+        ssl.create_default_context(cafile=ca_file)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"{ca_file!r} holds no PEM CA certificate Eve can load: {exc}", field=where) from None
+    except OSError as exc:
+        raise ConfigError(f"{ca_file!r} cannot be read: {exc.strerror or exc}", field=where) from None
+    return ca_file
 
 
 def _parse_connection(value: Any, path: str, credentials: tuple[str | None, str | None]) -> ConnectionSpec:
@@ -199,7 +229,7 @@ def _parse_connection(value: Any, path: str, credentials: tuple[str | None, str 
         protocol_version=protocol,
         username=username or role_user,
         password=password or role_password,
-        tls_ca_file=_string(conn, "tls_ca_file", path),
+        tls_ca_file=_ca_file(conn, path),
         tls_insecure_skip_verify=_bool(conn, "tls_insecure_skip_verify", path),
         tls_server_name=_string(conn, "tls_server_name", path),
     )
