@@ -393,6 +393,11 @@ def test_resume_refused_when_an_endpoint_changed(tmp_path, server_factory):
         assert f"target.port: was {target.port}, now {elsewhere.port}" in reason
         assert "write_credentials.password: changed" in reason
         assert elsewhere.client().dbsize() == 0, "nothing was copied to the other server"
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Approve(wpb.ApproveRequest(run="moved"))
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert info.value.details().startswith("resume refused: endpoint 'dst' (target) changed since the run was "
+                                               "approved (")
         # Put back as it was (FAILED: updates allowed), the run resumes from its checkpoints.
         eve.endpoints().UpdateEndpoint(epb.UpdateEndpointRequest(
             endpoint="dst", kind="redis", config=json_format.ParseDict(saved, epb.EndpointConfig())))
