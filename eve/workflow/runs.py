@@ -3,7 +3,10 @@ state machine, setup, prepare, review, approval, execution, verification,
 completion, rollback, and the events that tell all of it.
 
 Every state change goes through ``Workflow._transition``, which checks it
-against ``TRANSITIONS`` and records a ``state`` event in the same breath.
+against the table of ``eve.workflow.states`` and records a ``state`` event in
+the same breath. A run works from the typed ``RunSetup`` it was given and from
+the snapshot of its endpoints' configs taken when Prepare starts
+(``eve.workflow.setup``).
 Long work (prepare, the copy) runs on threads of this process; after a
 coordinator restart ``Workflow.resume`` picks every unfinished run up where it
 was (a copying run continues from its checkpoints).
