@@ -77,3 +77,63 @@ def test_constraints(tmp_path):
         store.delete_endpoint("src")
     assert store.get_endpoint("src")
     store.close()
+
+
+def test_run_endpoint_snapshot(tmp_path):
+    store = Store(tmp_path / "eve.db")
+    store.create_endpoint("src", "redis", {"target": {"host": "a", "password": "p1"}}, "")
+    store.create_endpoint("dst", "redis", {"target": {"host": "b"}}, "")
+    store.create_run("r", "CONFIGURED", {"source": "src", "target": "dst"}, endpoints={"src": "source"})
+    store.set_run_setup("r", {"source": "src", "target": "dst"}, {"src": "source", "dst": "target"})
+    before = store.run_endpoints("r")
+    assert [(e.endpoint, e.role, e.snapshot) for e in before] == [("src", "source", None), ("dst", "target", None)]
+    taken = store.snapshot_run_endpoints("r")
+    assert [e.snapshot for e in taken] == [e.config for e in taken] == [{"target": {"host": "a", "password": "p1"}},
+                                                                        {"target": {"host": "b"}}]
+    store.update_endpoint("src", "redis", {"target": {"host": "a2", "password": "p1"}}, "")
+    after = store.run_endpoints("r")[0]
+    assert after.snapshot == {"target": {"host": "a", "password": "p1"}}, "the snapshot does not follow the endpoint"
+    assert after.config == {"target": {"host": "a2", "password": "p1"}}
+    # A new setup drops the old snapshot; a finished run drops its endpoints and snapshot.
+    store.set_run_setup("r", {"source": "src", "target": "dst"}, {"src": "source", "dst": "target"})
+    assert [e.snapshot for e in store.run_endpoints("r")] == [None, None]
+    store.snapshot_run_endpoints("r")
+    store.release_run_endpoints("r")
+    assert store.run_endpoints("r") == []
+    with store.transaction() as db:
+        assert db.execute("SELECT COUNT(*) FROM run_snapshots").fetchone()[0] == 0
+    store.close()
+
+
+def test_update_endpoint_refused_while_a_run_uses_it(tmp_path):
+    store = Store(tmp_path / "eve.db")
+    store.create_endpoint("src", "redis", {"target": {"host": "a"}}, "")
+    store.create_endpoint("m", "redis", {"target": {"host": "m"}}, "")
+    store.create_run("r1", "COPYING", endpoints={"src": "source", "m": "mirror"})
+    with pytest.raises(StateError, match=r"endpoint 'src' is the source of run 'r1', which is COPYING"):
+        store.update_endpoint("src", "redis", {"target": {"host": "b"}}, "", refuse_in_run_states={"COPYING"})
+    with pytest.raises(StateError, match=r"endpoint 'm' is the mirror target of run 'r1'"):
+        store.update_endpoint("m", "redis", {"target": {"host": "b"}}, "", refuse_in_run_states={"COPYING"})
+    assert store.get_endpoint("src").config == {"target": {"host": "a"}}, "nothing changed"
+    # In other states (and without states to refuse) the update goes through.
+    store.update_endpoint("src", "redis", {"target": {"host": "b"}}, "", refuse_in_run_states={"SYNCING"})
+    store.update_endpoint("src", "redis", {"target": {"host": "c"}}, "")
+    assert store.get_endpoint("src").config == {"target": {"host": "c"}}
+    store.close()
+
+
+def test_older_state_file_upgraded_in_place(tmp_path):
+    """A state file of schema version 3 (before run snapshots) with a run in it."""
+    path = tmp_path / "eve.db"
+    store = Store(path)
+    store.create_endpoint("src", "redis", {"target": {"host": "a"}}, "")
+    store.create_run("old", "COPYING", {"source": "src", "target": "src"}, endpoints={"src": "source"})
+    store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE run_snapshots")
+        db.execute("PRAGMA user_version=3")
+    store = Store(path)
+    assert store.schema_version == SCHEMA_VERSION
+    assert [(e.endpoint, e.snapshot) for e in store.run_endpoints("old")] == [("src", None)]
+    assert store.snapshot_run_endpoints("old")[0].snapshot == {"target": {"host": "a"}}
+    store.close()

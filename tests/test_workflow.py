@@ -10,6 +10,7 @@ import time
 import grpc
 import pytest
 from eve_process import EveServer
+from google.protobuf import json_format
 from keyspace import assert_same, fill
 
 from eve.v1 import endpoints_pb2 as epb
@@ -44,6 +45,16 @@ def wait_state(stub, run: str, *states: str, timeout: float = 90) -> wpb.Run:
 
 def setup(run: str, **kw) -> wpb.SubmitSetupRequest:
     return wpb.SubmitSetupRequest(run=run, setup=wpb.RunSetup(source="src", target="dst", **kw))
+
+
+def kill_when_copied(eve: EveServer, target, keys: int) -> None:
+    """Kill the coordinator (no shutdown) once the target holds ``keys`` keys: mid-copy."""
+    deadline = time.monotonic() + 30
+    while target.client().dbsize() < keys:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    eve.process.kill()
+    eve.process.wait()
 
 
 class Subscriber(threading.Thread):
@@ -252,12 +263,7 @@ def test_coordinator_killed_while_copying_resumes(tmp_path, server_factory):
         for issue in stub.GetCompatibility(wpb.GetCompatibilityRequest(run=run)).issues:
             stub.AcknowledgeIssue(wpb.AcknowledgeIssueRequest(run=run, issue_id=issue.id, notes="ok"))
         stub.Approve(wpb.ApproveRequest(run=run))
-        deadline = time.monotonic() + 30
-        while target.client().dbsize() < 2000:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        eve.process.kill()
-        eve.process.wait()
+        kill_when_copied(eve, target, 2000)
     finally:
         eve.stop()
     assert target.client().dbsize() < 15_000, "killed mid-copy"
@@ -266,6 +272,143 @@ def test_coordinator_killed_while_copying_resumes(tmp_path, server_factory):
         stub = eve.migrations()
         wait_state(stub, "crash", "CUT_OVER", timeout=120)
         assert stub.Verify(wpb.VerifyRequest(run="crash")).clean
+    finally:
+        eve.stop()
+    assert_same(source.client(), target.client())
+
+
+def _approve(stub, run: str) -> None:
+    stub.Prepare(wpb.PrepareRequest(run=run))
+    wait_state(stub, run, "READY")
+    for issue in stub.GetCompatibility(wpb.GetCompatibilityRequest(run=run)).issues:
+        stub.AcknowledgeIssue(wpb.AcknowledgeIssueRequest(run=run, issue_id=issue.id, notes="ok"))
+    stub.Approve(wpb.ApproveRequest(run=run))
+
+
+def _update(eve: EveServer, name: str, server, **connection) -> epb.Endpoint:
+    """UpdateEndpoint with what GetEndpoint returned (the password comes back redacted and is kept)."""
+    current = eve.endpoints().GetEndpoint(epb.GetEndpointRequest(endpoint=name))
+    config = epb.EndpointConfig()
+    config.CopyFrom(current.config)
+    config.target.port = connection.get("port", server.port)
+    if "pool" in connection:
+        config.connection_pool.multiplexed_connections = connection["pool"]
+    return eve.endpoints().UpdateEndpoint(epb.UpdateEndpointRequest(
+        endpoint=name, kind="redis", config=config, description=connection.get("description", "")))
+
+
+def _secret_endpoint(eve: EveServer, name: str, server) -> None:
+    eve.endpoints().CreateEndpoint(epb.CreateEndpointRequest(
+        endpoint=name, kind="redis", config=epb.EndpointConfig(
+            target=epb.Connection(host="127.0.0.1", port=server.port),
+            read_credentials=epb.Credentials(username="default", password=server.password),
+            write_credentials=epb.Credentials(username="default", password=server.password))))
+
+
+def test_update_endpoint_refused_while_a_run_uses_it(eve, server_factory):
+    source = server_factory("redis-7.0")
+    target = server_factory("valkey-8.1", password="s3cret-target")
+    fill(source.client(), 3000, ttl_every=0, binary=False)
+    endpoint(eve, "src", source)
+    _secret_endpoint(eve, "dst", target)
+    stub = eve.migrations()
+    run = stub.CreateRun(wpb.CreateRunRequest(id="pinned")).id
+    stub.SubmitSetup(setup(run, rate_limits=wpb.RateLimits(max_keys_per_second=600)))
+    _update(eve, "dst", target, description="before Prepare: nothing runs yet")
+
+    # READY: nothing runs, so the update goes through; but what was reviewed was found on
+    # the endpoint as it was, so Approve refuses until Prepare looked again.
+    stub.Prepare(wpb.PrepareRequest(run=run))
+    wait_state(stub, run, "READY")
+    for issue in stub.GetCompatibility(wpb.GetCompatibilityRequest(run=run)).issues:
+        stub.AcknowledgeIssue(wpb.AcknowledgeIssueRequest(run=run, issue_id=issue.id, notes="ok"))
+    _update(eve, "dst", target, pool=2)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Approve(wpb.ApproveRequest(run=run))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "endpoint 'dst' (target) changed since Prepare checked it" in info.value.details()
+    assert "connection_pool.multiplexed_connections: was unset, now 2" in info.value.details()
+    assert stub.GetRun(wpb.GetRunRequest(run=run)).state == wpb.READY
+    _approve(stub, run)
+
+    # From approval until the run ends, both endpoints are refused, naming the run.
+    wait_state(stub, run, "COPYING")
+    for name, server, role in (("dst", target, "target"), ("src", source, "source")):
+        with pytest.raises(grpc.RpcError) as info:
+            _update(eve, name, server, port=server.port + 1)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert f"endpoint {name!r} is the {role} of run 'pinned', which is COPYING" in info.value.details()
+    assert eve.endpoints().GetEndpoint(epb.GetEndpointRequest(endpoint="dst")).config.target.port == target.port
+    wait_state(stub, run, "CUT_OVER")
+    with pytest.raises(grpc.RpcError) as info:
+        _update(eve, "dst", target, port=target.port + 1)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "CUT_OVER" in info.value.details()
+    assert stub.Verify(wpb.VerifyRequest(run=run)).clean
+    stub.Complete(wpb.CompleteRequest(run=run))
+    assert_same(source.client(), target.client())
+
+    # Ended: the endpoints are free again.
+    updated = _update(eve, "dst", target, port=target.port + 1, description="moved")
+    assert updated.config.target.port == target.port + 1 and updated.description == "moved"
+    events = list(stub.SubscribeEvents(wpb.SubscribeEventsRequest(run=run), timeout=30))
+    shown = " ".join([str(events), str(stub.GetRun(wpb.GetRunRequest(run=run))), eve.log()])
+    assert "s3cret-target" not in shown, "the snapshot's passwords never leave the state file"
+
+
+def test_resume_refused_when_an_endpoint_changed(tmp_path, server_factory):
+    from eve.core.store import Store
+
+    source = server_factory("redis-7.0")
+    target = server_factory("redis-7.0", password="s3cret-target")
+    elsewhere = server_factory("redis-7.0")
+    fill(source.client(), 6000, ttl_every=0, binary=False)
+    state = tmp_path / "eve.db"
+    eve = EveServer(state=state, log_path=tmp_path / "eve.log").start()
+    try:
+        endpoint(eve, "src", source)
+        _secret_endpoint(eve, "dst", target)
+        stub = eve.migrations()
+        run = stub.CreateRun(wpb.CreateRunRequest(id="moved")).id
+        stub.SubmitSetup(setup(run, rate_limits=wpb.RateLimits(max_keys_per_second=1500)))
+        _approve(stub, run)
+        kill_when_copied(eve, target, 1000)
+    finally:
+        eve.stop()
+    # While the coordinator is down the endpoint is pointed elsewhere, with another
+    # password, as an Eve without the UpdateEndpoint check could have done.
+    store = Store(state)
+    saved = store.get_endpoint("dst").config
+    moved = {**saved, "target": {**saved["target"], "port": elsewhere.port},
+             "write_credentials": {"username": "default", "password": "s3cret-other"}}
+    store.update_endpoint("dst", "redis", moved, "")
+    store.close()
+
+    eve = EveServer(state=state, log_path=tmp_path / "eve2.log").start()
+    try:
+        stub = eve.migrations()
+        failed = wait_state(stub, "moved", "FAILED", timeout=30)
+        reason = failed.failure_reason
+        assert reason.startswith("resume refused after a coordinator restart: endpoint 'dst' (target) changed "
+                                 "since the run was approved (")
+        assert f"target.port: was {target.port}, now {elsewhere.port}" in reason
+        assert "write_credentials.password: changed" in reason
+        assert elsewhere.client().dbsize() == 0, "nothing was copied to the other server"
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Approve(wpb.ApproveRequest(run="moved"))
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert info.value.details().startswith("resume refused: endpoint 'dst' (target) changed since the run was "
+                                               "approved (")
+        # Put back as it was (FAILED: updates allowed), the run resumes from its checkpoints.
+        eve.endpoints().UpdateEndpoint(epb.UpdateEndpointRequest(
+            endpoint="dst", kind="redis", config=json_format.ParseDict(saved, epb.EndpointConfig())))
+        stub.Approve(wpb.ApproveRequest(run="moved"))
+        wait_state(stub, "moved", "CUT_OVER", timeout=120)
+        assert stub.Verify(wpb.VerifyRequest(run="moved")).clean
+        stub.Complete(wpb.CompleteRequest(run="moved"))
+        events = list(stub.SubscribeEvents(wpb.SubscribeEventsRequest(run="moved"), timeout=30))
+        assert any(e.message == reason for e in events), "the refusal is told as an event too"
+        shown = " ".join([str(events), eve.log(), (tmp_path / "eve.log").read_text()])
+        assert "s3cret-target" not in shown and "s3cret-other" not in shown
     finally:
         eve.stop()
     assert_same(source.client(), target.client())

@@ -15,11 +15,13 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from eve.core.endpoints import redact_config
-from eve.core.store import EndpointRecord, InterlayRecord
+from eve.core.store import EndpointRecord, InterlayRecord, RunRecord
 from eve.redis import resp
 from eve.v1 import common_pb2, endpoints_pb2, interlays_pb2, workflows_pb2
+from eve.workflow.setup import RunSetup, parse_setup
 
-__all__ = ["message_to_dict", "endpoint_to_proto", "interlay_to_proto", "resp_to_proto", "timestamp"]
+__all__ = ["message_to_dict", "endpoint_to_proto", "interlay_to_proto", "resp_to_proto", "timestamp",
+           "setup_from_proto", "setup_to_proto", "run_to_proto"]
 
 
 def message_to_dict(message: Message) -> dict[str, Any]:
@@ -121,16 +123,42 @@ def resp_to_proto(value: Any) -> common_pb2.RespValue:
 # -- the guided workflow ------------------------------------------------------------------
 
 
-def run_to_proto(record: Any, traffic: tuple[int, bool] = (0, False)) -> workflows_pb2.Run:
+def setup_from_proto(message: workflows_pb2.RunSetup) -> RunSetup:
+    """The request's setup, validated by the one parser (``parse_setup``: ConfigError naming the field)."""
+    return parse_setup(message_to_dict(message))
+
+
+def setup_to_proto(setup: RunSetup) -> workflows_pb2.RunSetup:
+    # The enums share their members' names with the proto enums (unprefixed, see workflows.proto).
+    out = workflows_pb2.RunSetup(
+        source=setup.source, target=setup.target, mirror_targets=list(setup.mirror_targets),
+        strategy=workflows_pb2.Strategy.Value(setup.strategy.value),
+        mode=workflows_pb2.DataMovementMode.Value(setup.mode.value),
+        conflict_policy=workflows_pb2.ConflictPolicy.Value(setup.conflict_policy.value),
+        write_consistency=workflows_pb2.WriteConsistency.Value(setup.write_consistency.value),
+        preserve_ttl=setup.preserve_ttl,
+        filters=workflows_pb2.Filters(key_pattern=setup.filters.key_pattern, dbs=list(setup.filters.dbs),
+                                      types=list(setup.filters.types)),
+        rate_limits=workflows_pb2.RateLimits(max_keys_per_second=setup.rate_limits.max_keys_per_second,
+                                             max_bytes_per_second=setup.rate_limits.max_bytes_per_second,
+                                             max_pipeline_depth=setup.rate_limits.max_pipeline_depth),
+        interlay=setup.interlay, scripts_deterministic=setup.scripts_deterministic,
+        big_key_threshold_bytes=setup.big_key_threshold_bytes, restorers=setup.restorers,
+        keyspace_notifications=setup.keyspace_notifications)
+    out.rollback_window.SetInParent()
+    out.rollback_window.FromNanoseconds(round(setup.rollback_window_seconds * 1e9))
+    return out
+
+
+def run_to_proto(record: RunRecord, setup: RunSetup | None = None,
+                 traffic: tuple[int, bool] = (0, False)) -> workflows_pb2.Run:
+    """``setup``: the record's typed setup (``Workflow.setup``), None before SubmitSetup."""
     run = workflows_pb2.Run(
         id=record.id, state=workflows_pb2.RunState.Value(record.state), description=record.description,
         failure_reason=record.failure_reason, read_percent_target=traffic[0], writes_on_target=traffic[1],
         create_time=timestamp(record.create_time), update_time=timestamp(record.update_time))
-    setup = record.setup
-    if setup and setup.get("kind") != "migrate":
-        body = {key: value for key, value in setup.items() if key != "rollback_window_seconds"}
-        body["rollback_window"] = f"{setup.get('rollback_window_seconds', 0):g}s"
-        json_format.ParseDict(body, run.setup, ignore_unknown_fields=True)
+    if setup is not None:
+        run.setup.CopyFrom(setup_to_proto(setup))
     return run
 
 

@@ -21,6 +21,7 @@ from eve.v1 import (
 )
 from eve.workflow.registry import Coordinator
 from eve.workflow.runs import Workflow
+from eve.workflow.states import UNPREPARED
 
 __all__ = ["EndpointServicer", "InterlayServicer", "MigrationServicer"]
 
@@ -104,7 +105,7 @@ class MigrationServicer(workflows_pb2_grpc.MigrationServiceServicer):
         self.workflow = workflow
 
     def _run(self, record):
-        return convert.run_to_proto(record, self.workflow.store.traffic(record.id))
+        return convert.run_to_proto(record, self.workflow.setup(record), self.workflow.store.traffic(record.id))
 
     def CreateRun(self, request, context):
         return self._run(self.workflow.create(request.id, request.description))
@@ -113,20 +114,19 @@ class MigrationServicer(workflows_pb2_grpc.MigrationServiceServicer):
         return self._run(self.workflow.get(request.run))
 
     def ListRuns(self, request, context):
-        return workflows_pb2.ListRunsResponse(runs=[self._run(r) for r in self.workflow.list()
-                                                    if not (r.setup or {}).get("kind") == "migrate"])
+        return workflows_pb2.ListRunsResponse(runs=[self._run(r) for r in self.workflow.list()])
 
     def SubmitSetup(self, request, context):
-        return self._run(self.workflow.submit_setup(request.run, convert.message_to_dict(request.setup)))
+        return self._run(self.workflow.submit_setup(request.run, convert.setup_from_proto(request.setup)))
 
     def Prepare(self, request, context):
         return self._run(self.workflow.prepare(request.run))
 
     def GetCompatibility(self, request, context):
         issues = self.workflow.issues(request.run)
-        if self.workflow.state(request.run).value in ("CREATED", "CONFIGURED", "PREPARING") and not issues:
-            raise StateError(f"run {request.run!r} has no compatibility report yet (it is "
-                             f"{self.workflow.state(request.run).value})")
+        state = self.workflow.state(request.run)
+        if state in UNPREPARED and not issues:
+            raise StateError(f"run {request.run!r} has no compatibility report yet (it is {state.value})")
         return workflows_pb2.CompatibilityReport(issues=[convert.issue_to_proto(i) for i in issues],
                                                  compatible=not any(i["blocking"] for i in issues))
 

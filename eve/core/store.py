@@ -7,7 +7,8 @@ writer's fsync. The schema is versioned: ``MIGRATIONS[i]`` takes a database from
 version ``i`` to ``i + 1``, so a newer Eve upgrades an older state file in place
 and an older Eve refuses a newer one instead of corrupting it.
 
-The file holds endpoint passwords, so it is created readable by its owner only.
+The file holds endpoint passwords (and the copies runs snapshot of them), so it is created
+readable by its owner only.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator
 
 from eve.core.errors import AlreadyExistsError, ConfigError, NotFoundError, StateError
 
-__all__ = ["Store", "EndpointRecord", "InterlayRecord", "RunRecord", "ErrorKeyRecord", "SCHEMA_VERSION",
-           "COUNTER_FIELDS"]
+__all__ = ["Store", "EndpointRecord", "InterlayRecord", "RunRecord", "RunEndpointRecord", "ErrorKeyRecord",
+           "SCHEMA_VERSION", "COUNTER_FIELDS"]
 
 MIGRATIONS: list[str] = [
     # 0 -> 1: endpoints, interlays, runs and the endpoints each run uses.
@@ -138,6 +139,15 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, kind)
     );
     """,
+    # 3 -> 4: the endpoint configs a run works from, snapshotted when Prepare starts.
+    """
+    CREATE TABLE run_snapshots (
+        run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        endpoint TEXT NOT NULL,
+        config TEXT NOT NULL,           -- JSON, passwords included (file is 0600)
+        PRIMARY KEY (run_id, endpoint)
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -163,6 +173,20 @@ class RunRecord:
     failure_reason: str
     create_time: float
     update_time: float
+
+
+@dataclass(frozen=True)
+class RunEndpointRecord:
+    """An endpoint a run uses: its role, the config the run works from (``snapshot``, taken
+    when Prepare starts; None before) and the endpoint's config now."""
+
+    endpoint: str
+    role: str                        # source, target, mirror
+    snapshot: dict[str, Any] | None
+    config: dict[str, Any]
+
+
+_ROLE_NAMES = {"mirror": "mirror target"}
 
 
 @dataclass(frozen=True)
@@ -273,9 +297,23 @@ class Store:
             rows = self._db.execute("SELECT * FROM endpoints ORDER BY name").fetchall()
         return [self._endpoint(row) for row in rows]
 
-    def update_endpoint(self, name: str, kind: str, config: dict[str, Any], description: str) -> EndpointRecord:
+    def update_endpoint(self, name: str, kind: str, config: dict[str, Any], description: str, *,
+                        refuse_in_run_states: Collection[str] = ()) -> EndpointRecord:
+        """StateError, and nothing changed, when a run in one of ``refuse_in_run_states``
+        uses the endpoint: checked in the same transaction as the update, so no run can
+        reach such a state between the check and the write."""
         now = time.time()
         with self.transaction() as db:
+            states = sorted(refuse_in_run_states)
+            user = db.execute(
+                "SELECT re.run_id, re.role, r.state FROM run_endpoints re JOIN runs r ON r.id = re.run_id "
+                f"WHERE re.endpoint = ? AND r.state IN ({', '.join('?' * len(states))}) ORDER BY re.run_id LIMIT 1",
+                (name, *states)).fetchone() if states else None
+            if user is not None:
+                raise StateError(
+                    f"endpoint {name!r} is the {_ROLE_NAMES.get(user['role'], user['role'])} of run "
+                    f"{user['run_id']!r}, which is {user['state']}; it cannot be changed until the run is "
+                    "completed, rolled back, cancelled or has failed")
             updated = db.execute(
                 "UPDATE endpoints SET kind = ?, config = ?, description = ?, update_time = ? WHERE name = ?",
                 (kind, json.dumps(config), description, now, name)).rowcount
@@ -493,6 +531,8 @@ class Store:
             if not tx.execute("UPDATE runs SET setup = ?, update_time = ? WHERE id = ?",
                               (json.dumps(setup), time.time(), id)).rowcount:
                 raise NotFoundError(f"run {id!r} not found")
+            # Another setup: the snapshot of the previous one's endpoints means nothing now.
+            tx.execute("DELETE FROM run_snapshots WHERE run_id = ?", (id,))
             tx.execute("DELETE FROM run_endpoints WHERE run_id = ?", (id,))
             tx.executemany("INSERT INTO run_endpoints VALUES (?, ?, ?)",
                            [(id, endpoint, role) for endpoint, role in endpoints.items()])
@@ -509,9 +549,29 @@ class Store:
                                    (id,)).fetchone()
         return (row[0], bool(row[1])) if row else (0, False)
 
-    def release_run_endpoints(self, id: str) -> None:
-        """A finished run no longer holds its endpoints."""
+    def run_endpoints(self, id: str) -> list[RunEndpointRecord]:
+        """The endpoints of the run, in the order SubmitSetup named them (source, target, mirrors)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT re.endpoint, re.role, s.config AS snapshot, e.config FROM run_endpoints re "
+                "JOIN endpoints e ON e.name = re.endpoint "
+                "LEFT JOIN run_snapshots s ON s.run_id = re.run_id AND s.endpoint = re.endpoint "
+                "WHERE re.run_id = ? ORDER BY re.rowid", (id,)).fetchall()
+        return [RunEndpointRecord(r["endpoint"], r["role"], json.loads(r["snapshot"]) if r["snapshot"] else None,
+                                  json.loads(r["config"])) for r in rows]
+
+    def snapshot_run_endpoints(self, id: str) -> list[RunEndpointRecord]:
+        """Take the run's snapshot: the current config of each of its endpoints."""
         with self.transaction() as tx:
+            tx.execute("DELETE FROM run_snapshots WHERE run_id = ?", (id,))
+            tx.execute("INSERT INTO run_snapshots SELECT re.run_id, re.endpoint, e.config FROM run_endpoints re "
+                       "JOIN endpoints e ON e.name = re.endpoint WHERE re.run_id = ?", (id,))
+        return self.run_endpoints(id)
+
+    def release_run_endpoints(self, id: str) -> None:
+        """A finished run no longer holds its endpoints, nor the copy of their passwords."""
+        with self.transaction() as tx:
+            tx.execute("DELETE FROM run_snapshots WHERE run_id = ?", (id,))
             tx.execute("DELETE FROM run_endpoints WHERE run_id = ?", (id,))
 
     def append_event(self, run_id: str, type: str, message: str, state: str,

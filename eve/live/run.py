@@ -35,12 +35,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from eve.core.endpoints import ConnectionSpec
+from eve.core.enums import WriteConsistency
 from eve.core.errors import StateError
 from eve.live.backlog import DirtyKeys
 from eve.live.notifications import KeyspaceNotifications
 from eve.live.recopy import DirtyKeySync, RecopyFailure, SyncOptions
 from proxy import messages
-from proxy.routing import SOURCE, TARGET, TARGET_AUTHORITATIVE
+from proxy.routing import SOURCE, TARGET
 
 __all__ = ["LiveOptions", "LiveRun", "CATCH_UP_BACKLOG", "CATCH_UP_STEADY_SECONDS"]
 
@@ -60,13 +61,17 @@ class LiveOptions:
     source: ConnectionSpec
     target: ConnectionSpec
     mirrors: tuple[tuple[str, ConnectionSpec], ...] = ()   # ("mirror:<endpoint>", spec)
-    policy: str = "SOURCE_AUTHORITATIVE"
+    policy: WriteConsistency = WriteConsistency.SOURCE_AUTHORITATIVE
     scripts_deterministic: bool = False
     keyspace_notifications: bool = False
     preserve_ttl: bool = True
     sync_workers: int = 2
     pause_seconds: float = DEFAULT_PAUSE_SECONDS
     drain_seconds: float = DEFAULT_DRAIN_SECONDS
+
+    def __post_init__(self) -> None:
+        # A policy given by its name ("BOTH_REQUIRED") is the member; an unknown one is a ValueError here.
+        object.__setattr__(self, "policy", WriteConsistency(self.policy))
 
 
 class LiveRun:
@@ -243,12 +248,12 @@ class LiveRun:
         until ``cutover``."""
         with self._lock:
             self.dual = True
-            if self.options.policy == TARGET_AUTHORITATIVE and self.authoritative != TARGET:
+            if self.options.policy == WriteConsistency.TARGET_AUTHORITATIVE and self.authoritative != TARGET:
                 self._flip(TARGET)
             else:
                 self._route()
-        self.on_event("live", f"in sync: writes go to every side under {self.options.policy}, "
-                      f"{self.authoritative} authoritative", {"policy": self.options.policy,
+        self.on_event("live", f"in sync: writes go to every side under {self.options.policy.value}, "
+                      f"{self.authoritative} authoritative", {"policy": self.options.policy.value,
                                                                "authoritative": self.authoritative})
 
     def set_reads(self, percent: int) -> None:

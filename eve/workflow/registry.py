@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from eve.core import endpoints as model
-from eve.core.enums import Strategy
 from eve.core.errors import ConfigError, EveError, StateError
 from eve.core.store import EndpointRecord, InterlayRecord, Store
 from eve.live.interlays import InterlaySupervisor
 from eve.redis import resp
 from eve.redis.connections import DEFAULT_TIMEOUT, RedisConnection
+from eve.workflow.setup import guided_setup
+from eve.workflow.states import EXECUTING, RunState
 
 __all__ = ["Coordinator", "CommandResult", "DEFAULT_MAX_CONNECTIONS"]
 
@@ -89,7 +90,10 @@ class Coordinator:
         kind = model.validate_kind(kind)
         config = model.merge_redacted(config, old.config)
         model.parse_config(config)
-        record = self.store.update_endpoint(name, kind, config, description)
+        # A run from approval until it ends works from its snapshot of the endpoint: changing
+        # the endpoint then would leave the record saying one thing and the run doing another.
+        record = self.store.update_endpoint(name, kind, config, description,
+                                            refuse_in_run_states={state.value for state in EXECUTING})
         self._forget_flags()
         log.info("endpoint updated name=%s config=%s", name, model.redact_config(config))
         return record
@@ -198,9 +202,8 @@ class Coordinator:
     def _refuse_if_carrying_a_run(self, id: str, doing: str) -> None:
         """An online run that has started tracking writes needs its interlay until it ends."""
         for run in self.store.list_runs():
-            setup = run.setup or {}
-            if setup.get("interlay") == id and setup.get("strategy", Strategy.OFFLINE.value) != Strategy.OFFLINE.value \
-                    and run.state in _CARRYING_STATES:
+            setup = guided_setup(run.setup)
+            if setup is not None and setup.interlay == id and setup.online and RunState(run.state) in EXECUTING:
                 raise StateError(f"interlay {id!r} carries the live traffic of run {run.id!r} ({run.state}); it "
                                  f"cannot be {doing} until the run is completed or rolled back")
 
@@ -264,10 +267,6 @@ class Coordinator:
         """Stop the proxy processes; the store keeps them RUNNING so the next start brings them back."""
         if self.interlays is not None:
             self.interlays.stop_all(drain_seconds=2.0)
-
-
-# Run states (eve.workflow.runs.RunState values) in which an online run's interlay carries its traffic.
-_CARRYING_STATES = frozenset({"APPROVED", "COPYING", "SYNCING", "CUTTING_OVER", "CUT_OVER", "ROLLING_BACK"})
 
 
 def _flag_set(raw: Any) -> frozenset[str]:

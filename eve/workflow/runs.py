@@ -3,7 +3,10 @@ state machine, setup, prepare, review, approval, execution, verification,
 completion, rollback, and the events that tell all of it.
 
 Every state change goes through ``Workflow._transition``, which checks it
-against ``TRANSITIONS`` and records a ``state`` event in the same breath.
+against the table of ``eve.workflow.states`` and records a ``state`` event in
+the same breath. A run works from the typed ``RunSetup`` it was given and from
+the snapshot of its endpoints' configs taken when Prepare starts
+(``eve.workflow.setup``).
 Long work (prepare, the copy) runs on threads of this process; after a
 coordinator restart ``Workflow.resume`` picks every unfinished run up where it
 was (a copying run continues from its checkpoints).
@@ -29,146 +32,37 @@ from eve.bulk.pipeline import (
 )
 from eve.core import endpoints as endpoint_model
 from eve.core.endpoints import EndpointConfig
-from eve.core.enums import ConflictPolicy, DataMovementMode, Strategy, WriteConsistency
+from eve.core.enums import Strategy, WriteConsistency
 from eve.core.errors import ConfigError, EveError, NotFoundError, StateError
 from eve.core.frames import ErrorKeyRow
 from eve.core.store import RunRecord, Store
 from eve.live.run import LiveOptions, LiveRun
+from eve.workflow.setup import ROLE_FIELDS, RunSetup, endpoint_changes, guided_setup, is_migrate_job
+from eve.workflow.states import (
+    LIVE_STATES,
+    ROLLBACKABLE,
+    TERMINAL,
+    TRANSITIONS,
+    RunState,
+    can_transition,
+    check_transition,
+)
 from proxy.routing import TARGET
 
-__all__ = ["RunState", "TRANSITIONS", "TERMINAL", "Workflow", "parse_setup"]
+__all__ = ["RunState", "TRANSITIONS", "TERMINAL", "Workflow"]
 
 log = logging.getLogger("eve.workflow.runs")
 
-
-class RunState(str, Enum):
-    CREATED = "CREATED"            # the run exists; no setup yet
-    CONFIGURED = "CONFIGURED"      # a valid setup is saved; may be submitted again
-    PREPARING = "PREPARING"        # compatibility checks, keyspace analysis and the test run are running
-    READY = "READY"                # prepared: the operator reviews issues, analysis and test run
-    APPROVED = "APPROVED"          # approved: execution is starting
-    COPYING = "COPYING"            # the bulk copy runs (resumable from its checkpoints)
-    SYNCING = "SYNCING"            # online strategies: dirty keys re-copied, target in sync
-    CUTTING_OVER = "CUTTING_OVER"  # online strategies: traffic moving to the target
-    CUT_OVER = "CUT_OVER"          # the target holds the data (and, online, the traffic); verify, then complete
-    COMPLETED = "COMPLETED"        # accepted; the source is released
-    ROLLING_BACK = "ROLLING_BACK"  # returning all traffic to the source
-    ROLLED_BACK = "ROLLED_BACK"    # the source is authoritative again
-    FAILED = "FAILED"              # stopped by an error; failure_reason says which
-    CANCELLED = "CANCELLED"        # stopped by the operator
-
-
-TERMINAL = frozenset({RunState.COMPLETED, RunState.ROLLED_BACK, RunState.CANCELLED})
-_ROLLBACKABLE = frozenset(RunState) - TERMINAL - {RunState.ROLLING_BACK}
-
-TRANSITIONS: dict[RunState, frozenset[RunState]] = {
-    RunState.CREATED: frozenset({RunState.CONFIGURED, RunState.CANCELLED}),
-    RunState.CONFIGURED: frozenset({RunState.CONFIGURED, RunState.PREPARING, RunState.CANCELLED}),
-    RunState.PREPARING: frozenset({RunState.READY, RunState.FAILED, RunState.CANCELLED}),
-    RunState.READY: frozenset({RunState.CONFIGURED, RunState.PREPARING, RunState.APPROVED, RunState.CANCELLED}),
-    RunState.APPROVED: frozenset({RunState.COPYING, RunState.FAILED, RunState.CANCELLED}),
-    RunState.COPYING: frozenset({RunState.SYNCING, RunState.CUT_OVER, RunState.FAILED, RunState.CANCELLED}),
-    RunState.SYNCING: frozenset({RunState.CUTTING_OVER, RunState.FAILED, RunState.CANCELLED}),
-    # A cutover that cannot drain the backlog in time goes back to SYNCING, clients unharmed.
-    RunState.CUTTING_OVER: frozenset({RunState.CUT_OVER, RunState.SYNCING, RunState.FAILED}),
-    RunState.CUT_OVER: frozenset({RunState.COMPLETED}),
-    RunState.COMPLETED: frozenset(),
-    RunState.ROLLING_BACK: frozenset({RunState.ROLLED_BACK, RunState.FAILED}),
-    RunState.ROLLED_BACK: frozenset(),
-    # A failed copy can be approved again: it resumes from its checkpoints.
-    RunState.FAILED: frozenset({RunState.CONFIGURED, RunState.PREPARING, RunState.COPYING, RunState.CANCELLED}),
-    RunState.CANCELLED: frozenset(),
-}
-for _state in _ROLLBACKABLE:
-    TRANSITIONS[_state] = TRANSITIONS[_state] | {RunState.ROLLING_BACK}
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 MAX_ERROR_KEY_EVENTS = 10_000
 PROGRESS_EVENT_SECONDS = 2.0
 VERIFY_DRAIN_SECONDS = 30.0
-# States an online run passes with live traffic through its interlay.
-_LIVE_STATES = frozenset({RunState.COPYING, RunState.SYNCING, RunState.CUTTING_OVER, RunState.CUT_OVER})
-
-
-# -- setup ------------------------------------------------------------------------------
-
-
-def _enum(enum: type[Enum], value: Any, field: str, default: Enum) -> str:
-    if value in (None, "", 0) or (isinstance(value, str) and value.endswith("_UNSPECIFIED")):
-        return default.value
-    try:
-        return enum(value).value
-    except ValueError:
-        raise ConfigError(f"{value!r} is not one of {', '.join(m.value for m in enum)}", field=field) from None
-
-
-def _non_negative(value: Any, field: str, maximum: int | None = None) -> int:
-    try:
-        number = int(value or 0)
-    except (TypeError, ValueError):
-        raise ConfigError(f"must be a whole number, got {value!r}", field=field) from None
-    if number < 0 or (maximum is not None and number > maximum):
-        raise ConfigError(f"must be between 0 and {maximum if maximum is not None else 'any'}, got {number}",
-                          field=field)
-    return number
-
-
-def parse_setup(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate a setup dict (proto field names) into the saved form, with field-level errors.
-    Endpoint existence is checked by the workflow, which knows the store."""
-    source = endpoint_model.validate_name(raw.get("source"), field="setup.source")
-    target = endpoint_model.validate_name(raw.get("target"), field="setup.target")
-    mirrors = [endpoint_model.validate_name(m, field="setup.mirror_targets") for m in raw.get("mirror_targets", [])]
-    roles = [source, target, *mirrors]
-    duplicates = sorted({name for name in roles if roles.count(name) > 1})
-    if duplicates:
-        raise ConfigError(f"endpoint {duplicates[0]!r} has two roles; source, target and mirror targets must be "
-                          "separate endpoints", field="setup")
-    filters = raw.get("filters") or {}
-    dbs = [_non_negative(db, "setup.filters.dbs", 1_000_000) for db in filters.get("dbs", [])]
-    types = [str(t) for t in filters.get("types", [])]
-    if len(types) > 1:
-        raise ConfigError("one type at most (SCAN TYPE takes one)", field="setup.filters.types")
-    limits = raw.get("rate_limits") or {}
-    window = raw.get("rollback_window")
-    window_seconds = 0.0
-    if window:
-        text = str(window)
-        if not text.endswith("s"):
-            raise ConfigError(f"{text!r} is not a duration like \"3600s\"", field="setup.rollback_window")
-        window_seconds = float(text[:-1])
-    setup = {
-        "source": source,
-        "target": target,
-        "mirror_targets": mirrors,
-        "strategy": _enum(Strategy, raw.get("strategy"), "setup.strategy", Strategy.OFFLINE),
-        "mode": _enum(DataMovementMode, raw.get("mode"), "setup.mode", DataMovementMode.AUTO),
-        "conflict_policy": _enum(ConflictPolicy, raw.get("conflict_policy"), "setup.conflict_policy",
-                                 ConflictPolicy.REPLACE),
-        "write_consistency": _enum(WriteConsistency, raw.get("write_consistency"), "setup.write_consistency",
-                                   WriteConsistency.SOURCE_AUTHORITATIVE),
-        "preserve_ttl": bool(raw.get("preserve_ttl", True)),
-        "filters": {"key_pattern": str(filters.get("key_pattern", "")), "dbs": dbs, "types": types},
-        "rate_limits": {
-            "max_keys_per_second": _non_negative(limits.get("max_keys_per_second"), "setup.rate_limits.max_keys_per_second"),
-            "max_bytes_per_second": _non_negative(limits.get("max_bytes_per_second"),
-                                                  "setup.rate_limits.max_bytes_per_second"),
-            "max_pipeline_depth": _non_negative(limits.get("max_pipeline_depth"),
-                                                "setup.rate_limits.max_pipeline_depth", 100_000),
-        },
-        "rollback_window_seconds": window_seconds,
-        "interlay": str(raw.get("interlay", "")),
-        "scripts_deterministic": bool(raw.get("scripts_deterministic", False)),
-        "big_key_threshold_bytes": _non_negative(raw.get("big_key_threshold_bytes"), "setup.big_key_threshold_bytes"),
-        "restorers": _non_negative(raw.get("restorers"), "setup.restorers", 64),
-        "keyspace_notifications": bool(raw.get("keyspace_notifications", False)),
-    }
-    if setup["strategy"] != Strategy.OFFLINE.value and not setup["interlay"]:
-        raise ConfigError(f"strategy {setup['strategy']} moves live traffic: name the interlay the applications "
-                          "use instead of the source", field="setup.interlay")
-    if setup["mode"] == DataMovementMode.LOGICAL.value:
-        raise NotImplementedError("mode LOGICAL is not implemented yet; use AUTO or DUMP_RESTORE")
-    return setup
+# States after which a coordinator restart resumes the run's work on its endpoints.
+_RESUMED_WORK = frozenset({RunState.APPROVED, RunState.COPYING, RunState.SYNCING})
+# What a run refused because an endpoint changed under it can do next.
+_CHANGED_ENDPOINT_HINT = ("the run works from the endpoints as they were approved: put the endpoint back as it was "
+                          "and Approve again, or Prepare the run again to check and use it as it is now")
 
 
 # -- the workflow -------------------------------------------------------------------------
@@ -196,7 +90,8 @@ class Workflow:
         return self.store.get_run(run_id)
 
     def list(self) -> list[RunRecord]:
-        return self.store.list_runs()
+        """The guided runs (``eve migrate`` jobs sharing the state file are not among them)."""
+        return [record for record in self.store.list_runs() if not is_migrate_job(record.setup)]
 
     def state(self, run_id: str) -> RunState:
         return RunState(self.get(run_id).state)
@@ -207,12 +102,10 @@ class Workflow:
         with self._changed:
             self._changed.notify_all()
 
-    def _transition(self, run_id: str, to: RunState, message: str = "", *, failure_reason: str = "",
-                    allowed_from: frozenset[RunState] | None = None) -> RunRecord:
+    def _transition(self, run_id: str, to: RunState, message: str = "", *, failure_reason: str = "") -> RunRecord:
         with self._lock:
             current = self.state(run_id)
-            if to not in TRANSITIONS[current] or (allowed_from is not None and current not in allowed_from):
-                raise StateError(f"run {run_id!r} is {current.value}; it cannot go to {to.value}")
+            check_transition(run_id, current, to)
             attributes = {"from": current.value, "to": to.value,
                           **({"reason": failure_reason} if failure_reason else {})}
             record = self.store.set_run_state(run_id, to.value, failure_reason,
@@ -242,36 +135,57 @@ class Workflow:
         self._event(run_id, "state", "run created", {"to": RunState.CREATED.value})
         return record
 
-    def submit_setup(self, run_id: str, raw: Mapping[str, Any]) -> RunRecord:
+    def submit_setup(self, run_id: str, setup: RunSetup) -> RunRecord:
+        """``setup`` comes from ``eve.workflow.setup.parse_setup``; here the endpoints and the
+        interlay it names are checked against the store."""
         self._require(run_id, RunState.CREATED, RunState.CONFIGURED, RunState.READY, RunState.FAILED,
                       doing="SubmitSetup")
-        setup = parse_setup(raw)
-        roles = {setup["source"]: "source", setup["target"]: "target",
-                 **{m: "mirror" for m in setup["mirror_targets"]}}
+        roles = setup.roles
         for name, role in roles.items():
-            field = {"source": "setup.source", "target": "setup.target"}.get(role, "setup.mirror_targets")
             try:
                 endpoint_model.parse_config(self.store.get_endpoint(name).config)
             except NotFoundError:
-                raise ConfigError(f"no endpoint named {name!r}", field=field) from None
-        if setup["interlay"]:
-            interlay = self.store.get_interlay(setup["interlay"])
-            if interlay.endpoint != setup["source"]:
+                raise ConfigError(f"no endpoint named {name!r}", field=ROLE_FIELDS[role]) from None
+        if setup.interlay:
+            interlay = self.store.get_interlay(setup.interlay)
+            if interlay.endpoint != setup.source:
                 raise ConfigError(f"interlay {interlay.id!r} fronts {interlay.endpoint!r}, not the source "
-                                  f"{setup['source']!r}", field="setup.interlay")
-        self.store.set_run_setup(run_id, setup, roles)
+                                  f"{setup.source!r}", field="setup.interlay")
+        self.store.set_run_setup(run_id, setup.to_stored(), roles)
         record = self._transition(run_id, RunState.CONFIGURED, "setup submitted")
-        self._event(run_id, "setup", "setup saved", {"source": setup["source"], "target": setup["target"],
-                                                     "strategy": setup["strategy"]})
+        self._event(run_id, "setup", "setup saved", {"source": setup.source, "target": setup.target,
+                                                     "strategy": setup.strategy.value})
         return record
 
-    def _config(self, name: str) -> EndpointConfig:
-        return endpoint_model.parse_config(self.store.get_endpoint(name).config)
+    def setup(self, record: RunRecord) -> RunSetup | None:
+        """The typed setup of a run record (None before SubmitSetup and for ``eve migrate`` jobs)."""
+        return guided_setup(record.setup)
+
+    def _setup(self, run_id: str) -> RunSetup:
+        setup = self.setup(self.get(run_id))
+        if setup is None:
+            raise StateError(f"run {run_id!r} has no setup: SubmitSetup first")
+        return setup
+
+    def _configs(self, run_id: str) -> dict[str, EndpointConfig]:
+        """The endpoint configs the run works from: its snapshot, by endpoint name."""
+        endpoints = self.store.run_endpoints(run_id)
+        if any(endpoint.snapshot is None for endpoint in endpoints):
+            # Prepared by an Eve that took no snapshot: pin the endpoints as they are now.
+            endpoints = self.store.snapshot_run_endpoints(run_id)
+            self._event(run_id, "setup", "endpoint configs pinned for the rest of the run (it was prepared by an "
+                        "older Eve, which kept none)")
+        return {endpoint.endpoint: endpoint_model.parse_config(endpoint.snapshot) for endpoint in endpoints}
+
+    def _endpoint_changes(self, run_id: str, since: str) -> str:
+        return endpoint_changes(self.store.run_endpoints(run_id), since)
 
     # -- prepare ----------------------------------------------------------------------------
 
     def prepare(self, run_id: str) -> RunRecord:
         self._require(run_id, RunState.CONFIGURED, RunState.READY, RunState.FAILED, doing="Prepare")
+        # Prepare checks the endpoints as they are now; the run works from these configs from here on.
+        self.store.snapshot_run_endpoints(run_id)
         record = self._transition(run_id, RunState.PREPARING, "prepare started")
         self._spawn(run_id, "prepare", self._prepare)
         return record
@@ -281,20 +195,21 @@ class Workflow:
         from eve.prepare.compat import check_compatibility
         from eve.prepare.testrun import test_run
 
-        setup = self.get(run_id).setup or {}
+        setup = self._setup(run_id)
         try:
-            source, target = self._config(setup["source"]), self._config(setup["target"])
-            mirrors = [self._config(m) for m in setup["mirror_targets"]]
+            configs = self._configs(run_id)
+            source, target = configs[setup.source], configs[setup.target]
+            mirrors = [configs[m] for m in setup.mirror_targets]
             # The interlay's listener count is known once it runs (else the check is skipped).
             listeners = None
-            if setup["interlay"] and self.interlays is not None and self.interlays.running(setup["interlay"]):
-                listeners = len(self.interlays.status(setup["interlay"]).ports)
+            if setup.interlay and self.interlays is not None and self.interlays.running(setup.interlay):
+                listeners = len(self.interlays.status(setup.interlay).ports)
             self._event(run_id, "prepare", "compatibility checks started")
             found = check_compatibility(source, target, mirrors=mirrors, interlay_listeners=listeners,
-                                        mode=setup["mode"], conflict_policy=setup["conflict_policy"],
-                                        source_name=setup["source"], target_name=setup["target"],
-                                        mirror_names=setup["mirror_targets"], online=_online(setup),
-                                        keyspace_notifications=setup.get("keyspace_notifications", False))
+                                        mode=setup.mode, conflict_policy=setup.conflict_policy,
+                                        source_name=setup.source, target_name=setup.target,
+                                        mirror_names=list(setup.mirror_targets), online=setup.online,
+                                        keyspace_notifications=setup.keyspace_notifications)
             issues = []
             for index, issue in enumerate(found, start=1):
                 issues.append({"id": f"{index}-{issue.code.lower()}", "code": issue.code, "blocking": issue.blocking,
@@ -349,14 +264,18 @@ class Workflow:
 
     def approve(self, run_id: str, notes: str = "") -> RunRecord:
         record = self._require(run_id, RunState.READY, RunState.FAILED, doing="Approve")
-        online = _online(record.setup)
-        if record.state == RunState.FAILED.value:
+        setup = self._setup(run_id)
+        if record.state == RunState.FAILED:
             # A copy that failed resumes from its checkpoints; anything else needs Prepare again.
             if not self.store.checkpoints(run_id):
                 raise StateError(f"run {run_id!r} failed before copying ({record.failure_reason}); Prepare it again")
-            if online and run_id not in self._live:
+            if setup.online and run_id not in self._live:
                 raise StateError(f"run {run_id!r} lost track of the writes made since it failed (the coordinator "
                                  "restarted); Rollback it and start a new run")
+            # Like ``eve migrate --resume``: the checkpoints belong to the endpoints as they were.
+            changed = self._endpoint_changes(run_id, "since the run was approved")
+            if changed:
+                raise StateError(f"resume refused: {changed}; {_CHANGED_ENDPOINT_HINT}")
             self._transition(run_id, RunState.COPYING, "copy resumed after a failure")
             self._spawn(run_id, "copy", self._copy)
             return self.get(run_id)
@@ -365,27 +284,40 @@ class Workflow:
             listed = "; ".join(f"{i['id']} ({'blocking' if i['blocking'] else 'unacknowledged'}): {i['message']}"
                                for i in open_issues)
             raise StateError(f"approval refused: {listed}")
-        if online:
-            self._live[run_id] = self._new_live(run_id, record.setup or {})
+        # What was reviewed was found on the endpoints as Prepare saw them.
+        changed = self._endpoint_changes(run_id, "since Prepare checked it")
+        if changed:
+            raise StateError(f"approval refused: {changed}; Prepare the run again")
+        if setup.online:
+            self._live[run_id] = self._new_live(run_id, setup)
         self._transition(run_id, RunState.APPROVED, notes or "approved")
+        # From APPROVED on UpdateEndpoint is refused; one that committed between the check
+        # above and the transition is caught here.
+        changed = self._endpoint_changes(run_id, "while the run was being approved")
+        if changed:
+            live = self._live.pop(run_id, None)
+            if live is not None:
+                live.close()
+            self._fail(run_id, f"approval undone: {changed}; Prepare the run again")
+            raise StateError(f"approval undone: {changed}; Prepare the run again")
         self._transition(run_id, RunState.COPYING, "bulk copy started")
         self._spawn(run_id, "copy", self._copy)
         return self.get(run_id)
 
-    def _bulk_options(self, run_id: str, setup: dict[str, Any]) -> BulkOptions:
-        source, target = self._config(setup["source"]), self._config(setup["target"])
-        filters, limits = setup["filters"], setup["rate_limits"]
+    def _bulk_options(self, run_id: str, setup: RunSetup) -> BulkOptions:
+        configs = self._configs(run_id)
+        filters, limits = setup.filters, setup.rate_limits
         return BulkOptions(
-            run_id=run_id, source=source.read, target=target.write,
-            mirrors=tuple(self._config(m).write for m in setup["mirror_targets"]),
-            dbs=tuple(filters["dbs"]) or None, match=filters["key_pattern"] or None,
-            type=(filters["types"] or [None])[0], conflict=ConflictPolicy(setup["conflict_policy"]),
-            preserve_ttl=setup["preserve_ttl"], restorers=setup["restorers"] or self.restorers_default,
-            max_keys_per_second=limits["max_keys_per_second"], max_bytes_per_second=limits["max_bytes_per_second"],
-            max_pipeline=limits["max_pipeline_depth"] or 1000)
+            run_id=run_id, source=configs[setup.source].read, target=configs[setup.target].write,
+            mirrors=tuple(configs[m].write for m in setup.mirror_targets),
+            dbs=filters.dbs or None, match=filters.key_pattern or None,
+            type=(filters.types or (None,))[0], conflict=setup.conflict_policy,
+            preserve_ttl=setup.preserve_ttl, restorers=setup.restorers or self.restorers_default,
+            max_keys_per_second=limits.max_keys_per_second, max_bytes_per_second=limits.max_bytes_per_second,
+            max_pipeline=limits.max_pipeline_depth or 1000)
 
     def _copy(self, run_id: str) -> None:
-        setup = self.get(run_id).setup or {}
+        setup = self._setup(run_id)
         stop = self._stops.setdefault(run_id, threading.Event())
         last_event = [0.0]
 
@@ -420,12 +352,12 @@ class Workflow:
 
     # -- online strategies ---------------------------------------------------------------------
 
-    def _new_live(self, run_id: str, setup: dict[str, Any]) -> LiveRun:
+    def _new_live(self, run_id: str, setup: RunSetup) -> LiveRun:
         """The live machinery of an online run; StateError when its interlay cannot carry it."""
         from eve.redis.topology import is_cluster
         from eve.redis.wire import FastConnection
 
-        interlay_id = setup["interlay"]
+        interlay_id = setup.interlay
         if self.interlays is None:
             raise StateError("this coordinator runs no interlays; online strategies need one")
         if not self.interlays.running(interlay_id):
@@ -433,18 +365,19 @@ class Workflow:
                              "applications at it, then Approve")
         if len(self.interlays.status(interlay_id).ports) > 1:
             raise StateError("online strategies through a cluster interlay are not supported yet: use OFFLINE")
-        source, target = self._config(setup["source"]), self._config(setup["target"])
-        mirrors = tuple((f"mirror:{name}", self._config(name).write) for name in setup["mirror_targets"])
+        configs = self._configs(run_id)
+        source, target = configs[setup.source], configs[setup.target]
+        mirrors = tuple((f"mirror:{name}", configs[name].write) for name in setup.mirror_targets)
         for name, spec in (("target", target.write), *mirrors):
             with FastConnection(spec, timeout=5.0, client_name="eve-live-check") as conn:
                 if is_cluster(conn):
                     raise StateError(f"the {name} {spec.address} is a cluster: online strategies need a "
                                      "standalone target and mirrors for now; use OFFLINE")
         options = LiveOptions(run_id=run_id, interlay_id=interlay_id, source=source.write, target=target.write,
-                              mirrors=mirrors, policy=setup["write_consistency"],
-                              scripts_deterministic=setup["scripts_deterministic"],
-                              keyspace_notifications=setup.get("keyspace_notifications", False),
-                              preserve_ttl=setup["preserve_ttl"])
+                              mirrors=mirrors, policy=setup.write_consistency,
+                              scripts_deterministic=setup.scripts_deterministic,
+                              keyspace_notifications=setup.keyspace_notifications,
+                              preserve_ttl=setup.preserve_ttl)
         return LiveRun(options, self.interlays,
                        on_event=lambda type, message, attributes: self._event(run_id, type, message, attributes),
                        on_failures=lambda failures: self._recopy_failures(run_id, failures))
@@ -474,8 +407,8 @@ class Workflow:
                     new = failures - seen.get(side["side"], 0)
                     if new > 0:
                         seen[side["side"]] = failures
-                        healed = "counted only (BEST_EFFORT)" if live.options.policy == WriteConsistency.BEST_EFFORT.value else \
-                            "their keys are re-copied"
+                        healed = "counted only (BEST_EFFORT)" \
+                            if live.options.policy == WriteConsistency.BEST_EFFORT else "their keys are re-copied"
                         self._event(run_id, "dual_write", f"{new} writes failed on {side['side']}: "
                                     f"{side['last_error']}; {healed}",
                                     {"side": side["side"], "failures": failures, "last_error": side["last_error"]})
@@ -489,9 +422,8 @@ class Workflow:
 
     def set_traffic(self, run_id: str, read_percent_target: int, cutover_writes: bool) -> RunRecord:
         record = self.get(run_id)
-        setup = record.setup or {}
-        strategy = setup.get("strategy", Strategy.OFFLINE.value)
-        if strategy == Strategy.OFFLINE.value:
+        setup = self.setup(record)
+        if setup is None or not setup.online:  # no setup yet: the default strategy, OFFLINE
             raise StateError(f"run {run_id!r} is OFFLINE: its traffic stays on the source; SetTraffic needs "
                              "ONLINE_CUTOVER or ONLINE_PHASED")
         if not isinstance(read_percent_target, int) or not 0 <= read_percent_target <= 100:
@@ -506,7 +438,7 @@ class Workflow:
             raise StateError(f"run {run_id!r} is {state.value}; SetTraffic needs it SYNCING and in sync "
                              "(the \"in sync\" event says when)")
         if not cutover_writes:
-            if strategy == Strategy.ONLINE_CUTOVER.value:
+            if setup.strategy == Strategy.ONLINE_CUTOVER:
                 raise StateError("ONLINE_CUTOVER moves all traffic in one step: SetTraffic with cutover_writes; "
                                  "ONLINE_PHASED shifts reads in steps")
             live.set_reads(read_percent_target)
@@ -559,8 +491,7 @@ class Workflow:
 
     def retry_error_keys(self, run_id: str, keys: list[bytes] | None = None) -> dict[str, int]:
         self._require(run_id, RunState.CUT_OVER, RunState.FAILED, doing="RetryErrorKeys")
-        setup = self.get(run_id).setup or {}
-        options = self._bulk_options(run_id, setup)
+        options = self._bulk_options(run_id, self._setup(run_id))
         outcome = retry_error_keys(self.store, run_id, options.source, options.target, conflict=options.conflict,
                                    preserve_ttl=options.preserve_ttl, mirrors=options.mirrors, keys=keys)
         self._event(run_id, "error_key", f"retried {outcome['retried']} error keys: {outcome['succeeded']} "
@@ -577,8 +508,7 @@ class Workflow:
             self._require(run_id, RunState.SYNCING, RunState.CUT_OVER, doing="Verify")
         else:
             self._require(run_id, RunState.CUT_OVER, doing="Verify")
-        setup = self.get(run_id).setup or {}
-        options = self._bulk_options(run_id, setup)
+        options = self._bulk_options(run_id, self._setup(run_id))
         self._event(run_id, "verify", "verification started")
 
         def compare() -> Any:
@@ -631,12 +561,12 @@ class Workflow:
             live.complete()
             del self._live[run_id]
             # A restarted coordinator starts the interlay in front of the target from now on.
-            self.store.set_interlay_endpoint(live.options.interlay_id, (self.get(run_id).setup or {})["target"])
+            self.store.set_interlay_endpoint(live.options.interlay_id, self._setup(run_id).target)
         return self._transition(run_id, RunState.COMPLETED, notes or "completed")
 
     def rollback(self, run_id: str, reason: str = "") -> RunRecord:
         record = self.get(run_id)
-        if RunState(record.state) not in _ROLLBACKABLE:
+        if RunState(record.state) not in ROLLBACKABLE:
             raise StateError(f"run {run_id!r} is {record.state}; rollback is possible until the run is completed")
         self._stop_work(run_id)
         self._transition(run_id, RunState.ROLLING_BACK, reason or "rollback requested")
@@ -652,8 +582,9 @@ class Workflow:
             self.store.set_traffic(run_id, 0, False)
             return self._transition(run_id, RunState.ROLLED_BACK, "rolled back: all traffic on the source, which "
                                     "holds every write")
-        if _online(record.setup) and RunState(record.state) not in (RunState.CREATED, RunState.CONFIGURED,
-                                                                      RunState.PREPARING, RunState.READY):
+        setup = self.setup(record)
+        if setup is not None and setup.online and RunState(record.state) not in (
+                RunState.CREATED, RunState.CONFIGURED, RunState.PREPARING, RunState.READY):
             # An online run whose live part ended with a coordinator restart: the
             # restarted interlay fronts its endpoint (the source) with no route.
             self._event(run_id, "rollback", "the live route ended with the coordinator restart: the interlay "
@@ -667,7 +598,7 @@ class Workflow:
 
     def cancel(self, run_id: str, reason: str = "") -> RunRecord:
         record = self.get(run_id)
-        if RunState.CANCELLED not in TRANSITIONS[RunState(record.state)]:
+        if not can_transition(RunState(record.state), RunState.CANCELLED):
             raise StateError(f"run {run_id!r} is {record.state}; it cannot be cancelled")
         self._stop_work(run_id)
         live = self._live.get(run_id)
@@ -729,29 +660,40 @@ class Workflow:
             thread.join(timeout=60)
 
     def resume(self) -> None:
-        """After a coordinator restart: continue every run where it was."""
+        """After a coordinator restart: continue every run where it was. Like ``eve migrate
+        --resume``, a run whose endpoints changed since it was approved is not continued: it
+        fails, and its failure reason says which endpoint changed and how."""
         for record in self.store.list_runs():
-            if not record.setup or record.setup.get("kind") == "migrate":
+            setup = self.setup(record)
+            if setup is None:
                 continue
             state = RunState(record.state)
+            writes_on_target = self.store.traffic(record.id)[1]
+            if state in _RESUMED_WORK and not writes_on_target:
+                changed = self._endpoint_changes(record.id, "since the run was approved")
+                if changed:
+                    hint = ("the live run cannot go on: Rollback it (the source holds every write) and start a new "
+                            "run" if setup.online else _CHANGED_ENDPOINT_HINT)
+                    self._fail(record.id, f"resume refused after a coordinator restart: {changed}; {hint}")
+                    continue
             if state == RunState.PREPARING:
+                self.store.snapshot_run_endpoints(record.id)  # prepare checks the endpoints as they are now
                 self._event(record.id, "state", "coordinator restarted: prepare runs again")
                 self._spawn(record.id, "prepare", self._prepare)
-            elif state == RunState.APPROVED and not _online(record.setup):
+            elif state == RunState.APPROVED and not setup.online:
                 self._transition(record.id, RunState.COPYING, "bulk copy started")
                 self._spawn(record.id, "copy", self._copy)
-            elif state in (RunState.COPYING, RunState.SYNCING) and _online(record.setup) \
-                    and not self.store.traffic(record.id)[1]:
-                self._resume_live(record.id, state, record.setup)
-            elif state in _LIVE_STATES and _online(record.setup):
+            elif state in (RunState.COPYING, RunState.SYNCING) and setup.online and not writes_on_target:
+                self._resume_live(record.id, state, setup)
+            elif state in LIVE_STATES and setup.online:
                 # The target was authoritative: the restarted interlay fronts its endpoint, the
                 # source, and which writes the target got that the source lacks is unknown.
                 self._fail(record.id, "the coordinator restarted after writes were cut over to the target: "
                            "writes made meanwhile were not tracked; check the target, then Rollback or start "
                            "a new run")
-            elif state == RunState.APPROVED and _online(record.setup):
+            elif state == RunState.APPROVED and setup.online:
                 try:
-                    self._live[record.id] = self._new_live(record.id, record.setup)
+                    self._live[record.id] = self._new_live(record.id, setup)
                 except EveError as exc:
                     self._fail(record.id, f"cannot start the live run after a restart: {exc}")
                     continue
@@ -763,7 +705,7 @@ class Workflow:
             elif state == RunState.ROLLING_BACK:
                 self._transition(record.id, RunState.ROLLED_BACK, "rolled back after a restart")
 
-    def _resume_live(self, run_id: str, state: RunState, setup: dict[str, Any]) -> None:
+    def _resume_live(self, run_id: str, state: RunState, setup: RunSetup) -> None:
         """A live run whose source was still authoritative: the interlay (restarted before
         this) tracks writes again, and since the dirty keys of before the restart are
         gone, the sides are compared in full and what differs is re-copied."""
@@ -797,10 +739,6 @@ class Workflow:
             self._stop_work(run_id)
         for live in list(self._live.values()):
             live.close()
-
-
-def _online(setup: Mapping[str, Any] | None) -> bool:
-    return (setup or {}).get("strategy", Strategy.OFFLINE.value) != Strategy.OFFLINE.value
 
 
 def _metrics_attributes(progress: Progress) -> dict[str, Any]:
