@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Mapping
 
+from eve.bulk.pipeline import MAX_RESTORERS
 from eve.core import endpoints as endpoint_model
 from eve.core.enums import ConflictPolicy, DataMovementMode, Strategy, WriteConsistency
 from eve.core.errors import ConfigError, StateError
@@ -34,7 +35,6 @@ __all__ = ["Filters", "RateLimits", "RunSetup", "parse_setup", "guided_setup", "
 MIGRATE_JOB_KIND = "migrate"
 MAX_DB = 1_000_000
 MAX_PIPELINE_DEPTH = 100_000
-MAX_RESTORERS = 64
 # The setup field that names an endpoint in each role (for errors about that endpoint).
 ROLE_FIELDS = {"source": "setup.source", "target": "setup.target", "mirror": "setup.mirror_targets"}
 
