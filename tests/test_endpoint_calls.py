@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 from eve_process import EveServer
@@ -128,3 +130,57 @@ def test_unreachable_endpoint_is_unavailable(eve):
     with pytest.raises(grpc.RpcError) as info:
         call(eve, "Read", "no-such-endpoint", "PING")
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])
+def test_credentials_never_come_back_from_a_direct_call(eve, server_factory, protocol):
+    secret = "Secr3t-requirepass"
+    server = server_factory("valkey-9.1", password=secret)
+    name = f"secret-{protocol}"
+    create(eve, name, server.port, protocol, password=secret)
+    server.client().execute_command("ACL", "SETUSER", "app", "on", ">app-Pa55w0rd", "~*", "+@all")
+    for method in ("Read", "Write"):
+        for pattern in ("requirepass", "*pass*", "*auth*", "*"):
+            reply = call(eve, method, name, "CONFIG", "GET", pattern)
+            assert secret.encode() not in reply.SerializeToString(), (method, pattern)
+    reply = call(eve, "Read", name, "CONFIG", "GET", "requirepass")
+    values = [e.value.text for e in reply.map.entries] if protocol == 3 else [i.text for i in reply.array.items][1::2]
+    assert values == ["<redacted>"]
+    listed = call(eve, "Read", name, "ACL", "LIST").SerializeToString()
+    assert b"#<redacted>" in listed and b"app-Pa55w0rd" not in listed
+    # Other parameters still answer as they are.
+    reply = call(eve, "Read", name, "CONFIG", "GET", "maxmemory-policy")
+    assert b"noeviction" in reply.SerializeToString()
+
+
+def test_a_blocking_write_ends_with_the_call_and_takes_nothing_later(eve, server_factory):
+    server = server_factory("redis-7.0")
+    create(eve, "blocking", server.port, 2)
+    request = pb.CommandRequest(endpoint="blocking", command=["BLPOP", "jobs", "0"])
+    with pytest.raises(grpc.RpcError) as info:
+        eve.endpoints().Write(request, timeout=2)
+    assert info.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+    client = server.client()
+    # Eve's connection is gone once the call ended: no client is still blocked on 'jobs' ...
+    deadline = time.monotonic() + 10
+    while int(client.info("clients")["blocked_clients"]):
+        assert time.monotonic() < deadline, "Eve's BLPOP is still blocked after the call ended"
+        time.sleep(0.05)
+    # ... so an element another application pushes stays for it.
+    client.rpush("jobs", "payload")
+    assert client.lrange("jobs", 0, -1) == [b"payload"]
+    # A bound given as timeout_seconds ends the command the same way, with a reply saying so.
+    request = pb.CommandRequest(endpoint="blocking", command=["BLPOP", "other", "0"], timeout_seconds=0.5)
+    with pytest.raises(grpc.RpcError) as info:
+        eve.endpoints().Write(request, timeout=15)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "still blocked" in info.value.details()
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), -1.0])
+def test_a_bad_timeout_is_refused(eve, server_factory, timeout):
+    server = server_factory("redis-7.0")
+    create(eve, "timeouts", server.port, 2)
+    request = pb.CommandRequest(endpoint="timeouts", command=["PING"], timeout_seconds=timeout)
+    with pytest.raises(grpc.RpcError) as info:
+        eve.endpoints().Read(request, timeout=15)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "timeout_seconds" in info.value.details()

@@ -57,16 +57,19 @@ class EndpointServicer(endpoints_pb2_grpc.EndpointServiceServicer):
         self.coordinator.delete_endpoint(request.endpoint)
         return endpoints_pb2.DeleteEndpointResponse()
 
-    def _call(self, request, run):
-        result = run(request.endpoint, _command(request), db=request.db, timeout=request.timeout_seconds)
+    def _call(self, request, context, run):
+        # The command is bounded by the caller's deadline too, and its connection closed when
+        # the caller goes (add_callback runs when the RPC ends, cancelled or not).
+        result = run(request.endpoint, _command(request), db=request.db, timeout=request.timeout_seconds,
+                     deadline=context.time_remaining(), on_abandon=context.add_callback)
         return endpoints_pb2.CommandResponse(
             reply=convert.resp_to_proto(result.reply), role=result.role, address=result.address)
 
     def Read(self, request, context):
-        return self._call(request, self.coordinator.read)
+        return self._call(request, context, self.coordinator.read)
 
     def Write(self, request, context):
-        return self._call(request, self.coordinator.write)
+        return self._call(request, context, self.coordinator.write)
 
 
 class InterlayServicer(interlays_pb2_grpc.InterlayServiceServicer):

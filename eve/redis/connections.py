@@ -158,3 +158,13 @@ class RedisConnection:
                 self._sock.close()
             finally:
                 self._sock = None
+
+    def abort(self) -> None:
+        """From another thread: end the connection now. A thread blocked reading it wakes
+        with an error (shutdown wakes a blocked recv; close alone does not on Linux)."""
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed or never connected

@@ -9,12 +9,14 @@ the process (``eve.api.convert``, logs).
 from __future__ import annotations
 
 import logging
+import math
+import re
 import threading
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from eve.core import endpoints as model
-from eve.core.errors import ConfigError, EveError, StateError
+from eve.core.errors import ConfigError, EveError, StateError, UnavailableError
 from eve.core.store import EndpointRecord, InterlayRecord, Store
 from eve.live.interlays import InterlaySupervisor
 from eve.redis import resp
@@ -53,6 +55,15 @@ _READ_INSPECTIONS = frozenset({
     "pubsub|numsub", "pubsub|numpat", "pubsub|shardchannels", "pubsub|shardnumsub",
     "object|encoding", "object|freq", "object|idletime", "object|refcount",
 })
+
+
+# CONFIG GET parameters whose values are credentials: a direct call never returns them
+# (Valkey spells masterauth primaryauth too). ACL LIST/GETUSER password hashes likewise.
+SECRET_CONFIG_PARAMETERS = frozenset({
+    b"requirepass", b"masterauth", b"primaryauth", b"tls-key-file-pass", b"tls-client-key-file-pass",
+})
+_REDACTED = resp.BulkString(model.REDACTED.encode())
+_PASSWORD_HASH = re.compile(rb"#[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -107,22 +118,35 @@ class Coordinator:
 
     # -- direct calls -------------------------------------------------------------
 
-    def read(self, name: str, command: Sequence[bytes | str], *, db: int = 0,
-             timeout: float = DEFAULT_TIMEOUT) -> CommandResult:
-        return self._run(name, "read", command, db=db, timeout=timeout)
+    def read(self, name: str, command: Sequence[bytes | str], *, db: int = 0, timeout: float = 0.0,
+             deadline: float | None = None, on_abandon: Callable[[Callable[[], None]], Any] | None = None
+             ) -> CommandResult:
+        return self._run(name, "read", command, db=db, timeout=timeout, deadline=deadline, on_abandon=on_abandon)
 
-    def write(self, name: str, command: Sequence[bytes | str], *, db: int = 0,
-              timeout: float = DEFAULT_TIMEOUT) -> CommandResult:
-        return self._run(name, "write", command, db=db, timeout=timeout)
+    def write(self, name: str, command: Sequence[bytes | str], *, db: int = 0, timeout: float = 0.0,
+              deadline: float | None = None, on_abandon: Callable[[Callable[[], None]], Any] | None = None
+              ) -> CommandResult:
+        return self._run(name, "write", command, db=db, timeout=timeout, deadline=deadline, on_abandon=on_abandon)
 
-    def _run(self, name: str, role: str, command: Sequence[bytes | str], *, db: int, timeout: float) -> CommandResult:
+    def _run(self, name: str, role: str, command: Sequence[bytes | str], *, db: int, timeout: float,
+             deadline: float | None, on_abandon: Callable[[Callable[[], None]], Any] | None) -> CommandResult:
+        """One command on the role's connection, bounded in time: by ``timeout`` (0: the
+        default) and by the caller's ``deadline`` (seconds left, None when the caller set none).
+        ``on_abandon(close)`` registers what to do when the caller goes away: the connection is
+        closed then, so a blocking command (BLPOP, XREAD BLOCK, ...) that nobody waits for any
+        more cannot pop an element or take an entry later."""
         if not command:
             raise ConfigError("the command is empty", field="command")
         if not 0 <= db <= 1_000_000:
             raise ConfigError(f"db {db} is out of range", field="db")
-        if timeout <= 0:
-            timeout = DEFAULT_TIMEOUT
-        timeout = min(timeout, MAX_COMMAND_TIMEOUT)
+        if not math.isfinite(timeout) or timeout < 0:
+            raise ConfigError(f"must be a number of seconds, 0 for the default ({DEFAULT_TIMEOUT:g}), got {timeout}",
+                              field="timeout_seconds")
+        bound = min(timeout or DEFAULT_TIMEOUT, MAX_COMMAND_TIMEOUT)
+        if deadline is not None:
+            if deadline <= 0:
+                raise UnavailableError("the call's deadline passed before the command was sent")
+            bound = min(bound, deadline)
         args = [a.encode() if isinstance(a, str) else bytes(a) for a in command]
         verb = args[0].decode("utf-8", "replace").lower()
         if verb in _CONNECTION_STATE_COMMANDS:
@@ -130,14 +154,24 @@ class Coordinator:
             raise ConfigError(f"{verb.upper()} changes the connection's state and cannot run as one call{hint}",
                               field="command")
         spec = self.endpoint_config(name).for_role(role)
-        with RedisConnection(spec, timeout=timeout, db=db, client_name=f"eve-{role}") as conn:
+        with RedisConnection(spec, timeout=bound, db=db, client_name=f"eve-{role}") as conn:
+            if on_abandon is not None:
+                on_abandon(conn.abort)
+            flags, full_name = self._command_flags(conn, args)
             if role == "read":
-                self._check_read_only(conn, args)
-            reply = conn.call(*args)
-        return CommandResult(reply=reply, role=role, address=spec.address)
+                self._check_read_only(flags, full_name)
+            try:
+                reply = conn.call(*args)
+            except UnavailableError as exc:
+                if "blocking" not in flags:
+                    raise
+                raise UnavailableError(
+                    f"{full_name.upper()} was still blocked after {bound:g}s (the call's timeout or deadline); its "
+                    "connection was closed, so it takes nothing from the server later") from exc
+        return CommandResult(reply=_redacted(full_name, reply), role=role, address=spec.address)
 
-    def _check_read_only(self, conn: RedisConnection, args: list[bytes]) -> None:
-        flags, name = self._command_flags(conn, args)
+    @staticmethod
+    def _check_read_only(flags: frozenset[str], name: str) -> None:
         shown = ", ".join(sorted(flags)) or "none"
         if "write" in flags:
             raise ConfigError(f"{name.upper()} is a write command (the server's COMMAND INFO flags: {shown}); "
@@ -287,3 +321,33 @@ def _interlay_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(host, str) or any(ch.isspace() or ch in "/@" for ch in host):
         raise ConfigError(f"{str(host)[:80]!r} is not a valid listen address", field="settings.listen_host")
     return {"max_concurrent_connections": limit, "listen_host": host}
+
+
+def _redacted(command: str, reply: Any) -> Any:
+    """The reply without credentials: CONFIG GET's secret parameters, ACL password hashes."""
+    if command == "config|get":
+        if isinstance(reply, resp.Map):
+            return resp.Map([(name, _REDACTED if _secret_parameter(name) else value) for name, value in reply.items])
+        if isinstance(reply, resp.Array):
+            items = list(reply.items)
+            for i in range(0, len(items) - 1, 2):
+                if _secret_parameter(items[i]):
+                    items[i + 1] = _REDACTED
+            return resp.Array(items)
+    if command in ("acl|list", "acl|getuser"):
+        return _without_hashes(reply)
+    return reply
+
+
+def _secret_parameter(name: Any) -> bool:
+    return isinstance(name, (resp.BulkString, resp.SimpleString)) and name.value.lower() in SECRET_CONFIG_PARAMETERS
+
+
+def _without_hashes(reply: Any) -> Any:
+    if isinstance(reply, (resp.BulkString, resp.SimpleString)):
+        return type(reply)(_PASSWORD_HASH.sub(b"#<redacted>", reply.value))
+    if isinstance(reply, (resp.Array, resp.Set)):
+        return type(reply)([_without_hashes(item) for item in reply.items])
+    if isinstance(reply, resp.Map):
+        return resp.Map([(key, _without_hashes(value)) for key, value in reply.items])
+    return reply
