@@ -137,3 +137,21 @@ def test_older_state_file_upgraded_in_place(tmp_path):
     assert [(e.endpoint, e.snapshot) for e in store.run_endpoints("old")] == [("src", None)]
     assert store.snapshot_run_endpoints("old")[0].snapshot == {"target": {"host": "a"}}
     store.close()
+
+
+def test_verification_differences_join_the_error_keys_once(tmp_path):
+    from eve.core.frames import ErrorKeyRow
+
+    store = Store(tmp_path / "s.db")
+    store.create_run("r", "COPYING")
+    store.add_error_keys("r", [ErrorKeyRow(b"big", 0, "127.0.0.1:7001", "string", 9, "OOM command not allowed", 3)])
+    verified = [ErrorKeyRow(b"big", 0, "127.0.0.1:6379", "", 0, "verification: missing: not on the target", 1),
+                ErrorKeyRow(b"other", 0, "127.0.0.1:6379", "", 0, "verification: value: differs", 1)]
+    for _ in range(2):  # a second Verify replaces the first one's reason
+        store.add_verification_differences("r", verified)
+        rows = {row.key: row for row in store.error_keys("r")}
+        assert sorted(rows) == [b"big", b"other"] and store.error_key_count("r") == 2
+        assert rows[b"big"].reason == "OOM command not allowed; verification: missing: not on the target"
+        assert rows[b"big"].node == "127.0.0.1:7001" and rows[b"big"].attempts == 3
+        assert rows[b"other"].reason == "verification: value: differs"
+    store.close()

@@ -173,11 +173,35 @@ def test_approval_gates_and_error_keys(eve, server_factory):
     assert retried.retried == 120 and retried.still_failing == 120
     report = stub.Verify(wpb.VerifyRequest(run=run))
     assert not report.clean and report.missing == 120
+    # A key whose copy failed and that Verify then finds missing is one error key, with both reasons.
+    for _ in range(2):  # and a second Verify does not add its reason again
+        listed = list(stub.ListErrorKeys(wpb.ListErrorKeysRequest(run=run, page_size=500)).error_keys)
+        assert len(listed) == 120 == len({k.key for k in listed})
+        assert all(k.reason.count("verification: missing") == 1 and not k.reason.startswith("verification")
+                   for k in listed), listed[0].reason
+        assert not stub.Verify(wpb.VerifyRequest(run=run)).clean
     with pytest.raises(grpc.RpcError) as info:
         stub.Complete(wpb.CompleteRequest(run=run))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     done = stub.Complete(wpb.CompleteRequest(run=run, accept_differences=True, notes="moving these by hand"))
     assert done.state == wpb.COMPLETED
+
+
+def test_no_compatibility_report_after_a_failed_prepare(eve, server_factory):
+    source, target = server_factory("redis-7.0"), server_factory("redis-7.0")
+    endpoint(eve, "src", source)
+    endpoint(eve, "dst", target)
+    target.stop()
+    stub = eve.migrations()
+    run = stub.CreateRun(wpb.CreateRunRequest(id="unreachable")).id
+    stub.SubmitSetup(setup(run))
+    stub.Prepare(wpb.PrepareRequest(run=run))
+    failed = wait_state(stub, run, "FAILED")
+    assert "prepare failed" in failed.failure_reason
+    with pytest.raises(grpc.RpcError) as info:
+        stub.GetCompatibility(wpb.GetCompatibilityRequest(run=run))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no compatibility report" in info.value.details() and "prepare failed" in info.value.details()
 
 
 def test_bad_setups_and_illegal_transitions(eve, server_factory):

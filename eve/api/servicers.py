@@ -9,7 +9,6 @@ import json
 from eve.api import convert
 from eve.core.errors import (
     ConfigError,
-    StateError,
 )
 from eve.v1 import (
     endpoints_pb2,
@@ -21,7 +20,6 @@ from eve.v1 import (
 )
 from eve.workflow.registry import Coordinator
 from eve.workflow.runs import Workflow
-from eve.workflow.states import UNPREPARED
 
 __all__ = ["EndpointServicer", "InterlayServicer", "MigrationServicer"]
 
@@ -126,12 +124,9 @@ class MigrationServicer(workflows_pb2_grpc.MigrationServiceServicer):
         return self._run(self.workflow.prepare(request.run))
 
     def GetCompatibility(self, request, context):
-        issues = self.workflow.issues(request.run)
-        state = self.workflow.state(request.run)
-        if state in UNPREPARED and not issues:
-            raise StateError(f"run {request.run!r} has no compatibility report yet (it is {state.value})")
+        issues, compatible = self.workflow.compatibility(request.run)
         return workflows_pb2.CompatibilityReport(issues=[convert.issue_to_proto(i) for i in issues],
-                                                 compatible=not any(i["blocking"] for i in issues))
+                                                 compatible=compatible)
 
     def AcknowledgeIssue(self, request, context):
         return convert.issue_to_proto(self.workflow.acknowledge(request.run, request.issue_id, request.notes))

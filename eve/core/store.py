@@ -483,6 +483,27 @@ class Store:
         with self.transaction() as tx:
             self._add_error_keys(tx, run_id, error_keys, time.time())
 
+    def add_verification_differences(self, run_id: str, differences: list[Any], *,
+                                     prefix: str = "verification: ") -> None:
+        """Differences a Verify found, as error keys listed once per key: a key that is an error
+        key already (its copy failed, under whichever node) gets the verification's reason added
+        to its own; one found again replaces the previous verification's reason."""
+        now = time.time()
+        with self.transaction() as tx:
+            fresh = []
+            for row in differences:
+                existing = tx.execute("SELECT node, reason FROM error_keys WHERE run_id = ? AND db = ? AND key = ?",
+                                      (run_id, row.db, row.key)).fetchall()
+                if not existing:
+                    fresh.append(row)
+                    continue
+                for found in existing:
+                    own = found["reason"].split(f"; {prefix}")[0]
+                    reason = row.reason if own.startswith(prefix) else f"{own}; {row.reason}"
+                    tx.execute("UPDATE error_keys SET reason = ?, last_seen = ? WHERE run_id = ? AND db = ? "
+                               "AND key = ? AND node = ?", (reason, now, run_id, row.db, row.key, found["node"]))
+            self._add_error_keys(tx, run_id, fresh, now)
+
     def counters(self, run_id: str) -> dict[str, int]:
         with self._lock:
             row = self._db.execute("SELECT * FROM copy_counters WHERE run_id = ?", (run_id,)).fetchone()

@@ -42,6 +42,7 @@ from eve.workflow.states import (
     LIVE_STATES,
     ROLLBACKABLE,
     TERMINAL,
+    UNPREPARED,
     TRANSITIONS,
     RunState,
     can_transition,
@@ -205,6 +206,10 @@ class Workflow:
             if setup.interlay and self.interlays is not None and self.interlays.running(setup.interlay):
                 listeners = len(self.interlays.status(setup.interlay).ports)
             self._event(run_id, "prepare", "compatibility checks started")
+            # Until the checks finish, the run has no report: a Prepare that fails before
+            # then must not leave an earlier (or an empty, "compatible") one standing.
+            self.store.replace_issues(run_id, [])
+            self.store.set_report(run_id, "compatibility", {"checked": False})
             found = check_compatibility(source, target, mirrors=mirrors, interlay_listeners=listeners,
                                         mode=setup.mode, conflict_policy=setup.conflict_policy,
                                         source_name=setup.source, target_name=setup.target,
@@ -215,6 +220,7 @@ class Workflow:
                 issues.append({"id": f"{index}-{issue.code.lower()}", "code": issue.code, "blocking": issue.blocking,
                                "message": issue.message, "evidence": dict(issue.evidence)})
             self.store.replace_issues(run_id, issues)
+            self.store.set_report(run_id, "compatibility", {"checked": True, "at": time.time(), "issues": len(issues)})
             for issue in issues:
                 self._event(run_id, "issue", issue["message"], {"id": issue["id"], "code": issue["code"],
                                                                 "blocking": issue["blocking"]})
@@ -239,6 +245,21 @@ class Workflow:
     def issues(self, run_id: str) -> list[dict[str, Any]]:
         self.get(run_id)
         return self.store.issues(run_id)
+
+    def compatibility(self, run_id: str) -> tuple[list[dict[str, Any]], bool]:
+        """The issues of the last completed compatibility check and whether none blocks. A run
+        whose checks never completed (not prepared yet, or Prepare failed first) has no report:
+        StateError saying why, never an empty report that reads as "compatible"."""
+        record = self.get(run_id)
+        issues = self.store.issues(run_id)
+        marker = self.store.report(run_id, "compatibility")
+        checked = marker["checked"] if isinstance(marker, dict) else \
+            bool(issues) or RunState(record.state) not in UNPREPARED | {RunState.FAILED}  # runs from before the marker
+        if not checked:
+            why = f": {record.failure_reason}" if record.state == RunState.FAILED.value and record.failure_reason \
+                else f" (it is {record.state}; Prepare makes one)"
+            raise StateError(f"run {run_id!r} has no compatibility report{why}")
+        return issues, not any(issue["blocking"] for issue in issues)
 
     def acknowledge(self, run_id: str, issue_id: str, notes: str) -> dict[str, Any]:
         self._require(run_id, RunState.READY, doing="AcknowledgeIssue")
@@ -532,7 +553,7 @@ class Workflow:
                 report = compare()
         if report.differences:
             # Error keys: listed, exported and retried (RetryErrorKeys) like any other.
-            self.store.add_error_keys(run_id, [
+            self.store.add_verification_differences(run_id, [
                 ErrorKeyRow(d.key, d.db, options.source.address, "", 0,
                             f"verification: {d.kind.lower()}: {d.detail}", 1) for d in report.differences])
         body = _jsonable(dataclasses.asdict(report))
