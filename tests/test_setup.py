@@ -85,6 +85,7 @@ def test_defaults():
     ({"filters": {"dbs": [math.nan]}}, "setup.filters.dbs"),
     ({"filters": {"dbs": [1.5]}}, "setup.filters.dbs"),
     ({"filters": {"types": ["hash", "set"]}}, "setup.filters.types"),
+    ({"filters": {"types": ["bogus"]}}, "setup.filters.types"),
     ({"filters": "everything"}, "setup.filters"),
     ({"rate_limits": {"max_keys_per_second": -1}}, "setup.rate_limits.max_keys_per_second"),
     ({"rate_limits": {"max_keys_per_second": math.nan}}, "setup.rate_limits.max_keys_per_second"),
@@ -118,6 +119,10 @@ def test_messages_as_before():
         parse_setup({"source": "src", "target": "dst", "strategy": "SIDEWAYS"})
     with pytest.raises(ConfigError, match=r"must be between 0 and 64, got 65"):
         parse_setup({"source": "src", "target": "dst", "restorers": 65})
+    with pytest.raises(ConfigError, match=r"max_keys_per_second: must be 0 or more, got -5$"):
+        parse_setup({"source": "src", "target": "dst", "rate_limits": {"max_keys_per_second": -5}})
+    assert parse_setup({"source": "src", "target": "dst", "filters": {"types": ["graphdata"]}}).filters.types == (
+        "graphdata",)  # a module's type name
     with pytest.raises(ConfigError, match=r"must be a whole number, got 'lots'"):
         parse_setup({"source": "src", "target": "dst", "restorers": "lots"})
     with pytest.raises(ConfigError, match=r"strategy ONLINE_CUTOVER moves live traffic"):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import shlex
 import signal
 import sys
@@ -48,15 +47,13 @@ from eve.core.enums import ConflictPolicy
 from eve.core.errors import AuthError, ConfigError, Side, StateError
 from eve.core.store import RunRecord, Store
 from eve.prepare import preflight
+from eve.redis.rdb import CORE_TYPES, is_type_name
 
-__all__ = ["MigrateArgs", "run_migrate", "errors_command", "jobs_command", "EXIT_INTERRUPTED", "CORE_TYPES"]
+__all__ = ["MigrateArgs", "run_migrate", "errors_command", "jobs_command", "EXIT_INTERRUPTED"]
 
 UNFINISHED = ("COPYING", "FAILED")
 DISCARDED = "DISCARDED"          # a job that is over without finishing: never resumed
 EXIT_INTERRUPTED = 130           # Ctrl-C, as shells report it
-CORE_TYPES = ("string", "list", "set", "zset", "hash", "stream")
-# A module's data type name is exactly 9 characters (RedisModule_CreateDataType).
-_MODULE_TYPE = re.compile(r"[A-Za-z0-9_-]{9}")
 DEFAULT_ERROR_LIST_LIMIT = 100
 
 log = logging.getLogger("eve.cli.migrate")
@@ -128,7 +125,7 @@ def _check_options(args: MigrateArgs) -> None:
         raise ConfigError(f"must be at least 1, got {args.scan_count}", field="--scan-count")
     if not args.backoff_latency_ms >= 0:  # NaN too
         raise ConfigError(f"must be 0 (off) or more, got {args.backoff_latency_ms}", field="--backoff-latency-ms")
-    if args.type is not None and args.type not in CORE_TYPES and not _MODULE_TYPE.fullmatch(args.type):
+    if args.type is not None and not is_type_name(args.type):
         raise ConfigError(f"{args.type!r} is not a type: use one of {', '.join(CORE_TYPES)}, or a module's "
                           "9-character type name", field="--type")
     if args.resume and args.force:

@@ -9,7 +9,9 @@ version or checksum are wrong``).
 
 from __future__ import annotations
 
-__all__ = ["MERGEABLE_TYPES", "RDB_TYPES", "payload_rdb_version", "payload_type"]
+import re
+
+__all__ = ["CORE_TYPES", "MERGEABLE_TYPES", "RDB_TYPES", "is_type_name", "payload_rdb_version", "payload_type"]
 
 # RDB object type -> Redis type, from rdb.h of Redis 7.0 / 8.2 and Valkey 8.1 / 9.1.
 # Encodings of one type (ziplist, listpack, intset, ...) carry their own byte.
@@ -62,3 +64,14 @@ def payload_rdb_version(payload: bytes) -> int:
     if len(payload) < _TRAILER + 1:
         raise ValueError(f"a DUMP payload has at least {_TRAILER + 1} bytes, got {len(payload)}")
     return int.from_bytes(payload[-_TRAILER:-_TRAILER + 2], "little")
+
+
+# What TYPE answers for the core types; SCAN TYPE takes these or a module's type name.
+CORE_TYPES = ("string", "list", "set", "zset", "hash", "stream")
+# A module's data type name is exactly 9 characters (RedisModule_CreateDataType).
+_MODULE_TYPE_NAME = re.compile(r"[A-Za-z0-9_-]{9}")
+
+
+def is_type_name(name: str) -> bool:
+    """A name SCAN TYPE can match: a core type, or what could be a module's type name."""
+    return name in CORE_TYPES or bool(_MODULE_TYPE_NAME.fullmatch(name))

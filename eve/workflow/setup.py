@@ -22,6 +22,7 @@ from enum import Enum
 from typing import Any, Mapping
 
 from eve.bulk.pipeline import MAX_RESTORERS
+from eve.redis.rdb import CORE_TYPES, is_type_name
 from eve.core import endpoints as endpoint_model
 from eve.core.enums import ConflictPolicy, DataMovementMode, Strategy, WriteConsistency
 from eve.core.errors import ConfigError, StateError
@@ -134,8 +135,8 @@ def _non_negative(value: Any, field: str, maximum: int | None = None) -> int:
     except (TypeError, ValueError):
         raise ConfigError(f"must be a whole number, got {value!r}", field=field) from None
     if number < 0 or (maximum is not None and number > maximum):
-        raise ConfigError(f"must be between 0 and {maximum if maximum is not None else 'any'}, got {number}",
-                          field=field)
+        allowed = f"between 0 and {maximum}" if maximum is not None else "0 or more"
+        raise ConfigError(f"must be {allowed}, got {number}", field=field)
     return number
 
 
@@ -197,6 +198,10 @@ def parse_setup(raw: Mapping[str, Any]) -> RunSetup:
     types = tuple(str(t) for t in _list(filters.get("types"), "setup.filters.types"))
     if len(types) > 1:
         raise ConfigError("one type at most (SCAN TYPE takes one)", field="setup.filters.types")
+    for name in types:
+        if not is_type_name(name):
+            raise ConfigError(f"{name[:40]!r} is not a type: use one of {', '.join(CORE_TYPES)}, or a module's "
+                              "9-character type name", field="setup.filters.types")
     limits = _object(raw.get("rate_limits"), "setup.rate_limits")
     setup = RunSetup(
         source=source,
