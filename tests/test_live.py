@@ -249,15 +249,18 @@ class Live:
         def dual_writes(current: ipb.InterlayStats) -> dict[str, int]:
             return {dual.side: dual.writes + dual.failures for dual in current.dual_writes}
 
-        before = current = stats()
+        current = stats()
         client = redis.Redis(host="127.0.0.1", port=self.port)
-        for command in (lambda: client.set(key, 1), client.ping):
+        # A PING first: once it is counted, the stats are a report made after everything before it.
+        for step, command in enumerate((client.ping, lambda: client.set(key, 1), client.ping)):
             counted = source_ops(current)
             command()
             deadline = time.monotonic() + timeout
             while source_ops(current := stats()) <= counted:
                 assert time.monotonic() < deadline, f"the interlay never counted the write on the source: {current}"
                 time.sleep(0.05)
+            if step == 0:
+                before = current
         client.close()
         assert dual_writes(current) == dual_writes(before), f"a dual write after the rollback: {current}"
         assert self.source.client().get(key) == b"1" and not self.target.client().exists(key)
