@@ -55,14 +55,16 @@ def node_id(server: RedisServer) -> str:
     return server.client().execute_command("CLUSTER", "MYID").decode()
 
 
-def master_of(cluster: Any, client: ClusterClient, key: bytes) -> RedisServer:
-    owner = client.node_for_key(key)
-    return next(master for master in cluster.masters if address(master) == owner)
+def owner_and_other(cluster: Any, client: ClusterClient, key: bytes) -> tuple[RedisServer, RedisServer]:
+    """The master owning ``key``'s slot (as the client's map says) and another master."""
+    owner = next(master for master in cluster.masters if address(master) == client.node_for_key(key))
+    return owner, next(master for master in cluster.masters if master is not owner)
 
 
-def tagged(tag: str, count: int) -> list[bytes]:
-    """Keys sharing one hash tag: one slot."""
-    return [b"{%s}:%d" % (tag.encode(), n) for n in range(count)]
+def tagged(tag: str, count: int) -> tuple[list[bytes], int]:
+    """Keys sharing one hash tag, and their one slot."""
+    keys = [b"{%s}:%d" % (tag.encode(), n) for n in range(count)]
+    return keys, key_slot(keys[0])
 
 
 def sets(keys: list[bytes]) -> list[bytes]:
@@ -161,12 +163,10 @@ def test_a_cluster_has_only_db_0(cluster_factory):
 @pytest.mark.parametrize("engine_name", ["redis-7.0", "valkey-9.1"])
 def test_moved_after_a_slot_is_migrated_mid_run(cluster_factory, engine_name):
     cluster = cluster_factory(engine_name, masters=3)
-    keys = tagged("moving", 20)
-    slot = key_slot(keys[0])
+    keys, slot = tagged("moving", 20)
     with client_of(cluster.masters[0]) as client:
         assert client.execute(0, keys, sets(keys), expect=b"OK").groups[0].clean
-        owner = master_of(cluster, client, keys[0])
-        destination = next(m for m in cluster.masters if m is not owner)
+        owner, destination = owner_and_other(cluster, client, keys[0])
         # The slot moves while the client holds the old map.
         begin_migration(owner, destination, slot)
         migrate_keys(owner, destination, keys)
@@ -182,12 +182,10 @@ def test_moved_after_a_slot_is_migrated_mid_run(cluster_factory, engine_name):
 @pytest.mark.parametrize("engine_name", ["redis-7.0", "valkey-9.1"])
 def test_ask_while_a_slot_is_half_migrated(cluster_factory, engine_name):
     cluster = cluster_factory(engine_name, masters=3)
-    keys = tagged("half", 10)
-    slot = key_slot(keys[0])
+    keys, slot = tagged("half", 10)
     with client_of(cluster.masters[0]) as client:
         client.execute(0, keys, sets(keys), expect=b"OK")
-        owner = master_of(cluster, client, keys[0])
-        destination = next(m for m in cluster.masters if m is not owner)
+        owner, destination = owner_and_other(cluster, client, keys[0])
         begin_migration(owner, destination, slot)
         migrate_keys(owner, destination, keys[:5])
         routed = client.execute(0, keys, gets(keys))
@@ -209,8 +207,7 @@ def test_the_redirect_limit(cluster_factory):
     slot = key_slot(key)
     options = ClientOptions(timeout=5.0, reconnect_seconds=1.0, max_redirects=3)
     with client_of(cluster.masters[0], options) as client:
-        owner = master_of(cluster, client, key)
-        other = next(m for m in cluster.masters if m is not owner)
+        owner, other = owner_and_other(cluster, client, key)
         # MIGRATING without IMPORTING on the other side: the owner answers ASK (the key is not
         # there), the other node answers MOVED back (it is not importing), and so on.
         owner.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(other))
@@ -401,12 +398,10 @@ def test_the_classifier_on_real_replies_of_a_cluster(cluster_factory):
     cluster = cluster_factory("redis-7.0", masters=3)
     allow_partial_coverage(cluster)
     with client_of(cluster.masters[0]) as client:
-        keys = tagged("replies", 2)
+        keys, slot = tagged("replies", 2)
         client.execute(0, keys, sets(keys))
-        owner = master_of(cluster, client, keys[0])
-        other = next(m for m in cluster.masters if m is not owner)
+        owner, other = owner_and_other(cluster, client, keys[0])
         third = next(m for m in cluster.masters if m is not owner and m is not other)
-        slot = key_slot(keys[0])
         at_other = FastConnection(spec(other), timeout=5)
         at_owner = FastConnection(spec(owner), timeout=5)
         moved = _reply(at_other, "GET", keys[0])
