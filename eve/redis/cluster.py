@@ -29,6 +29,17 @@ Routing (cluster)
 
     One limit, ``max_redirects``, counts MOVED, ASK and re-routes per key; past it
     the key's final reply is an error saying the cluster kept redirecting it.
+    (Redirections: https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/)
+
+Error replies: ``classify``, the one classifier every part of Eve uses
+    ``BUSYKEY``                      busykey: the conflict policy's business
+    ``MOVED`` / ``ASK``              moved / ask: followed here
+    ``LOADING`` ``BUSY`` ``TRYAGAIN``  transient (``TRANSIENT_CODES``, whole codes:
+    ``MASTERDOWN`` ``CLUSTERDOWN``     ``BUSY`` is not ``BUSYKEY`` or ``BUSYGROUP``):
+    ``READONLY`` ``OOM``               retried here, then final
+    ``NOPERM`` ``NOAUTH`` ``WRONGPASS``  denied: every key would fail alike
+    anything else                    permanent for that key; ``payload_refused`` says
+                                     whether RESTORE could not read the payload
     Final replies are the caller's to judge with ``classify``.
 
 Connections
@@ -308,7 +319,6 @@ class ClientOptions:
 
 
 _ASKING = pack("ASKING")
-_OK = b"OK"
 
 
 class ClusterClient:

@@ -100,9 +100,6 @@ class FastConnection(Connection):
             return replies
         except (OSError, hiredis.ProtocolError) as exc:
             raise self._lost(exc) from exc
-        except UnavailableError:
-            self.close()
-            raise
 
     def receive(self, wait: float) -> list[Any]:
         """What the server sent unasked (Pub/Sub messages after a SUBSCRIBE): the replies that
@@ -124,12 +121,10 @@ class FastConnection(Connection):
             return replies
         except (OSError, hiredis.ProtocolError) as exc:
             raise self._lost(exc) from exc
-        except UnavailableError:
-            self.close()
-            raise
 
     def _feed(self, data: bytes) -> None:
         if not data:
+            self.close()
             raise UnavailableError(f"{self.spec.address} closed the connection")
         self._reader.feed(data)
 
