@@ -15,9 +15,11 @@ One step is ``SCAN cursor [MATCH m] COUNT n [TYPE t]`` followed by pipelined
   With ``preserve_ttl`` off no PTTL is sent at all and every expiry is 0.
 * A per-key error reply (a module type that cannot be dumped, a key that moved
   to another cluster node, ...) skips the key with a warning naming it.
-  Errors that concern the node rather than the key are not skipped:
-  ``NOPERM``/``NOAUTH`` fail the scanner (every key would fail alike) and
-  ``LOADING``/``BUSY``/``TRYAGAIN``/``CLUSTERDOWN``/``MASTERDOWN`` retry the step.
+  Errors that concern the node rather than the key are not skipped
+  (``eve.redis.cluster.classify``): denied ones (``NOPERM``/``NOAUTH``/
+  ``WRONGPASS``) fail the scanner (every key would fail alike) and transient
+  ones (``LOADING``, ``BUSY``, ``TRYAGAIN``, ``CLUSTERDOWN``, ``MASTERDOWN``, ...;
+  the one set every part of Eve retries) redo the step.
 
 Frames: one BATCH per SCAN reply, ``seq`` counting from 0 per database within
 this epoch (also when resuming from a start cursor). An empty SCAN reply whose
@@ -26,8 +28,10 @@ cursor is not 0 is folded into the next batch; the last batch of a database
 
 Failures: a lost connection (or a retryable error reply) redoes the current
 step from the same cursor (SCAN is idempotent at a cursor), reconnecting with
-exponential backoff (0.05 s .. 2 s) for up to ``reconnect_seconds``; then
-FAILED("source", reason naming the address). The first connection gets the
+``eve.redis.cluster.Backoff`` (0.05 s doubling to 2 s) for up to
+``reconnect_seconds``; then FAILED("source", reason naming the address). The
+scanner reads one node only, so it redoes whole steps rather than resending
+pipelines through the cluster client. The first connection gets the
 same grace. Refused credentials, and error replies to SCAN itself
 (``NOPERM``, a bad TYPE, ...), fail at once.
 
@@ -54,6 +58,7 @@ from opentelemetry.propagate import inject
 from eve.core.errors import AuthError, EndpointError, SourceError, UnavailableError
 from eve.core.frames import Batch, BatchHeader, Failed, Stop, encode
 from eve.core.telemetry import setup
+from eve.redis.cluster import DENIED, RECONNECT_FIRST_DELAY, RECONNECT_MAX_DELAY, TRANSIENT, Backoff, classify
 from eve.redis.wire import FastConnection, ReplyError, pack
 from scanner.options import ScannerOptions
 
@@ -73,8 +78,7 @@ log = logging.getLogger("eve.scanner")
 
 Row = tuple[bytes, int, bytes]
 
-RECONNECT_MIN_DELAY = 0.05
-RECONNECT_MAX_DELAY = 2.0
+RECONNECT_MIN_DELAY = RECONNECT_FIRST_DELAY
 BASELINE_ROUND_TRIPS = 5     # DUMP/PTTL round trips that set the latency baseline
 MAX_BACKOFF_SECONDS = 2.0    # longest single latency backoff
 BUCKET_SECONDS = 0.1         # a token bucket holds this much of a second's budget
@@ -86,12 +90,6 @@ CLIENT_NAME = "eve-scanner"
 # once: the cheapest way found to build thousands of commands in Python.
 _DUMP_PTTL = b"*2\r\n$4\r\nDUMP\r\n$%d\r\n%s\r\n*2\r\n$4\r\nPTTL\r\n$%d\r\n%s\r\n"
 _DUMP = b"*2\r\n$4\r\nDUMP\r\n$%d\r\n%s\r\n"
-
-# Error replies that say the node cannot answer right now (loading its dataset,
-# running a slow script, cluster reconfiguring), not that a key is bad.
-_TRANSIENT = ("LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN")
-# The credentials lack a permission: skipping would silently drop every key.
-_DENIED = ("NOPERM", "NOAUTH", "WRONGPASS")
 
 
 class StopEvent(Protocol):
@@ -391,16 +389,19 @@ class _Scanner:
     def _key_errors(self, db: int, errors: list[tuple[bytes, ReplyError]]) -> None:
         for key, error in errors:
             text = str(error)
-            if text.startswith(_DENIED):
+            kind = classify(text)[0]
+            # Denied: skipping would silently drop every key. Transient: the node cannot
+            # answer right now (loading, a slow script, the cluster reconfiguring).
+            if kind == DENIED:
                 raise SourceError(f"{self.address} refused DUMP/PTTL of {_key_repr(key)}: {text}")
-            if text.startswith(_TRANSIENT):
+            if kind == TRANSIENT:
                 raise _Transient(f"{self.address} answered DUMP/PTTL of {_key_repr(key)} with: {text}")
         for key, error in errors:
             self.log.warning("db=%d skipped key %s: the source could not read it: %s", db, _key_repr(key), error)
 
     def _raise_for(self, reply: ReplyError, what: str) -> None:
         text = str(reply)
-        if text.startswith(_TRANSIENT):
+        if classify(text)[0] == TRANSIENT:
             raise _Transient(f"{self.address} answered {what} with: {text}")
         raise SourceError(f"{what} failed on {self.address}: {text}")
 
@@ -416,28 +417,26 @@ class _Scanner:
 
     def _retrying(self, step: Callable[..., Any], *args: Any) -> Any:
         """Run ``step``, redoing it after a lost connection until ``reconnect_seconds`` pass."""
-        deadline: float | None = None
-        delay = RECONNECT_MIN_DELAY
+        backoff: Backoff | None = None
         while True:
             try:
                 result = step(*args)
             except AuthError as exc:
                 raise SourceError(str(exc)) from exc
             except (UnavailableError, _Transient) as exc:
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + self.options.reconnect_seconds
+                if backoff is None:
+                    backoff = Backoff(self.options.reconnect_seconds)
                     if self.options.reconnect_seconds:
                         self.log.warning("%s; retrying for up to %gs", exc, self.options.reconnect_seconds)
-                if now >= deadline:
+                delay = backoff.next()
+                if delay is None:
                     raise SourceError(f"source {self.address} unavailable for "
                                       f"{self.options.reconnect_seconds:g}s: {exc}") from exc
-                self._sleep(min(delay, deadline - now))
-                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+                self._sleep(delay)
                 continue
             except EndpointError as exc:
                 raise SourceError(str(exc)) from exc
-            if deadline is not None:
+            if backoff is not None:
                 self.log.info("source %s answers again", self.address)
             return result
 

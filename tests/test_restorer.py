@@ -19,12 +19,12 @@ from eve.core import telemetry
 from eve.core.endpoints import ConnectionSpec
 from eve.core.enums import ConflictPolicy
 from eve.core.frames import Batch, BatchHeader, Failed, Result, Stop, decode, encode
+from eve.redis.cluster import classify
 from eve.redis.rdb import payload_rdb_version, payload_type
 from eve.redis.topology import key_slot
 from restorer import RestorerOptions, run_restorer
 from restorer import main as restorer_main
 from restorer.policies import MERGE_SCRIPT, MERGE_TMP_TTL_MS, merge_tmp_key
-from restorer.worker import classify
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

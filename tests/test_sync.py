@@ -15,7 +15,8 @@ from eve.core.errors import ConfigError, SourceError
 from eve.live.backlog import ALL_DBS, DirtyKeys
 from eve.live.notifications import KeyspaceNotifications, parse_keyspace_channel
 from eve.live.recopy import DirtyKeySync, RecopyResult, SyncOptions
-from eve.redis.topology import Node, SlotMap
+from eve.redis.cluster import SlotMap
+from eve.redis.topology import Node
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -234,10 +235,10 @@ def test_cluster_target_then_reverse_sync_after_cutover(server_factory, cluster_
             copier = sync._copier()
             side = copier.authoritative if authoritative is not source_server else copier.others[0]
             side.connect()
-            side._slots = SlotMap([Node(first.host, first.port, ((0, 16383),))])
+            side.slots = SlotMap([Node(first.host, first.port, ((0, 16383),))])
             result = sync.recopy([(0, key) for key in keys])
             assert (result.copied, result.failed) == (len(keys), 0), result.failures[:3]
-            assert len(side._slots.masters) == 3, "the slot map was reloaded"
+            assert len(side.slots.masters) == 3, "the slot map was reloaded"
         assert [reader.get(key) for key in keys] == keys
 
 

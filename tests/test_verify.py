@@ -17,7 +17,8 @@ from eve.core.endpoints import ConnectionSpec
 from eve.core.errors import ConfigError, UnavailableError
 from eve.live import verify as verify_mod
 from eve.live.verify import EXTRA, MISSING, TTL, TYPE, VALUE, verify
-from eve.redis.topology import Node, SlotMap
+from eve.redis.cluster import SlotMap
+from eve.redis.topology import Node
 from eve.redis.wire import pack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -120,10 +121,10 @@ def test_cluster_reads_follow_moved_redirections(cluster_factory):
     side.open()
     try:
         first = cluster.masters[0]
-        side._slots = SlotMap([Node(first.host, first.port, ((0, 16383),))])
+        side.client.slots = SlotMap([Node(first.host, first.port, ((0, 16383),))])
         replies = side.run(keys, [[pack(b"GET", key)] for key in keys])
         assert [reply[0] for reply in replies] == keys
-        assert len(side._slots.masters) == 3, "the slot map was reloaded"
+        assert len(side.client.slots.masters) == 3, "the slot map was reloaded"
     finally:
         side.close()
 

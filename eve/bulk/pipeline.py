@@ -30,23 +30,10 @@ from typing import Callable
 from eve.core import frames
 from eve.core.endpoints import ConnectionSpec
 from eve.core.enums import ConflictPolicy
-from eve.core.errors import (
-    EndpointError,
-    SourceError,
-    StateError,
-    TargetError,
-    UnavailableError,
-)
+from eve.core.errors import EndpointError, Side, SourceError, StateError, TargetError
 from eve.core.store import COUNTER_FIELDS, Store
-from eve.redis.topology import (
-    SlotMap,
-    cluster_masters,
-    dbs_with_keys,
-    is_cluster,
-    keyspace_counts,
-    node_spec,
-)
-from eve.redis.wire import FastConnection, pack
+from eve.redis.cluster import ClientOptions, ClusterClient
+from eve.redis.wire import ReplyError, pack
 from restorer import RestorerOptions
 from restorer import main as restorer_main
 from scanner import ScannerOptions
@@ -65,6 +52,9 @@ DEFAULT_SOURCE_SHARE = 0.6
 DEFAULT_MAX_RESTARTS = 5
 POLL_SECONDS = 0.2
 FAILED_FRAME_WAIT = 30.0
+# Planning and retries talk to the sides briefly, in the coordinator: a side that does not
+# answer fails the call at once (the workers are the ones that wait for a lost side).
+_BRIEF = ClientOptions(timeout=10.0, reconnect_seconds=0, client_name="eve-plan")
 
 
 @dataclass(frozen=True)
@@ -185,26 +175,24 @@ class BulkCopy:
     def plan(self) -> list[SourcePlan]:
         """Source masters and their dbs; also counts the source's keys for the ETA."""
         options = self.options
-        with _connect(options.source, SourceError, "source") as conn:
-            if is_cluster(conn):
+        with _side(options.source, "source", SourceError) as source:
+            source.connect()
+            if source.cluster:
                 if options.dbs and set(options.dbs) != {0}:
                     raise StateError(f"the source {options.source.address} is a cluster, which has only db 0")
-                masters = cluster_masters(conn)
-                plans = [SourcePlan(m.address, node_spec(options.source, m), (0,)) for m in masters]
+                plans = [SourcePlan(node, source.spec_for(node), (0,)) for node in source.nodes]
             else:
-                dbs = options.dbs if options.dbs is not None else tuple(dbs_with_keys(conn))
+                dbs = options.dbs if options.dbs is not None else tuple(source.dbs_with_keys())
                 plans = [SourcePlan(options.source.address, options.source, tuple(dbs))]
-        total = 0
-        for plan in plans:
-            with _connect(plan.spec, SourceError, "source") as conn:
-                counts = keyspace_counts(conn)
-            total += sum(counts.get(db, 0) for db in plan.dbs)
+            total = 0
+            for plan in plans:
+                counts = source.keyspace(plan.node)
+                total += sum(counts[db][0] for db in plan.dbs if db in counts)
         self.progress.source_keys = total
         return plans
 
     def _target_is_cluster(self, spec: ConnectionSpec, role: str) -> bool:
-        with _connect(spec, TargetError, role) as conn:
-            return is_cluster(conn)
+        return _is_cluster(spec, role)
 
     # -- running --------------------------------------------------------------------
 
@@ -398,24 +386,15 @@ class BulkCopy:
             self.on_error_keys(error_keys)
 
 
-class _connect:
-    """A short-lived FastConnection whose failures name the side that failed."""
+def _side(spec: ConnectionSpec, role: str, error: type[EndpointError]) -> ClusterClient:
+    """A short-lived client whose failures name the side that failed."""
+    return ClusterClient(spec, role=role, error=error, options=_BRIEF)
 
-    def __init__(self, spec: ConnectionSpec, error: type[EndpointError], role: str) -> None:
-        self.spec, self.error, self.role = spec, error, role
-        self.conn = FastConnection(spec, timeout=10.0, client_name="eve-plan")
 
-    def __enter__(self) -> FastConnection:
-        try:
-            self.conn.open()
-        except UnavailableError as exc:
-            raise UnavailableError(f"{self.role} unreachable: {exc}") from exc
-        except EndpointError as exc:
-            raise self.error(f"{self.role}: {exc}") from exc
-        return self.conn
-
-    def __exit__(self, *exc: object) -> None:
-        self.conn.close()
+def _is_cluster(spec: ConnectionSpec, role: str) -> bool:
+    with _side(spec, role, TargetError) as side:
+        side.connect()
+        return bool(side.cluster)
 
 
 def retry_error_keys(store: Store, run_id: str, source: ConnectionSpec, target: ConnectionSpec, *,
@@ -435,37 +414,27 @@ def retry_error_keys(store: Store, run_id: str, source: ConnectionSpec, target: 
     outcome = {"retried": len(records), "succeeded": 0, "still_failing": 0}
     if not records:
         return outcome
-    with _connect(target, TargetError, "target") as conn:
-        target_cluster = is_cluster(conn)
-    with _connect(source, SourceError, "source") as conn:
-        slot_map = SlotMap(cluster_masters(conn)) if is_cluster(conn) else None
+    target_cluster = _is_cluster(target, "target")
     by_db: dict[int, list] = {}
     for record in records:
         by_db.setdefault(record.db, []).append(record)
     rows_by_db: dict[int, list[tuple[bytes, int, bytes]]] = {}
     gone: set[bytes] = set()
-    readers: dict[str, _connect] = {}
-    try:
+    unreadable: set[tuple[int, bytes]] = set()   # DUMP/PTTL refused on the source: still failing
+    with _side(source, "source", SourceError) as reader:
         for db, group in by_db.items():
+            keys = list(dict.fromkeys(r.key for r in group))
+            replies = reader.run(db, keys, [(pack("DUMP", key), pack("PTTL", key)) for key in keys])
+            now_ms = int(time.time() * 1000)
             rows: list[tuple[bytes, int, bytes]] = []
-            for key in dict.fromkeys(r.key for r in group):
-                node = slot_map.node_for_key(key) if slot_map is not None else None
-                spec = node_spec(source, node) if node else source
-                if spec.address not in readers:
-                    readers[spec.address] = _connect(spec, SourceError, "source")
-                    readers[spec.address].__enter__()
-                conn = readers[spec.address].conn
-                conn.select(db)
-                payload, pttl = conn.pipeline(pack("DUMP", key) + pack("PTTL", key), 2)
-                if payload is None or pttl == -2:
+            for key, (_node, (payload, pttl)) in zip(keys, replies):
+                if isinstance(payload, ReplyError) or isinstance(pttl, ReplyError):
+                    unreadable.add((db, key))
+                elif payload is None or pttl == -2:
                     gone.add(key)
-                    continue
-                expiry = int(time.time() * 1000) + pttl if preserve_ttl and pttl >= 0 else 0
-                rows.append((key, expiry, payload))
+                else:
+                    rows.append((key, now_ms + pttl if preserve_ttl and pttl >= 0 else 0, payload))
             rows_by_db[db] = rows
-    finally:
-        for reader in readers.values():
-            reader.__exit__()
     for key_records in by_db.values():
         for record in key_records:
             if record.key in gone:
@@ -478,7 +447,7 @@ def retry_error_keys(store: Store, run_id: str, source: ConnectionSpec, target: 
         inbox.put(frames.encode(frames.Batch(header, rows)))
     inbox.put(frames.encode(frames.Stop(frames.COORDINATOR)))
     options = RestorerOptions(run_id=run_id, worker="retry", target=target, target_cluster=target_cluster,
-                              mirrors=tuple((m, False) for m in mirrors), conflict=conflict,
+                              mirrors=tuple((m, _is_cluster(m, "mirror target")) for m in mirrors), conflict=conflict,
                               preserve_ttl=preserve_ttl)
     if not run_restorer(options, inbox, outbox):
         raise TargetError("retry could not reach the target")
@@ -492,7 +461,7 @@ def retry_error_keys(store: Store, run_id: str, source: ConnectionSpec, target: 
         for record in group:
             if record.key in gone:
                 continue
-            if (db, record.key) in failed_again:
+            if (db, record.key) in failed_again or (db, record.key) in unreadable:
                 outcome["still_failing"] += 1
             else:
                 store.remove_error_key(run_id, db, record.key, record.node)

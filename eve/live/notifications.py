@@ -7,24 +7,22 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 from typing import Any
 
-import hiredis
-
 from eve.core.endpoints import ConnectionSpec
 from eve.core.errors import EndpointError, SourceError, UnavailableError
 from eve.live.backlog import ALL_DBS, DirtyKeys, Item
-from eve.live.recopy import RECONNECT_FIRST_DELAY
-from eve.redis.connections import handshake, open_socket
-from eve.redis.topology import cluster_masters, info_section, is_cluster, node_spec
-from eve.redis.wire import FastConnection, ReplyError, pack
+from eve.redis.cluster import RECONNECT_FIRST_DELAY, RECONNECT_MAX_DELAY, ClientOptions, ClusterClient
+from eve.redis.topology import info_section
+from eve.redis.wire import FastConnection, ReplyError
 
 __all__ = ["KeyspaceNotifications", "parse_keyspace_channel"]
 
 log = logging.getLogger("eve.live.notifications")
+
+CLIENT_NAME = "eve-keyspace"
 
 
 # --------------------------------------------------------------------------- keyspace notifications
@@ -66,9 +64,9 @@ class _Subscriber:
         self.poll_seconds = poll_seconds
         self.notified = 0
         self.reconnects = 0
-        self._control = FastConnection(spec, timeout=10.0, client_name="eve-keyspace")
-        self._sock: socket.socket | None = None
-        self._reader = hiredis.Reader()
+        self._control = FastConnection(spec, timeout=10.0, client_name=CLIENT_NAME)
+        # Its own connection: once subscribed, a connection only receives.
+        self._subscription = FastConnection(spec, timeout=10.0, client_name=CLIENT_NAME)
         self._previous: str | None = None   # notify-keyspace-events before we changed it
         self._applied: str | None = None    # ... and after
         self._whole_db_calls: int | None = None
@@ -128,40 +126,19 @@ class _Subscriber:
 
     def subscribe(self) -> None:
         """Connect and PSUBSCRIBE; returns once the server confirmed, so no later write is missed."""
-        self.close_socket()
-        self._reader = hiredis.Reader()
-        sock = open_socket(self.spec, 10.0)
-        self._sock = sock
+        subscription = self._subscription
         try:
-            handshake(self.spec, self._call, lambda r: str(r).encode() if isinstance(r, ReplyError) else None,
-                      db=0, client_name="eve-keyspace", protocol=2)
-            confirmation = self._call("PSUBSCRIBE", _PATTERN)
+            subscription.open()
+            confirmation = subscription.execute("PSUBSCRIBE", _PATTERN)
             if isinstance(confirmation, ReplyError) or not isinstance(confirmation, list):
                 raise SourceError(f"keyspace {self.address}: PSUBSCRIBE refused: {confirmation}")
         except BaseException:
-            self.close_socket()
+            subscription.close()
             raise
-        sock.settimeout(min(self.poll_seconds, 0.5))
         self._whole_db_calls = self._count_whole_db_commands()
 
-    def _call(self, *args: Any) -> Any:
-        assert self._sock is not None
-        self._sock.sendall(pack(*args))
-        while True:
-            reply = self._reader.gets()
-            if reply is not False:
-                return reply
-            data = self._sock.recv(1 << 16)
-            if not data:
-                raise UnavailableError(f"{self.address} closed the connection")
-            self._reader.feed(data)
-
     def close_socket(self) -> None:
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            finally:
-                self._sock = None
+        self._subscription.close()
 
     # -- the loop ----------------------------------------------------------------
 
@@ -184,24 +161,14 @@ class _Subscriber:
                 if time.monotonic() >= next_poll:
                     next_poll = time.monotonic() + self.poll_seconds
                     self._check_whole_db_commands()
-            except (OSError, EndpointError, hiredis.ProtocolError) as exc:
+            except (OSError, EndpointError) as exc:
                 if self._stopping.is_set():
                     return
                 self._resubscribe(exc)
 
     def _read(self) -> None:
-        sock = self._sock
-        if sock is None:
-            raise UnavailableError("not subscribed")
-        try:
-            data = sock.recv(1 << 18)
-        except socket.timeout:
-            return
-        if not data:
-            raise UnavailableError(f"{self.address} closed the subscription")
-        reader, mark = self._reader, self.dirty.mark
-        reader.feed(data)
-        while (message := reader.gets()) is not False:
+        mark = self.dirty.mark
+        for message in self._subscription.receive(min(self.poll_seconds, 0.5)):
             # [b"pmessage", pattern, b"__keyspace@<db>__:<key>", event]
             if message.__class__ is list and len(message) == 4 and message[0] == b"pmessage":
                 item = parse_keyspace_channel(message[2])
@@ -244,7 +211,7 @@ class _Subscriber:
             except OSError as retry_exc:
                 log.debug("keyspace %s: resubscribe failed: %s", self.address, retry_exc)
             self._stopping.wait(delay)
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, RECONNECT_MAX_DELAY)
 
     def _count_whole_db_commands(self) -> int | None:
         """FLUSHDB, FLUSHALL and SWAPDB publish no keyspace event: INFO commandstats counts them.
@@ -335,9 +302,10 @@ class KeyspaceNotifications:
         """Subscribed on every master when it returns; SourceError/UnavailableError otherwise."""
         if self._subscribers:
             return
-        with FastConnection(self.source, timeout=10.0, client_name="eve-keyspace") as conn:
-            specs = ([node_spec(self.source, node) for node in cluster_masters(conn)] if is_cluster(conn)
-                     else [self.source])
+        # Notifications are node-local in a cluster: one subscription per master.
+        with ClusterClient(self.source, role="source", error=SourceError,
+                           options=ClientOptions(timeout=10.0, reconnect_seconds=0, client_name=CLIENT_NAME)) as client:
+            specs = [client.spec_for(address) for address in client.nodes]
         subscribers = [_Subscriber(spec, self.dirty, configure=self.configure, poll_seconds=self.poll_seconds)
                        for spec in specs]
         try:

@@ -24,7 +24,7 @@ so they win over the conflict policy (DESIGN.md 6.2). Expiry is absolute, comput
 from PTTL when it is read (DESIGN.md 4.3); a key whose expiry passed before it is
 written is deleted on the other sides rather than created.
 
-When a side refuses a payload (``restorer.worker.classify``'s payload-refused case:
+When a side refuses a payload (``eve.redis.cluster.payload_refused``:
 "DUMP payload version or checksum are wrong", "Bad data format"), the key is copied
 to it logically instead (``eve.redis.logical``): read on the authoritative side by one
 script (type, PTTL and value, atomically), written with one MULTI: DEL, the type's
@@ -38,18 +38,18 @@ not carried: the side's copy of such a stream has none (logged). A key of a modu
 type cannot be copied logically: its ``RecopyFailure`` says so.
 ``RecopyResult.logical`` counts the keys copied logically.
 
+Each side is one ``eve.redis.cluster.ClusterClient`` per worker thread: pipelines
+routed by slot, redirections (MOVED/ASK) followed, LOADING, BUSY, TRYAGAIN,
+CLUSTERDOWN, MASTERDOWN, READONLY and OOM retried with backoff, then failures.
 Who failed, per key: a reply that refuses the key (a module-type key whose payload
 the side refuses, a cluster side asked for db 3, ...) is a ``RecopyFailure`` handed to
-``on_error``; the key leaves the backlog and becomes an error key of the run.
-Redirections (MOVED/ASK) are followed; LOADING, BUSY, TRYAGAIN, CLUSTERDOWN,
-MASTERDOWN, READONLY and OOM are retried with backoff, then are failures. A side
+``on_error``; the key leaves the backlog and becomes an error key of the run. A side
 that cannot be reached for ``reconnect_seconds`` raises ``UnavailableError`` from
 ``recopy``; ``run`` and ``drain`` put the batch back (nothing is lost) and retry.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import threading
@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from eve.core.endpoints import ConnectionSpec
-from eve.core.errors import AuthError, ConfigError, EndpointError, UnavailableError
+from eve.core.errors import ConfigError, EndpointError
 from eve.core.frames import ErrorKeyRow
 from eve.live.backlog import DEFAULT_MAX_BACKLOG, DirtyKeys, Item
 from eve.redis.logical import (
@@ -70,12 +70,9 @@ from eve.redis.logical import (
     pack_write,
     parse_read,
 )
+from eve.redis.cluster import ClientOptions, ClusterClient, classify, is_transient, payload_refused
 from eve.redis.rdb import payload_type
-from eve.redis.topology import SlotMap, cluster_masters, is_cluster, node_spec
-from eve.redis.wire import FastConnection, ReplyError, pack
-
-# The texts of classify's payload-refused case, so the fallback matches it exactly.
-from restorer.worker import classify, payload_refused
+from eve.redis.wire import ReplyError, pack
 
 __all__ = ["DEFAULT_BATCH", "DirtyKeySync", "RecopyFailure", "RecopyResult", "SyncOptions", "SyncStats"]
 
@@ -84,12 +81,7 @@ log = logging.getLogger("eve.live.recopy")
 DEFAULT_BATCH = 500
 IDLE_WAIT = 0.1              # a worker with nothing to do sleeps on the backlog's condition this long
 UNAVAILABLE_BACKOFF = 1.0    # after a side stayed unreachable for reconnect_seconds
-MAX_REDIRECTS = 5            # MOVED/ASK hops (and re-routes) per key before its reply is final
-RECONNECT_FIRST_DELAY = 0.05
-RECONNECT_MAX_DELAY = 1.0
-_TRANSIENT_PREFIXES = ("LOADING", "BUSY ", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN", "READONLY", "OOM")
-_SLOT_CHANGE_PREFIXES = ("TRYAGAIN", "CLUSTERDOWN", "READONLY")
-_ASKING = pack("ASKING")
+CLIENT_NAME = "eve-sync"
 _DUMP = b"*2\r\n$4\r\nDUMP\r\n$%d\r\n%b\r\n"
 _PTTL = b"*2\r\n$4\r\nPTTL\r\n$%d\r\n%b\r\n"
 _DEL = b"*2\r\n$3\r\nDEL\r\n$%d\r\n%b\r\n"
@@ -186,235 +178,6 @@ class SyncStats:
         return dataclasses.asdict(self)
 
 
-# --------------------------------------------------------------------------- one side
-
-
-class _Reroute(Exception):
-    """A cluster node is gone from the slot map: its keys must be routed again."""
-
-
-class _Side:
-    """One endpoint (the authoritative side or one of the others), standalone or cluster:
-    a FastConnection per node, pipelines routed by slot, MOVED/ASK followed. One thread."""
-
-    def __init__(self, spec: ConnectionSpec, role: str, options: SyncOptions,
-                 stopping: Callable[[], bool]) -> None:
-        self.spec = spec
-        self.role = role
-        self.address = spec.address
-        self.options = options
-        self.cluster: bool | None = None  # known after connect()
-        self._stopping = stopping
-        self._conns: dict[str, FastConnection] = {}
-        self._specs: dict[str, ConnectionSpec] = {spec.address: spec}
-        self._slots: SlotMap | None = None
-        self._masters: set[str] = set()
-
-    def __repr__(self) -> str:
-        return f"_Side({self.role} {self.address}, cluster={self.cluster})"
-
-    def connect(self) -> None:
-        if self.cluster is not None:
-            return
-        conn = self._open(self.address)
-        try:
-            self.cluster = is_cluster(conn)
-        except UnavailableError:
-            conn.close()
-            raise
-        except EndpointError as exc:
-            raise EndpointError(f"{self.role} {self.address}: {exc}") from exc
-        if self.cluster:
-            self._refresh_slots()
-
-    def close(self) -> None:
-        for conn in self._conns.values():
-            conn.close()
-        self._conns.clear()
-
-    # -- connections -------------------------------------------------------------
-
-    def _connection(self, address: str) -> FastConnection:
-        conn = self._conns.get(address)
-        if conn is None:
-            conn = FastConnection(self._specs[address], timeout=self.options.timeout, client_name="eve-sync")
-            self._conns[address] = conn
-        return conn
-
-    def _open(self, address: str) -> FastConnection:
-        """The node's connection, opened; retried with backoff for reconnect_seconds."""
-        return self._retrying(address, lambda conn: conn)
-
-    def _address_of(self, host: str, port: int) -> str:
-        spec = dataclasses.replace(self.spec, host=host or self.spec.host, port=port)
-        self._specs.setdefault(spec.address, spec)
-        return spec.address
-
-    def _refresh_slots(self) -> None:
-        last: Exception | None = None
-        for address in dict.fromkeys([self.address, *self._masters]):
-            conn = self._connection(address)
-            try:
-                masters = cluster_masters(conn)
-            except AuthError:
-                raise
-            except EndpointError as exc:
-                conn.close()
-                last = exc
-                continue
-            for node in masters:
-                self._specs.setdefault(node.address, node_spec(self.spec, node))
-            self._slots = SlotMap(masters)
-            self._masters = {node.address for node in masters}
-            return
-        raise UnavailableError(f"{self.role} {self.address}: no node answered CLUSTER SLOTS: {last}")
-
-    def _retrying(self, address: str, call: Callable[[FastConnection], Any]) -> Any:
-        """``call(conn)``, reopening the connection with backoff while the node is unreachable.
-
-        Everything sent here is idempotent (DUMP, PTTL, RESTORE ... REPLACE, DEL, the
-        logical read's EVAL and write's MULTI ... EXEC), so a pipeline whose connection
-        dropped is simply sent again."""
-        deadline: float | None = None
-        delay = RECONNECT_FIRST_DELAY
-        while True:
-            conn = self._connection(address)
-            try:
-                if not conn.connected:
-                    conn.open()
-                return call(conn)
-            except AuthError as exc:
-                raise AuthError(f"{self.role} {address}: {exc}") from exc
-            except EndpointError as exc:  # unreachable, timed out, or a malformed reply
-                conn.close()
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + self.options.reconnect_seconds
-                    log.warning("sync: %s %s: %s; reconnecting for up to %gs", self.role, address, exc,
-                                self.options.reconnect_seconds)
-                if self.cluster:
-                    # A failover may have moved the node's slots: ask the others.
-                    try:
-                        self._refresh_slots()
-                    except EndpointError:
-                        pass
-                    else:
-                        if address not in self._masters:
-                            raise _Reroute(address) from exc
-                if self._stopping() or now + delay > deadline:
-                    raise UnavailableError(f"{self.role} {address} unreachable: {exc}") from exc
-                time.sleep(delay)
-                delay = min(delay * 2, RECONNECT_MAX_DELAY)
-
-    def _pipeline(self, address: str, db: int, packed: bytes, count: int) -> list[Any]:
-        def send(conn: FastConnection) -> list[Any]:
-            if not self.cluster and conn.db != db:
-                try:
-                    conn.select(db)
-                except UnavailableError:
-                    raise
-                except EndpointError as exc:  # the db does not exist there: each key fails
-                    return [ReplyError(str(exc))] * count
-            return conn.pipeline(packed, count)
-        return self._retrying(address, send)
-
-    # -- commands ----------------------------------------------------------------
-
-    def execute(self, db: int, keys: Sequence[bytes], jobs: Sequence[Sequence[bytes]]) -> list[tuple[str, list[Any]]]:
-        """Run each job (the pre-packed commands of one key) on the node that owns its key.
-
-        Returns, per job, the node that answered and its replies. MOVED/ASK are
-        followed, transient errors retried; what comes back is the final word."""
-        self.connect()
-        results: list[tuple[str, list[Any]] | None] = [None] * len(jobs)
-        route: dict[int, tuple[str, bool]] = {}   # job -> (node, asking) after a redirection
-        hops: dict[int, int] = collections.defaultdict(int)
-        tries: dict[int, int] = collections.defaultdict(int)
-        pending = list(range(len(jobs)))
-        backoffs = 0
-        while pending:
-            groups: dict[tuple[str, bool], list[int]] = collections.defaultdict(list)
-            for index in pending:
-                groups[route.get(index) or (self._owner(keys[index]), False)].append(index)
-            again: list[int] = []
-            refresh = transient = False
-            for (address, asking), indexes in groups.items():
-                commands = [command for index in indexes for command in jobs[index]]
-                if asking:
-                    packed, count = b"".join(_ASKING + command for command in commands), 2 * len(commands)
-                else:
-                    packed, count = b"".join(commands), len(commands)
-                try:
-                    replies = self._pipeline(address, db, packed, count)
-                except _Reroute:
-                    for index in indexes:
-                        route.pop(index, None)
-                        hops[index] += 1
-                    again.extend(indexes)
-                    continue
-                if asking:
-                    replies = replies[1::2]
-                offset = 0
-                for index in indexes:
-                    size = len(jobs[index])
-                    job_replies = replies[offset:offset + size]
-                    offset += size
-                    redirect = _first_error(job_replies)
-                    if redirect is None:
-                        results[index] = (address, job_replies)
-                        continue
-                    message = str(redirect)
-                    if message.startswith(("MOVED ", "ASK ")) and self.cluster and hops[index] < MAX_REDIRECTS:
-                        hops[index] += 1
-                        moved = message.startswith("MOVED ")
-                        route[index] = (self._address_of(*_split(message.split()[2])), not moved)
-                        refresh = refresh or moved
-                        again.append(index)
-                    elif message.startswith(_TRANSIENT_PREFIXES) and tries[index] + 1 < self.options.max_attempts:
-                        tries[index] += 1
-                        route.pop(index, None)
-                        transient = True
-                        refresh = refresh or (self.cluster and message.startswith(_SLOT_CHANGE_PREFIXES))
-                        again.append(index)
-                    else:
-                        results[index] = (address, job_replies)
-            if refresh:
-                try:
-                    self._refresh_slots()
-                except EndpointError as exc:
-                    log.warning("sync: %s %s: cannot refresh the slot map: %s", self.role, self.address, exc)
-            if transient:
-                time.sleep(self.options.retry_delay * 2 ** backoffs)
-                backoffs += 1
-            pending = again
-        return results  # type: ignore[return-value]
-
-    def _owner(self, key: bytes) -> str:
-        if not self.cluster:
-            return self.address
-        assert self._slots is not None
-        node = self._slots.node_for_key(key)
-        # A slot without a master (the cluster is being reconfigured): the seed answers
-        # MOVED or CLUSTERDOWN, and both are handled.
-        return node.address if node is not None else self.address
-
-
-def _first_error(replies: list[Any]) -> ReplyError | None:
-    """The first redirection or transient error among a job's replies."""
-    for reply in replies:
-        if isinstance(reply, ReplyError):
-            message = str(reply)
-            if message.startswith(("MOVED ", "ASK ")) or message.startswith(_TRANSIENT_PREFIXES):
-                return reply
-    return None
-
-
-def _split(address: str) -> tuple[str, int]:
-    """"host:port" (also "[v6]:port" and the bare v6 form of MOVED replies) -> (host, port)."""
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 # --------------------------------------------------------------------------- the re-copy
 
 
@@ -423,8 +186,15 @@ class _Copier:
 
     def __init__(self, options: SyncOptions, stopping: Callable[[], bool]) -> None:
         self.options = options
-        self.authoritative = _Side(options.authoritative, "authoritative side", options, stopping)
-        self.others = [_Side(spec, "copy target", options, stopping) for spec in options.others]
+        client_options = ClientOptions(timeout=options.timeout, reconnect_seconds=options.reconnect_seconds,
+                                       max_attempts=options.max_attempts, retry_delay=options.retry_delay,
+                                       client_name=CLIENT_NAME)
+
+        def side(spec: ConnectionSpec, role: str) -> ClusterClient:
+            return ClusterClient(spec, role=role, options=client_options, stopping=stopping, log=log)
+
+        self.authoritative = side(options.authoritative, "authoritative side")
+        self.others = [side(spec, "copy target") for spec in options.others]
         # Addresses of the sides that refused a payload of the authoritative side for its RDB
         # version: they would refuse every one, so their keys are copied logically, no RESTORE first.
         self.logical_sides: set[str] = set()
@@ -446,16 +216,8 @@ class _Copier:
         return result
 
     def _recopy_db(self, db: int, keys: list[bytes], result: RecopyResult) -> None:
-        auth = self.authoritative
-        auth.connect()
         batch = _Batch(db)
-        if auth.cluster and db != 0:
-            for key in keys:
-                batch.fail(auth, auth.address, key, f"the authoritative side is a cluster: it has only db 0, "
-                                                    f"the key was marked in db {db}")
-            batch.tally(keys, result)
-            return
-        logical: dict[_Side, list[bytes]] = {}   # side -> keys to copy to it logically
+        logical: dict[ClusterClient, list[bytes]] = {}   # side -> keys to copy to it logically
         known = [side for side in self.others if side.address in self.logical_sides]
         restoring = [side for side in self.others if side not in known]
         todo = keys
@@ -463,12 +225,12 @@ class _Copier:
             rows = self._read_dumps(db, keys, batch)
             todo = [key for key in keys if key in rows]
             for side in restoring:
-                if todo and not self._refuses_db(side, db, todo, batch):
+                if todo:
                     refused = self._restore(side, db, todo, rows, batch)
                     if refused:
                         logical[side] = refused
         for side in known:
-            if todo and not self._refuses_db(side, db, todo, batch):
+            if todo:
                 logical[side] = todo
         if logical:
             self._copy_logically(db, logical, batch)
@@ -480,7 +242,7 @@ class _Copier:
         """DUMP + PTTL on the authoritative side: key -> (absolute expiry or 0, payload or None
         when the key is gone). Keys whose read was refused are failed, not in the result."""
         auth = self.authoritative
-        replies = auth.execute(db, keys, [(_DUMP % (len(key), key), _PTTL % (len(key), key)) for key in keys])
+        replies = auth.run(db, keys, [(_DUMP % (len(key), key), _PTTL % (len(key), key)) for key in keys])
         now_ms = time.time_ns() // 1_000_000
         rows: dict[bytes, tuple[int, bytes | None]] = {}
         for key, (node, (payload, pttl)) in zip(keys, replies):
@@ -497,7 +259,7 @@ class _Copier:
                              else 0, payload)
         return rows
 
-    def _restore(self, side: _Side, db: int, keys: list[bytes], rows: dict[bytes, tuple[int, bytes | None]],
+    def _restore(self, side: ClusterClient, db: int, keys: list[bytes], rows: dict[bytes, tuple[int, bytes | None]],
                  batch: _Batch) -> list[bytes]:
         """RESTORE ... REPLACE (or DEL) on ``side``; returns the keys it refused for their payload."""
         now_ms = time.time_ns() // 1_000_000
@@ -514,7 +276,7 @@ class _Copier:
             else:
                 jobs.append((pack("RESTORE", key, 0, payload, "REPLACE"),))
         refused: list[bytes] = []
-        for key, (node, (reply,)) in zip(keys, side.execute(db, keys, jobs)):
+        for key, (node, (reply,)) in zip(keys, side.run(db, keys, jobs)):
             if isinstance(reply, ReplyError):
                 message = str(reply)
                 if payload_refused(message):
@@ -527,7 +289,7 @@ class _Copier:
         batch.deleted |= deleting
         return refused
 
-    def _learn_format_refusal(self, side: _Side, message: str) -> None:
+    def _learn_format_refusal(self, side: ClusterClient, message: str) -> None:
         # "Bad data format" can be one payload (a module type the side lacks): only a version
         # refusal says that every payload of the authoritative side will be refused.
         if _NEWER_FORMAT in message and side.address not in self.logical_sides:
@@ -537,7 +299,7 @@ class _Copier:
 
     # -- logical copy ------------------------------------------------------------
 
-    def _copy_logically(self, db: int, by_side: dict[_Side, list[bytes]], batch: _Batch) -> None:
+    def _copy_logically(self, db: int, by_side: dict[ClusterClient, list[bytes]], batch: _Batch) -> None:
         """Read each key once with eve.redis.logical on the authoritative side and write it on the
         sides that need it (MULTI, DEL, the value, PEXPIREAT, EXEC), or DEL it where it is gone."""
         values = self._read_logical(db, list(dict.fromkeys(key for keys in by_side.values() for key in keys)),
@@ -553,7 +315,8 @@ class _Copier:
                 if found is None:
                     continue    # the read was refused: the key is failed already
                 if isinstance(found, UnsupportedTypeError):
-                    batch.fail(side, side._owner(key), key, _logical_failure(side, found), type_name=found.type)
+                    batch.fail(side, side.node_for_key(key), key, _logical_failure(side, found),
+                               type_name=found.type)
                     continue
                 expiry, value = found
                 if value is None or (expiry and expiry <= now_ms):
@@ -563,7 +326,7 @@ class _Copier:
                     jobs.append(pack_write(key, value, expiry))
                     writing[key] = value
                 sent.append(key)
-            for key, (node, replies) in zip(sent, side.execute(db, sent, jobs)):
+            for key, (node, replies) in zip(sent, side.run(db, sent, jobs)):
                 value = writing.get(key)
                 if value is None:
                     if isinstance(replies[0], ReplyError):
@@ -587,7 +350,7 @@ class _Copier:
         """key -> (absolute expiry or 0, value or None when gone), or the reason it has no logical
         form (a module type). Keys whose read was refused are failed, not in the result."""
         auth = self.authoritative
-        replies = auth.execute(db, keys, [(pack_read(key),) for key in keys])
+        replies = auth.run(db, keys, [(pack_read(key),) for key in keys])
         now_ms = time.time_ns() // 1_000_000
         values: dict[bytes, tuple[int, LogicalValue | None] | UnsupportedTypeError] = {}
         for key, (node, (reply,)) in zip(keys, replies):
@@ -604,18 +367,9 @@ class _Copier:
 
     # -- helpers -----------------------------------------------------------------
 
-    def _refuses_db(self, side: _Side, db: int, keys: list[bytes], batch: _Batch) -> bool:
-        """A cluster side has only db 0: the keys of another db fail there."""
-        side.connect()
-        if side.cluster and db != 0:
-            for key in keys:
-                batch.fail(side, side.address, key, f"{side.address} is a cluster: it has only db 0, "
-                                                    f"the key is in db {db}")
-            return True
-        return False
-
     def _attempts(self, message: str) -> int:
-        return self.options.max_attempts if message.startswith(_TRANSIENT_PREFIXES) else 1
+        # A transient reply that is final was answered max_attempts times (eve.redis.cluster).
+        return self.options.max_attempts if is_transient(message) else 1
 
 
 @dataclass
@@ -628,7 +382,7 @@ class _Batch:
     logical: set[bytes] = field(default_factory=set)       # written logically to at least one side
     payloads: dict[bytes, bytes] = field(default_factory=dict)  # DUMP payloads: type and size of failures
 
-    def fail(self, side: _Side, node: str, key: bytes, reason: str, attempts: int = 1,
+    def fail(self, side: ClusterClient, node: str, key: bytes, reason: str, attempts: int = 1,
              type_name: str | None = None) -> None:
         payload = self.payloads.get(key)
         self.failures.setdefault(key, []).append(RecopyFailure(
@@ -647,7 +401,7 @@ class _Batch:
                 result.logical += key in self.logical
 
 
-def _logical_failure(side: _Side, exc: LogicalCopyError) -> str:
+def _logical_failure(side: ClusterClient, exc: LogicalCopyError) -> str:
     return f"logical copy failed ({side.address} refuses the DUMP payload): {exc}"
 
 

@@ -89,16 +89,9 @@ from eve.core.errors import (
     TargetError,
     UnavailableError,
 )
+from eve.redis.cluster import ClientOptions, ClusterClient
 from eve.redis.rdb import payload_rdb_version
-from eve.redis.topology import (
-    Node,
-    SlotMap,
-    cluster_masters,
-    dbs_with_keys,
-    is_cluster,
-    node_spec,
-)
-from eve.redis.wire import FastConnection, ReplyError, pack
+from eve.redis.wire import ReplyError, pack
 
 __all__ = [
     "KeyDifference",
@@ -139,7 +132,6 @@ BIG_STRING_BYTES = 8 << 20         # a longer string is read with GETRANGE
 STRING_CHUNK_BYTES = 1 << 20
 PIPELINE_ELEMENTS = 50_000         # elements read in one pipeline of small values
 PIPELINE_BYTES = 16 << 20          # string bytes read in one pipeline
-MAX_REDIRECTS = 3                  # MOVED/ASK rounds before a cluster read gives up
 CLIENT_NAME = "eve-verify"
 
 _SIZE_COMMAND = {"string": b"STRLEN", "hash": b"HLEN", "list": b"LLEN", "set": b"SCARD", "zset": b"ZCARD",
@@ -375,89 +367,62 @@ def _read_commands(kind: str, key: bytes) -> list[bytes]:
 
 
 class _Side:
-    """One endpoint (standalone or cluster) as the verifier sees it: SCAN per node,
-    and per-key pipelines routed to the master owning the key's slot.
+    """One endpoint (standalone or cluster) as the verifier sees it: a cluster client (SCAN per
+    node, per-key pipelines routed by slot, redirections followed) and the db being compared.
 
     Public methods map every failure to an error naming the side (module docstring)."""
 
     def __init__(self, role: str, spec: ConnectionSpec, timeout: float) -> None:
         self.role = role
         self.spec = spec
-        self.timeout = timeout
         self.error: type[EndpointError] = SourceError if role == "source" else TargetError
-        self.cluster = False
-        self._conns: dict[str, FastConnection] = {}
-        self._specs: dict[str, ConnectionSpec] = {}
-        self._slots: SlotMap | None = None
+        # A pass that loses a side fails at once (it is simply run again): no reconnect wait.
+        self.client = ClusterClient(spec, role=role, error=self.error,
+                                    options=ClientOptions(timeout=timeout, reconnect_seconds=0,
+                                                          client_name=CLIENT_NAME))
+        self.db = 0
         self._depth = 0
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
-        # Only the outermost block names the side: public methods call each other.
+        # Only the outermost block names the side: public methods call each other. The
+        # client's own errors name it already.
         self._depth += 1
         try:
             yield
-        except (SourceError, TargetError):
+        except (SourceError, TargetError, UnavailableError, AuthError):
             raise
         except EndpointError as exc:
             if self._depth > 1:
                 raise
-            if isinstance(exc, UnavailableError):
-                raise UnavailableError(f"{self.role} unreachable: {exc}") from exc
-            if isinstance(exc, AuthError):
-                raise AuthError(f"{self.role}: {exc}") from exc
             raise self.error(f"{self.role} {self.spec.address}: {exc}") from exc
         finally:
             self._depth -= 1
 
-    def _conn(self, address: str) -> FastConnection:
-        conn = self._conns.get(address)
-        if conn is None:
-            conn = FastConnection(self._specs[address], timeout=self.timeout, client_name=CLIENT_NAME)
-            conn.open()
-            self._conns[address] = conn
-        return conn
+    @property
+    def cluster(self) -> bool:
+        return bool(self.client.cluster)
 
     def open(self) -> None:
         with self._errors():
-            seed = FastConnection(self.spec, timeout=self.timeout, client_name=CLIENT_NAME)
-            seed.open()
-            self._specs[self.spec.address] = self.spec
-            self._conns[self.spec.address] = seed
-            self.cluster = is_cluster(seed)
-            if self.cluster:
-                self._load_slots(seed)
-
-    def _load_slots(self, conn: FastConnection) -> None:
-        masters = cluster_masters(conn)
-        self._slots = SlotMap(masters)
-        for node in masters:
-            self._specs.setdefault(node.address, node_spec(self.spec, node))
+            self.client.connect()
 
     def close(self) -> None:
-        for conn in self._conns.values():
-            conn.close()
-        self._conns.clear()
+        self.client.close()
 
     @property
     def scan_nodes(self) -> list[str]:
-        if self._slots is None:
-            return [self.spec.address]
-        return [node.address for node in self._slots.masters]
+        return self.client.nodes
 
     def has_db(self, db: int) -> bool:
-        return db == 0 or not self.cluster
+        return self.client.has_db(db)
 
     def dbs_with_keys(self) -> list[int]:
-        if self.cluster:
-            return [0]
         with self._errors():
-            return dbs_with_keys(self._conn(self.spec.address))
+            return self.client.dbs_with_keys()
 
     def use_db(self, db: int) -> None:
-        with self._errors():
-            if not self.cluster:
-                self._conn(self.spec.address).select(db)
+        self.db = db
 
     def scan(self, address: str, cursor: bytes, count: int, match: bytes | None,
              key_type: str | None) -> tuple[bytes, list[bytes]]:
@@ -468,7 +433,7 @@ class _Side:
         if key_type is not None:
             args += [b"TYPE", key_type]
         with self._errors():
-            reply = self._conn(address).execute(*args)
+            reply = self.client.call(address, *args, db=self.db)
             if _reply_error(reply):
                 raise EndpointError(f"SCAN failed on {address}: {reply}")
             return reply[0], list(reply[1])
@@ -476,70 +441,11 @@ class _Side:
     def run(self, keys: Sequence[bytes], commands: Sequence[Sequence[bytes]]) -> list[list[Any]]:
         """Send each key's pre-encoded commands and return each key's replies, in key order."""
         with self._errors():
-            if not keys:
-                return []
-            if self._slots is None:
-                conn = self._conn(self.spec.address)
-                flat = conn.pipeline(b"".join(b"".join(c) for c in commands), sum(len(c) for c in commands))
-                out, at = [], 0
-                for key_commands in commands:
-                    out.append(flat[at:at + len(key_commands)])
-                    at += len(key_commands)
-                return out
-            return self._run_cluster(keys, commands)
+            return [replies for _node, replies in self.client.run(self.db, keys, commands)]
 
     def call(self, key: bytes, *args: Any) -> Any:
         """One command about ``key`` on the node that owns it."""
         return self.run([key], [[pack(*args)]])[0][0]
-
-    def _run_cluster(self, keys: Sequence[bytes], commands: Sequence[Sequence[bytes]]) -> list[list[Any]]:
-        assert self._slots is not None
-        results: list[list[Any] | None] = [None] * len(keys)
-        routes: dict[int, tuple[str, bool]] = {}
-        for index, key in enumerate(keys):
-            node = self._slots.node_for_key(key)
-            if node is None:
-                raise EndpointError(f"no master serves the slot of {_key_text(key)[:80]!r} (cluster being reconfigured)")
-            routes[index] = (node.address, False)
-        for _ in range(MAX_REDIRECTS + 1):
-            by_node: dict[tuple[str, bool], list[int]] = {}
-            for index, route in routes.items():
-                by_node.setdefault(route, []).append(index)
-            redirected: dict[int, tuple[str, bool]] = {}
-            moved = False
-            for (address, asking), indexes in by_node.items():
-                parts: list[bytes] = []
-                sent = 0
-                for index in indexes:
-                    for command in commands[index]:
-                        # ASKING covers only the command right after it.
-                        parts.append(b"*1\r\n$6\r\nASKING\r\n" + command if asking else command)
-                        sent += 2 if asking else 1
-                flat = self._conn(address).pipeline(b"".join(parts), sent)
-                if asking:
-                    flat = flat[1::2]
-                at = 0
-                for index in indexes:
-                    replies = flat[at:at + len(commands[index])]
-                    at += len(commands[index])
-                    redirect = next((r for r in replies if _reply_error(r)
-                                     and str(r).startswith(("MOVED ", "ASK "))), None)
-                    if redirect is None:
-                        results[index] = replies
-                        continue
-                    verb, _slot, target = str(redirect).split(" ", 2)
-                    host, _, port = target.rpartition(":")
-                    node = Node(host or self.spec.host, int(port))
-                    self._specs.setdefault(node.address, node_spec(self.spec, node))
-                    redirected[index] = (node.address, verb == "ASK")
-                    moved = moved or verb == "MOVED"
-            if not redirected:
-                return [replies or [] for replies in results]
-            if moved:
-                self._load_slots(self._conn(next(iter(redirected.values()))[0]))
-            routes = redirected
-        raise EndpointError(f"keys kept being redirected after {MAX_REDIRECTS} MOVED/ASK rounds "
-                            "(the cluster is being resharded); verify again later")
 
 
 # --------------------------------------------------------------------------- chunked reads

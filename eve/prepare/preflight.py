@@ -28,7 +28,7 @@ from typing import Sequence
 
 from eve.core.endpoints import ConnectionSpec
 from eve.core.errors import AuthError, ConfigError, EndpointError, Side, UnavailableError
-from eve.redis.topology import cluster_masters, info_section, is_cluster, keyspace_counts, node_spec
+from eve.redis.topology import cluster_masters, info_section, is_cluster, node_spec, parse_keyspace
 from eve.redis.wire import FastConnection, ReplyError
 
 __all__ = ["Finding", "ServerFacts", "SideFacts", "check", "check_db", "describe", "inspect"]
@@ -105,7 +105,7 @@ def _databases(conn: FastConnection) -> int | None:
 
 def _server(spec: ConnectionSpec, conn: FastConnection) -> ServerFacts:
     server = info_section(conn, "server")
-    counts = keyspace_counts(conn)
+    counts = {db: keys for db, (keys, _) in parse_keyspace(info_section(conn, "keyspace")).items()}
     replication = info_section(conn, "replication")
     role = replication.get("role", "master")
     master = None

@@ -9,28 +9,28 @@ The copy is timed to estimate the full copy. Every scratch key is deleted at
 the end, whatever happened, and is restored with a TTL of ``SCRATCH_TTL_MS``
 so that even a crash cannot leave one behind for long.
 
-A cluster target gets each scratch key on the master that owns its slot
-(a ``MOVED`` reply is followed once). A refused payload (``ERR DUMP payload
-version or checksum are wrong``: e.g. Redis 8.2 -> Valkey 8.1) counts as a
-failure of its type, the reason in ``errors``. Transport failures raise
-``UnavailableError`` naming the side.
+Both sides are ``eve.redis.cluster.ClusterClient``s (the slot maps read with the
+admin connection when it may): a cluster target gets each scratch key on the
+master that owns its slot, redirections (``MOVED``, ``ASK`` with ``ASKING``) are
+followed and transient replies retried like in the bulk copy. A refused payload
+(``ERR DUMP payload version or checksum are wrong``: e.g. Redis 8.2 -> Valkey
+8.1) counts as a failure of its type, the reason in ``errors``. Transport
+failures raise ``UnavailableError`` naming the side.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import time
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
-from eve.core.endpoints import ConnectionSpec, EndpointConfig
-from eve.core.errors import AuthError, ConfigError, EndpointError, UnavailableError
-from eve.prepare.analysis import endpoint_masters, key_text, keyspace, source_nodes
-from eve.redis.topology import SlotMap, node_spec
-from eve.redis.wire import FastConnection, ReplyError, pack_many
+from eve.core.endpoints import EndpointConfig
+from eve.core.errors import AuthError, ConfigError, EndpointError, SourceError, TargetError, UnavailableError
+from eve.prepare.analysis import endpoint_masters, key_text
+from eve.redis.cluster import ClientOptions, ClusterClient
+from eve.redis.wire import ReplyError, pack
 
 __all__ = [
     "SCRATCH_PREFIX",
@@ -82,55 +82,39 @@ def scratch_key(run_id: str, n: int) -> bytes:
 
 @dataclass
 class _Sampled:
-    node: int           # index into the source node specs
+    node: str           # the source node it was found on
     db: int
     key: bytes
     type: str
     payload: bytes | None = None
     scratch: bytes = b""
-    placed: ConnectionSpec | None = None  # target node the scratch key was sent to
+    placed: str | None = None   # target node the scratch key was sent to
     ok: bool | None = None
     reason: str = ""
 
 
-class _Connections:
-    """FastConnections by spec, for one side; errors name the side."""
+def _side(config: EndpointConfig, role: str, timeout: float) -> ClusterClient:
+    """The role's connection (read on the source, write on the target) as a cluster client; the
+    slot map as the admin connection reads it (topology is admin work)."""
+    spec_role = "read" if role == "source" else "write"
+    try:
+        masters = endpoint_masters(config, role=spec_role, timeout=timeout)
+    except UnavailableError as exc:
+        raise UnavailableError(f"{role} unreachable: {exc}") from exc
+    except AuthError as exc:
+        raise AuthError(f"{role}: {exc}") from exc
+    return ClusterClient(config.for_role(spec_role), role=role, error=SourceError if role == "source" else TargetError,
+                         masters=masters,
+                         options=ClientOptions(timeout=timeout, reconnect_seconds=0, client_name=CLIENT_NAME))
 
-    def __init__(self, side: str, timeout: float) -> None:
-        self.side = side
-        self.timeout = timeout
-        self._conns: dict[ConnectionSpec, FastConnection] = {}
 
-    def get(self, spec: ConnectionSpec) -> FastConnection:
-        conn = self._conns.get(spec)
-        if conn is None:
-            conn = self._conns[spec] = FastConnection(spec, timeout=self.timeout, client_name=CLIENT_NAME)
-        return conn
-
-    @contextmanager
-    def naming(self) -> Iterator[None]:
-        """Transport and credential errors name the side ("source: cannot connect to ...")."""
-        try:
-            yield
-        except (UnavailableError, AuthError) as exc:
-            if str(exc).startswith(self.side):
-                raise
-            raise type(exc)(f"{self.side}: {exc}") from exc
-
-    def pipeline(self, spec: ConnectionSpec, commands: Sequence[Sequence[Any]], db: int = 0) -> list[Any]:
-        with self.naming():
-            conn = self.get(spec)
-            conn.select(db)
-            return conn.pipeline(pack_many(commands), len(commands)) if commands else []
-
-    def keyspace(self, spec: ConnectionSpec) -> dict[int, tuple[int, int]]:
-        with self.naming():
-            return keyspace(self.get(spec))
-
-    def close(self) -> None:
-        for conn in self._conns.values():
-            conn.close()
-        self._conns.clear()
+def _pipeline(side: ClusterClient, db: int, keys: Sequence[bytes], commands: Sequence[Sequence[Any]],
+              per_key: int = 1) -> list[Any]:
+    """Commands (``per_key`` per key) routed by key; their final replies, in order."""
+    if not keys:
+        return []
+    routed = side.execute(db, keys, [pack(*command) for command in commands], per_key=per_key)
+    return [reply for _node, replies in routed.by_key(len(keys)) for reply in replies]
 
 
 def _text(value: Any) -> str:
@@ -140,49 +124,48 @@ def _text(value: Any) -> str:
 # --------------------------------------------------------------------------- sampling
 
 
-def _find_sample(nodes: list[ConnectionSpec], conns: _Connections, sample: int,
-                 ) -> tuple[list[_Sampled], int]:
+def _find_sample(source: ClusterClient, sample: int) -> tuple[list[_Sampled], int]:
     """Up to ``sample`` keys spread over the types present, and the source's key count.
 
     SCAN steps go round-robin over every node and database so the sample is
     not drawn from the first one only; at most a bounded number of keys is looked at.
     """
-    cursors: list[tuple[int, int]] = []
+    cursors: list[tuple[str, int]] = []
     total = 0
-    for index, spec in enumerate(nodes):
-        for db, (keys, _) in sorted(conns.keyspace(spec).items()):
+    for node in source.nodes:
+        for db, (keys, _) in sorted(source.keyspace(node).items()):
             total += keys
             if keys:
-                cursors.append((index, db))
+                cursors.append((node, db))
     by_type: dict[str, list[_Sampled]] = defaultdict(list)
     budget = max(MIN_SCAN_BUDGET, sample * SCAN_BUDGET_PER_SAMPLED_KEY)
     looked = 0
-    position: dict[tuple[int, int], bytes] = {place: b"0" for place in cursors}
-    seen: set[tuple[int, int, bytes]] = set()
+    position: dict[tuple[str, int], bytes] = {place: b"0" for place in cursors}
+    seen: set[tuple[str, int, bytes]] = set()
     while position and looked < budget:
         for place in list(position):
-            index, db = place
-            reply = conns.pipeline(nodes[index], [("SCAN", position[place], "COUNT", SCAN_COUNT)], db)[0]
+            node, db = place
+            reply = source.call(node, "SCAN", position[place], "COUNT", SCAN_COUNT, db=db)
             if isinstance(reply, ReplyError):
-                raise EndpointError(f"source: SCAN failed on {nodes[index].address} db {db}: {reply}")
-            cursor, keys = reply[0], [k for k in reply[1] if (index, db, k) not in seen]
+                raise SourceError(f"source: SCAN failed on {node} db {db}: {reply}")
+            cursor, keys = reply[0], [k for k in reply[1] if (node, db, k) not in seen]
             if cursor in (b"0", 0):
                 del position[place]
             else:
                 position[place] = cursor
             if not keys:
                 continue
-            seen.update((index, db, k) for k in keys)
+            seen.update((node, db, k) for k in keys)
             looked += len(keys)
             commands = [command for key in keys for command in (("TYPE", key), ("MEMORY", "USAGE", key))]
-            replies = conns.pipeline(nodes[index], commands, db)
+            replies = _pipeline(source, db, keys, commands, per_key=2)
             for i, key in enumerate(keys):
                 kind, size = replies[2 * i], replies[2 * i + 1]
                 if isinstance(kind, ReplyError) or _text(kind) == "none":
                     continue
                 if isinstance(size, int) and size > MAX_KEY_BYTES:
                     continue
-                by_type[_text(kind)].append(_Sampled(index, db, key, _text(kind)))
+                by_type[_text(kind)].append(_Sampled(node, db, key, _text(kind)))
             if looked >= budget:
                 break
     # Round-robin over the types: every type present gets keys before any gets many.
@@ -198,55 +181,23 @@ def _find_sample(nodes: list[ConnectionSpec], conns: _Connections, sample: int,
     return picked, total
 
 
-def _groups(entries: Sequence[_Sampled]) -> Iterator[tuple[tuple[int, int], list[_Sampled]]]:
-    keyed = sorted(entries, key=lambda e: (e.node, e.db))
-    for place, group in itertools.groupby(keyed, key=lambda e: (e.node, e.db)):
-        yield place, list(group)
+def _by_db(entries: Sequence[_Sampled]) -> Iterator[tuple[int, list[_Sampled]]]:
+    keyed = sorted(entries, key=lambda e: e.db)
+    for db, group in itertools.groupby(keyed, key=lambda e: e.db):
+        yield db, list(group)
 
 
 # --------------------------------------------------------------------------- copy
 
 
-def _moved_spec(spec: ConnectionSpec, reply: ReplyError) -> ConnectionSpec | None:
-    parts = str(reply).split()
-    if len(parts) == 3 and parts[0] in ("MOVED", "ASK"):
-        host, _, port = parts[2].rpartition(":")
-        return dataclasses.replace(spec, host=host or spec.host, port=int(port))
-    return None
-
-
-def _placement(target: EndpointConfig, timeout: float) -> Callable[[bytes], ConnectionSpec]:
-    """scratch key -> the target write connection of the master owning its slot."""
-    masters = endpoint_masters(target, role="write", timeout=timeout)
-    if not masters:
-        return lambda key: target.write
-    slots = SlotMap(masters)
-
-    def place(key: bytes) -> ConnectionSpec:
-        node = slots.node_for_key(key)
-        return node_spec(target.write, node) if node else target.write
-
-    return place
-
-
-def _restore(entries: list[_Sampled], place: Callable[[bytes], ConnectionSpec], tconns: _Connections) -> None:
-    """RESTORE each payload under its scratch name on the node owning its slot."""
-    by_node: dict[ConnectionSpec, list[_Sampled]] = defaultdict(list)
-    for entry in entries:
-        by_node[place(entry.scratch)].append(entry)
-    for attempt in range(2):
-        redirected: dict[ConnectionSpec, list[_Sampled]] = defaultdict(list)
-        for spec, group in by_node.items():
-            for entry in group:
-                entry.placed = spec
-            replies = tconns.pipeline(spec, [("RESTORE", e.scratch, SCRATCH_TTL_MS, e.payload) for e in group])
-            for entry, reply in zip(group, replies):
-                moved = _moved_spec(spec, reply) if isinstance(reply, ReplyError) else None
-                if moved is not None and attempt == 0:
-                    redirected[moved].append(entry)
-                elif isinstance(reply, ReplyError):
-                    entry.ok, entry.reason = False, f"RESTORE refused: {reply}"
-        by_node = redirected
+def _restore(entries: list[_Sampled], target: ClusterClient) -> None:
+    """RESTORE each payload under its scratch name on the node owning its slot (db 0)."""
+    keys = [e.scratch for e in entries]
+    routed = target.execute(0, keys, [pack("RESTORE", e.scratch, SCRATCH_TTL_MS, e.payload) for e in entries])
+    for entry, (node, (reply,)) in zip(entries, routed.by_key(len(keys))):
+        entry.placed = node
+        if isinstance(reply, ReplyError):
+            entry.ok, entry.reason = False, f"RESTORE refused: {reply}"
 
 
 # --------------------------------------------------------------------------- verify
@@ -278,47 +229,38 @@ def _normalized(kind: str, reply: Any) -> Any:
     return reply[:-_TRAILER] if isinstance(reply, bytes) else reply  # module type: DUMP payload
 
 
-def _verify(entries: list[_Sampled], nodes: list[ConnectionSpec], sconns: _Connections,
-            tconns: _Connections) -> None:
+def _verify(entries: list[_Sampled], source: ClusterClient, target: ClusterClient) -> None:
     restored = [e for e in entries if e.ok is None and e.placed is not None]
     source_values: dict[int, Any] = {}
-    for (index, db), group in _groups(restored):
-        replies = sconns.pipeline(nodes[index], [_read_command(e.type, e.key) for e in group], db)
+    for db, group in _by_db(restored):
+        replies = _pipeline(source, db, [e.key for e in group], [_read_command(e.type, e.key) for e in group])
         source_values.update((id(e), _normalized(e.type, r)) for e, r in zip(group, replies))
-    by_node: dict[ConnectionSpec, list[_Sampled]] = defaultdict(list)
-    for entry in restored:
-        assert entry.placed is not None
-        by_node[entry.placed].append(entry)
-    for spec, group in by_node.items():
-        replies = tconns.pipeline(spec, [_read_command(e.type, e.scratch) for e in group])
-        for entry, reply in zip(group, replies):
-            copy, original = _normalized(entry.type, reply), source_values[id(entry)]
-            if original is None:
-                entry.reason = _VANISHED  # expired or deleted on the source meanwhile: nothing to compare
-            elif copy is None:
-                entry.ok, entry.reason = False, "the scratch copy is missing on the target"
-            elif copy != original:
-                entry.ok, entry.reason = False, ("the copy differs from the source key (it may have "
-                                                 "changed on the source since it was read)")
-            else:
-                entry.ok = True
+    replies = _pipeline(target, 0, [e.scratch for e in restored], [_read_command(e.type, e.scratch) for e in restored])
+    for entry, reply in zip(restored, replies):
+        copy, original = _normalized(entry.type, reply), source_values[id(entry)]
+        if original is None:
+            entry.reason = _VANISHED  # expired or deleted on the source meanwhile: nothing to compare
+        elif copy is None:
+            entry.ok, entry.reason = False, "the scratch copy is missing on the target"
+        elif copy != original:
+            entry.ok, entry.reason = False, ("the copy differs from the source key (it may have "
+                                             "changed on the source since it was read)")
+        else:
+            entry.ok = True
 
 
-def _cleanup(entries: list[_Sampled], tconns: _Connections) -> str | None:
-    by_node: dict[ConnectionSpec, list[bytes]] = defaultdict(list)
-    for entry in entries:
-        if entry.placed is not None:
-            by_node[entry.placed].append(entry.scratch)
+def _cleanup(entries: list[_Sampled], target: ClusterClient) -> str | None:
+    keys = [entry.scratch for entry in entries if entry.placed is not None]
     problems = []
-    for spec, keys in by_node.items():
-        try:
-            for start in range(0, len(keys), 500):
-                chunk = keys[start:start + 500]
-                # One DEL per key: a cluster node refuses a multi-key DEL across slots.
-                replies = tconns.pipeline(spec, [("DEL", key) for key in chunk])
-                problems += [f"{spec.address}: {r}" for r in replies if isinstance(r, ReplyError)][:1]
-        except EndpointError as exc:
-            problems.append(str(exc))
+    try:
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            # One DEL per key: a cluster node refuses a multi-key DEL across slots.
+            routed = target.execute(0, chunk, [pack("DEL", key) for key in chunk])
+            problems += [f"{node}: {replies[0]}" for node, replies in routed.by_key(len(chunk))
+                         if isinstance(replies[0], ReplyError)][:1]
+    except EndpointError as exc:
+        problems.append(str(exc))
     if problems:
         return (f"could not remove every scratch key ({'; '.join(problems)}); "
                 f"they expire within {SCRATCH_TTL_MS // 1000} s")
@@ -336,21 +278,16 @@ def test_run(source: EndpointConfig, target: EndpointConfig, *, run_id: str, sam
     if sample < 1:
         raise ConfigError(f"sample must be at least 1, got {sample}", field="sample")
     started = time.monotonic()
-    sconns, tconns = _Connections("source", timeout), _Connections("target", timeout)
     entries: list[_Sampled] = []
     copy_seconds = 0.0
     cleanup_problem: str | None = None
-    try:
-        with sconns.naming():
-            nodes = source_nodes(source, timeout=timeout)
-        with tconns.naming():
-            place = _placement(target, timeout)
-        entries, source_keys = _find_sample(nodes, sconns, sample)
+    with _side(source, "source", timeout) as sources, _side(target, "target", timeout) as targets:
+        entries, source_keys = _find_sample(sources, sample)
         total = source_keys if total_keys is None else total_keys
         copy_started = time.monotonic()
-        for (index, db), group in _groups(entries):
-            commands = [command for e in group for command in (("DUMP", e.key), ("PTTL", e.key))]
-            replies = sconns.pipeline(nodes[index], commands, db)
+        for db, group in _by_db(entries):
+            replies = _pipeline(sources, db, [e.key for e in group],
+                                [command for e in group for command in (("DUMP", e.key), ("PTTL", e.key))], per_key=2)
             for i, entry in enumerate(group):
                 payload = replies[2 * i]
                 if isinstance(payload, ReplyError):
@@ -363,14 +300,11 @@ def test_run(source: EndpointConfig, target: EndpointConfig, *, run_id: str, sam
         for n, entry in enumerate(entries):
             entry.scratch = scratch_key(run_id, n)
         try:
-            _restore([e for e in entries if e.payload is not None], place, tconns)
+            _restore([e for e in entries if e.payload is not None], targets)
             copy_seconds = time.monotonic() - copy_started
-            _verify(entries, nodes, sconns, tconns)
+            _verify(entries, sources, targets)
         finally:
-            cleanup_problem = _cleanup(entries, tconns)
-    finally:
-        sconns.close()
-        tconns.close()
+            cleanup_problem = _cleanup(entries, targets)
     return _report(entries, started, copy_seconds, total, cleanup_problem)
 
 

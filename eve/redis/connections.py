@@ -1,8 +1,14 @@
-"""Blocking RESP connections opened from a ConnectionSpec, for the coordinator's
-direct endpoint calls and checks.
+"""Blocking RESP connections opened from a ConnectionSpec.
 
-Replies keep their RESP type (simple string, bulk, error, RESP3 map, ...), which
-redis-py folds away; the bulk pipeline uses redis-py (with hiredis) instead.
+``Connection`` is what every kind shares, written once: the socket (TLS when the
+spec asks), the handshake (HELLO 3 or AUTH, CLIENT SETNAME, SELECT), close and
+reopen. Two kinds build on it:
+
+* ``RedisConnection`` (here), for the coordinator's direct endpoint calls and
+  checks: replies keep their RESP type (simple string, bulk, error, RESP3 map,
+  ...), which other clients fold away.
+* ``eve.redis.wire.FastConnection``, for pipelines of pre-encoded commands parsed
+  by hiredis (the bulk copy, the cluster client, keyspace subscriptions).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from eve.core.endpoints import ConnectionSpec
 from eve.core.errors import AuthError, EndpointError, UnavailableError
 from eve.redis import resp
 
-__all__ = ["RedisConnection", "DEFAULT_TIMEOUT", "open_socket", "handshake", "checked", "transport_error"]
+__all__ = ["Connection", "RedisConnection", "DEFAULT_TIMEOUT", "open_socket", "handshake", "checked", "transport_error"]
 
 DEFAULT_TIMEOUT = 5.0
 _AUTH_ERRORS = (b"WRONGPASS", b"NOAUTH", b"NOPERM", b"ERR invalid password", b"ERR AUTH",
@@ -85,24 +91,25 @@ def handshake(spec: ConnectionSpec, call: Callable[..., Any], error_text: Callab
         checked(spec, reply, error_text(reply), f"SELECT {db}")
 
 
-class RedisConnection:
-    """One connection: socket (TLS when asked), then HELLO/AUTH and SELECT.
+class Connection:
+    """One connection's life: opened from a spec (socket, then the handshake), closed, reopened.
 
-    ``call`` returns the reply as a typed ``eve.redis.resp`` value; a server error is
-    a ``resp.Error`` value, not an exception, since for a user's command it is the
-    answer. Transport failures raise ``UnavailableError`` naming the address.
+    Subclasses say how a reply is read (``_new_reader``, ``_roundtrip``), how an error
+    reply looks (``_error_text``) and which protocol they speak (``_protocol``).
     """
 
-    def __init__(self, spec: ConnectionSpec, *, timeout: float = DEFAULT_TIMEOUT, db: int = 0,
+    default_timeout = DEFAULT_TIMEOUT
+
+    def __init__(self, spec: ConnectionSpec, *, timeout: float | None = None, db: int = 0,
                  client_name: str = "eve") -> None:
         self.spec = spec
-        self.timeout = timeout
+        self.timeout = self.default_timeout if timeout is None else timeout
         self.db = db
         self.client_name = client_name
         self._sock: socket.socket | None = None
-        self._reader = resp.Reader()
+        self._reader = self._new_reader()
 
-    def __enter__(self) -> "RedisConnection":
+    def __enter__(self) -> "Connection":
         self.open()
         return self
 
@@ -110,22 +117,82 @@ class RedisConnection:
         self.close()
 
     def __repr__(self) -> str:
-        return f"RedisConnection({self.spec!r}, db={self.db})"
+        return f"{type(self).__name__}({self.spec!r}, db={self.db})"
 
-    # -- transport ---------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
 
     def open(self) -> None:
+        """(Re)open: a fresh socket and reader, then HELLO/AUTH, CLIENT SETNAME and SELECT."""
+        self.close()
+        self._reader = self._new_reader()
         self._sock = open_socket(self.spec, self.timeout)
         try:
-            handshake(self.spec, self.call, self._error_text, db=self.db, client_name=self.client_name,
-                      protocol=self.spec.protocol_version)
+            handshake(self.spec, self._roundtrip, self._error_text, db=self.db, client_name=self.client_name,
+                      protocol=self._protocol())
         except BaseException:
             self.close()
             raise
 
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None
+
+    def abort(self) -> None:
+        """From another thread: end the connection now. A thread blocked reading it wakes
+        with an error (shutdown wakes a blocked recv; close alone does not on Linux)."""
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed or never connected
+
+    # -- what a kind of connection defines ----------------------------------------
+
+    def _new_reader(self) -> Any:
+        raise NotImplementedError
+
+    def _protocol(self) -> int:
+        return 2
+
+    def _roundtrip(self, *args: Any) -> Any:
+        """Send one command on the open socket and return its reply."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _error_text(reply: Any) -> bytes | None:
+        raise NotImplementedError
+
+
+class RedisConnection(Connection):
+    """One connection: socket (TLS when asked), then HELLO/AUTH and SELECT.
+
+    ``call`` returns the reply as a typed ``eve.redis.resp`` value; a server error is
+    a ``resp.Error`` value, not an exception, since for a user's command it is the
+    answer. Transport failures raise ``UnavailableError`` naming the address.
+    """
+
+    def __enter__(self) -> "RedisConnection":
+        self.open()
+        return self
+
+    def _new_reader(self) -> resp.Reader:
+        return resp.Reader()
+
+    def _protocol(self) -> int:
+        return self.spec.protocol_version
+
     @staticmethod
     def _error_text(reply: Any) -> bytes | None:
         return reply.value if isinstance(reply, resp.Error) else None
+
+    def _roundtrip(self, *args: Any) -> Any:
+        return self.call(*args)
 
     def _checked(self, reply: Any, what: str) -> Any:
         return checked(self.spec, reply, self._error_text(reply), what)
@@ -151,20 +218,3 @@ class RedisConnection:
     def call_checked(self, *args: Any) -> Any:
         """Like ``call``, but a server error raises ``EndpointError``."""
         return self._checked(self.call(*args), str(args[0]) if args else "command")
-
-    def close(self) -> None:
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            finally:
-                self._sock = None
-
-    def abort(self) -> None:
-        """From another thread: end the connection now. A thread blocked reading it wakes
-        with an error (shutdown wakes a blocked recv; close alone does not on Linux)."""
-        sock = self._sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed or never connected

@@ -1,9 +1,11 @@
 """What a Redis deployment looks like: standalone or cluster, its masters and
-slots, and which logical databases hold keys."""
+slots, and which logical databases hold keys.
+
+The parsers here are the only ones of CLUSTER SLOTS, INFO and INFO keyspace;
+routing by slot (the slot map, MOVED/ASK) lives in ``eve.redis.cluster``."""
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
@@ -14,8 +16,8 @@ from eve.core.endpoints import ConnectionSpec
 from eve.core.errors import EndpointError
 from eve.redis.wire import FastConnection, ReplyError
 
-__all__ = ["parse_info", "info_section", "Node", "SlotMap", "is_cluster", "cluster_masters", "node_spec", "dbs_with_keys", "key_slot",
-           "SLOTS"]
+__all__ = ["parse_info", "info_section", "parse_keyspace", "Node", "is_cluster", "cluster_masters", "masters_from_slots",
+           "node_spec", "key_slot", "SLOTS"]
 
 SLOTS = 16384
 
@@ -61,11 +63,16 @@ def cluster_masters(conn: FastConnection) -> list[Node]:
     reply = conn.execute("CLUSTER", "SLOTS")
     if isinstance(reply, ReplyError):
         raise EndpointError(f"CLUSTER SLOTS failed on {conn.spec.address}: {reply}")
+    return masters_from_slots(reply, conn.spec.host)
+
+
+def masters_from_slots(reply: Any, asked_host: str) -> list[Node]:
+    """A CLUSTER SLOTS reply as its masters (sorted), each with its slot ranges."""
     ranges: dict[tuple[str, int], list[tuple[int, int]]] = {}
     for entry in reply:
         start, end, master = int(entry[0]), int(entry[1]), entry[2]
         # A node reports an empty host for itself when it has no announced address.
-        host = _text(master[0]) or conn.spec.host
+        host = _text(master[0]) or asked_host
         ranges.setdefault((host, int(master[1])), []).append((start, end))
     return sorted(Node(host, port, tuple(sorted(slots))) for (host, port), slots in ranges.items())
 
@@ -75,37 +82,11 @@ def node_spec(spec: ConnectionSpec, node: Node) -> ConnectionSpec:
     return dataclasses.replace(spec, host=node.host, port=node.port)
 
 
-class SlotMap:
-    """Slot -> owning master, for grouping a cluster target's writes by node."""
-
-    def __init__(self, masters: list[Node]) -> None:
-        spans = sorted((start, end, node) for node in masters for start, end in node.slots)
-        self._starts = [span[0] for span in spans]
-        self._spans = spans
-        self.masters = masters
-
-    def owner(self, slot: int) -> Node | None:
-        index = bisect.bisect_right(self._starts, slot) - 1
-        if index >= 0:
-            start, end, node = self._spans[index]
-            if start <= slot <= end:
-                return node
-        return None
-
-    def node_for_key(self, key: bytes) -> Node | None:
-        return self.owner(key_slot(key))
-
-
-def dbs_with_keys(conn: FastConnection) -> list[int]:
-    """Databases that hold keys, from INFO keyspace (``db0:keys=10,expires=1,...``)."""
-    return sorted(int(name[2:]) for name, value in info_section(conn, "keyspace").items()
-                  if name.startswith("db") and name[2:].isdigit() and "keys=" in value)
-
-
-def keyspace_counts(conn: FastConnection) -> dict[int, int]:
-    counts: dict[int, int] = {}
-    for name, value in info_section(conn, "keyspace").items():
+def parse_keyspace(fields: dict[str, str]) -> dict[int, tuple[int, int]]:
+    """INFO keyspace fields (``db0: keys=10,expires=1,...``) as ``{db: (keys, expires)}``."""
+    counts: dict[int, tuple[int, int]] = {}
+    for name, value in fields.items():
         if name.startswith("db") and name[2:].isdigit():
-            fields = dict(part.split("=", 1) for part in value.split(",") if "=" in part)
-            counts[int(name[2:])] = int(fields.get("keys", 0))
+            parts = dict(part.split("=", 1) for part in value.split(",") if "=" in part)
+            counts[int(name[2:])] = (int(parts.get("keys", 0)), int(parts.get("expires", 0)))
     return counts

@@ -15,9 +15,8 @@ from typing import Any, Iterable, Sequence
 
 import hiredis
 
-from eve.core.endpoints import ConnectionSpec
 from eve.core.errors import EndpointError, UnavailableError
-from eve.redis.connections import handshake, open_socket, transport_error
+from eve.redis.connections import Connection, transport_error
 
 __all__ = ["FastConnection", "ReplyError", "pack", "pack_many"]
 
@@ -50,48 +49,27 @@ def pack_many(commands: Iterable[Sequence[bytes | str | int | float]]) -> bytes:
     return b"".join(pack(*command) for command in commands)
 
 
-class FastConnection:
-    """A RESP2 connection for pipelines. Not thread-safe; one per worker."""
+class FastConnection(Connection):
+    """A RESP2 connection for pipelines. Not thread-safe; one per worker.
 
-    def __init__(self, spec: ConnectionSpec, *, timeout: float = 30.0, db: int = 0,
-                 client_name: str = "eve") -> None:
-        self.spec = spec
-        self.timeout = timeout
-        self.db = db
-        self.client_name = client_name
-        self._sock: socket.socket | None = None
-        self._reader = hiredis.Reader()
+    Opened on first use (``pipeline``), and reopened there after it was closed.
+    """
 
-    def __repr__(self) -> str:
-        return f"FastConnection({self.spec!r}, db={self.db})"
+    default_timeout = 30.0  # a pipeline of thousands of RESTOREs takes a while
 
     def __enter__(self) -> "FastConnection":
         self.open()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _new_reader(self) -> hiredis.Reader:
+        return hiredis.Reader()
 
-    @property
-    def connected(self) -> bool:
-        return self._sock is not None
+    def _roundtrip(self, *args: Any) -> Any:
+        return self.execute(*args)
 
-    def open(self) -> None:
-        self.close()
-        self._reader = hiredis.Reader()
-        self._sock = open_socket(self.spec, self.timeout)
-        try:
-            handshake(self.spec, self.execute, _error_bytes, db=self.db, client_name=self.client_name, protocol=2)
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            finally:
-                self._sock = None
+    @staticmethod
+    def _error_text(reply: Any) -> bytes | None:
+        return _error_bytes(reply)
 
     def select(self, db: int) -> None:
         if db != self.db:
@@ -116,19 +94,53 @@ class FastConnection:
             while len(replies) < count:
                 reply = reader.gets()
                 if reply is False:
-                    data = sock.recv(1 << 18)
-                    if not data:
-                        raise UnavailableError(f"{self.spec.address} closed the connection")
-                    reader.feed(data)
+                    self._feed(sock.recv(1 << 18))
                     continue
                 replies.append(reply)
             return replies
         except (OSError, hiredis.ProtocolError) as exc:
+            raise self._lost(exc) from exc
+
+    def receive(self, wait: float) -> list[Any]:
+        """What the server sent unasked (Pub/Sub messages after a SUBSCRIBE): the replies that
+        arrive within ``wait`` seconds of waiting for the first bytes, [] when none did."""
+        sock = self._sock
+        if sock is None:
+            raise UnavailableError(f"connection to {self.spec.address} is closed")
+        try:
+            replies = self._replies()
+            if not replies:
+                sock.settimeout(wait)
+                try:
+                    self._feed(sock.recv(1 << 18))
+                except socket.timeout:
+                    return []
+                finally:
+                    sock.settimeout(self.timeout)
+                replies = self._replies()
+            return replies
+        except (OSError, hiredis.ProtocolError) as exc:
+            raise self._lost(exc) from exc
+
+    def _feed(self, data: bytes) -> None:
+        if not data:
             self.close()
-            raise transport_error(self.spec, self.timeout, exc) from exc
-        except UnavailableError:
-            self.close()
-            raise
+            raise UnavailableError(f"{self.spec.address} closed the connection")
+        self._reader.feed(data)
+
+    def _replies(self) -> list[Any]:
+        """Every complete reply the reader holds."""
+        replies = []
+        reader = self._reader
+        while (reply := reader.gets()) is not False:
+            replies.append(reply)
+        return replies
+
+    def _lost(self, exc: BaseException) -> EndpointError:
+        """A failed round trip: the connection is closed (its state is unknown), and the Eve
+        error naming the address to raise."""
+        self.close()
+        return transport_error(self.spec, self.timeout, exc)
 
 
 def _error_bytes(reply: Any) -> bytes | None:
