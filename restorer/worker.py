@@ -44,7 +44,7 @@ from typing import Any, Protocol
 from opentelemetry import metrics, propagate, trace
 
 from eve.core.endpoints import ConnectionSpec
-from eve.core.errors import EndpointError, TargetError
+from eve.core.errors import EndpointError, Side, TargetError
 from eve.core.frames import (
     COORDINATOR,
     Batch,
@@ -305,7 +305,7 @@ def run_restorer(options: RestorerOptions, batches: _Queue, results: _Queue, *,
     """The worker loop. True when it stopped on STOP; False after putting a FAILED frame.
 
     The target and mirror targets are connected before the first frame is taken:
-    one unreachable at start gives ``Failed(worker, "target", ...)`` and leaves
+    one unreachable at start gives ``Failed(worker, Side.TARGET, ...)`` and leaves
     every frame in the queue for the other restorers. A target lost while a batch
     is applied gives the same FAILED frame and that batch gets no Result (its
     cursor must not be committed). Result counts are the primary target's; a
@@ -326,7 +326,7 @@ def run_restorer(options: RestorerOptions, batches: _Queue, results: _Queue, *,
             restorer.connect()
         except EndpointError as exc:  # unreachable, credentials refused, or no usable slot map
             log.error("%s", exc)
-            results.put(encode(Failed(worker, "target", str(exc))))
+            results.put(encode(Failed(worker, Side.TARGET, str(exc))))
             return False
         while True:
             raw = batches.get()
@@ -334,7 +334,7 @@ def run_restorer(options: RestorerOptions, batches: _Queue, results: _Queue, *,
                 frame = decode(raw)
             except FrameError as exc:
                 log.error("%s", exc)
-                results.put(encode(Failed(worker, "internal", str(exc))))
+                results.put(encode(Failed(worker, Side.INTERNAL, str(exc))))
                 return False
             if isinstance(frame, (Stop, Failed)) and frame.worker != COORDINATOR:
                 # A scanner's end or failure travels behind its batches; the
@@ -348,14 +348,14 @@ def run_restorer(options: RestorerOptions, batches: _Queue, results: _Queue, *,
             if not isinstance(frame, Batch):
                 reason = f"unexpected {type(frame).__name__} frame on the batches queue"
                 log.error("%s", reason)
-                results.put(encode(Failed(worker, "internal", reason)))
+                results.put(encode(Failed(worker, Side.INTERNAL, reason)))
                 return False
             try:
                 result = restorer.apply(frame)
             except EndpointError as exc:  # a target (or mirror target) lost for reconnect_seconds
                 log.error("%s (batch node=%s db=%d seq=%d not applied)", exc, frame.header.node,
                           frame.header.db, frame.header.seq)
-                results.put(encode(Failed(worker, "target", str(exc))))
+                results.put(encode(Failed(worker, Side.TARGET, str(exc))))
                 return False
             results.put(encode(result))
             batches_done += 1
@@ -381,7 +381,7 @@ def main(options: RestorerOptions, batches: _Queue, results: _Queue) -> None:
     except BaseException as exc:
         log.exception("internal error")
         try:
-            results.put(encode(Failed(options.worker, "internal", f"{type(exc).__name__}: {exc}")))
+            results.put(encode(Failed(options.worker, Side.INTERNAL, f"{type(exc).__name__}: {exc}")))
         except Exception:
             log.exception("cannot report the failure to the coordinator")
     finally:

@@ -55,7 +55,7 @@ from typing import Any, Callable, Protocol, Sequence
 from opentelemetry import metrics, trace
 from opentelemetry.propagate import inject
 
-from eve.core.errors import AuthError, EndpointError, SourceError, UnavailableError
+from eve.core.errors import AuthError, EndpointError, Side, SourceError, UnavailableError
 from eve.core.frames import Batch, BatchHeader, Failed, Stop, encode
 from eve.core.telemetry import setup
 from eve.redis.cluster import DENIED, RECONNECT_FIRST_DELAY, RECONNECT_MAX_DELAY, TRANSIENT, Backoff, classify
@@ -272,7 +272,7 @@ class _Scanner:
             self.log.info("stop requested: stopped before %s (keys=%d)", stopped, self.keys)
         except SourceError as exc:
             self.log.error("failed: %s", exc)
-            self.batches.put(encode(Failed(options.worker, "source", str(exc))))
+            self.batches.put(encode(Failed(options.worker, Side.SOURCE, str(exc))))
             return False
         else:
             elapsed = time.monotonic() - began
@@ -516,7 +516,7 @@ def main(options: ScannerOptions, batches: BatchQueue, stop_event: StopEvent | N
     except BaseException as exc:  # noqa: BLE001 - the process reports, never raises
         log.exception("%s pid=%d crashed", options.worker, os.getpid())
         try:
-            batches.put(encode(Failed(options.worker, "internal", repr(exc)[:1000])))
+            batches.put(encode(Failed(options.worker, Side.INTERNAL, repr(exc)[:1000])))
         except BaseException:  # noqa: BLE001 - nothing more can be reported
             pass
     finally:

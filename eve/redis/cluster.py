@@ -339,6 +339,8 @@ class ClusterClient:
         self.address = spec.address
         self.options = options
         self.error = error
+        # Which side of a run its errors blame (EndpointError.side): known from the caller's class.
+        self.side = error.side_of_class
         self.cluster = cluster if masters is None else bool(masters)
         self.slots: SlotMap | None = None
         self.log = log
@@ -411,7 +413,7 @@ class ClusterClient:
             try:
                 reply = conn.execute("CLUSTER", "SLOTS")
             except AuthError as exc:
-                raise AuthError(f"{self.role}: {exc}") from exc
+                raise AuthError(f"{self.role}: {exc}", side=self.side) from exc
             except EndpointError as exc:
                 last = exc
                 continue
@@ -424,7 +426,8 @@ class ClusterClient:
                 continue
             self._use_map(masters_from_slots(reply, self._specs[address].host))
             return
-        raise UnavailableError(f"{self.role} unreachable: no node of {self.address} answered CLUSTER SLOTS: {last}")
+        raise UnavailableError(f"{self.role} unreachable: no node of {self.address} answered CLUSTER SLOTS: {last}",
+                               side=self.side)
 
     def _use_map(self, masters: list[Node]) -> None:
         for node in masters:
@@ -697,7 +700,7 @@ class ClusterClient:
     def _raise_if_denied(self, address: str, what: str, reply: ReplyError) -> None:
         if error_code(str(reply)) in _DENIED_CODES:
             raise AuthError(f"{self.role} {address} refused {what} for user "
-                            f"{self.spec.username or 'default'!r}: {reply}")
+                            f"{self.spec.username or 'default'!r}: {reply}", side=self.side)
 
     def _on_node(self, address: str, call: Callable[[FastConnection], Any], *, routed: bool = False) -> Any:
         """``call(conn)`` on the node's connection (opened on demand), reopening it while the
@@ -712,7 +715,7 @@ class ClusterClient:
             try:
                 return call(conn)
             except AuthError as exc:
-                raise AuthError(f"{self.role}: {exc}") from exc
+                raise AuthError(f"{self.role}: {exc}", side=self.side) from exc
             except EndpointError as exc:  # unreachable, timed out, or a malformed reply (connection closed)
                 conn.close()
                 failures += 1
@@ -721,12 +724,12 @@ class ClusterClient:
                 except NodeLeft as left:
                     if routed:
                         raise
-                    raise UnavailableError(f"{self.role} unreachable: {left}") from exc
+                    raise UnavailableError(f"{self.role} unreachable: {left}", side=self.side) from exc
                 if failures >= self.options.max_attempts:
                     if routed:
                         raise PipelineKeepsFailing(str(exc)) from exc
                     raise UnavailableError(f"{self.role} unreachable: the connection to {address} dropped "
-                                           f"{failures} times although it reopens: {exc}") from exc
+                                           f"{failures} times although it reopens: {exc}", side=self.side) from exc
 
     def _reconnect(self, address: str, error: EndpointError) -> None:
         """Reopen ``address``: at once, then with backoff for reconnect_seconds; NodeLeft when a
@@ -740,11 +743,11 @@ class ClusterClient:
         last: EndpointError = error
         while True:
             if self._stopping is not None and self._stopping():
-                raise UnavailableError(f"{self.role} unreachable: {last} (stopping)") from last
+                raise UnavailableError(f"{self.role} unreachable: {last} (stopping)", side=self.side) from last
             try:
                 self._connection(address).open()
             except AuthError as exc:
-                raise AuthError(f"{self.role}: {exc}") from exc
+                raise AuthError(f"{self.role}: {exc}", side=self.side) from exc
             except EndpointError as exc:
                 last = exc
             else:
@@ -765,7 +768,7 @@ class ClusterClient:
             delay = backoff.next()
             if delay is None:
                 raise UnavailableError(f"{self.role} unreachable: {last}"
-                                       + (f" (retried for {seconds:g}s)" if seconds else "")) from last
+                                       + (f" (retried for {seconds:g}s)" if seconds else ""), side=self.side) from last
             time.sleep(delay)
 
 
