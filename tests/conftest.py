@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from eve_process import EveServer
 from servers import (
     Engine,
     RedisCluster,
@@ -62,6 +63,14 @@ def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., RedisCluster]]:
 
     yield start
     stop_all(reversed(started))
+
+
+@pytest.fixture
+def eve(tmp_path: Path) -> Iterator[EveServer]:
+    """A coordinator (``eve serve``) of its own on a free port, with a fresh state file."""
+    server = EveServer(state=tmp_path / "eve.db", log_path=tmp_path / "eve.log").start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

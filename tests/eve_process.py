@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Sequence
 import grpc
 
 from eve.v1 import endpoints_pb2_grpc, interlays_pb2_grpc, workflows_pb2_grpc
+from eve.v1 import workflows_pb2 as wpb
 
 READY_PREFIX = "eve: listening on "
 
@@ -111,3 +113,30 @@ class EveServer:
             self.process.stdout.close()
         if getattr(self, "_log", None):
             self._log.close()
+
+
+def wait_state(stub, run: str, *states: str, timeout: float = 90) -> wpb.Run:
+    wanted = {wpb.RunState.Value(s) for s in states}
+    deadline = time.monotonic() + timeout
+    while True:
+        record = stub.GetRun(wpb.GetRunRequest(run=run))
+        if record.state in wanted:
+            return record
+        assert time.monotonic() < deadline, f"run stuck in {wpb.RunState.Name(record.state)}: {record.failure_reason}"
+        time.sleep(0.2)
+
+
+class Subscriber(threading.Thread):
+    def __init__(self, stub, run: str, after_seq: int = 0) -> None:
+        super().__init__(daemon=True)
+        self.stream = stub.SubscribeEvents(wpb.SubscribeEventsRequest(run=run, after_seq=after_seq))
+        self.events: list[wpb.Event] = []
+
+    def run(self) -> None:
+        try:
+            for event in self.stream:
+                self.events.append(event)
+        except grpc.RpcError as exc:
+            # CANCELLED: closed by the test; UNAVAILABLE: the coordinator was killed on purpose.
+            if exc.code() not in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE):
+                raise

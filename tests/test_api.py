@@ -18,13 +18,6 @@ DATA = Path(__file__).parent / "data"
 SECRETS = ("<read-password>", "<write-password>", "<admin-password>")
 
 
-@pytest.fixture
-def eve(tmp_path):
-    server = EveServer(state=tmp_path / "eve.db", log_path=tmp_path / "eve.log").start()
-    yield server
-    server.stop()
-
-
 def grpcurl_json(eve: EveServer, method: str, body: dict | str, **kw) -> dict:
     data = body if isinstance(body, str) else json.dumps(body)
     result = eve.grpcurl(f"eve.v1.{method}", data=data, **kw)

@@ -19,12 +19,11 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
-from eve_process import EveServer
+from eve_process import EveServer, Subscriber, wait_state
 from keyspace import fill, keys_of, value_of
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from servers import free_port
-from test_workflow import Subscriber, wait_state
 
 from eve.v1 import endpoints_pb2 as epb
 from eve.v1 import interlays_pb2 as ipb
@@ -172,13 +171,6 @@ def assert_identical(first: redis.Redis, second: redis.Redis, what: str) -> int:
         assert (ttl_a < 0 and ttl_a == ttl_b) or abs(ttl_a - ttl_b) <= 1000, \
             f"{what}: TTL of {key!r}: {ttl_a} ms and {ttl_b} ms"
     return len(keys)
-
-
-@pytest.fixture
-def eve(tmp_path):
-    server = EveServer(state=tmp_path / "eve.db", log_path=tmp_path / "eve.log").start()
-    yield server
-    server.stop()
 
 
 class Live:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import keyspace
 from opentelemetry import propagate
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -28,7 +29,7 @@ from restorer.policies import MERGE_SCRIPT, MERGE_TMP_TTL_MS, merge_tmp_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-TYPES = ("string", "hash", "list", "set", "zset", "stream")
+TYPES = keyspace.TYPES
 HOUR_MS = 3_600_000
 
 
@@ -52,30 +53,8 @@ def header(seq: int = 0, db: int = 0, trace_context: dict[str, str] | None = Non
 
 
 def fill(client: Any, prefix: str, count: int = 60, ttl_every: int = 3) -> list[bytes]:
-    """``count`` keys cycling through every type; every ``ttl_every``-th key expires in 1-2 hours."""
-    keys = []
-    pipe = client.pipeline(transaction=False)
-    for i in range(count):
-        kind = TYPES[i % len(TYPES)]
-        key = f"{prefix}:{kind}:{i}".encode() + (b"\xff\x00" if i % 7 == 0 else b"")
-        if kind == "string":
-            pipe.set(key, b"v\x00" * (i % 50))
-        elif kind == "hash":
-            pipe.hset(key, mapping={f"f{j}": f"v{i}.{j}" for j in range(1 + i % 9)})
-        elif kind == "list":
-            pipe.rpush(key, *[f"e{j}" for j in range(1 + i % 9)])
-        elif kind == "set":
-            pipe.sadd(key, *[f"m{j}" for j in range(1 + i % 9)])
-        elif kind == "zset":
-            pipe.zadd(key, {f"m{j}": j * 1.25 + i for j in range(1 + i % 9)})
-        else:
-            for j in range(1 + i % 3):
-                pipe.xadd(key, {"n": str(j), "v": b"\x01" * j})
-        if ttl_every and i % ttl_every == 0:
-            pipe.pexpire(key, HOUR_MS + i * 1000)
-        keys.append(key)
-    pipe.execute()
-    return keys
+    """``count`` keys of every type under ``prefix`` (tests/keyspace.py's data)."""
+    return keyspace.fill(client, count, prefix=prefix, ttl_every=ttl_every)
 
 
 def dump_rows(client: Any, keys: list[bytes]) -> list[tuple[bytes, int, bytes]]:
@@ -90,31 +69,8 @@ def dump_rows(client: Any, keys: list[bytes]) -> list[tuple[bytes, int, bytes]]:
             for key, payload, ttl in zip(keys, replies[::2], replies[1::2])]
 
 
-def value_of(client: Any, key: bytes) -> tuple[str, Any]:
-    kind = client.type(key).decode()
-    if kind == "string":
-        return kind, client.get(key)
-    if kind == "hash":
-        return kind, client.hgetall(key)
-    if kind == "list":
-        return kind, client.lrange(key, 0, -1)
-    if kind == "set":
-        return kind, client.smembers(key)
-    if kind == "zset":
-        return kind, client.zrange(key, 0, -1, withscores=True)
-    if kind == "stream":
-        return kind, client.xrange(key)
-    return kind, None
-
-
 def assert_same(source: Any, target: Any, keys: list[bytes]) -> None:
-    for key in keys:
-        assert value_of(target, key) == value_of(source, key), key
-        source_ttl, target_ttl = source.pttl(key), target.pttl(key)
-        if source_ttl < 0:
-            assert target_ttl == source_ttl, key
-        else:
-            assert abs(target_ttl - source_ttl) <= 1000, (key, source_ttl, target_ttl)
+    keyspace.assert_same(source, target, keys=set(keys))
 
 
 class Batches:

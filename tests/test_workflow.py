@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
-import threading
 import time
 
 import grpc
 import pytest
-from eve_process import EveServer
+from eve_process import EveServer, Subscriber, wait_state
 from google.protobuf import json_format
 from keyspace import assert_same, fill
 
@@ -19,28 +18,10 @@ from eve.v1 import workflows_pb2 as wpb
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
-@pytest.fixture
-def eve(tmp_path):
-    server = EveServer(state=tmp_path / "eve.db", log_path=tmp_path / "eve.log").start()
-    yield server
-    server.stop()
-
-
 def endpoint(eve: EveServer, name: str, server) -> None:
     eve.endpoints().CreateEndpoint(epb.CreateEndpointRequest(
         endpoint=name, kind="redis",
         config=epb.EndpointConfig(target=epb.Connection(host="127.0.0.1", port=server.port))))
-
-
-def wait_state(stub, run: str, *states: str, timeout: float = 90) -> wpb.Run:
-    wanted = {wpb.RunState.Value(s) for s in states}
-    deadline = time.monotonic() + timeout
-    while True:
-        record = stub.GetRun(wpb.GetRunRequest(run=run))
-        if record.state in wanted:
-            return record
-        assert time.monotonic() < deadline, f"run stuck in {wpb.RunState.Name(record.state)}: {record.failure_reason}"
-        time.sleep(0.2)
 
 
 def setup(run: str, **kw) -> wpb.SubmitSetupRequest:
@@ -55,22 +36,6 @@ def kill_when_copied(eve: EveServer, target, keys: int) -> None:
         time.sleep(0.1)
     eve.process.kill()
     eve.process.wait()
-
-
-class Subscriber(threading.Thread):
-    def __init__(self, stub, run: str, after_seq: int = 0) -> None:
-        super().__init__(daemon=True)
-        self.stream = stub.SubscribeEvents(wpb.SubscribeEventsRequest(run=run, after_seq=after_seq))
-        self.events: list[wpb.Event] = []
-
-    def run(self) -> None:
-        try:
-            for event in self.stream:
-                self.events.append(event)
-        except grpc.RpcError as exc:
-            # CANCELLED: closed by the test; UNAVAILABLE: the coordinator was killed on purpose.
-            if exc.code() not in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE):
-                raise
 
 
 def test_offline_run_end_to_end(eve, server_factory):
