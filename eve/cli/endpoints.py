@@ -20,7 +20,7 @@ from eve.cli.remote import (
     EXIT_OK,
     Api,
     Output,
-    add_api_action,
+    add_api_command,
     parse_message,
     read_document,
 )
@@ -332,15 +332,11 @@ def _endpoint_file_arguments(parser: argparse.ArgumentParser, *, required: bool)
 
 def add_endpoint_commands(commands: Any) -> None:
     """``eve endpoints ...`` under the ``eve`` command's subparsers."""
-    parser = commands.add_parser(
-        "endpoints", help="create, inspect, change and call endpoints on a running coordinator",
+    action = add_api_command(
+        commands, "endpoints", help="create, inspect, change and call endpoints on a running coordinator",
         description="The EndpointService of eve serve. Exit codes: 0 done, 1 the server answered an error "
                     "(read, write), 2 bad input, unknown name, unreachable coordinator or refused token, "
                     "5 refused in this state (an endpoint in use).")
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-
-    def action(name: str, handler: Any, help: str) -> argparse.ArgumentParser:
-        return add_api_action(actions, name, handler, help)
 
     create = action("create", _endpoints_create, "create an endpoint from a config file")
     create.add_argument("name", help="the endpoint's name")
@@ -421,15 +417,12 @@ def _interlays_list(api: Api, out: Output, args: argparse.Namespace) -> int:
 
 def add_interlay_commands(commands: Any) -> None:
     """``eve interlays ...`` under the ``eve`` command's subparsers."""
-    parser = commands.add_parser(
-        "interlays", help="create, start, stop and inspect interlays (RESP proxies) on a running coordinator",
+    action = add_api_command(
+        commands, "interlays", help="create, start, stop and inspect interlays (RESP proxies) on a running "
+                                    "coordinator",
         description="The InterlayService of eve serve. Exit codes: 0 done, 2 bad input, unknown id, unreachable "
                     "coordinator or refused token, 5 refused in this state (a port in use, a run carries its "
                     "traffic).")
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-
-    def action(name: str, handler: Any, help: str) -> argparse.ArgumentParser:
-        return add_api_action(actions, name, handler, help)
 
     create = action("create", _interlays_create, "create an interlay in front of an endpoint (not started)")
     create.add_argument("id", help="the interlay's id")

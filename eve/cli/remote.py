@@ -10,7 +10,6 @@ configs come back from the API with their passwords redacted.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import ssl
@@ -34,7 +33,7 @@ __all__ = [
     "Api",
     "Output",
     "add_api_arguments",
-    "add_api_action",
+    "add_api_command",
     "api_command",
     "exit_code_for_status",
     "message_json",
@@ -125,16 +124,6 @@ def _check_ca_file(path: str) -> None:
         raise ConfigError(f"{path!r} cannot be read: {exc.strerror or exc}", field="--tls-ca") from None
 
 
-def _is_loopback(address: str) -> bool:
-    host = address.rpartition(":")[0].strip("[]") if ":" in address else address
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def add_api_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of every command that calls the coordinator."""
     group = parser.add_argument_group("coordinator")
@@ -167,7 +156,7 @@ class Api:
             credentials = grpc.ssl_channel_credentials(root_certificates=Path(options.tls_ca).read_bytes())
             self.channel = grpc.secure_channel(options.address, credentials)
         else:
-            if options.token and not _is_loopback(options.address):
+            if options.token and not _is_loopback(options.address):  # the token would cross the network in clear
                 print(f"eve: warning: sending the token to {options.address} without TLS; use --tls-ca",
                       file=sys.stderr)
             self.channel = grpc.insecure_channel(options.address)
@@ -210,6 +199,13 @@ class Api:
 
     def close(self) -> None:
         self.channel.close()
+
+
+def _is_loopback(address: str) -> bool:
+    from eve.api.server import is_loopback
+
+    host = address.rpartition(":")[0] if ":" in address else address
+    return is_loopback(host.strip("[]"))
 
 
 # -- output -------------------------------------------------------------------------------
@@ -283,13 +279,23 @@ def api_command(handler: Callable[[Api, Output, argparse.Namespace], int]) -> Ca
     return run
 
 
-def add_api_action(actions: Any, name: str, handler: Callable[[Api, Output, argparse.Namespace], int],
-                   help: str) -> argparse.ArgumentParser:
-    """One ACTION of ``eve runs|endpoints|interlays ACTION``, with the coordinator options."""
-    parser = actions.add_parser(name, help=help, description=help)
-    add_api_arguments(parser)
-    parser.set_defaults(run=api_command(handler))
-    return parser
+Handler = Callable[[Api, Output, argparse.Namespace], int]
+
+
+def add_api_command(commands: Any, name: str, *, help: str,
+                    description: str) -> Callable[[str, Handler, str], argparse.ArgumentParser]:
+    """``eve NAME ACTION ...`` under the ``eve`` command's subparsers; returns the function that
+    adds one ACTION (with the coordinator options) and returns its parser."""
+    parser = commands.add_parser(name, help=help, description=description)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def add_action(action: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+        sub = actions.add_parser(action, help=help, description=help)
+        add_api_arguments(sub)
+        sub.set_defaults(run=api_command(handler))
+        return sub
+
+    return add_action
 
 
 # -- input documents ------------------------------------------------------------------------

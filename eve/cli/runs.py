@@ -36,7 +36,7 @@ from eve.cli.remote import (
     EXIT_STATE,
     Api,
     Output,
-    add_api_action,
+    add_api_command,
     message_dict,
     parse_message,
     read_document,
@@ -656,8 +656,8 @@ class _WatchView:
 
         self.bars = Progress(TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
                              TextColumn("{task.fields[detail]}"), console=out.console, transient=False)
-        self.copy = self.bars.add_task("copy", total=None, detail="")
-        self.catch_up = self.bars.add_task("catch-up", total=None, detail="", visible=self.online)
+        self.copy = self.bars.add_task("copy", total=None, detail="", visible=False)
+        self.catch_up = self.bars.add_task("catch-up", total=None, detail="", visible=False)
         self.bars.start()
 
     def event(self, event: "workflows_pb2.Event") -> None:
@@ -674,16 +674,22 @@ class _WatchView:
         else:
             print(f"eve runs watch: {message}", file=sys.stderr, flush=True)
 
-    def metrics(self, metrics: "workflows_pb2.RunMetrics") -> None:
+    def metrics(self, metrics: "workflows_pb2.RunMetrics", state: str) -> None:
         if self.bars is None:
             return
-        eta = f", eta {metrics.eta_seconds:,.0f}s" if metrics.eta_seconds else ""
-        self.bars.update(self.copy, completed=metrics.keys_scanned, total=metrics.source_keys or None,
-                         detail=f"{metrics.keys_restored:,} restored, {metrics.keys_failed:,} failed, "
-                                f"{metrics.keys_per_second:,.0f} keys/s{eta}")
+        copying = state == "COPYING"
+        copied = _reached(state, "SYNCING") and state in _FORWARD
+        # Rates and ETA mean something while the copy runs; once it is done, the bar is full.
+        rate = f", {metrics.keys_per_second:,.0f} keys/s" if copying else ""
+        eta = f", eta {metrics.eta_seconds:,.0f}s" if copying and metrics.eta_seconds else ""
+        self.bars.update(self.copy, completed=metrics.keys_scanned,
+                         total=metrics.source_keys or (metrics.keys_scanned if copied else None),
+                         visible=_reached(state, "APPROVED") or metrics.keys_scanned > 0,
+                         detail=f"{metrics.keys_restored:,} restored, {metrics.keys_failed:,} failed{rate}{eta}")
         if self.online:
             recopied, backlog = metrics.keys_recopied, metrics.dirty_backlog
             self.bars.update(self.catch_up, completed=recopied, total=recopied + backlog or None,
+                             visible=_reached(state, "SYNCING") or recopied + backlog > 0,
                              detail=f"backlog {backlog:,} (lag {metrics.dirty_lag_seconds:.1f}s), "
                                     f"dual-write failures {metrics.dual_write_failures:,}, "
                                     f"authoritative {metrics.authoritative or 'source'}")
@@ -740,7 +746,8 @@ def _runs_watch(api: Api, out: Output, args: argparse.Namespace) -> int:
                 last_poll = now
                 try:
                     current = _state_name(api.call(api.migrations.GetRun, wpb.GetRunRequest(run=args.run_id)).state)
-                    view.metrics(api.call(api.migrations.GetMetrics, wpb.GetMetricsRequest(run=args.run_id)))
+                    view.metrics(api.call(api.migrations.GetMetrics, wpb.GetMetricsRequest(run=args.run_id)),
+                                 current)
                 except grpc.RpcError as exc:
                     if not _transient(exc):
                         raise
@@ -764,17 +771,16 @@ def _runs_watch(api: Api, out: Output, args: argparse.Namespace) -> int:
 
 def add_run_commands(commands: Any) -> None:
     """``eve runs ...`` under the ``eve`` command's subparsers."""
-    parser = commands.add_parser(
-        "runs", help="drive guided migration runs on a running coordinator (eve serve)",
+    add_action = add_api_command(
+        commands, "runs", help="drive guided migration runs on a running coordinator (eve serve)",
         description="The guided workflow of eve serve: create, setup, prepare, review, ack, approve, watch, "
                     "traffic, verify, complete (or rollback, cancel). Exit codes: 0 done, 1 finished with "
                     "failures (a FAILED run, differences found, blocking issues, keys still failing), 2 bad "
                     "input, unknown run, unreachable coordinator or refused token, 5 not allowed in the run's "
                     "state, 130 interrupted.")
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     def action(name: str, handler: Any, help: str, *, run: bool = True) -> argparse.ArgumentParser:
-        sub = add_api_action(actions, name, handler, help)
+        sub = add_action(name, handler, help)
         if run:
             sub.add_argument("run_id", metavar="RUN", help="the run's id")
         return sub
