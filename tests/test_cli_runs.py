@@ -71,11 +71,16 @@ class Cli:
     def __call__(self, *args: str, expect: int = 0, input: str | None = None, env: dict[str, str] | None = None,
                  timeout: float = 120) -> subprocess.CompletedProcess:
         result = subprocess.run([sys.executable, "-m", "eve", *args], input=input, capture_output=True, text=True,
-                                env={**self.env, **(env or {})}, timeout=timeout)
+                                env={**self.env, **(env or {})}, timeout=timeout, check=False)
         self.outputs.append(result.stdout + result.stderr)
         assert result.returncode == expect, (f"eve {' '.join(args)} exited {result.returncode}, not {expect}:\n"
                                              f"{result.stdout}\n{result.stderr}")
         return result
+
+    def endpoint(self, name: str, server: Any) -> None:
+        """An endpoint in the `target` shape, its config on stdin."""
+        self("endpoints", "create", name, "--file", "-",
+             input=json.dumps({"target": {"host": "127.0.0.1", "port": server.port}}))
 
     def json(self, *args: str, **kw: Any) -> Any:
         return json.loads(self(*args, "--json", **kw).stdout)
@@ -337,9 +342,8 @@ def test_online_run_through_the_cli(tmp_path, server_factory, eve):
     source, target = server_factory("valkey-8.1"), server_factory("valkey-8.1")
     fill(source.client(), 500)
     cli = Cli(eve, token=TOKEN)
-    for role, server in (("source", source), ("target", target)):
-        (tmp_path / f"{role}.json").write_text(json.dumps({"target": {"host": "127.0.0.1", "port": server.port}}))
-        cli("endpoints", "create", f"live-{role}", "--file", str(tmp_path / f"{role}.json"))
+    cli.endpoint("live-source", source)
+    cli.endpoint("live-target", target)
     app_port = free_port()
     cli("interlays", "create", "app", "--endpoint", "live-source", "--port", str(app_port), "--max-connections", "512")
     assert cli.json("interlays", "start", "app")["state"] == "INTERLAY_RUNNING"
@@ -407,9 +411,8 @@ def test_blocking_issues_and_error_keys_through_the_cli(tmp_path, server_factory
     source, target = server_factory("redis-8.2"), server_factory("valkey-8.1")
     fill(source.client(), 120)
     cli = Cli(eve, token=TOKEN)
-    for name, server in (("src", source), ("dst", target)):
-        cli("endpoints", "create", name, "--file", "-",
-            input=json.dumps({"target": {"host": "127.0.0.1", "port": server.port}}))
+    cli.endpoint("src", source)
+    cli.endpoint("dst", target)
     setup = tmp_path / "run.toml"
     setup.write_text('source = "src"\ntarget = "dst"\nmode = "DUMP_RESTORE"\n')
     cli("runs", "create", "strict", "--file", str(setup))
@@ -461,9 +464,8 @@ def test_watch_resumes_after_a_coordinator_restart(tmp_path, server_factory):
     eve = EveServer(state=tmp_path / "eve.db", log_path=tmp_path / "eve.log").start()
     try:
         cli = Cli(eve)
-        for role, server in (("redis-source", source), ("redis-target", target)):
-            cli("endpoints", "create", role, "--file", "-",
-                input=json.dumps({"target": {"host": "127.0.0.1", "port": server.port}}))
+        cli.endpoint("redis-source", source)
+        cli.endpoint("redis-target", target)
         (tmp_path / "run.toml").write_text(OFFLINE_SETUP)
         cli("runs", "create", "r", "--file", str(tmp_path / "run.toml"))
         cli("runs", "prepare", "r")

@@ -29,8 +29,13 @@ from eve.core.errors import ConfigError
 if TYPE_CHECKING:
     from eve.v1 import common_pb2, endpoints_pb2, interlays_pb2
 
-__all__ = ["add_endpoint_commands", "add_interlay_commands", "apply_passwords", "format_reply",
-           "PASSWORD_SLOTS"]
+__all__ = [
+    "PASSWORD_SLOTS",
+    "add_endpoint_commands",
+    "add_interlay_commands",
+    "apply_passwords",
+    "format_reply",
+]
 
 CONNECTION_SLOTS = ("target", "read_conn", "write_conn", "admin_conn")
 CREDENTIAL_SLOTS = ("read_credentials", "write_credentials", "admin_credentials")
@@ -132,7 +137,7 @@ def _endpoint_request(args: argparse.Namespace, request: Any) -> Any:
 # -- printing -----------------------------------------------------------------------------
 
 
-def _connection_rows(config: "endpoints_pb2.EndpointConfig") -> list[tuple[str, ...]]:
+def _connection_rows(config: endpoints_pb2.EndpointConfig) -> list[tuple[str, ...]]:
     rows = []
     for slot in CONNECTION_SLOTS:
         if config.HasField(slot):
@@ -148,11 +153,11 @@ def _connection_rows(config: "endpoints_pb2.EndpointConfig") -> list[tuple[str, 
     return rows
 
 
-def _addresses(config: "endpoints_pb2.EndpointConfig") -> str:
+def _addresses(config: endpoints_pb2.EndpointConfig) -> str:
     return ", ".join(dict.fromkeys(row[1] for row in _connection_rows(config) if row[1]))
 
 
-def _print_endpoint(out: Output, endpoint: "endpoints_pb2.Endpoint") -> None:
+def _print_endpoint(out: Output, endpoint: endpoints_pb2.Endpoint) -> None:
     from rich.table import Table
 
     out.print(f"endpoint [bold]{endpoint.endpoint}[/] ({endpoint.kind})"
@@ -166,7 +171,7 @@ def _print_endpoint(out: Output, endpoint: "endpoints_pb2.Endpoint") -> None:
     out.print(f"{size} multiplexed backend connection(s) for interlays")
 
 
-def format_reply(reply: "common_pb2.RespValue", indent: str = "") -> str:
+def format_reply(reply: common_pb2.RespValue, indent: str = "") -> str:
     """A RESP reply the way redis-cli shows it: ``(integer) 1``, ``(nil)``, quoted strings,
     numbered items; multi-line text (INFO) as it is."""
     kind = reply.WhichOneof("value")
@@ -212,7 +217,7 @@ def format_reply(reply: "common_pb2.RespValue", indent: str = "") -> str:
     return f"\n{indent}".join(lines)
 
 
-def _print_interlay(out: Output, interlay: "interlays_pb2.Interlay") -> None:
+def _print_interlay(out: Output, interlay: interlays_pb2.Interlay) -> None:
     from rich.table import Table
 
     from eve.v1 import interlays_pb2

@@ -14,9 +14,10 @@ import json
 import os
 import ssl
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from eve.core.errors import ConfigError
 
@@ -29,17 +30,17 @@ __all__ = [
     "DEFAULT_ADDRESS",
     "DEFAULT_TIMEOUT_SECONDS",
     "STATUS_EXIT_CODES",
-    "ApiOptions",
     "Api",
+    "ApiOptions",
     "Output",
     "add_api_arguments",
     "add_api_command",
     "api_command",
     "exit_code_for_status",
-    "message_json",
     "message_dict",
-    "read_document",
+    "message_json",
     "parse_message",
+    "read_document",
 ]
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -73,7 +74,7 @@ STATUS_EXIT_CODES: dict[str, int] = {
 }
 
 
-def exit_code_for_status(code: "grpc.StatusCode") -> int:
+def exit_code_for_status(code: grpc.StatusCode) -> int:
     return STATUS_EXIT_CODES.get(code.name, EXIT_INTERNAL)
 
 
@@ -90,7 +91,7 @@ class ApiOptions:
     timeout: float | None = None  # --timeout; None: DEFAULT_TIMEOUT_SECONDS, or none for long calls
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "ApiOptions":
+    def from_args(cls, args: argparse.Namespace) -> ApiOptions:
         address = args.address or os.environ.get("EVE_ADDRESS") or DEFAULT_ADDRESS
         if args.tls_ca:
             _check_ca_file(args.tls_ca)
@@ -165,7 +166,7 @@ class Api:
         self.migrations = workflows_pb2_grpc.MigrationServiceStub(self.channel)
         self._metadata = (("authorization", f"Bearer {options.token}"),) if options.token else ()
 
-    def call(self, method: Callable[..., Any], request: "Message", *, wait: bool = False) -> Any:
+    def call(self, method: Callable[..., Any], request: Message, *, wait: bool = False) -> Any:
         """One unary call; ``wait`` lifts the deadline for calls that take as long as the data
         (Verify compares every key) unless ``--timeout`` was given."""
         timeout = self.options.timeout
@@ -173,11 +174,11 @@ class Api:
             timeout = DEFAULT_TIMEOUT_SECONDS
         return method(request, metadata=self._metadata, timeout=timeout)
 
-    def stream(self, method: Callable[..., Any], request: "Message") -> Any:
+    def stream(self, method: Callable[..., Any], request: Message) -> Any:
         """A server stream without a deadline: the returned call iterates and can be cancelled."""
         return method(request, metadata=self._metadata)
 
-    def describe_failure(self, exc: "grpc.RpcError") -> str:
+    def describe_failure(self, exc: grpc.RpcError) -> str:
         """What went wrong, in the operator's words; never the token."""
         code, details = exc.code(), exc.details() or ""
         name = code.name if code is not None else "UNKNOWN"
@@ -211,7 +212,7 @@ def _is_loopback(address: str) -> bool:
 # -- output -------------------------------------------------------------------------------
 
 
-def message_dict(message: "Message") -> dict[str, Any]:
+def message_dict(message: Message) -> dict[str, Any]:
     """A reply as JSON values: proto field names, zero values shown (a ``"clean": false`` must
     not vanish), int64 as numbers where they are exact."""
     from google.protobuf import json_format
@@ -220,7 +221,7 @@ def message_dict(message: "Message") -> dict[str, Any]:
                                      always_print_fields_with_no_presence=True, unquote_int64_if_possible=True)
 
 
-def message_json(message: "Message", *, indent: int | None = 2) -> str:
+def message_json(message: Message, *, indent: int | None = 2) -> str:
     from google.protobuf import json_format
 
     return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=indent,
@@ -232,10 +233,10 @@ class Output:
 
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
-        self._console: "Console | None" = None
+        self._console: Console | None = None
 
     @property
-    def console(self) -> "Console":
+    def console(self) -> Console:
         if self._console is None:
             from rich.console import Console
 
@@ -245,14 +246,14 @@ class Output:
             self._console = console
         return self._console
 
-    def reply(self, message: "Message") -> None:
+    def reply(self, message: Message) -> None:
         print(message_json(message), flush=True)
 
-    def replies(self, **messages: "Message") -> None:
+    def replies(self, **messages: Message) -> None:
         """The replies of a command that makes several calls, as one object keyed by what they are."""
         print(json.dumps({name: message_dict(m) for name, m in messages.items()}, indent=2), flush=True)
 
-    def line(self, message: "Message") -> None:
+    def line(self, message: Message) -> None:
         """One message of a stream: JSON Lines, so ``jq`` and ``grep`` read it as it arrives."""
         print(message_json(message, indent=None), flush=True)
 
@@ -349,8 +350,8 @@ def _unknown_key(body: Mapping[str, Any], descriptor: Any, path: str) -> str | N
     return None
 
 
-def parse_message(body: Mapping[str, Any], message: "Message", *, source: str, field: str = "--file",
-                  secrets: tuple[str, ...] = ()) -> "Message":
+def parse_message(body: Mapping[str, Any], message: Message, *, source: str, field: str = "--file",
+                  secrets: tuple[str, ...] = ()) -> Message:
     """``body`` into ``message`` with ``json_format.ParseDict`` (so fields added to the proto
     work without a change here); an unknown key is named with its dotted path. ``secrets`` are
     masked in any message, since a parse error may quote the value it could not read."""

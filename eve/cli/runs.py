@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from datetime import timezone
+from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 from eve.cli.remote import (
@@ -48,8 +48,14 @@ if TYPE_CHECKING:
 
     from eve.v1 import workflows_pb2
 
-__all__ = ["add_run_commands", "setup_from_document", "EventFollower", "UntilCheck", "IN_SYNC",
-           "RUN_STATES"]
+__all__ = [
+    "IN_SYNC",
+    "RUN_STATES",
+    "EventFollower",
+    "UntilCheck",
+    "add_run_commands",
+    "setup_from_document",
+]
 
 # The run states in the order a run passes them, and the rollback path: "reached" means the run
 # is in that state or further along the same path (eve.workflow.runs.TRANSITIONS).
@@ -78,7 +84,7 @@ def _state_name(value: int) -> str:
     return workflows_pb2.RunState.Name(value)
 
 
-def _online(run: "workflows_pb2.Run") -> bool:
+def _online(run: workflows_pb2.Run) -> bool:
     """An online strategy (its traffic moves); a run without a setup yet counts as offline."""
     from eve.v1 import workflows_pb2 as wpb
 
@@ -95,7 +101,7 @@ def _reached(current: str, wanted: str) -> bool:
 # -- setup files --------------------------------------------------------------------------
 
 
-def setup_from_document(path: str) -> "workflows_pb2.RunSetup":
+def setup_from_document(path: str) -> workflows_pb2.RunSetup:
     """A RunSetup from a TOML (or JSON) file that mirrors the message: proto field names, enum
     names as the API spells them (``strategy = "ONLINE_PHASED"``), a Duration as ``"86400s"``."""
     from eve.v1 import workflows_pb2
@@ -104,7 +110,7 @@ def setup_from_document(path: str) -> "workflows_pb2.RunSetup":
     return parse_message(read_document(path), workflows_pb2.RunSetup(), source=source)
 
 
-def _describe_setup(setup: "workflows_pb2.RunSetup") -> str:
+def _describe_setup(setup: workflows_pb2.RunSetup) -> str:
     from eve.v1 import workflows_pb2 as wpb
 
     def name(enum: Any, value: int, default: str) -> str:
@@ -139,7 +145,7 @@ def _size(count: float) -> str:
     return f"{count:,.1f} TiB"  # pragma: no cover - the loop returns
 
 
-def _print_run(out: Output, run: "workflows_pb2.Run") -> None:
+def _print_run(out: Output, run: workflows_pb2.Run) -> None:
     state = _state_name(run.state)
     out.print(f"run [bold]{run.id}[/] {state}{': ' + run.description if run.description else ''}")
     if run.HasField("setup") and run.setup.source:
@@ -151,12 +157,12 @@ def _print_run(out: Output, run: "workflows_pb2.Run") -> None:
         out.print(f"  [red]failure[/]: {run.failure_reason}")
 
 
-def _metrics_lines(metrics: "workflows_pb2.RunMetrics", online: bool) -> list[str]:
+def _metrics_lines(metrics: workflows_pb2.RunMetrics, online: bool) -> list[str]:
     eta = f"{metrics.eta_seconds:,.0f}s" if metrics.eta_seconds else "-"
-    lines = [f"copy: {metrics.keys_scanned:,} of {metrics.source_keys:,} keys scanned, {metrics.keys_restored:,} "
-             f"restored, {metrics.keys_skipped:,} skipped, {metrics.keys_conflicting:,} conflicts, "
-             f"{metrics.keys_failed:,} failed; {_size(metrics.bytes)}, {metrics.keys_per_second:,.0f} keys/s, "
-             f"eta {eta}"]
+    lines = [(f"copy: {metrics.keys_scanned:,} of {metrics.source_keys:,} keys scanned, {metrics.keys_restored:,} "
+              f"restored, {metrics.keys_skipped:,} skipped, {metrics.keys_conflicting:,} conflicts, "
+              f"{metrics.keys_failed:,} failed; {_size(metrics.bytes)}, {metrics.keys_per_second:,.0f} keys/s, "
+              f"eta {eta}")]
     if online:
         lines.append(f"live: {metrics.dirty_backlog:,} dirty keys (lag {metrics.dirty_lag_seconds:.1f}s), "
                      f"{metrics.keys_recopied:,} re-copied, {metrics.dual_write_failures:,} dual-write failures, "
@@ -165,7 +171,7 @@ def _metrics_lines(metrics: "workflows_pb2.RunMetrics", online: bool) -> list[st
     return lines
 
 
-def _next_step(run: "workflows_pb2.Run") -> str:
+def _next_step(run: workflows_pb2.Run) -> str:
     state, run_id = _state_name(run.state), run.id
     online = _online(run)
     return {
@@ -181,21 +187,21 @@ def _next_step(run: "workflows_pb2.Run") -> str:
     }.get(state, "")
 
 
-def _print_next(out: Output, run: "workflows_pb2.Run") -> None:
+def _print_next(out: Output, run: workflows_pb2.Run) -> None:
     step = _next_step(run)
     if step:
         out.print(f"next: {step}", markup=False)
 
 
-def _event_line(event: "workflows_pb2.Event") -> str:
-    when = event.time.ToDatetime(tzinfo=timezone.utc).astimezone().strftime("%H:%M:%S")
+def _event_line(event: workflows_pb2.Event) -> str:
+    when = event.time.ToDatetime(tzinfo=UTC).astimezone().strftime("%H:%M:%S")
     return f"#{event.seq:<5} {when} {_state_name(event.state):<12} {event.type:<10} {event.message}"
 
 
 # -- the simple calls ---------------------------------------------------------------------
 
 
-def _run_reply(out: Output, run: "workflows_pb2.Run", *, done: str = "") -> int:
+def _run_reply(out: Output, run: workflows_pb2.Run, *, done: str = "") -> int:
     if out.as_json:
         out.reply(run)
         return EXIT_OK
@@ -304,7 +310,7 @@ def _runs_list(api: Api, out: Output, args: argparse.Namespace) -> int:
         strategy = wpb.Strategy.Name(run.setup.strategy) if run.setup.strategy else ("OFFLINE" if run.setup.source
                                                                                       else "-")
         sides = f"{run.setup.source} -> {run.setup.target}" if run.setup.source else "-"
-        updated = run.update_time.ToDatetime(tzinfo=timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        updated = run.update_time.ToDatetime(tzinfo=UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(run.id, _state_name(run.state), sides, strategy, updated, run.description)
     out.print(table if reply.runs else "no runs (eve runs create ID)")
     return EXIT_OK
@@ -532,7 +538,7 @@ def _export_error_keys(api: Api, args: argparse.Namespace) -> int:
 # -- watch ----------------------------------------------------------------------------------
 
 
-def _transient(exc: "grpc.RpcError") -> bool:
+def _transient(exc: grpc.RpcError) -> bool:
     """A failure a reconnect can cure: the coordinator restarting, a network blip."""
     name = exc.code().name if exc.code() is not None else "UNKNOWN"
     if name in ("UNAVAILABLE", "CANCELLED", "DEADLINE_EXCEEDED"):
@@ -580,8 +586,9 @@ class EventFollower(threading.Thread):
                     # A unary call first: it says the coordinator is back even when the run is idle
                     # and no event would come for a while.
                     self.api.call(self.api.migrations.GetRun, wpb.GetRunRequest(run=self.run_id))
-                    self.events.put(("resumed", f"reconnected after {time.monotonic() - lost_at:.1f}s; "
-                                                f"resuming after event #{self.last_seq}"))
+                    notice = (f"reconnected after {time.monotonic() - lost_at:.1f}s; "
+                              f"resuming after event #{self.last_seq}")
+                    self.events.put(("resumed", notice))
                     lost_at, delay = None, 0.2
                 self._call = self.api.stream(self.api.migrations.SubscribeEvents,
                                              wpb.SubscribeEventsRequest(run=self.run_id, after_seq=self.last_seq))
@@ -601,8 +608,9 @@ class EventFollower(threading.Thread):
                 now = time.monotonic()
                 if lost_at is None:
                     lost_at = now
-                    self.events.put(("lost", f"lost the coordinator ({exc.code().name}: {exc.details()}); "
-                                             f"reconnecting for up to {self.reconnect_seconds:g}s"))
+                    notice = (f"lost the coordinator ({exc.code().name}: {exc.details()}); "
+                              f"reconnecting for up to {self.reconnect_seconds:g}s")
+                    self.events.put(("lost", notice))
                 elif now - lost_at > self.reconnect_seconds:
                     self.events.put(("failed", exc))
                     return
@@ -619,7 +627,7 @@ class UntilCheck:
         self.seen: set[str] = set()  # states the events showed (replayed or live)
         self.in_sync = False
 
-    def saw(self, event: "workflows_pb2.Event") -> None:
+    def saw(self, event: workflows_pb2.Event) -> None:
         state = _state_name(event.state)
         self.seen.add(state)
         if event.type == "live" and event.message.startswith("in sync"):
@@ -646,7 +654,7 @@ class _WatchView:
     """Progress bars on a terminal (copy, catch-up with backlog and dual-write failures), the
     events printed above them; plain event lines otherwise."""
 
-    def __init__(self, out: Output, run: "workflows_pb2.Run") -> None:
+    def __init__(self, out: Output, run: workflows_pb2.Run) -> None:
         self.out = out
         self.online = _online(run)
         self.bars: Any = None
@@ -660,7 +668,7 @@ class _WatchView:
         self.catch_up = self.bars.add_task("catch-up", total=None, detail="", visible=False)
         self.bars.start()
 
-    def event(self, event: "workflows_pb2.Event") -> None:
+    def event(self, event: workflows_pb2.Event) -> None:
         if self.out.as_json:
             self.out.line(event)
         elif self.bars is None:
@@ -674,7 +682,7 @@ class _WatchView:
         else:
             print(f"eve runs watch: {message}", file=sys.stderr, flush=True)
 
-    def metrics(self, metrics: "workflows_pb2.RunMetrics", state: str) -> None:
+    def metrics(self, metrics: workflows_pb2.RunMetrics, state: str) -> None:
         if self.bars is None:
             return
         copying = state == "COPYING"
