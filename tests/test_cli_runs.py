@@ -264,6 +264,11 @@ def test_offline_run_through_the_cli(tmp_path, server_factory, eve):
     shown = cli.json("endpoints", "get", "redis-source")
     assert shown["config"]["read_conn"]["password"] == "<redacted>" and shown["description"] == "Current Redis source"
     assert "redis-target" in cli("endpoints", "list").stdout
+    # get --json, edited, back through update: "<redacted>" keeps the stored password
+    shown["description"] = "Redis 7.0, rack 4"
+    (tmp_path / "source.json").write_text(json.dumps(shown))
+    cli("endpoints", "update", "redis-source", "--file", str(tmp_path / "source.json"))
+    assert cli.json("endpoints", "get", "redis-source")["description"] == "Redis 7.0, rack 4"
     assert "db0:keys=800" in cli("endpoints", "read", "redis-source", "INFO", "keyspace").stdout
     assert cli("endpoints", "read", "redis-target", "DBSIZE").stdout.strip() == "(integer) 0"
     assert cli.json("endpoints", "read", "redis-target", "DBSIZE")["reply"]["integer"] == 0
@@ -327,6 +332,11 @@ def test_offline_run_through_the_cli(tmp_path, server_factory, eve):
     assert [(run["id"], run["state"]) for run in listed] == [("redis-offline-1", "COMPLETED")]
     assert "redis-offline-1" in cli("runs", "list").stdout
     assert_same(source.client(), target.client())
+    # A completed run releases its endpoints; an interlay never started goes as well.
+    cli("interlays", "delete", "redis-live-interlay")
+    cli("interlays", "get", "redis-live-interlay", expect=2)
+    cli("endpoints", "delete", "redis-target")
+    assert "redis-target" not in cli("endpoints", "list").stdout
 
     # On a terminal, the same numbers as progress bars: replayed, then the final metrics.
     status, screen = run_in_pty([sys.executable, "-m", "eve", "runs", "watch", "redis-offline-1"], cli.env)
