@@ -716,13 +716,15 @@ def _runs_watch(api: Api, out: Output, args: argparse.Namespace) -> int:
     until = args.until
     if until in _ONLINE_ONLY and run.setup.source and not _online(run):
         raise ConfigError(f"run {run.id} is OFFLINE: it never reaches {until} (use CUT_OVER)", field="--until")
+    current = _state_name(run.state)
     check = UntilCheck(until)
+    check.seen.add(current)  # it is there now, even if --after-seq skips the event that said so
     follower = EventFollower(api, args.run_id, args.after_seq, reconnect_seconds=args.reconnect_seconds)
     view = _WatchView(out, run)
-    current = _state_name(run.state)
     follower.start()
     last_poll = 0.0
     last_event = time.monotonic()
+    last_event_state = ""
     connected = True
     ended = False
     status: int | None = None
@@ -737,8 +739,9 @@ def _runs_watch(api: Api, out: Output, args: argparse.Namespace) -> int:
                 last_event = now
                 check.saw(item)
                 view.event(item)
-                if _state_name(item.state) != current:
-                    last_poll = 0.0  # a state change: learn the run's current state now
+                if _state_name(item.state) != last_event_state:
+                    last_event_state = _state_name(item.state)
+                    last_poll = 0.0  # a transition: learn where the run is now
             elif kind == "lost":
                 connected = False
                 view.notice(item)
@@ -754,8 +757,9 @@ def _runs_watch(api: Api, out: Output, args: argparse.Namespace) -> int:
                 last_poll = now
                 try:
                     current = _state_name(api.call(api.migrations.GetRun, wpb.GetRunRequest(run=args.run_id)).state)
-                    view.metrics(api.call(api.migrations.GetMetrics, wpb.GetMetricsRequest(run=args.run_id)),
-                                 current)
+                    if view.bars is not None:
+                        view.metrics(api.call(api.migrations.GetMetrics, wpb.GetMetricsRequest(run=args.run_id)),
+                                     current)
                 except grpc.RpcError as exc:
                     if not _transient(exc):
                         raise
