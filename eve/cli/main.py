@@ -267,6 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--run", dest="run_id", metavar="ID", help="discard: this job (default: the latest)")
     jobs.add_argument("--json", action="store_true", help="print one JSON object")
     jobs.set_defaults(run=_cmd_jobs)
+
+    # Clients of a running coordinator (eve serve): eve.cli.runs, eve.cli.endpoints.
+    from eve.cli import endpoints as endpoints_cli, runs as runs_cli
+
+    runs_cli.add_run_commands(commands)
+    endpoints_cli.add_endpoint_commands(commands)
+    endpoints_cli.add_interlay_commands(commands)
     return parser
 
 
