@@ -15,9 +15,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from eve.cli.exits import EXIT_FAILURES, EXIT_OK
 from eve.cli.remote import (
-    EXIT_FAILURES,
-    EXIT_OK,
     Api,
     Output,
     add_api_command,

@@ -1,10 +1,4 @@
-"""The ``eve`` command line.
-
-Exit codes say who failed: 0 success, 1 the job finished with failures (error
-keys), 2 bad input, an unreachable server or refused credentials, 3 a failure in
-the source, 4 in the target, 5 a call in the wrong state, 70 an internal error,
-130 interrupted (Ctrl-C), 141 the output's reader went away (``| head``).
-"""
+"""The ``eve`` command line. Exit codes: ``eve.cli.exits``."""
 
 from __future__ import annotations
 
@@ -13,41 +7,17 @@ from importlib import metadata
 import logging
 import os
 import sys
-from pathlib import Path
 
-from eve.core.errors import (
-    AuthError,
-    ConfigError,
-    EveError,
-    SourceError,
-    StateError,
-    TargetError,
-    UnavailableError,
+from eve.cli.exits import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    exit_code_for,
+    read_token,
 )
+from eve.core.errors import EveError
 
-__all__ = ["main", "EXIT_OK", "EXIT_FAILURES", "EXIT_USAGE", "EXIT_SOURCE", "EXIT_TARGET", "EXIT_STATE"]
-
-EXIT_OK = 0
-EXIT_FAILURES = 1
-EXIT_USAGE = 2
-EXIT_SOURCE = 3
-EXIT_TARGET = 4
-EXIT_STATE = 5
-EXIT_INTERNAL = 70
-EXIT_INTERRUPTED = 130
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
-
-
-def exit_code_for(exc: BaseException) -> int:
-    if isinstance(exc, (ConfigError, UnavailableError, AuthError)):
-        return EXIT_USAGE
-    if isinstance(exc, SourceError):
-        return EXIT_SOURCE
-    if isinstance(exc, TargetError):
-        return EXIT_TARGET
-    if isinstance(exc, StateError):
-        return EXIT_STATE
-    return EXIT_INTERNAL if not isinstance(exc, EveError) else EXIT_FAILURES
+__all__ = ["main", "build_parser"]
 
 
 def _setup_logging(process: str, verbose: bool, *, quiet: bool = False) -> None:
@@ -58,25 +28,13 @@ def _setup_logging(process: str, verbose: bool, *, quiet: bool = False) -> None:
     )
 
 
-def _read_token(token_file: str | None) -> str | None:
-    if token_file:
-        try:
-            token = Path(token_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read {token_file}: {exc.strerror}", field="--token-file") from exc
-        if not token:
-            raise ConfigError(f"{token_file} is empty", field="--token-file")
-        return token
-    return os.environ.get("EVE_TOKEN") or None
-
-
 def _cmd_serve(args: argparse.Namespace) -> int:
     from eve.api.server import ServerOptions, serve
     from eve.core import telemetry
 
     _setup_logging("coordinator", args.verbose)
     telemetry.setup("eve-coordinator")
-    options = ServerOptions(listen=args.listen, state_path=args.state, token=_read_token(args.token_file))
+    options = ServerOptions(listen=args.listen, state_path=args.state, token=read_token(args.token_file))
 
     def ready(address: str) -> None:
         # One machine-readable line: scripts and test fixtures wait for it.

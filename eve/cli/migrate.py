@@ -41,6 +41,7 @@ from eve.bulk.pipeline import (
     Progress,
     retry_error_keys,
 )
+from eve.cli.exits import EXIT_INTERRUPTED
 from eve.cli.urls import PASSWORD_ENV, mask_url, parse_redis_url, password_for
 from eve.core.endpoints import ConnectionSpec
 from eve.core.enums import ConflictPolicy
@@ -49,11 +50,10 @@ from eve.core.store import RunRecord, Store
 from eve.prepare import preflight
 from eve.redis.rdb import CORE_TYPES, is_type_name
 
-__all__ = ["MigrateArgs", "run_migrate", "errors_command", "jobs_command", "EXIT_INTERRUPTED"]
+__all__ = ["MigrateArgs", "run_migrate", "errors_command", "jobs_command"]
 
 UNFINISHED = ("COPYING", "FAILED")
 DISCARDED = "DISCARDED"          # a job that is over without finishing: never resumed
-EXIT_INTERRUPTED = 130           # Ctrl-C, as shells report it
 DEFAULT_ERROR_LIST_LIMIT = 100
 
 log = logging.getLogger("eve.cli.migrate")

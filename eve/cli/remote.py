@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from eve.cli.exits import EXIT_INTERNAL, EXIT_OK, EXIT_STATE, EXIT_USAGE, read_token
 from eve.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -50,11 +51,6 @@ PIPE_WIDTH = 200
 
 # The exit codes of the ``eve`` command (eve.cli.main's docstring). main imports this module to
 # register the commands, so the numbers are named here again rather than imported back.
-EXIT_OK = 0
-EXIT_FAILURES = 1
-EXIT_USAGE = 2
-EXIT_STATE = 5
-EXIT_INTERNAL = 70
 
 # gRPC status -> exit code, the one place (the server maps Eve's errors to these statuses in
 # eve.api.interceptors.STATUS_CODES). A status not listed is the coordinator's own failure.
@@ -97,20 +93,7 @@ class ApiOptions:
             _check_ca_file(args.tls_ca)
         if args.timeout is not None and args.timeout <= 0:
             raise ConfigError(f"must be positive, got {args.timeout:g}", field="--timeout")
-        return cls(address=address, token=_read_token(args.token_file), tls_ca=args.tls_ca, timeout=args.timeout)
-
-
-def _read_token(token_file: str | None) -> str | None:
-    """The token from ``--token-file``, else ``EVE_TOKEN``: the same sources ``eve serve`` reads."""
-    if token_file:
-        try:
-            token = Path(token_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read {token_file}: {exc.strerror}", field="--token-file") from None
-        if not token:
-            raise ConfigError(f"{token_file} is empty", field="--token-file")
-        return token
-    return os.environ.get("EVE_TOKEN") or None
+        return cls(address=address, token=read_token(args.token_file), tls_ca=args.tls_ca, timeout=args.timeout)
 
 
 def _check_ca_file(path: str) -> None:

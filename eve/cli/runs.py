@@ -30,10 +30,8 @@ from collections import Counter
 from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
+from eve.cli.exits import EXIT_FAILURES, EXIT_OK, EXIT_STATE
 from eve.cli.remote import (
-    EXIT_FAILURES,
-    EXIT_OK,
-    EXIT_STATE,
     Api,
     Output,
     add_api_command,

@@ -492,11 +492,15 @@ class Workflow:
     def metrics(self, run_id: str) -> dict[str, float]:
         record = self.get(run_id)
         progress = self._progress.get(run_id)
+        rebuilt = progress is None
         if progress is None:
             counters = self.store.counters(run_id)
             progress = Progress(**{k: counters[k] for k in counters})
-            progress.seconds = 1e-9
         attributes = _metrics_attributes(progress)
+        if rebuilt:
+            # Counters from the store (a finished run, or one from before a coordinator restart)
+            # say how much was copied, not how fast: no rate and no ETA rather than a made-up one.
+            attributes.update(keys_per_second=0.0, eta_seconds="")
         attributes["state"] = record.state
         live = self._live.get(run_id)
         if live is not None:
