@@ -176,7 +176,8 @@ class _DifferenceFile:
         self.path = Path(path)
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            self._file: IO[str] = open(self.tmp, "w", encoding="utf-8", newline="")
+            # Open for the whole pass: rows arrive one by one from verify(on_difference=...).
+            self._file: IO[str] = open(self.tmp, "w", encoding="utf-8", newline="")  # noqa: SIM115
         except OSError as exc:
             raise ConfigError(f"cannot write {self.tmp}: {exc.strerror}", field="--out") from None
         self._csv: Any = None

@@ -237,8 +237,11 @@ class _KeyFacts(NamedTuple):
     source_ttl_ms: int | None = None
     target_ttl_ms: int | None = None
 
-    def not_on_target(self) -> "_KeyFacts":
+    def not_on_target(self) -> _KeyFacts:
         return self._replace(target_type="", target_ttl_ms=None)
+
+
+_NOT_SEEN = _KeyFacts()
 
 
 @dataclass(frozen=True)
@@ -277,7 +280,7 @@ class VerifyReport:
     differences: tuple[KeyDifference, ...]   # the first max_differences (error keys, re-copy)
     seconds: float
     not_comparable: int = 0  # module-type keys whose DUMP payloads could not prove equality (not differences)
-    fix: "FixReport | None" = None  # fix=True: what was re-copied and what still differs
+    fix: FixReport | None = None  # fix=True: what was re-copied and what still differs
 
     def summary(self) -> str:
         if self.clean:
@@ -713,7 +716,7 @@ class _Tally:
     def found(self) -> int:
         return self.missing + self.extra + self.different + self.ttl_mismatch
 
-    def add(self, key: bytes, db: int, kind: str, detail: str, facts: _KeyFacts = _KeyFacts()) -> None:
+    def add(self, key: bytes, db: int, kind: str, detail: str, facts: _KeyFacts = _NOT_SEEN) -> None:
         if kind == MISSING:
             self.missing += 1
         elif kind == EXTRA:
@@ -768,10 +771,10 @@ class _Comparer:
         self._facts: dict[bytes, _KeyFacts] = {}   # TYPE/PTTL of the current step's keys on both sides
 
     def _add(self, key: bytes, db: int, kind: str, detail: str, facts: _KeyFacts | None = None) -> None:
-        self.tally.add(key, db, kind, detail, facts if facts is not None else self._facts.get(key, _KeyFacts()))
+        self.tally.add(key, db, kind, detail, facts if facts is not None else self._facts.get(key, _NOT_SEEN))
 
     def _gone_from_target(self, key: bytes, db: int, kind: str) -> None:
-        facts = self._facts.get(key, _KeyFacts()).not_on_target()
+        facts = self._facts.get(key, _NOT_SEEN).not_on_target()
         self._add(key, db, MISSING, f"source {kind}, gone from the target during the comparison", facts)
 
     def compare(self, db: int, keys: list[bytes]) -> None:
@@ -1102,12 +1105,11 @@ def _stream_detail(source: _StreamFacts, target: _StreamFacts, entries: tuple[An
                 parts.append(f"entry {_text(s_id)} has other fields on the target")
                 break
         else:
-            if len(target_entries) < len(source_entries):
-                parts.append(f"the target lacks the last {_count(len(source_entries) - len(target_entries), 'entry', 'entries')}")
-            elif len(target_entries) > len(source_entries):
-                parts.append(f"the target has {_count(len(target_entries) - len(source_entries), 'entry', 'entries')} more")
-    elif source.length != target.length:
-        parts.append(f"{_count(source.length, 'entry', 'entries')} on the source, {target.length:,} on the target")
+            fewer = len(source_entries) - len(target_entries)
+            if fewer > 0:
+                parts.append(f"the target lacks the last {_count(fewer, 'entry', 'entries')}")
+            elif fewer < 0:
+                parts.append(f"the target has {_count(-fewer, 'entry', 'entries')} more")
     if source.last_entry != target.last_entry:
         parts.append(f"last entry ID {_text(source.last_entry or b'none')} on the source, "
                      f"{_text(target.last_entry or b'none')} on the target")
@@ -1214,6 +1216,10 @@ class _Fixer:
         if item not in self._pending:   # a key whose value and TTL differ is listed twice
             self._pending[item] = None
             self.dirty.mark(*item)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
 
     @property
     def due(self) -> bool:
@@ -1329,16 +1335,18 @@ def verify(source: ConnectionSpec, target: ConnectionSpec, *, dbs: Sequence[int]
         comparer = _Comparer(source_side, target_side, tally, ttl_tolerance_ms=ttl_tolerance_ms)
         if fix:
             _refuse_unsafe_fix(source, target, timeout)
-            recheck = _Comparer(source_side, target_side, _Tally(max_examples=max_examples, max_differences=max_examples),
+            recheck = _Comparer(source_side, target_side,
+                                _Tally(max_examples=max_examples, max_differences=max_examples),
                                 ttl_tolerance_ms=ttl_tolerance_ms)
             fixer = _Fixer(source, target, recheck, check_extra=check_extra, limit=limit, max_failures=max_examples,
                            timeout=timeout)
         tally.on_difference = _fanout(on_difference, fixer.add if fixer is not None else None)
         source_dbs = sorted(set(dbs)) if dbs is not None else source_side.dbs_with_keys()
+        # What SCAN will return, for a rate and an ETA; unknown under MATCH/TYPE, which filter
+        # after the scan. The target's count is read again when its pass starts: a fix adds keys.
+        counted = on_progress is not None and pattern is None and key_type is None
         expected: int | None = None
-        if on_progress is not None and pattern is None and key_type is None:
-            # What SCAN will return, for a rate and an ETA; unknown under MATCH/TYPE, which
-            # filter after the scan.
+        if counted:
             expected = source_side.keys_in(source_dbs)
             if check_extra:
                 expected += target_side.keys_in(sorted(set(dbs)) if dbs is not None else target_side.dbs_with_keys())
@@ -1348,10 +1356,11 @@ def verify(source: ConnectionSpec, target: ConnectionSpec, *, dbs: Sequence[int]
                 on_progress(VerifyProgress(phase, tally.keys_compared, tally.keys_scanned, expected, tally.found,
                                            fixer.fixed if fixer is not None else 0, time.monotonic() - started))
 
-        def fix_pending(*, due_only: bool) -> None:
-            if fixer is not None and (fixer.due or not due_only):
+        def fix_pending(phase: str, *, due_only: bool) -> None:
+            if fixer is not None and fixer.pending and (fixer.due or not due_only):
                 progress(FIXING)
                 fixer.flush()
+                progress(phase)
 
         progress(COMPARING)
         scan = {"scan_count": scan_count, "match": pattern, "key_type": key_type, "ignore": ignore}
@@ -1364,11 +1373,13 @@ def verify(source: ConnectionSpec, target: ConnectionSpec, *, dbs: Sequence[int]
                     limit.charge(len(keys))
                 comparer.compare(db, keys)
                 tally.keys_scanned += len(keys)
-                fix_pending(due_only=True)
+                fix_pending(COMPARING, due_only=True)
                 progress(COMPARING)
-        fix_pending(due_only=False)
+        fix_pending(COMPARING, due_only=False)
         if check_extra:
             target_dbs = sorted(set(dbs)) if dbs is not None else target_side.dbs_with_keys()
+            if counted:
+                expected = tally.keys_scanned + target_side.keys_in(target_dbs)
             for db in target_dbs:
                 if not target_side.has_db(db):
                     continue
@@ -1380,9 +1391,9 @@ def verify(source: ConnectionSpec, target: ConnectionSpec, *, dbs: Sequence[int]
                         limit.charge(len(keys))
                     comparer.extra(db, keys)
                     tally.keys_scanned += len(keys)
-                    fix_pending(due_only=True)
+                    fix_pending(EXTRA_KEYS, due_only=True)
                     progress(EXTRA_KEYS)
-            fix_pending(due_only=False)
+            fix_pending(EXTRA_KEYS, due_only=False)
     finally:
         if fixer is not None:
             fixer.close()
