@@ -213,7 +213,8 @@ def test_size_difference_and_match_and_type_filters(server_factory):
     assert kinds(report) == {VALUE: {b"a:hash:1", b"b:hash:7"}, EXTRA: {b"a:extra"}}
     size = src.hlen("a:hash:1")
     detail = next(d.detail for d in report.differences if d.key == b"a:hash:1")
-    assert detail == f"source hash of {size} fields, target {size + 1} fields"
+    # Field-level detail (issue 11): which field the target has that the source lacks.
+    assert detail == f"source hash of {size} fields, target {size + 1} fields: 1 field only on the target ('added')"
     report = verify(spec(source), spec(target), match="a:*")
     assert kinds(report) == {VALUE: {b"a:hash:1"}, EXTRA: {b"a:extra"}} and report.keys_compared == 120
     report = verify(spec(source), spec(target), match="b:*", type="hash")

@@ -91,7 +91,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                           max_examples=args.max_examples, db=args.db, match=args.match,
                           max_keys_per_second=args.max_keys_per_second,
                           source_password_file=args.source_password_file,
-                          target_password_file=args.target_password_file)
+                          target_password_file=args.target_password_file, out=args.out, fix=args.fix,
+                          progress=not args.no_progress)
 
 
 def _positive(text: str) -> int:
@@ -183,8 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_cmd_demo)
 
     verify = commands.add_parser("verify", help="compare a source and a target key by key (type, value, TTL)",
-                                 description="Exit codes: 0 the sides are identical, 1 they differ, 2 bad input, "
-                                             "unreachable server or refused credentials.")
+                                 description="Compare every key of --source with --target: missing, extra, type, "
+                                             "value (with the fields, members or bytes that differ) and TTL. "
+                                             "Exit codes: 0 the sides are identical (with --fix: after the fix), "
+                                             "1 they differ, 2 bad input, unreachable server or refused "
+                                             "credentials.")
     verify.add_argument("--source", required=True, metavar="URL", help="the side whose keys are the reference")
     verify.add_argument("--target", required=True, metavar="URL", help="the side compared with it")
     verify.add_argument("--source-password-file", metavar="PATH", help="read the source's password from PATH")
@@ -198,7 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keys compared per second at most, to spare a busy source (default: no limit)")
     verify.add_argument("--max-examples", type=_positive, default=20, metavar="N",
                         help="differences shown (default %(default)s)")
+    verify.add_argument("--out", metavar="FILE",
+                        help="write every difference to FILE (.jsonl or .csv), not only the examples shown")
+    verify.add_argument("--fix", action="store_true",
+                        help="make the target equal to the source for the compared keys (--db, --match): copy "
+                             "what differs again from the source (DUMP/RESTORE REPLACE, or a logical copy) and "
+                             "DELETE keys that are only on the target; then compare those keys again. Refused "
+                             "when both URLs reach one server")
     verify.add_argument("--json", action="store_true", help="print one JSON object")
+    verify.add_argument("--no-progress", action="store_true", help="no progress bar")
     verify.set_defaults(run=_cmd_verify)
 
     errors = commands.add_parser("errors", help="list, export or retry the error keys (or conflicts) of a job")

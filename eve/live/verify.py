@@ -63,6 +63,39 @@ runs on the source), so a pass does not starve the source's clients.
 Counts: ``missing``, ``extra``, ``different`` (type or value), ``ttl_mismatch``;
 a key whose value and TTL both differ is listed twice (once per kind).
 ``keys_compared`` counts the source keys examined (vanished ones excluded).
+Each ``KeyDifference`` carries what was seen of the key on both sides (TYPE,
+PTTL) besides its ``detail``.
+
+**Field-level detail.** A value that differs says how, within bounded work:
+hashes which fields are missing, only on the target or with another value;
+sets and sorted sets which members are missing or only on the target, sorted
+sets which scores differ; lists the first differing index (or which end is
+missing); strings the first differing byte offset; streams the last entry ID,
+the last generated ID and the consumer groups. Each list names a few examples
+and counts the rest. The values compared whole are already in memory (they were
+read for their digest); a value whose size differs is read once more, only when
+it is small. A big key (above ``BIG_ELEMENTS`` elements, a string above
+``BIG_STRING_BYTES``) is not diffed element by element, the detail says so: its
+digest was streamed in chunks and stays that cheap (a big stream still gets its
+``XINFO`` facts, which cost one reply).
+
+**Streaming.** ``on_difference`` gets every difference as it is found (an
+export file, the ``--fix`` backlog): the report keeps only the first
+``max_differences``, so a pass over millions of differences holds none of them.
+``on_progress`` gets a ``VerifyProgress`` after each SCAN step (keys scanned,
+the total INFO keyspace announces, differences so far), for a progress display.
+
+**Fix** (``fix=True``, ``eve verify --fix``): what differs is re-copied from the
+source with the live run's re-copy loop (``eve.live.recopy.DirtyKeySync`` over a
+``DirtyKeys`` backlog: DUMP/RESTORE ... REPLACE, the key deleted on the target
+when it is gone from the source, a logical copy where the target refuses the
+payload), in chunks of ``FIX_CHUNK`` keys as the pass goes, and each chunk is
+then compared again; ``VerifyReport.fix`` says what was re-copied, what the
+target refused and what still differs. So the target becomes equal to the
+source for the compared keys (``dbs``, ``match``, ``type``): keys only on the
+target are deleted. Refused (``ConfigError``) when the two sides are one server
+(their ``run_id``), or linked by replication, or the target is a read-only
+replica (``eve.prepare.preflight``): a "fix" there would write the wrong server.
 
 Errors: a side that cannot be reached raises ``UnavailableError`` ("source
 unreachable: ..."), refused credentials ``AuthError``, any other failure of a
@@ -74,21 +107,26 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import heapq
 import logging
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from eve.core.endpoints import ConnectionSpec
 from eve.core.errors import (
     AuthError,
     ConfigError,
     EndpointError,
+    Side,
     SourceError,
     TargetError,
     UnavailableError,
 )
+from eve.live.backlog import DirtyKeys
+from eve.live.recopy import DirtyKeySync, RecopyFailure, SyncOptions
+from eve.prepare import preflight
 from eve.redis.cluster import ClientOptions, ClusterClient
 from eve.redis.rdb import payload_rdb_version
 from eve.redis.wire import ReplyError, pack
@@ -96,6 +134,8 @@ from eve.redis.wire import ReplyError, pack
 __all__ = [
     "KeyDifference",
     "VerifyReport",
+    "VerifyProgress",
+    "FixReport",
     "verify",
     "MISSING",
     "EXTRA",
@@ -111,6 +151,10 @@ __all__ = [
     "DEFAULT_SCAN_COUNT",
     "DEFAULT_IGNORE_PREFIXES",
     "DEFAULT_TIMEOUT",
+    "COMPARING",
+    "EXTRA_KEYS",
+    "FIXING",
+    "FIX_CHUNK",
 ]
 
 log = logging.getLogger("eve.live.verify")
@@ -133,6 +177,15 @@ STRING_CHUNK_BYTES = 1 << 20
 PIPELINE_ELEMENTS = 50_000         # elements read in one pipeline of small values
 PIPELINE_BYTES = 16 << 20          # string bytes read in one pipeline
 CLIENT_NAME = "eve-verify"
+DETAIL_EXAMPLES = 3                # elements named in a field-level detail; the rest are counted
+DETAIL_TEXT = 40                   # characters of an element shown in a detail
+FIX_CHUNK = 5_000                  # keys re-copied, then compared again, at a time by fix=True
+FIX_DRAIN_SECONDS = 300.0          # a chunk not re-copied by then: a side stays unreachable
+
+# VerifyProgress.phase
+COMPARING = "comparing"            # the source's keys, against the target
+EXTRA_KEYS = "extra keys"          # the target's keys, for those the source lacks
+FIXING = "fixing"                  # re-copying a chunk of differences and comparing it again
 
 _SIZE_COMMAND = {"string": b"STRLEN", "hash": b"HLEN", "list": b"LLEN", "set": b"SCARD", "zset": b"ZCARD",
                  "stream": b"XLEN"}
@@ -162,10 +215,57 @@ class KeyDifference:
     db: int
     kind: str      # MISSING, EXTRA, TYPE, VALUE or TTL
     detail: str    # "source hash, target string", "source TTL 3600000 ms, target none", ...
+    # What TYPE and PTTL said of the key on each side: "" / None where it is not there.
+    # PTTL is -1 for a key without expiry.
+    source_type: str = ""
+    target_type: str = ""
+    source_ttl_ms: int | None = None
+    target_ttl_ms: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"key": self.key_text, "key_base64": base64.b64encode(self.key).decode(), "db": self.db,
-                "kind": self.kind, "detail": self.detail}
+                "kind": self.kind, "detail": self.detail, "source_type": self.source_type,
+                "target_type": self.target_type, "source_ttl_ms": self.source_ttl_ms,
+                "target_ttl_ms": self.target_ttl_ms}
+
+
+class _KeyFacts(NamedTuple):
+    """TYPE and PTTL of one key on both sides, as KeyDifference carries them."""
+
+    source_type: str = ""
+    target_type: str = ""
+    source_ttl_ms: int | None = None
+    target_ttl_ms: int | None = None
+
+    def not_on_target(self) -> _KeyFacts:
+        return self._replace(target_type="", target_ttl_ms=None)
+
+
+_NOT_SEEN = _KeyFacts()
+
+
+@dataclass(frozen=True)
+class VerifyProgress:
+    """A pass so far (``verify(on_progress=...)``): counts, never a dependency on a display."""
+
+    phase: str                  # COMPARING, EXTRA_KEYS or FIXING
+    keys_compared: int          # source keys examined, as the report counts them
+    keys_scanned: int           # keys SCAN returned on either side: the work done
+    keys_expected: int | None   # what INFO keyspace announces for the whole pass; None with match/type
+    differences: int
+    fixed: int                  # keys re-copied or deleted on the target so far (fix=True)
+    seconds: float
+
+    @property
+    def keys_per_second(self) -> float:
+        return self.keys_scanned / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        rate = self.keys_per_second
+        if self.keys_expected is None or rate <= 0:
+            return None
+        return max(self.keys_expected - self.keys_scanned, 0) / rate
 
 
 @dataclass(frozen=True)
@@ -180,22 +280,50 @@ class VerifyReport:
     differences: tuple[KeyDifference, ...]   # the first max_differences (error keys, re-copy)
     seconds: float
     not_comparable: int = 0  # module-type keys whose DUMP payloads could not prove equality (not differences)
+    fix: FixReport | None = None  # fix=True: what was re-copied and what still differs
 
     def summary(self) -> str:
         if self.clean:
-            text = f"clean: {self.keys_compared} keys compared in {self.seconds:.2f} s"
+            text = f"clean: {self.keys_compared:,} keys compared in {self.seconds:,.2f} s"
         else:
-            text = (f"{self.missing} missing, {self.extra} extra, {self.different} different, "
-                    f"{self.ttl_mismatch} TTL mismatches; {self.keys_compared} keys compared in {self.seconds:.2f} s")
+            text = (f"{self.missing:,} missing, {self.extra:,} extra, {self.different:,} different, "
+                    f"{self.ttl_mismatch:,} TTL mismatches; {self.keys_compared:,} keys compared in "
+                    f"{self.seconds:,.2f} s")
         if self.not_comparable:
-            text += f" ({self.not_comparable} module-type keys not comparable)"
+            text += f" ({self.not_comparable:,} module-type keys not comparable)"
         return text
 
     def as_dict(self) -> dict[str, Any]:
         return {"clean": self.clean, "keys_compared": self.keys_compared, "missing": self.missing,
                 "extra": self.extra, "different": self.different, "ttl_mismatch": self.ttl_mismatch,
                 "not_comparable": self.not_comparable, "seconds": round(self.seconds, 3),
-                "examples": [difference.as_dict() for difference in self.examples]}
+                "examples": [difference.as_dict() for difference in self.examples],
+                **({"fix": self.fix.as_dict()} if self.fix is not None else {})}
+
+
+@dataclass(frozen=True)
+class FixReport:
+    """What ``fix=True`` did: the differing keys re-copied from the source, then compared again."""
+
+    recopied: int                     # keys written again from the source (RESTORE REPLACE or a logical copy)
+    deleted: int                      # keys deleted on the target: gone from the source (extra keys among them)
+    failed: int                       # keys the target (or the source) refused; their reasons in failures
+    failures: tuple[RecopyFailure, ...]   # the first max_examples
+    recheck: VerifyReport             # the re-copied keys compared again: what still differs
+
+    @property
+    def clean(self) -> bool:
+        """The target equals the source for every key that differed."""
+        return self.recheck.clean and not self.failed
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"clean": self.clean, "recopied": self.recopied, "deleted": self.deleted, "failed": self.failed,
+                "failures": [{"key": _key_text(f.key), "key_base64": base64.b64encode(f.key).decode(),
+                              "db": f.db, "node": f.node, "reason": f.reason} for f in self.failures],
+                "still_different": {"missing": self.recheck.missing, "extra": self.recheck.extra,
+                                    "different": self.recheck.different,
+                                    "ttl_mismatch": self.recheck.ttl_mismatch},
+                "examples": [difference.as_dict() for difference in self.recheck.examples]}
 
 
 def _key_text(key: bytes) -> str:
@@ -284,13 +412,9 @@ def _stream_entries(entries: Sequence[Any]) -> Iterator[bytes]:
 
 def _stream_meta(info: Any, groups: Any) -> list[bytes]:
     """last-generated-id and the groups (name, last-delivered-id), from XINFO STREAM / GROUPS in RESP2."""
-    stream = dict(zip(info[0::2], info[1::2]))
-    meta = [b"last-generated-id", stream.get(b"last-generated-id") or b""]
-    described = []
-    for group in groups or ():
-        fields = dict(zip(group[0::2], group[1::2]))
-        described.append(_pair(fields.get(b"name") or b"", fields.get(b"last-delivered-id") or b""))
-    return meta + sorted(described)
+    facts = _StreamFacts.of(info, groups)
+    return [b"last-generated-id", facts.last_generated or b""] + sorted(
+        _pair(name, delivered) for name, delivered in facts.groups.items())
 
 
 def _reply_error(reply: Any) -> bool:
@@ -420,6 +544,13 @@ class _Side:
     def dbs_with_keys(self) -> list[int]:
         with self._errors():
             return self.client.dbs_with_keys()
+
+    def keys_in(self, dbs: Iterable[int]) -> int:
+        """What INFO keyspace says ``dbs`` hold on every node: what a SCAN of them returns."""
+        wanted = set(dbs)
+        with self._errors():
+            return sum(keys for address in self.scan_nodes
+                       for db, (keys, _) in self.client.keyspace(address).items() if db in wanted)
 
     def use_db(self, db: int) -> None:
         self.db = db
@@ -570,7 +701,10 @@ class _RateLimit:
 class _Tally:
     max_examples: int
     max_differences: int
+    # Every difference as it is found (module docstring, streaming); the list keeps max_differences.
+    on_difference: Callable[[KeyDifference], None] | None = None
     keys_compared: int = 0
+    keys_scanned: int = 0
     missing: int = 0
     extra: int = 0
     different: int = 0
@@ -578,7 +712,11 @@ class _Tally:
     not_comparable: int = 0
     differences: list[KeyDifference] = field(default_factory=list)
 
-    def add(self, key: bytes, db: int, kind: str, detail: str) -> None:
+    @property
+    def found(self) -> int:
+        return self.missing + self.extra + self.different + self.ttl_mismatch
+
+    def add(self, key: bytes, db: int, kind: str, detail: str, facts: _KeyFacts = _NOT_SEEN) -> None:
         if kind == MISSING:
             self.missing += 1
         elif kind == EXTRA:
@@ -587,14 +725,19 @@ class _Tally:
             self.ttl_mismatch += 1
         else:
             self.different += 1
-        if len(self.differences) < self.max_differences:
-            self.differences.append(KeyDifference(key, _key_text(key), db, kind, detail))
+        keep = len(self.differences) < self.max_differences
+        if keep or self.on_difference is not None:
+            difference = KeyDifference(key, _key_text(key), db, kind, detail, *facts)
+            if keep:
+                self.differences.append(difference)
+            if self.on_difference is not None:
+                self.on_difference(difference)
 
-    def report(self, seconds: float) -> VerifyReport:
+    def report(self, seconds: float, fix: FixReport | None = None) -> VerifyReport:
         clean = not (self.missing or self.extra or self.different or self.ttl_mismatch)
         return VerifyReport(clean, self.keys_compared, self.missing, self.extra, self.different, self.ttl_mismatch,
                             tuple(self.differences[:self.max_examples]), tuple(self.differences), seconds,
-                            self.not_comparable)
+                            self.not_comparable, fix)
 
 
 def _ttl_text(pttl: int) -> str:
@@ -625,6 +768,14 @@ class _Comparer:
     def __init__(self, source: _Side, target: _Side, tally: _Tally, *, ttl_tolerance_ms: int) -> None:
         self.source, self.target, self.tally = source, target, tally
         self.tolerance = ttl_tolerance_ms
+        self._facts: dict[bytes, _KeyFacts] = {}   # TYPE/PTTL of the current step's keys on both sides
+
+    def _add(self, key: bytes, db: int, kind: str, detail: str, facts: _KeyFacts | None = None) -> None:
+        self.tally.add(key, db, kind, detail, facts if facts is not None else self._facts.get(key, _NOT_SEEN))
+
+    def _gone_from_target(self, key: bytes, db: int, kind: str) -> None:
+        facts = self._facts.get(key, _NOT_SEEN).not_on_target()
+        self._add(key, db, MISSING, f"source {kind}, gone from the target during the comparison", facts)
 
     def compare(self, db: int, keys: list[bytes]) -> None:
         """One SCAN step's keys: TYPE + PTTL, then sizes, then digests (module docstring)."""
@@ -640,25 +791,28 @@ class _Comparer:
                     if _reply_error(reply):
                         side = self.source if replies is source_meta else self.target
                         raise side.error(f"{side.role} {side.spec.address}: TYPE/PTTL failed: {reply}")
+        self._facts = {}
         same: list[tuple[bytes, str]] = []
         for key, (s_type, s_ttl), (t_type, t_ttl) in zip(keys, source_meta, target_meta):
             source_kind, target_kind = _kind_of(s_type), _kind_of(t_type)
             if source_kind == "none" or s_ttl == -2:
                 continue  # vanished since SCAN
             self.tally.keys_compared += 1
+            facts = _KeyFacts(source_kind, target_kind, s_ttl, t_ttl)
             if target_kind == "none" or t_ttl == -2:
                 if 0 <= s_ttl <= self.tolerance:
                     continue  # expiring: the target expired it a moment earlier
                 where = "" if self.target.has_db(db) else " (the target is a cluster: it has only db 0)"
-                self.tally.add(key, db, MISSING, f"source {source_kind}, not on the target{where}")
+                self._add(key, db, MISSING, f"source {source_kind}, not on the target{where}", facts.not_on_target())
                 continue
+            self._facts[key] = facts
             if source_kind != target_kind:
-                self.tally.add(key, db, TYPE, f"source {source_kind}, target {target_kind}")
+                self._add(key, db, TYPE, f"source {source_kind}, target {target_kind}")
             else:
                 same.append((key, source_kind))
             ttl = _ttl_difference(s_ttl, t_ttl, self.tolerance)
             if ttl is not None:
-                self.tally.add(key, db, TTL, ttl)
+                self._add(key, db, TTL, ttl)
         if same:
             self._compare_values(db, same)
 
@@ -675,6 +829,7 @@ class _Comparer:
         target_sizes = [r[0] for r in self.target.run(keys, size_commands)]
         small: list[tuple[bytes, str, int]] = []
         big: list[tuple[bytes, str, int]] = []
+        resized: list[tuple[bytes, str, int, int]] = []
         for (key, kind), s_size, t_size in zip(core, source_sizes, target_sizes):
             if _reply_error(s_size) or _reply_error(t_size):
                 # WRONGTYPE: the key changed type since TYPE; anything else is a server failure.
@@ -682,48 +837,88 @@ class _Comparer:
                 if not str(bad).startswith("WRONGTYPE"):
                     side = self.source if _reply_error(s_size) else self.target
                     raise side.error(f"{side.role} {side.spec.address}: {_SIZE_COMMAND[kind].decode()} failed: {bad}")
-                self.tally.add(key, db, VALUE, f"{kind} changed type during the comparison")
+                self._add(key, db, VALUE, f"{kind} changed type during the comparison")
                 continue
             if s_size != t_size:
                 if kind in _NEVER_EMPTY and s_size == 0:
                     continue  # vanished from the source since TYPE
                 if kind in _NEVER_EMPTY and t_size == 0:
-                    self.tally.add(key, db, MISSING, f"source {kind}, gone from the target during the comparison")
+                    self._gone_from_target(key, db, kind)
                     continue
-                unit = _UNIT[kind]
-                self.tally.add(key, db, VALUE, f"source {kind} of {s_size} {unit}, target {t_size} {unit}")
+                resized.append((key, kind, s_size, t_size))
                 continue
-            limit = BIG_STRING_BYTES if kind == "string" else BIG_ELEMENTS
-            (big if s_size > limit else small).append((key, kind, s_size))
+            (big if s_size > _big_limit(kind) else small).append((key, kind, s_size))
+        if resized:
+            self._explain_sizes(db, resized)
         for batch in _budgeted(small):
-            source_digests = self._small_digests(self.source, batch)
-            target_digests = self._small_digests(self.target, batch)
-            for (key, kind, size), s_digest, t_digest in zip(batch, source_digests, target_digests):
-                self._judge(db, key, kind, size, s_digest, t_digest)
+            batch_keys = [key for key, _, _ in batch]
+            commands = [_read_commands(kind, key) for key, kind, _ in batch]
+            source_replies = self.source.run(batch_keys, commands)
+            target_replies = self.target.run(batch_keys, commands)
+            source_digests = self._digests(self.source, batch, source_replies)
+            target_digests = self._digests(self.target, batch, target_replies)
+            for (key, kind, size), s_digest, t_digest, s_replies, t_replies in zip(
+                    batch, source_digests, target_digests, source_replies, target_replies):
+                # The values are in memory already (read for their digests): the detail costs no read.
+                self._judge(db, key, kind, size, s_digest, t_digest,
+                            lambda kind=kind, s=s_replies, t=t_replies: _field_detail(kind, s, t))
         for key, kind, size in big:
             s_digest = _read_big(self.source, key, kind, size)
             t_digest = _read_big(self.target, key, kind, size)
-            self._judge(db, key, kind, size, s_digest, t_digest)
+            self._judge(db, key, kind, size, s_digest, t_digest, lambda key=key, kind=kind: self._big_detail(key, kind))
 
-    def _small_digests(self, side: _Side, batch: list[tuple[bytes, str, int]]) -> list[Any]:
-        replies = side.run([key for key, _, _ in batch], [_read_commands(kind, key) for key, kind, _ in batch])
+    def _digests(self, side: _Side, batch: list[tuple[bytes, str, int]], replies: list[list[Any]]) -> list[Any]:
         with side._errors():
             return [_value_digest(kind, key_replies) for (_, kind, _), key_replies in zip(batch, replies)]
 
-    def _judge(self, db: int, key: bytes, kind: str, size: int, source_digest: Any, target_digest: Any) -> None:
+    def _explain_sizes(self, db: int, resized: list[tuple[bytes, str, int, int]]) -> None:
+        """Values whose sizes differ: read again when small on both sides, for the field-level detail
+        (only keys that differ pay for it); a big one says so instead."""
+        readable = [(key, kind, max(s_size, t_size)) for key, kind, s_size, t_size in resized
+                    if max(s_size, t_size) <= _big_limit(kind)]
+        details: dict[bytes, str] = {}
+        for batch in _budgeted(readable):
+            batch_keys = [key for key, _, _ in batch]
+            commands = [_read_commands(kind, key) for key, kind, _ in batch]
+            source_replies = self.source.run(batch_keys, commands)
+            target_replies = self.target.run(batch_keys, commands)
+            for (key, kind, _), s_replies, t_replies in zip(batch, source_replies, target_replies):
+                details[key] = _field_detail(kind, s_replies, t_replies)
+        for key, kind, s_size, t_size in resized:
+            unit = _UNIT[kind]
+            detail = details[key] if key in details else self._big_detail(key, kind)
+            self._add(key, db, VALUE, _with_detail(f"source {kind} of {s_size} {unit}, target {t_size} {unit}",
+                                                   detail))
+
+    def _big_detail(self, key: bytes, kind: str) -> str:
+        """What a big key's detail can say without reading it element by element."""
+        if kind == "stream":
+            commands = [[pack(b"XINFO", b"STREAM", key), pack(b"XINFO", b"GROUPS", key)]]
+            source_replies = self.source.run([key], commands)[0]
+            target_replies = self.target.run([key], commands)[0]
+            if any(_reply_error(reply) for reply in (*source_replies, *target_replies)):
+                return ""  # the key changed while it was compared
+            return _stream_detail(_StreamFacts.of(*source_replies), _StreamFacts.of(*target_replies), None)
+        if kind == "string":
+            return f"a big string: the first differing byte is not searched above {BIG_STRING_BYTES >> 20} MiB"
+        element = _ELEMENT[kind]
+        return f"a big {kind}: not compared {element} by {element} above {BIG_ELEMENTS:,} {_UNIT[kind]}"
+
+    def _judge(self, db: int, key: bytes, kind: str, size: int, source_digest: Any, target_digest: Any,
+               explain: Callable[[], str]) -> None:
         if source_digest is _GONE:
             return  # vanished from the source while being read
         if source_digest is _CHANGED or target_digest is _CHANGED:
-            self.tally.add(key, db, VALUE, f"{kind} changed type during the comparison")
+            self._add(key, db, VALUE, f"{kind} changed type during the comparison")
         elif target_digest is _GONE:
-            self.tally.add(key, db, MISSING, f"source {kind}, gone from the target during the comparison")
+            self._gone_from_target(key, db, kind)
         elif source_digest != target_digest:
             what = "elements or their order differ" if kind in ("list", "zset", "stream") else "contents differ"
             if kind == "stream":
                 what = "entries, last ID or consumer groups differ"
             elif kind == "string":
                 what = "bytes differ"
-            self.tally.add(key, db, VALUE, f"{kind} of {size} {_UNIT[kind]} on both sides, {what}")
+            self._add(key, db, VALUE, _with_detail(f"{kind} of {size} {_UNIT[kind]} on both sides, {what}", explain()))
 
     def _compare_modules(self, db: int, modules: list[tuple[bytes, str]]) -> None:
         keys = [key for key, _ in modules]
@@ -734,7 +929,7 @@ class _Comparer:
             if s_payload is None:
                 continue  # vanished from the source
             if t_payload is None:
-                self.tally.add(key, db, MISSING, f"source {kind}, gone from the target during the comparison")
+                self._gone_from_target(key, db, kind)
                 continue
             if not isinstance(s_payload, bytes) or not isinstance(t_payload, bytes):
                 self.tally.not_comparable += 1  # DUMP refused (a module without RDB support)
@@ -761,13 +956,204 @@ class _Comparer:
                 absent.append(key)
         if not absent:
             return
-        types = [r[0] for r in self.target.run(absent, [[_TYPE(key)] for key in absent])]
-        for key, reply in zip(absent, types):
-            kind = _kind_of(reply) if not _reply_error(reply) else "none"
-            if kind == "none":
+        metas = self.target.run(absent, [[_TYPE(key), _PTTL(key)] for key in absent])
+        for key, (type_reply, pttl) in zip(absent, metas):
+            kind = _kind_of(type_reply) if not _reply_error(type_reply) else "none"
+            if kind == "none" or pttl == -2:
                 continue  # gone from the target too
             where = "" if self.source.has_db(db) else " (the source is a cluster: it has only db 0)"
-            self.tally.add(key, db, EXTRA, f"target {kind}, not on the source{where}")
+            facts = _KeyFacts("", kind, None, pttl if isinstance(pttl, int) else None)
+            self._add(key, db, EXTRA, f"target {kind}, not on the source{where}", facts)
+
+
+# --------------------------------------------------------------------------- field-level detail
+
+
+_ELEMENT = {"hash": "field", "list": "element", "set": "member", "zset": "member", "stream": "entry"}
+
+
+def _big_limit(kind: str) -> int:
+    return BIG_STRING_BYTES if kind == "string" else BIG_ELEMENTS
+
+
+def _with_detail(text: str, detail: str) -> str:
+    return f"{text}: {detail}" if detail else text
+
+
+def _show(element: bytes) -> str:
+    text = _key_text(element)
+    return repr(text if len(text) <= DETAIL_TEXT else text[:DETAIL_TEXT] + "...")
+
+
+def _count(number: int, singular: str, plural: str | None = None) -> str:
+    return f"{number:,} {singular if number == 1 else (plural or singular + 's')}"
+
+
+def _listed(elements: Sequence[bytes], singular: str, plural: str, where: str) -> str:
+    """'2 fields missing on the target ('a', 'b')': a few examples (the smallest), the rest counted."""
+    shown = ", ".join(_show(element) for element in heapq.nsmallest(DETAIL_EXAMPLES, elements))
+    more = ", ..." if len(elements) > DETAIL_EXAMPLES else ""
+    return f"{_count(len(elements), singular, plural)} {where} ({shown}{more})"
+
+
+def _first_difference(source: bytes, target: bytes) -> int:
+    """The first offset where the two differ; the shorter one's length when it is the other's start."""
+    end = min(len(source), len(target))
+    step = 4096  # slices compare at memcmp speed: only the block that differs is walked byte by byte
+    start = 0
+    while start < end and source[start:start + step] == target[start:start + step]:
+        start += step
+    for offset in range(start, min(start + step, end)):
+        if source[offset] != target[offset]:
+            return offset
+    return end
+
+
+def _string_detail(source: bytes, target: bytes) -> str:
+    offset = _first_difference(source, target)
+    if offset < min(len(source), len(target)):
+        return f"first difference at byte {offset:,}"
+    if len(target) < len(source):
+        return f"the target holds the source's first {_count(len(target), 'byte')} only"
+    if len(target) > len(source):
+        return f"the target holds the source's value and {_count(len(target) - len(source), 'byte')} more"
+    return ""
+
+
+def _list_detail(source: Sequence[bytes], target: Sequence[bytes]) -> str:
+    for index, (s_element, t_element) in enumerate(zip(source, target)):
+        if s_element != t_element:
+            return f"first difference at index {index:,} (source {_show(s_element)}, target {_show(t_element)})"
+    if len(target) < len(source):
+        return f"the target lacks the last {_count(len(source) - len(target), 'element')} (from index {len(target):,})"
+    if len(target) > len(source):
+        return f"the target has {_count(len(target) - len(source), 'element')} more at the end (from index " \
+               f"{len(source):,})"
+    return ""
+
+
+def _hash_detail(source_flat: Sequence[bytes], target_flat: Sequence[bytes]) -> str:
+    source = dict(zip(source_flat[0::2], source_flat[1::2]))
+    target = dict(zip(target_flat[0::2], target_flat[1::2]))
+    parts = []
+    missing = [name for name in source if name not in target]
+    extra = [name for name in target if name not in source]
+    changed = [name for name, value in source.items() if name in target and target[name] != value]
+    if missing:
+        parts.append(_listed(missing, "field", "fields", "missing on the target"))
+    if extra:
+        parts.append(_listed(extra, "field", "fields", "only on the target"))
+    if changed:
+        parts.append(_listed(changed, "field", "fields", "with another value"))
+    return "; ".join(parts)
+
+
+def _members_detail(source: Iterable[bytes], target: Iterable[bytes]) -> str:
+    source_members, target_members = set(source), set(target)
+    parts = []
+    if source_members - target_members:
+        parts.append(_listed(list(source_members - target_members), "member", "members", "missing on the target"))
+    if target_members - source_members:
+        parts.append(_listed(list(target_members - source_members), "member", "members", "only on the target"))
+    return "; ".join(parts)
+
+
+def _zset_detail(source_flat: Sequence[bytes], target_flat: Sequence[bytes]) -> str:
+    # Scores as doubles, like the digest: "0.10000000000000001" (Redis 7.0) and "0.1" are one score.
+    source = {member: float(score) + 0.0 for member, score in zip(source_flat[0::2], source_flat[1::2])}
+    target = {member: float(score) + 0.0 for member, score in zip(target_flat[0::2], target_flat[1::2])}
+    parts = [_members_detail(source, target)] if source.keys() != target.keys() else []
+    rescored = sorted(member for member, score in source.items() if member in target and target[member] != score)
+    if rescored:
+        shown = ", ".join(f"{_show(member)}: {source[member]!r} vs {target[member]!r}"
+                          for member in rescored[:DETAIL_EXAMPLES])
+        more = ", ..." if len(rescored) > DETAIL_EXAMPLES else ""
+        parts.append(f"{_count(len(rescored), 'member')} with another score ({shown}{more})")
+    return "; ".join(part for part in parts if part)
+
+
+class _StreamFacts(NamedTuple):
+    """What XINFO STREAM / GROUPS (RESP2) say of a stream: a few replies, however long it is."""
+
+    length: int
+    last_entry: bytes | None                 # the ID of its last entry
+    last_generated: bytes | None             # last-generated-id: where XADD * goes on
+    groups: dict[bytes, bytes]               # consumer group -> last-delivered-id
+
+    @classmethod
+    def of(cls, info: Any, groups: Any) -> "_StreamFacts":
+        stream = dict(zip(info[0::2], info[1::2]))
+        last = stream.get(b"last-entry")
+        described = {}
+        for group in groups or ():
+            fields = dict(zip(group[0::2], group[1::2]))
+            described[fields.get(b"name") or b""] = fields.get(b"last-delivered-id") or b""
+        return cls(int(stream.get(b"length") or 0), last[0] if last else None, stream.get(b"last-generated-id"),
+                   described)
+
+
+def _stream_detail(source: _StreamFacts, target: _StreamFacts, entries: tuple[Any, Any] | None) -> str:
+    """Entries (when ``entries`` has both sides' XRANGE), last IDs and consumer groups."""
+    parts = []
+    if entries is not None:
+        source_entries, target_entries = entries
+        for (s_id, s_fields), (t_id, t_fields) in zip(source_entries, target_entries):
+            if s_id != t_id:
+                parts.append(f"first differing entry: {_text(s_id)} on the source, {_text(t_id)} on the target")
+                break
+            if list(s_fields or ()) != list(t_fields or ()):
+                parts.append(f"entry {_text(s_id)} has other fields on the target")
+                break
+        else:
+            fewer = len(source_entries) - len(target_entries)
+            if fewer > 0:
+                parts.append(f"the target lacks the last {_count(fewer, 'entry', 'entries')}")
+            elif fewer < 0:
+                parts.append(f"the target has {_count(-fewer, 'entry', 'entries')} more")
+    if source.last_entry != target.last_entry:
+        parts.append(f"last entry ID {_text(source.last_entry or b'none')} on the source, "
+                     f"{_text(target.last_entry or b'none')} on the target")
+    if source.last_generated != target.last_generated:
+        parts.append(f"last generated ID {_text(source.last_generated or b'?')} on the source, "
+                     f"{_text(target.last_generated or b'?')} on the target")
+    missing = [name for name in source.groups if name not in target.groups]
+    extra = [name for name in target.groups if name not in source.groups]
+    moved = sorted(name for name, delivered in source.groups.items()
+                   if name in target.groups and target.groups[name] != delivered)
+    if missing:
+        parts.append(_listed(missing, "consumer group", "consumer groups", "missing on the target"))
+    if extra:
+        parts.append(_listed(extra, "consumer group", "consumer groups", "only on the target"))
+    if moved:
+        shown = ", ".join(f"{_show(name)}: {_text(source.groups[name])} vs {_text(target.groups[name])}"
+                          for name in moved[:DETAIL_EXAMPLES])
+        parts.append(f"{_count(len(moved), 'consumer group')} with another last-delivered ID ({shown}"
+                     f"{', ...' if len(moved) > DETAIL_EXAMPLES else ''})")
+    return "; ".join(parts)
+
+
+def _field_detail(kind: str, source_replies: Sequence[Any], target_replies: Sequence[Any]) -> str:
+    """How two small values differ, from the replies of ``_read_commands`` on each side; "" when the
+    replies cannot say (the key changed or vanished while it was read)."""
+    if any(_reply_error(reply) for reply in (*source_replies, *target_replies)):
+        return ""
+    source, target = source_replies[0], target_replies[0]
+    if source is None or target is None:
+        return ""
+    if kind == "string":
+        return _string_detail(source, target)
+    if kind == "hash":
+        return _hash_detail(source, target)
+    if kind == "set":
+        return _members_detail(source, target)
+    if kind == "zset":
+        return _zset_detail(source, target)
+    if kind == "list":
+        return _list_detail(source, target)
+    if kind == "stream":
+        return _stream_detail(_StreamFacts.of(*source_replies[1:3]), _StreamFacts.of(*target_replies[1:3]),
+                              (source, target))
+    return ""
 
 
 def _budgeted(items: list[tuple[bytes, str, int]]) -> Iterator[list[tuple[bytes, str, int]]]:
@@ -802,14 +1188,126 @@ def _scan_keys(side: _Side, db: int, *, scan_count: int, match: bytes | None, ke
                 break
 
 
+class _Fixer:
+    """``fix=True``: the differences of a pass re-copied from the source by the live run's re-copy
+    loop, a chunk at a time, and each chunk compared again (module docstring)."""
+
+    def __init__(self, source: ConnectionSpec, target: ConnectionSpec, recheck: _Comparer, *, check_extra: bool,
+                 limit: _RateLimit | None, max_failures: int, timeout: float) -> None:
+        self.recheck = recheck
+        self.check_extra = check_extra
+        self.limit = limit
+        self.max_failures = max_failures
+        self.failures: list[RecopyFailure] = []
+        # The backlog guarantees a key is never in flight twice (DirtyKeySync's docstring);
+        # it holds one chunk plus one SCAN step at most, far below its bound.
+        self.dirty = DirtyKeys()
+        self.sync = DirtyKeySync(SyncOptions(authoritative=source, others=(target,), timeout=timeout), self.dirty,
+                                 on_error=self._refused)
+        self._pending: dict[tuple[int, bytes], None] = {}   # marked, not compared again yet (in order)
+
+    def _refused(self, failures: list[RecopyFailure]) -> None:
+        room = self.max_failures - len(self.failures)
+        if room > 0:
+            self.failures.extend(failures[:room])
+
+    def add(self, difference: KeyDifference) -> None:
+        item = (difference.db, difference.key)
+        if item not in self._pending:   # a key whose value and TTL differ is listed twice
+            self._pending[item] = None
+            self.dirty.mark(*item)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    @property
+    def due(self) -> bool:
+        return len(self._pending) >= FIX_CHUNK
+
+    @property
+    def fixed(self) -> int:
+        stats = self.sync.stats()
+        return stats.copied + stats.deleted
+
+    def flush(self) -> None:
+        """Re-copy the pending keys, then compare them again. Called between SCAN steps, never
+        inside one: a key is compared whole before it is re-copied."""
+        if not self._pending:
+            return
+        if not self.sync.drain(FIX_DRAIN_SECONDS):
+            stats = self.sync.stats()
+            raise UnavailableError(f"fix: {stats.backlog:,} keys not re-copied after {FIX_DRAIN_SECONDS:.0f} s"
+                                   + (f": {stats.last_error}" if stats.last_error else ""))
+        by_db: dict[int, list[bytes]] = {}
+        for db, key in self._pending:
+            by_db.setdefault(db, []).append(key)
+        source, target = self.recheck.source, self.recheck.target
+        saved = source.db, target.db
+        try:
+            for db, keys in by_db.items():
+                source.use_db(db)
+                if target.has_db(db):
+                    target.use_db(db)
+                for start in range(0, len(keys), DEFAULT_SCAN_COUNT):
+                    step = keys[start:start + DEFAULT_SCAN_COUNT]
+                    if self.limit is not None:
+                        self.limit.charge(len(step))
+                    # A key on the source is compared; one only on the target is an extra key:
+                    # each pass skips the keys that are the other's.
+                    self.recheck.compare(db, step)
+                    if self.check_extra:
+                        self.recheck.extra(db, step)
+        finally:
+            source.use_db(saved[0])
+            target.use_db(saved[1])
+        self._pending.clear()
+
+    def report(self, seconds: float) -> FixReport:
+        stats = self.sync.stats()
+        return FixReport(stats.copied, stats.deleted, stats.failed, tuple(self.failures),
+                         self.recheck.tally.report(seconds))
+
+    def close(self) -> None:
+        self.sync.close()
+
+
+def _refuse_unsafe_fix(source: ConnectionSpec, target: ConnectionSpec, timeout: float) -> None:
+    """A fix writes the target: refused when the sides are one server (``run_id``, whatever the
+    URLs say), linked by replication, or the target is a replica (eve.prepare.preflight)."""
+    findings = preflight.check(preflight.inspect(source, Side.SOURCE, "source", timeout=timeout),
+                               [preflight.inspect(target, Side.TARGET, "target", timeout=timeout)], replace=False)
+    blocking = [finding.message for finding in findings if finding.blocking]
+    if blocking:
+        raise ConfigError("refused, nothing was written: " + "; ".join(blocking), field="fix")
+    for finding in findings:
+        log.warning("verify fix: %s", finding.message)
+
+
+def _fanout(*sinks: Callable[[KeyDifference], None] | None) -> Callable[[KeyDifference], None] | None:
+    present = [sink for sink in sinks if sink is not None]
+    if not present:
+        return None
+    if len(present) == 1:
+        return present[0]
+
+    def each(difference: KeyDifference) -> None:
+        for sink in present:
+            sink(difference)
+
+    return each
+
+
 def verify(source: ConnectionSpec, target: ConnectionSpec, *, dbs: Sequence[int] | None = None,
            match: str | None = None, type: str | None = None, ttl_tolerance_ms: int = DEFAULT_TTL_TOLERANCE_MS,
            max_examples: int = DEFAULT_MAX_EXAMPLES, max_differences: int = DEFAULT_MAX_DIFFERENCES,
            max_keys_per_second: int = 0, scan_count: int = DEFAULT_SCAN_COUNT, check_extra: bool = True,
            ignore_prefixes: Sequence[bytes] = DEFAULT_IGNORE_PREFIXES,
-           timeout: float = DEFAULT_TIMEOUT) -> VerifyReport:
+           timeout: float = DEFAULT_TIMEOUT, on_difference: Callable[[KeyDifference], None] | None = None,
+           on_progress: Callable[[VerifyProgress], None] | None = None, fix: bool = False) -> VerifyReport:
     """Compare every key of the source with the target (module docstring); a report, never an exception
-    for a difference."""
+    for a difference. ``on_difference`` gets every difference as it is found, ``on_progress`` the
+    counts after each SCAN step; ``fix`` re-copies what differs and compares it again (``report.fix``)."""
     key_type = type
     if ttl_tolerance_ms < 0:
         raise ConfigError("must be 0 or more", field="ttl_tolerance_ms")
@@ -828,14 +1326,45 @@ def verify(source: ConnectionSpec, target: ConnectionSpec, *, dbs: Sequence[int]
     tally = _Tally(max_examples=min(max_examples, max_differences), max_differences=max_differences)
     limit = _RateLimit(max_keys_per_second) if max_keys_per_second else None
     source_side, target_side = _Side("source", source, timeout), _Side("target", target, timeout)
+    fixer: _Fixer | None = None
     try:
         source_side.open()
         target_side.open()
         if dbs is not None and source_side.cluster and set(dbs) - {0}:
             raise ConfigError(f"the source {source.address} is a cluster, which has only db 0", field="dbs")
         comparer = _Comparer(source_side, target_side, tally, ttl_tolerance_ms=ttl_tolerance_ms)
+        if fix:
+            _refuse_unsafe_fix(source, target, timeout)
+            recheck = _Comparer(source_side, target_side,
+                                _Tally(max_examples=max_examples, max_differences=max_examples),
+                                ttl_tolerance_ms=ttl_tolerance_ms)
+            fixer = _Fixer(source, target, recheck, check_extra=check_extra, limit=limit, max_failures=max_examples,
+                           timeout=timeout)
+        tally.on_difference = _fanout(on_difference, fixer.add if fixer is not None else None)
+        source_dbs = sorted(set(dbs)) if dbs is not None else source_side.dbs_with_keys()
+        # What SCAN will return, for a rate and an ETA; unknown under MATCH/TYPE, which filter
+        # after the scan. The target's count is read again when its pass starts: a fix adds keys.
+        counted = on_progress is not None and pattern is None and key_type is None
+        expected: int | None = None
+        if counted:
+            expected = source_side.keys_in(source_dbs)
+            if check_extra:
+                expected += target_side.keys_in(sorted(set(dbs)) if dbs is not None else target_side.dbs_with_keys())
+
+        def progress(phase: str) -> None:
+            if on_progress is not None:
+                on_progress(VerifyProgress(phase, tally.keys_compared, tally.keys_scanned, expected, tally.found,
+                                           fixer.fixed if fixer is not None else 0, time.monotonic() - started))
+
+        def fix_pending(phase: str, *, due_only: bool) -> None:
+            if fixer is not None and fixer.pending and (fixer.due or not due_only):
+                progress(FIXING)
+                fixer.flush()
+                progress(phase)
+
+        progress(COMPARING)
         scan = {"scan_count": scan_count, "match": pattern, "key_type": key_type, "ignore": ignore}
-        for db in (sorted(set(dbs)) if dbs is not None else source_side.dbs_with_keys()):
+        for db in source_dbs:
             source_side.use_db(db)
             if target_side.has_db(db):
                 target_side.use_db(db)
@@ -843,8 +1372,14 @@ def verify(source: ConnectionSpec, target: ConnectionSpec, *, dbs: Sequence[int]
                 if limit is not None:
                     limit.charge(len(keys))
                 comparer.compare(db, keys)
+                tally.keys_scanned += len(keys)
+                fix_pending(COMPARING, due_only=True)
+                progress(COMPARING)
+        fix_pending(COMPARING, due_only=False)
         if check_extra:
             target_dbs = sorted(set(dbs)) if dbs is not None else target_side.dbs_with_keys()
+            if counted:
+                expected = tally.keys_scanned + target_side.keys_in(target_dbs)
             for db in target_dbs:
                 if not target_side.has_db(db):
                     continue
@@ -855,9 +1390,16 @@ def verify(source: ConnectionSpec, target: ConnectionSpec, *, dbs: Sequence[int]
                     if limit is not None:
                         limit.charge(len(keys))
                     comparer.extra(db, keys)
+                    tally.keys_scanned += len(keys)
+                    fix_pending(EXTRA_KEYS, due_only=True)
+                    progress(EXTRA_KEYS)
+            fix_pending(EXTRA_KEYS, due_only=False)
     finally:
+        if fixer is not None:
+            fixer.close()
         source_side.close()
         target_side.close()
-    report = tally.report(time.monotonic() - started)
+    seconds = time.monotonic() - started
+    report = tally.report(seconds, fix=fixer.report(seconds) if fixer is not None else None)
     log.info("verify %s -> %s: %s", source.address, target.address, report.summary())
     return report
