@@ -18,7 +18,8 @@ import redis
 from keyspace import assert_same, fill, keys_of
 
 from eve.bulk.error_keys import read_back
-from eve.cli.main import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, main
+from eve.cli.exits import EXIT_FAILURES, EXIT_OK, EXIT_USAGE
+from eve.cli.main import main
 from eve.cli.verify import DIFFERENCE_COLUMNS, human_duration, verify_command
 from eve.core.endpoints import ConnectionSpec
 from eve.core.errors import ConfigError

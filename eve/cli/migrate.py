@@ -42,6 +42,7 @@ from eve.bulk.pipeline import (
     retry_error_keys,
 )
 from eve.cli.exits import EXIT_INTERRUPTED
+from eve.cli.progress import TerminalProgress
 from eve.cli.urls import PASSWORD_ENV, mask_url, parse_redis_url, password_for
 from eve.core.endpoints import ConnectionSpec
 from eve.core.enums import ConflictPolicy
@@ -214,53 +215,18 @@ def _plan_lines(facts: list[preflight.SideFacts], dbs: tuple[int, ...] | None, a
 
 
 class _ProgressView:
-    """A progress bar on a terminal (rich), with the log lines printed above it; nothing otherwise."""
+    """Keys copied, rate, errors, elapsed and time left on a terminal; nothing elsewhere."""
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self._bar = None
-        self._handler: logging.Handler | None = None
-        self._replaced: list[logging.Handler] = []
-        if self.enabled:
-            from rich.console import Console
-            from rich.logging import RichHandler
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-            from rich.progress import Progress as Bar
-
-            console = Console(stderr=True)
-            self._bar = Bar(TextColumn("copying"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[rate]:>10} keys/s"), TextColumn("{task.fields[errors]}"),
-                            TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
-                            console=console, transient=True)
-            self._task = self._bar.add_task("copy", total=None, rate="-", errors="errors 0")
-            # Log lines go through the bar's console, so none lands on the bar.
-            root = logging.getLogger()
-            self._replaced = list(root.handlers)
-            self._handler = RichHandler(console=console, show_path=False, show_time=False)
-            for handler in self._replaced:
-                root.removeHandler(handler)
-            root.addHandler(self._handler)
-            self._bar.start()
+        self._bar = TerminalProgress(enabled, "copying", "errors 0")
+        self.enabled = self._bar.enabled
 
     def update(self, progress: Progress) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, completed=progress.scanned, total=progress.source_keys or None,
-                             rate=f"{progress.keys_per_second:,.0f}", errors=f"errors {progress.failed:,}")
+        self._bar.update(completed=progress.scanned, total=progress.source_keys or None,
+                         rate=progress.keys_per_second, extra=f"errors {progress.failed:,}")
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            root = logging.getLogger()
-            if self._handler is not None:
-                root.removeHandler(self._handler)
-            for handler in self._replaced:
-                root.addHandler(handler)
+        self._bar.close()
 
 
 def _warn(message: str) -> None:

@@ -19,12 +19,12 @@ from __future__ import annotations
 import base64
 import csv
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import IO, Any
 
 from eve.bulk.error_keys import format_for_path
+from eve.cli.progress import TerminalProgress
 from eve.cli.urls import mask_url, parse_redis_url, password_for
 from eve.core.errors import ConfigError
 from eve.live.verify import EXTRA, MISSING, TTL, KeyDifference, VerifyProgress, VerifyReport, verify
@@ -214,53 +214,19 @@ class _DifferenceFile:
 
 
 class _ProgressView:
-    """Keys compared, rate, time left and differences so far on a terminal (rich, on stderr), the log
-    lines printed above the bar; nothing when stderr is not a terminal."""
+    """Keys compared, rate, time left and differences so far on a terminal; nothing elsewhere."""
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self._bar: Any = None
-        self._handler: logging.Handler | None = None
-        self._replaced: list[logging.Handler] = []
-        if not self.enabled:
-            return
-        from rich.console import Console
-        from rich.logging import RichHandler
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-        from rich.progress import Progress as Bar
-
-        console = Console(stderr=True)
-        self._bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[rate]:>10} keys/s"), TextColumn("{task.fields[differences]}"),
-                        TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
-                        console=console, transient=True)
-        self._task = self._bar.add_task("comparing", total=None, rate="-", differences="differences 0")
-        # Log lines go through the bar's console, so none lands on the bar.
-        root = logging.getLogger()
-        self._replaced = list(root.handlers)
-        self._handler = RichHandler(console=console, show_path=False, show_time=False)
-        for handler in self._replaced:
-            root.removeHandler(handler)
-        root.addHandler(self._handler)
-        self._bar.start()
+        self._bar = TerminalProgress(enabled, "comparing", "differences 0")
+        self.enabled = self._bar.enabled
 
     def update(self, progress: VerifyProgress) -> None:
-        if self._bar is None:
-            return
         total = None if progress.keys_expected is None else max(progress.keys_expected, progress.keys_scanned)
         differences = f"differences {progress.differences:,}"
         if progress.fixed:
             differences += f", fixed {progress.fixed:,}"
-        self._bar.update(self._task, description=progress.phase, completed=progress.keys_scanned, total=total,
-                         rate=f"{progress.keys_per_second:,.0f}", differences=differences)
+        self._bar.update(completed=progress.keys_scanned, total=total, rate=progress.keys_per_second,
+                         extra=differences, description=progress.phase)
 
     def close(self) -> None:
-        if self._bar is None:
-            return
-        self._bar.stop()
-        self._bar = None
-        root = logging.getLogger()
-        if self._handler is not None:
-            root.removeHandler(self._handler)
-        for handler in self._replaced:
-            root.addHandler(handler)
+        self._bar.close()
