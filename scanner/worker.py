@@ -35,6 +35,13 @@ pipelines through the cluster client. The first connection gets the
 same grace. Refused credentials, and error replies to SCAN itself
 (``NOPERM``, a bad TYPE, ...), fail at once.
 
+Restarts: every connection the scanner opens reads the node's ``run_id``
+(``eve.redis.cluster.ServerRunIds``) and compares it with the one the job
+planned with (``ScannerOptions.server_run_id``). Another one means the
+source restarted: its SCAN cursors (and the keys a non-persistent one held) are
+gone, so the scanner puts RESTARTED("source", both run_ids) and ends rather
+than scanning on from a cursor that means nothing now.
+
 Stopping: ``stop_event`` is checked before every step and wakes every sleep
 (rate limit, latency backoff, reconnect). The step in progress is dropped,
 never half sent (its cursor was not acknowledged, so a resume redoes it), then
@@ -56,9 +63,18 @@ from opentelemetry import metrics, trace
 from opentelemetry.propagate import inject
 
 from eve.core.errors import AuthError, EndpointError, Side, SourceError, UnavailableError
-from eve.core.frames import Batch, BatchHeader, Failed, Stop, encode
+from eve.core.frames import Batch, BatchHeader, Failed, Restarted, Stop, encode
 from eve.core.telemetry import setup
-from eve.redis.cluster import DENIED, RECONNECT_FIRST_DELAY, RECONNECT_MAX_DELAY, TRANSIENT, Backoff, classify
+from eve.redis.cluster import (
+    DENIED,
+    RECONNECT_FIRST_DELAY,
+    RECONNECT_MAX_DELAY,
+    TRANSIENT,
+    Backoff,
+    ServerRestarted,
+    ServerRunIds,
+    classify,
+)
 from eve.redis.wire import FastConnection, ReplyError, pack
 from scanner.options import ScannerOptions
 
@@ -68,7 +84,11 @@ __all__ = [
     "rows_from_replies",
     "TokenBucket",
     "LatencyGuard",
+    "LatencyBudget",
     "BASELINE_ROUND_TRIPS",
+    "DECREASE_INTERVAL",
+    "MIN_SHARE",
+    "SHARE_INCREASE_PER_SECOND",
     "MAX_BACKOFF_SECONDS",
     "RECONNECT_MIN_DELAY",
     "RECONNECT_MAX_DELAY",
@@ -81,6 +101,14 @@ Row = tuple[bytes, int, bytes]
 RECONNECT_MIN_DELAY = RECONNECT_FIRST_DELAY
 BASELINE_ROUND_TRIPS = 5     # DUMP/PTTL round trips that set the latency baseline
 MAX_BACKOFF_SECONDS = 2.0    # longest single latency backoff
+# The latency budget's AIMD (LatencyBudget): the share of wall time the scanner may spend in
+# round trips is halved on a round trip over budget, at most once per DECREASE_INTERVAL (one
+# slow spell is one signal, not one per round trip caught in it), and grows back linearly:
+# from MIN_SHARE to 1.0 in about ten seconds of a source within its budget.
+MIN_SHARE = 0.02
+SHARE_DECREASE = 0.5
+SHARE_INCREASE_PER_SECOND = 0.1
+DECREASE_INTERVAL = 0.1
 BUCKET_SECONDS = 0.1         # a token bucket holds this much of a second's budget
 STOP_POLL_SECONDS = 0.1      # how often main()'s combined stop signal is looked at while sleeping
 KEY_REPR_LIMIT = 80
@@ -177,8 +205,34 @@ class TokenBucket:
         return -self.tokens / self.rate if self.tokens < 0 else 0.0
 
 
+class _IdleBaseline:
+    """Seconds per key of a DUMP/PTTL round trip on a source nobody else loads: the median of
+    the first ``round_trips`` round trips, lowered whenever a later one is faster (a run that
+    starts on a busy source learns the idle pace once the source gets quiet).
+
+    ``excess(seconds, keys)`` is how much longer than that a round trip took: the time the
+    scanner's commands waited for the source, as every other client's did then. None while
+    the baseline is still being set."""
+
+    def __init__(self, round_trips: int) -> None:
+        self.round_trips = round_trips
+        self.per_key: float | None = None
+        self._samples: list[float] = []
+
+    def excess(self, seconds: float, keys: int) -> float | None:
+        per_key = seconds / keys
+        if self.per_key is None:
+            self._samples.append(per_key)
+            if len(self._samples) >= self.round_trips:
+                self.per_key = statistics.median(self._samples)
+            return None
+        if per_key < self.per_key:
+            self.per_key = per_key
+        return seconds - self.per_key * keys
+
+
 class LatencyGuard:
-    """The latency backoff rule of ``ScannerOptions`` (see its docstring).
+    """The latency backoff rule of ``ScannerOptions.backoff_latency_ms`` (see its docstring).
 
     ``observe(seconds, keys)`` takes one DUMP/PTTL round trip and returns how
     long to sleep before the next one (0 while the source keeps its pace).
@@ -187,27 +241,92 @@ class LatencyGuard:
     def __init__(self, budget_ms: float, *, baseline_round_trips: int = BASELINE_ROUND_TRIPS) -> None:
         self.budget = budget_ms / 1000.0
         self.baseline_round_trips = baseline_round_trips
-        self.baseline: float | None = None  # seconds per key
-        self._samples: list[float] = []
+        self._idle = _IdleBaseline(baseline_round_trips)
         self._streak = 0
+
+    @property
+    def baseline(self) -> float | None:
+        """Seconds per key on the idle source (None until known)."""
+        return self._idle.per_key
 
     def observe(self, seconds: float, keys: int) -> float:
         if keys <= 0:
             return 0.0
-        per_key = seconds / keys
-        if self.baseline is None:
-            self._samples.append(per_key)
-            if len(self._samples) >= self.baseline_round_trips:
-                self.baseline = statistics.median(self._samples)
-            return 0.0
-        if per_key < self.baseline:
-            self.baseline = per_key
-        excess = seconds - self.baseline * keys
-        if excess <= self.budget:
+        excess = self._idle.excess(seconds, keys)
+        if excess is None or excess <= self.budget:
             self._streak = 0
             return 0.0
         self._streak += 1
         return min(excess * 2 ** (self._streak - 1), MAX_BACKOFF_SECONDS)
+
+
+class LatencyBudget:
+    """``ScannerOptions.latency_budget_ms``: AIMD on the share of wall time the scanner's round
+    trips take, so that the source's command latency stays within the budget.
+
+    ``observe(seconds, keys)`` takes one DUMP/PTTL round trip and returns the pause before
+    the next one: ``seconds * (1 / share - 1)``, the fixed-share rule with a share that moves.
+    A round trip that waited more than the budget (``_IdleBaseline.excess``) halves the share,
+    at most once per ``DECREASE_INTERVAL``; a round trip within it grows the share by
+    ``SHARE_INCREASE_PER_SECOND`` per second since the last one: down fast when the source's
+    clients start waiting, up smoothly when they stop. The share stays within
+    ``[MIN_SHARE, max_share]``; it starts at ``max_share`` (the baseline needs an unpaused
+    source to measure). ``state()`` is what the controller did, for logs and tests.
+    """
+
+    def __init__(self, budget_ms: float, *, max_share: float = 1.0,
+                 baseline_round_trips: int = BASELINE_ROUND_TRIPS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not budget_ms > 0:
+            raise ValueError("budget_ms must be positive")
+        self.budget = budget_ms / 1000.0
+        self.max_share = max_share
+        self.min_share = min(MIN_SHARE, max_share)
+        self.share = max_share
+        self.lowest_share = max_share
+        self.round_trips = 0
+        self.over_budget = 0       # round trips that waited more than the budget
+        self.decreases = 0         # times the share was cut
+        self.last_excess: float | None = None
+        self._idle = _IdleBaseline(baseline_round_trips)
+        self._clock = clock
+        self._last = clock()
+        self._last_decrease: float | None = None
+
+    @property
+    def baseline(self) -> float | None:
+        return self._idle.per_key
+
+    def observe(self, seconds: float, keys: int) -> float:
+        now = self._clock()
+        since, self._last = now - self._last, now
+        if keys <= 0:
+            return self.pause(seconds)
+        self.round_trips += 1
+        excess = self._idle.excess(seconds, keys)
+        if excess is None:
+            return self.pause(seconds)
+        self.last_excess = excess
+        if excess > self.budget:
+            self.over_budget += 1
+            if self._last_decrease is None or now - self._last_decrease >= DECREASE_INTERVAL:
+                self._last_decrease = now
+                self.decreases += 1
+                self.share = max(self.min_share, self.share * SHARE_DECREASE)
+                self.lowest_share = min(self.lowest_share, self.share)
+        else:
+            self.share = min(self.max_share, self.share + SHARE_INCREASE_PER_SECOND * since)
+        return self.pause(seconds)
+
+    def pause(self, seconds: float) -> float:
+        return seconds * (1.0 / self.share - 1.0)
+
+    def state(self) -> dict[str, float | int | None]:
+        return {"budget_ms": round(self.budget * 1000, 3), "share": round(self.share, 4),
+                "lowest_share": round(self.lowest_share, 4), "round_trips": self.round_trips,
+                "over_budget": self.over_budget, "decreases": self.decreases,
+                "baseline_us_per_key": None if self.baseline is None else round(self.baseline * 1e6, 3),
+                "last_excess_ms": None if self.last_excess is None else round(self.last_excess * 1000, 3)}
 
 
 # --------------------------------------------------------------------------- the worker
@@ -236,7 +355,10 @@ class _Scanner:
                                                     description="keys that vanished or could not be read")
         self.log = _Log(log, {"prefix": f"{options.worker} pid={os.getpid()}"})
         self.address = options.source.address
-        self.conn = FastConnection(options.source, timeout=options.timeout, client_name=CLIENT_NAME)
+        known = {self.address: options.server_run_id} if options.server_run_id else None
+        self.run_ids = ServerRunIds(known, log=self.log)
+        self.conn = FastConnection(options.source, timeout=options.timeout, client_name=CLIENT_NAME,
+                                   on_open=lambda conn: self.run_ids.check(conn, role="source", side=Side.SOURCE))
         self.pipeline_size = options.max_pipeline
         self.key_bucket: TokenBucket | None = None
         self.byte_bucket: TokenBucket | None = None
@@ -249,7 +371,10 @@ class _Scanner:
             rate = options.max_bytes_per_second
             self.byte_bucket = TokenBucket(rate, rate * BUCKET_SECONDS)
         self.guard = LatencyGuard(options.backoff_latency_ms) if options.backoff_latency_ms else None
-        self.share_pause = 1.0 / options.max_source_share - 1.0
+        self.budget = (LatencyBudget(options.latency_budget_ms, max_share=options.max_source_share)
+                       if options.latency_budget_ms else None)
+        # With a latency budget the share moves (LatencyBudget); without, it is fixed.
+        self.share_pause = 0.0 if self.budget is not None else 1.0 / options.max_source_share - 1.0
         scan_tail: list[str | int] = []
         if options.match is not None:
             scan_tail += ["MATCH", options.match]
@@ -270,15 +395,22 @@ class _Scanner:
                 self._scan_db(db)
         except _Stopped as stopped:
             self.log.info("stop requested: stopped before %s (keys=%d)", stopped, self.keys)
+        except ServerRestarted as exc:
+            self.log.error("%s: ending, its SCAN cursors mean nothing now", exc)
+            self.batches.put(encode(Restarted(options.worker, Side.SOURCE, exc.role, exc.address, exc.before,
+                                              exc.after)))
+            return False
         except SourceError as exc:
             self.log.error("failed: %s", exc)
             self.batches.put(encode(Failed(options.worker, Side.SOURCE, str(exc))))
             return False
         else:
             elapsed = time.monotonic() - began
-            self.log.info("finished: keys=%d skipped=%d bytes=%d batches=%d backoffs=%d in %.1fs (%.0f keys/s)",
+            budget = "" if self.budget is None else " latency_budget=" + " ".join(
+                f"{name}={value}" for name, value in self.budget.state().items())
+            self.log.info("finished: keys=%d skipped=%d bytes=%d batches=%d backoffs=%d in %.1fs (%.0f keys/s)%s",
                           self.keys, self.skipped, self.bytes, self.batch_count, self.backoffs, elapsed,
-                          self.keys / elapsed if elapsed > 0 else 0.0)
+                          self.keys / elapsed if elapsed > 0 else 0.0, budget)
         finally:
             self.conn.close()
         self.batches.put(encode(Stop(options.worker)))
@@ -377,6 +509,15 @@ class _Scanner:
                 self._sleep(self.byte_bucket.charge(chunk_bytes))
             if self.share_pause:
                 self._sleep(elapsed * self.share_pause)
+            if self.budget is not None:
+                before = self.budget.decreases
+                pause = self.budget.observe(elapsed, len(chunk))
+                if self.budget.decreases != before:
+                    self.backoffs += 1
+                    self.log.debug("db=%d source latency %.2fms over its idle pace for %d keys (budget %.2fms): "
+                                   "share of the source now %.3f", db, (self.budget.last_excess or 0) * 1000,
+                                   len(chunk), self.budget.budget * 1000, self.budget.share)
+                self._sleep(pause)
             if self.guard is not None:
                 pause = self.guard.observe(elapsed, len(chunk))
                 if pause:
@@ -423,6 +564,8 @@ class _Scanner:
                 result = step(*args)
             except AuthError as exc:
                 raise SourceError(str(exc)) from exc
+            except ServerRestarted:
+                raise
             except (UnavailableError, _Transient) as exc:
                 if backoff is None:
                     backoff = Backoff(self.options.reconnect_seconds)
