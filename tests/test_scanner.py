@@ -26,11 +26,19 @@ from servers import engine_names, free_port
 from eve.core import telemetry
 from eve.core.endpoints import ConnectionSpec
 from eve.core.errors import ConfigError
-from eve.core.frames import Batch, Failed, Stop, decode
+from eve.core.frames import Batch, Failed, Restarted, Stop, decode
 from eve.redis.topology import cluster_masters, key_slot, node_spec
 from eve.redis.wire import FastConnection
 from scanner import ScannerOptions, main, run_scanner
-from scanner.worker import LatencyGuard, TokenBucket, rows_from_replies
+from scanner.worker import (
+    DECREASE_INTERVAL,
+    MIN_SHARE,
+    SHARE_INCREASE_PER_SECOND,
+    LatencyBudget,
+    LatencyGuard,
+    TokenBucket,
+    rows_from_replies,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -312,7 +320,7 @@ def drain(batches, *, delay: float = 0.0, on_frame=None) -> list:
         frames.append(frame)
         if on_frame:
             on_frame(frame)
-        if isinstance(frame, (Stop, Failed)):
+        if isinstance(frame, (Stop, Failed, Restarted)):
             return frames
         time.sleep(delay)
 
@@ -425,7 +433,133 @@ def test_source_latency_makes_the_scanner_back_off(source, caplog):
     assert int(re.search(r"backoffs=(\d+)", finished).group(1)) >= 1, finished
 
 
+def test_latency_budget_controller_backs_off_fast_and_speeds_up_smoothly():
+    now = [0.0]
+    budget = LatencyBudget(1.0, baseline_round_trips=3, clock=lambda: now[0])
+    for _ in range(3):  # baseline: 10 µs per key; no pause at full share
+        now[0] += 0.01
+        assert budget.observe(0.010, 1000) == 0.0
+    assert budget.baseline == pytest.approx(10e-6) and budget.share == 1.0
+    now[0] += 0.01
+    assert budget.observe(0.0105, 1000) == 0.0 and budget.share == 1.0   # 0.5 ms over: within, at the cap
+    now[0] = 1.0
+    assert budget.observe(0.020, 1000) == pytest.approx(0.020)            # 10 ms over: share halved
+    assert budget.share == 0.5 and budget.decreases == 1
+    now[0] += DECREASE_INTERVAL / 2
+    budget.observe(0.020, 1000)                                           # the same slow spell: one cut
+    assert (budget.share, budget.decreases, budget.over_budget) == (0.5, 1, 2)
+    now[0] += DECREASE_INTERVAL
+    budget.observe(0.020, 1000)
+    assert budget.share == 0.25 and budget.decreases == 2
+    now[0] += 1.0                                                          # a second within budget
+    assert budget.observe(0.010, 1000) == pytest.approx(0.010 * (1 / (0.25 + SHARE_INCREASE_PER_SECOND) - 1))
+    assert budget.share == pytest.approx(0.25 + SHARE_INCREASE_PER_SECOND)
+    for _ in range(200):                                                   # a long slow spell: never below the floor
+        now[0] += DECREASE_INTERVAL
+        budget.observe(0.5, 1000)
+    assert budget.share == MIN_SHARE == budget.lowest_share
+    for _ in range(300):                                                   # quiet again: back to the cap, no further
+        now[0] += 0.1
+        budget.observe(0.009, 1000)
+    assert budget.share == 1.0 and budget.baseline == pytest.approx(9e-6)
+    state = budget.state()
+    assert state["share"] == 1.0 and state["lowest_share"] == MIN_SHARE and state["decreases"] >= 3
+    assert state["budget_ms"] == 1.0 and state["baseline_us_per_key"] == pytest.approx(9.0)
+
+    capped = LatencyBudget(1.0, max_share=0.6, baseline_round_trips=1, clock=lambda: now[0])
+    assert capped.observe(0.01, 1000) == pytest.approx(0.01 * (1 / 0.6 - 1))  # a source share caps it
+    now[0] += 100
+    capped.observe(0.01, 1000)
+    assert capped.share == 0.6
+    with pytest.raises(ValueError):
+        LatencyBudget(0)
+
+
+def test_latency_budget_slows_the_scan_when_the_source_is_made_slow(source, caplog):
+    """DEBUG SLEEP from another client stalls the source (as a slow command of a live client
+    would): the scanner's round trips wait far beyond the budget, so the controller cuts its
+    share. Asserts on the controller's own report, never on wall-clock ratios."""
+    caplog.set_level(logging.INFO, logger="eve.scanner")
+    client = source.client()
+    with client.pipeline(transaction=False) as pipe:
+        for i in range(5000):
+            pipe.set(f"k:{i}", i)
+        pipe.execute()
+    batches = WatchedQueue(maxsize=1)
+    options = options_for(source, count=1000, max_pipeline=10, latency_budget_ms=5)
+    thread, result = run_in_thread(options, batches)
+    scanning = threading.Event()
+    done = threading.Event()
+
+    def stall_source() -> None:
+        # Bursts of 20 ms stalls (at most 3 s of them): one lands on a DUMP/PTTL round trip
+        # whatever the scanner is doing when the first is sent.
+        scanning.wait(30)
+        stalls = source.client()
+        deadline = time.monotonic() + 3
+        while not done.is_set() and time.monotonic() < deadline:
+            stalls.execute_command("DEBUG", "SLEEP", "0.02")
+            time.sleep(0.01)
+
+    staller = threading.Thread(target=stall_source, daemon=True)
+    staller.start()
+    seen = []
+
+    def note(frame) -> None:
+        if isinstance(frame, Batch):
+            seen.append(frame)
+            if len(seen) == 2:  # the baseline is set by then
+                scanning.set()
+
+    try:
+        frames = drain(batches, on_frame=note)
+    finally:
+        done.set()
+        scanning.set()
+        staller.join(10)
+    thread.join(10)
+    assert result == {"ok": True}
+    assert len(rows_by_key(batches_of(frames))) == 5000
+    [finished] = [record.getMessage() for record in caplog.records if " finished: " in record.getMessage()]
+    state = dict(re.findall(r"(\w+)=([\d.]+|None)", finished.split("latency_budget=", 1)[1]))
+    assert float(state["budget_ms"]) == 5.0
+    assert int(state["decreases"]) >= 1 and int(state["over_budget"]) >= 1, finished
+    assert float(state["lowest_share"]) <= 0.5, finished
+    assert float(state["baseline_us_per_key"]) > 0
+
+
 # --------------------------------------------------------------------------- failures
+
+
+def test_restarted_source_ends_the_scan_with_restarted(source):
+    client = source.client()
+    with client.pipeline(transaction=False) as pipe:
+        for i in range(3000):
+            pipe.set(f"k:{i}", i)
+        pipe.execute()
+    before = client.info("server")["run_id"]
+    batches = WatchedQueue(maxsize=1)
+    thread, result = run_in_thread(options_for(source, count=500, server_run_id=before), batches)
+    restarts = []
+
+    def restart_source(frame) -> None:
+        if isinstance(frame, Batch) and not restarts:
+            source.kill()
+            source.start()
+            restarts.append(source.client().info("server")["run_id"])
+
+    frames = drain(batches, on_frame=restart_source)
+    thread.join(10)
+    assert result == {"ok": False}
+    restarted = frames[-1]
+    assert isinstance(restarted, Restarted), restarted
+    assert (restarted.who, restarted.role, restarted.address) == ("source", "source", f"{source.host}:{source.port}")
+    assert (restarted.before, restarted.after) == (before, restarts[0])
+    assert all(isinstance(frame, Batch) for frame in frames[:-1])
+
+    # Planned against the server before the restart: nothing is scanned at all.
+    ok, frames = scan(source, server_run_id=before)
+    assert not ok and [type(frame).__name__ for frame in frames] == ["Restarted"]
 
 
 def test_unreachable_source_fails_naming_the_address():
