@@ -57,7 +57,9 @@ differs (``LiveRun.reconcile_if_needed``). The restart is then accepted, once fo
 every worker thread (they share one ``ServerRunIds``), and the loop goes on with
 the new server. ``SyncOptions.server_run_ids`` are the run_ids the caller knows
 the sides by (the bulk copy's), so a restart between the bulk copy and the first
-re-copy is noticed too.
+re-copy is noticed too. A loop with nothing to copy would meet a restart only with
+the next dirty key: an idle worker asks the sides who they are every
+``SIDES_CHECK_SECONDS`` (``check_sides``, also the caller's to use).
 """
 
 from __future__ import annotations
@@ -94,13 +96,15 @@ from eve.redis.cluster import (
 from eve.redis.rdb import payload_type
 from eve.redis.wire import ReplyError, pack
 
-__all__ = ["DEFAULT_BATCH", "DirtyKeySync", "RecopyFailure", "RecopyResult", "SyncOptions", "SyncStats"]
+__all__ = ["DEFAULT_BATCH", "SIDES_CHECK_SECONDS", "DirtyKeySync", "RecopyFailure", "RecopyResult", "SyncOptions",
+           "SyncStats"]
 
 log = logging.getLogger("eve.live.recopy")
 
 DEFAULT_BATCH = 500
 IDLE_WAIT = 0.1              # a worker with nothing to do sleeps on the backlog's condition this long
 UNAVAILABLE_BACKOFF = 1.0    # after a side stayed unreachable for reconnect_seconds
+SIDES_CHECK_SECONDS = 2.0    # an idle worker checks that no side restarted this often
 CLIENT_NAME = "eve-sync"
 _DUMP = b"*2\r\n$4\r\nDUMP\r\n$%d\r\n%b\r\n"
 _PTTL = b"*2\r\n$4\r\nPTTL\r\n$%d\r\n%b\r\n"
@@ -228,6 +232,11 @@ class _Copier:
     def close(self) -> None:
         for side in (self.authoritative, *self.others):
             side.close()
+
+    def identify(self) -> None:
+        """ServerRestarted when a side's server is not the one it was."""
+        for side in (self.authoritative, *self.others):
+            side.identify()
 
     def recopy(self, items: Sequence[Item]) -> RecopyResult:
         result = RecopyResult()
@@ -524,15 +533,8 @@ class DirtyKeySync:
         try:
             self.recopy(items)
         except ServerRestarted as exc:
-            # Not just this batch: whatever was copied to a restarted side before may be gone.
             self.dirty.requeue(items)
-            self.dirty.mark_all(None)
-            self.run_ids.accept(exc)
-            with self._lock:
-                self._restarts += 1
-                self._last_error = str(exc)
-            log.warning("sync: %s; a full resync of every db is flagged and %d keys put back in the backlog",
-                        exc, len(items))
+            self._restarted(exc)
             return True
         except EndpointError as exc:  # unreachable or refused credentials: nothing is lost
             self.dirty.requeue(items)
@@ -546,6 +548,28 @@ class DirtyKeySync:
             raise
         self.dirty.done(items)
         return True
+
+    def _restarted(self, exc: ServerRestarted) -> None:
+        # Not just the batch in flight: whatever was copied to a restarted side may be gone.
+        self.dirty.mark_all(None)
+        self.run_ids.accept(exc)
+        with self._lock:
+            self._restarts += 1
+            self._last_error = str(exc)
+        log.warning("sync: %s; a full resync of every db is flagged", exc)
+
+    def check_sides(self) -> bool:
+        """Ask every side who it is (``INFO server`` on a live connection): a restarted one flags a
+        full resync, as a re-copy that meets it does. True when one had restarted; a side that
+        cannot be reached is left to the next re-copy."""
+        try:
+            self._copier().identify()
+        except ServerRestarted as exc:
+            self._restarted(exc)
+            return True
+        except EndpointError as exc:
+            log.debug("sync: checking the sides: %s", exc)
+        return False
 
     # -- loops -------------------------------------------------------------------
 
@@ -584,11 +608,15 @@ class DirtyKeySync:
 
     def _worker(self, stopping: Callable[[], bool], number: int) -> None:
         dirty, batch = self.dirty, self.options.batch
+        checked = time.monotonic()
         try:
             while not stopping():
                 items = dirty.take(batch)
                 if not items:
                     dirty.wait_for_work(IDLE_WAIT)
+                    if number == 1 and time.monotonic() - checked >= SIDES_CHECK_SECONDS:
+                        checked = time.monotonic()
+                        self.check_sides()
                     continue
                 if not self._step(items):
                     deadline = time.monotonic() + UNAVAILABLE_BACKOFF

@@ -406,6 +406,7 @@ class ClientOptions:
 
 
 _ASKING = pack("ASKING")
+_PING = pack("PING")
 
 
 class ClusterClient:
@@ -481,11 +482,12 @@ class ClusterClient:
         return [node.address for node in self.masters]
 
     def identify(self) -> dict[str, str]:
-        """The run_id of every master (the seed of a standalone server), opening a connection
-        to each: address -> run_id, for the servers that tell it. Raises ``ServerRestarted``
-        for a node known by another run_id."""
+        """The run_id of every master (the seed of a standalone server): address -> run_id, for
+        the servers that tell it. A PING on each connection first, so that one left idle while
+        its server restarted is reopened (and checked) now: raises ``ServerRestarted`` for a node
+        known by another run_id."""
         for address in self.nodes:
-            self._on_node(address, lambda conn: conn.connected or conn.open())
+            self._on_node(address, lambda conn: conn.pipeline(_PING, 1))
         return {address: run_id for address in self.nodes if (run_id := self.run_ids.get(address))}
 
     def accept_restart(self, restarted: ServerRestarted) -> None:
