@@ -54,16 +54,16 @@ class ScannerOptions:
       that share of the wall time and the source's event loop (and, on a small
       machine, the CPU) stays free for live clients the rest of the time.
       1.0 (the default) never pauses.
-    * ``latency_budget_ms``: hold the source's command latency within a budget
-      instead of at a fixed share. The first round trips set an idle baseline
-      (as for ``backoff_latency_ms``); each later one says how much longer than
-      that the source made the scanner's commands wait: the queueing delay
-      every client of the source sees at that moment. The share of wall time the
-      scanner takes is then steered by AIMD (``scanner.worker.LatencyBudget``):
-      halved (at most once per ``DECREASE_INTERVAL``) when a round trip waited
-      more than the budget, grown back by ``SHARE_INCREASE_PER_SECOND`` while
-      the source keeps within it, never above ``max_source_share`` nor below
-      ``MIN_SHARE``. 0 turns it off (the fixed share applies).
+    * ``latency_budget_ms``: hold the source's (p99) command latency within a
+      budget instead of at a fixed share. A PING on a connection of its own,
+      sent right behind each DUMP/PTTL pipeline, waits as any client's command
+      would; PINGs before the scan set the idle latency. AIMD
+      (``scanner.worker.LatencyBudget``) then steers the keys per round trip
+      (how long one pipeline holds the server) and the share of wall time spent
+      in round trips: halved when the source was late beyond the budget for
+      more than 1% of the last second, grown back smoothly while it keeps
+      within it, the share never above ``max_source_share``. 0 turns it off
+      (the fixed share applies).
 
     ``server_run_id`` is the source node's ``run_id`` when the job planned the
     scan: a connection that finds another one (the source restarted: its SCAN

@@ -51,6 +51,7 @@ is not interrupted: backpressure wins, the consumer has to drain.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import signal
@@ -76,7 +77,7 @@ from eve.redis.cluster import (
     classify,
 )
 from eve.redis.wire import FastConnection, ReplyError, pack
-from scanner.options import ScannerOptions
+from scanner.options import DEFAULT_MAX_PIPELINE, ScannerOptions
 
 __all__ = [
     "run_scanner",
@@ -87,7 +88,11 @@ __all__ = [
     "LatencyBudget",
     "BASELINE_ROUND_TRIPS",
     "DECREASE_INTERVAL",
+    "MIN_DEPTH",
     "MIN_SHARE",
+    "PROBE_WINDOW_SECONDS",
+    "TOLERATED_OVER_BUDGET",
+    "DEPTH_INCREASE_PER_SECOND",
     "SHARE_INCREASE_PER_SECOND",
     "MAX_BACKOFF_SECONDS",
     "RECONNECT_MIN_DELAY",
@@ -101,14 +106,23 @@ Row = tuple[bytes, int, bytes]
 RECONNECT_MIN_DELAY = RECONNECT_FIRST_DELAY
 BASELINE_ROUND_TRIPS = 5     # DUMP/PTTL round trips that set the latency baseline
 MAX_BACKOFF_SECONDS = 2.0    # longest single latency backoff
-# The latency budget's AIMD (LatencyBudget): the share of wall time the scanner may spend in
-# round trips is halved on a round trip over budget, at most once per DECREASE_INTERVAL (one
-# slow spell is one signal, not one per round trip caught in it), and grows back linearly:
-# from MIN_SHARE to 1.0 in about ten seconds of a source within its budget.
+# The latency budget's AIMD (LatencyBudget): the pipeline depth, then the share of wall time the
+# scanner may spend in round trips, is halved on a probe over budget, at most once per
+# DECREASE_INTERVAL (one slow spell is one signal, not one per round trip caught in it), and
+# grows back linearly: from the least to the most in about ten seconds of a source within budget.
 MIN_SHARE = 0.02
-SHARE_DECREASE = 0.5
+MIN_DEPTH = 16               # keys per DUMP/PTTL round trip, at the least
+SHARE_DECREASE = 0.5         # of the depth, then of the share
 SHARE_INCREASE_PER_SECOND = 0.1
+DEPTH_INCREASE_PER_SECOND = 0.1  # of the largest depth
 DECREASE_INTERVAL = 0.1
+# The budget bounds the source's p99 latency, not its maximum (a host's scheduler alone delays
+# a command now and then, whatever the scanner does): a late probe is a reason to back off when
+# the source was late for more than 1% of the last PROBE_WINDOW_SECONDS. Each probe stands for
+# the time since the one before: probes come thick while the source is quick and one per stall
+# while it is not, so counting probes would hide the stalls.
+PROBE_WINDOW_SECONDS = 1.0
+TOLERATED_OVER_BUDGET = 0.01
 BUCKET_SECONDS = 0.1         # a token bucket holds this much of a second's budget
 STOP_POLL_SECONDS = 0.1      # how often main()'s combined stop signal is looked at while sleeping
 KEY_REPR_LIMIT = 80
@@ -118,6 +132,7 @@ CLIENT_NAME = "eve-scanner"
 # once: the cheapest way found to build thousands of commands in Python.
 _DUMP_PTTL = b"*2\r\n$4\r\nDUMP\r\n$%d\r\n%s\r\n*2\r\n$4\r\nPTTL\r\n$%d\r\n%s\r\n"
 _DUMP = b"*2\r\n$4\r\nDUMP\r\n$%d\r\n%s\r\n"
+_PING = pack("PING")
 
 
 class StopEvent(Protocol):
@@ -261,72 +276,123 @@ class LatencyGuard:
 
 
 class LatencyBudget:
-    """``ScannerOptions.latency_budget_ms``: AIMD on the share of wall time the scanner's round
-    trips take, so that the source's command latency stays within the budget.
+    """``ScannerOptions.latency_budget_ms``: AIMD on how hard the scanner loads the source, so
+    that the source's command latency stays within the budget.
 
-    ``observe(seconds, keys)`` takes one DUMP/PTTL round trip and returns the pause before
-    the next one: ``seconds * (1 / share - 1)``, the fixed-share rule with a share that moves.
-    A round trip that waited more than the budget (``_IdleBaseline.excess``) halves the share,
-    at most once per ``DECREASE_INTERVAL``; a round trip within it grows the share by
-    ``SHARE_INCREASE_PER_SECOND`` per second since the last one: down fast when the source's
-    clients start waiting, up smoothly when they stop. The share stays within
-    ``[MIN_SHARE, max_share]``; it starts at ``max_share`` (the baseline needs an unpaused
-    source to measure). ``state()`` is what the controller did, for logs and tests.
+    The latency is what any client of the source sees while the scanner loads it: a PING on
+    a connection of its own, sent right behind each DUMP/PTTL pipeline, waits for the part of
+    the pipeline the server works through first (the scanner's own round trip would mostly
+    measure the scanner: a thousand replies to read). ``idle(latency)`` gives the baseline
+    (PINGs with nothing of the scanner in flight; lowered later by any faster probe), and
+    ``observe(latency, round_trip)`` takes one probe and the round trip it rode on.
+
+    Two levers, in this order: the pipeline ``depth`` (keys per round trip: how long one
+    pipeline holds the server's event loop, hence how long a client's command can wait
+    behind it) and the ``share`` of wall time spent in round trips (how many of the clients'
+    commands meet one; the pause after a round trip is ``round_trip * (1 / share - 1)``).
+
+    * A probe that waited more than the budget beyond the idle latency, when the source was
+      late for more than ``TOLERATED_OVER_BUDGET`` of the last ``PROBE_WINDOW_SECONDS`` (the
+      budget is for the p99 latency; each probe stands for the time since the previous one),
+      halves the depth, down to ``MIN_DEPTH``, then the share, down to ``MIN_SHARE``; at most
+      once per ``DECREASE_INTERVAL`` (one slow spell is one signal).
+    * A probe within the budget grows them back, the share first: by
+      ``SHARE_INCREASE_PER_SECOND`` and ``DEPTH_INCREASE_PER_SECOND`` of ``max_depth`` per
+      second since the previous probe. Down fast when the source's clients start waiting,
+      up smoothly when they stop.
+
+    Both start at their maximum (``max_depth``, ``max_share``). ``state()`` is what the
+    controller did, for logs and tests.
     """
 
-    def __init__(self, budget_ms: float, *, max_share: float = 1.0,
-                 baseline_round_trips: int = BASELINE_ROUND_TRIPS,
+    def __init__(self, budget_ms: float, *, max_share: float = 1.0, max_depth: int = DEFAULT_MAX_PIPELINE,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if not budget_ms > 0:
             raise ValueError("budget_ms must be positive")
         self.budget = budget_ms / 1000.0
         self.max_share = max_share
         self.min_share = min(MIN_SHARE, max_share)
+        self.max_depth = max_depth
+        self.min_depth = min(MIN_DEPTH, max_depth)
         self.share = max_share
+        self.depth = max_depth
         self.lowest_share = max_share
-        self.round_trips = 0
-        self.over_budget = 0       # round trips that waited more than the budget
-        self.decreases = 0         # times the share was cut
+        self.lowest_depth = max_depth
+        self.baseline: float | None = None   # seconds: a probe's latency on the idle source
+        self.probes = 0
+        self.over_budget = 0       # probes that waited more than the budget
+        self.decreases = 0         # times the depth or the share was cut
         self.last_excess: float | None = None
-        self._idle = _IdleBaseline(baseline_round_trips)
+        self.max_excess = 0.0
+        self._depth = float(max_depth)
+        # (when, seconds it stands for, late) of the probes of the last PROBE_WINDOW_SECONDS
+        self._window: collections.deque[tuple[float, float, bool]] = collections.deque()
+        self._window_seconds = self._window_late = 0.0
         self._clock = clock
         self._last = clock()
         self._last_decrease: float | None = None
 
-    @property
-    def baseline(self) -> float | None:
-        return self._idle.per_key
+    def idle(self, latency: float) -> None:
+        if self.baseline is None or latency < self.baseline:
+            self.baseline = latency
 
-    def observe(self, seconds: float, keys: int) -> float:
+    def observe(self, latency: float, round_trip: float) -> float:
+        """One probe; returns the pause before the next round trip."""
         now = self._clock()
         since, self._last = now - self._last, now
-        if keys <= 0:
-            return self.pause(seconds)
-        self.round_trips += 1
-        excess = self._idle.excess(seconds, keys)
-        if excess is None:
-            return self.pause(seconds)
+        self.probes += 1
+        self.idle(latency)  # a quieter moment than any before lowers the baseline
+        assert self.baseline is not None
+        excess = latency - self.baseline
         self.last_excess = excess
-        if excess > self.budget:
+        self.max_excess = max(self.max_excess, excess)
+        over = excess > self.budget
+        late_share = self._late_share(now, since, over)  # every probe enters the window
+        if over:
             self.over_budget += 1
+        if over and late_share > TOLERATED_OVER_BUDGET:
             if self._last_decrease is None or now - self._last_decrease >= DECREASE_INTERVAL:
                 self._last_decrease = now
                 self.decreases += 1
-                self.share = max(self.min_share, self.share * SHARE_DECREASE)
-                self.lowest_share = min(self.lowest_share, self.share)
-        else:
+                if self._depth >= 2 * self.min_depth:
+                    self._depth = max(float(self.min_depth), self._depth * SHARE_DECREASE)
+                else:  # as shallow as it goes (or about: it may have grown a little since)
+                    self._depth = float(self.min_depth)
+                    self.share = max(self.min_share, self.share * SHARE_DECREASE)
+        elif over:
+            pass  # tolerated: the source was late for less time than the p99 allows
+        elif self.share < self.max_share:
             self.share = min(self.max_share, self.share + SHARE_INCREASE_PER_SECOND * since)
-        return self.pause(seconds)
+        else:
+            self._depth = min(float(self.max_depth), self._depth + DEPTH_INCREASE_PER_SECOND * self.max_depth * since)
+        self.depth = max(self.min_depth, int(self._depth))
+        self.lowest_share = min(self.lowest_share, self.share)
+        self.lowest_depth = min(self.lowest_depth, self.depth)
+        return self.pause(round_trip)
 
-    def pause(self, seconds: float) -> float:
-        return seconds * (1.0 / self.share - 1.0)
+    def _late_share(self, now: float, since: float, late: bool) -> float:
+        """Share of the window's time the source was late, this probe included."""
+        window = self._window
+        window.append((now, since, late))
+        self._window_seconds += since
+        self._window_late += since if late else 0.0
+        while window and window[0][0] < now - PROBE_WINDOW_SECONDS:
+            _when, seconds, was_late = window.popleft()
+            self._window_seconds -= seconds
+            self._window_late -= seconds if was_late else 0.0
+        return self._window_late / self._window_seconds if self._window_seconds > 0 else 1.0
+
+    def pause(self, round_trip: float) -> float:
+        return round_trip * (1.0 / self.share - 1.0)
 
     def state(self) -> dict[str, float | int | None]:
-        return {"budget_ms": round(self.budget * 1000, 3), "share": round(self.share, 4),
-                "lowest_share": round(self.lowest_share, 4), "round_trips": self.round_trips,
-                "over_budget": self.over_budget, "decreases": self.decreases,
-                "baseline_us_per_key": None if self.baseline is None else round(self.baseline * 1e6, 3),
-                "last_excess_ms": None if self.last_excess is None else round(self.last_excess * 1000, 3)}
+        def ms(value: float | None) -> float | None:
+            return None if value is None else round(value * 1000, 3)
+
+        return {"budget_ms": ms(self.budget), "depth": self.depth, "lowest_depth": self.lowest_depth,
+                "share": round(self.share, 4), "lowest_share": round(self.lowest_share, 4), "probes": self.probes,
+                "over_budget": self.over_budget, "decreases": self.decreases, "idle_ms": ms(self.baseline),
+                "last_excess_ms": ms(self.last_excess), "max_excess_ms": ms(self.max_excess)}
 
 
 # --------------------------------------------------------------------------- the worker
@@ -358,7 +424,7 @@ class _Scanner:
         known = {self.address: options.server_run_id} if options.server_run_id else None
         self.run_ids = ServerRunIds(known, log=self.log)
         self.conn = FastConnection(options.source, timeout=options.timeout, client_name=CLIENT_NAME,
-                                   on_open=lambda conn: self.run_ids.check(conn, role="source", side=Side.SOURCE))
+                                   on_open=self._check_run_id)
         self.pipeline_size = options.max_pipeline
         self.key_bucket: TokenBucket | None = None
         self.byte_bucket: TokenBucket | None = None
@@ -371,8 +437,11 @@ class _Scanner:
             rate = options.max_bytes_per_second
             self.byte_bucket = TokenBucket(rate, rate * BUCKET_SECONDS)
         self.guard = LatencyGuard(options.backoff_latency_ms) if options.backoff_latency_ms else None
-        self.budget = (LatencyBudget(options.latency_budget_ms, max_share=options.max_source_share)
-                       if options.latency_budget_ms else None)
+        self.budget = (LatencyBudget(options.latency_budget_ms, max_share=options.max_source_share,
+                                     max_depth=self.pipeline_size) if options.latency_budget_ms else None)
+        # The latency budget's probe: a PING any client could send, on a connection of its own.
+        self.probe = (FastConnection(options.source, timeout=options.timeout, client_name=CLIENT_NAME + "-probe",
+                                     on_open=self._check_run_id) if self.budget is not None else None)
         # With a latency budget the share moves (LatencyBudget); without, it is fixed.
         self.share_pause = 0.0 if self.budget is not None else 1.0 / options.max_source_share - 1.0
         scan_tail: list[str | int] = []
@@ -413,8 +482,14 @@ class _Scanner:
                           self.keys / elapsed if elapsed > 0 else 0.0, budget)
         finally:
             self.conn.close()
+            if self.probe is not None:
+                self.probe.close()
         self.batches.put(encode(Stop(options.worker)))
         return True
+
+    def _check_run_id(self, conn: Any) -> None:
+        """Every connection's ``on_open``: the source is still the server the job planned with."""
+        self.run_ids.check(conn, role="source", side=Side.SOURCE)
 
     def _scan_db(self, db: int) -> None:
         options = self.options
@@ -478,11 +553,15 @@ class _Scanner:
 
     def _read(self, db: int, keys: list[bytes]) -> tuple[list[Row], int, int]:
         preserve_ttl = self.options.preserve_ttl
-        size = self.pipeline_size
+        budget = self.budget
         rows: list[Row] = []
         skipped = nbytes = 0
-        for start in range(0, len(keys), size):
-            chunk = keys if len(keys) <= size else keys[start:start + size]
+        start = 0
+        while start < len(keys):
+            # Under a latency budget the depth moves from one round trip to the next.
+            size = self.pipeline_size if budget is None else min(self.pipeline_size, budget.depth)
+            chunk = keys if start == 0 and len(keys) <= size else keys[start:start + size]
+            start += len(chunk)
             if self.key_bucket is not None:
                 self._sleep(self.key_bucket.charge(len(chunk)))
             if preserve_ttl:
@@ -492,7 +571,10 @@ class _Scanner:
                 packed = b"".join([_DUMP % (len(key), key) for key in chunk])
                 count = len(chunk)
             sent = time.monotonic()
-            replies = self.conn.pipeline(packed, count)
+            if self.budget is None:
+                replies = self.conn.pipeline(packed, count)
+            else:
+                replies, latency = self._probed(packed, count)
             now_ms = int(time.time() * 1000)
             elapsed = time.monotonic() - sent
             chunk_rows, chunk_skipped, errors = rows_from_replies(chunk, replies, now_ms, preserve_ttl)
@@ -509,14 +591,14 @@ class _Scanner:
                 self._sleep(self.byte_bucket.charge(chunk_bytes))
             if self.share_pause:
                 self._sleep(elapsed * self.share_pause)
-            if self.budget is not None:
-                before = self.budget.decreases
-                pause = self.budget.observe(elapsed, len(chunk))
-                if self.budget.decreases != before:
+            if budget is not None:
+                before = budget.decreases
+                pause = budget.observe(latency, elapsed)
+                if budget.decreases != before:
                     self.backoffs += 1
-                    self.log.debug("db=%d source latency %.2fms over its idle pace for %d keys (budget %.2fms): "
-                                   "share of the source now %.3f", db, (self.budget.last_excess or 0) * 1000,
-                                   len(chunk), self.budget.budget * 1000, self.budget.share)
+                    self.log.debug("db=%d the source answered a PING %.2fms later than when idle (budget %.2fms): "
+                                   "now %d keys per round trip, share %.3f", db, (budget.last_excess or 0) * 1000,
+                                   budget.budget * 1000, budget.depth, budget.share)
                 self._sleep(pause)
             if self.guard is not None:
                 pause = self.guard.observe(elapsed, len(chunk))
@@ -526,6 +608,27 @@ class _Scanner:
                                    db, elapsed * 1000, len(chunk), pause)
                     self._sleep(pause)
         return rows, skipped, nbytes
+
+    def _probed(self, packed: bytes, count: int) -> tuple[list[Any], float]:
+        """One DUMP/PTTL pipeline with the latency budget's probe: a PING sent right behind it
+        and answered while the source works through it. (replies, the PING's latency)."""
+        budget, probe = self.budget, self.probe
+        assert budget is not None and probe is not None
+        if budget.baseline is None:
+            # The idle baseline: PINGs with nothing of the scanner in flight.
+            for _ in range(BASELINE_ROUND_TRIPS):
+                began = time.monotonic()
+                probe.pipeline(_PING, 1)
+                budget.idle(time.monotonic() - began)
+        self.conn.send(packed)
+        try:
+            began = time.monotonic()
+            probe.pipeline(_PING, 1)
+            latency = time.monotonic() - began
+        except BaseException:
+            self.conn.close()  # its replies were never read: it cannot carry anything else
+            raise
+        return self.conn.replies(count), latency
 
     def _key_errors(self, db: int, errors: list[tuple[bytes, ReplyError]]) -> None:
         for key, error in errors:

@@ -32,6 +32,8 @@ from eve.redis.wire import FastConnection
 from scanner import ScannerOptions, main, run_scanner
 from scanner.worker import (
     DECREASE_INTERVAL,
+    DEPTH_INCREASE_PER_SECOND,
+    MIN_DEPTH,
     MIN_SHARE,
     SHARE_INCREASE_PER_SECOND,
     LatencyBudget,
@@ -403,82 +405,11 @@ def test_token_bucket_and_latency_guard_rules():
     assert guard.observe(0.008, 1000) == 0.0 and guard.baseline == pytest.approx(8e-6)
 
 
-def test_source_latency_makes_the_scanner_back_off(source, caplog):
-    caplog.set_level(logging.INFO, logger="eve.scanner")
-    client = source.client()
-    with client.pipeline(transaction=False) as pipe:
-        for i in range(5000):
-            pipe.set(f"k:{i}", i)
-        pipe.execute()
-    # ~100 DUMP/PTTL round trips of 10 keys per SCAN reply: the first set the
-    # baseline; a DEBUG SLEEP from another client then stalls one of them.
-    batches = WatchedQueue(maxsize=1)
-    options = options_for(source, count=1000, max_pipeline=10, backoff_latency_ms=20)
-    thread, result = run_in_thread(options, batches)
-    stalls = []
-    seen = []
-
-    def stall_source(frame) -> None:
-        # Not on the first batch: its round trips may still be setting the baseline.
-        if isinstance(frame, Batch):
-            seen.append(frame)
-            if len(seen) >= 2 and len(stalls) < 3:
-                stalls.append(client.execute_command("DEBUG", "SLEEP", "0.2"))
-
-    frames = drain(batches, on_frame=stall_source)
-    thread.join(10)
-    assert result == {"ok": True}
-    assert len(rows_by_key(batches_of(frames))) == 5000
-    [finished] = [record.getMessage() for record in caplog.records if " finished: " in record.getMessage()]
-    assert int(re.search(r"backoffs=(\d+)", finished).group(1)) >= 1, finished
-
-
-def test_latency_budget_controller_backs_off_fast_and_speeds_up_smoothly():
-    now = [0.0]
-    budget = LatencyBudget(1.0, baseline_round_trips=3, clock=lambda: now[0])
-    for _ in range(3):  # baseline: 10 µs per key; no pause at full share
-        now[0] += 0.01
-        assert budget.observe(0.010, 1000) == 0.0
-    assert budget.baseline == pytest.approx(10e-6) and budget.share == 1.0
-    now[0] += 0.01
-    assert budget.observe(0.0105, 1000) == 0.0 and budget.share == 1.0   # 0.5 ms over: within, at the cap
-    now[0] = 1.0
-    assert budget.observe(0.020, 1000) == pytest.approx(0.020)            # 10 ms over: share halved
-    assert budget.share == 0.5 and budget.decreases == 1
-    now[0] += DECREASE_INTERVAL / 2
-    budget.observe(0.020, 1000)                                           # the same slow spell: one cut
-    assert (budget.share, budget.decreases, budget.over_budget) == (0.5, 1, 2)
-    now[0] += DECREASE_INTERVAL
-    budget.observe(0.020, 1000)
-    assert budget.share == 0.25 and budget.decreases == 2
-    now[0] += 1.0                                                          # a second within budget
-    assert budget.observe(0.010, 1000) == pytest.approx(0.010 * (1 / (0.25 + SHARE_INCREASE_PER_SECOND) - 1))
-    assert budget.share == pytest.approx(0.25 + SHARE_INCREASE_PER_SECOND)
-    for _ in range(200):                                                   # a long slow spell: never below the floor
-        now[0] += DECREASE_INTERVAL
-        budget.observe(0.5, 1000)
-    assert budget.share == MIN_SHARE == budget.lowest_share
-    for _ in range(300):                                                   # quiet again: back to the cap, no further
-        now[0] += 0.1
-        budget.observe(0.009, 1000)
-    assert budget.share == 1.0 and budget.baseline == pytest.approx(9e-6)
-    state = budget.state()
-    assert state["share"] == 1.0 and state["lowest_share"] == MIN_SHARE and state["decreases"] >= 3
-    assert state["budget_ms"] == 1.0 and state["baseline_us_per_key"] == pytest.approx(9.0)
-
-    capped = LatencyBudget(1.0, max_share=0.6, baseline_round_trips=1, clock=lambda: now[0])
-    assert capped.observe(0.01, 1000) == pytest.approx(0.01 * (1 / 0.6 - 1))  # a source share caps it
-    now[0] += 100
-    capped.observe(0.01, 1000)
-    assert capped.share == 0.6
-    with pytest.raises(ValueError):
-        LatencyBudget(0)
-
-
-def test_latency_budget_slows_the_scan_when_the_source_is_made_slow(source, caplog):
-    """DEBUG SLEEP from another client stalls the source (as a slow command of a live client
-    would): the scanner's round trips wait far beyond the budget, so the controller cuts its
-    share. Asserts on the controller's own report, never on wall-clock ratios."""
+def _scan_with_stalls(source, caplog, **options) -> str:
+    """Scan 5000 keys, 10 keys per DUMP/PTTL round trip, while another client stalls the source
+    with DEBUG SLEEP bursts (as a slow command of a live client would) from the second batch
+    on (the first round trips set the baseline), at most 3 s of them; the scanner's "finished"
+    line. Bursts, not one stall: a single one may land on a SCAN, which is not measured."""
     caplog.set_level(logging.INFO, logger="eve.scanner")
     client = source.client()
     with client.pipeline(transaction=False) as pipe:
@@ -486,20 +417,16 @@ def test_latency_budget_slows_the_scan_when_the_source_is_made_slow(source, capl
             pipe.set(f"k:{i}", i)
         pipe.execute()
     batches = WatchedQueue(maxsize=1)
-    options = options_for(source, count=1000, max_pipeline=10, latency_budget_ms=5)
-    thread, result = run_in_thread(options, batches)
-    scanning = threading.Event()
-    done = threading.Event()
+    thread, result = run_in_thread(options_for(source, count=1000, max_pipeline=10, **options), batches)
+    scanning, done = threading.Event(), threading.Event()
 
     def stall_source() -> None:
-        # Bursts of 20 ms stalls (at most 3 s of them): one lands on a DUMP/PTTL round trip
-        # whatever the scanner is doing when the first is sent.
         scanning.wait(30)
         stalls = source.client()
         deadline = time.monotonic() + 3
         while not done.is_set() and time.monotonic() < deadline:
-            stalls.execute_command("DEBUG", "SLEEP", "0.02")
-            time.sleep(0.01)
+            stalls.execute_command("DEBUG", "SLEEP", "0.05")
+            time.sleep(0.02)
 
     staller = threading.Thread(target=stall_source, daemon=True)
     staller.start()
@@ -508,7 +435,7 @@ def test_latency_budget_slows_the_scan_when_the_source_is_made_slow(source, capl
     def note(frame) -> None:
         if isinstance(frame, Batch):
             seen.append(frame)
-            if len(seen) == 2:  # the baseline is set by then
+            if len(seen) == 2:
                 scanning.set()
 
     try:
@@ -521,11 +448,85 @@ def test_latency_budget_slows_the_scan_when_the_source_is_made_slow(source, capl
     assert result == {"ok": True}
     assert len(rows_by_key(batches_of(frames))) == 5000
     [finished] = [record.getMessage() for record in caplog.records if " finished: " in record.getMessage()]
+    return finished
+
+
+def test_source_latency_makes_the_scanner_back_off(source, caplog):
+    finished = _scan_with_stalls(source, caplog, backoff_latency_ms=20)
+    assert int(re.search(r"backoffs=(\d+)", finished).group(1)) >= 1, finished
+
+
+def test_latency_budget_controller_backs_off_fast_and_speeds_up_smoothly():
+    now = [0.0]
+    budget = LatencyBudget(1.0, max_depth=1000, clock=lambda: now[0])
+
+    def probe(latency: float, step: float = 0.001, round_trip: float = 0.002) -> float:
+        """One probe ``step`` seconds after the previous one (the time it stands for)."""
+        now[0] += step
+        return budget.observe(latency, round_trip)
+
+    for latency in (0.0002, 0.0001, 0.00015):  # PINGs on the idle source
+        budget.idle(latency)
+    assert budget.baseline == pytest.approx(0.0001)
+    assert (budget.depth, budget.share) == (1000, 1.0)
+    for _ in range(1000):                      # a second at 0.2 ms over idle: within the budget, at the top
+        assert probe(0.0003) == 0.0
+    # Late for a moment (1 ms of the last second): the budget is a p99, it allows that.
+    assert probe(0.005) == 0.0 and budget.over_budget == 1 and budget.decreases == 0
+    # Late for longer: shallower pipelines first.
+    assert probe(0.005, step=0.05) == 0.0 and (budget.depth, budget.decreases) == (500, 1)
+    probe(0.005, step=DECREASE_INTERVAL / 4)
+    assert (budget.depth, budget.decreases) == (500, 1)                       # the same slow spell: one cut
+    for _ in range(4):
+        probe(0.005, step=DECREASE_INTERVAL)
+    assert budget.depth == 31 and budget.share == 1.0
+    assert probe(0.005, step=DECREASE_INTERVAL) == pytest.approx(0.002)       # as shallow as it goes: then the share
+    assert (budget.depth, budget.share) == (MIN_DEPTH, 0.5)
+    for _ in range(20):
+        probe(0.05, step=DECREASE_INTERVAL)
+    assert budget.share == MIN_SHARE == budget.lowest_share and budget.depth == MIN_DEPTH == budget.lowest_depth
+    assert probe(0.0003, step=1.0) == pytest.approx(0.002 * (1 / (MIN_SHARE + SHARE_INCREASE_PER_SECOND) - 1))
+    assert budget.share == pytest.approx(MIN_SHARE + SHARE_INCREASE_PER_SECOND)  # smoothly: a tenth per second
+    for _ in range(9):
+        probe(0.0003, step=1.0)
+    assert budget.share == 1.0 and budget.depth == MIN_DEPTH                  # the share first, then the depth
+    probe(0.0003, step=1.0)
+    assert budget.depth == MIN_DEPTH + int(DEPTH_INCREASE_PER_SECOND * 1000)
+    for _ in range(20):
+        probe(0.0003, step=1.0)
+    assert (budget.depth, budget.share) == (1000, 1.0)                        # back to the top, no further
+    for _ in range(1000):
+        probe(0.00005)                                                        # a quieter moment lowers the baseline
+    assert budget.baseline == pytest.approx(0.00005)
+    decreases = budget.decreases
+    probe(0.005)
+    assert budget.decreases == decreases, "the slow spell has left the window: one late probe is allowed again"
+    state = budget.state()
+    assert state["budget_ms"] == 1.0 and state["depth"] == 1000 and state["lowest_share"] == MIN_SHARE
+    assert state["decreases"] == decreases and state["idle_ms"] == 0.05 and state["max_excess_ms"] == pytest.approx(49.9)
+
+    capped = LatencyBudget(1.0, max_share=0.6, max_depth=10, clock=lambda: now[0])
+    capped.idle(0.0001)
+    assert capped.observe(0.0002, 0.01) == pytest.approx(0.01 * (1 / 0.6 - 1))  # a source share caps it
+    now[0] += 100
+    capped.observe(0.0002, 0.01)
+    assert (capped.share, capped.depth) == (0.6, 10)
+    with pytest.raises(ValueError):
+        LatencyBudget(0)
+
+
+def test_latency_budget_slows_the_scan_when_the_source_is_made_slow(source, caplog):
+    """The source stalled by another client: the controller's probes wait far beyond the
+    budget, so it cuts how hard the scan loads the source. Asserts on the controller's own
+    report, never on wall-clock ratios."""
+    finished = _scan_with_stalls(source, caplog, latency_budget_ms=5)
     state = dict(re.findall(r"(\w+)=([\d.]+|None)", finished.split("latency_budget=", 1)[1]))
     assert float(state["budget_ms"]) == 5.0
     assert int(state["decreases"]) >= 1 and int(state["over_budget"]) >= 1, finished
-    assert float(state["lowest_share"]) <= 0.5, finished
-    assert float(state["baseline_us_per_key"]) > 0
+    # 10 keys per round trip is below MIN_DEPTH: the depth cannot go lower, the share went down.
+    assert int(state["lowest_depth"]) == 10 and float(state["lowest_share"]) <= 0.5, finished
+    assert float(state["idle_ms"]) > 0 and float(state["max_excess_ms"]) > 5
+    assert int(re.search(r"backoffs=(\d+)", finished).group(1)) == int(state["decreases"])
 
 
 # --------------------------------------------------------------------------- failures
