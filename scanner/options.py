@@ -55,9 +55,9 @@ class ScannerOptions:
       machine, the CPU) stays free for live clients the rest of the time.
       1.0 (the default) never pauses.
     * ``latency_budget_ms``: hold the source's (p99) command latency within a
-      budget instead of at a fixed share. A PING on a connection of its own,
-      sent right behind each DUMP/PTTL pipeline, waits as any client's command
-      would; PINGs before the scan set the idle latency. AIMD
+      budget instead of at a fixed share. A probe (``TIME``) on a connection of
+      its own, sent right behind each DUMP/PTTL pipeline, waits as any client's
+      command would; probes before the scan set the idle latency. AIMD
       (``scanner.worker.LatencyBudget``) then steers the keys per round trip
       (how long one pipeline holds the server) and the share of wall time spent
       in round trips: halved when the source was late beyond the budget for

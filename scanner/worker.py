@@ -118,9 +118,9 @@ DEPTH_INCREASE_PER_SECOND = 0.1  # of the largest depth
 DECREASE_INTERVAL = 0.1
 # The budget bounds the source's p99 latency, not its maximum (a host's scheduler alone delays
 # a command now and then, whatever the scanner does): a late probe is a reason to back off when
-# the source was late for more than 1% of the last PROBE_WINDOW_SECONDS. Each probe stands for
-# the time since the one before: probes come thick while the source is quick and one per stall
-# while it is not, so counting probes would hide the stalls.
+# the late probes of the last PROBE_WINDOW_SECONDS waited beyond the budget more than 1% of it
+# in all. Time, not a count of probes: they come thick while the source is quick and one per
+# stall while it is not, so counting them would hide the stalls.
 PROBE_WINDOW_SECONDS = 1.0
 TOLERATED_OVER_BUDGET = 0.01
 BUCKET_SECONDS = 0.1         # a token bucket holds this much of a second's budget
@@ -132,7 +132,7 @@ CLIENT_NAME = "eve-scanner"
 # once: the cheapest way found to build thousands of commands in Python.
 _DUMP_PTTL = b"*2\r\n$4\r\nDUMP\r\n$%d\r\n%s\r\n*2\r\n$4\r\nPTTL\r\n$%d\r\n%s\r\n"
 _DUMP = b"*2\r\n$4\r\nDUMP\r\n$%d\r\n%s\r\n"
-_PING = pack("PING")
+_TIME = pack("TIME")
 
 
 class StopEvent(Protocol):
@@ -279,23 +279,29 @@ class LatencyBudget:
     """``ScannerOptions.latency_budget_ms``: AIMD on how hard the scanner loads the source, so
     that the source's command latency stays within the budget.
 
-    The latency is what any client of the source sees while the scanner loads it: a PING on
-    a connection of its own, sent right behind each DUMP/PTTL pipeline, waits for the part of
-    the pipeline the server works through first (the scanner's own round trip would mostly
-    measure the scanner: a thousand replies to read). ``idle(latency)`` gives the baseline
-    (PINGs with nothing of the scanner in flight; lowered later by any faster probe), and
-    ``observe(latency, round_trip)`` takes one probe and the round trip it rode on.
+    The latency is what any client of the source sees while the scanner loads it: a probe
+    (``TIME``) on a connection of its own, sent right behind each DUMP/PTTL pipeline, waits
+    for the part of the pipeline the server works through first (the scanner's own round
+    trip would mostly measure the scanner: a thousand replies to read). Two measures of one
+    probe: its round trip, and how long after it was sent the server ran it (the server's
+    ``TIME`` minus the scanner's clock at the send). The round trip also counts the scanner
+    itself waiting for a CPU (on a busy host, often), the other an offset between the two
+    clocks that may drift; each against its idle baseline, the lesser of the two excesses is
+    the server's lateness. ``idle(round_trip, server_delay)`` gives the baselines (probes
+    with nothing of the scanner in flight; lowered later by any faster probe), and
+    ``observe(round_trip_of_probe, round_trip, server_delay)`` takes one probe and the
+    DUMP/PTTL round trip it rode on. ``server_delay`` is optional (None: the round trip alone).
 
     Two levers, in this order: the pipeline ``depth`` (keys per round trip: how long one
     pipeline holds the server's event loop, hence how long a client's command can wait
     behind it) and the ``share`` of wall time spent in round trips (how many of the clients'
     commands meet one; the pause after a round trip is ``round_trip * (1 / share - 1)``).
 
-    * A probe that waited more than the budget beyond the idle latency, when the source was
-      late for more than ``TOLERATED_OVER_BUDGET`` of the last ``PROBE_WINDOW_SECONDS`` (the
-      budget is for the p99 latency; each probe stands for the time since the previous one),
-      halves the depth, down to ``MIN_DEPTH``, then the share, down to ``MIN_SHARE``; at most
-      once per ``DECREASE_INTERVAL`` (one slow spell is one signal).
+    * A probe that waited more than the budget beyond the idle latency, when the late probes
+      of the last ``PROBE_WINDOW_SECONDS`` waited beyond the budget more than
+      ``TOLERATED_OVER_BUDGET`` of it in all (the budget is for the p99 latency), halves the
+      depth, down to ``MIN_DEPTH``, then the share, down to ``MIN_SHARE``; at most once per
+      ``DECREASE_INTERVAL`` (one slow spell is one signal).
     * A probe within the budget grows them back, the share first: by
       ``SHARE_INCREASE_PER_SECOND`` and ``DEPTH_INCREASE_PER_SECOND`` of ``max_depth`` per
       second since the previous probe. Down fast when the source's clients start waiting,
@@ -318,36 +324,41 @@ class LatencyBudget:
         self.depth = max_depth
         self.lowest_share = max_share
         self.lowest_depth = max_depth
-        self.baseline: float | None = None   # seconds: a probe's latency on the idle source
+        self.baseline: float | None = None   # seconds: a probe's round trip on the idle source
+        self.server_baseline: float | None = None  # seconds: its server delay then (clock offset included)
         self.probes = 0
         self.over_budget = 0       # probes that waited more than the budget
         self.decreases = 0         # times the depth or the share was cut
         self.last_excess: float | None = None
         self.max_excess = 0.0
         self._depth = float(max_depth)
-        # (when, seconds it stands for, late) of the probes of the last PROBE_WINDOW_SECONDS
-        self._window: collections.deque[tuple[float, float, bool]] = collections.deque()
-        self._window_seconds = self._window_late = 0.0
+        # (when, seconds it waited beyond the budget) of the late probes of the last PROBE_WINDOW_SECONDS
+        self._late: collections.deque[tuple[float, float]] = collections.deque()
+        self._late_seconds = 0.0
         self._clock = clock
         self._last = clock()
         self._last_decrease: float | None = None
 
-    def idle(self, latency: float) -> None:
+    def idle(self, latency: float, server_delay: float | None = None) -> None:
         if self.baseline is None or latency < self.baseline:
             self.baseline = latency
+        if server_delay is not None and (self.server_baseline is None or server_delay < self.server_baseline):
+            self.server_baseline = server_delay
 
-    def observe(self, latency: float, round_trip: float) -> float:
+    def observe(self, latency: float, round_trip: float, server_delay: float | None = None) -> float:
         """One probe; returns the pause before the next round trip."""
         now = self._clock()
         since, self._last = now - self._last, now
         self.probes += 1
-        self.idle(latency)  # a quieter moment than any before lowers the baseline
+        self.idle(latency, server_delay)  # a quieter moment than any before lowers the baselines
         assert self.baseline is not None
         excess = latency - self.baseline
+        if server_delay is not None and self.server_baseline is not None:
+            excess = min(excess, server_delay - self.server_baseline)
         self.last_excess = excess
         self.max_excess = max(self.max_excess, excess)
         over = excess > self.budget
-        late_share = self._late_share(now, since, over)  # every probe enters the window
+        late_share = self._late_share(now, excess - self.budget if over else 0.0)
         if over:
             self.over_budget += 1
         if over and late_share > TOLERATED_OVER_BUDGET:
@@ -370,17 +381,15 @@ class LatencyBudget:
         self.lowest_depth = min(self.lowest_depth, self.depth)
         return self.pause(round_trip)
 
-    def _late_share(self, now: float, since: float, late: bool) -> float:
-        """Share of the window's time the source was late, this probe included."""
-        window = self._window
-        window.append((now, since, late))
-        self._window_seconds += since
-        self._window_late += since if late else 0.0
+    def _late_share(self, now: float, late: float) -> float:
+        """The share of the window the late probes (this one included) waited beyond the budget."""
+        window = self._late
+        if late:
+            window.append((now, late))
+            self._late_seconds += late
         while window and window[0][0] < now - PROBE_WINDOW_SECONDS:
-            _when, seconds, was_late = window.popleft()
-            self._window_seconds -= seconds
-            self._window_late -= seconds if was_late else 0.0
-        return self._window_late / self._window_seconds if self._window_seconds > 0 else 1.0
+            self._late_seconds -= window.popleft()[1]
+        return self._late_seconds / PROBE_WINDOW_SECONDS
 
     def pause(self, round_trip: float) -> float:
         return round_trip * (1.0 / self.share - 1.0)
@@ -439,7 +448,7 @@ class _Scanner:
         self.guard = LatencyGuard(options.backoff_latency_ms) if options.backoff_latency_ms else None
         self.budget = (LatencyBudget(options.latency_budget_ms, max_share=options.max_source_share,
                                      max_depth=self.pipeline_size) if options.latency_budget_ms else None)
-        # The latency budget's probe: a PING any client could send, on a connection of its own.
+        # The latency budget's probe: a command any client could send, on a connection of its own.
         self.probe = (FastConnection(options.source, timeout=options.timeout, client_name=CLIENT_NAME + "-probe",
                                      on_open=self._check_run_id) if self.budget is not None else None)
         # With a latency budget the share moves (LatencyBudget); without, it is fixed.
@@ -574,7 +583,7 @@ class _Scanner:
             if self.budget is None:
                 replies = self.conn.pipeline(packed, count)
             else:
-                replies, latency = self._probed(packed, count)
+                replies, latency, server_delay = self._probed(packed, count)
             now_ms = int(time.time() * 1000)
             elapsed = time.monotonic() - sent
             chunk_rows, chunk_skipped, errors = rows_from_replies(chunk, replies, now_ms, preserve_ttl)
@@ -593,10 +602,10 @@ class _Scanner:
                 self._sleep(elapsed * self.share_pause)
             if budget is not None:
                 before = budget.decreases
-                pause = budget.observe(latency, elapsed)
+                pause = budget.observe(latency, elapsed, server_delay)
                 if budget.decreases != before:
                     self.backoffs += 1
-                    self.log.debug("db=%d the source answered a PING %.2fms later than when idle (budget %.2fms): "
+                    self.log.debug("db=%d the source ran a probe %.2fms later than when idle (budget %.2fms): "
                                    "now %d keys per round trip, share %.3f", db, (budget.last_excess or 0) * 1000,
                                    budget.budget * 1000, budget.depth, budget.share)
                 self._sleep(pause)
@@ -609,26 +618,36 @@ class _Scanner:
                     self._sleep(pause)
         return rows, skipped, nbytes
 
-    def _probed(self, packed: bytes, count: int) -> tuple[list[Any], float]:
-        """One DUMP/PTTL pipeline with the latency budget's probe: a PING sent right behind it
-        and answered while the source works through it. (replies, the PING's latency)."""
-        budget, probe = self.budget, self.probe
-        assert budget is not None and probe is not None
+    def _probed(self, packed: bytes, count: int) -> tuple[list[Any], float, float | None]:
+        """One DUMP/PTTL pipeline with the latency budget's probe, sent right behind it and run
+        while the source works through it: (replies, the probe's round trip, its server delay)."""
+        budget = self.budget
+        assert budget is not None
         if budget.baseline is None:
-            # The idle baseline: PINGs with nothing of the scanner in flight.
+            # The idle baselines: probes with nothing of the scanner in flight.
             for _ in range(BASELINE_ROUND_TRIPS):
-                began = time.monotonic()
-                probe.pipeline(_PING, 1)
-                budget.idle(time.monotonic() - began)
+                budget.idle(*self._probe())
         self.conn.send(packed)
         try:
-            began = time.monotonic()
-            probe.pipeline(_PING, 1)
-            latency = time.monotonic() - began
+            latency, server_delay = self._probe()
         except BaseException:
             self.conn.close()  # its replies were never read: it cannot carry anything else
             raise
-        return self.conn.replies(count), latency
+        return self.conn.replies(count), latency, server_delay
+
+    def _probe(self) -> tuple[float, float | None]:
+        """``TIME`` on the probe connection: (its round trip, how long after the send the server
+        ran it by the server's clock; None when the reply is not a time)."""
+        probe = self.probe
+        assert probe is not None
+        sent_at, began = time.time(), time.monotonic()
+        reply = probe.pipeline(_TIME, 1)[0]
+        latency = time.monotonic() - began
+        try:
+            server_time = int(reply[0]) + int(reply[1]) / 1e6
+        except (TypeError, ValueError, IndexError):  # TIME refused (ACL): the round trip alone
+            return latency, None
+        return latency, server_time - sent_at
 
     def _key_errors(self, db: int, errors: list[tuple[bytes, ReplyError]]) -> None:
         for key, error in errors:
