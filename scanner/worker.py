@@ -112,7 +112,7 @@ MAX_BACKOFF_SECONDS = 2.0    # longest single latency backoff
 # grows back linearly: from the least to the most in about ten seconds of a source within budget.
 MIN_SHARE = 0.02
 MIN_DEPTH = 16               # keys per DUMP/PTTL round trip, at the least
-SHARE_DECREASE = 0.5         # of the depth, then of the share
+DECREASE = 0.5               # what a cut leaves of the depth, then of the share
 SHARE_INCREASE_PER_SECOND = 0.1
 DEPTH_INCREASE_PER_SECOND = 0.1  # of the largest depth
 DECREASE_INTERVAL = 0.1
@@ -220,32 +220,6 @@ class TokenBucket:
         return -self.tokens / self.rate if self.tokens < 0 else 0.0
 
 
-class _IdleBaseline:
-    """Seconds per key of a DUMP/PTTL round trip on a source nobody else loads: the median of
-    the first ``round_trips`` round trips, lowered whenever a later one is faster (a run that
-    starts on a busy source learns the idle pace once the source gets quiet).
-
-    ``excess(seconds, keys)`` is how much longer than that a round trip took: the time the
-    scanner's commands waited for the source, as every other client's did then. None while
-    the baseline is still being set."""
-
-    def __init__(self, round_trips: int) -> None:
-        self.round_trips = round_trips
-        self.per_key: float | None = None
-        self._samples: list[float] = []
-
-    def excess(self, seconds: float, keys: int) -> float | None:
-        per_key = seconds / keys
-        if self.per_key is None:
-            self._samples.append(per_key)
-            if len(self._samples) >= self.round_trips:
-                self.per_key = statistics.median(self._samples)
-            return None
-        if per_key < self.per_key:
-            self.per_key = per_key
-        return seconds - self.per_key * keys
-
-
 class LatencyGuard:
     """The latency backoff rule of ``ScannerOptions.backoff_latency_ms`` (see its docstring).
 
@@ -256,19 +230,23 @@ class LatencyGuard:
     def __init__(self, budget_ms: float, *, baseline_round_trips: int = BASELINE_ROUND_TRIPS) -> None:
         self.budget = budget_ms / 1000.0
         self.baseline_round_trips = baseline_round_trips
-        self._idle = _IdleBaseline(baseline_round_trips)
+        self.baseline: float | None = None  # seconds per key
+        self._samples: list[float] = []
         self._streak = 0
-
-    @property
-    def baseline(self) -> float | None:
-        """Seconds per key on the idle source (None until known)."""
-        return self._idle.per_key
 
     def observe(self, seconds: float, keys: int) -> float:
         if keys <= 0:
             return 0.0
-        excess = self._idle.excess(seconds, keys)
-        if excess is None or excess <= self.budget:
+        per_key = seconds / keys
+        if self.baseline is None:
+            self._samples.append(per_key)
+            if len(self._samples) >= self.baseline_round_trips:
+                self.baseline = statistics.median(self._samples)
+            return 0.0
+        if per_key < self.baseline:
+            self.baseline = per_key
+        excess = seconds - self.baseline * keys
+        if excess <= self.budget:
             self._streak = 0
             return 0.0
         self._streak += 1
@@ -366,10 +344,10 @@ class LatencyBudget:
                 self._last_decrease = now
                 self.decreases += 1
                 if self._depth >= 2 * self.min_depth:
-                    self._depth = max(float(self.min_depth), self._depth * SHARE_DECREASE)
+                    self._depth = max(float(self.min_depth), self._depth * DECREASE)
                 else:  # as shallow as it goes (or about: it may have grown a little since)
                     self._depth = float(self.min_depth)
-                    self.share = max(self.min_share, self.share * SHARE_DECREASE)
+                    self.share = max(self.min_share, self.share * DECREASE)
         elif over:
             pass  # tolerated: the source was late for less time than the p99 allows
         elif self.share < self.max_share:

@@ -121,6 +121,20 @@ def test_match_and_type_filters(server_factory, tmp_path):
     assert len(copied) == 20
 
 
+def test_latency_budget_copies_everything_and_says_so_in_the_plan(server_factory, tmp_path):
+    source = server_factory("redis-7.0")
+    target = server_factory("valkey-9.1")
+    fill(source.client(), 3000)
+    plan = migrate("--source", url(source), "--target", url(target), "--latency-budget-ms", "2", "--dry-run",
+                   state=tmp_path / "s.db")
+    assert plan.returncode == 0 and "source share 1, source latency budget 2 ms" in plan.stdout, plan.stdout
+    result = migrate("--source", url(source), "--target", url(target), "--latency-budget-ms", "2", "--json",
+                     state=tmp_path / "s.db")
+    assert result.returncode == 0, result.stderr
+    assert summary(result)["restored"] == 3000
+    assert_same(source.client(), target.client())
+
+
 # -- clusters -------------------------------------------------------------------------
 
 

@@ -282,6 +282,13 @@ class BulkCopy:
             self.on_progress(self.progress)
         return self.progress
 
+    @property
+    def server_run_ids(self) -> dict[str, str]:
+        """address -> run_id of every node of every side, as the copy knows them (after
+        ``prepare``): what a live run's re-copy loop should start from
+        (``SyncOptions.server_run_ids``), so that a restart after the bulk copy is noticed too."""
+        return dict(self._server_run_ids)
+
     # -- restarted sides ------------------------------------------------------------
 
     def _check_since_last_run(self) -> None:

@@ -559,8 +559,8 @@ class DirtyKeySync:
         log.warning("sync: %s; a full resync of every db is flagged", exc)
 
     def check_sides(self) -> bool:
-        """Ask every side who it is (``INFO server`` on a live connection): a restarted one flags a
-        full resync, as a re-copy that meets it does. True when one had restarted; a side that
+        """Ask every side who it is (a PING on each connection; one that has to be reopened reads
+        ``INFO server``): a restarted one flags a full resync, as a re-copy that meets it does. True when one had restarted; a side that
         cannot be reached is left to the next re-copy."""
         try:
             self._copier().identify()
