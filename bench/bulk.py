@@ -2,13 +2,20 @@
 """Bulk copy benchmark: Eve against the plain redis-py loop and the server's own MIGRATE.
 
     python bench/bulk.py [--keys N] [--engine redis-7.0] [--restorers N] [--json]
+                         [--latency-budget-ms MS]
 
 One run starts its own source and target servers (tests/servers.py, loopback,
 free ports), loads a mixed keyspace into the source (not timed), and copies the
 same data to the target with each method in turn:
 
-    eve            ``eve migrate --source ... --target ... --json`` as a subprocess;
-                   peak RSS of its whole process tree is sampled from /proc
+    eve            ``eve migrate --source ... --target ... --json`` as a subprocess
+                   (the default source share); peak RSS of its whole process tree is
+                   sampled from /proc
+    eve-full       the same at full speed (``--source-share 1``): what Eve can do when
+                   the source's clients do not matter
+    eve-latency    the same under a latency budget (``--latency-budget-ms``, 1 ms by
+                   default): the concurrent client's p99 shows whether the source kept
+                   within it, the keys/s what copy speed that leaves
     migrate        SCAN COUNT 1000 on the source, one
                    ``MIGRATE host port "" 0 5000 COPY REPLACE KEYS ...`` per SCAN batch
     redis-py-loop  SCAN COUNT 1000, then DUMP, PTTL, RESTORE ... REPLACE one
@@ -78,7 +85,9 @@ from servers import (  # noqa: E402
     stop_all,
 )
 
-METHODS = ("eve", "migrate", "redis-py-loop")
+METHODS = ("eve", "eve-full", "eve-latency", "migrate", "redis-py-loop")
+EVE_METHODS = ("eve", "eve-full", "eve-latency")
+DEFAULT_LATENCY_BUDGET_MS = 1.0
 DEFAULT_KEYS = 1_000_000
 DEFAULT_ENGINE = "redis-7.0"
 DEFAULT_IDLE_SECONDS = 5.0
@@ -113,8 +122,11 @@ EVE_FIELDS = ("scanned", "restored", "skipped", "conflicts", "errors", "seconds"
 
 # Goals for the ratios; reported, not enforced.
 TARGETS = (
-    # name, what, comparison, goal
+    # name, what, comparison, goal (None: reported, no goal)
     ("eve_vs_migrate", "eve keys/s / MIGRATE keys/s", ">=", 0.75),
+    ("eve_full_vs_migrate", "eve full speed keys/s / MIGRATE keys/s", ">=", 0.85),
+    ("eve_latency_client_p99_ms", "client p99 under eve's latency budget (ms)", "<=", DEFAULT_LATENCY_BUDGET_MS),
+    ("eve_latency_vs_migrate", "eve under the budget keys/s / MIGRATE", ">=", None),
     ("eve_vs_redis_py_loop", "eve keys/s / redis-py loop keys/s", ">=", 2.5),
     ("eve_peak_rss_mb", "eve peak RSS, whole process tree (MB)", "<", 400.0),
     ("client_ops_during_eve_vs_idle", "client ops/s during eve / idle", ">=", 0.5),
@@ -141,6 +153,7 @@ class BenchOptions:
     eve_args: tuple[str, ...]
     keep_awake: bool
     as_json: bool
+    latency_budget_ms: float = DEFAULT_LATENCY_BUDGET_MS
 
 
 @dataclass
@@ -689,9 +702,18 @@ def _parse_eve_summary(stdout: str) -> dict[str, Any] | None:
     return None
 
 
+def eve_method_args(method: str, options: BenchOptions) -> list[str]:
+    """What makes an eve row what it is: the default share, full speed, or a latency budget."""
+    if method == "eve-full":
+        return ["--source-share", "1"]
+    if method == "eve-latency":
+        return ["--latency-budget-ms", f"{options.latency_budget_ms:g}"]
+    return []
+
+
 def run_eve(source_server: RedisServer, target_server: RedisServer, options: BenchOptions,
             log_path: Path, deadline: float, result: MethodResult,
-            end_window: Callable[[], None]) -> None:
+            end_window: Callable[[], None], method_args: Sequence[str] = ()) -> None:
     """`eve migrate ... --json` as a subprocess, its process tree's RSS sampled meanwhile."""
     argv = [*options.eve_command, "migrate",
             "--source", f"redis://{source_server.host}:{source_server.port}",
@@ -699,7 +721,7 @@ def run_eve(source_server: RedisServer, target_server: RedisServer, options: Ben
             "--json"]
     if options.restorers is not None:
         argv += ["--restorers", str(options.restorers)]
-    argv += list(options.eve_args)
+    argv += [*method_args, *options.eve_args]
     result.detail["command"] = shlex.join(argv)
     with log_path.open("wb") as stderr:
         started = time.perf_counter()
@@ -776,9 +798,9 @@ def run_method(method: str, source: RedisServer, target: RedisServer, options: B
         seed = options.seed + 1000 + METHODS.index(method) + 1
         with ConcurrentClient(source, options.keys, seed, options.method_timeout + 30) as client:
             try:
-                if method == "eve":
-                    run_eve(source, target, options, workdir / "eve.stderr.log", deadline, result,
-                            client.end_window)
+                if method in EVE_METHODS:
+                    run_eve(source, target, options, workdir / f"{method}.stderr.log", deadline, result,
+                            client.end_window, eve_method_args(method, options))
                 elif method == "migrate":
                     run_migrate(source, target, deadline, result, client.end_window)
                 else:
@@ -805,21 +827,36 @@ def compute_ratios(results: dict[str, MethodResult]) -> dict[str, float | None]:
         return found.keys_per_sec if found is not None and found.verified else None
 
     eve = results.get("eve")
+    latency = results.get("eve-latency")
     return {
         "eve_vs_migrate": _round(_ratio(rate("eve"), rate("migrate"))),
+        "eve_full_vs_migrate": _round(_ratio(rate("eve-full"), rate("migrate"))),
+        "eve_latency_client_p99_ms": (latency.client.p99_ms if latency is not None and latency.client is not None
+                                      and latency.verified else None),
+        "eve_latency_vs_migrate": _round(_ratio(rate("eve-latency"), rate("migrate"))),
         "eve_vs_redis_py_loop": _round(_ratio(rate("eve"), rate("redis-py-loop"))),
         "eve_peak_rss_mb": eve.detail.get("peak_rss_mb") if eve is not None else None,
         "client_ops_during_eve_vs_idle": eve.client_ops_vs_idle if eve is not None else None,
     }
 
 
-def judge_targets(ratios: dict[str, float | None]) -> list[dict[str, Any]]:
+def judge_targets(ratios: dict[str, float | None], budget_ms: float = DEFAULT_LATENCY_BUDGET_MS
+                  ) -> list[dict[str, Any]]:
     judged = []
     for name, what, comparison, goal in TARGETS:
         value = ratios.get(name)
-        met = None if value is None else (value >= goal if comparison == ">=" else value < goal)
+        if name == "eve_latency_client_p99_ms":
+            goal = budget_ms  # the goal is the budget the row ran with
+        if goal is None or value is None:
+            met = None
+        elif comparison == ">=":
+            met = value >= goal
+        elif comparison == "<=":
+            met = value <= goal
+        else:
+            met = value < goal
         judged.append({"name": name, "what": what, "value": value,
-                       "target": f"{comparison} {goal:g}", "met": met})
+                       "target": "-" if goal is None else f"{comparison} {goal:g}", "met": met})
     return judged
 
 
@@ -867,7 +904,8 @@ def print_report(report: dict[str, Any], idle: ClientStats, results: dict[str, M
     for target in report["targets"]:
         value = target["value"]
         shown = "-" if value is None else (f"{value:.1f}" if "rss" in target["name"] else f"{value:.2f}")
-        verdict = {True: "met", False: "MISSED", None: "n/a"}[target["met"]]
+        verdict = ("reported" if target["target"] == "-" and value is not None
+                   else {True: "met", False: "MISSED", None: "n/a"}[target["met"]])
         print(f"{target['what']:<42} {shown:>8} {target['target']:>8}  {verdict}")
     for warning in report["warnings"]:
         print(f"warning: {warning}")
@@ -911,12 +949,13 @@ def run(options: BenchOptions) -> int:
     stack = contextlib.ExitStack()
     try:
         methods = list(options.methods)
-        if "eve" in methods:
+        eve_rows = [method for method in methods if method in EVE_METHODS]
+        if eve_rows:
             available, why = eve_available(options.eve_command)
             if not available:
-                warnings.append(f"eve skipped: `eve migrate` is not available ({why})")
+                warnings.append(f"{', '.join(eve_rows)} skipped: `eve migrate` is not available ({why})")
                 log(warnings[-1])
-                methods.remove("eve")
+                methods = [method for method in methods if method not in EVE_METHODS]
         cpu_busy_before = measure_other_load(warnings)
         log(f"starting source and target ({engine.name}) in {workdir}")
         source = start_server(engine, workdir / "source")
@@ -967,7 +1006,7 @@ def run(options: BenchOptions) -> int:
             "idle_client": asdict(idle),
             "methods": {method: asdict(result) for method, result in results.items()},
             "ratios": ratios,
-            "targets": judge_targets(ratios),
+            "targets": judge_targets(ratios, options.latency_budget_ms),
             "warnings": warnings,
         }
         if options.as_json:
@@ -1007,6 +1046,8 @@ def parse_args(argv: Sequence[str] | None) -> BenchOptions:
                         help="how to run eve (default: this interpreter's -m eve)")
     parser.add_argument("--eve-args", default="",
                         help="extra eve migrate options, e.g. '--source-share 0.5'")
+    parser.add_argument("--latency-budget-ms", type=float, default=DEFAULT_LATENCY_BUDGET_MS, metavar="MS",
+                        help="the eve-latency row's eve migrate --latency-budget-ms (default %(default)s)")
     parser.add_argument("--no-keep-awake", dest="keep_awake", action="store_false",
                         help="do not run idle-priority spinners during client windows "
                              "(see KeepAwake)")
@@ -1021,6 +1062,8 @@ def parse_args(argv: Sequence[str] | None) -> BenchOptions:
         parser.error("--restorers must be at least 1")
     if args.idle_seconds <= 0:
         parser.error("--idle-seconds must be positive")
+    if not args.latency_budget_ms > 0:
+        parser.error("--latency-budget-ms must be positive")
     return BenchOptions(
         keys=args.keys,
         engine=args.engine,
@@ -1033,6 +1076,7 @@ def parse_args(argv: Sequence[str] | None) -> BenchOptions:
         eve_args=tuple(shlex.split(args.eve_args)),
         keep_awake=args.keep_awake,
         as_json=args.as_json,
+        latency_budget_ms=args.latency_budget_ms,
     )
 
 

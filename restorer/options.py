@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from eve.core.endpoints import ConnectionSpec
@@ -41,8 +42,15 @@ class RestorerOptions:
     reconnect_seconds: float = DEFAULT_RECONNECT_SECONDS  # keep retrying a lost target this long, then fail
     max_pipeline: int = DEFAULT_MAX_PIPELINE   # RESTOREs per pipeline (one sendall)
     log_level: int = logging.INFO              # the coordinator's level, passed down (spawned processes inherit none)
+    # (address, run_id) of every node of the target and mirror targets the job wrote to: a node that
+    # answers with another run_id restarted, and the restorer reports RESTARTED instead of going on.
+    # Nodes not listed are learned on first contact.
+    server_run_ids: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
+        known = self.server_run_ids
+        pairs = known.items() if isinstance(known, Mapping) else known
+        object.__setattr__(self, "server_run_ids", tuple((str(address), str(run_id)) for address, run_id in pairs))
         if not isinstance(self.conflict, ConflictPolicy):
             object.__setattr__(self, "conflict", ConflictPolicy(self.conflict))
         if self.max_attempts < 1:

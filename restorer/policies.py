@@ -5,7 +5,8 @@
 
 - ``REPLACE``: ``RESTORE ... REPLACE``; the source overwrites the target.
 - ``NONE``: ``RESTORE`` without ``REPLACE``; a ``BUSYKEY`` reply keeps the
-  target's key and reports a conflict (never a failure).
+  target's key and reports a conflict (never a failure), unless the key is the
+  job's own write (below).
 - ``MERGE``: ``RESTORE`` without ``REPLACE``; on ``BUSYKEY`` a hash, set or
   sorted set is restored into a temporary key in the same hash slot and merged
   server-side by a Lua script (source fields, members and scores win; the
@@ -13,11 +14,27 @@
   two sides, are reported as conflicts and left untouched. Merged hash fields
   are written with HSET, so per-field TTLs (Redis 7.4+ / Valkey 9 HFE) of the
   source fields are not carried over by a merge.
+
+The job's own writes are not conflicts. A batch is sent again when its RESTOREs
+may have landed without the restorer knowing: the connection dropped before the
+replies came (the pipeline is resent whole), or a restorer died before its batch
+was acknowledged (the pipeline restarts from the last checkpoint). Such a key
+answers ``BUSYKEY`` although nobody but Eve wrote it. So under ``NONE``, and under
+``MERGE`` for a type without merge semantics, a ``BUSYKEY`` key is first compared
+with the row (``_same_as_source``): when the target holds exactly the source's
+value (its DUMP equals the payload, or equals the DUMP of the payload restored
+into a temporary key in the same slot: the target's own serialization, for a
+target of another RDB version or encoding) and the source's expiry (within
+``SAME_EXPIRY_TOLERANCE_MS``; none when the row has none), the key counts as
+restored: it is what the copy would write. Any other value is a conflict, as
+before; a comparison that cannot be made (DUMP refused, the payload refused by
+the target) is a conflict too.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,7 +49,9 @@ __all__ = [
     "MERGE_SCRIPT",
     "MERGE_TMP_TTL_MS",
     "RESTORED",
+    "SAME_EXPIRY_TOLERANCE_MS",
     "ConflictHandling",
+    "compare_tmp_key",
     "conflict_handling",
     "merge_tmp_key",
 ]
@@ -45,9 +64,12 @@ Row = tuple[bytes, int, bytes]
 # send(packed, count) -> replies, with the worker's reconnect handling.
 Send = Callable[[bytes, int], list[Any]]
 
-# A crash between restoring the temporary key and the merge must not leave it
-# behind for good: it expires by itself.
+# A crash between restoring the temporary key and the merge (or the comparison) must
+# not leave it behind for good: it expires by itself.
 MERGE_TMP_TTL_MS = 60_000
+# A row sent again carries an expiry computed again from PTTL (a few ms apart from the first);
+# the target key's expiry is the first one. Within this, the two are the same expiry.
+SAME_EXPIRY_TOLERANCE_MS = 1000
 
 # KEYS[1] = the target key, KEYS[2] = the temporary key holding the source value,
 # ARGV[1] = the source's absolute expiry in ms (0: none), used only when the
@@ -104,7 +126,9 @@ return {1, 'merged'}
 MERGE_SHA = hashlib.sha1(MERGE_SCRIPT.encode()).hexdigest().encode()
 
 _ASKING = pack("ASKING")
+_OK = b"OK"
 _BUSYKEY_CONFLICT: Resolution = (CONFLICT, "BUSYKEY")
+_OWN_WRITE: Resolution = (RESTORED, None)
 
 
 def _hash_tag(key: bytes) -> bytes | None:
@@ -127,7 +151,15 @@ def merge_tmp_key(key: bytes, worker: str) -> bytes:
     key (an empty tag is no tag): those get a tag searched for their slot
     (rare, and still one slot: the script needs both keys there).
     """
-    suffix = b":eve-merge:" + worker.encode()
+    return _tmp_key(key, b":eve-merge:" + worker.encode())
+
+
+def compare_tmp_key(key: bytes, worker: str) -> bytes:
+    """Like ``merge_tmp_key``, for the own-write comparison (module docstring)."""
+    return _tmp_key(key, b":eve-compare:" + worker.encode())
+
+
+def _tmp_key(key: bytes, suffix: bytes) -> bytes:
     if _hash_tag(key) is not None:
         return key + suffix
     if key and b"}" not in key:
@@ -161,11 +193,50 @@ class _Replace(ConflictHandling):
         return [_BUSYKEY_CONFLICT] * len(rows)
 
 
+def _same_as_source(send: Send, rows: Sequence[Row], indexes: Sequence[int], asking: bool,
+                    worker: str) -> list[bool]:
+    """Per row: does the target key hold the source's value and expiry already (the job's
+    own write, module docstring)? One pipeline: DUMP and PTTL of the key, and the payload
+    restored into a temporary key, DUMPed and deleted."""
+    if not indexes:
+        return []
+    prefix = _ASKING if asking else b""
+    commands = []
+    for index in indexes:
+        key, _expiry, payload = rows[index]
+        tmp = compare_tmp_key(key, worker)
+        commands.append(prefix + pack("DUMP", key) + prefix + pack("PTTL", key)
+                        + prefix + pack("RESTORE", tmp, MERGE_TMP_TTL_MS, payload, "REPLACE")
+                        + prefix + pack("DUMP", tmp) + prefix + pack("DEL", tmp))
+    step = 2 if asking else 1
+    per_row = 5 * step
+    replies = send(b"".join(commands), per_row * len(indexes))
+    now_ms = time.time_ns() // 1_000_000
+    same: list[bool] = []
+    for i, index in enumerate(indexes):
+        _key, expiry, payload = rows[index]
+        dump, pttl, restored, tmp_dump = (replies[i * per_row + step * (n + 1) - 1] for n in range(4))
+        if dump.__class__ is not bytes or pttl.__class__ is not int or pttl == -2:
+            same.append(False)  # gone since BUSYKEY, or DUMP/PTTL refused: no proof it is ours
+            continue
+        value_same = dump == payload or (restored == _OK and tmp_dump == dump)
+        if expiry:
+            expiry_same = pttl >= 0 and abs(now_ms + pttl - expiry) <= SAME_EXPIRY_TOLERANCE_MS
+        else:
+            expiry_same = pttl == -1
+        same.append(value_same and expiry_same)
+    return same
+
+
 class _KeepTarget(ConflictHandling):
     policy, replace = ConflictPolicy.NONE, False
 
+    def __init__(self, worker: str) -> None:
+        self.worker = worker
+
     def resolve(self, send: Send, address: str, rows: Sequence[Row], asking: bool) -> list[Resolution]:
-        return [_BUSYKEY_CONFLICT] * len(rows)
+        same = _same_as_source(send, rows, range(len(rows)), asking, self.worker)
+        return [_OWN_WRITE if ours else _BUSYKEY_CONFLICT for ours in same]
 
 
 class _Merge(ConflictHandling):
@@ -181,12 +252,14 @@ class _Merge(ConflictHandling):
     def resolve(self, send: Send, address: str, rows: Sequence[Row], asking: bool) -> list[Resolution]:
         resolutions: list[Resolution | None] = [None] * len(rows)
         mergeable: list[int] = []
+        unmergeable: list[int] = []
         for index, (_key, _expiry, payload) in enumerate(rows):
-            source_type = payload_type(payload)
-            if source_type in MERGEABLE_TYPES:
-                mergeable.append(index)
-            else:
-                resolutions[index] = (CONFLICT, f"no merge semantics for {source_type}")
+            (mergeable if payload_type(payload) in MERGEABLE_TYPES else unmergeable).append(index)
+        # Merging a key with itself changes nothing: only a type without merge semantics needs
+        # the own-write comparison to tell the job's own write from a conflict.
+        for index, ours in zip(unmergeable, _same_as_source(send, rows, unmergeable, asking, self.worker)):
+            resolutions[index] = _OWN_WRITE if ours else (CONFLICT,
+                                                          f"no merge semantics for {payload_type(rows[index][2])}")
         if mergeable:
             use_sha = True
             if address not in self._loaded:
@@ -246,7 +319,7 @@ def conflict_handling(policy: ConflictPolicy, worker: str) -> ConflictHandling:
     if policy is ConflictPolicy.REPLACE:
         return _Replace()
     if policy is ConflictPolicy.NONE:
-        return _KeepTarget()
+        return _KeepTarget(worker)
     if policy is ConflictPolicy.MERGE:
         return _Merge(worker)
     raise ValueError(f"unknown conflict policy {policy!r}")

@@ -20,11 +20,19 @@ decides (``eve.redis.cluster.classify``):
 
 A pipeline whose connection dropped is sent again whole: ``RESTORE ... REPLACE``
 makes that harmless; under ``NONE`` a key the lost pipeline had already
-restored answers ``BUSYKEY`` the second time and is reported as a conflict (and
-under ``MERGE`` it is merged with itself). A pipeline that keeps failing
+restored answers ``BUSYKEY`` the second time and is recognised as the job's own
+write, not a conflict (``restorer.policies``; under ``MERGE`` it is merged with
+itself). A pipeline that keeps failing
 although the server comes back (a payload the server drops the connection on,
 a key slower than the timeout) is retried one key at a time, so only the
 offending key becomes an error key.
+
+A reconnect that finds another server behind a target's address (a new
+``run_id``: it restarted, and a non-persistent one came back empty) is not
+gone over in silence: the restorer puts ``RESTARTED`` naming the side and both
+run_ids, gives the batch no Result, and ends; the coordinator decides what to
+copy again (``eve.bulk.pipeline``). The run_ids the job wrote to come in the
+options, so a restorer started after the restart knows it too.
 
 Rows whose absolute expiry has passed are skipped (``Result.skipped``), with or
 without TTL preservation: the key is gone from the source too. A cluster
@@ -52,6 +60,7 @@ from eve.core.frames import (
     ErrorKeyRow,
     Failed,
     FrameError,
+    Restarted,
     Result,
     Stop,
     decode,
@@ -66,6 +75,8 @@ from eve.redis.cluster import (
     ClusterClient,
     NodeLeft,
     PipelineKeepsFailing,
+    ServerRestarted,
+    ServerRunIds,
     classify,
 )
 from eve.redis.rdb import payload_type
@@ -121,7 +132,7 @@ class _Target:
         self.client = ClusterClient(
             spec, role=role, error=TargetError, cluster=cluster, log=log,
             # A reopened connection has lost what the policy loaded into it (the merge script).
-            on_reconnect=self.handling.forget,
+            on_reconnect=self.handling.forget, run_ids=ServerRunIds(dict(options.server_run_ids), log=log),
             options=ClientOptions(timeout=options.timeout, reconnect_seconds=options.reconnect_seconds,
                                   max_attempts=options.max_attempts, retry_delay=options.retry_delay,
                                   client_name=f"eve-{options.worker}"))
@@ -308,7 +319,8 @@ def run_restorer(options: RestorerOptions, batches: _Queue, results: _Queue, *,
     one unreachable at start gives ``Failed(worker, Side.TARGET, ...)`` and leaves
     every frame in the queue for the other restorers. A target lost while a batch
     is applied gives the same FAILED frame and that batch gets no Result (its
-    cursor must not be committed). Result counts are the primary target's; a
+    cursor must not be committed). A target found restarted (at start or on a
+    reconnect) gives ``Restarted(...)`` and returns False the same way. Result counts are the primary target's; a
     mirror target's error keys are added to ``failed`` and ``error_keys`` (``node``
     names the mirror), its conflicts are not reported.
     """
@@ -324,6 +336,8 @@ def run_restorer(options: RestorerOptions, batches: _Queue, results: _Queue, *,
     try:
         try:
             restorer.connect()
+        except ServerRestarted as exc:
+            return _restarted(log, results, worker, exc, "before the first batch")
         except EndpointError as exc:  # unreachable, credentials refused, or no usable slot map
             log.error("%s", exc)
             results.put(encode(Failed(worker, Side.TARGET, str(exc))))
@@ -336,7 +350,7 @@ def run_restorer(options: RestorerOptions, batches: _Queue, results: _Queue, *,
                 log.error("%s", exc)
                 results.put(encode(Failed(worker, Side.INTERNAL, str(exc))))
                 return False
-            if isinstance(frame, (Stop, Failed)) and frame.worker != COORDINATOR:
+            if isinstance(frame, (Stop, Failed, Restarted)) and frame.worker != COORDINATOR:
                 # A scanner's end or failure travels behind its batches; the
                 # coordinator reads it from the results queue.
                 results.put(raw)
@@ -352,6 +366,9 @@ def run_restorer(options: RestorerOptions, batches: _Queue, results: _Queue, *,
                 return False
             try:
                 result = restorer.apply(frame)
+            except ServerRestarted as exc:
+                return _restarted(log, results, worker, exc, f"batch node={frame.header.node} db={frame.header.db} "
+                                                             f"seq={frame.header.seq} not applied")
             except EndpointError as exc:  # a target (or mirror target) lost for reconnect_seconds
                 log.error("%s (batch node=%s db=%d seq=%d not applied)", exc, frame.header.node,
                           frame.header.db, frame.header.seq)
@@ -363,8 +380,14 @@ def run_restorer(options: RestorerOptions, batches: _Queue, results: _Queue, *,
         restorer.close()
 
 
+def _restarted(log: _Log, results: _Queue, worker: str, exc: ServerRestarted, where: str) -> bool:
+    log.error("%s (%s)", exc, where)
+    results.put(encode(Restarted(worker, Side.TARGET, exc.role, exc.address, exc.before, exc.after)))
+    return False
+
+
 def main(options: RestorerOptions, batches: _Queue, results: _Queue) -> None:
-    """Entry point of a spawned restorer process; exits 0 after STOP, 1 after FAILED."""
+    """Entry point of a spawned restorer process; exits 0 after STOP, 1 after FAILED or RESTARTED."""
     from eve.core import telemetry
     from eve.core.child_process import die_with_parent, ignore_interrupts
 

@@ -54,6 +54,21 @@ class ScannerOptions:
       that share of the wall time and the source's event loop (and, on a small
       machine, the CPU) stays free for live clients the rest of the time.
       1.0 (the default) never pauses.
+    * ``latency_budget_ms``: hold the source's (p99) command latency within a
+      budget instead of at a fixed share. A probe (``TIME``) on a connection of
+      its own, sent right behind each DUMP/PTTL pipeline, waits as any client's
+      command would; probes before the scan set the idle latency. AIMD
+      (``scanner.worker.LatencyBudget``) then steers the keys per round trip
+      (how long one pipeline holds the server) and the share of wall time spent
+      in round trips: halved when the source was late beyond the budget for
+      more than 1% of the last second, grown back smoothly while it keeps
+      within it, the share never above ``max_source_share``. 0 turns it off
+      (the fixed share applies).
+
+    ``server_run_id`` is the source node's ``run_id`` when the job planned the
+    scan: a connection that finds another one (the source restarted: its SCAN
+    cursors mean nothing now, and a non-persistent one lost its keys) ends the
+    scanner with ``RESTARTED`` instead of scanning on.
     """
 
     run_id: str
@@ -74,6 +89,8 @@ class ScannerOptions:
     timeout: float = DEFAULT_TIMEOUT  # socket timeout of one round trip
     reconnect_seconds: float = DEFAULT_RECONNECT_SECONDS  # keep retrying a lost source this long
     max_source_share: float = 1.0     # share of wall time spent in DUMP/PTTL round trips; see the docstring
+    latency_budget_ms: float = 0      # 0 = off; see the class docstring
+    server_run_id: str | None = None  # the node's run_id when planned; None: learned on first contact
     log_level: int = logging.INFO     # the coordinator's level, passed down (spawned processes inherit none)
 
     def __post_init__(self) -> None:
@@ -96,8 +113,9 @@ class ScannerOptions:
                 raise ConfigError(f"must be at least 1, got {getattr(self, name)}", field=name)
         if not 0 < self.max_source_share <= 1:
             raise ConfigError(f"must be in (0, 1], got {self.max_source_share}", field="max_source_share")
-        for name in ("max_keys_per_second", "max_bytes_per_second", "backoff_latency_ms", "reconnect_seconds"):
-            if getattr(self, name) < 0:
+        for name in ("max_keys_per_second", "max_bytes_per_second", "backoff_latency_ms", "latency_budget_ms",
+                     "reconnect_seconds"):
+            if not getattr(self, name) >= 0:  # NaN too
                 raise ConfigError(f"must be 0 or more, got {getattr(self, name)}", field=name)
         if not self.timeout > 0:
             raise ConfigError(f"must be more than 0, got {self.timeout}", field="timeout")

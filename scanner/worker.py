@@ -35,6 +35,13 @@ pipelines through the cluster client. The first connection gets the
 same grace. Refused credentials, and error replies to SCAN itself
 (``NOPERM``, a bad TYPE, ...), fail at once.
 
+Restarts: every connection the scanner opens reads the node's ``run_id``
+(``eve.redis.cluster.ServerRunIds``) and compares it with the one the job
+planned with (``ScannerOptions.server_run_id``). Another one means the
+source restarted: its SCAN cursors (and the keys a non-persistent one held) are
+gone, so the scanner puts RESTARTED("source", both run_ids) and ends rather
+than scanning on from a cursor that means nothing now.
+
 Stopping: ``stop_event`` is checked before every step and wakes every sleep
 (rate limit, latency backoff, reconnect). The step in progress is dropped,
 never half sent (its cursor was not acknowledged, so a resume redoes it), then
@@ -44,6 +51,7 @@ is not interrupted: backpressure wins, the consumer has to drain.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import signal
@@ -56,11 +64,20 @@ from opentelemetry import metrics, trace
 from opentelemetry.propagate import inject
 
 from eve.core.errors import AuthError, EndpointError, Side, SourceError, UnavailableError
-from eve.core.frames import Batch, BatchHeader, Failed, Stop, encode
+from eve.core.frames import Batch, BatchHeader, Failed, Restarted, Stop, encode
 from eve.core.telemetry import setup
-from eve.redis.cluster import DENIED, RECONNECT_FIRST_DELAY, RECONNECT_MAX_DELAY, TRANSIENT, Backoff, classify
+from eve.redis.cluster import (
+    DENIED,
+    RECONNECT_FIRST_DELAY,
+    RECONNECT_MAX_DELAY,
+    TRANSIENT,
+    Backoff,
+    ServerRestarted,
+    ServerRunIds,
+    classify,
+)
 from eve.redis.wire import FastConnection, ReplyError, pack
-from scanner.options import ScannerOptions
+from scanner.options import DEFAULT_MAX_PIPELINE, ScannerOptions
 
 __all__ = [
     "run_scanner",
@@ -68,7 +85,15 @@ __all__ = [
     "rows_from_replies",
     "TokenBucket",
     "LatencyGuard",
+    "LatencyBudget",
     "BASELINE_ROUND_TRIPS",
+    "DECREASE_INTERVAL",
+    "MIN_DEPTH",
+    "MIN_SHARE",
+    "PROBE_WINDOW_SECONDS",
+    "TOLERATED_OVER_BUDGET",
+    "DEPTH_INCREASE_PER_SECOND",
+    "SHARE_INCREASE_PER_SECOND",
     "MAX_BACKOFF_SECONDS",
     "RECONNECT_MIN_DELAY",
     "RECONNECT_MAX_DELAY",
@@ -81,6 +106,23 @@ Row = tuple[bytes, int, bytes]
 RECONNECT_MIN_DELAY = RECONNECT_FIRST_DELAY
 BASELINE_ROUND_TRIPS = 5     # DUMP/PTTL round trips that set the latency baseline
 MAX_BACKOFF_SECONDS = 2.0    # longest single latency backoff
+# The latency budget's AIMD (LatencyBudget): the pipeline depth, then the share of wall time the
+# scanner may spend in round trips, is halved on a probe over budget, at most once per
+# DECREASE_INTERVAL (one slow spell is one signal, not one per round trip caught in it), and
+# grows back linearly: from the least to the most in about ten seconds of a source within budget.
+MIN_SHARE = 0.02
+MIN_DEPTH = 16               # keys per DUMP/PTTL round trip, at the least
+DECREASE = 0.5               # what a cut leaves of the depth, then of the share
+SHARE_INCREASE_PER_SECOND = 0.1
+DEPTH_INCREASE_PER_SECOND = 0.1  # of the largest depth
+DECREASE_INTERVAL = 0.1
+# The budget bounds the source's p99 latency, not its maximum (a host's scheduler alone delays
+# a command now and then, whatever the scanner does): a late probe is a reason to back off when
+# the late probes of the last PROBE_WINDOW_SECONDS waited beyond the budget more than 1% of it
+# in all. Time, not a count of probes: they come thick while the source is quick and one per
+# stall while it is not, so counting them would hide the stalls.
+PROBE_WINDOW_SECONDS = 1.0
+TOLERATED_OVER_BUDGET = 0.01
 BUCKET_SECONDS = 0.1         # a token bucket holds this much of a second's budget
 STOP_POLL_SECONDS = 0.1      # how often main()'s combined stop signal is looked at while sleeping
 KEY_REPR_LIMIT = 80
@@ -90,6 +132,7 @@ CLIENT_NAME = "eve-scanner"
 # once: the cheapest way found to build thousands of commands in Python.
 _DUMP_PTTL = b"*2\r\n$4\r\nDUMP\r\n$%d\r\n%s\r\n*2\r\n$4\r\nPTTL\r\n$%d\r\n%s\r\n"
 _DUMP = b"*2\r\n$4\r\nDUMP\r\n$%d\r\n%s\r\n"
+_TIME = pack("TIME")
 
 
 class StopEvent(Protocol):
@@ -178,7 +221,7 @@ class TokenBucket:
 
 
 class LatencyGuard:
-    """The latency backoff rule of ``ScannerOptions`` (see its docstring).
+    """The latency backoff rule of ``ScannerOptions.backoff_latency_ms`` (see its docstring).
 
     ``observe(seconds, keys)`` takes one DUMP/PTTL round trip and returns how
     long to sleep before the next one (0 while the source keeps its pace).
@@ -210,6 +253,135 @@ class LatencyGuard:
         return min(excess * 2 ** (self._streak - 1), MAX_BACKOFF_SECONDS)
 
 
+class LatencyBudget:
+    """``ScannerOptions.latency_budget_ms``: AIMD on how hard the scanner loads the source, so
+    that the source's command latency stays within the budget.
+
+    The latency is what any client of the source sees while the scanner loads it: a probe
+    (``TIME``) on a connection of its own, sent right behind each DUMP/PTTL pipeline, waits
+    for the part of the pipeline the server works through first (the scanner's own round
+    trip would mostly measure the scanner: a thousand replies to read). Two measures of one
+    probe: its round trip, and how long after it was sent the server ran it (the server's
+    ``TIME`` minus the scanner's clock at the send). The round trip also counts the scanner
+    itself waiting for a CPU (on a busy host, often), the other an offset between the two
+    clocks that may drift; each against its idle baseline, the lesser of the two excesses is
+    the server's lateness. ``idle(round_trip, server_delay)`` gives the baselines (probes
+    with nothing of the scanner in flight; lowered later by any faster probe), and
+    ``observe(round_trip_of_probe, round_trip, server_delay)`` takes one probe and the
+    DUMP/PTTL round trip it rode on. ``server_delay`` is optional (None: the round trip alone).
+
+    Two levers, in this order: the pipeline ``depth`` (keys per round trip: how long one
+    pipeline holds the server's event loop, hence how long a client's command can wait
+    behind it) and the ``share`` of wall time spent in round trips (how many of the clients'
+    commands meet one; the pause after a round trip is ``round_trip * (1 / share - 1)``).
+
+    * A probe that waited more than the budget beyond the idle latency, when the late probes
+      of the last ``PROBE_WINDOW_SECONDS`` waited beyond the budget more than
+      ``TOLERATED_OVER_BUDGET`` of it in all (the budget is for the p99 latency), halves the
+      depth, down to ``MIN_DEPTH``, then the share, down to ``MIN_SHARE``; at most once per
+      ``DECREASE_INTERVAL`` (one slow spell is one signal).
+    * A probe within the budget grows them back, the share first: by
+      ``SHARE_INCREASE_PER_SECOND`` and ``DEPTH_INCREASE_PER_SECOND`` of ``max_depth`` per
+      second since the previous probe. Down fast when the source's clients start waiting,
+      up smoothly when they stop.
+
+    Both start at their maximum (``max_depth``, ``max_share``). ``state()`` is what the
+    controller did, for logs and tests.
+    """
+
+    def __init__(self, budget_ms: float, *, max_share: float = 1.0, max_depth: int = DEFAULT_MAX_PIPELINE,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not budget_ms > 0:
+            raise ValueError("budget_ms must be positive")
+        self.budget = budget_ms / 1000.0
+        self.max_share = max_share
+        self.min_share = min(MIN_SHARE, max_share)
+        self.max_depth = max_depth
+        self.min_depth = min(MIN_DEPTH, max_depth)
+        self.share = max_share
+        self.depth = max_depth
+        self.lowest_share = max_share
+        self.lowest_depth = max_depth
+        self.baseline: float | None = None   # seconds: a probe's round trip on the idle source
+        self.server_baseline: float | None = None  # seconds: its server delay then (clock offset included)
+        self.probes = 0
+        self.over_budget = 0       # probes that waited more than the budget
+        self.decreases = 0         # times the depth or the share was cut
+        self.last_excess: float | None = None
+        self.max_excess = 0.0
+        self._depth = float(max_depth)
+        # (when, seconds it waited beyond the budget) of the late probes of the last PROBE_WINDOW_SECONDS
+        self._late: collections.deque[tuple[float, float]] = collections.deque()
+        self._late_seconds = 0.0
+        self._clock = clock
+        self._last = clock()
+        self._last_decrease: float | None = None
+
+    def idle(self, latency: float, server_delay: float | None = None) -> None:
+        if self.baseline is None or latency < self.baseline:
+            self.baseline = latency
+        if server_delay is not None and (self.server_baseline is None or server_delay < self.server_baseline):
+            self.server_baseline = server_delay
+
+    def observe(self, latency: float, round_trip: float, server_delay: float | None = None) -> float:
+        """One probe; returns the pause before the next round trip."""
+        now = self._clock()
+        since, self._last = now - self._last, now
+        self.probes += 1
+        self.idle(latency, server_delay)  # a quieter moment than any before lowers the baselines
+        assert self.baseline is not None
+        excess = latency - self.baseline
+        if server_delay is not None and self.server_baseline is not None:
+            excess = min(excess, server_delay - self.server_baseline)
+        self.last_excess = excess
+        self.max_excess = max(self.max_excess, excess)
+        over = excess > self.budget
+        late_share = self._late_share(now, excess - self.budget if over else 0.0)
+        if over:
+            self.over_budget += 1
+        if over and late_share > TOLERATED_OVER_BUDGET:
+            if self._last_decrease is None or now - self._last_decrease >= DECREASE_INTERVAL:
+                self._last_decrease = now
+                self.decreases += 1
+                if self._depth >= 2 * self.min_depth:
+                    self._depth = max(float(self.min_depth), self._depth * DECREASE)
+                else:  # as shallow as it goes (or about: it may have grown a little since)
+                    self._depth = float(self.min_depth)
+                    self.share = max(self.min_share, self.share * DECREASE)
+        elif over:
+            pass  # tolerated: the source was late for less time than the p99 allows
+        elif self.share < self.max_share:
+            self.share = min(self.max_share, self.share + SHARE_INCREASE_PER_SECOND * since)
+        else:
+            self._depth = min(float(self.max_depth), self._depth + DEPTH_INCREASE_PER_SECOND * self.max_depth * since)
+        self.depth = max(self.min_depth, int(self._depth))
+        self.lowest_share = min(self.lowest_share, self.share)
+        self.lowest_depth = min(self.lowest_depth, self.depth)
+        return self.pause(round_trip)
+
+    def _late_share(self, now: float, late: float) -> float:
+        """The share of the window the late probes (this one included) waited beyond the budget."""
+        window = self._late
+        if late:
+            window.append((now, late))
+            self._late_seconds += late
+        while window and window[0][0] < now - PROBE_WINDOW_SECONDS:
+            self._late_seconds -= window.popleft()[1]
+        return self._late_seconds / PROBE_WINDOW_SECONDS
+
+    def pause(self, round_trip: float) -> float:
+        return round_trip * (1.0 / self.share - 1.0)
+
+    def state(self) -> dict[str, float | int | None]:
+        def ms(value: float | None) -> float | None:
+            return None if value is None else round(value * 1000, 3)
+
+        return {"budget_ms": ms(self.budget), "depth": self.depth, "lowest_depth": self.lowest_depth,
+                "share": round(self.share, 4), "lowest_share": round(self.lowest_share, 4), "probes": self.probes,
+                "over_budget": self.over_budget, "decreases": self.decreases, "idle_ms": ms(self.baseline),
+                "last_excess_ms": ms(self.last_excess), "max_excess_ms": ms(self.max_excess)}
+
+
 # --------------------------------------------------------------------------- the worker
 
 
@@ -236,7 +408,10 @@ class _Scanner:
                                                     description="keys that vanished or could not be read")
         self.log = _Log(log, {"prefix": f"{options.worker} pid={os.getpid()}"})
         self.address = options.source.address
-        self.conn = FastConnection(options.source, timeout=options.timeout, client_name=CLIENT_NAME)
+        known = {self.address: options.server_run_id} if options.server_run_id else None
+        self.run_ids = ServerRunIds(known, log=self.log)
+        self.conn = FastConnection(options.source, timeout=options.timeout, client_name=CLIENT_NAME,
+                                   on_open=self._check_run_id)
         self.pipeline_size = options.max_pipeline
         self.key_bucket: TokenBucket | None = None
         self.byte_bucket: TokenBucket | None = None
@@ -249,7 +424,13 @@ class _Scanner:
             rate = options.max_bytes_per_second
             self.byte_bucket = TokenBucket(rate, rate * BUCKET_SECONDS)
         self.guard = LatencyGuard(options.backoff_latency_ms) if options.backoff_latency_ms else None
-        self.share_pause = 1.0 / options.max_source_share - 1.0
+        self.budget = (LatencyBudget(options.latency_budget_ms, max_share=options.max_source_share,
+                                     max_depth=self.pipeline_size) if options.latency_budget_ms else None)
+        # The latency budget's probe: a command any client could send, on a connection of its own.
+        self.probe = (FastConnection(options.source, timeout=options.timeout, client_name=CLIENT_NAME + "-probe",
+                                     on_open=self._check_run_id) if self.budget is not None else None)
+        # With a latency budget the share moves (LatencyBudget); without, it is fixed.
+        self.share_pause = 0.0 if self.budget is not None else 1.0 / options.max_source_share - 1.0
         scan_tail: list[str | int] = []
         if options.match is not None:
             scan_tail += ["MATCH", options.match]
@@ -270,19 +451,32 @@ class _Scanner:
                 self._scan_db(db)
         except _Stopped as stopped:
             self.log.info("stop requested: stopped before %s (keys=%d)", stopped, self.keys)
+        except ServerRestarted as exc:
+            self.log.error("%s: ending, its SCAN cursors mean nothing now", exc)
+            self.batches.put(encode(Restarted(options.worker, Side.SOURCE, exc.role, exc.address, exc.before,
+                                              exc.after)))
+            return False
         except SourceError as exc:
             self.log.error("failed: %s", exc)
             self.batches.put(encode(Failed(options.worker, Side.SOURCE, str(exc))))
             return False
         else:
             elapsed = time.monotonic() - began
-            self.log.info("finished: keys=%d skipped=%d bytes=%d batches=%d backoffs=%d in %.1fs (%.0f keys/s)",
+            budget = "" if self.budget is None else " latency_budget=" + " ".join(
+                f"{name}={value}" for name, value in self.budget.state().items())
+            self.log.info("finished: keys=%d skipped=%d bytes=%d batches=%d backoffs=%d in %.1fs (%.0f keys/s)%s",
                           self.keys, self.skipped, self.bytes, self.batch_count, self.backoffs, elapsed,
-                          self.keys / elapsed if elapsed > 0 else 0.0)
+                          self.keys / elapsed if elapsed > 0 else 0.0, budget)
         finally:
             self.conn.close()
+            if self.probe is not None:
+                self.probe.close()
         self.batches.put(encode(Stop(options.worker)))
         return True
+
+    def _check_run_id(self, conn: Any) -> None:
+        """Every connection's ``on_open``: the source is still the server the job planned with."""
+        self.run_ids.check(conn, role="source", side=Side.SOURCE)
 
     def _scan_db(self, db: int) -> None:
         options = self.options
@@ -346,11 +540,15 @@ class _Scanner:
 
     def _read(self, db: int, keys: list[bytes]) -> tuple[list[Row], int, int]:
         preserve_ttl = self.options.preserve_ttl
-        size = self.pipeline_size
+        budget = self.budget
         rows: list[Row] = []
         skipped = nbytes = 0
-        for start in range(0, len(keys), size):
-            chunk = keys if len(keys) <= size else keys[start:start + size]
+        start = 0
+        while start < len(keys):
+            # Under a latency budget the depth moves from one round trip to the next.
+            size = self.pipeline_size if budget is None else min(self.pipeline_size, budget.depth)
+            chunk = keys if start == 0 and len(keys) <= size else keys[start:start + size]
+            start += len(chunk)
             if self.key_bucket is not None:
                 self._sleep(self.key_bucket.charge(len(chunk)))
             if preserve_ttl:
@@ -360,7 +558,10 @@ class _Scanner:
                 packed = b"".join([_DUMP % (len(key), key) for key in chunk])
                 count = len(chunk)
             sent = time.monotonic()
-            replies = self.conn.pipeline(packed, count)
+            if self.budget is None:
+                replies = self.conn.pipeline(packed, count)
+            else:
+                replies, latency, server_delay = self._probed(packed, count)
             now_ms = int(time.time() * 1000)
             elapsed = time.monotonic() - sent
             chunk_rows, chunk_skipped, errors = rows_from_replies(chunk, replies, now_ms, preserve_ttl)
@@ -377,6 +578,15 @@ class _Scanner:
                 self._sleep(self.byte_bucket.charge(chunk_bytes))
             if self.share_pause:
                 self._sleep(elapsed * self.share_pause)
+            if budget is not None:
+                before = budget.decreases
+                pause = budget.observe(latency, elapsed, server_delay)
+                if budget.decreases != before:
+                    self.backoffs += 1
+                    self.log.debug("db=%d the source ran a probe %.2fms later than when idle (budget %.2fms): "
+                                   "now %d keys per round trip, share %.3f", db, (budget.last_excess or 0) * 1000,
+                                   budget.budget * 1000, budget.depth, budget.share)
+                self._sleep(pause)
             if self.guard is not None:
                 pause = self.guard.observe(elapsed, len(chunk))
                 if pause:
@@ -385,6 +595,37 @@ class _Scanner:
                                    db, elapsed * 1000, len(chunk), pause)
                     self._sleep(pause)
         return rows, skipped, nbytes
+
+    def _probed(self, packed: bytes, count: int) -> tuple[list[Any], float, float | None]:
+        """One DUMP/PTTL pipeline with the latency budget's probe, sent right behind it and run
+        while the source works through it: (replies, the probe's round trip, its server delay)."""
+        budget = self.budget
+        assert budget is not None
+        if budget.baseline is None:
+            # The idle baselines: probes with nothing of the scanner in flight.
+            for _ in range(BASELINE_ROUND_TRIPS):
+                budget.idle(*self._probe())
+        self.conn.send(packed)
+        try:
+            latency, server_delay = self._probe()
+        except BaseException:
+            self.conn.close()  # its replies were never read: it cannot carry anything else
+            raise
+        return self.conn.replies(count), latency, server_delay
+
+    def _probe(self) -> tuple[float, float | None]:
+        """``TIME`` on the probe connection: (its round trip, how long after the send the server
+        ran it by the server's clock; None when the reply is not a time)."""
+        probe = self.probe
+        assert probe is not None
+        sent_at, began = time.time(), time.monotonic()
+        reply = probe.pipeline(_TIME, 1)[0]
+        latency = time.monotonic() - began
+        try:
+            server_time = int(reply[0]) + int(reply[1]) / 1e6
+        except (TypeError, ValueError, IndexError):  # TIME refused (ACL): the round trip alone
+            return latency, None
+        return latency, server_time - sent_at
 
     def _key_errors(self, db: int, errors: list[tuple[bytes, ReplyError]]) -> None:
         for key, error in errors:
@@ -423,6 +664,8 @@ class _Scanner:
                 result = step(*args)
             except AuthError as exc:
                 raise SourceError(str(exc)) from exc
+            except ServerRestarted:
+                raise
             except (UnavailableError, _Transient) as exc:
                 if backoff is None:
                     backoff = Backoff(self.options.reconnect_seconds)

@@ -16,7 +16,7 @@ import pytest
 from servers import RedisServer, free_port
 
 from eve.core.endpoints import ConnectionSpec
-from eve.core.errors import AuthError, TargetError, UnavailableError
+from eve.core.errors import AuthError, EndpointError, TargetError, UnavailableError
 from eve.redis.cluster import (
     ASK,
     BUSYKEY,
@@ -26,6 +26,8 @@ from eve.redis.cluster import (
     TRANSIENT,
     ClientOptions,
     ClusterClient,
+    ServerRestarted,
+    ServerRunIds,
     classify,
     is_transient,
     payload_refused,
@@ -320,6 +322,52 @@ def _reply(conn: FastConnection, *args: Any) -> str:
     reply = conn.execute(*args)
     assert isinstance(reply, ReplyError), reply
     return str(reply)
+
+
+def test_a_restarted_server_is_told_apart_by_its_run_id(server_factory):
+    server = server_factory("valkey-9.1")
+    with client_of(server) as client:
+        before = client.identify()
+        assert before == {address(server): server.client().info("server")["run_id"]}
+        client.execute(0, [b"k"], [pack("SET", "k", "v")])
+        server.kill()
+        server.start()
+        after = server.client().info("server")["run_id"]
+        with pytest.raises(ServerRestarted) as raised:
+            client.execute(0, [b"k"], [pack("GET", "k")])
+        restarted = raised.value
+        assert (restarted.role, restarted.address, restarted.before, restarted.after) == (
+            "target", address(server), before[address(server)], after)
+        assert restarted.side == "target" and isinstance(restarted, EndpointError)
+        assert "restarted" in str(restarted) and after in str(restarted)
+        with pytest.raises(ServerRestarted):  # until the caller accepts it
+            client.call(None, "PING")
+        client.accept_restart(restarted)
+        assert client.call(None, "GET", "k") is None  # a non-persistent server came back empty
+        assert client.identify() == {address(server): after}
+
+    # Known from a caller (a job that wrote to the server before the restart): the first
+    # connection already tells.
+    with client_of(server, run_ids=ServerRunIds(before)) as late:
+        with pytest.raises(ServerRestarted):
+            late.connect()
+    # One ServerRunIds shared by two clients: accepted through one, known to the other.
+    shared = ServerRunIds(before)
+    first, second = client_of(server, run_ids=shared), client_of(server, run_ids=shared)
+    with first, second:
+        with pytest.raises(ServerRestarted) as raised:
+            first.connect()
+        first.accept_restart(raised.value)
+        second.connect()
+        assert shared.as_dict() == {address(server): after}
+
+
+def test_the_run_ids_of_a_clusters_masters(cluster_factory):
+    cluster = cluster_factory("valkey-9.1", masters=3)
+    with client_of(cluster.masters[0]) as client:
+        run_ids = client.identify()
+    assert run_ids == {address(master): master.client().info("server")["run_id"] for master in cluster.masters}
+    assert len(set(run_ids.values())) == 3
 
 
 def test_the_classifier_on_real_error_replies_of_a_server(server_factory):

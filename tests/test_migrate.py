@@ -121,6 +121,20 @@ def test_match_and_type_filters(server_factory, tmp_path):
     assert len(copied) == 20
 
 
+def test_latency_budget_copies_everything_and_says_so_in_the_plan(server_factory, tmp_path):
+    source = server_factory("redis-7.0")
+    target = server_factory("valkey-9.1")
+    fill(source.client(), 3000)
+    plan = migrate("--source", url(source), "--target", url(target), "--latency-budget-ms", "2", "--dry-run",
+                   state=tmp_path / "s.db")
+    assert plan.returncode == 0 and "source share 1, source latency budget 2 ms" in plan.stdout, plan.stdout
+    result = migrate("--source", url(source), "--target", url(target), "--latency-budget-ms", "2", "--json",
+                     state=tmp_path / "s.db")
+    assert result.returncode == 0, result.stderr
+    assert summary(result)["restored"] == 3000
+    assert_same(source.client(), target.client())
+
+
 # -- clusters -------------------------------------------------------------------------
 
 
@@ -253,9 +267,10 @@ def _worker_pids(log_text: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"started (\S+(?: node=\S+)?) pid=(\d+)", log_text)}
 
 
-def _start_slow_job(source, target, state: Path, log_path: Path) -> subprocess.Popen:
+def _start_slow_job(source, target, state: Path, log_path: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "eve", "-v", "migrate", "--source", url(source), "--target", url(target),
-           "--json", "--no-progress", "--state", str(state), "--max-keys-per-sec", "4000", "--scan-count", "200"]
+           "--json", "--no-progress", "--state", str(state), "--max-keys-per-sec", "4000", "--scan-count", "200",
+           *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log_path, "w"), text=True)
 
 
@@ -297,6 +312,53 @@ def test_kill_and_resume_loses_nothing(server_factory, tmp_path, victim):
             job.wait()
     assert_same(source.client(), target.client())
     assert target.client().dbsize() == 12_000
+
+
+@pytest.mark.parametrize("target_engine", ["redis-7.0", "valkey-9.1"])
+def test_conflict_none_after_a_killed_restorer_counts_only_real_conflicts(server_factory, tmp_path, target_engine):
+    """Batches a killed restorer had restored but not acknowledged come back after the restart
+    and answer BUSYKEY: they are the job's own writes (before: "conflicts 1000"). Keys the
+    target held before the job are conflicts still, and keep their values."""
+    source = server_factory("redis-7.0")
+    target = server_factory(target_engine)
+    src, dst = source.client(), target.client()
+    keys = fill(src, 12_000, binary=False)
+    theirs = [keys[5], keys[6_001], keys[11_998]]
+    for key in theirs:
+        dst.set(key, b"the target's own value")
+    state, log_path = tmp_path / "s.db", tmp_path / "job.log"
+    job = _start_slow_job(source, target, state, log_path, "--conflict", "none")
+    try:
+        _wait_for_progress(target, 3000)
+        restorers = [pid for name, pid in _worker_pids(log_path.read_text()).items() if name.startswith("restorer")]
+        assert restorers, log_path.read_text()
+        # Kill a restorer whose RESTOREs are sent but unanswered: with the target paused, the
+        # restorers' next pipelines wait in its socket buffer; the killed one's still run once
+        # the target goes on (the restorer closed its socket after them), but their batch is
+        # never acknowledged, so it comes back after the pipeline's restart and finds its keys.
+        os.kill(target.pid, signal.SIGSTOP)
+        try:
+            time.sleep(0.5)
+            os.kill(restorers[0], signal.SIGKILL)
+        finally:
+            os.kill(target.pid, signal.SIGCONT)
+        out, _ = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    assert job.returncode == 0, log_path.read_text()[-3000:]
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["restarts"] >= 1
+    assert report["conflicts"] == len(theirs), report
+    assert report["restored"] == len(keys) - len(theirs) and report["error_keys"] == 0
+    from eve.core.store import Store
+    store = Store(state)
+    assert {key for _, key, _, _ in store.conflict_keys(report["run_id"])} == set(theirs)
+    store.close()
+    assert all(dst.get(key) == b"the target's own value" for key in theirs)
+    assert_same(src, dst, keys=set(keys) - set(theirs))
+    assert dst.dbsize() == len(keys)
 
 
 def test_resume_with_another_setup_is_refused(server_factory, tmp_path):

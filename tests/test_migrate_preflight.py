@@ -117,6 +117,8 @@ def test_missing_password_names_the_flag_and_other_ways_to_give_it(server_factor
     (("--restorers", "500"), "--restorers"),
     (("--type", "nosuchtype"), "--type"),
     (("--scan-count", "0"), "--scan-count"),
+    (("--latency-budget-ms", "nan"), "--latency-budget-ms"),
+    (("--latency-budget-ms", "-1"), "--latency-budget-ms"),
     (("--resume", "--force"), "--force"),
 ], ids=lambda value: value if isinstance(value, str) else "-".join(value))
 def test_bad_options_exit_2_naming_the_flag_and_never_trap_the_state(server_factory, tmp_path, args, flag):

@@ -513,3 +513,94 @@ def test_main_in_a_spawned_process(server_factory):
     assert isinstance(result, Result) and result.restored == len(keys)
     assert stop == Stop("restorer-1") and process.exitcode == 0
     assert_same(source.client(), target.client(), keys)
+
+
+# -- the job's own writes, restarted targets --------------------------------------------
+
+
+def _with_big_values(src: Any, keys: list[bytes]) -> list[bytes]:
+    """Big sets and hashes (hashtable-encoded: their DUMP follows the server's own table order,
+    so two servers serialize one value differently) besides the small ones."""
+    src.sadd(b"big:set", *[f"member:{i}" for i in range(700)])
+    src.hset(b"big:hash", mapping={f"field:{i}": f"value:{i}" for i in range(700)})
+    src.zadd(b"big:zset", {f"member:{i}": i / 3 for i in range(700)})
+    src.pexpire(b"big:hash", HOUR_MS)
+    return [*keys, b"big:set", b"big:hash", b"big:zset"]
+
+
+@pytest.mark.parametrize("target_engine", ["redis-7.0", "valkey-9.1"])
+def test_none_counts_the_jobs_own_writes_as_restored(server_factory, target_engine):
+    """A batch sent again (after a lost connection or a killed restorer) finds the keys it
+    restored the first time: those are not conflicts. redis-7.0: the target's DUMP equals the
+    payload; valkey-9.1: it never does (another RDB version), the comparison goes through the
+    payload restored into a temporary key."""
+    source, target = server_factory("redis-7.0"), server_factory(target_engine)
+    src, dst = source.client(), target.client()
+    keys = _with_big_values(src, fill(src, "own", count=48))
+    ok, frames = run(options(target, conflict=ConflictPolicy.NONE), [Batch(header(0), dump_rows(src, keys))])
+    assert ok and results_of(frames)[0].restored == len(keys)
+
+    time.sleep(0.01)  # the rows sent again carry expiries computed again, a few ms apart
+    ok, frames = run(options(target, conflict=ConflictPolicy.NONE), [Batch(header(0), dump_rows(src, keys))])
+    assert ok
+    again = results_of(frames)[0]
+    assert (again.restored, again.conflicts, again.failed) == (len(keys), 0, 0), again.conflict_keys[:3]
+    assert again.bytes == sum(len(payload) for _, _, payload in dump_rows(src, keys))
+
+    # Real conflicts stay conflicts: another value, or the same value with another expiry.
+    dst.set(keys[0], b"someone else's")
+    dst.sadd(b"big:set", "one more")
+    dst.pexpire(keys[1], 5000)
+    dst.persist(b"big:hash")
+    ok, frames = run(options(target, conflict=ConflictPolicy.NONE), [Batch(header(0), dump_rows(src, keys))])
+    assert ok
+    third = results_of(frames)[0]
+    assert {c.key for c in third.conflict_keys} == {keys[0], keys[1], b"big:set", b"big:hash"}
+    assert (third.restored, third.conflicts) == (len(keys) - 4, 4)
+    assert dst.get(keys[0]) == b"someone else's"
+    assert not list(dst.scan_iter(match=b"*eve-compare*")), "temporary keys are gone"
+
+
+def test_merge_does_not_report_its_own_unmergeable_writes(server_factory):
+    source, target = server_factory("redis-7.0"), server_factory("valkey-9.1")
+    src, dst = source.client(), target.client()
+    keys = fill(src, "merge-own", count=24)
+    batch = [Batch(header(0), dump_rows(src, keys))]
+    assert results_of(run(options(target, conflict=ConflictPolicy.MERGE), batch)[1])[0].restored == len(keys)
+    dst.rpush(keys[2], b"a target element")  # a list: no merge semantics, and no longer the source's
+    ok, frames = run(options(target, conflict=ConflictPolicy.MERGE), [Batch(header(0), dump_rows(src, keys))])
+    assert ok
+    result = results_of(frames)[0]
+    assert (result.restored, result.conflicts) == (len(keys) - 1, 1)
+    assert [(c.key, c.reason) for c in result.conflict_keys] == [(keys[2], "no merge semantics for list")]
+
+
+def test_restarted_target_is_reported_not_gone_over(server_factory):
+    source, target = server_factory("redis-7.0"), server_factory("valkey-9.1")
+    src = source.client()
+    keys = fill(src, "restart", count=30)
+    rows = dump_rows(src, keys)
+    before = target.client().info("server")["run_id"]
+
+    def restart_target() -> None:
+        target.kill()
+        target.start()
+
+    ok, frames = run(options(target), [Batch(header(0), rows[:10]), Batch(header(1), rows[10:])],
+                     hooks={1: restart_target})
+    assert not ok
+    assert [type(frame).__name__ for frame in frames] == ["Result", "Restarted"]
+    restarted = frames[-1]
+    after = target.client().info("server")["run_id"]
+    assert (restarted.worker, restarted.who, restarted.role) == ("restorer-1", "target", "target")
+    assert (restarted.address, restarted.before, restarted.after) == (f"{target.host}:{target.port}", before, after)
+    assert target.client().dbsize() == 0, "the batch after the restart was not applied"
+
+    # A restorer started later, told which server the job wrote to, reports it before any batch.
+    ok, frames = run(options(target, server_run_ids={f"{target.host}:{target.port}": before}),
+                     [Batch(header(0), rows)])
+    assert not ok and len(frames) == 1 and (frames[0].before, frames[0].after) == (before, after)
+    # Told the server it is now, it restores.
+    ok, frames = run(options(target, server_run_ids=((f"{target.host}:{target.port}", after),)),
+                     [Batch(header(0), rows)])
+    assert ok and results_of(frames)[0].restored == len(keys)

@@ -26,11 +26,21 @@ from servers import engine_names, free_port
 from eve.core import telemetry
 from eve.core.endpoints import ConnectionSpec
 from eve.core.errors import ConfigError
-from eve.core.frames import Batch, Failed, Stop, decode
+from eve.core.frames import Batch, Failed, Restarted, Stop, decode
 from eve.redis.topology import cluster_masters, key_slot, node_spec
 from eve.redis.wire import FastConnection
 from scanner import ScannerOptions, main, run_scanner
-from scanner.worker import LatencyGuard, TokenBucket, rows_from_replies
+from scanner.worker import (
+    DECREASE_INTERVAL,
+    DEPTH_INCREASE_PER_SECOND,
+    MIN_DEPTH,
+    MIN_SHARE,
+    SHARE_INCREASE_PER_SECOND,
+    LatencyBudget,
+    LatencyGuard,
+    TokenBucket,
+    rows_from_replies,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -312,7 +322,7 @@ def drain(batches, *, delay: float = 0.0, on_frame=None) -> list:
         frames.append(frame)
         if on_frame:
             on_frame(frame)
-        if isinstance(frame, (Stop, Failed)):
+        if isinstance(frame, (Stop, Failed, Restarted)):
             return frames
         time.sleep(delay)
 
@@ -395,37 +405,162 @@ def test_token_bucket_and_latency_guard_rules():
     assert guard.observe(0.008, 1000) == 0.0 and guard.baseline == pytest.approx(8e-6)
 
 
-def test_source_latency_makes_the_scanner_back_off(source, caplog):
+def _scan_with_stalls(source, caplog, **options) -> str:
+    """Scan 5000 keys, 10 keys per DUMP/PTTL round trip, while another client stalls the source
+    with DEBUG SLEEP bursts (as a slow command of a live client would) from the second batch
+    on (the first round trips set the baseline), at most 3 s of them; the scanner's "finished"
+    line. Bursts, not one stall: a single one may land on a SCAN, which is not measured."""
     caplog.set_level(logging.INFO, logger="eve.scanner")
     client = source.client()
     with client.pipeline(transaction=False) as pipe:
         for i in range(5000):
             pipe.set(f"k:{i}", i)
         pipe.execute()
-    # ~100 DUMP/PTTL round trips of 10 keys per SCAN reply: the first set the
-    # baseline; a DEBUG SLEEP from another client then stalls one of them.
     batches = WatchedQueue(maxsize=1)
-    options = options_for(source, count=1000, max_pipeline=10, backoff_latency_ms=20)
-    thread, result = run_in_thread(options, batches)
-    stalls = []
+    thread, result = run_in_thread(options_for(source, count=1000, max_pipeline=10, **options), batches)
+    scanning, done = threading.Event(), threading.Event()
+
+    def stall_source() -> None:
+        scanning.wait(30)
+        stalls = source.client()
+        deadline = time.monotonic() + 3
+        while not done.is_set() and time.monotonic() < deadline:
+            stalls.execute_command("DEBUG", "SLEEP", "0.05")
+            time.sleep(0.02)
+
+    staller = threading.Thread(target=stall_source, daemon=True)
+    staller.start()
     seen = []
 
-    def stall_source(frame) -> None:
-        # Not on the first batch: its round trips may still be setting the baseline.
+    def note(frame) -> None:
         if isinstance(frame, Batch):
             seen.append(frame)
-            if len(seen) >= 2 and len(stalls) < 3:
-                stalls.append(client.execute_command("DEBUG", "SLEEP", "0.2"))
+            if len(seen) == 2:
+                scanning.set()
 
-    frames = drain(batches, on_frame=stall_source)
+    try:
+        frames = drain(batches, on_frame=note)
+    finally:
+        done.set()
+        scanning.set()
+        staller.join(10)
     thread.join(10)
     assert result == {"ok": True}
     assert len(rows_by_key(batches_of(frames))) == 5000
     [finished] = [record.getMessage() for record in caplog.records if " finished: " in record.getMessage()]
+    return finished
+
+
+def test_source_latency_makes_the_scanner_back_off(source, caplog):
+    finished = _scan_with_stalls(source, caplog, backoff_latency_ms=20)
     assert int(re.search(r"backoffs=(\d+)", finished).group(1)) >= 1, finished
 
 
+def test_latency_budget_controller_backs_off_fast_and_speeds_up_smoothly():
+    now = [0.0]
+    budget = LatencyBudget(1.0, max_depth=1000, clock=lambda: now[0])
+
+    def probe(latency: float, step: float = 0.001, round_trip: float = 0.002) -> float:
+        """One probe ``step`` seconds after the previous one (the time it stands for)."""
+        now[0] += step
+        return budget.observe(latency, round_trip)
+
+    for latency in (0.0002, 0.0001, 0.00015):  # PINGs on the idle source
+        budget.idle(latency)
+    assert budget.baseline == pytest.approx(0.0001)
+    assert (budget.depth, budget.share) == (1000, 1.0)
+    for _ in range(1000):                      # a second at 0.2 ms over idle: within the budget, at the top
+        assert probe(0.0003) == 0.0
+    # Late for a moment (4.9 ms of the last second): the budget is a p99, it allows that.
+    assert probe(0.005) == 0.0 and budget.over_budget == 1 and budget.decreases == 0
+    # Late for longer (another 20 ms): shallower pipelines first.
+    assert probe(0.020) == 0.0 and (budget.depth, budget.decreases) == (500, 1)
+    probe(0.005, step=DECREASE_INTERVAL / 4)
+    assert (budget.depth, budget.decreases) == (500, 1)                       # the same slow spell: one cut
+    for _ in range(4):
+        probe(0.005, step=DECREASE_INTERVAL)
+    assert budget.depth == 31 and budget.share == 1.0
+    assert probe(0.005, step=DECREASE_INTERVAL) == pytest.approx(0.002)       # as shallow as it goes: then the share
+    assert (budget.depth, budget.share) == (MIN_DEPTH, 0.5)
+    for _ in range(20):
+        probe(0.05, step=DECREASE_INTERVAL)
+    assert budget.share == MIN_SHARE == budget.lowest_share and budget.depth == MIN_DEPTH == budget.lowest_depth
+    assert probe(0.0003, step=1.0) == pytest.approx(0.002 * (1 / (MIN_SHARE + SHARE_INCREASE_PER_SECOND) - 1))
+    assert budget.share == pytest.approx(MIN_SHARE + SHARE_INCREASE_PER_SECOND)  # smoothly: a tenth per second
+    for _ in range(9):
+        probe(0.0003, step=1.0)
+    assert budget.share == 1.0 and budget.depth == MIN_DEPTH                  # the share first, then the depth
+    probe(0.0003, step=1.0)
+    assert budget.depth == MIN_DEPTH + int(DEPTH_INCREASE_PER_SECOND * 1000)
+    for _ in range(20):
+        probe(0.0003, step=1.0)
+    assert (budget.depth, budget.share) == (1000, 1.0)                        # back to the top, no further
+    for _ in range(1000):
+        probe(0.00005)                                                        # a quieter moment lowers the baseline
+    assert budget.baseline == pytest.approx(0.00005)
+    decreases = budget.decreases
+    probe(0.005)
+    assert budget.decreases == decreases, "the slow spell has left the window: one late probe is allowed again"
+    state = budget.state()
+    assert state["budget_ms"] == 1.0 and state["depth"] == 1000 and state["lowest_share"] == MIN_SHARE
+    assert state["decreases"] == decreases and state["idle_ms"] == 0.05 and state["max_excess_ms"] == pytest.approx(49.9)
+
+    capped = LatencyBudget(1.0, max_share=0.6, max_depth=10, clock=lambda: now[0])
+    capped.idle(0.0001)
+    assert capped.observe(0.0002, 0.01) == pytest.approx(0.01 * (1 / 0.6 - 1))  # a source share caps it
+    now[0] += 100
+    capped.observe(0.0002, 0.01)
+    assert (capped.share, capped.depth) == (0.6, 10)
+    with pytest.raises(ValueError):
+        LatencyBudget(0)
+
+
+def test_latency_budget_slows_the_scan_when_the_source_is_made_slow(source, caplog):
+    """The source stalled by another client: the controller's probes wait far beyond the
+    budget, so it cuts how hard the scan loads the source. Asserts on the controller's own
+    report, never on wall-clock ratios."""
+    finished = _scan_with_stalls(source, caplog, latency_budget_ms=5)
+    state = dict(re.findall(r"(\w+)=([\d.]+|None)", finished.split("latency_budget=", 1)[1]))
+    assert float(state["budget_ms"]) == 5.0
+    assert int(state["decreases"]) >= 1 and int(state["over_budget"]) >= 1, finished
+    # 10 keys per round trip is below MIN_DEPTH: the depth cannot go lower, the share went down.
+    assert int(state["lowest_depth"]) == 10 and float(state["lowest_share"]) <= 0.5, finished
+    assert float(state["idle_ms"]) > 0 and float(state["max_excess_ms"]) > 5
+    assert int(re.search(r"backoffs=(\d+)", finished).group(1)) == int(state["decreases"])
+
+
 # --------------------------------------------------------------------------- failures
+
+
+def test_restarted_source_ends_the_scan_with_restarted(source):
+    client = source.client()
+    with client.pipeline(transaction=False) as pipe:
+        for i in range(3000):
+            pipe.set(f"k:{i}", i)
+        pipe.execute()
+    before = client.info("server")["run_id"]
+    batches = WatchedQueue(maxsize=1)
+    thread, result = run_in_thread(options_for(source, count=500, server_run_id=before), batches)
+    restarts = []
+
+    def restart_source(frame) -> None:
+        if isinstance(frame, Batch) and not restarts:
+            source.kill()
+            source.start()
+            restarts.append(source.client().info("server")["run_id"])
+
+    frames = drain(batches, on_frame=restart_source)
+    thread.join(10)
+    assert result == {"ok": False}
+    restarted = frames[-1]
+    assert isinstance(restarted, Restarted), restarted
+    assert (restarted.who, restarted.role, restarted.address) == ("source", "source", f"{source.host}:{source.port}")
+    assert (restarted.before, restarted.after) == (before, restarts[0])
+    assert all(isinstance(frame, Batch) for frame in frames[:-1])
+
+    # Planned against the server before the restart: nothing is scanned at all.
+    ok, frames = scan(source, server_run_id=before)
+    assert not ok and [type(frame).__name__ for frame in frames] == ["Restarted"]
 
 
 def test_unreachable_source_fails_naming_the_address():

@@ -275,7 +275,7 @@ def test_delete_expiry_and_ttl_rules(server_factory):
         assert sync.drain(5)
         assert sync.stats().as_dict() | {"lag_seconds": 0} == {
             "backlog": 0, "in_flight": 0, "copied": 2, "deleted": 2, "failed": 0, "lag_seconds": 0,
-            "overflowed": False, "marked": 4, "dropped": 0, "unavailable": 0, "last_error": None}
+            "overflowed": False, "marked": 4, "dropped": 0, "unavailable": 0, "last_error": None, "restarts": 0}
     assert not target.exists("gone", "expiring")
     assert target.get("ttl") == b"new"
     assert abs(target.pttl("ttl") - source.pttl("ttl")) < 1000   # absolute expiry, read with PTTL
@@ -347,6 +347,65 @@ def test_flushdb_flags_a_full_resync(server_factory):
             time.sleep(0.05)
     assert dirty.overflowed and dirty.resync_dbs() is ALL_DBS
     assert dirty.reset_overflow() is ALL_DBS and not dirty.overflowed
+
+
+def _reconcile(dirty: DirtyKeys, source, target) -> int:
+    """What LiveRun.reconcile_if_needed does with the full-resync flag: compare the sides and
+    mark every key that differs."""
+    from eve.live.verify import verify
+
+    dirty.reset_overflow()
+    report = verify(spec(source), spec(target), max_examples=0, max_differences=dirty.max_backlog)
+    for difference in report.differences:
+        dirty.mark(difference.db, difference.key)
+    return len(report.differences)
+
+
+@pytest.mark.parametrize("while_idle", [False, True], ids=["while-writing", "while-idle"])
+def test_restarted_target_flags_a_full_resync_and_converges(server_factory, while_idle):
+    """A live run's target killed -9 and started again has lost every key the re-copy loop
+    (and the bulk copy) put there, not only the batch in flight: the loop flags a full
+    resync, the sides are compared, and the target converges."""
+    source_server, target_server = server_factory("redis-7.0"), server_factory("valkey-9.1")
+    source, target = source_server.client(), target_server.client()
+    filled = fill(source, 3000)  # more keys than the writers touch: most are never marked again
+    copy_all(source, target)   # the bulk copy, which knows the target by its run_id
+    known = ((f"{target_server.host}:{target_server.port}", target.info("server")["run_id"]),)
+    dirty = DirtyKeys()
+    options = SyncOptions(authoritative=spec(source_server), others=(spec(target_server),), workers=2,
+                          server_run_ids=known)
+    with KeyspaceNotifications(spec(source_server), dirty) as notifications:
+        sync = DirtyKeySync(options, dirty)
+        stop = threading.Event()
+        runner = threading.Thread(target=sync.run, args=(stop,), daemon=True)
+        runner.start()
+        try:
+            writers = Writers([source_server.client() for _ in range(2)], filled).start()
+            if while_idle:
+                assert writers.join() > 100
+                assert notifications.barrier(10) and sync.drain(30)
+            target_server.kill()
+            target_server.start()
+            assert target.dbsize() == 0
+            if not while_idle:
+                assert writers.join() > 100
+            # Writing or not, the loop finds out (a re-copy meets the restart, or an idle worker asks).
+            deadline = time.monotonic() + 30
+            while not sync.stats().restarts:
+                assert time.monotonic() < deadline, sync.stats()
+                time.sleep(0.05)
+            assert dirty.overflowed and dirty.resync_dbs() is ALL_DBS
+            assert notifications.barrier(10)
+            assert _reconcile(dirty, source_server, target_server) > 200  # keys only the resync brings back
+            assert sync.drain(30), sync.stats()
+        finally:
+            stop.set()
+            runner.join(10)
+            sync.close()
+    stats = sync.stats()
+    assert stats.restarts == 1 and "restarted" in stats.last_error, stats
+    assert assert_converged(source, target) > 1000
+    assert not sync.check_sides(), "the new server is the known one now"
 
 
 def test_refused_config_is_a_clear_error(server_factory):

@@ -13,7 +13,24 @@ torn down and started again from the committed cursors with a new epoch: a
 process killed while writing to a multiprocessing queue may leave that queue
 corrupt, so queues are never reused across a restart. Re-sent batches are
 harmless: RESTORE of the same payload is idempotent under REPLACE and MERGE,
-and under NONE a key restored before the crash shows as a conflict.
+and under NONE a key the job restored before the crash is recognised as its own
+write, not a conflict (``restorer.policies``).
+
+A side that restarts is another matter: a non-persistent target comes back
+empty, a persistent one with its last snapshot, which may predate any
+checkpoint; a restarted source has a new hash seed, so its SCAN cursors no
+longer mean anything. The job knows every node of every side by its ``run_id``
+(``INFO server``, read when the copy is planned, saved with the job): scanners
+and restorers check it on every connection they open and report RESTARTED; the
+coordinator checks it again once every batch is acknowledged, and when a job
+resumes. Any restart of a side, persistent or not, is taken as possible loss,
+and the copy starts again from the beginning: checkpoints, counters, error keys
+and conflicts of the job are forgotten, and every key is copied again into the
+restarted server (REPLACE makes a second copy harmless; NONE recognises its own
+writes). A copy from scratch is what a user of a non-persistent target wants,
+and the only safe answer for a persistent one, whose last save Eve cannot
+date. Counters never include a key the side may have lost. A side that keeps
+restarting (``max_side_restarts``) fails the job with that reason.
 """
 
 from __future__ import annotations
@@ -32,7 +49,7 @@ from eve.core.endpoints import ConnectionSpec
 from eve.core.enums import ConflictPolicy
 from eve.core.errors import EndpointError, Side, SourceError, StateError, TargetError
 from eve.core.store import COUNTER_FIELDS, Store
-from eve.redis.cluster import ClientOptions, ClusterClient
+from eve.redis.cluster import ClientOptions, ClusterClient, ServerRestarted, ServerRunIds
 from eve.redis.wire import ReplyError, pack
 from restorer import RestorerOptions
 from restorer import main as restorer_main
@@ -50,6 +67,8 @@ MAX_RESTORERS = 64  # per job, the API's cap too: more processes than that only 
 # 0.59x its idle throughput while Eve copies at 0.73x MIGRATE's speed; at 1.0, 0.13x.
 DEFAULT_SOURCE_SHARE = 0.6
 DEFAULT_MAX_RESTARTS = 5
+DEFAULT_MAX_SIDE_RESTARTS = 3   # copies started again because a side restarted, then the job fails
+RUN_IDS_REPORT = "bulk_server_run_ids"  # the job's report: address -> run_id of the servers it copies between
 POLL_SECONDS = 0.2
 FAILED_FRAME_WAIT = 30.0
 # Planning and retries talk to the sides briefly, in the coordinator: a side that does not
@@ -75,9 +94,11 @@ class BulkOptions:
     max_bytes_per_second: int = 0
     max_pipeline: int = 1000
     backoff_latency_ms: float = 0.0
+    latency_budget_ms: float = 0.0   # 0: off; the scanner holds the source's latency within it
     max_source_share: float = DEFAULT_SOURCE_SHARE
     reconnect_seconds: float = 30.0
     max_restarts: int = DEFAULT_MAX_RESTARTS
+    max_side_restarts: int = DEFAULT_MAX_SIDE_RESTARTS
 
 
 @dataclass(frozen=True)
@@ -85,6 +106,7 @@ class SourcePlan:
     node: str
     spec: ConnectionSpec
     dbs: tuple[int, ...]
+    server_run_id: str | None = None  # the node's run_id when planned (None: it does not tell)
 
 
 @dataclass
@@ -101,6 +123,8 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
     restarts: int = 0
+    side_restarts: int = 0  # copies started again from the beginning because a side restarted
+    side_restart_reasons: list[str] = field(default_factory=list)
 
     def add(self, counters: dict[str, int]) -> None:
         for name in COUNTER_FIELDS:
@@ -126,7 +150,7 @@ class Progress:
         return {"scanned": self.scanned, "restored": self.restored, "skipped": self.skipped,
                 "conflicts": self.conflicts, "errors": self.failed, "bytes": self.bytes,
                 "seconds": round(self.elapsed, 3), "keys_per_sec": round(self.keys_per_second, 1),
-                "restarts": self.restarts}
+                "restarts": self.restarts, "side_restarts": self.side_restarts}
 
 
 def _counters(result: frames.Result) -> dict[str, int]:
@@ -150,6 +174,23 @@ class CopyStopped(StateError):
 
 class _Restart(Exception):
     """A worker died: tear the pipeline down and start again from the checkpoints."""
+
+
+class _SideRestarted(Exception):
+    """A side's server restarted: what was copied may be lost; start the copy again."""
+
+    def __init__(self, side: Side, reason: str) -> None:
+        super().__init__(reason)
+        self.side = side
+        self.reason = reason
+
+    @classmethod
+    def from_frame(cls, frame: frames.Restarted) -> "_SideRestarted":
+        return cls(frame.who, f"{frame.reason} (seen by {frame.worker})")
+
+    @classmethod
+    def from_error(cls, exc: ServerRestarted, side: Side, by: str) -> "_SideRestarted":
+        return cls(side, f"{exc} (seen by {by})")
 
 
 class BulkCopy:
@@ -177,13 +218,15 @@ class BulkCopy:
         options = self.options
         with _side(options.source, "source", SourceError) as source:
             source.connect()
+            run_ids = source.identify()
             if source.cluster:
                 if options.dbs and set(options.dbs) != {0}:
                     raise StateError(f"the source {options.source.address} is a cluster, which has only db 0")
-                plans = [SourcePlan(node, source.spec_for(node), (0,)) for node in source.nodes]
+                plans = [SourcePlan(node, source.spec_for(node), (0,), run_ids.get(node)) for node in source.nodes]
             else:
                 dbs = options.dbs if options.dbs is not None else tuple(source.dbs_with_keys())
-                plans = [SourcePlan(options.source.address, options.source, tuple(dbs))]
+                plans = [SourcePlan(options.source.address, options.source, tuple(dbs),
+                                    run_ids.get(options.source.address))]
             total = 0
             for plan in plans:
                 counts = source.keyspace(plan.node)
@@ -191,27 +234,39 @@ class BulkCopy:
         self.progress.source_keys = total
         return plans
 
-    def _target_is_cluster(self, spec: ConnectionSpec, role: str) -> bool:
-        return _is_cluster(spec, role)
-
     # -- running --------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Connect to every side and plan the work; raises before anything is written."""
+        """Connect to every side and plan the work; raises before anything is written.
+        Also learns who the servers are: the run_id of every node of every side."""
         self._plans = self.plan()
-        self._target_cluster = self._target_is_cluster(self.options.target, "target")
-        self._mirrors = tuple((spec, self._target_is_cluster(spec, "mirror target"))
-                              for spec in self.options.mirrors)
+        self._target_cluster, target_run_ids = _inspect_target(self.options.target, "target")
+        mirrors = []
+        # address -> (role, side) of every node, for the messages about a restart
+        self._roles: dict[str, tuple[str, Side]] = {plan.node: ("source", Side.SOURCE) for plan in self._plans}
+        self._target_run_ids = dict(target_run_ids)
+        self._roles.update({address: ("target", Side.TARGET) for address in target_run_ids})
+        for spec in self.options.mirrors:
+            cluster, run_ids = _inspect_target(spec, "mirror target")
+            mirrors.append((spec, cluster))
+            self._target_run_ids.update(run_ids)
+            self._roles.update({address: ("mirror target", Side.TARGET) for address in run_ids})
+        self._mirrors = tuple(mirrors)
+        self._server_run_ids = {**{plan.node: plan.server_run_id for plan in self._plans if plan.server_run_id},
+                                **self._target_run_ids}
 
     def run(self, stop_event: threading.Event | None = None) -> Progress:
         if not hasattr(self, "_plans"):
             self.prepare()
-        plans, target_cluster, mirrors = self._plans, self._target_cluster, self._mirrors
+        self._check_since_last_run()
         committed = self.store.counters(self.options.run_id)
         self.progress.add(committed)
         while True:
             try:
-                self._run_pipeline(plans, target_cluster, mirrors, stop_event)
+                self._run_pipeline(stop_event)
+                # Every batch is acknowledged; a restorer that finished early would not have seen a
+                # restart of the target after its last batch: ask the targets themselves.
+                self._confirm_targets()
                 break
             except _Restart as restart:
                 self.progress.restarts += 1
@@ -220,13 +275,81 @@ class BulkCopy:
                 log.warning("restarting the pipeline from the last checkpoint: %s", restart)
                 # Forget what was acknowledged but not committed: it will be sent again.
                 self.progress = dataclasses.replace(self.progress, **self.store.counters(self.options.run_id))
+            except _SideRestarted as restarted:
+                self._copy_again(restarted)
         self.progress.seconds = time.monotonic() - self.progress.started
         if self.on_progress:
             self.on_progress(self.progress)
         return self.progress
 
-    def _run_pipeline(self, plans: list[SourcePlan], target_cluster: bool,
-                      mirrors: tuple[tuple[ConnectionSpec, bool], ...], stop_event: threading.Event | None) -> None:
+    @property
+    def server_run_ids(self) -> dict[str, str]:
+        """address -> run_id of every node of every side, as the copy knows them (after
+        ``prepare``): what a live run's re-copy loop should start from
+        (``SyncOptions.server_run_ids``), so that a restart after the bulk copy is noticed too."""
+        return dict(self._server_run_ids)
+
+    # -- restarted sides ------------------------------------------------------------
+
+    def _check_since_last_run(self) -> None:
+        """A job resumed after a side restarted has checkpoints that account for keys the side
+        may have lost (or SCAN cursors of a source that no longer means them): copy again."""
+        run_id = self.options.run_id
+        saved = self.store.report(run_id, RUN_IDS_REPORT) or {}
+        for address, before in saved.items():
+            now = self._server_run_ids.get(address)
+            if now is None or now == before:
+                continue
+            if self.store.checkpoints(run_id) or any(self.store.counters(run_id).values()):
+                role, side = self._roles.get(address, ("side", Side.TARGET))
+                self._count_side_restart(_SideRestarted(side, f"{role} {address} restarted since the job last ran "
+                                                              f"(run_id {before} then, {now} now)"))
+                self.store.restart_copy(run_id)
+            break
+        self._save_run_ids()
+
+    def _save_run_ids(self) -> None:
+        self.store.set_report(self.options.run_id, RUN_IDS_REPORT, self._server_run_ids)
+
+    def _confirm_targets(self) -> None:
+        """_SideRestarted when a node of the target or a mirror target answers with another
+        run_id than the one the copy wrote to."""
+        options = ClientOptions(timeout=_BRIEF.timeout, reconnect_seconds=self.options.reconnect_seconds,
+                                client_name=_BRIEF.client_name)
+        for spec, role in ((self.options.target, "target"),
+                           *((mirror, "mirror target") for mirror in self.options.mirrors)):
+            with ClusterClient(spec, role=role, error=TargetError, options=options,
+                               run_ids=ServerRunIds(self._target_run_ids)) as side:
+                try:
+                    side.identify()
+                except ServerRestarted as exc:
+                    raise _SideRestarted.from_error(exc, Side.TARGET, "the coordinator after the last batch") from exc
+
+    def _count_side_restart(self, restarted: _SideRestarted) -> None:
+        progress = self.progress
+        progress.side_restarts += 1
+        progress.side_restart_reasons.append(restarted.reason)
+        if progress.side_restarts > self.options.max_side_restarts:
+            error = SourceError if restarted.side is Side.SOURCE else TargetError
+            raise error(f"{restarted.reason}; a side restarted {progress.side_restarts} times during the copy "
+                        f"(more than {self.options.max_side_restarts}): giving up, and nothing it may have lost "
+                        "is counted as copied")
+        log.warning("%s; copying every key again from the start", restarted.reason)
+
+    def _copy_again(self, restarted: _SideRestarted) -> None:
+        """Start the copy over: nothing committed so far is known to be on the target any more."""
+        self._count_side_restart(restarted)
+        self.store.restart_copy(self.options.run_id)
+        old = self.progress
+        self.progress = Progress(started=old.started, restarts=old.restarts, side_restarts=old.side_restarts,
+                                 side_restart_reasons=old.side_restart_reasons)
+        self.prepare()  # who the sides are now: new run_ids, and what the source holds now
+        self._save_run_ids()
+        if self.on_progress:
+            self.on_progress(self.progress)
+
+    def _run_pipeline(self, stop_event: threading.Event | None) -> None:
+        plans, target_cluster, mirrors = self._plans, self._target_cluster, self._mirrors
         options = self.options
         checkpoints = self.store.checkpoints(options.run_id)
         streams: dict[tuple[str, int], _Stream] = {}
@@ -246,15 +369,17 @@ class BulkCopy:
                 epoch=self.epoch, match=options.match, type=options.type, count=options.scan_count,
                 preserve_ttl=options.preserve_ttl, max_keys_per_second=options.max_keys_per_second,
                 max_bytes_per_second=options.max_bytes_per_second, max_pipeline=options.max_pipeline,
-                backoff_latency_ms=options.backoff_latency_ms, reconnect_seconds=options.reconnect_seconds,
-                max_source_share=options.max_source_share, log_level=log_level))
+                backoff_latency_ms=options.backoff_latency_ms, latency_budget_ms=options.latency_budget_ms,
+                reconnect_seconds=options.reconnect_seconds, max_source_share=options.max_source_share,
+                server_run_id=plan.server_run_id, log_level=log_level))
         if not streams:
             return
         restorers = [RestorerOptions(
             run_id=options.run_id, worker=f"restorer-{i + 1}", target=options.target,
             target_cluster=target_cluster, mirrors=mirrors, conflict=options.conflict,
             preserve_ttl=options.preserve_ttl, reconnect_seconds=options.reconnect_seconds,
-            max_pipeline=options.max_pipeline, log_level=log_level) for i in range(max(1, options.restorers))]
+            max_pipeline=options.max_pipeline, log_level=log_level,
+            server_run_ids=tuple(self._target_run_ids.items())) for i in range(max(1, options.restorers))]
 
         ctx = self._context
         depth = options.queue_depth or 2 * len(restorers) + 2
@@ -303,6 +428,8 @@ class BulkCopy:
                 self._acknowledge(streams, frame)
             elif isinstance(frame, frames.Failed):
                 self._failed(frame)
+            elif isinstance(frame, frames.Restarted):
+                raise _SideRestarted.from_frame(frame)
             elif isinstance(frame, frames.Stop):
                 stopped.add(frame.worker)
                 if frame.worker not in restorer_names:
@@ -349,6 +476,8 @@ class BulkCopy:
                 frame = frames.decode(results.get(timeout=0.05))
                 if isinstance(frame, frames.Failed):
                     self._failed(frame)
+                elif isinstance(frame, frames.Restarted):
+                    raise _SideRestarted.from_frame(frame)
         except queue.Empty:
             return
 
@@ -391,10 +520,15 @@ def _side(spec: ConnectionSpec, role: str, error: type[EndpointError]) -> Cluste
     return ClusterClient(spec, role=role, error=error, options=_BRIEF)
 
 
-def _is_cluster(spec: ConnectionSpec, role: str) -> bool:
+def _inspect_target(spec: ConnectionSpec, role: str) -> tuple[bool, dict[str, str]]:
+    """Whether a target side is a cluster, and the run_id of each of its masters."""
     with _side(spec, role, TargetError) as side:
         side.connect()
-        return bool(side.cluster)
+        return bool(side.cluster), side.identify()
+
+
+def _is_cluster(spec: ConnectionSpec, role: str) -> bool:
+    return _inspect_target(spec, role)[0]
 
 
 def retry_error_keys(store: Store, run_id: str, source: ConnectionSpec, target: ConnectionSpec, *,

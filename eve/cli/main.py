@@ -54,7 +54,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         max_keys_per_sec=args.max_keys_per_second, max_bytes_per_sec=args.max_bytes_per_second,
         errors_out=args.errors_out, resume=args.resume, json=args.json, state=args.state,
         scan_count=args.scan_count, progress=not args.no_progress, source_share=args.source_share,
-        backoff_latency_ms=args.backoff_latency_ms, source_password_file=args.source_password_file,
+        backoff_latency_ms=args.backoff_latency_ms, latency_budget_ms=args.latency_budget_ms,
+        source_password_file=args.source_password_file,
         target_password_file=args.target_password_file, dry_run=args.dry_run, force=args.force,
         command=tuple(args.argv)))
 
@@ -164,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "wall time, leaving the source to its live clients (default 0.6; 1 is full speed)")
     migrate.add_argument("--backoff-latency-ms", type=float, default=0.0, metavar="MS",
                          help="back off when a round trip to the source is this much slower than its baseline")
+    migrate.add_argument("--latency-budget-ms", type=float, default=0.0, metavar="MS",
+                         help="hold the source's command latency within MS of its idle pace: the scan slows "
+                              "down when the source's clients wait longer and speeds up when they stop (up to "
+                              "--source-share, which defaults to 1 with a budget)")
     migrate.add_argument("--scan-count", type=_positive, default=1000, metavar="N", help="SCAN COUNT (default 1000)")
     migrate.add_argument("--errors-out", metavar="FILE", help="write error keys to FILE (.jsonl or .csv)")
     migrate.add_argument("--resume", action="store_true", help="continue the unfinished job in --state")

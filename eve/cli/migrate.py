@@ -81,6 +81,7 @@ class MigrateArgs:
     progress: bool = True
     source_share: float | None = None  # None: DEFAULT_SOURCE_SHARE
     backoff_latency_ms: float = 0.0
+    latency_budget_ms: float = 0.0     # 0: off
     source_password_file: str | None = None
     target_password_file: str | None = None
     dry_run: bool = False
@@ -126,6 +127,9 @@ def _check_options(args: MigrateArgs) -> None:
         raise ConfigError(f"must be at least 1, got {args.scan_count}", field="--scan-count")
     if not args.backoff_latency_ms >= 0:  # NaN too
         raise ConfigError(f"must be 0 (off) or more, got {args.backoff_latency_ms}", field="--backoff-latency-ms")
+    if not 0 <= args.latency_budget_ms < float("inf"):  # NaN too
+        raise ConfigError(f"must be 0 (off) or a number of milliseconds, got {args.latency_budget_ms}",
+                          field="--latency-budget-ms")
     if args.type is not None and not is_type_name(args.type):
         raise ConfigError(f"{args.type!r} is not a type: use one of {', '.join(CORE_TYPES)}, or a module's "
                           "9-character type name", field="--type")
@@ -203,14 +207,23 @@ def _preflight(source: ConnectionSpec, target: ConnectionSpec, mirrors: list[Con
     return facts, findings
 
 
+def _source_share(args: MigrateArgs) -> float:
+    """The share of the source's time the scan may take: the flag, else full speed under a latency
+    budget (the budget is the brake then), else the default."""
+    if args.source_share is not None:
+        return args.source_share
+    return 1.0 if args.latency_budget_ms else DEFAULT_SOURCE_SHARE
+
+
 def _plan_lines(facts: list[preflight.SideFacts], dbs: tuple[int, ...] | None, args: MigrateArgs) -> list[str]:
-    share = args.source_share or DEFAULT_SOURCE_SHARE
+    share = _source_share(args)
+    budget = f", source latency budget {args.latency_budget_ms:g} ms" if args.latency_budget_ms else ""
     lines = [preflight.describe(side) for side in facts]
     lines.append(f"copy {'db ' + ', '.join(map(str, dbs)) if dbs is not None else 'every db with keys'}"
                  f"{' matching ' + repr(args.match) if args.match else ''}"
                  f"{' of type ' + args.type if args.type else ''}: SCAN/DUMP/PTTL/RESTORE, conflict policy "
                  f"{args.conflict.upper()}, TTLs {'preserved' if args.preserve_ttl else 'dropped'}, "
-                 f"{args.restorers} restorer(s), source share {share:g}")
+                 f"{args.restorers} restorer(s), source share {share:g}{budget}")
     return lines
 
 
@@ -266,7 +279,8 @@ def run_migrate(args: MigrateArgs) -> int:
             type=args.type, conflict=ConflictPolicy(args.conflict.upper()), preserve_ttl=args.preserve_ttl,
             restorers=args.restorers, scan_count=args.scan_count,
             max_keys_per_second=args.max_keys_per_sec, max_bytes_per_second=args.max_bytes_per_sec,
-            max_source_share=args.source_share or DEFAULT_SOURCE_SHARE, backoff_latency_ms=args.backoff_latency_ms)
+            max_source_share=_source_share(args), backoff_latency_ms=args.backoff_latency_ms,
+            latency_budget_ms=args.latency_budget_ms)
         copy = BulkCopy(options, store)
         copy.prepare()  # unreachable servers fail here, before a job is recorded
         job = store.set_run_state(run_id, "COPYING") if args.resume else store.create_run(run_id, "COPYING", setup)
@@ -312,12 +326,18 @@ def _summary(args: MigrateArgs, store: Store, run_id: str, progress: Progress) -
                "source_keys": progress.source_keys}
     if args.errors_out:
         summary["errors_out"] = args.errors_out
+    if progress.side_restarts:
+        summary["side_restart_reasons"] = progress.side_restart_reasons
     if args.json:
         print(json.dumps(summary))
     else:
         print(f"eve migrate: {run_id}: scanned {progress.scanned:,}, restored {progress.restored:,}, "
               f"skipped {progress.skipped:,}, conflicts {progress.conflicts:,}, errors {error_count:,} "
               f"in {progress.elapsed:,.1f}s ({progress.keys_per_second:,.0f} keys/s)")
+        if progress.side_restarts:
+            print(f"  restarts: a side restarted {progress.side_restarts:,} time(s) during the job and may have lost "
+                  "what it held; every key was copied again from the start, and the numbers above count only "
+                  f"that last copy ({progress.side_restart_reasons[-1]})")
         if progress.skipped:
             print(f"  skipped: {progress.skipped:,} keys expired or were deleted on the source between SCAN and "
                   "DUMP (or their TTL ran out in transit); they are not on the target, as on the source")

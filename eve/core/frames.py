@@ -5,6 +5,8 @@ multiprocessing queues: msgpack maps with a format version and a kind.
     RESULT  restorer -> coordinator: what happened to one batch
     STOP    end of a stream (coordinator -> restorer, or a worker saying it finished)
     FAILED  a worker gives up; ``who`` says which side failed (a ``Side``: source, target, internal)
+    RESTARTED  a worker found a side's server restarted (another ``run_id`` on its address):
+            what it wrote there may be gone, so the copy must not go on as if it were not
 
 A stream's end is always an explicit STOP frame, never ``queue.Empty``.
 Frames are bytes on the queue, so nothing but msgpack crosses the process
@@ -29,6 +31,7 @@ __all__ = [
     "Result",
     "Stop",
     "Failed",
+    "Restarted",
     "Frame",
     "encode",
     "decode",
@@ -36,9 +39,11 @@ __all__ = [
     "COORDINATOR",
 ]
 
-FORMAT_VERSION = 1
+# 1: BATCH, RESULT, STOP, FAILED; 2: RESTARTED added (a process of version 1 would refuse it
+# as an unknown kind, mid-run: the version says so up front).
+FORMAT_VERSION = 2
 COORDINATOR = "coordinator"  # the worker name on the STOP frames the coordinator sends restorers
-BATCH, RESULT, STOP, FAILED = "BATCH", "RESULT", "STOP", "FAILED"
+BATCH, RESULT, STOP, FAILED, RESTARTED = "BATCH", "RESULT", "STOP", "FAILED", "RESTARTED"
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,29 @@ class Failed:
                              f"{', '.join(side.value for side in Side)}") from None
 
 
-Frame = Union[Batch, Result, Stop, Failed]
+@dataclass(frozen=True)
+class Restarted:
+    worker: str
+    who: Side         # the side whose server restarted: the source, or the target (a mirror target too)
+    role: str         # how the worker names it: "source", "target", "mirror target"
+    address: str      # the node, "host:port"
+    before: str       # the run_id the job wrote to (or read from)
+    after: str        # the run_id it answers with now
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "who", Side(self.who))
+        except ValueError:
+            raise FrameError(f"a RESTARTED frame names {self.who!r} as the side, not one of "
+                             f"{', '.join(side.value for side in Side)}") from None
+
+    @property
+    def reason(self) -> str:
+        return (f"{self.role} {self.address} restarted (run_id {self.before} before, {self.after} now): what was "
+                "written to it before may be lost")
+
+
+Frame = Union[Batch, Result, Stop, Failed, Restarted]
 
 
 def _header(h: BatchHeader) -> list[Any]:
@@ -137,6 +164,8 @@ def encode(frame: Frame) -> bytes:
         kind, body = STOP, [frame.worker]
     elif isinstance(frame, Failed):
         kind, body = FAILED, [frame.worker, frame.who.value, frame.reason]
+    elif isinstance(frame, Restarted):
+        kind, body = RESTARTED, [frame.worker, frame.who.value, frame.role, frame.address, frame.before, frame.after]
     else:
         raise TypeError(f"not a frame: {type(frame).__name__}")
     return msgpack.packb([FORMAT_VERSION, kind, body], use_bin_type=True)
@@ -162,4 +191,6 @@ def decode(data: bytes) -> Frame:
         return Stop(*body)
     if kind == FAILED:
         return Failed(*body)
+    if kind == RESTARTED:
+        return Restarted(*body)
     raise FrameError(f"unknown frame kind {kind!r}")

@@ -463,6 +463,14 @@ class Store:
                 "DO UPDATE SET type = excluded.type, reason = excluded.reason, seen = excluded.seen",
                 [(run_id, c.db, c.key, c.type, c.reason, now) for c in conflict_keys])
 
+    def restart_copy(self, run_id: str) -> None:
+        """Forget a bulk copy's progress in one transaction (checkpoints, counters, error keys,
+        conflicts): it starts again from the beginning, because a side restarted and may
+        have lost what those numbers account for."""
+        with self.transaction() as tx:
+            for table in ("checkpoints", "copy_counters", "error_keys", "conflict_keys"):
+                tx.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+
     @staticmethod
     def _add_counters(tx: sqlite3.Connection, run_id: str, counters: dict[str, int]) -> None:
         tx.execute("INSERT OR IGNORE INTO copy_counters (run_id) VALUES (?)", (run_id,))

@@ -46,6 +46,20 @@ the side refuses, a cluster side asked for db 3, ...) is a ``RecopyFailure`` han
 ``on_error``; the key leaves the backlog and becomes an error key of the run. A side
 that cannot be reached for ``reconnect_seconds`` raises ``UnavailableError`` from
 ``recopy``; ``run`` and ``drain`` put the batch back (nothing is lost) and retry.
+
+A side that restarted (a reconnect finds another ``run_id`` behind its address:
+``eve.redis.cluster.ServerRestarted``) may have lost every key copied to it, not
+only the batch in flight: a non-persistent target comes back empty, and a dirty
+key already copied is never marked again. So the batch is put back and the
+backlog is flagged for a full resync of every db (``DirtyKeys.mark_all(None)``,
+the flag a FLUSHALL sets): the live run compares the sides and marks whatever
+differs (``LiveRun.reconcile_if_needed``). The restart is then accepted, once for
+every worker thread (they share one ``ServerRunIds``), and the loop goes on with
+the new server. ``SyncOptions.server_run_ids`` are the run_ids the caller knows
+the sides by (the bulk copy's), so a restart between the bulk copy and the first
+re-copy is noticed too. A loop with nothing to copy would meet a restart only with
+the next dirty key: an idle worker asks the sides who they are every
+``SIDES_CHECK_SECONDS`` (``check_sides``, also the caller's to use).
 """
 
 from __future__ import annotations
@@ -70,17 +84,27 @@ from eve.redis.logical import (
     pack_write,
     parse_read,
 )
-from eve.redis.cluster import ClientOptions, ClusterClient, classify, is_transient, payload_refused
+from eve.redis.cluster import (
+    ClientOptions,
+    ClusterClient,
+    ServerRestarted,
+    ServerRunIds,
+    classify,
+    is_transient,
+    payload_refused,
+)
 from eve.redis.rdb import payload_type
 from eve.redis.wire import ReplyError, pack
 
-__all__ = ["DEFAULT_BATCH", "DirtyKeySync", "RecopyFailure", "RecopyResult", "SyncOptions", "SyncStats"]
+__all__ = ["DEFAULT_BATCH", "SIDES_CHECK_SECONDS", "DirtyKeySync", "RecopyFailure", "RecopyResult", "SyncOptions",
+           "SyncStats"]
 
 log = logging.getLogger("eve.live.recopy")
 
 DEFAULT_BATCH = 500
 IDLE_WAIT = 0.1              # a worker with nothing to do sleeps on the backlog's condition this long
 UNAVAILABLE_BACKOFF = 1.0    # after a side stayed unreachable for reconnect_seconds
+SIDES_CHECK_SECONDS = 2.0    # an idle worker checks that no side restarted this often
 CLIENT_NAME = "eve-sync"
 _DUMP = b"*2\r\n$4\r\nDUMP\r\n$%d\r\n%b\r\n"
 _PTTL = b"*2\r\n$4\r\nPTTL\r\n$%d\r\n%b\r\n"
@@ -107,8 +131,13 @@ class SyncOptions:
     reconnect_seconds: float = 10.0      # a side unreachable longer than this fails the batch (it is re-queued)
     max_attempts: int = 3                # for transient error replies (LOADING, TRYAGAIN, OOM, ...)
     retry_delay: float = 0.05            # doubled per attempt
+    # (address, run_id) of the sides' servers as the caller wrote to them (the bulk copy's): one that
+    # answers with another run_id restarted, and a full resync is flagged. Others are learned.
+    server_run_ids: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "server_run_ids", tuple((str(address), str(run_id))
+                                                         for address, run_id in dict(self.server_run_ids).items()))
         if not self.others:
             raise ConfigError("at least one side to copy to is required", field="others")
         if self.authoritative.address in {spec.address for spec in self.others}:
@@ -173,6 +202,7 @@ class SyncStats:
     dropped: int
     unavailable: int          # batches put back because a side was unreachable
     last_error: str | None
+    restarts: int = 0         # sides found restarted (each flagged a full resync)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -184,14 +214,14 @@ class SyncStats:
 class _Copier:
     """The connections of one thread: the authoritative side and every other side."""
 
-    def __init__(self, options: SyncOptions, stopping: Callable[[], bool]) -> None:
+    def __init__(self, options: SyncOptions, stopping: Callable[[], bool], run_ids: ServerRunIds) -> None:
         self.options = options
         client_options = ClientOptions(timeout=options.timeout, reconnect_seconds=options.reconnect_seconds,
                                        max_attempts=options.max_attempts, retry_delay=options.retry_delay,
                                        client_name=CLIENT_NAME)
 
         def side(spec: ConnectionSpec, role: str) -> ClusterClient:
-            return ClusterClient(spec, role=role, options=client_options, stopping=stopping, log=log)
+            return ClusterClient(spec, role=role, options=client_options, stopping=stopping, run_ids=run_ids, log=log)
 
         self.authoritative = side(options.authoritative, "authoritative side")
         self.others = [side(spec, "copy target") for spec in options.others]
@@ -202,6 +232,11 @@ class _Copier:
     def close(self) -> None:
         for side in (self.authoritative, *self.others):
             side.close()
+
+    def identify(self) -> None:
+        """ServerRestarted when a side's server is not the one it was."""
+        for side in (self.authoritative, *self.others):
+            side.identify()
 
     def recopy(self, items: Sequence[Item]) -> RecopyResult:
         result = RecopyResult()
@@ -426,8 +461,11 @@ class DirtyKeySync:
         self._local = threading.local()
         self._copiers: list[_Copier] = []
         self._lock = threading.Lock()
-        self._copied = self._deleted = self._failed = self._unavailable = 0
+        self._copied = self._deleted = self._failed = self._unavailable = self._restarts = 0
         self._last_error: str | None = None
+        # Who the sides' servers are, shared by every worker thread's clients: a restart is
+        # flagged (and accepted) once, by whichever thread meets it first.
+        self.run_ids = ServerRunIds(dict(options.server_run_ids), log=log)
         self._stop_event: threading.Event | None = None  # run()'s: ends reconnect waits early
 
     def __repr__(self) -> str:
@@ -450,7 +488,8 @@ class DirtyKeySync:
 
     def recopy(self, items: list[Item]) -> RecopyResult:
         """DUMP+PTTL on the authoritative side, then RESTORE ... ABSTTL REPLACE (or DEL) on
-        every other side, or a logical copy where the payload is refused. Raises UnavailableError/AuthError when a side cannot be used;
+        every other side, or a logical copy where the payload is refused. Raises UnavailableError/AuthError when a side cannot be used,
+        ServerRestarted when one restarted (``run`` and ``drain`` flag a full resync then);
         per-key refusals are in the result (and passed to ``on_error``)."""
         result = self._copier().recopy(items)
         with self._lock:
@@ -471,7 +510,7 @@ class DirtyKeySync:
     def _copier(self) -> _Copier:
         copier = getattr(self._local, "copier", None)
         if copier is None:
-            copier = self._local.copier = _Copier(self.options, self._stopping)
+            copier = self._local.copier = _Copier(self.options, self._stopping, self.run_ids)
             with self._lock:
                 self._copiers.append(copier)
         return copier
@@ -493,6 +532,10 @@ class DirtyKeySync:
         """Re-copy one taken batch and settle it with the backlog; False when a side was unreachable."""
         try:
             self.recopy(items)
+        except ServerRestarted as exc:
+            self.dirty.requeue(items)
+            self._restarted(exc)
+            return True
         except EndpointError as exc:  # unreachable or refused credentials: nothing is lost
             self.dirty.requeue(items)
             with self._lock:
@@ -505,6 +548,28 @@ class DirtyKeySync:
             raise
         self.dirty.done(items)
         return True
+
+    def _restarted(self, exc: ServerRestarted) -> None:
+        # Not just the batch in flight: whatever was copied to a restarted side may be gone.
+        self.dirty.mark_all(None)
+        self.run_ids.accept(exc)
+        with self._lock:
+            self._restarts += 1
+            self._last_error = str(exc)
+        log.warning("sync: %s; a full resync of every db is flagged", exc)
+
+    def check_sides(self) -> bool:
+        """Ask every side who it is (a PING on each connection; one that has to be reopened reads
+        ``INFO server``): a restarted one flags a full resync, as a re-copy that meets it does. True when one had restarted; a side that
+        cannot be reached is left to the next re-copy."""
+        try:
+            self._copier().identify()
+        except ServerRestarted as exc:
+            self._restarted(exc)
+            return True
+        except EndpointError as exc:
+            log.debug("sync: checking the sides: %s", exc)
+        return False
 
     # -- loops -------------------------------------------------------------------
 
@@ -543,11 +608,15 @@ class DirtyKeySync:
 
     def _worker(self, stopping: Callable[[], bool], number: int) -> None:
         dirty, batch = self.dirty, self.options.batch
+        checked = time.monotonic()
         try:
             while not stopping():
                 items = dirty.take(batch)
                 if not items:
                     dirty.wait_for_work(IDLE_WAIT)
+                    if number == 1 and time.monotonic() - checked >= SIDES_CHECK_SECONDS:
+                        checked = time.monotonic()
+                        self.check_sides()
                     continue
                 if not self._step(items):
                     deadline = time.monotonic() + UNAVAILABLE_BACKOFF
@@ -591,4 +660,4 @@ class DirtyKeySync:
             return SyncStats(backlog=dirty.backlog, in_flight=dirty.in_flight, copied=self._copied,
                              deleted=self._deleted, failed=self._failed, lag_seconds=round(dirty.lag_seconds, 3),
                              overflowed=dirty.overflowed, marked=dirty.marked, dropped=dirty.dropped,
-                             unavailable=self._unavailable, last_error=self._last_error)
+                             unavailable=self._unavailable, last_error=self._last_error, restarts=self._restarts)

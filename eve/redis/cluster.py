@@ -55,6 +55,17 @@ Connections
     gave (``source``, ``target``, ``mirror target``, ...); failures that are neither
     transport nor credentials raise the caller's ``error`` class.
 
+Restarts
+    A server that restarted is not the server the caller wrote to: a non-persistent one
+    came back empty, a persistent one reloaded a snapshot that may predate the last
+    writes. Every connection a client opens (the first and each reopen) reads the
+    server's ``run_id`` (``INFO server``: a new random value each time the process
+    starts) and compares it with the one known for that address (``ServerRunIds``: given
+    by the caller, or learned on first contact). Another one raises ``ServerRestarted``
+    naming the role, the address and both run_ids, instead of carrying on as if nothing
+    happened; the caller decides what the server may have lost (copy again, resync,
+    fail) and ``accept_restart`` lets the client go on with the new server.
+
 Everything is resent after a lost connection, so callers send idempotent commands
 (DUMP, PTTL, RESTORE, DEL, reads, scripts and MULTI blocks that converge).
 """
@@ -69,7 +80,7 @@ from itertools import accumulate
 from typing import Any, Callable, Iterable, Sequence
 
 from eve.core.endpoints import ConnectionSpec
-from eve.core.errors import AuthError, EndpointError, UnavailableError
+from eve.core.errors import AuthError, EndpointError, Side, UnavailableError
 from eve.redis.topology import SLOTS, Node, key_slot, masters_from_slots, node_spec, parse_info, parse_keyspace
 from eve.redis.wire import FastConnection, ReplyError, pack
 
@@ -87,6 +98,8 @@ __all__ = [
     "NodeReplies",
     "PipelineKeepsFailing",
     "Routed",
+    "ServerRestarted",
+    "ServerRunIds",
     "SlotMap",
     "Backoff",
     "classify",
@@ -218,6 +231,80 @@ class Backoff:
         return delay
 
 
+# --------------------------------------------------------------------------- restarts
+
+
+class ServerRestarted(EndpointError):
+    """The server on ``address`` answers with another ``run_id`` than the one the caller
+    wrote to: it restarted, and may have lost what it held (module docstring)."""
+
+    def __init__(self, role: str, address: str, before: str, after: str, *, side: Side | str | None = None) -> None:
+        super().__init__(f"{role} {address} restarted (run_id {before} before, {after} now): what was written "
+                         "to it before may be lost", side=side)
+        self.role = role
+        self.address = address
+        self.before = before
+        self.after = after
+
+    def __reduce__(self):  # pickle rebuilds from the fields, not from the message
+        return _rebuild_restarted, (type(self), self.role, self.address, self.before, self.after, self.side)
+
+
+def _rebuild_restarted(cls: type[ServerRestarted], role: str, address: str, before: str, after: str,
+                       side: Side | None) -> ServerRestarted:
+    return cls(role, address, before, after, side=side)
+
+
+class ServerRunIds:
+    """The ``run_id`` (``INFO server``) each address answered with: ``check`` runs on every
+    fresh connection and raises ``ServerRestarted`` when the server behind an address
+    changed since (module docstring).
+
+    ``known`` (address -> run_id) is what the caller knew when it wrote to the servers
+    (a job's sides when it started); one ``ServerRunIds`` may serve several clients (the
+    threads of one re-copy loop), so a restart one of them accepts is known to all. A
+    server that does not tell its run_id (``INFO`` refused by an ACL, a server without
+    the field) cannot be checked: that is logged once per address.
+    """
+
+    def __init__(self, known: dict[str, str] | None = None, *,
+                 log: logging.Logger | logging.LoggerAdapter = log) -> None:
+        self._run_ids: dict[str, str] = dict(known or {})
+        self._unchecked: set[str] = set()
+        self.log = log
+
+    def __repr__(self) -> str:
+        return f"ServerRunIds({len(self._run_ids)} servers)"
+
+    def get(self, address: str) -> str | None:
+        return self._run_ids.get(address)
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(self._run_ids)
+
+    def check(self, conn: FastConnection, *, role: str, side: Side | None = None) -> str | None:
+        """The run_id behind a freshly opened connection, learned on first contact; raises
+        ``ServerRestarted`` when the address knew another one."""
+        address = conn.spec.address
+        reply = conn.execute("INFO", "server")
+        run_id = parse_info(reply).get("run_id") if reply.__class__ is bytes else None
+        if not run_id:
+            if address not in self._unchecked:
+                self._unchecked.add(address)
+                self.log.warning("%s %s does not tell its run_id (INFO server: %s): a restart of it cannot be "
+                                 "noticed", role, address, str(reply)[:200] if reply.__class__ is ReplyError
+                                 else "no run_id")
+            return None
+        known = self._run_ids.setdefault(address, run_id)
+        if known != run_id:
+            raise ServerRestarted(role, address, known, run_id, side=side)
+        return run_id
+
+    def accept(self, restarted: ServerRestarted) -> None:
+        """From now on the restarted server is the one its address is known by."""
+        self._run_ids[restarted.address] = restarted.after
+
+
 # --------------------------------------------------------------------------- slot map
 
 
@@ -319,6 +406,7 @@ class ClientOptions:
 
 
 _ASKING = pack("ASKING")
+_PING = pack("PING")
 
 
 class ClusterClient:
@@ -326,13 +414,15 @@ class ClusterClient:
 
     ``cluster`` is known after ``connect`` (or given). Not thread-safe: one per thread.
     ``on_reconnect(address)`` is called when a node's connection is reopened (state kept
-    per connection, such as loaded scripts, is gone).
+    per connection, such as loaded scripts, is gone). ``run_ids``: the nodes' run_ids the
+    caller knows (module docstring, Restarts); a fresh ``ServerRunIds`` learns them.
     """
 
     def __init__(self, spec: ConnectionSpec, *, role: str, options: ClientOptions = ClientOptions(),
                  error: type[EndpointError] = EndpointError, cluster: bool | None = None,
                  masters: list[Node] | None = None, stopping: Callable[[], bool] | None = None,
                  on_reconnect: Callable[[str], None] | None = None,
+                 run_ids: ServerRunIds | None = None,
                  log: logging.Logger | logging.LoggerAdapter = log) -> None:
         self.spec = spec
         self.role = role
@@ -346,6 +436,8 @@ class ClusterClient:
         self.log = log
         self._stopping = stopping
         self._on_reconnect = on_reconnect
+        # Who each node is: a reopened connection to a restarted one raises ServerRestarted.
+        self.run_ids = run_ids if run_ids is not None else ServerRunIds(log=log)
         self._conns: dict[str, FastConnection] = {}
         self._specs: dict[str, ConnectionSpec] = {spec.address: spec}
         self._connected = False
@@ -389,6 +481,19 @@ class ClusterClient:
         """Addresses to scan: every master, or the seed."""
         return [node.address for node in self.masters]
 
+    def identify(self) -> dict[str, str]:
+        """The run_id of every master (the seed of a standalone server): address -> run_id, for
+        the servers that tell it. A PING on each connection first, so that one left idle while
+        its server restarted is reopened (and checked) now: raises ``ServerRestarted`` for a node
+        known by another run_id."""
+        for address in self.nodes:
+            self._on_node(address, lambda conn: conn.pipeline(_PING, 1))
+        return {address: run_id for address in self.nodes if (run_id := self.run_ids.get(address))}
+
+    def accept_restart(self, restarted: ServerRestarted) -> None:
+        """Go on with the restarted server (the caller took care of what it lost)."""
+        self.run_ids.accept(restarted)
+
     def spec_for(self, address: str) -> ConnectionSpec:
         """The endpoint's connection settings (credentials, TLS) aimed at one node."""
         return self._specs[address]
@@ -414,6 +519,8 @@ class ClusterClient:
                 reply = conn.execute("CLUSTER", "SLOTS")
             except AuthError as exc:
                 raise AuthError(f"{self.role}: {exc}", side=self.side) from exc
+            except ServerRestarted:
+                raise
             except EndpointError as exc:
                 last = exc
                 continue
@@ -437,7 +544,7 @@ class ClusterClient:
     def _refresh_quietly(self) -> None:
         try:
             self.refresh_slots()
-        except AuthError:
+        except (AuthError, ServerRestarted):
             raise
         except EndpointError as exc:
             self.log.warning("%s %s: cannot refresh the slot map: %s", self.role, self.address, exc)
@@ -693,9 +800,13 @@ class ClusterClient:
         conn = self._conns.get(address)
         if conn is None:
             conn = FastConnection(self._specs[address], timeout=self.options.timeout,
-                                  client_name=self.options.client_name)
+                                  client_name=self.options.client_name, on_open=self._check_run_id)
             self._conns[address] = conn
         return conn
+
+    def _check_run_id(self, conn: Any) -> None:
+        """Every connection's ``on_open``: the server behind it is still the one it was."""
+        self.run_ids.check(conn, role=self.role, side=self.side)
 
     def _raise_if_denied(self, address: str, what: str, reply: ReplyError) -> None:
         if error_code(str(reply)) in _DENIED_CODES:
@@ -716,6 +827,8 @@ class ClusterClient:
                 return call(conn)
             except AuthError as exc:
                 raise AuthError(f"{self.role}: {exc}", side=self.side) from exc
+            except ServerRestarted:
+                raise
             except EndpointError as exc:  # unreachable, timed out, or a malformed reply (connection closed)
                 conn.close()
                 failures += 1
@@ -748,6 +861,8 @@ class ClusterClient:
                 self._connection(address).open()
             except AuthError as exc:
                 raise AuthError(f"{self.role}: {exc}", side=self.side) from exc
+            except ServerRestarted:
+                raise
             except EndpointError as exc:
                 last = exc
             else:
@@ -757,7 +872,7 @@ class ClusterClient:
                 # A failover (or an operator) may have given the node's slots to another master.
                 try:
                     self.refresh_slots()
-                except AuthError:
+                except (AuthError, ServerRestarted):
                     raise
                 except EndpointError:
                     pass

@@ -96,16 +96,22 @@ class Connection:
 
     Subclasses say how a reply is read (``_new_reader``, ``_roundtrip``), how an error
     reply looks (``_error_text``) and which protocol they speak (``_protocol``).
+
+    ``on_open(conn)`` runs after every handshake, the first and each reopen, before the
+    connection carries anything else: the place to check that the server behind the
+    address is still the one the caller wrote to (``eve.redis.cluster`` compares its
+    ``run_id``). What it raises fails the open, and the connection is closed.
     """
 
     default_timeout = DEFAULT_TIMEOUT
 
     def __init__(self, spec: ConnectionSpec, *, timeout: float | None = None, db: int = 0,
-                 client_name: str = "eve") -> None:
+                 client_name: str = "eve", on_open: Callable[["Connection"], None] | None = None) -> None:
         self.spec = spec
         self.timeout = self.default_timeout if timeout is None else timeout
         self.db = db
         self.client_name = client_name
+        self.on_open = on_open
         self._sock: socket.socket | None = None
         self._reader = self._new_reader()
 
@@ -131,6 +137,8 @@ class Connection:
         try:
             handshake(self.spec, self._roundtrip, self._error_text, db=self.db, client_name=self.client_name,
                       protocol=self._protocol())
+            if self.on_open is not None:
+                self.on_open(self)
         except BaseException:
             self.close()
             raise

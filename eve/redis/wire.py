@@ -83,12 +83,28 @@ class FastConnection(Connection):
 
     def pipeline(self, packed: bytes, count: int) -> list[Any]:
         """Send ``count`` pre-encoded commands and return their ``count`` replies."""
+        self.send(packed)
+        return self.replies(count)
+
+    def send(self, packed: bytes) -> None:
+        """The first half of ``pipeline``: send pre-encoded commands, read nothing yet (the caller
+        does something else while the server works, then ``replies``). Until their replies
+        are read the connection carries nothing else; ``close`` if they never will be."""
         if self._sock is None:
             self.open()
         sock = self._sock
         assert sock is not None
         try:
             sock.sendall(packed)
+        except OSError as exc:
+            raise self._lost(exc) from exc
+
+    def replies(self, count: int) -> list[Any]:
+        """The second half of ``pipeline``: the next ``count`` replies."""
+        sock = self._sock
+        if sock is None:
+            raise UnavailableError(f"connection to {self.spec.address} is closed")
+        try:
             replies: list[Any] = []
             reader = self._reader
             while len(replies) < count:
