@@ -10,6 +10,8 @@
     |   +-- TargetError      ... the target (or a mirror target) of a run
     |   +-- UnavailableError ... could not be reached at all (UNAVAILABLE)
     |   +-- AuthError        ... refused our credentials (PERMISSION_DENIED)
+    |   +-- ServerRestarted  ... answers with another run_id than the one Eve wrote to: it
+    |                            restarted and may have lost what it held (eve.redis.cluster)
     +-- ProtocolError        bytes that are not RESP (eve.redis.resp); the peer sent them
     +-- FrameError           a frame between Eve's processes that cannot be decoded (eve.core.frames)
     +-- LogicalCopyError     one key cannot be copied with ordinary commands (eve.redis.logical)
@@ -40,6 +42,7 @@ __all__ = [
     "TargetError",
     "UnavailableError",
     "AuthError",
+    "ServerRestarted",
     "ProtocolError",
     "FrameError",
     "LogicalCopyError",
@@ -115,6 +118,27 @@ class UnavailableError(EndpointError):
 
 class AuthError(EndpointError):
     """The server refused the configured credentials."""
+
+
+class ServerRestarted(EndpointError):
+    """The server on ``address`` answers with another ``run_id`` than the one the caller
+    wrote to: it restarted, and may have lost what it held (module docstring)."""
+
+    def __init__(self, role: str, address: str, before: str, after: str, *, side: Side | str | None = None) -> None:
+        super().__init__(f"{role} {address} restarted (run_id {before} before, {after} now): what was written "
+                         "to it before may be lost", side=side)
+        self.role = role
+        self.address = address
+        self.before = before
+        self.after = after
+
+    def __reduce__(self):  # pickle rebuilds from the fields, not from the message
+        return _rebuild_restarted, (type(self), self.role, self.address, self.before, self.after, self.side)
+
+
+def _rebuild_restarted(cls: type[ServerRestarted], role: str, address: str, before: str, after: str,
+                       side: Side | None) -> ServerRestarted:
+    return cls(role, address, before, after, side=side)
 
 
 class ProtocolError(EveError):

@@ -86,6 +86,9 @@ class LiveRun:
         self.on_event = on_event
         self.on_failures = on_failures
         self.dirty = DirtyKeys()
+        # address -> run_id of the servers the bulk copy wrote to (``BulkCopy.server_run_ids``):
+        # the re-copy loop takes a server with another run_id as restarted (a full resync).
+        self.server_run_ids: dict[str, str] = {}
         self.authoritative = SOURCE
         self.dual = False
         self.read_percent = 0
@@ -162,7 +165,8 @@ class LiveRun:
             others = tuple(self._spec(name) for name in self._others(self.authoritative))
             sync = DirtyKeySync(SyncOptions(authoritative=self._spec(self.authoritative), others=others,
                                             preserve_ttl=self.options.preserve_ttl,
-                                            workers=self.options.sync_workers),
+                                            workers=self.options.sync_workers,
+                                            server_run_ids=tuple(self.server_run_ids.items())),
                                 self.dirty, on_error=self.on_failures)
             self._sync = sync
             self._sync_stop = threading.Event()

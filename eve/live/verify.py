@@ -530,6 +530,12 @@ class _Side:
     def open(self) -> None:
         with self._errors():
             self.client.connect()
+            self.client.identify()  # every node's run_id now: a node that restarts later is caught
+
+    def identify(self) -> None:
+        """Raise ``ServerRestarted`` when a node restarted since ``open``: its keys changed under the pass."""
+        with self._errors():
+            self.client.identify()
 
     def close(self) -> None:
         self.client.close()
@@ -1394,6 +1400,10 @@ def verify(source: ConnectionSpec, target: ConnectionSpec, *, dbs: Sequence[int]
                     fix_pending(EXTRA_KEYS, due_only=True)
                     progress(EXTRA_KEYS)
             fix_pending(EXTRA_KEYS, due_only=False)
+        # A side that restarted after the pass last used a connection to it would make a
+        # "clean" that no longer holds: ask every node once more before reporting.
+        source_side.identify()
+        target_side.identify()
     finally:
         if fixer is not None:
             fixer.close()

@@ -80,7 +80,7 @@ from itertools import accumulate
 from typing import Any, Callable, Iterable, Sequence
 
 from eve.core.endpoints import ConnectionSpec
-from eve.core.errors import AuthError, EndpointError, Side, UnavailableError
+from eve.core.errors import AuthError, EndpointError, ServerRestarted, Side, UnavailableError
 from eve.redis.topology import SLOTS, Node, key_slot, masters_from_slots, node_spec, parse_info, parse_keyspace
 from eve.redis.wire import FastConnection, ReplyError, pack
 
@@ -232,27 +232,6 @@ class Backoff:
 
 
 # --------------------------------------------------------------------------- restarts
-
-
-class ServerRestarted(EndpointError):
-    """The server on ``address`` answers with another ``run_id`` than the one the caller
-    wrote to: it restarted, and may have lost what it held (module docstring)."""
-
-    def __init__(self, role: str, address: str, before: str, after: str, *, side: Side | str | None = None) -> None:
-        super().__init__(f"{role} {address} restarted (run_id {before} before, {after} now): what was written "
-                         "to it before may be lost", side=side)
-        self.role = role
-        self.address = address
-        self.before = before
-        self.after = after
-
-    def __reduce__(self):  # pickle rebuilds from the fields, not from the message
-        return _rebuild_restarted, (type(self), self.role, self.address, self.before, self.after, self.side)
-
-
-def _rebuild_restarted(cls: type[ServerRestarted], role: str, address: str, before: str, after: str,
-                       side: Side | None) -> ServerRestarted:
-    return cls(role, address, before, after, side=side)
 
 
 class ServerRunIds:

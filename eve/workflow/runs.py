@@ -365,6 +365,10 @@ class Workflow:
             return
         self._progress[run_id] = progress
         self._event(run_id, "metrics", "bulk copy finished", _metrics_attributes(progress))
+        if live is not None:
+            # The re-copy loop starts from the servers the copy wrote to: one that restarts
+            # between the bulk copy and the loop's first contact is a restart too.
+            live.server_run_ids = copy.server_run_ids
         if live is None:
             self._transition(run_id, RunState.CUT_OVER, "bulk copy finished: verify, then complete")
             return
