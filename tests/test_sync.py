@@ -192,8 +192,10 @@ def test_live_writes_converge(server_factory, engine_name):
         notifications.stop()
     # The previous setting is back (the test servers start with none).
     assert source.config_get("notify-keyspace-events")["notify-keyspace-events"] == ""
-    assert assert_converged(source, target) > 300
-    assert assert_converged(source1, target1) > 30
+    # Writers delete and expire filled keys as they go, more of them the more ops they make:
+    # these floors only say the comparison covered a real keyspace.
+    assert assert_converged(source, target) > 100
+    assert assert_converged(source1, target1) > 10
 
 
 def test_cluster_target_then_reverse_sync_after_cutover(server_factory, cluster_factory):
@@ -209,8 +211,8 @@ def test_cluster_target_then_reverse_sync_after_cutover(server_factory, cluster_
     with KeyspaceNotifications(spec(source_server), dirty) as notifications:
         writers = Writers([source_server.client() for _ in range(3)], filled)
         live_sync(dirty, forward, notifications, writers, bulk=lambda: copy_all(source, target))
-    assert assert_converged(source, target) > 300
-    assert all(master.client().dbsize() > 50 for master in cluster.masters)
+    assert assert_converged(source, target) > 100
+    assert all(master.client().dbsize() > 20 for master in cluster.masters)
 
     # Cutover: clients now write to the target; notifications on the target, never on the
     # side copied to (its own RESTOREs would mark keys forever).
@@ -220,7 +222,7 @@ def test_cluster_target_then_reverse_sync_after_cutover(server_factory, cluster_
         assert len(notifications._subscribers) == 3  # one per master: notifications are node-local
         writers = Writers([cluster.client() for _ in range(3)], sorted(keys_of(target)))
         live_sync(dirty, reverse, notifications, writers)
-    assert assert_converged(target, source) > 150
+    assert assert_converged(target, source) > 50
 
     # A stale slot map (one master said to own every slot) is corrected by MOVED replies,
     # for the DUMPs of a cluster authoritative side and the RESTOREs of a cluster copied to.
