@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class InterlayServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Interlays: create, start, stop, and their live stats. Each rpc's google.api.http option is its REST/JSON route, served by
+    `eve serve --http` (eve/api/http.py transcodes them; docs/runbook-http.md).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -67,7 +69,9 @@ class InterlayServiceStub:
 
 
 class InterlayServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Interlays: create, start, stop, and their live stats. Each rpc's google.api.http option is its REST/JSON route, served by
+    `eve serve --http` (eve/api/http.py transcodes them; docs/runbook-http.md).
+    """
 
     def CreateInterlay(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -147,7 +151,9 @@ def add_InterlayServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class InterlayService:
-    """Missing associated documentation comment in .proto file."""
+    """Interlays: create, start, stop, and their live stats. Each rpc's google.api.http option is its REST/JSON route, served by
+    `eve serve --http` (eve/api/http.py transcodes them; docs/runbook-http.md).
+    """
 
     @staticmethod
     def CreateInterlay(request,
