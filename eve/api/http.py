@@ -347,6 +347,16 @@ def _advance(iterator: Iterator[Any]) -> Any:
         return _END
 
 
+async def _close_after(pending: Any, iterator: Iterator[Any]) -> None:
+    try:
+        await pending
+    except BaseException:  # noqa: BLE001 - its failure was said in the stream, or nobody is listening
+        pass
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        await run_in_threadpool(close)
+
+
 async def _disconnected(request: Request) -> None:
     """Returns when the client has gone (once the body was read, ``receive`` says nothing else)."""
     while True:
@@ -365,6 +375,7 @@ class _Api:
         self.tracer = tracer
         self._lock = threading.Lock()
         self._calls: set[LocalCallContext] = set()
+        self._cleanups: set[asyncio.Future[None]] = set()
 
     def authorized(self, request: Request) -> bool:
         return not self.token or bearer_matches(self.token, request.headers.get("authorization", ""))
@@ -465,6 +476,11 @@ class _Api:
                 gone.cancel()
                 self._close(context)
                 span.end()
+                # The servicer's generator is closed once the next() in flight returns (it notices
+                # is_active() soon), so whatever it holds is released now, not at garbage collection.
+                cleanup = asyncio.ensure_future(_close_after(pending, iterator))
+                self._cleanups.add(cleanup)  # the loop holds tasks weakly
+                cleanup.add_done_callback(self._cleanups.discard)
 
         return StreamingResponse(body(), media_type=encoder.media_type,
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
