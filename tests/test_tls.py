@@ -53,7 +53,7 @@ class TestCa:
         self.name = name
         self.key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} test CA")])
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self.certificate = (
             x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
             .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
@@ -69,7 +69,7 @@ class TestCa:
 
     def issue(self, common_name: str, *, client: bool = False) -> Issued:
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
@@ -106,12 +106,13 @@ def eve_cli(*args: str, token: str | None = TOKEN) -> subprocess.CompletedProces
     env = {k: v for k, v in os.environ.items() if k not in ("EVE_TOKEN", "EVE_ADDRESS")}
     if token:
         env["EVE_TOKEN"] = token
-    return subprocess.run([sys.executable, "-m", "eve", *args], capture_output=True, text=True, env=env, timeout=60)
+    return subprocess.run([sys.executable, "-m", "eve", *args], capture_output=True, text=True, env=env, timeout=60,
+                          check=False)
 
 
 def curl(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["curl", "-sS", "--max-time", "20", "-H", f"Authorization: Bearer {TOKEN}", *args],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
 
 
 def list_runs(address: str, credentials: grpc.ChannelCredentials) -> wpb.ListRunsResponse:
@@ -142,10 +143,11 @@ def test_tls_server_accepts_clients_trusting_its_ca_and_refuses_the_others(tmp_p
         # grpcurl as the runbooks show it (-cacert instead of -plaintext).
         reply = subprocess.run([grpcurl_binary(), "-cacert", str(ca.path), "-emit-defaults",
                                 "-H", f"authorization: Bearer {TOKEN}", "-d", '{"run": "tls-run"}', eve.address,
-                                "eve.v1.MigrationService/GetRun"], capture_output=True, text=True, timeout=30)
+                                "eve.v1.MigrationService/GetRun"], capture_output=True, text=True, timeout=30,
+                               check=False)
         assert reply.returncode == 0 and json.loads(reply.stdout)["state"] == "CREATED", reply.stderr
         plain = subprocess.run([grpcurl_binary(), "-plaintext", eve.address, "list"], capture_output=True,
-                               text=True, timeout=30)
+                               text=True, timeout=30, check=False)
         assert plain.returncode != 0
 
         # HTTP: curl with the CA; without it the certificate is not trusted (curl exit 60).

@@ -68,5 +68,5 @@ class LocalCallContext:
         for callback in callbacks:
             try:
                 callback()
-            except Exception:  # noqa: BLE001 - one failed callback must not keep the others from running
+            except Exception:  # one failed callback must not keep the others from running
                 log.exception("callback of %s failed", self.method)

@@ -350,8 +350,8 @@ def _advance(iterator: Iterator[Any]) -> Any:
 async def _close_after(pending: Any, iterator: Iterator[Any]) -> None:
     try:
         await pending
-    except BaseException:  # noqa: BLE001 - its failure was said in the stream, or nobody is listening
-        pass
+    except Exception as exc:  # noqa: BLE001 - said in the stream already, or nobody is listening any more
+        log.debug("stream ended with %s", exc)
     close = getattr(iterator, "close", None)
     if close is not None:
         await run_in_threadpool(close)
@@ -448,7 +448,7 @@ class _Api:
         first = asyncio.ensure_future(run_in_threadpool(_advance, iterator))
         try:
             await asyncio.wait_for(asyncio.shield(first), FIRST_MESSAGE_WAIT_SECONDS)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass  # nothing to send yet (no new event): the headers go out, the stream follows
         except Exception as exc:  # noqa: BLE001 - a stream that fails at once is answered with its status
             self._close(context)
@@ -559,6 +559,9 @@ class HttpServer:
 
         import uvicorn
 
+        # uvicorn's INFO lines ("Started server process") repeat what this class logs, under a
+        # logger named uvicorn.error; its warnings and errors still show.
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
         self.app = app
         self.host = host
         self.tls = tls

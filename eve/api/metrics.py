@@ -46,8 +46,15 @@ from eve.bulk.pipeline import Progress
 from eve.core.errors import ConfigError
 from eve.v1 import interlays_pb2, workflows_pb2
 
-__all__ = ["RunSample", "EveCollector", "coordinator_collector", "new_registry", "metrics_endpoint",
-           "progress_metrics", "JobMetrics"]
+__all__ = [
+    "EveCollector",
+    "JobMetrics",
+    "RunSample",
+    "coordinator_collector",
+    "metrics_endpoint",
+    "new_registry",
+    "progress_metrics",
+]
 
 log = logging.getLogger("eve.api.metrics")
 

@@ -26,8 +26,9 @@ if _version_not_supported:
 
 
 class EndpointServiceStub:
-    """Endpoints and direct calls on them. Each rpc's google.api.http option is its REST/JSON route, served by
-    `eve serve --http` (eve/api/http.py transcodes them; docs/runbook-http.md).
+    """Endpoints and direct calls on them.
+    Each rpc's google.api.http option is its REST/JSON route, served by `eve serve --http`
+    (eve/api/http.py transcodes them all; docs/runbook-http.md walks them with curl).
     """
 
     def __init__(self, channel):
@@ -74,8 +75,9 @@ class EndpointServiceStub:
 
 
 class EndpointServiceServicer:
-    """Endpoints and direct calls on them. Each rpc's google.api.http option is its REST/JSON route, served by
-    `eve serve --http` (eve/api/http.py transcodes them; docs/runbook-http.md).
+    """Endpoints and direct calls on them.
+    Each rpc's google.api.http option is its REST/JSON route, served by `eve serve --http`
+    (eve/api/http.py transcodes them all; docs/runbook-http.md walks them with curl).
     """
 
     def CreateEndpoint(self, request, context):
@@ -173,8 +175,9 @@ def add_EndpointServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class EndpointService:
-    """Endpoints and direct calls on them. Each rpc's google.api.http option is its REST/JSON route, served by
-    `eve serve --http` (eve/api/http.py transcodes them; docs/runbook-http.md).
+    """Endpoints and direct calls on them.
+    Each rpc's google.api.http option is its REST/JSON route, served by `eve serve --http`
+    (eve/api/http.py transcodes them all; docs/runbook-http.md walks them with curl).
     """
 
     @staticmethod

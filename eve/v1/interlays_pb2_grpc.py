@@ -26,8 +26,9 @@ if _version_not_supported:
 
 
 class InterlayServiceStub:
-    """Interlays: create, start, stop, and their live stats. Each rpc's google.api.http option is its REST/JSON route, served by
-    `eve serve --http` (eve/api/http.py transcodes them; docs/runbook-http.md).
+    """Interlays: create, start, stop, and their live stats.
+    Each rpc's google.api.http option is its REST/JSON route, served by `eve serve --http`
+    (eve/api/http.py transcodes them all; docs/runbook-http.md walks them with curl).
     """
 
     def __init__(self, channel):
@@ -69,8 +70,9 @@ class InterlayServiceStub:
 
 
 class InterlayServiceServicer:
-    """Interlays: create, start, stop, and their live stats. Each rpc's google.api.http option is its REST/JSON route, served by
-    `eve serve --http` (eve/api/http.py transcodes them; docs/runbook-http.md).
+    """Interlays: create, start, stop, and their live stats.
+    Each rpc's google.api.http option is its REST/JSON route, served by `eve serve --http`
+    (eve/api/http.py transcodes them all; docs/runbook-http.md walks them with curl).
     """
 
     def CreateInterlay(self, request, context):
@@ -151,8 +153,9 @@ def add_InterlayServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class InterlayService:
-    """Interlays: create, start, stop, and their live stats. Each rpc's google.api.http option is its REST/JSON route, served by
-    `eve serve --http` (eve/api/http.py transcodes them; docs/runbook-http.md).
+    """Interlays: create, start, stop, and their live stats.
+    Each rpc's google.api.http option is its REST/JSON route, served by `eve serve --http`
+    (eve/api/http.py transcodes them all; docs/runbook-http.md walks them with curl).
     """
 
     @staticmethod

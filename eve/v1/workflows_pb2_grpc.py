@@ -26,8 +26,9 @@ if _version_not_supported:
 
 
 class MigrationServiceStub:
-    """Guided migration runs. Each rpc's google.api.http option is its REST/JSON route, served by
-    `eve serve --http` (eve/api/http.py transcodes them; docs/runbook-http.md).
+    """Guided migration runs.
+    Each rpc's google.api.http option is its REST/JSON route, served by `eve serve --http`
+    (eve/api/http.py transcodes them all; docs/runbook-http.md walks them with curl).
     """
 
     def __init__(self, channel):
@@ -139,8 +140,9 @@ class MigrationServiceStub:
 
 
 class MigrationServiceServicer:
-    """Guided migration runs. Each rpc's google.api.http option is its REST/JSON route, served by
-    `eve serve --http` (eve/api/http.py transcodes them; docs/runbook-http.md).
+    """Guided migration runs.
+    Each rpc's google.api.http option is its REST/JSON route, served by `eve serve --http`
+    (eve/api/http.py transcodes them all; docs/runbook-http.md walks them with curl).
     """
 
     def CreateRun(self, request, context):
@@ -380,8 +382,9 @@ def add_MigrationServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class MigrationService:
-    """Guided migration runs. Each rpc's google.api.http option is its REST/JSON route, served by
-    `eve serve --http` (eve/api/http.py transcodes them; docs/runbook-http.md).
+    """Guided migration runs.
+    Each rpc's google.api.http option is its REST/JSON route, served by `eve serve --http`
+    (eve/api/http.py transcodes them all; docs/runbook-http.md walks them with curl).
     """
 
     @staticmethod
