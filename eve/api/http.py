@@ -462,7 +462,9 @@ class _Api:
             try:
                 while True:
                     try:
-                        item = await pending
+                        # Shielded: when the client goes, this generator is cancelled, but the next()
+                        # running on a worker thread cannot be; _close_after waits for it.
+                        item = await asyncio.shield(pending)
                     except Exception as exc:  # noqa: BLE001 - said in the stream's own format
                         code, text = _failure(exc, route.rpc)
                         log.warning("%s over HTTP ended with %s: %s", route.rpc, code.name, text)
