@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import subprocess
 import threading
 import time
@@ -438,3 +439,15 @@ def test_a_stream_stops_following_when_its_client_goes(tmp_path):
         assert servicer.ended.wait(10), "the servicer kept following after the client left"
     finally:
         server.stop()
+
+
+def test_serve_refuses_an_http_port_in_use(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "eve", "serve", "--listen", "127.0.0.1:0", "--http",
+                                 f"127.0.0.1:{port}", "--state", str(tmp_path / "eve.db")],
+                                capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2 and f"--http: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "eve: listening on" not in result.stdout

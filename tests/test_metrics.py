@@ -256,3 +256,24 @@ def test_migrate_metrics_port_serves_the_job_while_it_runs(tmp_path, server_fact
         if job.poll() is None:
             job.kill()
             job.communicate()
+
+
+@pytest.mark.integration
+def test_migrate_metrics_port_in_use_is_refused_before_a_job_exists(tmp_path, server_factory):
+    import socket
+
+    source, target = server_factory("redis-7.0"), server_factory("redis-7.0")
+    fill(source.client(), 10)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "eve", "migrate", "--source", f"redis://127.0.0.1:{source.port}",
+             "--target", f"redis://127.0.0.1:{target.port}", "--state", str(tmp_path / "job.db"),
+             "--metrics-port", str(port)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2 and f"--metrics-port: cannot serve metrics on 127.0.0.1:{port}" in result.stderr
+    jobs = subprocess.run([sys.executable, "-m", "eve", "jobs", "list", "--state", str(tmp_path / "job.db"),
+                           "--json"], capture_output=True, text=True, timeout=60, check=False)
+    assert json.loads(jobs.stdout)["jobs"] == [], jobs.stdout  # nothing left to --resume or --force
+    assert target.client().dbsize() == 0
