@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
