@@ -451,3 +451,19 @@ def test_serve_refuses_an_http_port_in_use(tmp_path):
                                 capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2 and f"--http: cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "eve: listening on" not in result.stdout
+
+
+@pytest.mark.integration
+def test_a_body_past_the_limit_is_refused(eve_http, tmp_path):
+    from eve.api.http import MAX_BODY_BYTES
+
+    huge = tmp_path / "huge.json"
+    huge.write_bytes(b'{"endpoint": "x", "description": "' + b"a" * MAX_BODY_BYTES + b'"}')
+    # curl sends "Expect: 100-continue" with a large body, so the refusal arrives before the body is sent.
+    result = bash('curl -sS -X POST "$EDEN/endpoints" -H "$AUTH_HEADER" -H "Content-Type: application/json" '
+                  f'--data-binary @{huge} -w "\\n%{{http_code}}"', EDEN=eve_http.http_url,
+                  AUTH_HEADER=f"Authorization: Bearer {TOKEN}")
+    body, status = result.stdout.rsplit("\n", 1)
+    assert status == "413" and json.loads(body)["error"] == {
+        "code": 413, "status": "RESOURCE_EXHAUSTED", "message": "the body is larger than 8 MiB"}
+    assert call("GET", f"{eve_http.http_url}/endpoints/x")[0] == 404

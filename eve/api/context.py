@@ -59,6 +59,19 @@ class LocalCallContext:
     def abort(self, code: grpc.StatusCode, details: str) -> None:
         raise CallAborted(code, details)
 
+    # The generated servicer base classes answer an rpc they do not implement with these.
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def set_details(self, details: str) -> None:
+        self._details = details
+
+    def code(self) -> grpc.StatusCode | None:
+        return getattr(self, "_code", None)
+
+    def details(self) -> str:
+        return getattr(self, "_details", "")
+
     def end(self) -> None:
         with self._lock:
             if not self._active:

@@ -34,7 +34,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +73,9 @@ SSE_RESUME_FIELD = "after_seq"
 JSON_LINES = "application/x-ndjson"
 EVENT_STREAM = "text/event-stream"
 TOKEN_REQUIRED = "missing or invalid token: send the header 'Authorization: Bearer <token>'"
+# The gRPC server takes messages of up to 4 MiB; a JSON body says the same in up to about twice
+# that (base64 for bytes, field names).
+MAX_BODY_BYTES = 8 * 1024 * 1024
 
 # gRPC status -> HTTP status, the one table. FAILED_PRECONDITION is 409: the request conflicts
 # with the state of the run, endpoint or interlay (approve before prepare, delete an endpoint in use).
@@ -224,8 +227,26 @@ def _is_repeated(field: Any) -> bool:
     return bool(repeated) if repeated is not None else field.label == descriptor_mod.FieldDescriptor.LABEL_REPEATED
 
 
+class BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, refused past MAX_BODY_BYTES (also when it comes chunked, without a length)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise BodyTooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _request_message(route: HttpRoute, request: Request) -> Message:
-    raw = await request.body()
+    raw = await _read_body(request)
     document: dict[str, Any] = {}
     if raw.strip():
         if not route.body:
@@ -275,20 +296,27 @@ def _json_bytes(value: Any, *, indent: int | None = 2) -> bytes:
     return (json.dumps(value, indent=indent, ensure_ascii=False) + "\n").encode()
 
 
-def error_response(code: grpc.StatusCode, message: str) -> Response:
-    status = HTTP_STATUS.get(code, 500)
-    headers = {"WWW-Authenticate": "Bearer"} if code is grpc.StatusCode.UNAUTHENTICATED else None
-    return Response(_json_bytes(_error_body(code, message)), status_code=status, media_type="application/json",
-                    headers=headers)
+def error_response(code: grpc.StatusCode, message: str, *, http_status: int | None = None,
+                   headers: Mapping[str, str] | None = None) -> Response:
+    """The error body with the HTTP status of ``code`` (``http_status`` where the HTTP layer
+    itself says more precisely what went wrong: 405, 413)."""
+    status = http_status or HTTP_STATUS.get(code, 500)
+    extra = dict(headers or {})
+    if code is grpc.StatusCode.UNAUTHENTICATED:
+        extra["WWW-Authenticate"] = "Bearer"
+    return Response(_json_bytes(_error_body(code, message, status)), status_code=status,
+                    media_type="application/json", headers=extra or None)
 
 
-def _error_body(code: grpc.StatusCode, message: str) -> dict[str, Any]:
-    return {"error": {"code": HTTP_STATUS.get(code, 500), "status": code.name, "message": message}}
+def _error_body(code: grpc.StatusCode, message: str, http_status: int | None = None) -> dict[str, Any]:
+    return {"error": {"code": http_status or HTTP_STATUS.get(code, 500), "status": code.name, "message": message}}
 
 
-def _failure(exc: BaseException, rpc: str) -> tuple[grpc.StatusCode, str]:
+def _failure(exc: BaseException, rpc: str, context: LocalCallContext | None = None) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, CallAborted):
         return exc.code, exc.details
+    if isinstance(exc, NotImplementedError) and context is not None and context.code() is not None:
+        return context.code(), context.details()  # a generated base class: UNIMPLEMENTED and its words
     return failure(exc, rpc)
 
 
@@ -412,6 +440,10 @@ class _Api:
             except ConfigError as exc:
                 span.end()
                 return error_response(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except BodyTooLarge:
+                span.end()
+                return error_response(grpc.StatusCode.RESOURCE_EXHAUSTED, "the body is larger than "
+                                      f"{MAX_BODY_BYTES // (1024 * 1024)} MiB", http_status=413)
             context = self._open(route, request)
             if route.streaming:
                 return await self._stream(route, message, context, request, span)
@@ -419,8 +451,7 @@ class _Api:
                 with trace.use_span(span, end_on_exit=True):
                     reply = await self._unary(route, message, context, request)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a status, as over gRPC
-                code, text = _failure(exc, route.rpc)
-                return error_response(code, text)
+                return error_response(*_failure(exc, route.rpc, context))
             finally:
                 self._close(context)
             return _render(route, reply)
@@ -453,7 +484,7 @@ class _Api:
         except Exception as exc:  # noqa: BLE001 - a stream that fails at once is answered with its status
             self._close(context)
             span.end()
-            return error_response(*_failure(exc, route.rpc))
+            return error_response(*_failure(exc, route.rpc, context))
 
         async def body() -> AsyncIterator[bytes]:
             gone = asyncio.ensure_future(_disconnected(request))
@@ -466,7 +497,7 @@ class _Api:
                         # running on a worker thread cannot be; _close_after waits for it.
                         item = await asyncio.shield(pending)
                     except Exception as exc:  # noqa: BLE001 - said in the stream's own format
-                        code, text = _failure(exc, route.rpc)
+                        code, text = _failure(exc, route.rpc, context)
                         log.warning("%s over HTTP ended with %s: %s", route.rpc, code.name, text)
                         yield encoder.error(code, text)
                         return
@@ -510,11 +541,10 @@ def _routing_error(request: Request, exc: Exception) -> Response:
         return error_response(grpc.StatusCode.NOT_FOUND,
                               f"no route {request.method} {request.url.path} (GET {API_PREFIX} lists the routes)")
     if exc.status_code == 405:
-        status, message = "UNIMPLEMENTED", f"{request.method} is not a method of {request.url.path}"
+        code, message = grpc.StatusCode.UNIMPLEMENTED, f"{request.method} is not a method of {request.url.path}"
     else:
-        status, message = "UNKNOWN", str(exc.detail)
-    return Response(_json_bytes({"error": {"code": exc.status_code, "status": status, "message": message}}),
-                    status_code=exc.status_code, media_type="application/json", headers=exc.headers)
+        code, message = grpc.StatusCode.UNKNOWN, str(exc.detail)
+    return error_response(code, message, http_status=exc.status_code, headers=exc.headers)
 
 
 def build_app(servicers: Iterable[tuple[Any, Any]], *, token: str | None = None,
