@@ -397,6 +397,8 @@ async def _disconnected(request: Request) -> None:
 
 
 class _Api:
+    """The handlers of the declared routes, and the calls in flight (ended when the listener stops)."""
+
     def __init__(self, routes: list[HttpRoute], token: str | None, tracer: trace.Tracer) -> None:
         self.routes = routes
         self.token = token
@@ -475,9 +477,9 @@ class _Api:
     async def _stream(self, route: HttpRoute, message: Message, context: LocalCallContext, request: Request,
                       span: trace.Span) -> Response:
         encoder = _StreamEncoder(route, request.headers.get("accept", ""))
-        iterator = iter(await run_in_threadpool(route.call, message, context))
-        first = asyncio.ensure_future(run_in_threadpool(_advance, iterator))
         try:
+            iterator = iter(await run_in_threadpool(route.call, message, context))
+            first = asyncio.ensure_future(run_in_threadpool(_advance, iterator))
             await asyncio.wait_for(asyncio.shield(first), FIRST_MESSAGE_WAIT_SECONDS)
         except TimeoutError:
             pass  # nothing to send yet (no new event): the headers go out, the stream follows
