@@ -26,13 +26,17 @@ def protos() -> list[Path]:
 def generate(out_root: Path) -> Path:
     """Generate into out_root/eve/v1 and return that folder."""
     import grpc_tools
+    from google.api import annotations_pb2
     from grpc_tools import protoc
 
     include = Path(grpc_tools.__file__).parent / "_proto"
+    # google/api/annotations.proto and http.proto (the HTTP routes) ship with googleapis-common-protos.
+    googleapis = Path(annotations_pb2.__file__).resolve().parent.parent.parent
     args = [
         "protoc",
         f"-I{PROTO_DIR}",
         f"-I{include}",
+        f"-I{googleapis}",
         f"--python_out={out_root}",
         f"--pyi_out={out_root}",
         f"--grpc_python_out={out_root}",

@@ -19,6 +19,7 @@ from eve.v1 import endpoints_pb2_grpc, interlays_pb2_grpc, workflows_pb2_grpc
 from eve.v1 import workflows_pb2 as wpb
 
 READY_PREFIX = "eve: listening on "
+HTTP_READY_PREFIX = "eve: http listening on "  # the second line, with --http
 
 
 def grpcurl_binary() -> str:
@@ -46,6 +47,7 @@ class EveServer:
     extra_args: Sequence[str] = ()
     listen: str = "127.0.0.1:0"
     address: str = ""
+    http_url: str = ""  # with --http in extra_args: "http://127.0.0.1:PORT" (https with --tls-cert)
     process: subprocess.Popen | None = None
     _channels: list[grpc.Channel] = field(default_factory=list)
 
@@ -66,6 +68,12 @@ class EveServer:
             self.stop()
             raise RuntimeError(f"eve serve did not start (exit {self.process.returncode}):\n{self.log()}")
         self.address = line[len(READY_PREFIX):].strip()
+        if "--http" in self.extra_args:
+            line = self.process.stdout.readline()
+            if not line.startswith(HTTP_READY_PREFIX):
+                self.stop()
+                raise RuntimeError(f"eve serve --http did not say where it listens ({line!r}):\n{self.log()}")
+            self.http_url = line[len(HTTP_READY_PREFIX):].strip()
         return self
 
     def log(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import json_format
@@ -15,18 +16,84 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from eve.core.endpoints import redact_config
+from eve.core.errors import ConfigError
 from eve.core.store import EndpointRecord, InterlayRecord, RunRecord
 from eve.redis import resp
 from eve.v1 import common_pb2, endpoints_pb2, interlays_pb2, workflows_pb2
 from eve.workflow.setup import RunSetup, parse_setup
 
-__all__ = ["message_to_dict", "endpoint_to_proto", "interlay_to_proto", "resp_to_proto", "timestamp",
-           "setup_from_proto", "setup_to_proto", "run_to_proto"]
+__all__ = ["message_to_dict", "reply_to_dict", "unknown_field", "parse_json", "secret_values", "endpoint_to_proto",
+           "interlay_to_proto", "resp_to_proto", "timestamp", "setup_from_proto", "setup_to_proto", "run_to_proto"]
 
 
 def message_to_dict(message: Message) -> dict[str, Any]:
     """Fields as set by the caller, with proto field names (``read_conn``)."""
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def reply_to_dict(message: Message) -> dict[str, Any]:
+    """A reply as JSON values, the way the documentation reads it: proto field names, zero values
+    shown (a ``"clean": false`` or ``"keys_failed": 0`` must not vanish), int64 as numbers where
+    they are exact (the proto3 JSON mapping quotes them), enums by name."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True, unquote_int64_if_possible=True)
+
+
+def unknown_field(body: Mapping[str, Any], descriptor: Any, path: str = "") -> str | None:
+    """The dotted path of the first key of ``body`` the message type has no field for, said with
+    the fields it has; None when every key is a field. (``ParseDict`` would name the message
+    type, not where the key sits in a nested body.)"""
+    names = {f.name: f for f in descriptor.fields} | {f.json_name: f for f in descriptor.fields}
+    for key, value in body.items():
+        where = f"{path}.{key}" if path else str(key)
+        found = names.get(key)
+        if found is None:
+            known = ", ".join(f.name for f in descriptor.fields)
+            return f"unknown key {where!r}: {descriptor.name} has no such field (it has: {known})"
+        inner = found.message_type
+        # Maps take any key; google.protobuf types (Duration, Timestamp) have a JSON form of their own.
+        if inner is None or inner.GetOptions().map_entry or inner.full_name.startswith("google.protobuf."):
+            continue
+        items = value if isinstance(value, list) else [value]
+        for index, item in enumerate(items):
+            if isinstance(item, Mapping):
+                at = f"{where}[{index}]" if isinstance(value, list) else where
+                problem = unknown_field(item, inner, at)
+                if problem:
+                    return problem
+    return None
+
+
+def parse_json(body: Mapping[str, Any], message: Message, *, secrets: tuple[str, ...] = ()) -> Message:
+    """``body`` (JSON values) into ``message`` with ``json_format.ParseDict``, unknown keys refused
+    (a typo must not pass silently as a default): ConfigError naming the key. ``secrets`` are masked
+    in the message, since a parse error may quote the value it could not read."""
+    problem = unknown_field(body, message.DESCRIPTOR)
+    if problem:
+        raise ConfigError(problem)
+    try:
+        return json_format.ParseDict(body, message, ignore_unknown_fields=False)
+    except json_format.ParseError as exc:
+        text = str(exc)
+        for secret in secrets:
+            if secret:
+                text = text.replace(secret, "<redacted>")
+        raise ConfigError(text) from None
+
+
+def secret_values(body: Any) -> tuple[str, ...]:
+    """Every ``password`` value in a request body, to mask in what is said back about it."""
+    found: list[str] = []
+    if isinstance(body, Mapping):
+        for key, value in body.items():
+            if key == "password" and isinstance(value, str):
+                found.append(value)
+            else:
+                found.extend(secret_values(value))
+    elif isinstance(body, list):
+        for item in body:
+            found.extend(secret_values(item))
+    return tuple(found)
 
 
 def timestamp(seconds: float) -> Timestamp:

@@ -19,7 +19,8 @@ from eve.core.errors import (
     UnavailableError,
 )
 
-__all__ = ["STATUS_CODES", "ErrorInterceptor", "TokenInterceptor", "status_for"]
+__all__ = ["STATUS_CODES", "ErrorInterceptor", "TokenInterceptor", "status_for", "failure", "bearer_matches",
+           "TOKEN_REQUIRED"]
 
 log = logging.getLogger("eve.api")
 
@@ -35,11 +36,29 @@ STATUS_CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
 ]
 
+TOKEN_REQUIRED = "missing or invalid token: send metadata 'authorization: Bearer <token>'"
+
+
 def status_for(exc: BaseException) -> grpc.StatusCode:
     for cls, code in STATUS_CODES:
         if isinstance(exc, cls):
             return code
     return grpc.StatusCode.INTERNAL
+
+
+def failure(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
+    """The status and message a caller gets for ``exc`` raised by ``method``, over gRPC or HTTP.
+    Anything unexpected is logged with its traceback and said as INTERNAL without details."""
+    code = status_for(exc)
+    if code is grpc.StatusCode.INTERNAL:
+        log.error("unexpected error in %s", method, exc_info=exc)
+        return code, f"internal error in {method}: {type(exc).__name__} (see the coordinator log)"
+    return code, str(exc) or code.name
+
+
+def bearer_matches(token: str, authorization: object) -> bool:
+    """``authorization`` (a metadata or header value) is ``Bearer <token>``; compared in constant time."""
+    return isinstance(authorization, str) and hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode())
 
 
 def _wrap_handler(handler: grpc.RpcMethodHandler, wrap: Callable[[Callable], Callable]) -> grpc.RpcMethodHandler:
@@ -63,11 +82,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
         def wrap(behavior):
             def fail(exc: BaseException, context: grpc.ServicerContext):
-                code = status_for(exc)
-                if code is grpc.StatusCode.INTERNAL:
-                    log.exception("unexpected error in %s", method)
-                    context.abort(code, f"internal error in {method}: {type(exc).__name__} (see the coordinator log)")
-                context.abort(code, str(exc) or code.name)
+                context.abort(*failure(exc, method))
 
             if handler.unary_stream:
                 def stream(request, context):
@@ -95,17 +110,16 @@ class TokenInterceptor(grpc.ServerInterceptor):
     """With a token configured, every call needs ``authorization: Bearer <token>``."""
 
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._token = token
 
     def intercept_service(self, continuation, handler_call_details):
         metadata = dict(handler_call_details.invocation_metadata or ())
-        given = metadata.get("authorization", "")
-        if isinstance(given, str) and hmac.compare_digest(given.encode(), self._expected):
+        if bearer_matches(self._token, metadata.get("authorization", "")):
             return continuation(handler_call_details)
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        message = "missing or invalid token: send metadata 'authorization: Bearer <token>'"
+        message = TOKEN_REQUIRED
 
         def deny(behavior):
             def unary(request, context):

@@ -30,17 +30,23 @@ def _setup_logging(process: str, verbose: bool, *, quiet: bool = False) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from eve.api.server import ServerOptions, serve
+    from eve.api.tls import TlsFiles
     from eve.core import telemetry
 
     _setup_logging("coordinator", args.verbose)
     telemetry.setup("eve-coordinator")
-    options = ServerOptions(listen=args.listen, state_path=args.state, token=read_token(args.token_file))
+    options = ServerOptions(listen=args.listen, state_path=args.state, token=read_token(args.token_file),
+                            http_listen=args.http, insecure=args.insecure,
+                            tls=TlsFiles.from_flags(args.tls_cert, args.tls_key, args.tls_client_ca))
 
     def ready(address: str) -> None:
         # One machine-readable line: scripts and test fixtures wait for it.
         print(f"eve: listening on {address}", flush=True)
 
-    serve(options, on_ready=ready)
+    def http_ready(url: str) -> None:
+        print(f"eve: http listening on {url}", flush=True)  # the second line, with --http
+
+    serve(options, on_ready=ready, on_http_ready=http_ready)
     return EXIT_OK
 
 
@@ -57,7 +63,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         backoff_latency_ms=args.backoff_latency_ms, latency_budget_ms=args.latency_budget_ms,
         source_password_file=args.source_password_file,
         target_password_file=args.target_password_file, dry_run=args.dry_run, force=args.force,
-        command=tuple(args.argv)))
+        metrics_port=args.metrics_port, command=tuple(args.argv)))
 
 
 def _cmd_errors(args: argparse.Namespace) -> int:
@@ -106,6 +112,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = _positive(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0..65535)")
+    return value
+
+
 def _version() -> str:
     try:
         return metadata.version("eve-migrate")
@@ -119,13 +132,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"eve {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    serve = commands.add_parser("serve", help="run the coordinator (gRPC API)")
+    serve = commands.add_parser("serve", help="run the coordinator (gRPC API; HTTP/JSON and /metrics with --http)")
     serve.add_argument("--listen", default="127.0.0.1:50051", metavar="HOST:PORT",
                        help="gRPC listen address (default %(default)s; port 0 picks a free one)")
     serve.add_argument("--state", default="eve-state.db", metavar="PATH",
                        help="SQLite state file, created on first start (default %(default)s)")
     serve.add_argument("--token-file", metavar="PATH",
                        help="require 'authorization: Bearer <token>' on every call (or set EVE_TOKEN)")
+    serve.add_argument("--http", metavar="HOST:PORT",
+                       help="also serve the API as HTTP/JSON (the brief's REST routes under /api/v1) and "
+                            "Prometheus metrics at /metrics on this address (port 0 picks a free one)")
+    serve.add_argument("--tls-cert", metavar="PATH", help="serve gRPC and HTTP over TLS with this PEM certificate")
+    serve.add_argument("--tls-key", metavar="PATH", help="the certificate's private key (PEM, unencrypted)")
+    serve.add_argument("--tls-client-ca", metavar="PATH",
+                       help="require client certificates signed by this CA (mutual TLS)")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow a token without TLS off loopback (a trusted network): it crosses in clear")
     serve.set_defaults(run=_cmd_serve)
 
     migrate = commands.add_parser(
@@ -180,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="job state (checkpoints, error keys); default %(default)s")
     migrate.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     migrate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    migrate.add_argument("--metrics-port", type=_port, metavar="N",
+                         help="serve Prometheus metrics at http://127.0.0.1:N/metrics while the job runs "
+                              "(0 picks a free port; the address is printed on stderr)")
     migrate.set_defaults(run=_cmd_migrate)
 
     demo = commands.add_parser("demo", help="run a whole live migration on embedded engines")

@@ -86,6 +86,7 @@ class MigrateArgs:
     target_password_file: str | None = None
     dry_run: bool = False
     force: bool = False
+    metrics_port: int | None = None    # serve /metrics on 127.0.0.1 while the job runs
     command: tuple[str, ...] = ()      # the words after ``eve``, to print the command to run next
 
 
@@ -256,6 +257,7 @@ def run_migrate(args: MigrateArgs) -> int:
         if not (args.resume and finding.code == preflight.TARGET_NOT_EMPTY):  # a resumed job's own keys
             _warn(finding.message)
     store = Store(args.state)
+    exporter = None
     try:
         job = _latest_job(store)
         if args.resume:
@@ -281,15 +283,23 @@ def run_migrate(args: MigrateArgs) -> int:
             max_keys_per_second=args.max_keys_per_sec, max_bytes_per_second=args.max_bytes_per_sec,
             max_source_share=_source_share(args), backoff_latency_ms=args.backoff_latency_ms,
             latency_budget_ms=args.latency_budget_ms)
+        exporter = _metrics_exporter(args, run_id)  # before the job is recorded: a port in use leaves no job
         copy = BulkCopy(options, store)
         copy.prepare()  # unreachable servers fail here, before a job is recorded
         job = store.set_run_state(run_id, "COPYING") if args.resume else store.create_run(run_id, "COPYING", setup)
         view = _ProgressView(args.progress and not args.json)
         copy.on_progress = view.update
+        if exporter is not None:
+            def on_progress(progress: Progress) -> None:
+                view.update(progress)
+                exporter.update(progress)
+            copy.on_progress = on_progress
         stop = threading.Event()
         previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
         try:
             progress = copy.run(stop_event=stop)
+            if exporter is not None:
+                exporter.update(progress, "COMPLETED")
         except CopyStopped:
             store.set_run_state(job.id, "COPYING")
             view.close()
@@ -304,7 +314,20 @@ def run_migrate(args: MigrateArgs) -> int:
         store.set_run_state(job.id, "COMPLETED")
         return _summary(args, store, job.id, progress)
     finally:
+        if exporter is not None:
+            exporter.stop()
         store.close()
+
+
+def _metrics_exporter(args: MigrateArgs, run_id: str) -> Any:
+    """``--metrics-port``: /metrics of this job on 127.0.0.1, fed by the progress bar's numbers."""
+    if args.metrics_port is None:
+        return None
+    from eve.api.metrics import JobMetrics
+
+    exporter = JobMetrics(run_id, args.metrics_port)
+    print(f"eve migrate: metrics at {exporter.url}", file=sys.stderr, flush=True)
+    return exporter
 
 
 def _record_failure(store: Store, run_id: str, exc: BaseException) -> None:

@@ -196,19 +196,14 @@ def _is_loopback(address: str) -> bool:
 
 
 def message_dict(message: Message) -> dict[str, Any]:
-    """A reply as JSON values: proto field names, zero values shown (a ``"clean": false`` must
-    not vanish), int64 as numbers where they are exact."""
-    from google.protobuf import json_format
+    """A reply as JSON values (``eve.api.convert.reply_to_dict``: zero values shown, int64 as numbers)."""
+    from eve.api.convert import reply_to_dict
 
-    return json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True, unquote_int64_if_possible=True)
+    return reply_to_dict(message)
 
 
 def message_json(message: Message, *, indent: int | None = 2) -> str:
-    from google.protobuf import json_format
-
-    return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=indent,
-                                     always_print_fields_with_no_presence=True, unquote_int64_if_possible=True)
+    return json.dumps(message_dict(message), indent=indent, ensure_ascii=False)
 
 
 class Output:
@@ -310,43 +305,14 @@ def read_document(path: str, *, field: str = "--file") -> dict[str, Any]:
     return body
 
 
-def _unknown_key(body: Mapping[str, Any], descriptor: Any, path: str) -> str | None:
-    """The dotted path of the first key the message type has no field for, with the fields it has."""
-    names = {f.name: f for f in descriptor.fields} | {f.json_name: f for f in descriptor.fields}
-    for key, value in body.items():
-        where = f"{path}.{key}" if path else str(key)
-        found = names.get(key)
-        if found is None:
-            known = ", ".join(f.name for f in descriptor.fields)
-            return f"unknown key {where!r}: {descriptor.name} has no such field (it has: {known})"
-        inner = found.message_type
-        # Maps take any key; google.protobuf types (Duration, Timestamp) have a JSON form of their own.
-        if inner is None or inner.GetOptions().map_entry or inner.full_name.startswith("google.protobuf."):
-            continue
-        items = value if isinstance(value, list) else [value]
-        for index, item in enumerate(items):
-            if isinstance(item, Mapping):
-                at = f"{where}[{index}]" if isinstance(value, list) else where
-                problem = _unknown_key(item, inner, at)
-                if problem:
-                    return problem
-    return None
-
-
 def parse_message(body: Mapping[str, Any], message: Message, *, source: str, field: str = "--file",
                   secrets: tuple[str, ...] = ()) -> Message:
     """``body`` into ``message`` with ``json_format.ParseDict`` (so fields added to the proto
     work without a change here); an unknown key is named with its dotted path. ``secrets`` are
     masked in any message, since a parse error may quote the value it could not read."""
-    from google.protobuf import json_format
+    from eve.api.convert import parse_json
 
-    problem = _unknown_key(body, message.DESCRIPTOR, "")
-    if problem:
-        raise ConfigError(f"{source}: {problem}", field=field)
     try:
-        return json_format.ParseDict(body, message)
-    except json_format.ParseError as exc:
-        text = str(exc)
-        for secret in secrets:
-            text = text.replace(secret, "<redacted>")
-        raise ConfigError(f"{source}: {text}", field=field) from None
+        return parse_json(body, message, secrets=secrets)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}", field=field) from None

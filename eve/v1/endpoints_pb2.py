@@ -22,45 +22,60 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from eve.v1 import common_pb2 as eve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x65ve/v1/endpoints.proto\x12\x06\x65ve.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13\x65ve/v1/common.proto\"\xeb\x01\n\nConnection\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x11\n\x04port\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x0b\n\x03tls\x18\x03 \x01(\x08\x12\x1d\n\x10protocol_version\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x10\n\x08username\x18\x05 \x01(\t\x12\x10\n\x08password\x18\x06 \x01(\t\x12\x13\n\x0btls_ca_file\x18\x07 \x01(\t\x12 \n\x18tls_insecure_skip_verify\x18\x08 \x01(\x08\x12\x17\n\x0ftls_server_name\x18\t \x01(\tB\x07\n\x05_portB\x13\n\x11_protocol_version\"1\n\x0b\x43redentials\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"R\n\x0e\x43onnectionPool\x12$\n\x17multiplexed_connections\x18\x01 \x01(\x05H\x00\x88\x01\x01\x42\x1a\n\x18_multiplexed_connections\"\xeb\x02\n\x0e\x45ndpointConfig\x12%\n\tread_conn\x18\x01 \x01(\x0b\x32\x12.eve.v1.Connection\x12&\n\nwrite_conn\x18\x02 \x01(\x0b\x32\x12.eve.v1.Connection\x12&\n\nadmin_conn\x18\x03 \x01(\x0b\x32\x12.eve.v1.Connection\x12\"\n\x06target\x18\x04 \x01(\x0b\x32\x12.eve.v1.Connection\x12-\n\x10read_credentials\x18\x05 \x01(\x0b\x32\x13.eve.v1.Credentials\x12.\n\x11write_credentials\x18\x06 \x01(\x0b\x32\x13.eve.v1.Credentials\x12.\n\x11\x61\x64min_credentials\x18\x07 \x01(\x0b\x32\x13.eve.v1.Credentials\x12/\n\x0f\x63onnection_pool\x18\x08 \x01(\x0b\x32\x16.eve.v1.ConnectionPool\"\xc9\x01\n\x08\x45ndpoint\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12&\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x16.eve.v1.EndpointConfig\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"t\n\x15\x43reateEndpointRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12&\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x16.eve.v1.EndpointConfig\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"&\n\x12GetEndpointRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\"\x16\n\x14ListEndpointsRequest\"<\n\x15ListEndpointsResponse\x12#\n\tendpoints\x18\x01 \x03(\x0b\x32\x10.eve.v1.Endpoint\"t\n\x15UpdateEndpointRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12&\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x16.eve.v1.EndpointConfig\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\")\n\x15\x44\x65leteEndpointRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteEndpointResponse\"o\n\x0e\x43ommandRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x03(\t\x12\x15\n\rcommand_bytes\x18\x03 \x03(\x0c\x12\n\n\x02\x64\x62\x18\x04 \x01(\x05\x12\x17\n\x0ftimeout_seconds\x18\x05 \x01(\x01\"R\n\x0f\x43ommandResponse\x12 \n\x05reply\x18\x01 \x01(\x0b\x32\x11.eve.v1.RespValue\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t2\xe6\x03\n\x0f\x45ndpointService\x12\x41\n\x0e\x43reateEndpoint\x12\x1d.eve.v1.CreateEndpointRequest\x1a\x10.eve.v1.Endpoint\x12;\n\x0bGetEndpoint\x12\x1a.eve.v1.GetEndpointRequest\x1a\x10.eve.v1.Endpoint\x12L\n\rListEndpoints\x12\x1c.eve.v1.ListEndpointsRequest\x1a\x1d.eve.v1.ListEndpointsResponse\x12\x41\n\x0eUpdateEndpoint\x12\x1d.eve.v1.UpdateEndpointRequest\x1a\x10.eve.v1.Endpoint\x12O\n\x0e\x44\x65leteEndpoint\x12\x1d.eve.v1.DeleteEndpointRequest\x1a\x1e.eve.v1.DeleteEndpointResponse\x12\x37\n\x04Read\x12\x16.eve.v1.CommandRequest\x1a\x17.eve.v1.CommandResponse\x12\x38\n\x05Write\x12\x16.eve.v1.CommandRequest\x1a\x17.eve.v1.CommandResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x65ve/v1/endpoints.proto\x12\x06\x65ve.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13\x65ve/v1/common.proto\"\xeb\x01\n\nConnection\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x11\n\x04port\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x0b\n\x03tls\x18\x03 \x01(\x08\x12\x1d\n\x10protocol_version\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x10\n\x08username\x18\x05 \x01(\t\x12\x10\n\x08password\x18\x06 \x01(\t\x12\x13\n\x0btls_ca_file\x18\x07 \x01(\t\x12 \n\x18tls_insecure_skip_verify\x18\x08 \x01(\x08\x12\x17\n\x0ftls_server_name\x18\t \x01(\tB\x07\n\x05_portB\x13\n\x11_protocol_version\"1\n\x0b\x43redentials\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"R\n\x0e\x43onnectionPool\x12$\n\x17multiplexed_connections\x18\x01 \x01(\x05H\x00\x88\x01\x01\x42\x1a\n\x18_multiplexed_connections\"\xeb\x02\n\x0e\x45ndpointConfig\x12%\n\tread_conn\x18\x01 \x01(\x0b\x32\x12.eve.v1.Connection\x12&\n\nwrite_conn\x18\x02 \x01(\x0b\x32\x12.eve.v1.Connection\x12&\n\nadmin_conn\x18\x03 \x01(\x0b\x32\x12.eve.v1.Connection\x12\"\n\x06target\x18\x04 \x01(\x0b\x32\x12.eve.v1.Connection\x12-\n\x10read_credentials\x18\x05 \x01(\x0b\x32\x13.eve.v1.Credentials\x12.\n\x11write_credentials\x18\x06 \x01(\x0b\x32\x13.eve.v1.Credentials\x12.\n\x11\x61\x64min_credentials\x18\x07 \x01(\x0b\x32\x13.eve.v1.Credentials\x12/\n\x0f\x63onnection_pool\x18\x08 \x01(\x0b\x32\x16.eve.v1.ConnectionPool\"\xc9\x01\n\x08\x45ndpoint\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12&\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x16.eve.v1.EndpointConfig\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"t\n\x15\x43reateEndpointRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12&\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x16.eve.v1.EndpointConfig\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"&\n\x12GetEndpointRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\"\x16\n\x14ListEndpointsRequest\"<\n\x15ListEndpointsResponse\x12#\n\tendpoints\x18\x01 \x03(\x0b\x32\x10.eve.v1.Endpoint\"t\n\x15UpdateEndpointRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12&\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x16.eve.v1.EndpointConfig\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\")\n\x15\x44\x65leteEndpointRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteEndpointResponse\"o\n\x0e\x43ommandRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x03(\t\x12\x15\n\rcommand_bytes\x18\x03 \x03(\x0c\x12\n\n\x02\x64\x62\x18\x04 \x01(\x05\x12\x17\n\x0ftimeout_seconds\x18\x05 \x01(\x01\"R\n\x0f\x43ommandResponse\x12 \n\x05reply\x18\x01 \x01(\x0b\x32\x11.eve.v1.RespValue\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t2\xf1\x05\n\x0f\x45ndpointService\x12_\n\x0e\x43reateEndpoint\x12\x1d.eve.v1.CreateEndpointRequest\x1a\x10.eve.v1.Endpoint\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/api/v1/endpoints:\x01*\x12\x61\n\x0bGetEndpoint\x12\x1a.eve.v1.GetEndpointRequest\x1a\x10.eve.v1.Endpoint\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/api/v1/endpoints/{endpoint}\x12g\n\rListEndpoints\x12\x1c.eve.v1.ListEndpointsRequest\x1a\x1d.eve.v1.ListEndpointsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/api/v1/endpoints\x12j\n\x0eUpdateEndpoint\x12\x1d.eve.v1.UpdateEndpointRequest\x1a\x10.eve.v1.Endpoint\"\'\x82\xd3\xe4\x93\x02!\x1a\x1c/api/v1/endpoints/{endpoint}:\x01*\x12u\n\x0e\x44\x65leteEndpoint\x12\x1d.eve.v1.DeleteEndpointRequest\x1a\x1e.eve.v1.DeleteEndpointResponse\"$\x82\xd3\xe4\x93\x02\x1e*\x1c/api/v1/endpoints/{endpoint}\x12\x65\n\x04Read\x12\x16.eve.v1.CommandRequest\x1a\x17.eve.v1.CommandResponse\",\x82\xd3\xe4\x93\x02&\"!/api/v1/endpoints/{endpoint}/read:\x01*\x12g\n\x05Write\x12\x16.eve.v1.CommandRequest\x1a\x17.eve.v1.CommandResponse\"-\x82\xd3\xe4\x93\x02\'\"\"/api/v1/endpoints/{endpoint}/write:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'eve.v1.endpoints_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONNECTION']._serialized_start=89
-  _globals['_CONNECTION']._serialized_end=324
-  _globals['_CREDENTIALS']._serialized_start=326
-  _globals['_CREDENTIALS']._serialized_end=375
-  _globals['_CONNECTIONPOOL']._serialized_start=377
-  _globals['_CONNECTIONPOOL']._serialized_end=459
-  _globals['_ENDPOINTCONFIG']._serialized_start=462
-  _globals['_ENDPOINTCONFIG']._serialized_end=825
-  _globals['_ENDPOINT']._serialized_start=828
-  _globals['_ENDPOINT']._serialized_end=1029
-  _globals['_CREATEENDPOINTREQUEST']._serialized_start=1031
-  _globals['_CREATEENDPOINTREQUEST']._serialized_end=1147
-  _globals['_GETENDPOINTREQUEST']._serialized_start=1149
-  _globals['_GETENDPOINTREQUEST']._serialized_end=1187
-  _globals['_LISTENDPOINTSREQUEST']._serialized_start=1189
-  _globals['_LISTENDPOINTSREQUEST']._serialized_end=1211
-  _globals['_LISTENDPOINTSRESPONSE']._serialized_start=1213
-  _globals['_LISTENDPOINTSRESPONSE']._serialized_end=1273
-  _globals['_UPDATEENDPOINTREQUEST']._serialized_start=1275
-  _globals['_UPDATEENDPOINTREQUEST']._serialized_end=1391
-  _globals['_DELETEENDPOINTREQUEST']._serialized_start=1393
-  _globals['_DELETEENDPOINTREQUEST']._serialized_end=1434
-  _globals['_DELETEENDPOINTRESPONSE']._serialized_start=1436
-  _globals['_DELETEENDPOINTRESPONSE']._serialized_end=1460
-  _globals['_COMMANDREQUEST']._serialized_start=1462
-  _globals['_COMMANDREQUEST']._serialized_end=1573
-  _globals['_COMMANDRESPONSE']._serialized_start=1575
-  _globals['_COMMANDRESPONSE']._serialized_end=1657
-  _globals['_ENDPOINTSERVICE']._serialized_start=1660
-  _globals['_ENDPOINTSERVICE']._serialized_end=2146
+  _globals['_ENDPOINTSERVICE'].methods_by_name['CreateEndpoint']._loaded_options = None
+  _globals['_ENDPOINTSERVICE'].methods_by_name['CreateEndpoint']._serialized_options = b'\202\323\344\223\002\026\"\021/api/v1/endpoints:\001*'
+  _globals['_ENDPOINTSERVICE'].methods_by_name['GetEndpoint']._loaded_options = None
+  _globals['_ENDPOINTSERVICE'].methods_by_name['GetEndpoint']._serialized_options = b'\202\323\344\223\002\036\022\034/api/v1/endpoints/{endpoint}'
+  _globals['_ENDPOINTSERVICE'].methods_by_name['ListEndpoints']._loaded_options = None
+  _globals['_ENDPOINTSERVICE'].methods_by_name['ListEndpoints']._serialized_options = b'\202\323\344\223\002\023\022\021/api/v1/endpoints'
+  _globals['_ENDPOINTSERVICE'].methods_by_name['UpdateEndpoint']._loaded_options = None
+  _globals['_ENDPOINTSERVICE'].methods_by_name['UpdateEndpoint']._serialized_options = b'\202\323\344\223\002!\032\034/api/v1/endpoints/{endpoint}:\001*'
+  _globals['_ENDPOINTSERVICE'].methods_by_name['DeleteEndpoint']._loaded_options = None
+  _globals['_ENDPOINTSERVICE'].methods_by_name['DeleteEndpoint']._serialized_options = b'\202\323\344\223\002\036*\034/api/v1/endpoints/{endpoint}'
+  _globals['_ENDPOINTSERVICE'].methods_by_name['Read']._loaded_options = None
+  _globals['_ENDPOINTSERVICE'].methods_by_name['Read']._serialized_options = b'\202\323\344\223\002&\"!/api/v1/endpoints/{endpoint}/read:\001*'
+  _globals['_ENDPOINTSERVICE'].methods_by_name['Write']._loaded_options = None
+  _globals['_ENDPOINTSERVICE'].methods_by_name['Write']._serialized_options = b'\202\323\344\223\002\'\"\"/api/v1/endpoints/{endpoint}/write:\001*'
+  _globals['_CONNECTION']._serialized_start=119
+  _globals['_CONNECTION']._serialized_end=354
+  _globals['_CREDENTIALS']._serialized_start=356
+  _globals['_CREDENTIALS']._serialized_end=405
+  _globals['_CONNECTIONPOOL']._serialized_start=407
+  _globals['_CONNECTIONPOOL']._serialized_end=489
+  _globals['_ENDPOINTCONFIG']._serialized_start=492
+  _globals['_ENDPOINTCONFIG']._serialized_end=855
+  _globals['_ENDPOINT']._serialized_start=858
+  _globals['_ENDPOINT']._serialized_end=1059
+  _globals['_CREATEENDPOINTREQUEST']._serialized_start=1061
+  _globals['_CREATEENDPOINTREQUEST']._serialized_end=1177
+  _globals['_GETENDPOINTREQUEST']._serialized_start=1179
+  _globals['_GETENDPOINTREQUEST']._serialized_end=1217
+  _globals['_LISTENDPOINTSREQUEST']._serialized_start=1219
+  _globals['_LISTENDPOINTSREQUEST']._serialized_end=1241
+  _globals['_LISTENDPOINTSRESPONSE']._serialized_start=1243
+  _globals['_LISTENDPOINTSRESPONSE']._serialized_end=1303
+  _globals['_UPDATEENDPOINTREQUEST']._serialized_start=1305
+  _globals['_UPDATEENDPOINTREQUEST']._serialized_end=1421
+  _globals['_DELETEENDPOINTREQUEST']._serialized_start=1423
+  _globals['_DELETEENDPOINTREQUEST']._serialized_end=1464
+  _globals['_DELETEENDPOINTRESPONSE']._serialized_start=1466
+  _globals['_DELETEENDPOINTRESPONSE']._serialized_end=1490
+  _globals['_COMMANDREQUEST']._serialized_start=1492
+  _globals['_COMMANDREQUEST']._serialized_end=1603
+  _globals['_COMMANDRESPONSE']._serialized_start=1605
+  _globals['_COMMANDRESPONSE']._serialized_end=1687
+  _globals['_ENDPOINTSERVICE']._serialized_start=1690
+  _globals['_ENDPOINTSERVICE']._serialized_end=2443
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,10 @@ if _version_not_supported:
 
 
 class EndpointServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Endpoints and direct calls on them.
+    Each rpc's google.api.http option is its REST/JSON route, served by `eve serve --http`
+    (eve/api/http.py transcodes them all; docs/runbook-http.md walks them with curl).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -72,7 +75,10 @@ class EndpointServiceStub:
 
 
 class EndpointServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Endpoints and direct calls on them.
+    Each rpc's google.api.http option is its REST/JSON route, served by `eve serve --http`
+    (eve/api/http.py transcodes them all; docs/runbook-http.md walks them with curl).
+    """
 
     def CreateEndpoint(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -169,7 +175,10 @@ def add_EndpointServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class EndpointService:
-    """Missing associated documentation comment in .proto file."""
+    """Endpoints and direct calls on them.
+    Each rpc's google.api.http option is its REST/JSON route, served by `eve serve --http`
+    (eve/api/http.py transcodes them all; docs/runbook-http.md walks them with curl).
+    """
 
     @staticmethod
     def CreateEndpoint(request,

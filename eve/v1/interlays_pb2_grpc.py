@@ -26,7 +26,10 @@ if _version_not_supported:
 
 
 class InterlayServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Interlays: create, start, stop, and their live stats.
+    Each rpc's google.api.http option is its REST/JSON route, served by `eve serve --http`
+    (eve/api/http.py transcodes them all; docs/runbook-http.md walks them with curl).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -67,7 +70,10 @@ class InterlayServiceStub:
 
 
 class InterlayServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Interlays: create, start, stop, and their live stats.
+    Each rpc's google.api.http option is its REST/JSON route, served by `eve serve --http`
+    (eve/api/http.py transcodes them all; docs/runbook-http.md walks them with curl).
+    """
 
     def CreateInterlay(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -147,7 +153,10 @@ def add_InterlayServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class InterlayService:
-    """Missing associated documentation comment in .proto file."""
+    """Interlays: create, start, stop, and their live stats.
+    Each rpc's google.api.http option is its REST/JSON route, served by `eve serve --http`
+    (eve/api/http.py transcodes them all; docs/runbook-http.md walks them with curl).
+    """
 
     @staticmethod
     def CreateInterlay(request,

@@ -26,7 +26,10 @@ if _version_not_supported:
 
 
 class MigrationServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Guided migration runs.
+    Each rpc's google.api.http option is its REST/JSON route, served by `eve serve --http`
+    (eve/api/http.py transcodes them all; docs/runbook-http.md walks them with curl).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -137,7 +140,10 @@ class MigrationServiceStub:
 
 
 class MigrationServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Guided migration runs.
+    Each rpc's google.api.http option is its REST/JSON route, served by `eve serve --http`
+    (eve/api/http.py transcodes them all; docs/runbook-http.md walks them with curl).
+    """
 
     def CreateRun(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -376,7 +382,10 @@ def add_MigrationServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class MigrationService:
-    """Missing associated documentation comment in .proto file."""
+    """Guided migration runs.
+    Each rpc's google.api.http option is its REST/JSON route, served by `eve serve --http`
+    (eve/api/http.py transcodes them all; docs/runbook-http.md walks them with curl).
+    """
 
     @staticmethod
     def CreateRun(request,

@@ -1,0 +1,232 @@
+"""TLS on the API (``eve serve --tls-cert/--tls-key``, ``--tls-client-ca`` for mutual TLS), for
+gRPC and HTTP alike: a client trusting the CA connects, one without it or trusting another CA
+is refused, and with mutual TLS a client without a certificate is refused too. Certificates
+come from a throwaway CA made with the ``cryptography`` package. The exposure rules: off
+loopback a token is needed, and TLS for it unless ``--insecure``."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from eve_process import EveServer, grpcurl_binary
+
+from eve.api.server import ServerOptions, check_exposure
+from eve.api.tls import TlsFiles
+from eve.core.errors import ConfigError
+from eve.v1 import workflows_pb2 as wpb
+from eve.v1 import workflows_pb2_grpc
+
+pytestmark = [pytest.mark.timeout(120)]
+
+TOKEN = "tls-test-token"
+
+
+# -- a throwaway CA ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Issued:
+    cert: Path
+    key: Path
+
+
+class TestCa:
+    """A CA that signs server certificates for 127.0.0.1/localhost and client certificates."""
+
+    __test__ = False  # not a test class, despite its name
+
+    def __init__(self, directory: Path, name: str) -> None:
+        self.directory = directory
+        self.name = name
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} test CA")])
+        now = datetime.datetime.now(datetime.UTC)
+        self.certificate = (
+            x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, encipher_only=False, decipher_only=False),
+                           critical=True)
+            .sign(self.key, hashes.SHA256()))
+        self.path = directory / f"{name}-ca.pem"
+        self.path.write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
+
+    def issue(self, common_name: str, *, client: bool = False) -> Issued:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(self.certificate.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH if client
+                                                  else ExtendedKeyUsageOID.SERVER_AUTH]), critical=False))
+        if not client:
+            builder = builder.add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        certificate = builder.sign(self.key, hashes.SHA256())
+        issued = Issued(self.directory / f"{common_name}.pem", self.directory / f"{common_name}.key")
+        issued.cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        issued.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                 serialization.NoEncryption()))
+        return issued
+
+
+@pytest.fixture
+def pki(tmp_path: Path):
+    ca, other = TestCa(tmp_path, "eve"), TestCa(tmp_path, "other")
+    return ca, other, ca.issue("eve-server")
+
+
+def start_tls_eve(tmp_path: Path, server: Issued, *extra: str) -> EveServer:
+    return EveServer(state=tmp_path / "eve.db", log_path=tmp_path / "eve.log", token=TOKEN,
+                     extra_args=["--http", "127.0.0.1:0", "--tls-cert", str(server.cert), "--tls-key",
+                                 str(server.key), *extra]).start()
+
+
+def eve_cli(*args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("EVE_TOKEN", "EVE_ADDRESS")}
+    if token:
+        env["EVE_TOKEN"] = token
+    return subprocess.run([sys.executable, "-m", "eve", *args], capture_output=True, text=True, env=env, timeout=60,
+                          check=False)
+
+
+def curl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["curl", "-sS", "--max-time", "20", "-H", f"Authorization: Bearer {TOKEN}", *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def list_runs(address: str, credentials: grpc.ChannelCredentials) -> wpb.ListRunsResponse:
+    with grpc.secure_channel(address, credentials) as channel:
+        stub = workflows_pb2_grpc.MigrationServiceStub(channel)
+        return stub.ListRuns(wpb.ListRunsRequest(), metadata=[("authorization", f"Bearer {TOKEN}")], timeout=10)
+
+
+# -- TLS ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_tls_server_accepts_clients_trusting_its_ca_and_refuses_the_others(tmp_path, pki):
+    ca, other, server = pki
+    eve = start_tls_eve(tmp_path, server)
+    try:
+        assert eve.http_url.startswith("https://127.0.0.1:")
+        # The CLI: the right CA connects, another CA or none (plaintext) is refused with exit 2.
+        created = eve_cli("runs", "create", "tls-run", "--address", eve.address, "--tls-ca", str(ca.path))
+        assert created.returncode == 0, created.stderr
+        listed = eve_cli("runs", "list", "--address", eve.address, "--tls-ca", str(ca.path), "--json")
+        assert json.loads(listed.stdout)["runs"][0]["id"] == "tls-run"
+        refused = eve_cli("runs", "list", "--address", eve.address, "--tls-ca", str(other.path))
+        assert refused.returncode == 2 and "over TLS" in refused.stderr
+        assert eve_cli("runs", "list", "--address", eve.address).returncode == 2
+        assert TOKEN not in refused.stderr + refused.stdout
+
+        # grpcurl as the runbooks show it (-cacert instead of -plaintext).
+        reply = subprocess.run([grpcurl_binary(), "-cacert", str(ca.path), "-emit-defaults",
+                                "-H", f"authorization: Bearer {TOKEN}", "-d", '{"run": "tls-run"}', eve.address,
+                                "eve.v1.MigrationService/GetRun"], capture_output=True, text=True, timeout=30,
+                               check=False)
+        assert reply.returncode == 0 and json.loads(reply.stdout)["state"] == "CREATED", reply.stderr
+        plain = subprocess.run([grpcurl_binary(), "-plaintext", eve.address, "list"], capture_output=True,
+                               text=True, timeout=30, check=False)
+        assert plain.returncode != 0
+
+        # HTTP: curl with the CA; without it the certificate is not trusted (curl exit 60).
+        ok = curl("--cacert", str(ca.path), f"{eve.http_url}/api/v1/runs/tls-run")
+        assert ok.returncode == 0 and json.loads(ok.stdout)["id"] == "tls-run"
+        assert curl(f"{eve.http_url}/api/v1/runs/tls-run").returncode == 60
+        assert curl("--cacert", str(other.path), f"{eve.http_url}/api/v1/runs").returncode == 60
+        assert curl(eve.http_url.replace("https://", "http://") + "/api/v1/runs").returncode != 0
+    finally:
+        eve.stop()
+
+
+@pytest.mark.integration
+def test_mutual_tls_refuses_a_client_without_a_certificate(tmp_path, pki):
+    ca, other, server = pki
+    clients = TestCa(tmp_path, "clients")
+    operator, stranger = clients.issue("operator", client=True), other.issue("stranger", client=True)
+    eve = start_tls_eve(tmp_path, server, "--tls-client-ca", str(clients.path))
+    try:
+        root = ca.path.read_bytes()
+
+        def with_certificate(issued: Issued | None) -> grpc.ChannelCredentials:
+            if issued is None:
+                return grpc.ssl_channel_credentials(root_certificates=root)
+            return grpc.ssl_channel_credentials(root_certificates=root, private_key=issued.key.read_bytes(),
+                                                certificate_chain=issued.cert.read_bytes())
+
+        assert list(list_runs(eve.address, with_certificate(operator)).runs) == []
+        for refused in (None, stranger):
+            with pytest.raises(grpc.RpcError) as info:
+                list_runs(eve.address, with_certificate(refused))
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        # The CLI has --tls-ca but presents no certificate: refused.
+        cli = eve_cli("runs", "list", "--address", eve.address, "--tls-ca", str(ca.path))
+        assert cli.returncode == 2
+
+        ok = curl("--cacert", str(ca.path), "--cert", str(operator.cert), "--key", str(operator.key),
+                  f"{eve.http_url}/api/v1/runs")
+        assert ok.returncode == 0 and json.loads(ok.stdout) == {"runs": []}
+        assert curl("--cacert", str(ca.path), f"{eve.http_url}/api/v1/runs").returncode != 0
+        assert curl("--cacert", str(ca.path), "--cert", str(stranger.cert), "--key", str(stranger.key),
+                    f"{eve.http_url}/api/v1/runs").returncode != 0
+    finally:
+        eve.stop()
+
+
+# -- flags and the exposure rules ---------------------------------------------------------------------
+
+
+def test_exposure_rules_off_loopback():
+    tls = TlsFiles(cert="server.pem", key="server.key")
+    for host in ("127.0.0.1", "::1", "localhost"):
+        check_exposure(host, ServerOptions(), field="listen")  # loopback: no token needed
+    with pytest.raises(ConfigError, match="without a token"):
+        check_exposure("10.1.2.3", ServerOptions(), field="listen")
+    with pytest.raises(ConfigError, match="without a token"):
+        check_exposure("0.0.0.0", ServerOptions(insecure=True, tls=tls), field="--http")
+    with pytest.raises(ConfigError, match="without TLS") as info:
+        check_exposure("0.0.0.0", ServerOptions(token="t"), field="--http")
+    assert info.value.field == "--http" and "--insecure" in str(info.value)
+    check_exposure("0.0.0.0", ServerOptions(token="t", tls=tls), field="listen")
+    check_exposure("0.0.0.0", ServerOptions(token="t", insecure=True), field="listen")
+
+
+def test_serve_refuses_bad_tls_flags_and_a_token_in_clear_naming_the_flag(tmp_path, pki):
+    ca, other, server = pki
+    state = str(tmp_path / "refused.db")
+    cases = [
+        (["--listen", "192.0.2.10:50051"], "listen: refusing to listen on 192.0.2.10 without TLS"),
+        (["--http", "192.0.2.10:8080"], "--http: refusing to listen on 192.0.2.10 without TLS"),
+        (["--tls-cert", str(server.cert)], "--tls-key: TLS needs both"),
+        (["--tls-client-ca", str(ca.path)], "--tls-client-ca: a client CA needs"),
+        (["--tls-cert", str(server.cert), "--tls-key", str(tmp_path / "missing.key")], "--tls-key: "),
+        (["--tls-cert", str(server.cert), "--tls-key", str(other.issue("unrelated").key)],
+         "--tls-key: " + f"{server.cert} and "),
+    ]
+    for args, message in cases:
+        result = eve_cli("serve", "--state", state, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr, (args, result.stderr)
+        assert TOKEN not in result.stderr
+    assert not Path(state).exists(), "a refused start must not create the state file"
