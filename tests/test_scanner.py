@@ -406,25 +406,27 @@ def test_token_bucket_and_latency_guard_rules():
 
 
 def _scan_with_stalls(source, caplog, **options) -> str:
-    """Scan 5000 keys, 10 keys per DUMP/PTTL round trip, while another client stalls the source
+    """Scan 20,000 keys, 10 keys per DUMP/PTTL round trip, while another client stalls the source
     with DEBUG SLEEP bursts (as a slow command of a live client would) from the second batch
     on (the first round trips set the baseline), at most 3 s of them; the scanner's "finished"
     line. Bursts, not one stall: a single one may land on a SCAN, which is not measured."""
     caplog.set_level(logging.INFO, logger="eve.scanner")
     client = source.client()
     with client.pipeline(transaction=False) as pipe:
-        for i in range(5000):
+        for i in range(20_000):
             pipe.set(f"k:{i}", i)
         pipe.execute()
     batches = WatchedQueue(maxsize=1)
     thread, result = run_in_thread(options_for(source, count=1000, max_pipeline=10, **options), batches)
-    scanning, done = threading.Event(), threading.Event()
+    scanning, stalling, done = threading.Event(), threading.Event(), threading.Event()
 
     def stall_source() -> None:
         scanning.wait(30)
         stalls = source.client()
+        stalls.ping()
         deadline = time.monotonic() + 3
         while not done.is_set() and time.monotonic() < deadline:
+            stalling.set()
             stalls.execute_command("DEBUG", "SLEEP", "0.05")
             time.sleep(0.02)
 
@@ -436,7 +438,10 @@ def _scan_with_stalls(source, caplog, **options) -> str:
         if isinstance(frame, Batch):
             seen.append(frame)
             if len(seen) == 2:
+                # Hold the scanner (its next put waits on this consumer) until the stalls run:
+                # on a loaded machine it could otherwise finish before the first one.
                 scanning.set()
+                stalling.wait(10)
 
     try:
         frames = drain(batches, on_frame=note)
@@ -446,7 +451,7 @@ def _scan_with_stalls(source, caplog, **options) -> str:
         staller.join(10)
     thread.join(10)
     assert result == {"ok": True}
-    assert len(rows_by_key(batches_of(frames))) == 5000
+    assert len(rows_by_key(batches_of(frames))) == 20_000
     [finished] = [record.getMessage() for record in caplog.records if " finished: " in record.getMessage()]
     return finished
 
