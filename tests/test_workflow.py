@@ -169,6 +169,31 @@ def test_no_compatibility_report_after_a_failed_prepare(eve, server_factory):
     assert "no compatibility report" in info.value.details() and "prepare failed" in info.value.details()
 
 
+def test_one_server_under_two_endpoint_names_blocks_approval(eve, server_factory):
+    source = server_factory("redis-7.0")
+    fill(source.client(), 50)
+    endpoint(eve, "src", source)
+    eve.endpoints().CreateEndpoint(epb.CreateEndpointRequest(  # the same server, by another name
+        endpoint="dst", kind="redis", config=epb.EndpointConfig(target=epb.Connection(host="localhost",
+                                                                                      port=source.port))))
+    replica = server_factory("redis-7.0", extra_args=("--replicaof", "127.0.0.1", str(source.port)))
+    endpoint(eve, "mirror", replica)
+    stub = eve.migrations()
+    run = stub.CreateRun(wpb.CreateRunRequest(id="itself")).id
+    stub.SubmitSetup(setup(run, mirror_targets=["mirror"]))
+    stub.Prepare(wpb.PrepareRequest(run=run))
+    wait_state(stub, run, "READY")
+    report = stub.GetCompatibility(wpb.GetCompatibilityRequest(run=run))
+    codes = {issue.code: issue for issue in report.issues}
+    assert not report.compatible
+    assert codes["SAME_SERVER"].blocking and "are the same server" in codes["SAME_SERVER"].message
+    assert codes["TARGET_READ_ONLY"].blocking  # the mirror is a replica of the source
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Approve(wpb.ApproveRequest(run=run))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert source.client().dbsize() == 50
+
+
 def test_bad_setups_and_illegal_transitions(eve, server_factory):
     source = server_factory("redis-7.0")
     endpoint(eve, "src", source)

@@ -26,6 +26,11 @@ Codes (``CODES``):
 * ``TARGET_MEMORY_TOO_SMALL`` (blocking): the target's maxmemory is below the
   source's dataset.
 * ``TARGET_OLDER_VERSION`` (non-blocking): the target is an older major version.
+* ``SAME_SERVER``, ``REPLICATION_LINK``, ``TARGET_READ_ONLY`` (blocking) and
+  ``SOURCE_IS_REPLICA`` (non-blocking): who the sides really are, by ``run_id``
+  and ``master_replid`` (``eve.prepare.preflight``, the same check as ``eve
+  migrate``'s): two endpoint names for one server, sides linked by replication,
+  a target that is a replica.
 
 Every probe key is a scratch key (``eve:probe:{<random>}``) with a short TTL,
 deleted in the same pipeline that wrote it, so a crash leaves nothing for long.
@@ -40,7 +45,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from eve.core.endpoints import ConnectionSpec, EndpointConfig
 from eve.core.enums import DataMovementMode
-from eve.core.errors import AuthError, ConfigError, EndpointError, UnavailableError
+from eve.core.errors import AuthError, ConfigError, EndpointError, Side, UnavailableError
+from eve.prepare import preflight
 from eve.redis.rdb import payload_rdb_version
 from eve.redis.topology import Node, cluster_masters, key_slot, node_spec, parse_info
 from eve.redis.wire import FastConnection, ReplyError, pack
@@ -67,7 +73,14 @@ CODES = (
     "INTERLAY_LISTENERS_MISMATCH",
     "TARGET_MEMORY_TOO_SMALL",
     "TARGET_OLDER_VERSION",
+    preflight.SAME_SERVER,
+    preflight.REPLICATION_LINK,
+    preflight.TARGET_READ_ONLY,
+    preflight.SOURCE_IS_REPLICA,
 )
+# The pre-flight findings Prepare reports (a non-empty target is the conflict policy's business).
+_IDENTITY_CODES = frozenset({preflight.SAME_SERVER, preflight.REPLICATION_LINK, preflight.TARGET_READ_ONLY,
+                             preflight.SOURCE_IS_REPLICA})
 
 MIN_SOURCE_MAJOR = 5
 CORE_TYPES = frozenset({"string", "list", "set", "zset", "hash", "stream"})
@@ -806,7 +819,7 @@ def check_compatibility(source: EndpointConfig, target: EndpointConfig, *, mirro
     for i, mirror in enumerate(mirrors):
         name = mirror_names[i] if i < len(mirror_names) else None
         sides.append(_Side(_label(f"mirror target {i + 1}", name), mirror, timeout))
-    issues: list[CompatIssue] = []
+    issues: list[CompatIssue] = _identity_issues(sides, timeout)
     try:
         src_side, target_sides = sides[0], sides[1:]
         src = _gather(src_side)
@@ -833,6 +846,15 @@ def check_compatibility(source: EndpointConfig, target: EndpointConfig, *, mirro
         for side in sides:
             side.close()
     return issues
+
+
+def _identity_issues(sides: Sequence[_Side], timeout: float) -> list[CompatIssue]:
+    """One server under two endpoint names, replication between the sides, a read-only target:
+    found by what the servers say of themselves, before anything else is probed."""
+    facts = [preflight.inspect(side.config.for_role("admin"), Side.SOURCE if i == 0 else Side.TARGET, side.label,
+                               timeout=timeout) for i, side in enumerate(sides)]
+    return [CompatIssue(finding.code, finding.blocking, finding.message, dict(finding.evidence))
+            for finding in preflight.check(facts[0], facts[1:], replace=False) if finding.code in _IDENTITY_CODES]
 
 
 def blocking(issues: Iterable[CompatIssue]) -> list[CompatIssue]:
