@@ -35,12 +35,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from eve.core.endpoints import ConnectionSpec
+from eve.core.enums import WriteConsistency
 from eve.core.errors import StateError
 from eve.live.backlog import DirtyKeys
 from eve.live.notifications import KeyspaceNotifications
 from eve.live.recopy import DirtyKeySync, RecopyFailure, SyncOptions
 from proxy import messages
-from proxy.routing import SOURCE, TARGET, TARGET_AUTHORITATIVE
+from proxy.routing import SOURCE, TARGET
 
 __all__ = ["LiveOptions", "LiveRun", "CATCH_UP_BACKLOG", "CATCH_UP_STEADY_SECONDS"]
 
@@ -243,7 +244,7 @@ class LiveRun:
         until ``cutover``."""
         with self._lock:
             self.dual = True
-            if self.options.policy == TARGET_AUTHORITATIVE and self.authoritative != TARGET:
+            if self.options.policy == WriteConsistency.TARGET_AUTHORITATIVE and self.authoritative != TARGET:
                 self._flip(TARGET)
             else:
                 self._route()
