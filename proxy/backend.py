@@ -561,103 +561,87 @@ class Backend(asyncio.Protocol):
                 pos = end
                 continue
             entry = pending[0]
-            if entry[2] is not None:
-                # A tagged reply: its tag sees the whole frame.
-                end = self._one_frame(buf, pos)
-                if end < 0:
-                    break
-                pos = end
-                continue
-            want = entry[1]
-            start = pos
-            got = 0
-            stop = 0  # 1: incomplete frame at pos; 2: a frame at pos needs its own handling
-            while got < want:
-                if pos >= n:
-                    stop = 1
-                    break
-                t = buf[pos]
-                if t == 43 or t == 58:  # + :
-                    eol = find(b"\r\n", pos + 1)
-                    if eol < 0:
+            if entry[2] is None:
+                want = entry[1]
+                start = pos
+                got = 0
+                stop = 0  # 1: incomplete frame at pos; 2: a frame at pos needs its own handling
+                while got < want:
+                    if pos >= n:
                         stop = 1
                         break
-                    pos = eol + 2
-                elif t == 36:  # $
-                    eol = find(b"\r\n", pos + 1)
-                    if eol < 0:
-                        stop = 1
-                        break
-                    if buf[pos + 1] == 45:  # $-1
+                    t = buf[pos]
+                    if t == 43 or t == 58:  # + :
+                        eol = find(b"\r\n", pos + 1)
+                        if eol < 0:
+                            stop = 1
+                            break
                         pos = eol + 2
+                    elif t == 36:  # $
+                        eol = find(b"\r\n", pos + 1)
+                        if eol < 0:
+                            stop = 1
+                            break
+                        if buf[pos + 1] == 45:  # $-1
+                            pos = eol + 2
+                        else:
+                            end = eol + int(buf[pos + 1 : eol]) + 4
+                            if end > n:
+                                stop = 1
+                                break
+                            pos = end
+                    elif t == 45:  # -
+                        eol = find(b"\r\n", pos + 1)
+                        if eol < 0:
+                            stop = 1
+                            break
+                        errors += 1
+                        if cluster is not None and cluster.is_redirect(buf[pos : eol + 2]):
+                            stop = 2
+                            break
+                        pos = eol + 2
+                    elif t == 62:  # > out-of-band push
+                        stop = 2
+                        break
                     else:
-                        end = eol + int(buf[pos + 1 : eol]) + 4
-                        if end > n:
+                        end = scan_reply(buf, pos, 1, [], max_bulk)[0]
+                        if end < 0:
                             stop = 1
                             break
                         pos = end
-                elif t == 45:  # -
-                    eol = find(b"\r\n", pos + 1)
-                    if eol < 0:
-                        stop = 1
-                        break
-                    errors += 1
-                    if cluster is not None and cluster.is_redirect(buf[pos : eol + 2]):
-                        stop = 2
-                        break
-                    pos = eol + 2
-                elif t == 62:  # > out-of-band push
-                    stop = 2
+                    got += 1
+                if got:
+                    if got == want:
+                        pending.popleft()
+                        stats.samples.append(perf_counter() - entry[3])
+                    else:
+                        entry[1] = want - got
+                    entry[0].deliver(buf if start == 0 and pos == n else buf[start:pos], got)
+                if not stop:
+                    continue
+                if stop == 1:
+                    if pos < n and self._maybe_stream(buf, pos, n):
+                        if errors:
+                            stats.backend_errors += errors
+                        return
                     break
-                else:
-                    end = scan_reply(buf, pos, 1, [], max_bulk)[0]
-                    if end < 0:
-                        stop = 1
-                        break
-                    pos = end
-                got += 1
-            if got:
-                if got == want:
-                    pending.popleft()
-                    stats.samples.append(perf_counter() - entry[3])
-                else:
-                    entry[1] = want - got
-                entry[0].deliver(buf if start == 0 and pos == n else buf[start:pos], got)
-            if not stop:
-                continue
-            if stop == 2:
-                end = self._one_frame(buf, pos)
-                if end < 0:
-                    break
-                pos = end
-                continue
-            if pos < n and self._maybe_stream(buf, pos, n):
-                if errors:
-                    stats.backend_errors += errors
-                return
-            break
+            # A frame on its own: a tagged reply (its tag sees it whole), a push
+            # (the owner's), a redirection (rewritten).
+            end = scan_reply(buf, pos, 1, [], max_bulk)[0]
+            if end < 0:
+                break
+            t = buf[pos]
+            if t == 62:  # > out-of-band push
+                if self.owner is not None:
+                    self.owner.deliver(buf[pos:end], 0)
+            else:
+                frame = buf[pos:end]
+                self._deliver_one(pending, frame, t == 45 and cluster is not None and cluster.is_redirect(frame))
+            pos = end
         if errors:
             stats.backend_errors += errors
         if pos < n:
             self.buf = buf[pos:]
-
-    def _one_frame(self, buf: bytes, pos: int) -> int:
-        """The frame at ``pos`` on its own: a push to the owner, a redirection
-        rewritten, anything else to the first pending entry. Its end, or -1 while
-        it is incomplete."""
-        end = scan_reply(buf, pos, 1, [], self.max_bulk)[0]
-        if end < 0:
-            return -1
-        t = buf[pos]
-        if t == 62:  # > out-of-band push
-            if self.owner is not None:
-                self.owner.deliver(buf[pos:end], 0)
-            return end
-        frame = buf[pos:end]
-        cluster = self.cluster
-        redirect = t == 45 and cluster is not None and cluster.is_redirect(frame)
-        self._deliver_one(self.pending, frame, redirect)
-        return end
 
     def _maybe_stream(self, buf: bytes, pos: int, n: int) -> bool:
         """The incomplete reply at ``pos`` is large: start passing it through."""

@@ -501,7 +501,6 @@ class Client(asyncio.Protocol):
                 if conn is None or conn.closed:
                     conn = self._connect_shared()
                 if conn is not None and (not self.outstanding or self.current is conn):
-                    self.stats.ops += count
                     self._send(conn, buf, count)
                     return
         requests, _, error = self.scanner.scan(buf)
@@ -525,14 +524,15 @@ class Client(asyncio.Protocol):
         order, until one has to wait. Consecutive stateless requests for one
         connection form a *run*, sent in one write when a request does not join
         it. Returns where the requests routed end, and whether that is all of them."""
-        n = len(buf)
         kinds = self.kinds
         commands = self.commands
         clients = self.clients
         tracking = self.dirty.tracking
-        routing = self.router.active
+        router = self.router
+        routing = router.active
         pos = 0
-        # The run: buf[run_start:pos] holds run_count requests for run_conn, not sent yet.
+        # The run: buf[run_start:pos] holds run_count requests for run_conn, not sent yet
+        # (a run of all of buf slices to buf itself: no copy).
         run_conn: Backend | None = None
         run_start = 0
         run_count = 0
@@ -555,11 +555,18 @@ class Client(asyncio.Protocol):
                     self.asking = False  # ASKING applies to the command right after it
                 conn = self.pinned
                 route = PLAIN
-                # A live run's route: stateless writes go to every side; a pinned client's
-                # too, unless queued in MULTI, in another db, or on a raw connection.
+                # A live run's route (proxy.routing): stateless writes go to every side (a
+                # pinned client's too, unless queued in MULTI, in another db, or on a raw
+                # connection), a share of reads to the target.
                 if routing and (conn is None or not (self.in_multi or self.wdb or conn.raw)):
-                    conn, route, args = self._live_route(conn, name, args, buf, pos, end)
-                elif conn is None:
+                    writes = commands.may_write(name)
+                    if writes or (router.read_percent and conn is None) or name.lower() in _SCRIPTING:
+                        if args is None:
+                            args = self._args(buf[pos:end])
+                        route = router.decide(args, writes)
+                        if route == READ_TARGET:
+                            conn = router.target.shared_conn(self.protocol, self.slot)  # type: ignore[union-attr]
+                if conn is None:
                     conn = self.shared
                     if conn is None or conn.closed:
                         conn = self._connect_shared()
@@ -569,7 +576,7 @@ class Client(asyncio.Protocol):
             if not joins:
                 if run_count:
                     # The run ends before this request.
-                    self._send_run(run_conn, buf, run_start, pos, run_count, n)  # type: ignore[arg-type]
+                    self._send(run_conn, buf[run_start:pos], run_count)  # type: ignore[arg-type]
                     run_count = 0
                 if not stateless:
                     raw = buf[pos:end]
@@ -591,7 +598,6 @@ class Client(asyncio.Protocol):
                     self._stall()
                     break
                 if conn.raw:
-                    self.stats.ops += 1
                     self._send_uncounted(conn, name, args, buf[pos:end])
                     pos = end
                     continue
@@ -606,32 +612,12 @@ class Client(asyncio.Protocol):
         else:
             routed_all = True
         if run_count:
-            self._send_run(run_conn, buf, run_start, pos, run_count, n)  # type: ignore[arg-type]
+            self._send(run_conn, buf[run_start:pos], run_count)  # type: ignore[arg-type]
         return pos, routed_all
 
     def _args(self, raw: bytes) -> list[bytes]:
         """The arguments of one request (which the scanner found complete)."""
         return resp.parse_command(raw, 0, max_bulk=self.max_bulk, max_args=self.max_args)[0]  # type: ignore[index]
-
-    def _live_route(self, conn: Backend | None, name: bytes, args: list[bytes] | None, buf: bytes, pos: int,
-                    end: int) -> tuple[Backend | None, int, list[bytes] | None]:
-        """A stateless request while a live run has a route: ``(connection, route,
-        args)``, the route one of ``proxy.routing``'s PLAIN, DUAL, READ_TARGET."""
-        router = self.router
-        route = PLAIN
-        writes = self.commands.may_write(name)
-        if writes or (router.read_percent and conn is None) or name.lower() in _SCRIPTING:
-            if args is None:
-                args = self._args(buf[pos:end])
-            route = router.decide(args, writes)
-        if conn is None:
-            if route == READ_TARGET:
-                conn = router.target.shared_conn(self.protocol, self.slot)  # type: ignore[union-attr]
-            if conn is None:
-                conn = self.shared
-                if conn is None or conn.closed:
-                    conn = self._connect_shared()
-        return conn, route, args
 
     def _connect_shared(self) -> Backend | None:
         """The client's shared connection for its RESP version, (re)connected; None while the node is down."""
@@ -641,7 +627,9 @@ class Client(asyncio.Protocol):
     def _send(self, conn: Backend, data: bytes, count: int, tag: Tag | None = None) -> None:
         """``count`` requests to ``conn``, their replies to this client (on a raw
         connection they are not counted)."""
-        self.stats.backend_ops += count
+        stats = self.stats
+        stats.ops += count
+        stats.backend_ops += count
         if conn.raw:
             conn.send_raw(data)
         else:
@@ -651,13 +639,6 @@ class Client(asyncio.Protocol):
             self.current = conn
         if conn.write_paused:
             conn.hold(self)
-
-    def _send_run(self, conn: Backend, buf: bytes, start: int, end: int, count: int, n: int) -> None:
-        self.stats.ops += count
-        self._send(conn, buf if start == 0 and end == n else buf[start:end], count)
-
-    def _send_one(self, conn: Backend, data: bytes, tag: Tag | None = None) -> None:
-        self._send(conn, data, 1, tag)
 
     def _send_uncounted(self, conn: Backend, name: bytes, args: list[bytes] | None, raw: bytes) -> None:
         """A request on a raw connection (Pub/Sub, MONITOR, CLIENT REPLY OFF). No reply
@@ -760,10 +741,9 @@ class Client(asyncio.Protocol):
             return self._local(self.node.unavailable(), error=True)
         if self.outstanding and self.current is not conn:
             return self._stall()
-        self.stats.ops += 1
         if track is not None and self.dirty.tracking and self.commands.may_write(track[0]):
             self._track(track, self.issued + 1)
-        self._send_one(conn, raw, tag)
+        self._send(conn, raw, 1, tag)
         return True
 
     def _pin(self, conn: Backend) -> None:
@@ -787,7 +767,6 @@ class Client(asyncio.Protocol):
         conn: Backend = self.pinned  # type: ignore[assignment]
         if name in REPLICATION_NAMES:
             return self._local(_NO_REPLICATION, error=True)
-        self.stats.ops += 1
         mode = _MODE_COMMANDS.get(name)
         if mode is not None:
             mode(self, conn, raw)
@@ -803,7 +782,7 @@ class Client(asyncio.Protocol):
         tag = state(self, conn, name, args) if state is not None else None
         if self.dirty.tracking and self.commands.may_write(name):
             self._track(args, self.issued + 1)
-        self._send_one(conn, raw, tag)
+        self._send(conn, raw, 1, tag)
         return True
 
     def _go_raw(self, conn: Backend) -> None:
@@ -820,7 +799,7 @@ class Client(asyncio.Protocol):
         # Answered by the backend; nothing after it is read.
         self.quitting = True
         self.stalled = True
-        self._send_one(conn, raw)
+        self._send(conn, raw, 1)
 
     def _mode_reset(self, conn: Backend, raw: bytes) -> None:
         # Answered by the backend, which then closes this connection; nothing
@@ -829,14 +808,14 @@ class Client(asyncio.Protocol):
         self.stalled = True
         if conn.raw:
             conn.reset_pending = True
-            self._send_one(conn, raw)
+            self._send(conn, raw, 1)
         else:
-            self._send_one(conn, raw, self._reset_tag())
+            self._send(conn, raw, 1, self._reset_tag())
 
     def _mode_subscribe(self, conn: Backend, raw: bytes) -> None:
         if not conn.raw:
             self._go_raw(conn)
-        self._send_one(conn, raw)
+        self._send(conn, raw, 1)
 
     def _mode_unsubscribe(self, conn: Backend, raw: bytes) -> None:
         self._mode_subscribe(conn, raw)
@@ -849,7 +828,7 @@ class Client(asyncio.Protocol):
         self._go_raw(conn)
         conn.monitor = True
         self.forever = True
-        self._send_one(conn, raw)
+        self._send(conn, raw, 1)
 
     # Commands whose effect on the connection the interlay follows:
     # ``(self, conn, name, args)`` -> the tag that sees their reply, or None.
@@ -1064,8 +1043,7 @@ class Client(asyncio.Protocol):
             self._pin(conn)
         elif conn.raw:
             return pos
-        self.stats.ops += 1
-        self._send_one(conn, buf[pos:n])
+        self._send(conn, buf[pos:n], 1)
         if info.bulk_len >= 0:
             left, head = info.data_start + info.bulk_len + 2 - n, b""
         else:

@@ -106,6 +106,7 @@ class RequestScanner:
         reader.feed(buf)
         gets = reader.gets
         get_kind = kinds.get if kinds is not None else None
+        append = requests.append if requests is not None else None
         count = 0
         p = 0
         try:
@@ -131,8 +132,8 @@ class RequestScanner:
                     if buf[p - 2] != 13 or buf[p - 1] != 10:
                         raise _NotCanonical
                 count += 1
-                if requests is not None:
-                    requests.append((p, args, args[0], argc))
+                if append is not None:
+                    append((p, args, args[0], argc))
         except (_NotCanonical, IndexError, hiredis.ProtocolError):
             self._reader = None
             return -1, 0
