@@ -94,10 +94,10 @@ class RequestScanner:
                        requests: list | None) -> tuple[int, int]:
         """``(end, count)`` of the complete canonical requests at the start of
         ``buf`` (``end`` is ``len(buf)`` when they are all of it), or ``(-1, 0)``
-        when one is not canonical, or (with ``kinds``) its name does not map to
-        ``forwardable``. The proxy's hot path asks it with ``kinds``: a buffer
-        of nothing but such requests is forwarded as it is. With ``requests``,
-        each one is appended to it as ``(end, args, name, argc)``."""
+        when one is not canonical. Either ``requests``: each one is appended to
+        it as ``(end, args, name, argc)``; or ``kinds``, for the proxy's hot
+        path (a buffer of nothing but such requests is forwarded as it is): a
+        request whose name does not map to ``forwardable`` counts as not canonical."""
         if buf[0] != 0x2A or len(buf) > self.max_bulk:
             return -1, 0
         reader = self._reader
@@ -114,8 +114,7 @@ class RequestScanner:
                 args = gets()
                 if args is _NED:
                     break
-                if args.__class__ is not list or not args or buf[p] != 0x2A or \
-                        (get_kind is not None and get_kind(args[0]) != forwardable):
+                if args.__class__ is not list or not args or buf[p] != 0x2A:
                     raise _NotCanonical
                 argc = len(args)
                 p += 4 if argc < 10 else _header_length(argc)
@@ -131,9 +130,13 @@ class RequestScanner:
                         p += _header_length(length) + length + 2
                     if buf[p - 2] != 13 or buf[p - 1] != 10:
                         raise _NotCanonical
-                count += 1
+                # One test per request for the two uses (the hot path counts).
                 if append is not None:
                     append((p, args, args[0], argc))
+                elif get_kind(args[0]) == forwardable:  # type: ignore[misc]
+                    count += 1
+                else:
+                    raise _NotCanonical
         except (_NotCanonical, IndexError, hiredis.ProtocolError):
             self._reader = None
             return -1, 0
@@ -141,7 +144,7 @@ class RequestScanner:
             # hiredis holds the start of an incomplete request: start afresh next
             # time (the caller keeps the bytes).
             self._reader = None
-        return p, count
+        return p, count if append is None else len(requests)  # type: ignore[arg-type]
 
     def _slow(self, buf: bytes, pos: int, requests: list):
         n = len(buf)
