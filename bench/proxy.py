@@ -75,16 +75,18 @@ from servers import (
 )
 
 from eve.core.endpoints import parse_config
+from eve.core.enums import WriteConsistency
 from eve.live.backlog import DirtyKeys
 from eve.live.interlays import InterlaySupervisor
 from proxy import messages
-from proxy.routing import BOTH_REQUIRED, SOURCE, SOURCE_AUTHORITATIVE, TARGET
+from proxy.routing import SOURCE, TARGET
 
 CLIENTS = 50
 PIPELINES = (1, 16)
 TESTS = ("SET", "GET")
 # Live-run modes: interlay name -> write consistency policy of its route (None: no route).
-LIVE_MODES = {"tracking": None, "dual": SOURCE_AUTHORITATIVE, "both": BOTH_REQUIRED}
+LIVE_MODES = {"tracking": None, "dual": WriteConsistency.SOURCE_AUTHORITATIVE,
+              "both": WriteConsistency.BOTH_REQUIRED}
 LIVE_TESTS = ("SET",)
 ALL_TARGETS = ("direct", "interlay", "twemproxy", *LIVE_MODES)
 DEFAULT_REQUESTS = 200_000

@@ -42,16 +42,14 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from eve.core.endpoints import ConnectionSpec
 from eve.redis import resp
 from eve.redis.framing import scan_reply
+from proxy.parts import Parts
 
-if TYPE_CHECKING:  # pragma: no cover
-    from proxy.server import Proxy
-
-__all__ = ["Backend", "Node", "SHARED", "DEDICATED", "BARE"]
+__all__ = ["Backend", "Node", "Owner", "ReplySink", "SHARED", "DEDICATED", "BARE", "set_no_delay"]
 
 log = logging.getLogger("eve.proxy")
 
@@ -79,12 +77,50 @@ def _error_frame(message: str) -> bytes:
     return b"-" + message.replace("\r", " ").replace("\n", " ").encode("utf-8", "replace") + b"\r\n"
 
 
+def set_no_delay(transport: asyncio.BaseTransport) -> None:
+    """Small requests and replies go out at once (no Nagle delay)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+class ReplySink(Protocol):
+    """Where the replies of a pending entry go: a client, or one side of a dual
+    write. (A client also has ``announce``: the host a cluster redirection is
+    rewritten to; dual writes happen only in front of a standalone source.)"""
+
+    def deliver(self, data: bytes, frames: int) -> None:
+        """``data`` holds ``frames`` complete replies (0: a piece of one, or uncounted frames)."""
+
+    def backend_failed(self, conn: Backend, count: int, error: bytes) -> None:
+        """The connection is gone: ``count`` replies will never come."""
+
+    def broken(self, conn: Backend) -> None:
+        """Half a reply was forwarded and the rest will never come."""
+
+
+class Owner(ReplySink, Protocol):
+    """The client a dedicated connection is pinned to."""
+
+    write_paused: bool   # its socket takes no more for now: a reply streaming to it waits
+
+    def pinned_lost(self, conn: Backend, error: bytes) -> None: ...
+    def barrier_reply(self, conn: Backend, settled: bool) -> None: ...
+    def reset_reply(self, conn: Backend) -> None: ...
+    def resume_reading(self, reason: str) -> None: ...
+    def hold_backend(self, conn: Backend) -> None: ...
+
+
 class Node:
     """One backend node as this process sees it: its pools, idle cache and health."""
 
-    def __init__(self, proxy: Proxy, index: int, spec: ConnectionSpec) -> None:
-        options = proxy.options
-        self.proxy = proxy
+    def __init__(self, parts: Parts, index: int, spec: ConnectionSpec) -> None:
+        options = parts.options
+        self.parts = parts
+        self.process = options.name     # names the process in logs
         self.index = index
         self.spec = spec
         self.address = spec.address
@@ -128,7 +164,7 @@ class Node:
             message = frame[1:].strip().decode("utf-8", "replace")
             if "SETNAME" in message.upper() or "CLIENT" in message.upper():
                 return  # a server (or ACL) refusing CLIENT SETNAME is not a reason to fail
-            log.warning("%s: backend %s refused the interlay's handshake: %s", self.proxy.options.name,
+            log.warning("%s: backend %s refused the interlay's handshake: %s", self.process,
                         self.address, message[:200])
 
     # -- health -----------------------------------------------------------------------
@@ -138,7 +174,7 @@ class Node:
 
     def connect_failed(self, reason: str) -> None:
         if not self.down:
-            log.warning("%s: backend %s is unavailable: %s", self.proxy.options.name, self.address, reason)
+            log.warning("%s: backend %s is unavailable: %s", self.process, self.address, reason)
         self.down = True
         self.last_error = reason
         self.down_until = time.monotonic() + self.retry_delay
@@ -146,7 +182,7 @@ class Node:
 
     def connect_ok(self) -> None:
         if self.down:
-            log.info("%s: backend %s is back", self.proxy.options.name, self.address)
+            log.info("%s: backend %s is back", self.process, self.address)
         self.down = False
         self.retry_delay = MIN_RETRY_SECONDS
 
@@ -194,12 +230,18 @@ class Node:
             return
         idle = self.idle[conn.protocol]
         if conn.raw or conn.pending or conn.buf or conn.frame_state is not None or conn.user != self.user \
-                or len(idle) >= self.idle_max or self.proxy.stopping:
+                or len(idle) >= self.idle_max:
             conn.close()
             return
         idle.append(conn)
 
+    def stop_idling(self) -> None:
+        """The process is stopping: a connection released from now on is closed, not kept."""
+        self.idle_max = 0
+
     def close_all(self) -> None:
+        """Close every connection; one released later is closed too."""
+        self.stop_idling()
         for conn in list(self.connections):
             conn.close()
 
@@ -211,7 +253,8 @@ class Backend(asyncio.Protocol):
     returns the bytes to deliver (a rewritten reply) or None."""
 
     __slots__ = (
-        "node", "proxy", "protocol", "kind", "transport", "closed", "out", "pending", "buf", "owner",
+        "node", "parts", "stats", "cluster", "protocol", "kind", "transport", "closed", "out", "pending", "buf",
+        "owner",
         "raw", "monitor", "user", "stream_left", "stream_to", "frame_state", "barrier", "sent_since_barrier",
         "barrier_settled", "sub_regular", "sub_shard", "paused_clients", "write_paused", "reset_pending",
         "max_bulk", "threshold", "up", "flush_scheduled", "loop",
@@ -219,7 +262,9 @@ class Backend(asyncio.Protocol):
 
     def __init__(self, node: Node, protocol: int, kind: str) -> None:
         self.node = node
-        self.proxy = node.proxy
+        parts = self.parts = node.parts
+        self.stats = parts.stats
+        self.cluster = parts.cluster
         self.protocol = protocol
         self.kind = kind
         self.transport: asyncio.Transport | None = None
@@ -229,12 +274,12 @@ class Backend(asyncio.Protocol):
         self.flush_scheduled = False
         self.pending: deque[list] = deque()
         self.buf: bytes = b""
-        self.owner: Any = None
+        self.owner: Owner | None = None
         self.raw = False
         self.monitor = False
         self.user: bytes | None = None if kind == BARE else node.user
         self.stream_left = 0
-        self.stream_to: Any = None
+        self.stream_to: ReplySink | None = None
         self.frame_state: tuple[int, list] | None = None
         self.barrier: bytes | None = None
         self.sent_since_barrier = 0
@@ -244,9 +289,9 @@ class Backend(asyncio.Protocol):
         self.paused_clients: list = []
         self.write_paused = False
         self.reset_pending = False
-        self.max_bulk = self.proxy.options.max_bulk
-        self.threshold = self.proxy.options.stream_threshold
-        self.loop = self.proxy.loop
+        self.max_bulk = parts.options.max_bulk
+        self.threshold = parts.options.stream_threshold
+        self.loop = asyncio.get_running_loop()
         node.connections.add(self)
 
     def __repr__(self) -> str:
@@ -255,19 +300,20 @@ class Backend(asyncio.Protocol):
     # -- connecting ---------------------------------------------------------------------
 
     def open(self) -> None:
-        self.proxy.loop.create_task(self._connect())
+        self.loop.create_task(self._connect())
 
     async def _connect(self) -> None:
         node = self.node
         spec = node.spec
-        loop = self.proxy.loop
+        loop = self.loop
+        timeout = self.parts.options.connect_timeout
         try:
             await asyncio.wait_for(
                 loop.create_connection(lambda: self, spec.host, spec.port, ssl=node.ssl,
                                        server_hostname=(spec.tls_server_name or spec.host) if node.ssl else None),
-                self.proxy.options.connect_timeout)
+                timeout)
         except TimeoutError:
-            self._connect_failed(f"no answer within {self.proxy.options.connect_timeout:g}s")
+            self._connect_failed(f"no answer within {timeout:g}s")
             return
         except (OSError, ssl.SSLError) as exc:
             self._connect_failed(getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
@@ -281,7 +327,7 @@ class Backend(asyncio.Protocol):
         front: list[tuple[bytes, Callable]] = []
         if self.kind != BARE:
             front = [(command, self._on_handshake) for command in node.handshake(self.protocol)]
-            table = self.proxy.table_request()
+            table = self.parts.commands.table_request()
             if table is not None:
                 front.append(table)
         now = perf_counter()
@@ -300,12 +346,7 @@ class Backend(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        set_no_delay(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -316,6 +357,12 @@ class Backend(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+
+    def hold(self, client: Any) -> None:
+        """This connection takes no more for now: ``client`` is not read until
+        it does, rather than the interlay buffering without bound."""
+        client.pause_reading("backend")
+        self.paused_clients.append(client)
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -330,10 +377,7 @@ class Backend(asyncio.Protocol):
         or whose clients are gone."""
         if self.closed:
             return
-        self._forget()
-        if self.transport is not None:
-            self.transport.close()
-        pending, self.pending = self.pending, deque()
+        pending = self._drop()
         self._cancel_internal(pending)
         for sink, count, _, _ in pending:
             # A dual write waits for every reply, even when its client is gone: an
@@ -350,6 +394,14 @@ class Backend(asyncio.Protocol):
                     tag(None)
                 except Exception:
                     log.exception("callback failed")
+
+    def _drop(self) -> deque:
+        """Closed for good and forgotten by its node; returns the entries still waiting."""
+        self._forget()
+        if self.transport is not None:
+            self.transport.close()
+        pending, self.pending = self.pending, deque()
+        return pending
 
     def _forget(self) -> None:
         self.closed = True
@@ -373,15 +425,12 @@ class Backend(asyncio.Protocol):
         """The connection is gone: every command waiting on it is answered with ``error``."""
         if self.closed:
             return
-        self._forget()
-        if self.transport is not None:
-            self.transport.close()
-        pending, self.pending = self.pending, deque()
+        pending = self._drop()
         stream_to = self.stream_to
         self.stream_to = None
         if stream_to is not None:
             stream_to.broken(self)  # half a reply was sent: that client cannot be resynchronised
-        stats = self.proxy.stats
+        stats = self.stats
         for sink, count, _, _ in pending:
             if sink is not None:
                 stats.backend_errors += count
@@ -461,7 +510,7 @@ class Backend(asyncio.Protocol):
             else:
                 self._received(data)
         except (resp.ProtocolError, ValueError) as exc:
-            log.error("%s: backend %s sent a malformed reply: %s", self.proxy.options.name, self.node.address, exc)
+            log.error("%s: backend %s sent a malformed reply: %s", self.node.process, self.node.address, exc)
             self.fail(_error_frame(f"ERR interlay: backend {self.node.address} sent a malformed reply"))
 
     def _frame_end(self, buf: bytes, pos: int, n: int) -> int:
@@ -498,8 +547,8 @@ class Backend(asyncio.Protocol):
         pending = self.pending
         find = buf.find
         errors = 0
-        stats = self.proxy.stats
-        cluster = self.proxy.cluster_map
+        stats = self.stats
+        cluster = self.cluster
         max_bulk = self.max_bulk
         while pos < n:
             if not pending:
@@ -512,92 +561,83 @@ class Backend(asyncio.Protocol):
                 pos = end
                 continue
             entry = pending[0]
-            if entry[2] is not None:
-                end = scan_reply(buf, pos, 1, [], max_bulk)[0]
-                if end < 0:
-                    break
-                if buf[pos] == 62:
-                    if self.owner is not None:
-                        self.owner.deliver(buf[pos:end], 0)
-                elif buf[pos] == 45 and cluster is not None and cluster.is_redirect(buf[pos:end]):
-                    self._deliver_one(pending, buf[pos:end], redirect=True)
-                else:
-                    self._deliver_one(pending, buf[pos:end])
-                pos = end
-                continue
-            want = entry[1]
-            start = pos
-            got = 0
-            stop = 0  # 1: incomplete frame at pos; 2: a frame at pos needs its own handling
-            while got < want:
-                if pos >= n:
-                    stop = 1
-                    break
-                t = buf[pos]
-                if t == 43 or t == 58:  # + :
-                    eol = find(b"\r\n", pos + 1)
-                    if eol < 0:
+            if entry[2] is None:
+                want = entry[1]
+                start = pos
+                got = 0
+                stop = 0  # 1: incomplete frame at pos; 2: a frame at pos needs its own handling
+                while got < want:
+                    if pos >= n:
                         stop = 1
                         break
-                    pos = eol + 2
-                elif t == 36:  # $
-                    eol = find(b"\r\n", pos + 1)
-                    if eol < 0:
-                        stop = 1
-                        break
-                    if buf[pos + 1] == 45:  # $-1
+                    t = buf[pos]
+                    if t == 43 or t == 58:  # + :
+                        eol = find(b"\r\n", pos + 1)
+                        if eol < 0:
+                            stop = 1
+                            break
                         pos = eol + 2
+                    elif t == 36:  # $
+                        eol = find(b"\r\n", pos + 1)
+                        if eol < 0:
+                            stop = 1
+                            break
+                        if buf[pos + 1] == 45:  # $-1
+                            pos = eol + 2
+                        else:
+                            end = eol + int(buf[pos + 1 : eol]) + 4
+                            if end > n:
+                                stop = 1
+                                break
+                            pos = end
+                    elif t == 45:  # -
+                        eol = find(b"\r\n", pos + 1)
+                        if eol < 0:
+                            stop = 1
+                            break
+                        errors += 1
+                        if cluster is not None and cluster.is_redirect(buf[pos : eol + 2]):
+                            stop = 2
+                            break
+                        pos = eol + 2
+                    elif t == 62:  # > out-of-band push
+                        stop = 2
+                        break
                     else:
-                        end = eol + int(buf[pos + 1 : eol]) + 4
-                        if end > n:
+                        end = scan_reply(buf, pos, 1, [], max_bulk)[0]
+                        if end < 0:
                             stop = 1
                             break
                         pos = end
-                elif t == 45:  # -
-                    eol = find(b"\r\n", pos + 1)
-                    if eol < 0:
-                        stop = 1
-                        break
-                    errors += 1
-                    if cluster is not None and cluster.is_redirect(buf[pos : eol + 2]):
-                        stop = 2
-                        break
-                    pos = eol + 2
-                elif t == 62:  # > out-of-band push
-                    stop = 2
+                    got += 1
+                if got:
+                    if got == want:
+                        pending.popleft()
+                        stats.samples.append(perf_counter() - entry[3])
+                    else:
+                        entry[1] = want - got
+                    entry[0].deliver(buf if start == 0 and pos == n else buf[start:pos], got)
+                if not stop:
+                    continue
+                if stop == 1:
+                    if pos < n and self._maybe_stream(buf, pos, n):
+                        if errors:
+                            stats.backend_errors += errors
+                        return
                     break
-                else:
-                    end = scan_reply(buf, pos, 1, [], max_bulk)[0]
-                    if end < 0:
-                        stop = 1
-                        break
-                    pos = end
-                got += 1
-            if got:
-                if got == want:
-                    pending.popleft()
-                    stats.samples.append(perf_counter() - entry[3])
-                else:
-                    entry[1] = want - got
-                entry[0].deliver(buf if start == 0 and pos == n else buf[start:pos], got)
-            if not stop:
-                continue
-            if stop == 2:
-                end = scan_reply(buf, pos, 1, [], max_bulk)[0]
-                if end < 0:
-                    break
-                if buf[pos] == 62:
-                    if self.owner is not None:
-                        self.owner.deliver(buf[pos:end], 0)
-                else:
-                    self._deliver_one(pending, buf[pos:end], redirect=True)
-                pos = end
-                continue
-            if pos < n and self._maybe_stream(buf, pos, n):
-                if errors:
-                    stats.backend_errors += errors
-                return
-            break
+            # A frame on its own: a tagged reply (its tag sees it whole), a push
+            # (the owner's), a redirection (rewritten).
+            end = scan_reply(buf, pos, 1, [], max_bulk)[0]
+            if end < 0:
+                break
+            t = buf[pos]
+            if t == 62:  # > out-of-band push
+                if self.owner is not None:
+                    self.owner.deliver(buf[pos:end], 0)
+            else:
+                frame = buf[pos:end]
+                self._deliver_one(pending, frame, t == 45 and cluster is not None and cluster.is_redirect(frame))
+            pos = end
         if errors:
             stats.backend_errors += errors
         if pos < n:
@@ -627,9 +667,9 @@ class Backend(asyncio.Protocol):
             entry[1] -= 1
         else:
             pending.popleft()
-            self.proxy.stats.samples.append(perf_counter() - entry[3])
+            self.stats.samples.append(perf_counter() - entry[3])
         if redirect and sink is not None:
-            frame = self.proxy.cluster_map.rewrite_redirect(frame, sink.announce)  # type: ignore[union-attr]
+            frame = self.cluster.rewrite_redirect(frame, sink.announce)  # type: ignore[union-attr]
         if tag is not None:
             out = tag(frame)
             if sink is not None:
@@ -644,7 +684,7 @@ class Backend(asyncio.Protocol):
         pos = 0
         owner = self.owner
         group_start = 0
-        cluster = self.proxy.cluster_map
+        cluster = self.cluster
         pending = self.pending
         while pos < n:
             end = scan_reply(buf, pos, 1, [], self.max_bulk)[0]
@@ -742,9 +782,8 @@ class Backend(asyncio.Protocol):
             sink.deliver(buf[pos:scan_pos], 0)
             self.frame_state = (remaining, stack)
             self.buf = buf[scan_pos:]
-        if sink.write_paused and self.transport is not None:
-            self.transport.pause_reading()
-            sink.paused_backend = self
+        if sink.write_paused:
+            sink.hold_backend(self)
         return True
 
     def _continue_stream(self, data: bytes) -> bytes | None:
@@ -800,6 +839,6 @@ class Backend(asyncio.Protocol):
                 entry[1] -= 1
             else:
                 pending.popleft()
-                self.proxy.stats.samples.append(perf_counter() - entry[3])
+                self.stats.samples.append(perf_counter() - entry[3])
         if sink is not None:
             sink.deliver(b"", 1)

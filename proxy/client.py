@@ -25,50 +25,46 @@ Routing (DESIGN.md section 5):
 Replies always come back in request order: a client has outstanding replies
 on at most one backend connection at a time; a command for another one (or
 answered locally) waits until those have arrived ("settled").
+
+How a buffer of requests is routed (``_process``): a buffer of nothing but
+complete stateless requests goes to the shared connection as it is (the hot
+path); anything else is split into requests (``_route``), and consecutive
+requests for one connection still go in one write (a *run*). The commands
+that change a connection's mode are looked up in two tables: those that
+leave counted replies behind (``_MODE_COMMANDS``: QUIT, RESET, Pub/Sub,
+MONITOR) and those whose state the interlay follows (``_STATE_COMMANDS``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
 from eve.redis import resp
 from eve.redis.framing import RequestScanner, partial_request
 from eve.redis.resp import MAX_INLINE
-from proxy.backend import Backend
-from proxy.routing import DUAL, READ_TARGET
+from proxy.backend import Backend, Node, set_no_delay
+from proxy.parts import BLOCKING, SHARED, SPECIAL, XREAD, Clients, Parts
+from proxy.routing import DUAL, PLAIN, READ_TARGET, Router
 
-if TYPE_CHECKING:  # pragma: no cover
-    from proxy.backend import Node
-    from proxy.server import Proxy
-
-__all__ = ["Client", "SHARED", "BLOCKING", "XREAD", "SPECIAL", "classify"]
+__all__ = ["Client"]
 
 log = logging.getLogger("eve.proxy")
 
-# Command kinds, by name.
-SHARED, BLOCKING, XREAD, SPECIAL = 0, 1, 2, 3
-
-SPECIAL_NAMES = frozenset((
-    b"multi", b"exec", b"discard", b"watch", b"unwatch", b"select", b"auth", b"hello", b"client",
-    b"subscribe", b"psubscribe", b"ssubscribe", b"unsubscribe", b"punsubscribe", b"sunsubscribe",
-    b"monitor", b"reset", b"quit", b"asking", b"sync", b"psync", b"replconf",
-))
-# Blocking commands known before the backend's command table has arrived.
-# WAIT and WAITAOF carry no "blocking" flag but wait for replicas.
-BLOCKING_NAMES = frozenset((
-    b"blpop", b"brpop", b"brpoplpush", b"blmove", b"blmpop", b"bzpopmin", b"bzpopmax", b"bzmpop",
-    b"wait", b"waitaof",
-))
 SUBSCRIBE_NAMES = frozenset((b"subscribe", b"psubscribe", b"ssubscribe"))
 UNSUBSCRIBE_NAMES = frozenset((b"unsubscribe", b"punsubscribe", b"sunsubscribe"))
 # CLIENT subcommands that neither read nor change the calling connection's own state.
 CLIENT_SHARED = frozenset((b"list", b"kill", b"pause", b"unpause", b"unblock", b"setinfo", b"help"))
 REPLICATION_NAMES = frozenset((b"sync", b"psync", b"replconf"))
 CLUSTER_REWRITES = frozenset((b"slots", b"shards", b"nodes"))
+# On a raw connection replies are not counted, so the outcome of these is
+# unknown: they keep the connection pinned for good.
+_RAW_STATE_NAMES = frozenset((b"multi", b"watch", b"select", b"auth", b"hello", b"client", b"asking"))
+# Pin the client before they are sent (SELECT, CLIENT and HELLO only with some arguments).
+_PINNING_NAMES = frozenset((b"multi", b"watch", b"asking", b"monitor", b"auth")) | SUBSCRIBE_NAMES \
+    | UNSUBSCRIBE_NAMES
 
 _OK = b"+OK\r\n"
 _RESET = b"+RESET\r\n"
@@ -78,18 +74,7 @@ _SCRIPTING = frozenset((b"script", b"function"))  # their LOAD/FLUSH/... reach e
 _NO_MAINT_NOTIFICATIONS = b"-ERR interlay: CLIENT MAINT_NOTIFICATIONS is not available through an interlay\r\n"
 _NO_REPLICATION = b"-ERR interlay: replication commands (SYNC, PSYNC, REPLCONF) are not forwarded\r\n"
 
-
-def classify(name: bytes, table: Any, cluster: bool) -> int:
-    lower = name.lower()
-    if lower in SPECIAL_NAMES:
-        return SPECIAL
-    if cluster and lower == b"cluster":
-        return SPECIAL
-    if lower == b"xread" or lower == b"xreadgroup":
-        return XREAD
-    if lower in BLOCKING_NAMES or (table is not None and table.is_blocking(lower)):
-        return BLOCKING
-    return SHARED
+Tag = Callable[[bytes | None], bytes | None]   # sees a reply frame, returns the bytes to deliver
 
 
 def _xread_blocks(args: list[bytes]) -> bool:
@@ -106,23 +91,38 @@ def _is_error(frame: bytes | None) -> bool:
     return frame is None or frame[:1] in (b"-", b"!")
 
 
+def _db_index(args: list[bytes]) -> int | None:
+    """The db of ``SELECT n``, when it is one."""
+    if len(args) == 2 and args[1].isdigit() and len(args[1]) < 10:
+        return int(args[1])
+    return None
+
+
 class Client(asyncio.Protocol):
     __slots__ = (
-        "proxy", "node", "transport", "id", "slot", "buf", "protocol", "authenticated", "outstanding",
+        "stats", "commands", "kinds", "dirty", "router", "clients", "cluster", "loop",
+        "node", "transport", "id", "slot", "buf", "protocol", "authenticated", "outstanding",
         "current", "shared", "pinned", "forever", "in_multi", "watching", "db", "asking", "stalled",
         "closing", "close_error", "quitting", "resetting", "reset_done", "req_stream", "write_paused",
         "pause_reasons", "paused_backend", "resume_scheduled", "rejected", "announce", "max_bulk", "max_args",
         "threshold", "scanner", "issued", "answered", "marks", "multi_marks", "wdb", "delayed",
     )
 
-    def __init__(self, proxy: Proxy, node: Node) -> None:
-        self.proxy = proxy
-        primary = proxy.router.primary
-        if primary is not None and proxy.cluster_map is None:
+    def __init__(self, parts: Parts, clients: Clients, router: Router, node: Node) -> None:
+        self.stats = parts.stats
+        self.commands = parts.commands
+        self.kinds = parts.commands.kinds   # name as sent -> kind, read for every request
+        self.dirty = parts.dirty
+        self.cluster = parts.cluster
+        self.router = router
+        self.clients = clients
+        self.loop = asyncio.get_running_loop()
+        primary = router.primary
+        if primary is not None and self.cluster is None:
             node = primary  # a live run moved the authoritative side
         self.node = node
         self.transport: asyncio.Transport | None = None
-        self.id = proxy.next_client_id()
+        self.id = clients.next_id()
         self.slot = self.id % node.pool_size
         self.buf = b""
         self.protocol = 2
@@ -148,8 +148,9 @@ class Client(asyncio.Protocol):
         self.paused_backend: Backend | None = None
         self.resume_scheduled = False
         self.rejected = False
-        self.announce = ""
-        options = proxy.options
+        options = parts.options
+        # The host cluster redirections name (the address the client reached, once connected).
+        self.announce = options.listen_host if self.cluster is not None else ""
         self.max_bulk = options.max_bulk
         self.max_args = options.max_args
         self.threshold = options.stream_threshold
@@ -170,28 +171,23 @@ class Client(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        if not self.proxy.admit(self):
+        if not self.clients.admit(self):
             self.rejected = True
             transport.write(_MAX_CLIENTS)  # type: ignore[attr-defined]
             transport.close()
             self.transport = None
             return
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        if self.proxy.cluster_map is not None:
+        set_no_delay(transport)
+        if self.cluster is not None:
             sockname = transport.get_extra_info("sockname")
-            host = sockname[0] if sockname else self.proxy.options.listen_host
-            self.announce = host
+            if sockname:
+                self.announce = sockname[0]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         if self.rejected:
             return
-        self.proxy.client_closed(self)
+        self.clients.closed(self)
         self.multi_marks = None
         conn = self.pinned
         if conn is not None:
@@ -217,9 +213,8 @@ class Client(asyncio.Protocol):
         self.write_paused = True
         self.pause_reading("write")
         for conn in (self.current, self.pinned):
-            if conn is not None and conn.stream_to is self and conn.transport is not None:
-                conn.transport.pause_reading()
-                self.paused_backend = conn
+            if conn is not None and conn.stream_to is self:
+                self.hold_backend(conn)
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -229,6 +224,13 @@ class Client(asyncio.Protocol):
             if backend.transport is not None:
                 backend.transport.resume_reading()
         self.resume_reading("write")
+
+    def hold_backend(self, conn: Backend) -> None:
+        """``conn`` streams a large reply to this client, which does not read:
+        ``conn`` is not read either until the client reads again."""
+        if conn.transport is not None:
+            conn.transport.pause_reading()
+            self.paused_backend = conn
 
     def pause_reading(self, reason: str) -> None:
         if not self.pause_reasons and self.transport is not None:
@@ -249,12 +251,48 @@ class Client(asyncio.Protocol):
         if self.buf:
             data = self.buf + data
             self.buf = b""
-        if self.stalled or self.closing or self.proxy.paused:
+        if self.stalled or self.closing or self.clients.paused:
             self.buf = data
             if len(data) > 2 * self.threshold:
                 self.pause_reading("stall")
             return
         self._process(data)
+
+    # -- asked by the process (proxy.server) -----------------------------------------------
+
+    def follow(self, primary: Node) -> None:
+        """A live run moved the authoritative side: a stateless client follows at
+        its next command; a pinned client's state lives on the old side, so it is
+        closed and reconnects."""
+        if self.pinned is not None:
+            self.close()
+            return
+        self.node = primary
+        self.shared = None
+
+    def awaiting_replies(self, pinned_too: bool) -> bool:
+        """Replies are owed to it (to a pinned client: only when ``pinned_too``)."""
+        return bool(self.outstanding) and (pinned_too or self.pinned is None)
+
+    def close_if_pinned(self) -> None:
+        if self.pinned is not None:
+            self.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def unpause(self) -> None:
+        """Read again after a pause; what arrived meanwhile is routed now."""
+        self.resume_reading("pause")
+        if self.buf and self.transport is not None:
+            self.stalled = True
+            self._schedule_resume()
+
+    def busy(self) -> bool:
+        """Requests in flight (for draining at stop)."""
+        return bool(self.outstanding or self.req_stream is not None or (self.pinned is not None and
+                    not self.pinned.raw and self.pinned.pending))
 
     # -- replies from backends ------------------------------------------------------------
 
@@ -268,7 +306,7 @@ class Client(asyncio.Protocol):
                 self.current = None
                 if (self.stalled or self.pinned is not None or self.closing) and not self.resume_scheduled:
                     self.resume_scheduled = True
-                    self.proxy.loop.call_soon(self._resume)
+                    self.loop.call_soon(self._resume)
         if data:
             if self.delayed:
                 self.flush_delayed()
@@ -283,7 +321,7 @@ class Client(asyncio.Protocol):
         self.deliver(b"", 1)
         if self.delayed is None:
             self.delayed = [frame]
-            self.proxy.loop.call_soon(self.flush_delayed)
+            self.loop.call_soon(self.flush_delayed)
         else:
             self.delayed.append(frame)
 
@@ -298,7 +336,7 @@ class Client(asyncio.Protocol):
         """Record the keys of the writes answered so far (all of them: their outcome is unknown)."""
         marks = self.marks
         answered = self.answered
-        record = self.proxy.record_dirty
+        record = self.dirty.record
         while marks and (everything or marks[0][0] <= answered):
             record(marks.popleft()[1])
 
@@ -311,7 +349,7 @@ class Client(asyncio.Protocol):
 
     def _track(self, args: list[bytes], seq: int) -> None:
         """A write forwarded as the ``seq``-th counted request: its keys, once answered."""
-        items = self.proxy.write_marks(args, self.wdb)
+        items = self.commands.marks(args, self.wdb)
         if not items:
             return
         if self.in_multi:
@@ -333,7 +371,7 @@ class Client(asyncio.Protocol):
         marks.append((seq, items))
 
     def backend_failed(self, conn: Backend, count: int, error: bytes) -> None:
-        self.proxy.stats.errors += count
+        self.stats.errors += count
         self.deliver(error * count, count)
 
     def broken(self, conn: Backend) -> None:
@@ -350,14 +388,12 @@ class Client(asyncio.Protocol):
             self._abort()
             return
         if self.quitting:
-            if self.transport is not None:
-                self.transport.close()
+            self.close()
             return
         if conn.raw or self.forever or self.in_multi or self.watching or self.db or not self.authenticated:
             # The connection's state (subscriptions, transaction, db, user...) is
             # gone with it; the server going away would have closed ours too.
-            if self.transport is not None:
-                self.transport.close()
+            self.close()
             return
         self._schedule_resume()
 
@@ -372,7 +408,7 @@ class Client(asyncio.Protocol):
     def _schedule_resume(self) -> None:
         if not self.resume_scheduled:
             self.resume_scheduled = True
-            self.proxy.loop.call_soon(self._resume)
+            self.loop.call_soon(self._resume)
 
     def _resume(self) -> None:
         self.resume_scheduled = False
@@ -421,7 +457,7 @@ class Client(asyncio.Protocol):
         """Answer from the interlay, in order: once earlier replies have arrived."""
         if not self._settled():
             return self._stall()
-        stats = self.proxy.stats
+        stats = self.stats
         stats.ops += 1
         if error:
             stats.errors += 1
@@ -454,143 +490,164 @@ class Client(asyncio.Protocol):
 
     def _process(self, buf: bytes) -> None:
         """Route every complete request in ``buf``; keep the rest for later."""
-        proxy = self.proxy
-        kinds = proxy.kinds
         n = len(buf)
-        tracking = proxy.tracking
-        router = proxy.router
-        routing = router.active
-        if self.pinned is None and self.authenticated and not tracking and not routing and not proxy.paused:
-            # The hot path: only stateless requests, all complete.
-            count = self.scanner.scan_forwardable(buf, kinds, SHARED)
-            if count:
+        if self.pinned is None and self.authenticated and not self.dirty.tracking and not self.router.active \
+                and not self.clients.paused:
+            # The hot path (kept inline: it runs for every read): only stateless
+            # requests, all complete, for the shared connection in one write.
+            end, count = self.scanner.scan_canonical(buf, self.kinds, SHARED, None)
+            if end == n:
                 conn = self.shared
                 if conn is None or conn.closed:
-                    conn = self.shared = self.node.shared_conn(self.protocol, self.slot)
+                    conn = self._connect_shared()
                 if conn is not None and (not self.outstanding or self.current is conn):
-                    self._send_run(conn, buf, 0, n, count, n)
+                    self._send(conn, buf, count)
                     return
         requests, _, error = self.scanner.scan(buf)
-        pos = 0
-        run_conn: Backend | None = None
-        run_start = 0
-        run_count = 0
-        for end, args, name, argc in requests:
-            if self.stalled or self.closing or self.transport is None or proxy.paused:
-                break
-            if not argc:
-                if not run_count:
-                    run_start = end
-                pos = end
-                continue
-            kind = kinds.get(name)
-            if kind is None:
-                kind = proxy.classify(name)
-            if kind == SHARED and self.authenticated:
-                conn = self.pinned
-                if self.asking:
-                    self.asking = False  # ASKING applies to the command right after it
-                route = 0
-                # A live run's route: stateless writes go to every side; a pinned client's
-                # too, unless queued in MULTI, in another db, or on a raw connection.
-                if routing and (conn is None or not (self.in_multi or self.wdb or conn.raw)):
-                    writes = proxy.may_write(name)
-                    if writes or (router.read_percent and conn is None) or name.lower() in _SCRIPTING:
-                        if args is None:
-                            args = resp.parse_command(buf[pos:end], 0, max_bulk=self.max_bulk,
-                                                      max_args=self.max_args)[0]  # type: ignore[index]
-                        route = router.decide(args, writes)  # type: ignore[arg-type]
-                if conn is None:
-                    if route == READ_TARGET:
-                        conn = router.target.shared_conn(self.protocol, self.slot)  # type: ignore[union-attr]
-                    if conn is None:
-                        conn = self.shared
-                        if conn is None or conn.closed:
-                            conn = self.shared = self.node.shared_conn(self.protocol, self.slot)
-                if route == DUAL:
-                    if run_count:
-                        self._send_run(run_conn, buf, run_start, pos, run_count, n)  # type: ignore[arg-type]
-                        run_count = 0
-                        run_conn = None
-                    if not self._dual_write(conn, args, buf[pos:end]):  # type: ignore[arg-type]
-                        break
-                    pos = end
-                    continue
-                if conn is None or conn is not run_conn:
-                    if run_count:
-                        self._send_run(run_conn, buf, run_start, pos, run_count, n)  # type: ignore[arg-type]
-                        run_count = 0
-                        run_conn = None
-                    if conn is None:
-                        if not self._local(self.node.unavailable(), error=True):
-                            break
-                        pos = end
-                        continue
-                    if self.outstanding and self.current is not conn:
-                        self._stall()
-                        break
-                    run_conn = conn
-                    run_start = pos
-                run_count += 1
-                if tracking and proxy.may_write(name):
-                    if args is None:
-                        args = resp.parse_command(buf[pos:end], 0, max_bulk=self.max_bulk,
-                                                  max_args=self.max_args)[0]  # type: ignore[index]
-                    if conn.raw:
-                        # No reply is counted on a raw connection: recorded once forwarded.
-                        self._send_run(conn, buf, run_start, end, run_count, n)
-                        run_count = 0
-                        run_conn = None
-                        proxy.record_dirty(proxy.write_marks(args, self.wdb))
-                    else:
-                        self._track(args, self.issued + run_count)
-                pos = end
-                continue
-            if run_count:
-                self._send_run(run_conn, buf, run_start, pos, run_count, n)  # type: ignore[arg-type]
-                run_count = 0
-                run_conn = None
-            raw = buf[pos:end]
-            if args is None:
-                args = resp.parse_command(raw, 0, max_bulk=self.max_bulk, max_args=self.max_args)[0]  # type: ignore[index]
-            if not self._special(kind, args, raw):
-                break
-            pos = end
-        else:
+        pos, routed_all = self._route(buf, requests)
+        if routed_all:
             # Every complete request was routed: what follows is a protocol
             # error, or the start of a request still arriving.
-            if run_count:
-                self._send_run(run_conn, buf, run_start, pos, run_count, n)  # type: ignore[arg-type]
-                run_count = 0
-                run_conn = None
             if error is not None:
                 if not self.closing and self.transport is not None:
                     self._protocol_error(error)
                 return
             if n - pos > MAX_INLINE and not self.stalled and not self.closing:
                 pos = self._incomplete(buf, pos, n)
-        if run_count:
-            self._send_run(run_conn, buf, run_start, pos, run_count, n)  # type: ignore[arg-type]
         if pos < n and not self.closing:
             self.buf = buf[pos:] + self.buf if self.buf else buf[pos:]
             if self.stalled and len(self.buf) > 2 * self.threshold:
                 self.pause_reading("stall")
 
-    def _send_run(self, conn: Backend, buf: bytes, start: int, end: int, count: int, n: int) -> None:
-        data = buf if start == 0 and end == n else buf[start:end]
-        stats = self.proxy.stats
+    def _route(self, buf: bytes, requests: list) -> tuple[int, bool]:
+        """Send the ``requests`` that ``RequestScanner.scan`` found in ``buf``, in
+        order, until one has to wait. Consecutive stateless requests for one
+        connection form a *run*, sent in one write when a request does not join
+        it. Returns where the requests routed end, and whether that is all of them."""
+        kinds = self.kinds
+        commands = self.commands
+        clients = self.clients
+        tracking = self.dirty.tracking
+        router = self.router
+        routing = router.active
+        pos = 0
+        # The run: buf[run_start:pos] holds run_count requests for run_conn, not sent yet
+        # (a run of all of buf slices to buf itself: no copy).
+        run_conn: Backend | None = None
+        run_start = 0
+        run_count = 0
+        routed_all = False
+        for end, args, name, argc in requests:
+            if self.stalled or self.closing or self.transport is None or clients.paused:
+                break
+            if not argc:
+                # An empty request: no reply. Skipped, or sent inside the run it stands in.
+                if not run_count:
+                    run_start = end
+                pos = end
+                continue
+            kind = kinds.get(name)
+            if kind is None:
+                kind = commands.classify(name)
+            stateless = kind == SHARED and self.authenticated
+            if stateless:
+                if self.asking:
+                    self.asking = False  # ASKING applies to the command right after it
+                conn = self.pinned
+                route = PLAIN
+                # A live run's route (proxy.routing): stateless writes go to every side (a
+                # pinned client's too, unless queued in MULTI, in another db, or on a raw
+                # connection), a share of reads to the target.
+                if routing and (conn is None or not (self.in_multi or self.wdb or conn.raw)):
+                    writes = commands.may_write(name)
+                    if writes or (router.read_percent and conn is None) or name.lower() in _SCRIPTING:
+                        if args is None:
+                            args = self._args(buf[pos:end])
+                        route = router.decide(args, writes)
+                        if route == READ_TARGET:
+                            conn = router.target.shared_conn(self.protocol, self.slot)  # type: ignore[union-attr]
+                if conn is None:
+                    conn = self.shared
+                    if conn is None or conn.closed:
+                        conn = self._connect_shared()
+                joins = run_count and conn is run_conn and route != DUAL
+            else:
+                joins = False
+            if not joins:
+                if run_count:
+                    # The run ends before this request.
+                    self._send(run_conn, buf[run_start:pos], run_count)  # type: ignore[arg-type]
+                    run_count = 0
+                if not stateless:
+                    raw = buf[pos:end]
+                    if not self._special(kind, self._args(raw) if args is None else args, raw):
+                        break
+                    pos = end
+                    continue
+                if route == DUAL:
+                    if not self._dual_write(conn, args, buf[pos:end]):  # type: ignore[arg-type]
+                        break
+                    pos = end
+                    continue
+                if conn is None:
+                    if not self._local(self.node.unavailable(), error=True):
+                        break
+                    pos = end
+                    continue
+                if self.outstanding and self.current is not conn:
+                    self._stall()
+                    break
+                if conn.raw:
+                    self._send_uncounted(conn, name, args, buf[pos:end])
+                    pos = end
+                    continue
+                run_conn = conn
+                run_start = pos
+            run_count += 1
+            if tracking and commands.may_write(name):
+                if args is None:
+                    args = self._args(buf[pos:end])
+                self._track(args, self.issued + run_count)
+            pos = end
+        else:
+            routed_all = True
+        if run_count:
+            self._send(run_conn, buf[run_start:pos], run_count)  # type: ignore[arg-type]
+        return pos, routed_all
+
+    def _args(self, raw: bytes) -> list[bytes]:
+        """The arguments of one request (which the scanner found complete)."""
+        return resp.parse_command(raw, 0, max_bulk=self.max_bulk, max_args=self.max_args)[0]  # type: ignore[index]
+
+    def _connect_shared(self) -> Backend | None:
+        """The client's shared connection for its RESP version, (re)connected; None while the node is down."""
+        conn = self.shared = self.node.shared_conn(self.protocol, self.slot)
+        return conn
+
+    def _send(self, conn: Backend, data: bytes, count: int, tag: Tag | None = None) -> None:
+        """``count`` requests to ``conn``, their replies to this client (on a raw
+        connection they are not counted)."""
+        stats = self.stats
         stats.ops += count
         stats.backend_ops += count
         if conn.raw:
             conn.send_raw(data)
         else:
-            conn.send(self, data, count)
+            conn.send(self, data, count, tag)
             self.outstanding += count
             self.issued += count
             self.current = conn
         if conn.write_paused:
-            self.pause_reading("backend")
-            conn.paused_clients.append(self)
+            conn.hold(self)
+
+    def _send_uncounted(self, conn: Backend, name: bytes, args: list[bytes] | None, raw: bytes) -> None:
+        """A request on a raw connection (Pub/Sub, MONITOR, CLIENT REPLY OFF). No reply
+        is counted there, so a write's keys are recorded as soon as it is forwarded."""
+        self._send(conn, raw, 1)
+        if self.dirty.tracking and self.commands.may_write(name):
+            if args is None:
+                args = self._args(raw)
+            self.dirty.record(self.commands.marks(args, self.wdb))
 
     def _dual_write(self, conn: Backend | None, args: list[bytes], raw: bytes) -> bool:
         """A write for every side of a live run (``proxy.routing``); False when it has to wait."""
@@ -598,33 +655,19 @@ class Client(asyncio.Protocol):
             return self._local(self.node.unavailable(), error=True)
         if self.outstanding and self.current is not conn:
             return self._stall()
-        proxy = self.proxy
-        stats = proxy.stats
+        stats = self.stats
         stats.ops += 1
         stats.backend_ops += 1
-        marks = proxy.write_marks(args, self.wdb) if proxy.tracking else []
-        sink = proxy.router.send_dual(self, conn, raw, marks)
+        marks = self.commands.marks(args, self.wdb) if self.dirty.tracking else []
+        router = self.router
+        sink = router.send_dual(self, conn, raw, marks)
         self.outstanding += 1
         self.issued += 1
         # BOTH_REQUIRED holds the reply until every side answered: what follows waits for it.
-        self.current = sink if proxy.router.both else conn
+        self.current = sink if router.both else conn  # type: ignore[assignment]
         if conn.write_paused:
-            self.pause_reading("backend")
-            conn.paused_clients.append(self)
+            conn.hold(self)
         return True
-
-    def _send_one(self, conn: Backend, data: bytes, tag: Any = None) -> None:
-        self.proxy.stats.backend_ops += 1
-        if conn.raw:
-            conn.send_raw(data)
-        else:
-            conn.send(self, data, 1, tag)
-            self.outstanding += 1
-            self.issued += 1
-            self.current = conn
-        if conn.write_paused:
-            self.pause_reading("backend")
-            conn.paused_clients.append(self)
 
     def _special(self, kind: int, args: list[bytes], raw: bytes) -> bool:
         """One request that needs more than forwarding; False when it has to wait."""
@@ -654,8 +697,7 @@ class Client(asyncio.Protocol):
             return self._pin_and_send(name, args, raw)
         if kind == XREAD:
             return self._send_shared(raw, track=args)
-        if name in (b"multi", b"watch", b"asking", b"monitor", b"auth") or name in SUBSCRIBE_NAMES \
-                or name in UNSUBSCRIBE_NAMES:
+        if name in _PINNING_NAMES:
             return self._pin_and_send(name, args, raw)
         if name == b"select":
             if len(args) == 2 and args[1] != b"0" and args[1].isdigit():
@@ -686,23 +728,22 @@ class Client(asyncio.Protocol):
         # exec, discard, unwatch outside a transaction: stateless on a clean connection.
         return self._send_shared(raw)
 
-    def _send_shared(self, raw: bytes, *, protocol: int | None = None, tag: Any = None,
+    def _send_shared(self, raw: bytes, *, protocol: int | None = None, tag: Tag | None = None,
                      track: list[bytes] | None = None) -> bool:
         protocol = self.protocol if protocol is None else protocol
         if protocol == self.protocol:
             conn = self.shared
             if conn is None or conn.closed:
-                conn = self.shared = self.node.shared_conn(protocol, self.slot)
+                conn = self._connect_shared()
         else:
             conn = self.node.shared_conn(protocol, self.slot)
         if conn is None:
             return self._local(self.node.unavailable(), error=True)
         if self.outstanding and self.current is not conn:
             return self._stall()
-        self.proxy.stats.ops += 1
-        if track is not None and self.proxy.tracking and self.proxy.may_write(track[0]):
+        if track is not None and self.dirty.tracking and self.commands.may_write(track[0]):
             self._track(track, self.issued + 1)
-        self._send_one(conn, raw, tag)
+        self._send(conn, raw, 1, tag)
         return True
 
     def _pin(self, conn: Backend) -> None:
@@ -718,125 +759,160 @@ class Client(asyncio.Protocol):
         self._pin(conn)
         return self._pinned_command(name, args, raw)
 
+    # -- pinned clients -------------------------------------------------------------------
+
     def _pinned_command(self, name: bytes, args: list[bytes], raw: bytes) -> bool:
-        """A request of a pinned client: forwarded to its connection, tracking the mode."""
+        """A request of a pinned client: forwarded to its connection, following the
+        mode it enters or leaves (``_MODE_COMMANDS``, ``_STATE_COMMANDS``)."""
         conn: Backend = self.pinned  # type: ignore[assignment]
-        stats = self.proxy.stats
         if name in REPLICATION_NAMES:
             return self._local(_NO_REPLICATION, error=True)
-        stats.ops += 1
-        # QUIT and RESET are answered by the backend; nothing after them is read
-        # until the reply (QUIT: ever; RESET: it closes this connection).
-        if name == b"quit":
-            self.quitting = True
-            self.stalled = True
-            self._send_one(conn, raw)
-            return True
-        if name == b"reset":
-            self.resetting = True
-            self.stalled = True
-            if conn.raw:
-                conn.reset_pending = True
-                self._send_one(conn, raw)
-            else:
-                self._send_one(conn, raw, self._reset_tag())
-            return True
-        if name in SUBSCRIBE_NAMES or name in UNSUBSCRIBE_NAMES:
-            if not conn.raw:
-                conn.enter_raw()
-                self.outstanding = 0
-                self.current = None
-                self._uncounted()
-            self._send_one(conn, raw)
-            if name in UNSUBSCRIBE_NAMES and not self.forever:
-                # The confirmations tell how many subscriptions are left; the
-                # barrier tells when they have all arrived.
-                conn.send_barrier()
-            return True
-        if name == b"monitor":
-            conn.enter_raw()
-            conn.monitor = True
-            self.forever = True
-            self.outstanding = 0
-            self.current = None
-            self._uncounted()
-            self._send_one(conn, raw)
+        mode = _MODE_COMMANDS.get(name)
+        if mode is not None:
+            mode(self, conn, raw)
             return True
         if conn.raw:
-            # Replies are not counted here, so their outcome is unknown: a
-            # state change keeps the connection pinned for good.
-            if name in (b"multi", b"watch", b"select", b"auth", b"hello", b"client", b"asking"):
+            if name in _RAW_STATE_NAMES:
                 self.forever = True
-            self._send_one(conn, raw)
-            proxy = self.proxy
-            if proxy.tracking and proxy.may_write(name):
-                # No reply is counted on a raw connection: recorded once forwarded.
-                proxy.record_dirty(proxy.write_marks(args, self.wdb))
+            self._send_uncounted(conn, name, args, raw)
             return True
-        tag = None
         if self.asking and name != b"asking":
             self.asking = False
-        if name == b"multi":
-            self.in_multi = True
-        elif name == b"exec" or name == b"discard":
-            if self.in_multi and self.multi_marks and name == b"exec":
-                # The queued writes run when EXEC does: recorded after its reply.
-                if self.marks is None:
-                    self.marks = deque()
-                self.marks.append((self.issued + 1, self.multi_marks))
-            self.multi_marks = None
-            self.in_multi = False
-            self.watching = False
-        elif name == b"watch":
-            if not self.in_multi:
-                self.watching = True
-        elif name == b"unwatch":
-            if not self.in_multi:
-                self.watching = False
-        elif name == b"asking":
-            self.asking = True
-        elif name in (b"select", b"auth", b"hello") and self.in_multi:
-            self.forever = True  # queued: its outcome is only known inside EXEC's reply
-            if name == b"select" and len(args) == 2 and args[1].isdigit() and len(args[1]) < 10:
-                self.wdb = int(args[1])
-        elif name == b"select":
-            if len(args) == 2 and args[1].isdigit() and len(args[1]) < 10:
-                self.wdb = int(args[1])
-                tag = self._select_tag(int(args[1]))
-        elif name == b"auth":
-            if len(args) == 2:
-                tag = self._auth_tag(conn, b"default", None)
-            elif len(args) == 3:
-                tag = self._auth_tag(conn, args[1], None)
-        elif name == b"hello":
-            proto, user, setname = _hello_options(args)
-            if setname:
-                self.forever = True
-            tag = self._hello_tag(conn, proto, user)
-        elif name == b"client":
-            sub = args[1].lower() if len(args) > 1 else b""
-            if sub == b"reply" and len(args) > 2 and args[2].lower() in (b"off", b"skip"):
-                conn.enter_raw()
-                self.forever = True
-                self.outstanding = 0
-                self.current = None
-                self._uncounted()
-                self._send_one(conn, raw)
-                return True
-            if sub and sub not in CLIENT_SHARED:
-                self.forever = True
-        elif name == b"cluster" and self.proxy.cluster_map is not None:
-            sub = args[1].lower() if len(args) > 1 else b""
-            if sub in CLUSTER_REWRITES:
-                tag = self._cluster_tag(sub)
-        if self.proxy.tracking and self.proxy.may_write(name):
+        state = _STATE_COMMANDS.get(name)
+        tag = state(self, conn, name, args) if state is not None else None
+        if self.dirty.tracking and self.commands.may_write(name):
             self._track(args, self.issued + 1)
-        self._send_one(conn, raw, tag)
+        self._send(conn, raw, 1, tag)
         return True
+
+    def _go_raw(self, conn: Backend) -> None:
+        """From now on every frame of ``conn`` comes to this client uncounted."""
+        conn.enter_raw()
+        self.outstanding = 0
+        self.current = None
+        self._uncounted()
+
+    # Commands after which counted replies stop (or nothing after them is read):
+    # ``(self, conn, raw)``, each sends the request itself.
+
+    def _mode_quit(self, conn: Backend, raw: bytes) -> None:
+        # Answered by the backend; nothing after it is read.
+        self.quitting = True
+        self.stalled = True
+        self._send(conn, raw, 1)
+
+    def _mode_reset(self, conn: Backend, raw: bytes) -> None:
+        # Answered by the backend, which then closes this connection; nothing
+        # after it is read until the reply.
+        self.resetting = True
+        self.stalled = True
+        if conn.raw:
+            conn.reset_pending = True
+            self._send(conn, raw, 1)
+        else:
+            self._send(conn, raw, 1, self._reset_tag())
+
+    def _mode_subscribe(self, conn: Backend, raw: bytes) -> None:
+        if not conn.raw:
+            self._go_raw(conn)
+        self._send(conn, raw, 1)
+
+    def _mode_unsubscribe(self, conn: Backend, raw: bytes) -> None:
+        self._mode_subscribe(conn, raw)
+        if not self.forever:
+            # The confirmations tell how many subscriptions are left; the
+            # barrier tells when they have all arrived.
+            conn.send_barrier()
+
+    def _mode_monitor(self, conn: Backend, raw: bytes) -> None:
+        self._go_raw(conn)
+        conn.monitor = True
+        self.forever = True
+        self._send(conn, raw, 1)
+
+    # Commands whose effect on the connection the interlay follows:
+    # ``(self, conn, name, args)`` -> the tag that sees their reply, or None.
+
+    def _state_multi(self, conn: Backend, name: bytes, args: list[bytes]) -> Tag | None:
+        self.in_multi = True
+        return None
+
+    def _state_transaction_end(self, conn: Backend, name: bytes, args: list[bytes]) -> Tag | None:
+        """EXEC or DISCARD."""
+        if self.in_multi and self.multi_marks and name == b"exec":
+            # The queued writes run when EXEC does: recorded after its reply.
+            if self.marks is None:
+                self.marks = deque()
+            self.marks.append((self.issued + 1, self.multi_marks))
+        self.multi_marks = None
+        self.in_multi = False
+        self.watching = False
+        return None
+
+    def _state_watch(self, conn: Backend, name: bytes, args: list[bytes]) -> Tag | None:
+        if not self.in_multi:
+            self.watching = True
+        return None
+
+    def _state_unwatch(self, conn: Backend, name: bytes, args: list[bytes]) -> Tag | None:
+        if not self.in_multi:
+            self.watching = False
+        return None
+
+    def _state_asking(self, conn: Backend, name: bytes, args: list[bytes]) -> Tag | None:
+        self.asking = True
+        return None
+
+    def _state_select(self, conn: Backend, name: bytes, args: list[bytes]) -> Tag | None:
+        db = _db_index(args)
+        if self.in_multi:
+            self.forever = True  # queued: its outcome is only known inside EXEC's reply
+            if db is not None:
+                self.wdb = db
+            return None
+        if db is None:
+            return None
+        self.wdb = db
+        return self._select_tag(db)
+
+    def _state_auth(self, conn: Backend, name: bytes, args: list[bytes]) -> Tag | None:
+        if self.in_multi:
+            self.forever = True  # queued: its outcome is only known inside EXEC's reply
+            return None
+        if len(args) == 2:
+            return self._auth_tag(conn, b"default", None)
+        if len(args) == 3:
+            return self._auth_tag(conn, args[1], None)
+        return None
+
+    def _state_hello(self, conn: Backend, name: bytes, args: list[bytes]) -> Tag | None:
+        if self.in_multi:
+            self.forever = True  # queued: its outcome is only known inside EXEC's reply
+            return None
+        proto, user, setname = _hello_options(args)
+        if setname:
+            self.forever = True
+        return self._hello_tag(conn, proto, user)
+
+    def _state_client(self, conn: Backend, name: bytes, args: list[bytes]) -> Tag | None:
+        sub = args[1].lower() if len(args) > 1 else b""
+        if sub == b"reply" and len(args) > 2 and args[2].lower() in (b"off", b"skip"):
+            # Replies stop coming (or skip one): nothing can be counted any more.
+            self._go_raw(conn)
+            self.forever = True
+        elif sub and sub not in CLIENT_SHARED:
+            self.forever = True
+        return None
+
+    def _state_cluster(self, conn: Backend, name: bytes, args: list[bytes]) -> Tag | None:
+        sub = args[1].lower() if len(args) > 1 else b""
+        if self.cluster is not None and sub in CLUSTER_REWRITES:
+            return self._cluster_tag(sub)
+        return None
 
     # -- reply tags -----------------------------------------------------------------------
 
-    def _auth_tag(self, conn: Backend, user: bytes, protocol: int | None):
+    def _auth_tag(self, conn: Backend, user: bytes, protocol: int | None) -> Tag:
         def on_reply(frame: bytes | None) -> bytes | None:
             if not _is_error(frame):
                 conn.user = user
@@ -849,7 +925,7 @@ class Client(asyncio.Protocol):
             return frame
         return on_reply
 
-    def _hello_tag(self, conn: Backend | None, proto: int | None, user: bytes | None):
+    def _hello_tag(self, conn: Backend | None, proto: int | None, user: bytes | None) -> Tag:
         if conn is not None and user is not None:
             return self._auth_tag(conn, user, proto)
 
@@ -861,7 +937,7 @@ class Client(asyncio.Protocol):
             return frame
         return on_reply
 
-    def _select_tag(self, db: int):
+    def _select_tag(self, db: int) -> Tag:
         def on_reply(frame: bytes | None) -> bytes | None:
             if not _is_error(frame):
                 self.db = db
@@ -870,15 +946,15 @@ class Client(asyncio.Protocol):
             return frame
         return on_reply
 
-    def _reset_tag(self):
+    def _reset_tag(self) -> Tag:
         def on_reply(frame: bytes | None) -> bytes | None:
             self.reset_done = True
             self._schedule_resume()
             return frame
         return on_reply
 
-    def _cluster_tag(self, sub: bytes):
-        cluster = self.proxy.cluster_map
+    def _cluster_tag(self, sub: bytes) -> Tag:
+        cluster = self.cluster
 
         def on_reply(frame: bytes | None) -> bytes | None:
             if frame is None or cluster is None:
@@ -911,13 +987,12 @@ class Client(asyncio.Protocol):
             return False
         self.quitting = True
         self.stalled = True
-        if self.transport is not None:
-            self.transport.close()
+        self.close()
         return True
 
     def _protocol_error(self, message: str) -> None:
         """Redis answers ``-ERR Protocol error: ...`` and closes; earlier replies go first."""
-        self.proxy.stats.protocol_errors += 1
+        self.stats.protocol_errors += 1
         self.closing = True
         self.close_error = b"-ERR " + message.encode("utf-8", "replace") + b"\r\n"
         self.buf = b""
@@ -931,7 +1006,7 @@ class Client(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        self.proxy.stats.errors += 1
+        self.stats.errors += 1
         if self.delayed:
             self.flush_delayed()
         transport.write(self.close_error)
@@ -951,10 +1026,10 @@ class Client(asyncio.Protocol):
             return pos
         if n - pos <= self.threshold and info.bulk_len <= self.threshold:
             return pos
-        kind = self.proxy.classify(info.name)
+        kind = self.commands.classify(info.name)
         if kind == SPECIAL or not self.authenticated:
             return pos
-        if self.proxy.tracking and self.proxy.may_write(info.name):
+        if self.dirty.tracking and self.commands.may_write(info.name):
             return pos  # its keys are needed once it is answered: buffered whole, not streamed
         conn = self.pinned
         if conn is None:
@@ -968,8 +1043,7 @@ class Client(asyncio.Protocol):
             self._pin(conn)
         elif conn.raw:
             return pos
-        self.proxy.stats.ops += 1
-        self._send_one(conn, buf[pos:n])
+        self._send(conn, buf[pos:n], 1)
         if info.bulk_len >= 0:
             left, head = info.data_start + info.bulk_len + 2 - n, b""
         else:
@@ -1017,8 +1091,7 @@ class Client(asyncio.Protocol):
         chunk = data if i == n else data[:i]
         conn.write(chunk)
         if conn.write_paused:
-            self.pause_reading("backend")
-            conn.paused_clients.append(self)
+            conn.hold(self)
         if args_left:
             state[1], state[2], state[3] = args_left, left, head  # type: ignore[index]
             return None
@@ -1037,15 +1110,35 @@ class Client(asyncio.Protocol):
         self.outstanding = 0
         self.current = None
         self._uncounted()
-        self.proxy.stats.protocol_errors += 1
+        self.stats.protocol_errors += 1
         self.closing = True
         self.close_error = b"-ERR " + message.encode() + b"\r\n"
         self._finish_close()
 
-    def busy(self) -> bool:
-        """Requests in flight (for draining at stop)."""
-        return bool(self.outstanding or self.req_stream is not None or (self.pinned is not None and
-                    not self.pinned.raw and self.pinned.pending))
+
+_ModeCommand = Callable[[Client, Backend, bytes], None]
+_StateCommand = Callable[[Client, Backend, bytes, list], "Tag | None"]
+
+_MODE_COMMANDS: dict[bytes, _ModeCommand] = {
+    b"quit": Client._mode_quit,
+    b"reset": Client._mode_reset,
+    **{name: Client._mode_subscribe for name in SUBSCRIBE_NAMES},
+    **{name: Client._mode_unsubscribe for name in UNSUBSCRIBE_NAMES},
+    b"monitor": Client._mode_monitor,
+}
+_STATE_COMMANDS: dict[bytes, _StateCommand] = {
+    b"multi": Client._state_multi,
+    b"exec": Client._state_transaction_end,
+    b"discard": Client._state_transaction_end,
+    b"watch": Client._state_watch,
+    b"unwatch": Client._state_unwatch,
+    b"asking": Client._state_asking,
+    b"select": Client._state_select,
+    b"auth": Client._state_auth,
+    b"hello": Client._state_hello,
+    b"client": Client._state_client,
+    b"cluster": Client._state_cluster,
+}
 
 
 def _hello_options(args: list[bytes]) -> tuple[int | None, bytes | None, bool]:

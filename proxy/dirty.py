@@ -14,15 +14,22 @@ unknown), and sends them to the supervisor in batches (``messages.DirtyReport``)
 * ``FLUSHDB``: ``(db, None)``, the whole db; ``FLUSHALL``: ``(None, None)``;
   ``SWAPDB a b``: ``(a, None)`` and ``(b, None)``;
   ``MOVE key n``: ``(db, key)`` and ``(n, key)``; ``COPY src dst DB n``: ``(n, dst)``.
+
+``DirtyRecorder`` collects the marks of one process and sends them in batches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 
+from proxy import messages
 from proxy.commands import CommandTable
 
-__all__ = ["SCRIPT_NAMES", "Mark", "marks", "may_write"]
+__all__ = ["DIRTY_FLUSH_KEYS", "DIRTY_FLUSH_SECONDS", "SCRIPT_NAMES", "DirtyRecorder", "Mark", "marks", "may_write"]
+
+DIRTY_FLUSH_SECONDS = 0.05   # recorded keys go to the supervisor at least this often...
+DIRTY_FLUSH_KEYS = 1000      # ...or as soon as this many are waiting
 
 Mark = tuple  # (db | None, key | None)
 
@@ -95,3 +102,41 @@ def marks(table: CommandTable | None, args: Sequence[bytes], db: int) -> list[Ma
                 break
         return keys
     return []
+
+
+class DirtyRecorder:
+    """The keys of answered writes, while tracking is on, sent to the supervisor
+    in batches (``messages.DirtyReport``) through ``send``."""
+
+    __slots__ = ("worker", "send", "tracking", "pending", "_timer")
+
+    def __init__(self, worker: int, send: Callable[[messages.Message], None]) -> None:
+        self.worker = worker
+        self.send = send
+        self.tracking = False
+        self.pending: list[Mark] = []       # recorded, not sent yet
+        self._timer: asyncio.TimerHandle | None = None
+
+    def record(self, items: list[Mark]) -> None:
+        """Keys whose writes were answered (or whose outcome became unknown)."""
+        if not self.tracking:
+            return
+        pending = self.pending
+        pending.extend(items)
+        if len(pending) >= DIRTY_FLUSH_KEYS:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(DIRTY_FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        if self.pending:
+            items, self.pending = self.pending, []
+            self.send(messages.DirtyReport(self.worker, tuple(items)))
+
+    def set_tracking(self, on: bool) -> None:
+        if not on:
+            self.flush()
+        self.tracking = on

@@ -9,7 +9,8 @@ state and the two reply sinks of a dual write; ``proxy.client`` asks
 ``Router.decide`` about each stateless request.
 
 A dual write is sent to the authoritative side and to every other side at
-once. ``WriteConsistency`` is applied in one place, ``DualWrite._settle``:
+once. ``WriteConsistency`` (``eve.core.enums``; its values are the strings a
+``messages.Route`` carries) is applied in one place, ``DualWrite._settle``:
 
 =====================  =====================================  ==================================
 policy                 the client's reply                     a failure on another side
@@ -44,29 +45,21 @@ the interlay saw its body (``SCRIPT LOAD`` or ``EVAL`` through it).
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
 from redis.crc import key_slot
 
+from eve.core.enums import WriteConsistency
 from eve.redis import resp
+from proxy import messages
+from proxy.backend import Backend, Node
 from proxy.dirty import SCRIPT_NAMES
+from proxy.parts import Parts
 
-if TYPE_CHECKING:  # pragma: no cover
-    from proxy.backend import Node
-    from proxy.client import Client
-    from proxy.server import Proxy
-
-__all__ = ["DualWrite", "MirrorReply", "Router", "PLAIN", "DUAL", "READ_TARGET", "SOURCE", "TARGET",
-           "SOURCE_AUTHORITATIVE", "TARGET_AUTHORITATIVE", "BOTH_REQUIRED", "BEST_EFFORT", "POLICIES"]
+__all__ = ["DualWrite", "MirrorReply", "Router", "Writer", "PLAIN", "DUAL", "READ_TARGET", "SOURCE", "TARGET"]
 
 PLAIN, DUAL, READ_TARGET = 0, 1, 2   # Router.decide
 SOURCE, TARGET = "source", "target"  # side names; mirror targets are "mirror:<endpoint>"
-
-SOURCE_AUTHORITATIVE = "SOURCE_AUTHORITATIVE"
-TARGET_AUTHORITATIVE = "TARGET_AUTHORITATIVE"
-BOTH_REQUIRED = "BOTH_REQUIRED"
-BEST_EFFORT = "BEST_EFFORT"
-POLICIES = (SOURCE_AUTHORITATIVE, TARGET_AUTHORITATIVE, BOTH_REQUIRED, BEST_EFFORT)
 
 MAX_SCRIPTS = 10_000        # script bodies remembered for NOSCRIPT healing
 SLOTS = 16384
@@ -96,6 +89,18 @@ def _error_frame(message: str) -> bytes:
     return b"-" + message.replace("\r", " ").replace("\n", " ").encode("utf-8", "replace") + b"\r\n"
 
 
+class Writer(Protocol):
+    """The client a dual write answers (``proxy.client.Client``)."""
+
+    slot: int              # which of a node's shared connections it uses
+    protocol: int          # its RESP version
+    announce: str
+
+    def deliver_soon(self, frame: bytes) -> None: ...
+    def broken(self, conn: Backend) -> None: ...
+    def pause_reading(self, reason: str) -> None: ...
+
+
 def reads_from_target(key: bytes, percent: int) -> bool:
     """Whether ``key`` is read from the target when ``percent`` of reads are: by hash
     slot, so one key (and one hash tag) always reads from one side."""
@@ -114,14 +119,15 @@ class SideStats:
 class Router:
     """The route of one proxy process; changed only by ``apply`` (a ``messages.Route``)."""
 
-    def __init__(self, proxy: Proxy) -> None:
-        self.proxy = proxy
+    def __init__(self, parts: Parts, source: Node) -> None:
+        self.parts = parts
+        self.source = source                # the node the interlay fronts, outside a run the only one
         self.active = False                 # a route is set: decide() is asked
         self.authoritative = SOURCE
         self.primary: Node | None = None    # the authoritative side's node
         self.target: Node | None = None     # the node reads shift to
         self.mirrors: list[tuple[str, Node]] = []
-        self.policy = SOURCE_AUTHORITATIVE
+        self.policy = WriteConsistency.SOURCE_AUTHORITATIVE
         self.both = False
         self.read_percent = 0
         self.scripts_deterministic = False
@@ -132,24 +138,28 @@ class Router:
 
     # -- route changes ------------------------------------------------------------------
 
-    def apply(self, route: Any, make_node: Any) -> bool:
+    def apply(self, route: messages.Route) -> bool:
         """Take a new route; True when the authoritative side changed (clients move)."""
-        proxy = self.proxy
+        source = self.source
         names = {SOURCE, *(name for name, _ in route.sides)}
-        if route.authoritative not in names or not set(route.mirror_to) <= names or route.policy not in POLICIES \
+        try:
+            policy: WriteConsistency | None = WriteConsistency(route.policy)
+        except ValueError:
+            policy = None
+        if route.authoritative not in names or not set(route.mirror_to) <= names or policy is None \
                 or not 0 <= route.read_percent <= 100:
             raise ValueError(f"malformed route: authoritative {route.authoritative!r}, sides {sorted(names)}, "
                              f"mirror_to {route.mirror_to}, policy {route.policy!r}, reads {route.read_percent}%")
-        sides: dict[str, Node] = {SOURCE: proxy.nodes[0]}
+        sides: dict[str, Node] = {SOURCE: source}
         for name, spec in route.sides:
             node = self.sides.get(name)
             if node is None or node.spec != spec:
                 if node is not None:
                     node.close_all()
-                node = make_node(len(sides), spec)
+                node = Node(self.parts, len(sides), spec)
             sides[name] = node
         for name, node in self.sides.items():
-            if name not in sides and node is not proxy.nodes[0]:
+            if name not in sides and node is not source:
                 node.close_all()
         self.sides = sides
         previous = self.primary
@@ -158,14 +168,14 @@ class Router:
         self.mirrors = [(name, sides[name]) for name in route.mirror_to if name != route.authoritative]
         for name, _ in self.mirrors:
             self.side_stats.setdefault(name, SideStats())
-        self.policy = route.policy
-        self.both = route.policy == BOTH_REQUIRED
+        self.policy = policy
+        self.both = policy is WriteConsistency.BOTH_REQUIRED
         self.read_percent = route.read_percent if route.authoritative == SOURCE else 0
         self.target = sides.get(TARGET) if self.read_percent else None
         self.scripts_deterministic = route.scripts_deterministic
         self.active = bool(self.mirrors) or self.read_percent > 0
         return previous is not None and previous is not self.primary or \
-            (previous is None and self.primary is not proxy.nodes[0])
+            (previous is None and self.primary is not source)
 
     # -- per request ----------------------------------------------------------------------
 
@@ -191,8 +201,7 @@ class Router:
                 return DUAL if self.scripts_deterministic else PLAIN
             return DUAL
         if self.read_percent and self.target is not None:
-            table = self.proxy.table
-            keys = table.keys(args) if table is not None else []
+            keys = self.parts.commands.keys(args)
             if keys and reads_from_target(keys[0], self.read_percent):
                 return READ_TARGET
         return PLAIN
@@ -211,7 +220,7 @@ class Router:
 
     # -- sending ----------------------------------------------------------------------------
 
-    def send_dual(self, client: Client, conn: Any, raw: bytes, marks: list) -> Any:
+    def send_dual(self, client: Writer, conn: Backend, raw: bytes, marks: list) -> DualWrite:
         """Send one write to ``conn`` (the authoritative side) and to every mirrored side;
         returns the sink the client's reply comes through."""
         dual = DualWrite(client, self, marks)
@@ -231,10 +240,8 @@ class Router:
             dual.left += 1
             mconn.send(MirrorReply(dual, name, node, protocol, slot, raw), raw, 1, _identity)
             if mconn.write_paused:
-                # A side that cannot keep up slows the clients down rather than
-                # letting the interlay buffer its writes without bound.
-                client.pause_reading("backend")
-                mconn.paused_clients.append(client)
+                # A side that cannot keep up slows the clients down.
+                mconn.hold(client)
         return dual
 
 
@@ -246,7 +253,7 @@ class DualWrite:
     transport = None
     waits_for_replies = True   # told by Backend.close when its connection goes
 
-    def __init__(self, client: Client, router: Router, marks: list) -> None:
+    def __init__(self, client: Writer, router: Router, marks: list) -> None:
         self.client = client
         self.router = router
         self.marks = marks
@@ -262,11 +269,11 @@ class DualWrite:
             self.client.deliver_soon(data)
         self._arrived()
 
-    def backend_failed(self, conn: Any, count: int, error: bytes) -> None:
-        self.router.proxy.stats.errors += 1
+    def backend_failed(self, conn: Backend, count: int, error: bytes) -> None:
+        self.router.parts.stats.errors += 1
         self.deliver(error, 1)
 
-    def broken(self, conn: Any) -> None:  # pragma: no cover - a tagged reply is never streamed
+    def broken(self, conn: Backend) -> None:  # pragma: no cover - a tagged reply is never streamed
         self.client.broken(conn)
 
     def side_result(self, name: str, frame: bytes) -> None:
@@ -283,7 +290,7 @@ class DualWrite:
         router = self.router
         router.pending -= 1
         if self.marks:
-            router.proxy.record_dirty(self.marks)
+            router.parts.dirty.record(self.marks)
         if router.both:
             self._settle()
 
@@ -293,7 +300,7 @@ class DualWrite:
         if self.failure and not _is_error(reply):
             reply = _error_frame(f"ERR interlay: BOTH_REQUIRED write applied on {self.router.authoritative} but "
                                  f"failed on {self.failure}; its keys are re-copied")
-            self.router.proxy.stats.errors += 1
+            self.router.parts.stats.errors += 1
         self.client.deliver_soon(reply)
 
 
@@ -317,10 +324,10 @@ class MirrorReply:
             return
         self.dual.side_result(self.side, data)
 
-    def backend_failed(self, conn: Any, count: int, error: bytes) -> None:
+    def backend_failed(self, conn: Backend, count: int, error: bytes) -> None:
         self.dual.side_result(self.side, error)
 
-    def broken(self, conn: Any) -> None:  # pragma: no cover - a tagged reply is never streamed
+    def broken(self, conn: Backend) -> None:  # pragma: no cover - a tagged reply is never streamed
         self.dual.side_result(self.side, b"-ERR interlay: reply lost\r\n")
 
     def _load_script(self) -> bool:

@@ -6,6 +6,11 @@ STOP arrives on the control pipe (or the pipe closes: the supervisor is gone),
 drain, report STOPPED and exit 0. Every ``stats_interval`` seconds it sends a
 STATS report.
 
+``Proxy`` builds the parts of the process (``proxy.parts``) and ties them
+together: the nodes (``proxy.backend``), the router (``proxy.routing``) and,
+per accepted connection, a ``proxy.client.Client``; nothing below this module
+knows it. It acts on the clients through their own methods only.
+
 Stopping (``Proxy.stop``): listeners close at once; clients stop being read;
 requests already forwarded get up to ``drain_seconds`` to be answered; then
 every connection is closed.
@@ -28,59 +33,19 @@ from opentelemetry import metrics
 
 from eve.core.child_process import die_with_parent, ignore_interrupts
 from eve.core.telemetry import setup
-from eve.redis import resp
-from proxy import dirty, messages
+from proxy import messages
 from proxy.backend import Node
-from proxy.client import Client, classify
-from proxy.cluster import ClusterMap
-from proxy.commands import CommandTable
+from proxy.client import Client
 from proxy.options import ProxyOptions
+from proxy.parts import Clients, Parts
 from proxy.routing import Router
-from proxy.stats import histogram
 
-__all__ = ["Proxy", "Stats", "main", "run_proxy"]
+__all__ = ["Proxy", "main", "run_proxy"]
 
 log = logging.getLogger("eve.proxy")
 
-MAX_KIND_CACHE = 10_000
-DIRTY_FLUSH_SECONDS = 0.05   # recorded keys go to the supervisor at least this often...
-DIRTY_FLUSH_KEYS = 1000      # ...or as soon as this many are waiting
-MAX_SAMPLES = 100_000
 LISTEN_BACKLOG = 1024
 GC_THRESHOLD = 20_000
-
-
-class Stats:
-    """Counters of one process; ``samples`` are backend round trips (seconds) since the last report."""
-
-    __slots__ = ("ops", "errors", "protocol_errors", "backend_ops", "backend_errors", "samples", "connections",
-                 "rejected", "_last_ops", "_last_time")
-
-    def __init__(self) -> None:
-        self.ops = 0
-        self.errors = 0           # errors the interlay itself answered (unavailable backend, protocol errors)
-        self.protocol_errors = 0
-        self.backend_ops = 0
-        self.backend_errors = 0   # error replies from the backend, and commands a lost connection failed
-        self.samples: list[float] = []
-        self.connections = 0
-        self.rejected = 0
-        self._last_ops = 0
-        self._last_time = time.monotonic()
-
-    def report(self, worker: int, label: str, sides: tuple = (), dirty_pending: int = 0) -> messages.StatsReport:
-        now = time.monotonic()
-        samples, self.samples = self.samples, []
-        if len(samples) > MAX_SAMPLES:
-            samples = samples[:: len(samples) // MAX_SAMPLES + 1]
-        interval_ops, self._last_ops = self.ops - self._last_ops, self.ops
-        seconds, self._last_time = now - self._last_time, now
-        backend = messages.BackendReport(label, self.backend_ops, self.backend_errors,
-                                         histogram(sample * 1000.0 for sample in samples))
-        return messages.StatsReport(worker=worker, connections=self.connections, ops=self.ops,
-                                    errors=self.errors + self.backend_errors, interval_ops=interval_ops,
-                                    interval_seconds=seconds, backends=(backend,), sides=sides,
-                                    dirty_pending=dirty_pending)
 
 
 class Proxy:
@@ -89,153 +54,36 @@ class Proxy:
     def __init__(self, options: ProxyOptions, control: Any = None, counter: Any = None) -> None:
         self.options = options
         self.control = control
-        self.counter = counter          # multiprocessing.Value shared by the workers, or None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
-        self.stats = Stats()
-        self.kinds: dict[bytes, int] = {}
-        self.table: CommandTable | None = None
-        self.table_loading = False
-        self.clients: set[Client] = set()
+        self.parts = Parts.of(options, self._send)
+        self.stats = self.parts.stats
+        self.clients = Clients(self.stats, options.max_connections, counter)
         self.servers: list[asyncio.base_events.Server] = []
         self.stopping = False
-        self.cluster_map = ClusterMap([(node.host, node.port) for node in options.nodes], list(options.ports)) \
-            if options.cluster else None
-        self.nodes = [Node(self, i, spec) for i, spec in enumerate(options.nodes)]
-        # Dirty-key tracking (DESIGN.md section 6), switched on by the supervisor.
-        self.tracking = False
-        self.writes: dict[bytes, bool] = {}     # command name as sent -> may change keys
-        self.dirty: list[dirty.Mark] = []       # recorded, not sent yet
-        self._dirty_timer: asyncio.TimerHandle | None = None
+        self.nodes = [Node(self.parts, i, spec) for i, spec in enumerate(options.nodes)]
         # A live run's route (DESIGN.md sections 5 and 6), set by the supervisor.
-        self.router = Router(self)
-        self.paused = False                     # clients are not read (a cutover or rollback flips sides)
-        self._next_id = 0
+        self.router = Router(self.parts, self.nodes[0])
         self._stopped: asyncio.Future | None = None
         self._drain = 0.0
 
-    # -- clients --------------------------------------------------------------------------
-
-    def next_client_id(self) -> int:
-        self._next_id += 1
-        return self._next_id
-
-    def admit(self, client: Client) -> bool:
-        if self.stopping:
-            return False
-        limit = self.options.max_connections
-        counter = self.counter
-        if counter is not None:
-            with counter.get_lock():
-                if counter.value >= limit:
-                    self.stats.rejected += 1
-                    return False
-                counter.value += 1
-        elif self.stats.connections >= limit:
-            self.stats.rejected += 1
-            return False
-        self.stats.connections += 1
-        self.clients.add(client)
-        return True
-
-    def client_closed(self, client: Client) -> None:
-        if client in self.clients:
-            self.clients.discard(client)
-            self.stats.connections -= 1
-            if self.counter is not None:
-                with self.counter.get_lock():
-                    self.counter.value -= 1
-
-    # -- commands ---------------------------------------------------------------------------
-
-    def classify(self, name: bytes) -> int:
-        kind = classify(name, self.table, self.cluster_map is not None)
-        if len(self.kinds) < MAX_KIND_CACHE:
-            self.kinds[bytes(name)] = kind
-        return kind
-
-    def table_request(self) -> tuple[bytes, Any] | None:
-        """``COMMAND`` and its callback, for a fresh connection to send ahead of
-        the clients' commands, until the table has arrived."""
-        if self.table is not None or self.table_loading:
-            return None
-        self.table_loading = True
-        return resp.encode_command("COMMAND"), self._on_table
-
-    def _on_table(self, frame: bytes | None) -> None:
-        self.table_loading = False
-        if frame is None:
-            return
-        try:
-            parsed = resp.parse(frame)
-            if parsed is None:
-                raise ValueError("incomplete COMMAND reply")
-            self.table = CommandTable.from_reply(parsed[0])
-        except (ValueError, resp.ProtocolError, TypeError, IndexError) as exc:
-            log.warning("%s: cannot read the backend's command table: %s", self.options.name, exc)
-            return
-        self.kinds.clear()
-        self.writes.clear()
-        log.info("%s: command table of %d commands loaded", self.options.name, len(self.table))
-        return
-
     # -- dirty keys -------------------------------------------------------------------------
 
-    def may_write(self, name: bytes) -> bool:
-        """Whether a request named ``name`` can change keys (cached by name as sent)."""
-        found = self.writes.get(name)
-        if found is None:
-            found = dirty.may_write(self.table, name)
-            if self.table is not None and len(self.writes) < MAX_KIND_CACHE:
-                self.writes[bytes(name)] = found
-        return found
-
-    def write_marks(self, args: list[bytes], db: int) -> list[dirty.Mark]:
-        return dirty.marks(self.table, args, db)
-
-    def record_dirty(self, items: list[dirty.Mark]) -> None:
-        """Keys whose writes were answered (or whose outcome became unknown)."""
-        if not self.tracking:
-            return
-        pending = self.dirty
-        pending.extend(items)
-        if len(pending) >= DIRTY_FLUSH_KEYS:
-            self.flush_dirty()
-        elif self._dirty_timer is None:
-            self._dirty_timer = self.loop.call_later(DIRTY_FLUSH_SECONDS, self.flush_dirty)
-
-    def flush_dirty(self) -> None:
-        timer, self._dirty_timer = self._dirty_timer, None
-        if timer is not None:
-            timer.cancel()
-        if self.dirty:
-            items, self.dirty = self.dirty, []
-            self._send(messages.DirtyReport(self.options.worker, tuple(items)))
-
     def set_tracking(self, on: bool) -> None:
-        if not on:
-            self.flush_dirty()
-        self.tracking = on
+        """Dirty-key tracking (DESIGN.md section 6), switched on by the supervisor."""
+        self.parts.dirty.set_tracking(on)
         log.info("%s: dirty-key tracking %s", self.options.name, "on" if on else "off")
 
     # -- live route ---------------------------------------------------------------------------
 
     def apply_route(self, route: messages.Route) -> None:
-        if self.cluster_map is not None:
+        if self.parts.cluster is not None:
             log.error("%s: a live route needs a standalone source; ignored", self.options.name)
             return
-        moved = self.router.apply(route, lambda index, spec: Node(self, index, spec))
-        if moved:
-            # The authoritative side changed: stateless clients follow at their next
-            # command; a pinned client's state lives on the old side, so it is closed
-            # and reconnects (the supervisor paused everyone first).
+        if self.router.apply(route):
+            # The authoritative side changed (the supervisor paused everyone first).
             primary = self.router.primary
-            for client in list(self.clients):
-                if client.pinned is not None:
-                    if client.transport is not None:
-                        client.transport.close()
-                    continue
-                client.node = primary
-                client.shared = None
+            for client in self.clients:
+                client.follow(primary)  # type: ignore[arg-type]
         log.info("%s: route: authoritative %s, dual writes to %s under %s, %d%% of reads on the target",
                  self.options.name, route.authoritative, ",".join(route.mirror_to) or "nobody", route.policy,
                  route.read_percent)
@@ -244,8 +92,9 @@ class Proxy:
         """Stop reading clients; wait until every reply (dual writes included) arrived.
         Pinned clients get a moment, then are closed: a blocking command would never
         settle, and their state lives on the side being left."""
-        self.paused = True
-        for client in list(self.clients):
+        clients = self.clients
+        clients.paused = True
+        for client in clients:
             client.pause_reading("pause")
         loop = self.loop
         start = loop.time()
@@ -254,29 +103,26 @@ class Proxy:
         settled = False
         while True:
             now = loop.time()
-            busy = [c for c in self.clients if c.outstanding and (c.pinned is None or now < pinned_grace)]
-            if not busy and not self.router.pending:
+            pinned_too = now < pinned_grace
+            if not any(client.awaiting_replies(pinned_too) for client in clients.connected) \
+                    and not self.router.pending:
                 settled = True
                 break
             if now >= deadline:
                 break
             await asyncio.sleep(0.002)
-        for client in list(self.clients):
-            if client.pinned is not None and client.transport is not None:
-                client.transport.close()
-        self.flush_dirty()
-        if self.paused:
+        for client in clients:
+            client.close_if_pinned()
+        self.parts.dirty.flush()
+        if clients.paused:
             self._send(messages.Paused(self.options.worker, token, settled))
 
     def resume_clients(self) -> None:
-        if not self.paused:
+        if not self.clients.paused:
             return
-        self.paused = False
-        for client in list(self.clients):
-            client.resume_reading("pause")
-            if client.buf and client.transport is not None:
-                client.stalled = True
-                client._schedule_resume()
+        self.clients.paused = False
+        for client in self.clients:
+            client.unpause()
 
     # -- serving ----------------------------------------------------------------------------
 
@@ -285,9 +131,10 @@ class Proxy:
         self.loop = asyncio.get_running_loop()
         options = self.options
         ports: list[int] = []
+        parts, clients, router = self.parts, self.clients, self.router
         for node, port in zip(self.nodes, options.ports):
             server = await self.loop.create_server(
-                lambda node=node: Client(self, node), options.listen_host, port,
+                lambda node=node: Client(parts, clients, router, node), options.listen_host, port,
                 reuse_address=True, reuse_port=options.workers > 1 or None, backlog=LISTEN_BACKLOG)
             self.servers.append(server)
             ports.append(server.sockets[0].getsockname()[1] if server.sockets else port)
@@ -303,19 +150,19 @@ class Proxy:
         if self.stopping:
             return
         self.stopping = True
+        self.clients.admitting = False
+        for node in self._all_nodes():
+            node.stop_idling()
         for server in self.servers:
             server.close()
-        for client in list(self.clients):
+        for client in self.clients:
             client.pause_reading("stop")
         deadline = time.monotonic() + max(0.0, drain_seconds)
-        while any(client.busy() for client in self.clients) and time.monotonic() < deadline:
+        while any(client.busy() for client in self.clients.connected) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        for client in list(self.clients):
-            if client.transport is not None:
-                client.transport.close()
-        for node in self.nodes:
-            node.close_all()
-        for node in self.router.sides.values():
+        for client in self.clients:
+            client.close()
+        for node in self._all_nodes():
             node.close_all()
         for server in self.servers:
             try:
@@ -323,6 +170,10 @@ class Proxy:
             except (TimeoutError, Exception):
                 pass
         await asyncio.sleep(0)
+
+    def _all_nodes(self) -> list[Node]:
+        """The source's nodes and the other sides of a live run."""
+        return [*self.nodes, *(node for node in self.router.sides.values() if node not in self.nodes)]
 
     def request_stop(self, drain_seconds: float) -> None:
         if self._stopped is not None and not self._stopped.done():
@@ -340,7 +191,7 @@ class Proxy:
                     self.set_tracking(message.on)
                 elif isinstance(message, messages.DirtyBarrier):
                     # Every key recorded before the barrier arrived goes first, in order.
-                    self.flush_dirty()
+                    self.parts.dirty.flush()
                     self._send(messages.DirtyBarrierDone(self.options.worker, message.token))
                 elif isinstance(message, messages.Route):
                     self.apply_route(message)
@@ -368,7 +219,7 @@ class Proxy:
         while True:
             await asyncio.sleep(options.stats_interval)
             self._send(self.stats.report(options.worker, options.backend_label, self.router.report(),
-                                         len(self.dirty)))
+                                         len(self.parts.dirty.pending)))
 
     async def serve(self) -> bool:
         """READY, serve until STOP, drain, STOPPED. False when the listeners could not start."""
@@ -405,7 +256,7 @@ class Proxy:
         finally:
             reporter.cancel()
             await self.stop(self._drain)
-            self.flush_dirty()
+            self.parts.dirty.flush()
             if self.control is not None:
                 try:
                     self.loop.remove_reader(self.control.fileno())

@@ -1,5 +1,6 @@
-"""Latency histograms with fixed buckets, so that the reports of several
-worker processes can be added up before percentiles are read.
+"""The counters of one proxy process (``Stats``), and latency histograms with
+fixed buckets, so that the reports of several worker processes can be added
+up before percentiles are read.
 
 Buckets grow by 10%: a percentile read from them is within 10% of the true
 value, from 10 microseconds to about 90 seconds.
@@ -8,9 +9,14 @@ value, from 10 microseconds to about 90 seconds.
 from __future__ import annotations
 
 import bisect
+import time
 from collections.abc import Iterable, Sequence
 
-__all__ = ["BOUNDS_MS", "histogram", "merge", "percentile"]
+from proxy import messages
+
+__all__ = ["BOUNDS_MS", "MAX_SAMPLES", "Stats", "histogram", "merge", "percentile"]
+
+MAX_SAMPLES = 100_000   # round trips kept per report; more are thinned out evenly
 
 # Upper bound of each bucket, in milliseconds; the last bucket takes everything above.
 BOUNDS_MS: tuple[float, ...] = tuple(0.01 * 1.1**i for i in range(170))
@@ -51,3 +57,36 @@ def percentile(hist: Sequence[int], q: float) -> float:
         if seen >= rank:
             return BOUNDS_MS[min(i, len(BOUNDS_MS) - 1)]
     return BOUNDS_MS[-1]
+
+
+class Stats:
+    """Counters of one process; ``samples`` are backend round trips (seconds) since the last report."""
+
+    __slots__ = ("ops", "errors", "protocol_errors", "backend_ops", "backend_errors", "samples", "connections",
+                 "rejected", "_last_ops", "_last_time")
+
+    def __init__(self) -> None:
+        self.ops = 0
+        self.errors = 0           # errors the interlay itself answered (unavailable backend, protocol errors)
+        self.protocol_errors = 0
+        self.backend_ops = 0
+        self.backend_errors = 0   # error replies from the backend, and commands a lost connection failed
+        self.samples: list[float] = []
+        self.connections = 0
+        self.rejected = 0
+        self._last_ops = 0
+        self._last_time = time.monotonic()
+
+    def report(self, worker: int, label: str, sides: tuple = (), dirty_pending: int = 0) -> messages.StatsReport:
+        now = time.monotonic()
+        samples, self.samples = self.samples, []
+        if len(samples) > MAX_SAMPLES:
+            samples = samples[:: len(samples) // MAX_SAMPLES + 1]
+        interval_ops, self._last_ops = self.ops - self._last_ops, self.ops
+        seconds, self._last_time = now - self._last_time, now
+        backend = messages.BackendReport(label, self.backend_ops, self.backend_errors,
+                                         histogram(sample * 1000.0 for sample in samples))
+        return messages.StatsReport(worker=worker, connections=self.connections, ops=self.ops,
+                                    errors=self.errors + self.backend_errors, interval_ops=interval_ops,
+                                    interval_seconds=seconds, backends=(backend,), sides=sides,
+                                    dirty_pending=dirty_pending)

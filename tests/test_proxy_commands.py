@@ -1,8 +1,16 @@
 """The proxy's parsing pieces: the command table built from each engine's own
 COMMAND reply (checked against the server's COMMAND GETKEYS), the request
-scanner, cluster reply rewriting, latency histograms and the options."""
+scanner, cluster reply rewriting, latency histograms and the options; and
+the parts one proxy process shares (``proxy.parts``, the dirty-key recorder)."""
 
 from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -11,10 +19,13 @@ from eve.core.errors import ConfigError
 from eve.redis import resp
 from eve.redis.connections import RedisConnection
 from eve.redis.framing import RequestScanner, partial_request
+from proxy import messages
 from proxy.cluster import ClusterMap
 from proxy.commands import CommandTable
+from proxy.dirty import DIRTY_FLUSH_KEYS, DirtyRecorder
 from proxy.options import ProxyOptions
-from proxy.stats import histogram, merge, percentile
+from proxy.parts import BLOCKING, SHARED, SPECIAL, XREAD, Clients, CommandCache
+from proxy.stats import Stats, histogram, merge, percentile
 
 MB = 1024 * 1024
 
@@ -178,6 +189,34 @@ def test_partial_request_knows_the_big_argument() -> None:
     assert partial.data_start == len(data) - 10
 
 
+def test_partial_request_before_the_length_of_an_argument() -> None:
+    head = b"*3\r\n$3\r\nSET\r\n"
+    for data, arg_pos in ((head, len(head)), (head + b"$1\r\nk\r\n$10", len(head) + 7)):
+        partial = partial_request(data, 0)
+        assert (partial.name, partial.arg_pos, partial.bulk_len, partial.data_start) == \
+            (b"SET", arg_pos, -1, -1), data
+    assert partial_request(b"*2\r\n$100\r\nabc", 0).name is None
+    assert partial_request(resp.encode_command("PING"), 0) is None       # complete
+    assert partial_request(b"PING\r", 0) is None                        # inline
+
+
+def test_scan_canonical_is_the_hot_path_check() -> None:
+    """Only a buffer of complete canonical requests of the forwardable kind is
+    forwarded whole; the scanner goes on working after each refusal."""
+    scanner = RequestScanner(512 * MB, 1024 * 1024)
+    data = resp.encode_command("SET", "k", "v") + resp.encode_command("GET", "k")
+    kinds = {b"SET": SHARED, b"GET": SHARED}
+    assert scanner.scan_canonical(data, kinds, SHARED, None) == (len(data), 2)
+    assert scanner.scan_canonical(data, {b"SET": SHARED, b"GET": BLOCKING}, SHARED, None)[0] == -1
+    assert scanner.scan_canonical(data + b"*1\r\n$4\r\nPI", kinds, SHARED, None) == (len(data), 2)
+    assert scanner.scan_canonical(b"*1\r\n$04\r\nPING\r\n", {b"PING": SHARED}, SHARED, None)[0] == -1
+    assert scanner.scan_canonical(b"PING\r\n", {b"PING": SHARED}, SHARED, None)[0] == -1
+    requests: list = []
+    assert scanner.scan_canonical(data, None, SHARED, requests) == (len(data), 2)
+    assert [(r[2], r[3]) for r in requests] == [(b"SET", 3), (b"GET", 2)]
+    assert scanner.scan(data)[1:] == (len(data), None)
+
+
 # --------------------------------------------------------------------------- cluster rewriting
 
 
@@ -225,3 +264,115 @@ def test_options_are_validated_and_picklable() -> None:
         ProxyOptions(interlay_id="cache", listen_host="127.0.0.1", ports=(6200, 6201), nodes=(node,))
     with pytest.raises(ConfigError, match="pool_size"):
         ProxyOptions(interlay_id="cache", listen_host="127.0.0.1", ports=(6200,), nodes=(node,), pool_size=0)
+
+
+# --------------------------------------------------------------------------- the parts of a process
+
+
+def test_import_proxy_loads_no_server() -> None:
+    """``import proxy`` is for callers that want the options, the messages or the
+    command table: the asyncio server (and uvloop) load only once ``proxy.main`` is asked for."""
+    code = ("import sys, proxy; from proxy import messages; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('asyncio', 'uvloop', 'proxy')))\n"
+            "proxy.main; print('proxy.server' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    loaded, server = out.stdout.splitlines()
+    assert loaded == str(["proxy", "proxy.commands", "proxy.messages", "proxy.options"])
+    assert server == "True"
+
+
+def test_clients_are_admitted_up_to_the_limit() -> None:
+    stats = Stats()
+    clients = Clients(stats, limit=2)
+    first, second, third = object(), object(), object()
+    assert clients.admit(first) and clients.admit(second)
+    assert not clients.admit(third) and stats.rejected == 1
+    clients.closed(first)
+    clients.closed(first)  # counted once
+    assert stats.connections == 1 and len(clients) == 1
+    assert clients.admit(third) and set(clients) == {second, third}
+    clients.admitting = False  # the process stops
+    assert not clients.admit(object()) and stats.connections == 2
+    assert (clients.next_id(), clients.next_id()) == (1, 2)
+
+
+def test_clients_share_the_limit_across_workers() -> None:
+    counter = multiprocessing.Value("i", 1)  # another worker's client
+    stats = Stats()
+    clients = Clients(stats, limit=2, counter=counter)
+    first = object()
+    assert clients.admit(first) and counter.value == 2
+    assert not clients.admit(object()) and stats.rejected == 1
+    clients.closed(first)
+    assert counter.value == 1 and stats.connections == 0
+
+
+def _raw_reply(server, request: bytes) -> bytes:
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:
+        sock.sendall(request)
+        data = sock.recv(1 << 20)
+        while resp.frame_end(data) < 0:
+            chunk = sock.recv(1 << 20)
+            assert chunk, "connection closed before the reply"
+            data += chunk
+        return data
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_command_cache_before_and_after_the_table(server_factory) -> None:
+    server = server_factory("valkey-9.1")
+    cache = CommandCache("interlay=test worker=0", cluster=False)
+    # Before the table: kinds and writes by name alone, and what may change is not kept.
+    assert cache.classify(b"BLPOP") == BLOCKING and cache.classify(b"get") == SHARED
+    assert cache.classify(b"XREADGROUP") == XREAD and cache.classify(b"Multi") == SPECIAL
+    assert cache.classify(b"CLUSTER") == SHARED and cache.classify(b"BLMOVE") == BLOCKING
+    assert cache.may_write(b"FLUSHDB") and cache.may_write(b"evalsha") and not cache.may_write(b"SET")
+    assert cache.writes == {} and cache.keys([b"GET", b"k"]) == []
+    assert cache.marks([b"FLUSHDB"], 2) == [(2, None)] and cache.marks([b"SET", b"k", b"v"], 0) == []
+    request, on_table = cache.table_request()
+    assert cache.table_request() is None  # one connection asks
+    on_table(_raw_reply(server, request))
+    assert cache.table is not None and len(cache.table) > 150 and cache.table_request() is None
+    # The table replaces the guesses.
+    assert cache.kinds == {} and cache.writes == {}
+    assert cache.may_write(b"SET") and cache.writes == {b"SET": True} and not cache.may_write(b"GET")
+    assert cache.classify(b"BZPOPMIN") == BLOCKING and cache.kinds == {b"BZPOPMIN": BLOCKING}
+    assert cache.marks([b"SET", b"k", b"v"], 3) == [(3, b"k")]
+    assert cache.keys([b"MGET", b"a", b"b"]) == [b"a", b"b"]
+    assert CommandCache("x", cluster=True).classify(b"cluster") == SPECIAL
+
+
+def test_command_cache_survives_a_bad_table() -> None:
+    cache = CommandCache("interlay=test worker=0", cluster=False)
+    _, on_table = cache.table_request()
+    on_table(b"-ERR unknown command\r\n")
+    assert cache.table is None and not cache.loading
+    _, on_table = cache.table_request()  # asked again by the next connection
+    on_table(None)                       # that connection closed first
+    assert cache.table is None and cache.table_request() is not None
+
+
+def test_dirty_recorder_sends_batches() -> None:
+    sent: list[messages.DirtyReport] = []
+
+    async def scenario() -> None:
+        recorder = DirtyRecorder(3, sent.append)
+        recorder.record([(0, b"before")])  # tracking is off: nothing is kept
+        recorder.set_tracking(True)
+        recorder.record([(0, b"a")])
+        recorder.record([(1, b"b")])
+        assert recorder.pending == [(0, b"a"), (1, b"b")]
+        deadline = time.monotonic() + 5
+        while not sent and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert [(report.worker, report.keys) for report in sent] == [(3, ((0, b"a"), (1, b"b")))]
+        recorder.record([(0, b"k%d" % i) for i in range(DIRTY_FLUSH_KEYS)])
+        assert len(sent) == 2 and len(sent[1].keys) == DIRTY_FLUSH_KEYS  # at once, not after the timer
+        recorder.record([(None, None)])
+        recorder.set_tracking(False)  # what is pending goes first
+        assert sent[2].keys == ((None, None),) and recorder.pending == []
+        recorder.record([(0, b"after")])
+        assert recorder.pending == []
+
+    asyncio.run(scenario())

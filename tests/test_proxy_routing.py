@@ -19,18 +19,11 @@ import redis
 import test_proxy
 from test_proxy import endpoint_for, recv_exactly, wait_for
 
+from eve.core.enums import WriteConsistency
 from eve.live.backlog import DirtyKeys
 from eve.redis.resp import encode_command
 from proxy import messages
-from proxy.routing import (
-    BEST_EFFORT,
-    BOTH_REQUIRED,
-    SOURCE,
-    SOURCE_AUTHORITATIVE,
-    TARGET,
-    TARGET_AUTHORITATIVE,
-    reads_from_target,
-)
+from proxy.routing import SOURCE, TARGET, reads_from_target
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -45,7 +38,8 @@ BOTH_REQUIRED_ERROR = "interlay: BOTH_REQUIRED write applied on source but faile
 # --------------------------------------------------------------------------- helpers
 
 
-def live_route(target, *, authoritative: str = SOURCE, policy: str = SOURCE_AUTHORITATIVE,
+def live_route(target, *, authoritative: str = SOURCE,
+               policy: WriteConsistency = WriteConsistency.SOURCE_AUTHORITATIVE,
                mirror: bool = True, read_percent: int = 0, scripts_deterministic: bool = False) -> messages.Route:
     """The route of a live run from the interlay's source to ``target`` (a test server)."""
     other = TARGET if authoritative == SOURCE else SOURCE
@@ -176,7 +170,7 @@ def test_dual_writes_make_the_target_equal(pair, supervisor, interlay) -> None:
         c.close()
 
 
-@pytest.mark.parametrize("policy", [SOURCE_AUTHORITATIVE, BEST_EFFORT])
+@pytest.mark.parametrize("policy", [WriteConsistency.SOURCE_AUTHORITATIVE, WriteConsistency.BEST_EFFORT])
 def test_failing_target_is_counted_not_answered(pair, supervisor, interlay, policy) -> None:
     source, target = pair
     it = interlay(source)
@@ -203,7 +197,7 @@ def test_both_required_fails_the_write_when_the_target_fails(pair, supervisor, i
     it = interlay(source)
     keys = DirtyKeys()
     supervisor.track_dirty(it.id, keys)
-    set_route(supervisor, it, live_route(target, policy=BOTH_REQUIRED))
+    set_route(supervisor, it, live_route(target, policy=WriteConsistency.BOTH_REQUIRED))
     client = it.client()
     target_client = target.client()
 
@@ -237,7 +231,7 @@ def test_both_required_fails_the_write_when_the_target_fails(pair, supervisor, i
 def test_both_required_returns_the_authoritative_error_unchanged(pair, supervisor, interlay) -> None:
     source, target = pair
     it = interlay(source)
-    set_route(supervisor, it, live_route(target, policy=BOTH_REQUIRED))
+    set_route(supervisor, it, live_route(target, policy=WriteConsistency.BOTH_REQUIRED))
     client = it.client()
     source_client, target_client = source.client(), target.client()
     source_client.set("word", "abc")
@@ -263,7 +257,7 @@ def test_both_required_returns_the_authoritative_error_unchanged(pair, superviso
 def test_target_authoritative_counts_the_failing_source(pair, supervisor, interlay) -> None:
     source, target = pair
     it = interlay(source)
-    set_route(supervisor, it, live_route(target, authoritative=TARGET, policy=TARGET_AUTHORITATIVE))
+    set_route(supervisor, it, live_route(target, authoritative=TARGET, policy=WriteConsistency.TARGET_AUTHORITATIVE))
     target_client = target.client()
     target_client.set("n", 41)
     source.stop()
@@ -341,7 +335,7 @@ def test_flip_moves_writes_to_the_target(pair, supervisor, interlay) -> None:
     assert supervisor.pause(it.id, timeout=2.0) is True
     assert closed_by_peer(selected)
     assert closed_by_peer(subscriber)
-    set_route(supervisor, it, live_route(target, authoritative=TARGET, policy=TARGET_AUTHORITATIVE))
+    set_route(supervisor, it, live_route(target, authoritative=TARGET, policy=WriteConsistency.TARGET_AUTHORITATIVE))
     supervisor.resume(it.id)
 
     # The reply is the target's: it is authoritative now.
@@ -563,10 +557,10 @@ def test_malformed_route_is_refused_and_the_interlay_keeps_serving(pair, supervi
     source, target = pair
     it = interlay(source)
     spec = endpoint_for(target.host, target.port).write
-    for route in (messages.Route("nowhere", (("target", spec),), (), SOURCE_AUTHORITATIVE, 0),
+    for route in (messages.Route("nowhere", (("target", spec),), (), WriteConsistency.SOURCE_AUTHORITATIVE, 0),
                   messages.Route(SOURCE, (("target", spec),), ("target",), "SOMETIMES", 0),
-                  messages.Route(SOURCE, (("target", spec),), ("mirror:x",), SOURCE_AUTHORITATIVE, 0),
-                  messages.Route(SOURCE, (("target", spec),), (), SOURCE_AUTHORITATIVE, 101)):
+                  messages.Route(SOURCE, (("target", spec),), ("mirror:x",), WriteConsistency.SOURCE_AUTHORITATIVE, 0),
+                  messages.Route(SOURCE, (("target", spec),), (), WriteConsistency.SOURCE_AUTHORITATIVE, 101)):
         set_route(supervisor, it, route)
     assert supervisor.running(it.id)
     client = it.client()

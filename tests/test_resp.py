@@ -32,6 +32,8 @@ from eve.redis.resp import (
     frame_end,
     parse,
     parse_command,
+    scan_frame,
+    scan_multibulk,
     to_python,
 )
 
@@ -417,6 +419,36 @@ def test_parse_command_multibulk():
     assert parse_command(wire) == ([b"SET", b"key", b"va\r\nl"], len(wire))
     assert parse_command(bytearray(wire)) == ([b"SET", b"key", b"va\r\nl"], len(wire))
     assert parse_command(wire + b"*1\r\n$4\r\nPING\r\n", len(wire)) == ([b"PING"], len(wire) + 14)
+
+
+def test_scan_multibulk_spans_the_complete_arguments():
+    """The walk parse_command and the proxy's framing share: the arguments it
+    found complete, whether or not the whole request is in."""
+    wire = encode_command("SET", "key", b"va\r\nl")
+    for cut in range(len(wire) + 1):
+        spans: list = []
+        end = scan_multibulk(wire[:cut], 0, 512 * 1024 * 1024, 1024, spans)
+        found = [wire[a:b] for a, b in spans]
+        assert found == [b"SET", b"key", b"va\r\nl"][: len(found)], cut
+        assert end == (len(wire) if cut == len(wire) else -1), cut
+    spans = []
+    assert scan_multibulk(b"*-1\r\n", 0, 10, 10, spans) == 5 and spans == []
+    with pytest.raises(ProtocolError, match="invalid multibulk length"):
+        scan_multibulk(wire, 0, 512, 2, [])  # more arguments than max_args
+
+
+def test_scan_frame_resumes_and_keeps_tokens():
+    wire = encode(Array([BulkString(b"a" * 10), Map([(SimpleString(b"k"), Integer(7))]), NIL]))
+    stack: list = []
+    tokens: list = []
+    pos, remaining = 0, 1
+    for cut in range(1, len(wire)):
+        end, pos, remaining, need = scan_frame(wire[:cut], pos, remaining, stack, 1 << 20, 128, tokens)
+        assert end == -1 and need > cut, cut
+    end, *_ = scan_frame(wire, pos, remaining, stack, 1 << 20, 128, tokens)
+    assert end == len(wire)
+    assert [token[0] for token in tokens] == [ord(c) for c in "*$%+:$"]
+    assert parse(wire)[0] == Array([BulkString(b"a" * 10), Map([(SimpleString(b"k"), Integer(7))]), NIL])
 
 
 def test_parse_command_every_split_point():

@@ -3,28 +3,22 @@
 The proxy forwards the bytes it received; it parses no more than the command
 boundaries, the command name, and (for a few commands that change a
 connection's state) the arguments. Request rules and error messages are
-Redis' own (``networking.c`` ``processMultibulkBuffer``), as in
-``eve.redis.resp.parse_command``; replies are scanned by ``eve.redis.resp``'s frame
-scanner.
+Redis' own (``networking.c`` ``processMultibulkBuffer``): they come from the
+codec's multibulk walk (``eve.redis.resp.scan_multibulk``, which
+``parse_command`` uses too); replies are scanned by the codec's own frame
+scanner (``eve.redis.resp.scan_frame``).
 """
 
 from __future__ import annotations
 
+import sys
+
 import hiredis
 
 from eve.redis import resp
-from eve.redis.resp import MAX_INLINE, ProtocolError
+from eve.redis.resp import ProtocolError
 
 __all__ = ["PartialRequest", "RequestScanner", "partial_request", "scan_request", "scan_reply"]
-
-_MAX_LENGTH_DIGITS = 18
-_E_MULTIBULK = "Protocol error: invalid multibulk length"
-_E_BULK = "Protocol error: invalid bulk length"
-_E_CRLF = "Protocol error: bulk data not followed by CRLF"
-
-
-def _show(byte: int) -> str:
-    return chr(byte) if 0x20 <= byte < 0x7F else f"\\x{byte:02x}"
 
 
 def scan_request(buf: bytes, pos: int, max_bulk: int, max_args: int):
@@ -38,52 +32,21 @@ def scan_request(buf: bytes, pos: int, max_bulk: int, max_args: int):
             return None
         args, end = parsed
         return end, (args[0] if args else b""), len(args)
-    find = buf.find
-    n = len(buf)
-    eol = find(b"\r\n", pos + 1)
-    if eol < 0:
-        if n - pos > MAX_INLINE:
-            raise ProtocolError("Protocol error: too big mbulk count string")
+    spans: list = []
+    end = resp.scan_multibulk(buf, pos, max_bulk, max_args, spans)
+    if end < 0:
         return None
-    s = buf[pos + 1 : eol]
-    if s.isdigit() and len(s) <= _MAX_LENGTH_DIGITS:
-        argc = int(s)
-        if argc > max_args:
-            raise ProtocolError(_E_MULTIBULK)
-    elif s[:1] == b"-" and s[1:].isdigit():
-        return eol + 2, b"", 0  # processMultibulkBuffer: a count <= 0 is an empty request
-    else:
-        raise ProtocolError(_E_MULTIBULK)
-    p = eol + 2
-    name = b""
-    for i in range(argc):
-        if p >= n:
-            return None
-        if buf[p] != 0x24:
-            raise ProtocolError(f"Protocol error: expected '$', got '{_show(buf[p])}'")
-        eol = find(b"\r\n", p + 1)
-        if eol < 0:
-            if n - p > MAX_INLINE:
-                raise ProtocolError("Protocol error: too big bulk count string")
-            return None
-        s = buf[p + 1 : eol]
-        if not s.isdigit() or len(s) > _MAX_LENGTH_DIGITS:
-            raise ProtocolError(_E_BULK)
-        length = int(s)
-        if length > max_bulk:
-            raise ProtocolError(_E_BULK)
-        start = eol + 2
-        p = start + length + 2
-        if p > n:
-            return None
-        if buf[p - 2] != 13 or buf[p - 1] != 10:
-            raise ProtocolError(_E_CRLF)
-        if not i:
-            name = buf[start : start + length]
-    return p, name, argc
+    if not spans:
+        return end, b"", 0
+    start, stop = spans[0]
+    return end, buf[start:stop], len(spans)
 
 
 _NED = object()  # hiredis: not enough data
+
+
+class _NotCanonical(Exception):
+    """A request hiredis parsed is not spelled the canonical way (or not of the kind asked for)."""
 
 
 def _header_length(count: int) -> int:
@@ -118,24 +81,32 @@ class RequestScanner:
         self.max_args = max_args
 
     def scan(self, buf: bytes) -> tuple[list, int, str | None]:
-        if buf[0] == 0x2A and len(buf) <= self.max_bulk:
-            fast = self._fast(buf)
-            if fast is not None:
-                return fast
+        requests: list = []
+        end = self.scan_canonical(buf, None, 0, requests)[0]
+        if end == len(buf):
+            return requests, end, None
+        if end >= 0:
+            # An incomplete request at the end: check now what is known of it.
+            return self._slow(buf, end, requests)
         return self._slow(buf, 0, [])
 
-    def scan_forwardable(self, buf: bytes, kinds: dict, forwardable: int) -> int:
-        """The hot path: how many requests ``buf`` holds when it is nothing but
-        complete canonical requests whose names ``kinds`` maps to
-        ``forwardable``; 0 otherwise (then ``scan`` has to look closer)."""
+    def scan_canonical(self, buf: bytes, kinds: dict | None, forwardable: int,
+                       requests: list | None) -> tuple[int, int]:
+        """``(end, count)`` of the complete canonical requests at the start of
+        ``buf`` (``end`` is ``len(buf)`` when they are all of it), or ``(-1, 0)``
+        when one is not canonical. Either ``requests``: each one is appended to
+        it as ``(end, args, name, argc)``; or ``kinds``, for the proxy's hot
+        path (a buffer of nothing but such requests is forwarded as it is): a
+        request whose name does not map to ``forwardable`` counts as not canonical."""
         if buf[0] != 0x2A or len(buf) > self.max_bulk:
-            return 0
+            return -1, 0
         reader = self._reader
         if reader is None:
             reader = self._reader = hiredis.Reader(notEnoughData=_NED)
         reader.feed(buf)
         gets = reader.gets
-        get_kind = kinds.get
+        get_kind = kinds.get if kinds is not None else None
+        append = requests.append if requests is not None else None
         count = 0
         p = 0
         try:
@@ -143,62 +114,13 @@ class RequestScanner:
                 args = gets()
                 if args is _NED:
                     break
-                if args.__class__ is not list or not args or buf[p] != 0x2A or \
-                        get_kind(args[0]) != forwardable:
-                    self._reader = None
-                    return 0
-                argc = len(args)
-                p += 4 if argc < 10 else _header_length(argc)
-                for arg in args:
-                    if arg.__class__ is not bytes or buf[p] != 0x24:
-                        self._reader = None
-                        return 0
-                    length = len(arg)
-                    if length < 10:
-                        p += length + 6
-                    elif length < 100:
-                        p += length + 7
-                    else:
-                        p += _header_length(length) + length + 2
-                    if buf[p - 2] != 13 or buf[p - 1] != 10:
-                        self._reader = None
-                        return 0
-                count += 1
-        except (IndexError, hiredis.ProtocolError):
-            self._reader = None
-            return 0
-        if p != len(buf):
-            self._reader = None
-            return 0
-        return count
-
-    def _fast(self, buf: bytes):
-        reader = self._reader
-        if reader is None:
-            reader = self._reader = hiredis.Reader(notEnoughData=_NED)
-        reader.feed(buf)
-        gets = reader.gets
-        requests = []
-        append = requests.append
-        p = 0
-        try:
-            while True:
-                try:
-                    args = gets()
-                except hiredis.ProtocolError:
-                    self._reader = None
-                    return None
-                if args is _NED:
-                    break
                 if args.__class__ is not list or not args or buf[p] != 0x2A:
-                    self._reader = None
-                    return None
+                    raise _NotCanonical
                 argc = len(args)
                 p += 4 if argc < 10 else _header_length(argc)
                 for arg in args:
                     if arg.__class__ is not bytes or buf[p] != 0x24:
-                        self._reader = None
-                        return None
+                        raise _NotCanonical
                     length = len(arg)
                     if length < 10:
                         p += length + 6
@@ -207,18 +129,22 @@ class RequestScanner:
                     else:
                         p += _header_length(length) + length + 2
                     if buf[p - 2] != 13 or buf[p - 1] != 10:
-                        self._reader = None
-                        return None
-                append((p, args, args[0], argc))
-        except IndexError:
+                        raise _NotCanonical
+                # One test per request for the two uses (the hot path counts).
+                if append is not None:
+                    append((p, args, args[0], argc))
+                elif get_kind(args[0]) == forwardable:  # type: ignore[misc]
+                    count += 1
+                else:
+                    raise _NotCanonical
+        except (_NotCanonical, IndexError, hiredis.ProtocolError):
             self._reader = None
-            return None
-        if p == len(buf):
-            return requests, p, None
-        # An incomplete request at the end: start afresh next time (the caller
-        # keeps the bytes), and check now what is known of it.
-        self._reader = None
-        return self._slow(buf, p, requests)
+            return -1, 0
+        if p != len(buf):
+            # hiredis holds the start of an incomplete request: start afresh next
+            # time (the caller keeps the bytes).
+            self._reader = None
+        return p, count if append is None else len(requests)  # type: ignore[arg-type]
 
     def _slow(self, buf: bytes, pos: int, requests: list):
         n = len(buf)
@@ -257,30 +183,21 @@ def partial_request(buf: bytes, pos: int) -> PartialRequest | None:
     ``scan_request`` already found well formed so far); None for inline."""
     if buf[pos] != 0x2A:
         return None
-    find = buf.find
-    n = len(buf)
-    eol = find(b"\r\n", pos + 1)
+    eol = buf.find(b"\r\n", pos + 1)
     if eol < 0:
         return None
-    argc = int(buf[pos + 1 : eol])
-    p = eol + 2
-    name = None
-    for i in range(argc):
-        if p >= n:
-            return PartialRequest(name, p, argc - i, -1, -1)
-        eol = find(b"\r\n", p + 1)
-        if eol < 0:
-            return PartialRequest(name, p, argc - i, -1, -1)
-        length = int(buf[p + 1 : eol])
-        start = eol + 2
-        if start + length + 2 > n:
-            return PartialRequest(name, p, argc - i, length, start)
-        if not i:
-            name = buf[start : start + length]
-        p = start + length + 2
-    return None
+    spans: list = []
+    # Already checked against the client's limits: only the boundaries are wanted here.
+    if resp.scan_multibulk(buf, pos, sys.maxsize, sys.maxsize, spans) >= 0:
+        return None
+    name = buf[spans[0][0] : spans[0][1]] if spans else None
+    arg_pos = spans[-1][1] + 2 if spans else eol + 2
+    args_left = int(buf[pos + 1 : eol]) - len(spans)
+    header_end = buf.find(b"\r\n", arg_pos + 1) if arg_pos < len(buf) else -1
+    if header_end < 0:
+        return PartialRequest(name, arg_pos, args_left, -1, -1)
+    return PartialRequest(name, arg_pos, args_left, int(buf[arg_pos + 1 : header_end]), header_end + 2)
 
 
-def scan_reply(buf: bytes, pos: int, remaining: int, stack: list, max_bulk: int):
-    """``eve.redis.resp``'s resumable frame scan: ``(end, pos, remaining, need)``."""
-    return resp._scan(buf, pos, remaining, stack, max_bulk, resp.DEFAULT_MAX_DEPTH)
+# ``(end, pos, remaining, need)`` of the codec's resumable frame scan.
+scan_reply = resp.scan_frame

@@ -1,15 +1,19 @@
 """RESP2/RESP3 codec, pure Python.
 
-Three readers for three callers:
+One scan of the wire format, three readers for three callers:
 
-* ``parse`` / ``Reader`` build typed values. The coordinator needs them to tell
-  a simple string from a bulk string, an error from a value, ``$-1`` from ``_``.
-* ``frame_end`` only finds where a frame ends, building nothing. The proxy
-  forwards bytes as they came and needs no more than that.
+* ``scan_frame`` finds where a frame ends, building nothing, and can resume
+  where more bytes are needed. The proxy forwards bytes as they came and needs
+  no more than that (``frame_end`` is its one-shot form).
+* ``parse`` / ``Reader`` build typed values from what that same scan found
+  (its tokens), so validation is written once. The coordinator needs them to
+  tell a simple string from a bulk string, an error from a value, ``$-1``
+  from ``_``.
 * ``parse_command`` reads a client request (multibulk or inline) into its
   arguments, with Redis' own rules and error messages (``networking.c``:
   ``processMultibulkBuffer``, ``processInlineBuffer``; ``sds.c``:
-  ``sdssplitargs``).
+  ``sdssplitargs``). ``scan_multibulk`` is its walk over a multibulk request,
+  which the proxy's request framing (``eve.redis.framing``) shares.
 
 Exception tree::
 
@@ -55,6 +59,8 @@ __all__ = [
     "frame_end",
     "parse",
     "parse_command",
+    "scan_frame",
+    "scan_multibulk",
     "to_python",
 ]
 
@@ -73,24 +79,35 @@ MAX_INLINE = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
-class SimpleString:
-    """``+OK``"""
+class _Text:
+    """A string value; subclasses differ by type only (equality compares the class too)."""
 
     value: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class BulkString:
-    """``$3\\r\\nfoo``"""
-
-    value: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Integer:
-    """``:42``"""
+class _Number:
+    """An integer value; subclasses differ by type only."""
 
     value: int
+
+
+class SimpleString(_Text):
+    """``+OK``"""
+
+    __slots__ = ()
+
+
+class BulkString(_Text):
+    """``$3\\r\\nfoo``"""
+
+    __slots__ = ()
+
+
+class Integer(_Number):
+    """``:42``"""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -128,11 +145,10 @@ class Boolean:
     value: bool
 
 
-@dataclass(frozen=True, slots=True)
-class BigNumber:
+class BigNumber(_Number):
     """``(3492890328409238509324850943850943825024385`` (RESP3)"""
 
-    value: int
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,31 +177,35 @@ class Verbatim:
 
 
 @dataclass(frozen=True, slots=True)
-class Array:
+class _Items:
+    """An aggregate: its elements in wire order. Subclasses differ by type
+    only (equality compares the class too)."""
+
+    items: list
+
+
+class Array(_Items):
     """``*N``"""
 
-    items: list
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Set:
+class Set(_Items):
     """``~N`` (RESP3)"""
 
-    items: list
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Push:
+class Push(_Items):
     """``>N`` (RESP3 out-of-band data: Pub/Sub messages, invalidations)"""
 
-    items: list
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Map:
-    """``%N`` (RESP3): a list of (key, value) pairs, in wire order."""
+class Map(_Items):
+    """``%N`` (RESP3): ``items`` is a list of (key, value) pairs, in wire order."""
 
-    items: list
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,18 +319,25 @@ def _buffer(buf):
 # ---------------------------------------------------------------------------
 
 
-def _scan(buf, pos: int, remaining: int, stack: list, max_bulk: int, max_depth: int):
-    """Skip over frames without building values.
+def scan_frame(buf, pos: int, remaining: int, stack: list, max_bulk: int, max_depth: int = DEFAULT_MAX_DEPTH,
+               tokens: list | None = None):
+    """Skip over frames without building values, validating as it goes.
 
     ``remaining`` is how many elements are still due at the current level and
-    ``stack`` holds that count for each enclosing level. Returns
-    ``(end, pos, remaining, need)``: ``end`` is the frame's end or -1; when -1,
-    scanning can resume at ``pos`` with ``remaining`` and ``stack`` (only
-    complete elements have been consumed), and nothing can change before the
-    buffer holds ``need`` bytes.
+    ``stack`` holds that count for each enclosing level (a fresh frame: 1 and
+    ``[]``). Returns ``(end, pos, remaining, need)``: ``end`` is the frame's end
+    or -1; when -1, scanning can resume at ``pos`` with ``remaining`` and
+    ``stack`` (only complete elements have been consumed), and nothing can
+    change before the buffer holds ``need`` bytes.
+
+    With ``tokens``, every element consumed is appended to it, for ``_build``:
+    ``(type, start, end)`` for a string or line (its payload is
+    ``buf[start:end]``; ``start`` -1 for ``$-1``), ``(type, count)`` for an
+    aggregate header (elements due, -1 for ``*-1``).
     """
     n = len(buf)
     find = buf.find
+    keep = tokens is not None
     while True:
         if pos >= n:
             return -1, pos, remaining, n + 1
@@ -332,8 +359,12 @@ def _scan(buf, pos: int, remaining: int, stack: list, max_bulk: int, max_depth: 
                     raise ProtocolError(_E_BULK_CRLF)
                 if t == _VERBATIM and (length < 4 or buf[eol + 5] != 0x3A):
                     raise ProtocolError("Protocol error: invalid verbatim string")
+                if keep:
+                    tokens.append((t, eol + 2, end))  # type: ignore[union-attr]
                 pos = end + 2
             elif s == b"-1" and t == _BULK:
+                if keep:
+                    tokens.append((t, -1, -1))  # type: ignore[union-attr]
                 pos = eol + 2
             else:
                 raise ProtocolError(_E_BULK_LENGTH)
@@ -345,37 +376,41 @@ def _scan(buf, pos: int, remaining: int, stack: list, max_bulk: int, max_depth: 
                     raise _too_deep(max_depth)
                 per, extra = _AGGREGATES[t]
                 count = int(s) * per + extra
+                if keep:
+                    tokens.append((t, count))  # type: ignore[union-attr]
                 if count:
                     stack.append(remaining)
                     remaining = count
                     continue
-            elif not (s == b"-1" and t == _ARRAY):
+            elif s == b"-1" and t == _ARRAY:
+                if keep:
+                    tokens.append((t, -1))  # type: ignore[union-attr]
+            else:
                 raise ProtocolError(f"Protocol error: invalid {_AGGREGATE_NAMES[t]} length")
-        elif t == _SIMPLE or t == _ERROR:
-            pos = eol + 2
-        elif t == _INTEGER:
-            if not _is_integer(buf[pos + 1 : eol]):
-                raise ProtocolError("Protocol error: invalid integer")
-            pos = eol + 2
-        elif t == _NULL_T:
-            if eol != pos + 1:
-                raise ProtocolError("Protocol error: invalid null")
-            pos = eol + 2
-        elif t == _BOOLEAN:
-            s = buf[pos + 1 : eol]
-            if s != b"t" and s != b"f":
-                raise ProtocolError("Protocol error: invalid boolean")
-            pos = eol + 2
-        elif t == _DOUBLE:
-            if _DOUBLE_RE.fullmatch(buf, pos + 1, eol) is None:
-                raise ProtocolError("Protocol error: invalid double")
-            pos = eol + 2
-        elif t == _BIG_NUMBER:
-            if not _is_integer(buf[pos + 1 : eol]):
-                raise ProtocolError("Protocol error: invalid big number")
-            pos = eol + 2
         else:
-            raise _bad_type(t)
+            if t == _SIMPLE or t == _ERROR:
+                pass
+            elif t == _INTEGER:
+                if not _is_integer(buf[pos + 1 : eol]):
+                    raise ProtocolError("Protocol error: invalid integer")
+            elif t == _NULL_T:
+                if eol != pos + 1:
+                    raise ProtocolError("Protocol error: invalid null")
+            elif t == _BOOLEAN:
+                s = buf[pos + 1 : eol]
+                if s != b"t" and s != b"f":
+                    raise ProtocolError("Protocol error: invalid boolean")
+            elif t == _DOUBLE:
+                if _DOUBLE_RE.fullmatch(buf, pos + 1, eol) is None:
+                    raise ProtocolError("Protocol error: invalid double")
+            elif t == _BIG_NUMBER:
+                if not _is_integer(buf[pos + 1 : eol]):
+                    raise ProtocolError("Protocol error: invalid big number")
+            else:
+                raise _bad_type(t)
+            if keep:
+                tokens.append((t, pos + 1, eol))  # type: ignore[union-attr]
+            pos = eol + 2
         # One element is complete; close every level it completes.
         remaining -= 1
         while not remaining:
@@ -393,7 +428,7 @@ def frame_end(
 ) -> int:
     """End offset of the complete frame starting at ``pos``, or -1 if more data
     is needed. Validates like ``parse`` but builds no values."""
-    return _scan(_buffer(buf), pos, 1, [], max_bulk, max_depth)[0]
+    return scan_frame(_buffer(buf), pos, 1, [], max_bulk, max_depth)[0]
 
 
 # ---------------------------------------------------------------------------
@@ -413,107 +448,50 @@ def _aggregate(t: int, items: list):
     return Attribute(list(zip(items[0:-1:2], items[1:-1:2])), items[-1])
 
 
-def _parse(buf, pos: int, max_bulk: int, max_depth: int):
-    n = len(buf)
-    find = buf.find
+def _atom(buf, t: int, start: int, end: int):
+    """The value of one string or line token (``scan_frame`` validated its bytes)."""
+    if t == _BULK:
+        return NIL if start < 0 else BulkString(bytes(buf[start:end]))
+    if t == _SIMPLE:
+        return SimpleString(bytes(buf[start:end]))
+    if t == _ERROR:
+        return Error(bytes(buf[start:end]))
+    if t == _INTEGER:
+        return Integer(int(buf[start:end]))
+    if t == _BLOB_ERROR:
+        return Error(bytes(buf[start:end]), True)
+    if t == _VERBATIM:
+        return Verbatim(bytes(buf[start : start + 3]), bytes(buf[start + 4 : end]))
+    if t == _NULL_T:
+        return _NULL
+    if t == _BOOLEAN:
+        return Boolean(buf[start] == 0x74)  # t
+    if t == _DOUBLE:
+        return Double(float(buf[start:end]))
+    try:
+        return BigNumber(int(buf[start:end]))
+    except ValueError as exc:  # beyond sys.get_int_max_str_digits()
+        raise ProtocolError("Protocol error: invalid big number") from exc
+
+
+def _build(buf, tokens: list):
+    """The value of one complete frame from the tokens ``scan_frame`` left."""
     # Open aggregates: [type, elements due, elements so far].
     stack: list[list] = []
-    while True:
-        if pos >= n:
-            return None
-        t = buf[pos]
-        eol = find(b"\r\n", pos + 1)
-        if eol < 0:
-            _open_line(t, n - pos, max_bulk)
-            return None
-        if t == _BULK or t == _BLOB_ERROR or t == _VERBATIM:
-            s = buf[pos + 1 : eol]
-            if s.isdigit() and len(s) <= _MAX_LENGTH_DIGITS:
-                length = int(s)
-                if length > max_bulk:
-                    raise ProtocolError(_E_BULK_LENGTH)
-                start = eol + 2
-                end = start + length
-                if end + 2 > n:
-                    return None
-                if buf[end] != 13 or buf[end + 1] != 10:
-                    raise ProtocolError(_E_BULK_CRLF)
-                pos = end + 2
-                if t == _BULK:
-                    value = BulkString(bytes(buf[start:end]))
-                elif t == _BLOB_ERROR:
-                    value = Error(bytes(buf[start:end]), True)
-                else:
-                    if length < 4 or buf[start + 3] != 0x3A:
-                        raise ProtocolError("Protocol error: invalid verbatim string")
-                    value = Verbatim(bytes(buf[start : start + 3]), bytes(buf[start + 4 : end]))
-            elif s == b"-1" and t == _BULK:
-                value = NIL
-                pos = eol + 2
-            else:
-                raise ProtocolError(_E_BULK_LENGTH)
-        elif t in _AGGREGATES:
-            s = buf[pos + 1 : eol]
-            pos = eol + 2
-            if s.isdigit() and len(s) <= _MAX_LENGTH_DIGITS:
-                if len(stack) >= max_depth:
-                    raise _too_deep(max_depth)
-                per, extra = _AGGREGATES[t]
-                count = int(s) * per + extra
-                if count:
-                    stack.append([t, count, []])
-                    continue
-                value = _aggregate(t, [])
-            elif s == b"-1" and t == _ARRAY:
-                value = _NIL_ARRAY
-            else:
-                raise ProtocolError(f"Protocol error: invalid {_AGGREGATE_NAMES[t]} length")
-        elif t == _SIMPLE:
-            value = SimpleString(bytes(buf[pos + 1 : eol]))
-            pos = eol + 2
-        elif t == _ERROR:
-            value = Error(bytes(buf[pos + 1 : eol]))
-            pos = eol + 2
-        elif t == _INTEGER:
-            s = buf[pos + 1 : eol]
-            if not _is_integer(s):
-                raise ProtocolError("Protocol error: invalid integer")
-            value = Integer(int(s))
-            pos = eol + 2
-        elif t == _NULL_T:
-            if eol != pos + 1:
-                raise ProtocolError("Protocol error: invalid null")
-            value = _NULL
-            pos = eol + 2
-        elif t == _BOOLEAN:
-            s = buf[pos + 1 : eol]
-            if s == b"t":
-                value = Boolean(True)
-            elif s == b"f":
-                value = Boolean(False)
-            else:
-                raise ProtocolError("Protocol error: invalid boolean")
-            pos = eol + 2
-        elif t == _DOUBLE:
-            if _DOUBLE_RE.fullmatch(buf, pos + 1, eol) is None:
-                raise ProtocolError("Protocol error: invalid double")
-            value = Double(float(buf[pos + 1 : eol]))
-            pos = eol + 2
-        elif t == _BIG_NUMBER:
-            s = buf[pos + 1 : eol]
-            if not _is_integer(s):
-                raise ProtocolError("Protocol error: invalid big number")
-            try:
-                value = BigNumber(int(s))
-            except ValueError as exc:  # beyond sys.get_int_max_str_digits()
-                raise ProtocolError("Protocol error: invalid big number") from exc
-            pos = eol + 2
+    for token in tokens:
+        t = token[0]
+        if t in _AGGREGATES:
+            count = token[1]
+            if count > 0:
+                stack.append([t, count, []])
+                continue
+            value = _NIL_ARRAY if count < 0 else _aggregate(t, [])
         else:
-            raise _bad_type(t)
+            value = _atom(buf, t, token[1], token[2])
         # Hand the value to its parent, closing every aggregate it completes.
         while True:
             if not stack:
-                return value, pos
+                return value
             top = stack[-1]
             items = top[2]
             items.append(value)
@@ -521,6 +499,7 @@ def _parse(buf, pos: int, max_bulk: int, max_depth: int):
                 break
             stack.pop()
             value = _aggregate(top[0], items)
+    raise AssertionError("tokens of an incomplete frame")  # pragma: no cover
 
 
 def parse(
@@ -532,7 +511,12 @@ def parse(
 ):
     """Parse one frame starting at ``pos``: ``(value, end)``, or None when more
     data is needed. Raises ProtocolError for malformed input."""
-    return _parse(_buffer(buf), pos, max_bulk, max_depth)
+    buf = _buffer(buf)
+    tokens: list = []
+    end = scan_frame(buf, pos, 1, [], max_bulk, max_depth, tokens)[0]
+    if end < 0:
+        return None
+    return _build(buf, tokens), end
 
 
 class Reader:
@@ -541,9 +525,10 @@ class Reader:
 
     A frame is scanned once however many pieces it arrives in (the scan resumes
     where it stopped, and waits for the whole of a bulk string), and values are
-    built only when the frame is complete. The buffer is compacted once the
-    consumed part is at least half of it, so copying stays linear. After a
-    ProtocolError the reader is broken and every ``get`` raises it again.
+    built from that scan's tokens only when the frame is complete. The buffer
+    is compacted once the consumed part is at least half of it, so copying
+    stays linear. After a ProtocolError the reader is broken and every ``get``
+    raises it again.
     """
 
     __slots__ = (
@@ -552,6 +537,7 @@ class Reader:
         "_scan_pos",
         "_remaining",
         "_stack",
+        "_tokens",
         "_need",
         "_error",
         "_max_bulk",
@@ -570,6 +556,7 @@ class Reader:
         self._scan_pos = start  # where its scan resumes
         self._remaining = 1
         self._stack: list[int] = []
+        self._tokens: list = []  # of the current frame's elements scanned so far
         self._need = start + 1  # buffer length before anything can change
 
     def feed(self, data) -> None:
@@ -583,13 +570,13 @@ class Reader:
         if len(buf) < self._need:
             return None
         try:
-            end, scan_pos, remaining, need = _scan(
-                buf, self._scan_pos, self._remaining, self._stack, self._max_bulk, self._max_depth
+            end, scan_pos, remaining, need = scan_frame(
+                buf, self._scan_pos, self._remaining, self._stack, self._max_bulk, self._max_depth, self._tokens
             )
             if end < 0:
                 self._scan_pos, self._remaining, self._need = scan_pos, remaining, need
                 return None
-            value, end = _parse(buf, self._start, self._max_bulk, self._max_depth)
+            value = _build(buf, self._tokens)
         except ProtocolError as exc:
             self._error = exc
             raise
@@ -699,6 +686,56 @@ def _parse_inline(buf, pos: int):
     return _split_args(bytes(buf[pos:stop])), newline + 1
 
 
+def scan_multibulk(buf, pos: int, max_bulk: int, max_args: int, spans: list) -> int:
+    """Walk the multibulk request at ``pos`` (``buf[pos]`` is ``*``) by Redis'
+    rules: its end, or -1 while it is incomplete. The ``(start, end)`` of each
+    complete argument is appended to ``spans``. A count of 0 or less is an
+    empty request (``processMultibulkBuffer``: "if (ll <= 0) return C_OK").
+    Raises ProtocolError for malformed or oversized requests."""
+    find = buf.find
+    n = len(buf)
+    eol = find(b"\r\n", pos + 1)
+    if eol < 0:
+        if n - pos > MAX_INLINE:
+            raise ProtocolError("Protocol error: too big mbulk count string")
+        return -1
+    s = buf[pos + 1 : eol]
+    if s.isdigit() and len(s) <= _MAX_LENGTH_DIGITS:
+        count = int(s)
+        if count > max_args:
+            raise ProtocolError(_E_MULTIBULK_LENGTH)
+    elif s[:1] == b"-" and s[1:].isdigit():
+        return eol + 2
+    else:
+        raise ProtocolError(_E_MULTIBULK_LENGTH)
+    pos = eol + 2
+    for _ in range(count):
+        if pos >= n:
+            return -1
+        if buf[pos] != _BULK:
+            raise ProtocolError(f"Protocol error: expected '$', got '{_show(buf[pos])}'")
+        eol = find(b"\r\n", pos + 1)
+        if eol < 0:
+            if n - pos > MAX_INLINE:
+                raise ProtocolError("Protocol error: too big bulk count string")
+            return -1
+        s = buf[pos + 1 : eol]
+        if not s.isdigit() or len(s) > _MAX_LENGTH_DIGITS:
+            raise ProtocolError(_E_BULK_LENGTH)
+        length = int(s)
+        if length > max_bulk:
+            raise ProtocolError(_E_BULK_LENGTH)
+        start = eol + 2
+        end = start + length
+        if end + 2 > n:
+            return -1
+        if buf[end] != 13 or buf[end + 1] != 10:
+            raise ProtocolError(_E_BULK_CRLF)
+        spans.append((start, end))
+        pos = end + 2
+    return pos
+
+
 def parse_command(
     buf,
     pos: int = 0,
@@ -714,53 +751,15 @@ def parse_command(
     ``([], end)`` so the caller can skip it.
     """
     buf = _buffer(buf)
-    n = len(buf)
-    if pos >= n:
+    if pos >= len(buf):
         return None
     if buf[pos] != _ARRAY:
         return _parse_inline(buf, pos)
-    find = buf.find
-    eol = find(b"\r\n", pos + 1)
-    if eol < 0:
-        if n - pos > MAX_INLINE:
-            raise ProtocolError("Protocol error: too big mbulk count string")
+    spans: list = []
+    end = scan_multibulk(buf, pos, max_bulk, max_args, spans)
+    if end < 0:
         return None
-    s = buf[pos + 1 : eol]
-    if s.isdigit() and len(s) <= _MAX_LENGTH_DIGITS:
-        count = int(s)
-        if count > max_args:
-            raise ProtocolError(_E_MULTIBULK_LENGTH)
-    elif s[:1] == b"-" and s[1:].isdigit():
-        count = 0  # processMultibulkBuffer: "if (ll <= 0) return C_OK"
-    else:
-        raise ProtocolError(_E_MULTIBULK_LENGTH)
-    pos = eol + 2
-    spans = []
-    for _ in range(count):
-        if pos >= n:
-            return None
-        if buf[pos] != _BULK:
-            raise ProtocolError(f"Protocol error: expected '$', got '{_show(buf[pos])}'")
-        eol = find(b"\r\n", pos + 1)
-        if eol < 0:
-            if n - pos > MAX_INLINE:
-                raise ProtocolError("Protocol error: too big bulk count string")
-            return None
-        s = buf[pos + 1 : eol]
-        if not s.isdigit() or len(s) > _MAX_LENGTH_DIGITS:
-            raise ProtocolError(_E_BULK_LENGTH)
-        length = int(s)
-        if length > max_bulk:
-            raise ProtocolError(_E_BULK_LENGTH)
-        start = eol + 2
-        end = start + length
-        if end + 2 > n:
-            return None
-        if buf[end] != 13 or buf[end + 1] != 10:
-            raise ProtocolError(_E_BULK_CRLF)
-        spans.append((start, end))
-        pos = end + 2
-    return [bytes(buf[a:b]) for a, b in spans], pos
+    return [bytes(buf[a:b]) for a, b in spans], end
 
 
 # ---------------------------------------------------------------------------
