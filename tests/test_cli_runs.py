@@ -31,7 +31,7 @@ from eve.cli.runs import IN_SYNC, UntilCheck, setup_from_document
 from eve.core.errors import ConfigError
 from eve.v1 import common_pb2, workflows_pb2
 
-pytestmark = [pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 TOKEN = "tok-3f9a-cli-runs"
 SOURCE_PASSWORD = "src-pw-7c1e"
 OFFLINE_SETUP = """\

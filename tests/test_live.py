@@ -34,7 +34,7 @@ SHORT_TTL_SECONDS = 2     # SETEX keys; the comparison waits them out
 LONG_TTL_SECONDS = 600    # EXPIRE keys: their TTLs are compared within a second
 SCRIPT = "redis.call('incr', KEYS[1]); redis.call('lpush', KEYS[2], ARGV[1]); return redis.call('ltrim', KEYS[2], 0, 49)"
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 @dataclass

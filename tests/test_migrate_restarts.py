@@ -20,7 +20,7 @@ from eve.core.errors import EndpointError, Side
 from eve.core.frames import Restarted, decode, encode
 from eve.live.verify import verify
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 
 KEYS = 60_001
 RATE = 12_000          # keys/s: the 60,001 keys take ~5 s, the restart lands at a third
