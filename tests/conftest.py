@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 from eve_process import EveServer
+from proxies import LOOPBACK, Interlay, endpoint_for, free_ports
+from eve.core.endpoints import EndpointConfig
+from eve.live.interlays import InterlaySupervisor
 from servers import (
     Engine,
     RedisCluster,
@@ -89,3 +92,30 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     # Safety net besides the atexit hook in servers.py: a fixture that failed
     # half-way must not leave a server running after the session.
     kill_all()
+
+
+@pytest.fixture
+def supervisor() -> Iterator[InterlaySupervisor]:
+    sup = InterlaySupervisor(stats_interval=0.2)
+    yield sup
+    sup.stop_all()
+
+
+@pytest.fixture
+def interlay(supervisor: InterlaySupervisor) -> Callable[..., Interlay]:
+    counter = iter(range(1000))
+
+    def start(target: object = None, *, host: str = LOOPBACK, port: int | None = None,
+              password: str | None = None, username: str | None = None, pool: int = 1,
+              protocol: int = 2, max_connections: int = 100, endpoint: EndpointConfig | None = None,
+              count: int = 1) -> Interlay:
+        if endpoint is None:
+            assert target is not None
+            endpoint = endpoint_for(target.host, target.port, password=password,  # type: ignore[attr-defined]
+                                    username=username, pool=pool, protocol=protocol)
+        interlay_id = f"it{next(counter)}"
+        base = port or free_ports(count)
+        ports = supervisor.start(interlay_id, base, host, endpoint, max_connections)
+        return Interlay(supervisor, interlay_id, host, ports)
+
+    return start

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import redis
 import redis.cluster
-from test_proxy import LOOPBACK, endpoint_for, interlay, supervisor  # noqa: F401 - fixtures
+from proxies import LOOPBACK, endpoint_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
 @pytest.mark.parametrize("engine_name", ["redis-7.0", "valkey-9.1"])
-def test_cluster_clients_keep_working_through_the_interlay(cluster_factory, interlay, engine_name) -> None:  # noqa: F811
+def test_cluster_clients_keep_working_through_the_interlay(cluster_factory, interlay, engine_name) -> None:
     cluster = cluster_factory(engine_name, masters=3)
     it = interlay(endpoint=endpoint_for(cluster.host, cluster.port, pool=2), count=3)
     assert len(it.ports) == 3 and it.ports == [it.port, it.port + 1, it.port + 2]
@@ -72,7 +72,7 @@ def test_cluster_clients_keep_working_through_the_interlay(cluster_factory, inte
     direct.close()
 
 
-def test_ask_redirection_and_asking(cluster_factory, interlay) -> None:  # noqa: F811
+def test_ask_redirection_and_asking(cluster_factory, interlay) -> None:
     cluster = cluster_factory("redis-8.2", masters=2)
     it = interlay(endpoint=endpoint_for(cluster.host, cluster.port), count=2)
     # servers.py gives the first master slots 0..8191; listeners follow address order.

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 import redis
-from test_proxy import LOOPBACK, endpoint_for, interlay, recv_exactly, supervisor  # noqa: F401 - fixtures
+from proxies import LOOPBACK, drain_dirty, recv_exactly
 
 from eve.live.backlog import ALL_DBS, DirtyKeys
 from eve.redis.resp import encode_command
@@ -17,14 +17,11 @@ from proxy.commands import CommandTable
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
-def drain(supervisor, it, keys: DirtyKeys) -> set[tuple[int, bytes]]:  # noqa: F811
-    assert supervisor.dirty_barrier(it.id, timeout=10)
-    items = keys.take(100_000)
-    keys.done(items)
-    return set(items)
+def drain(supervisor, it, keys: DirtyKeys) -> set[tuple[int, bytes]]:
+    return drain_dirty(supervisor, it, keys)
 
 
-def test_writes_mark_their_keys(server_factory, supervisor, interlay) -> None:  # noqa: F811
+def test_writes_mark_their_keys(server_factory, supervisor, interlay) -> None:
     server = server_factory("valkey-9.1")
     it = interlay(server, pool=2)
     keys = DirtyKeys()
@@ -107,7 +104,7 @@ def test_writes_mark_their_keys(server_factory, supervisor, interlay) -> None:  
     db2.close()
 
 
-def test_failed_and_blocking_writes(server_factory, supervisor, interlay) -> None:  # noqa: F811
+def test_failed_and_blocking_writes(server_factory, supervisor, interlay) -> None:
     server = server_factory("redis-7.0")
     it = interlay(server)
     keys = DirtyKeys()
@@ -145,14 +142,14 @@ def test_marks_without_a_server() -> None:
     assert dirty.may_write(None, b"EVAL") and not dirty.may_write(None, b"GET")
 
 
-def test_tracking_needs_a_running_interlay(supervisor) -> None:  # noqa: F811
+def test_tracking_needs_a_running_interlay(supervisor) -> None:
     from eve.core.errors import NotFoundError
     with pytest.raises(NotFoundError):
         supervisor.track_dirty("nope", DirtyKeys())
     assert supervisor.dirty_barrier("nope", timeout=0.1) is False
 
 
-def test_raw_socket_pipeline_of_mixed_commands(server_factory, supervisor, interlay) -> None:  # noqa: F811
+def test_raw_socket_pipeline_of_mixed_commands(server_factory, supervisor, interlay) -> None:
     server = server_factory("valkey-9.1")
     it = interlay(server)
     keys = DirtyKeys()

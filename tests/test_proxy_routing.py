@@ -16,8 +16,7 @@ from collections.abc import Iterable
 
 import pytest
 import redis
-import test_proxy
-from test_proxy import endpoint_for, recv_exactly, wait_for
+from proxies import drain_dirty, endpoint_for, recv_exactly, wait_for
 
 from eve.core.enums import WriteConsistency
 from eve.live.backlog import DirtyKeys
@@ -27,9 +26,6 @@ from proxy.routing import SOURCE, TARGET, reads_from_target
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
-# The fixtures of test_proxy.py, bound here so that pytest finds them.
-supervisor = test_proxy.supervisor
-interlay = test_proxy.interlay
 
 ENGINE = "valkey-8.1"
 BOTH_REQUIRED_ERROR = "interlay: BOTH_REQUIRED write applied on source but failed on target"
@@ -57,10 +53,7 @@ def set_route(supervisor, it, route: messages.Route) -> None:
 
 
 def drain(supervisor, it, keys: DirtyKeys) -> set[tuple[int, bytes]]:
-    assert supervisor.dirty_barrier(it.id, timeout=5)
-    items = keys.take(100_000)
-    keys.done(items)
-    return set(items)
+    return drain_dirty(supervisor, it, keys, timeout=5)
 
 
 def side_stats(supervisor, it, side: str) -> dict:
