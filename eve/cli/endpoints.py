@@ -248,24 +248,24 @@ def _print_interlay(out: Output, interlay: interlays_pb2.Interlay) -> None:
 def _endpoints_create(api: Api, out: Output, args: argparse.Namespace) -> int:
     from eve.v1 import endpoints_pb2
 
-    request = _endpoint_request(args, endpoints_pb2.CreateEndpointRequest())
-    endpoint = api.call(api.endpoints.CreateEndpoint, request)
-    if out.as_json:
-        out.reply(endpoint)
-    else:
-        out.print(f"created endpoint {endpoint.endpoint} ({_addresses(endpoint.config)})")
-    return EXIT_OK
+    return _endpoint_put(api, out, args, endpoints_pb2.CreateEndpointRequest(), api.endpoints.CreateEndpoint,
+                         "created")
 
 
 def _endpoints_update(api: Api, out: Output, args: argparse.Namespace) -> int:
     from eve.v1 import endpoints_pb2
 
-    request = _endpoint_request(args, endpoints_pb2.UpdateEndpointRequest())
-    endpoint = api.call(api.endpoints.UpdateEndpoint, request)
+    return _endpoint_put(api, out, args, endpoints_pb2.UpdateEndpointRequest(), api.endpoints.UpdateEndpoint,
+                         "updated")
+
+
+def _endpoint_put(api: Api, out: Output, args: argparse.Namespace, request: Any, method: Any, done: str) -> int:
+    """CreateEndpoint and UpdateEndpoint: the same request body, the same reply."""
+    endpoint = api.call(method, _endpoint_request(args, request))
     if out.as_json:
         out.reply(endpoint)
     else:
-        out.print(f"updated endpoint {endpoint.endpoint} ({_addresses(endpoint.config)})")
+        out.print(f"{done} endpoint {endpoint.endpoint} ({_addresses(endpoint.config)})")
     return EXIT_OK
 
 

@@ -1370,36 +1370,30 @@ def verify(source: ConnectionSpec, target: ConnectionSpec, *, dbs: Sequence[int]
 
         progress(COMPARING)
         scan = {"scan_count": scan_count, "match": pattern, "key_type": key_type, "ignore": ignore}
-        for db in source_dbs:
-            source_side.use_db(db)
-            if target_side.has_db(db):
-                target_side.use_db(db)
-            for keys in _scan_keys(source_side, db, **scan):  # type: ignore[arg-type]
-                if limit is not None:
-                    limit.charge(len(keys))
-                comparer.compare(db, keys)
-                tally.keys_scanned += len(keys)
-                fix_pending(COMPARING, due_only=True)
-                progress(COMPARING)
-        fix_pending(COMPARING, due_only=False)
+        def scan_pass(side: _Side, other: _Side, pass_dbs: Iterable[int], check: Callable[[int, list[bytes]], Any],
+                      phase: str) -> None:
+            """SCAN ``side`` db by db and ``check`` each batch of keys against ``other``."""
+            for db in pass_dbs:
+                if not side.has_db(db):
+                    continue
+                side.use_db(db)
+                if other.has_db(db):
+                    other.use_db(db)
+                for keys in _scan_keys(side, db, **scan):  # type: ignore[arg-type]
+                    if limit is not None:
+                        limit.charge(len(keys))
+                    check(db, keys)
+                    tally.keys_scanned += len(keys)
+                    fix_pending(phase, due_only=True)
+                    progress(phase)
+            fix_pending(phase, due_only=False)
+
+        scan_pass(source_side, target_side, source_dbs, comparer.compare, COMPARING)
         if check_extra:
             target_dbs = sorted(set(dbs)) if dbs is not None else target_side.dbs_with_keys()
             if counted:
                 expected = tally.keys_scanned + target_side.keys_in(target_dbs)
-            for db in target_dbs:
-                if not target_side.has_db(db):
-                    continue
-                target_side.use_db(db)
-                if source_side.has_db(db):
-                    source_side.use_db(db)
-                for keys in _scan_keys(target_side, db, **scan):  # type: ignore[arg-type]
-                    if limit is not None:
-                        limit.charge(len(keys))
-                    comparer.extra(db, keys)
-                    tally.keys_scanned += len(keys)
-                    fix_pending(EXTRA_KEYS, due_only=True)
-                    progress(EXTRA_KEYS)
-            fix_pending(EXTRA_KEYS, due_only=False)
+            scan_pass(target_side, source_side, target_dbs, comparer.extra, EXTRA_KEYS)
         # A side that restarted after the pass last used a connection to it would make a
         # "clean" that no longer holds: ask every node once more before reporting.
         source_side.identify()
