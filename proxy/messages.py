@@ -15,6 +15,8 @@
     PAUSE    supervisor -> proxy: stop reading clients, let every reply arrive, answer PAUSED
     PAUSED   proxy -> supervisor: no request is in flight (``settled``) or the timeout passed
     RESUME   supervisor -> proxy: read clients again
+    ATTACHED proxy -> supervisor: first message to a coordinator that re-attached over the
+             control socket (``proxy.control``): what the process serves and under which route
 
 Every message is a small frozen dataclass carrying the format version; a
 message of another version is refused (``check``) rather than misread.
@@ -29,6 +31,7 @@ from eve.core.endpoints import ConnectionSpec
 
 __all__ = [
     "FORMAT_VERSION",
+    "Attached",
     "BackendReport",
     "Pause",
     "Paused",
@@ -168,10 +171,28 @@ class Resume:
     version: int = FORMAT_VERSION
 
 
+@dataclass(frozen=True)
+class Attached:
+    """A process that served on while no coordinator listened. ``route`` is the last one it
+    was given (None: plain forwarding); while ``tracking``, the keys written meanwhile wait in
+    its spool (``spooled`` of them, or ``overflowed``) for the next TRACK on."""
+
+    worker: int
+    pid: int
+    ports: tuple[int, ...]
+    nodes: tuple[str, ...]       # backend address behind each port
+    route: Route | None
+    tracking: bool
+    spooled: int
+    overflowed: bool
+    detached_seconds: float      # how long no coordinator listened (0: it never left)
+    version: int = FORMAT_VERSION
+
+
 Message = Union[Ready, StatsReport, Stopped, Failed, Stop, TrackDirty, DirtyReport, DirtyBarrier, DirtyBarrierDone,
-                Route, Pause, Paused, Resume]
+                Route, Pause, Paused, Resume, Attached]
 _TYPES = (Ready, StatsReport, Stopped, Failed, Stop, TrackDirty, DirtyReport, DirtyBarrier, DirtyBarrierDone,
-          Route, Pause, Paused, Resume)
+          Route, Pause, Paused, Resume, Attached)
 
 
 def check(message: object) -> Message:

@@ -6,6 +6,12 @@ STOP arrives on the control pipe (or the pipe closes: the supervisor is gone),
 drain, report STOPPED and exit 0. Every ``stats_interval`` seconds it sends a
 STATS report.
 
+Given ``ControlOptions`` (``proxy.control``), the process outlives its
+coordinator instead: when the control pipe closes it keeps serving under its
+last route, spools the keys of the writes it answers (bounded), and waits on
+its control socket for the next coordinator, which becomes its control
+connection (ATTACHED first) and gets the spool with its first TRACK on.
+
 ``Proxy`` builds the parts of the process (``proxy.parts``) and ties them
 together: the nodes (``proxy.backend``), the router (``proxy.routing``) and,
 per accepted connection, a ``proxy.client.Client``; nothing below this module
@@ -31,11 +37,12 @@ from typing import Any
 
 from opentelemetry import metrics
 
-from eve.core.child_process import die_with_parent, ignore_interrupts
+from eve.core.child_process import die_with_parent, ignore_interrupts, outlive_parent
 from eve.core.telemetry import setup
 from proxy import messages
 from proxy.backend import Node
 from proxy.client import Client
+from proxy.control import ControlListener, ControlOptions, Spool
 from proxy.options import ProxyOptions
 from proxy.parts import Clients, Parts
 from proxy.routing import Router
@@ -46,14 +53,17 @@ log = logging.getLogger("eve.proxy")
 
 LISTEN_BACKLOG = 1024
 GC_THRESHOLD = 20_000
+DETACHED_LOG_SECONDS = 600.0   # a process nobody controls says so this often
 
 
 class Proxy:
     """Everything one proxy process serves."""
 
-    def __init__(self, options: ProxyOptions, control: Any = None, counter: Any = None) -> None:
+    def __init__(self, options: ProxyOptions, control: Any = None, counter: Any = None,
+                 detachable: ControlOptions | None = None) -> None:
         self.options = options
         self.control = control
+        self.detachable = detachable
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.parts = Parts.of(options, self._send)
         self.stats = self.parts.stats
@@ -63,13 +73,29 @@ class Proxy:
         self.nodes = [Node(self.parts, i, spec) for i, spec in enumerate(options.nodes)]
         # A live run's route (DESIGN.md sections 5 and 6), set by the supervisor.
         self.router = Router(self.parts, self.nodes[0])
+        self.route: messages.Route | None = None       # the last route applied
+        # Outliving the coordinator (proxy.control): dirty keys wait in the spool from the
+        # moment it goes until the next coordinator switches tracking on again.
+        self.spool = Spool(detachable.spool_keys) if detachable is not None else None
+        self.spooling = False
+        self.detached_since: float | None = None
+        self._control_listener: ControlListener | None = None
         self._stopped: asyncio.Future | None = None
         self._drain = 0.0
 
     # -- dirty keys -------------------------------------------------------------------------
 
     def set_tracking(self, on: bool) -> None:
-        """Dirty-key tracking (DESIGN.md section 6), switched on by the supervisor."""
+        """Dirty-key tracking (DESIGN.md section 6), switched on by the supervisor. The keys
+        spooled while no coordinator listened go first (on), or are dropped (off)."""
+        if self.spooling:
+            self.spooling = False
+            self.parts.dirty.flush()   # recorded while spooling: spooled too, after the older ones
+            spooled = self.spool.take() if self.spool is not None else ()
+            if on and spooled:
+                log.info("%s: %s", self.options.name, "the spool overflowed: the run compares every key"
+                         if spooled == ((None, None),) else f"{len(spooled)} keys spooled while detached sent")
+                self._send(messages.DirtyReport(self.options.worker, spooled))
         self.parts.dirty.set_tracking(on)
         log.info("%s: dirty-key tracking %s", self.options.name, "on" if on else "off")
 
@@ -79,6 +105,7 @@ class Proxy:
         if self.parts.cluster is not None:
             log.error("%s: a live route needs a standalone source; ignored", self.options.name)
             return
+        self.route = route
         if self.router.apply(route):
             # The authoritative side changed (the supervisor paused everyone first).
             primary = self.router.primary
@@ -182,6 +209,8 @@ class Proxy:
 
     def _on_control(self) -> None:
         control = self.control
+        if control is None:
+            return
         try:
             while control.poll():
                 message = messages.check(control.recv())
@@ -200,37 +229,115 @@ class Proxy:
                 elif isinstance(message, messages.Resume):
                     self.resume_clients()
         except (EOFError, OSError):
-            # The supervisor is gone: nobody will ever send STOP.
             self.loop.remove_reader(control.fileno())
-            self.request_stop(0.0)
+            if self.detachable is None:
+                # The supervisor is gone: nobody will ever send STOP.
+                self.request_stop(0.0)
+            elif control is self.control:
+                self._detach()
         except ValueError as exc:
             log.error("%s: %s", self.options.name, exc)
 
+    # -- outliving the coordinator (proxy.control) -------------------------------------------
+
+    def _detach(self) -> None:
+        """The coordinator is gone: keep serving, spool dirty keys, wait for the next one."""
+        control, self.control = self.control, None
+        if control is not None:
+            control.close()
+        self.detached_since = time.monotonic()
+        self.spooling = self.parts.dirty.tracking
+        route = self.route
+        log.warning("%s pid=%d: the coordinator is gone; serving on %s (%s)%s; a restarted coordinator "
+                    "re-attaches through %s; SIGTERM stops this process", self.options.name, os.getpid(),
+                    ",".join(map(str, self.options.ports)),
+                    "plain forwarding" if route is None else
+                    f"route: {route.authoritative} authoritative, dual writes to {','.join(route.mirror_to) or 'nobody'}",
+                    f", dirty keys spooled (at most {self.spool.limit})" if self.spooling and self.spool else "",
+                    self.detachable.socket_path if self.detachable else "")
+
+    def attach(self, conn: Any) -> None:
+        """A coordinator proved the token on the control socket (called from its thread)."""
+        self.loop.call_soon_threadsafe(self._attach, conn)
+
+    def _attach(self, conn: Any) -> None:
+        previous, self.control = self.control, conn
+        if previous is not None:
+            # Only one coordinator controls a process: the newest (the previous one is gone
+            # or about to be; two coordinators on one state file are not supported).
+            try:
+                self.loop.remove_reader(previous.fileno())
+            except (OSError, ValueError):
+                pass
+            previous.close()
+            log.warning("%s: a new coordinator attached; the previous control connection is closed",
+                        self.options.name)
+        detached = time.monotonic() - self.detached_since if self.detached_since is not None else 0.0
+        self.detached_since = None
+        self.loop.add_reader(conn.fileno(), self._on_control)
+        if self.spooling:
+            self.parts.dirty.flush()   # the spool as it is now, for ATTACHED to tell
+        options = self.options
+        self._send(messages.Attached(
+            options.worker, os.getpid(), options.ports, tuple(node.address for node in options.nodes), self.route,
+            self.parts.dirty.tracking, len(self.spool) if self.spool is not None else 0,
+            bool(self.spool is not None and self.spool.overflowed), round(detached, 3)))
+        self._send(self._stats_report())
+        log.info("%s pid=%d: a coordinator attached after %.1fs detached", options.name, os.getpid(), detached)
+
     def _send(self, message: messages.Message) -> None:
+        if self.spooling and isinstance(message, messages.DirtyReport):
+            self.spool.add(message.keys)  # type: ignore[union-attr]
+            return
         if self.control is None:
             return
         try:
             self.control.send(message)
         except (OSError, ValueError):
-            pass
+            if isinstance(message, messages.DirtyReport) and self.spool is not None:
+                self.spooling = True   # the reader notices the coordinator is gone next
+                self.spool.add(message.keys)
+
+    def _stats_report(self) -> messages.StatsReport:
+        options = self.options
+        return self.stats.report(options.worker, options.backend_label, self.router.report(),
+                                 len(self.parts.dirty.pending))
 
     async def _report_stats(self) -> None:
         options = self.options
+        reminded = time.monotonic()
         while True:
             await asyncio.sleep(options.stats_interval)
-            self._send(self.stats.report(options.worker, options.backend_label, self.router.report(),
-                                         len(self.parts.dirty.pending)))
+            self._send(self._stats_report())
+            now = time.monotonic()
+            if self.detached_since is not None and now - reminded >= DETACHED_LOG_SECONDS:
+                reminded = now
+                log.warning("%s pid=%d: no coordinator for %.0fs; still serving (SIGTERM stops this process)",
+                            options.name, os.getpid(), now - self.detached_since)
 
     async def serve(self) -> bool:
         """READY, serve until STOP, drain, STOPPED. False when the listeners could not start."""
         options = self.options
         self.loop = asyncio.get_running_loop()
         self._stopped = self.loop.create_future()
+        detachable = self.detachable
+        if detachable is not None and detachable.route is not None:
+            # Restarted after a cutover: the first client already meets the target as authoritative.
+            self.apply_route(detachable.route)
         try:
+            if detachable is not None:
+                self._control_listener = ControlListener(detachable, self.attach)
             ports = await self.start()
         except OSError as exc:
             for server in self.servers:
                 server.close()
+            if self._control_listener is not None:
+                self._control_listener.close()
+            elif detachable is not None:
+                reason = f"cannot listen on the control socket {detachable.socket_path}: {exc.strerror or exc}"
+                log.error("%s: %s", options.name, reason)
+                self._send(messages.Failed(options.worker, "config", reason))
+                return False
             port = getattr(exc, "eve_port", None) or options.ports[len(self.servers)]
             if exc.errno == errno.EADDRINUSE:
                 reason = f"port {port} on {options.listen_host} is already in use"
@@ -243,6 +350,8 @@ class Proxy:
             return False
         if self.control is not None:
             self.loop.add_reader(self.control.fileno(), self._on_control)
+        if self._control_listener is not None:
+            self._control_listener.start()
         try:
             self.loop.add_signal_handler(signal.SIGTERM, self.request_stop, 0.0)
         except (NotImplementedError, RuntimeError, ValueError):
@@ -255,6 +364,8 @@ class Proxy:
             await self._stopped
         finally:
             reporter.cancel()
+            if self._control_listener is not None:
+                self._control_listener.close()
             await self.stop(self._drain)
             self.parts.dirty.flush()
             if self.control is not None:
@@ -285,7 +396,7 @@ def _observe(proxy: Proxy, meter: metrics.Meter) -> None:
 
 
 def run_proxy(options: ProxyOptions, control: Any = None, counter: Any = None,
-              meter: metrics.Meter | None = None) -> bool:
+              meter: metrics.Meter | None = None, detachable: ControlOptions | None = None) -> bool:
     """Run one proxy in this process (uvloop when installed) until it stops."""
     # Every request allocates a few short-lived objects; collecting the young
     # generation less often (and never scanning what start-up allocated) keeps
@@ -293,7 +404,7 @@ def run_proxy(options: ProxyOptions, control: Any = None, counter: Any = None,
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 20, 20)
-    proxy = Proxy(options, control, counter)
+    proxy = Proxy(options, control, counter, detachable)
     if meter is not None:
         _observe(proxy, meter)
     try:
@@ -303,14 +414,20 @@ def run_proxy(options: ProxyOptions, control: Any = None, counter: Any = None,
     return uvloop.run(proxy.serve())
 
 
-def main(options: ProxyOptions, control: Any, counter: Any = None) -> None:
+def main(options: ProxyOptions, control: Any, counter: Any = None,
+         detachable: ControlOptions | None = None) -> None:
     """Entry point of a proxy process (``multiprocessing`` spawn target).
 
-    Dies with its parent, ignores Ctrl-C (the supervisor decides), logs to
-    stderr, never raises: an unexpected exception becomes FAILED("internal").
-    Exits 0 after STOPPED, 1 otherwise.
+    Dies with its parent, unless ``detachable``: then it outlives it, in a
+    session of its own (a hangup of the coordinator's terminal does not reach
+    it). Ignores Ctrl-C (the supervisor decides), logs to stderr, never raises:
+    an unexpected exception becomes FAILED("internal"). Exits 0 after STOPPED,
+    1 otherwise.
     """
-    die_with_parent()
+    if detachable is None:
+        die_with_parent()
+    else:
+        outlive_parent()
     ignore_interrupts()
     logging.basicConfig(level=options.log_level, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(message)s")
@@ -318,7 +435,7 @@ def main(options: ProxyOptions, control: Any, counter: Any = None) -> None:
     telemetry = None
     try:
         telemetry = setup("eve-proxy")
-        ok = run_proxy(options, control, counter, telemetry.meter("eve.proxy"))
+        ok = run_proxy(options, control, counter, telemetry.meter("eve.proxy"), detachable)
     except BaseException as exc:
         log.exception("%s pid=%d crashed", options.name, os.getpid())
         try:

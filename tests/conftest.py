@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from eve_process import EveServer
-from proxies import LOOPBACK, Interlay, endpoint_for, free_ports
+from proxies import LOOPBACK, Interlay, endpoint_for, free_ports, reap_interlays
+from eve.api.server import interlay_control_dir
 from eve.core.endpoints import EndpointConfig
 from eve.live.interlays import InterlaySupervisor
 from servers import (
@@ -74,6 +75,8 @@ def eve(tmp_path: Path) -> Iterator[EveServer]:
     server = EveServer(state=tmp_path / "eve.db", log_path=tmp_path / "eve.log").start()
     yield server
     server.stop()
+    # Interlays outlive a coordinator killed on purpose: none may outlive the test.
+    reap_interlays(Path(interlay_control_dir(str(server.state))))
 
 
 @pytest.fixture

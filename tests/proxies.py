@@ -5,10 +5,14 @@ fixtures built on them live in conftest.py."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 from redis.backoff import NoBackoff
@@ -18,6 +22,7 @@ from servers import free_port
 from eve.core.endpoints import EndpointConfig, parse_config
 from eve.live.backlog import DirtyKeys
 from eve.live.interlays import InterlaySupervisor
+from proxy.control import start_identity
 
 LOOPBACK = "127.0.0.1"
 
@@ -123,3 +128,24 @@ def drain_dirty(supervisor: InterlaySupervisor, it: Interlay, keys: DirtyKeys,
     items = keys.take(100_000)
     keys.done(items)
     return set(items)
+
+
+def interlay_pids(control_dir: Path) -> dict[str, list[int]]:
+    """Interlay id -> pids of its proxy processes that still run, from the control files a
+    coordinator keeps in ``control_dir`` (``eve.live.interlays``)."""
+    found: dict[str, list[int]] = {}
+    for path in sorted(control_dir.glob("*.json")) if control_dir.is_dir() else []:
+        record = json.loads(path.read_text())
+        found[record["interlay"]] = [worker["pid"] for worker in record["workers"]
+                                     if start_identity(worker["pid"]) == worker["start"]]
+    return found
+
+
+def reap_interlays(control_dir: Path) -> list[int]:
+    """Kill the proxy processes a killed coordinator left serving: the safety net of tests that
+    kill coordinators, so that no test leaves a process running."""
+    pids = [pid for pids in interlay_pids(control_dir).values() for pid in pids]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not any(start_identity(pid) for pid in pids), what="the interlays to exit")
+    return pids

@@ -141,6 +141,12 @@ def build_server(coordinator: Coordinator, *, token: str | None = None, max_work
     return server
 
 
+def interlay_control_dir(state_path: str) -> str | None:
+    """Where the interlays of the coordinator of ``state_path`` keep their control sockets and
+    tokens: ``<state file>.interlays/`` (none for an in-memory store: nothing survives it)."""
+    return None if state_path == ":memory:" else f"{state_path}.interlays"
+
+
 def serve(options: ServerOptions, *, on_ready: Callable[[str], None] | None = None,
           on_http_ready: Callable[[str], None] | None = None,
           stop_event: threading.Event | None = None, tracer_provider: TracerProvider | None = None) -> None:
@@ -153,7 +159,9 @@ def serve(options: ServerOptions, *, on_ready: Callable[[str], None] | None = No
         check_exposure(http_address[0], options, field="--http")
     store = Store(options.state_path)
     coordinator = Coordinator(store)
-    coordinator.interlays = InterlaySupervisor(on_state=coordinator.interlay_failed)
+    # Interlays outlive the coordinator (issue 12): their control sockets and tokens live by the state file.
+    coordinator.interlays = InterlaySupervisor(on_state=coordinator.interlay_failed,
+                                               control_dir=interlay_control_dir(options.state_path))
     workflow = Workflow(store, interlays=coordinator.interlays)
     servicers = build_servicers(coordinator, workflow)
     server = build_server(coordinator, token=options.token, max_workers=options.max_workers,
@@ -195,7 +203,7 @@ def serve(options: ServerOptions, *, on_ready: Callable[[str], None] | None = No
              "token" if options.token else "off",
              ("mutual" if options.tls.client_ca else "on") if options.tls else "off",
              f" http={http_url}" if http_url else "")
-    coordinator.restart_interlays()
+    coordinator.restart_interlays(workflow.restart_routes())
     workflow.resume()
     if on_ready:
         on_ready(actual)

@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 
-__all__ = ["die_with_parent", "ignore_interrupts"]
+__all__ = ["die_with_parent", "ignore_interrupts", "outlive_parent"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -29,6 +29,16 @@ def die_with_parent() -> None:
     # The parent may have died before prctl took effect.
     if os.getppid() == 1:
         os._exit(1)
+
+
+def outlive_parent() -> None:
+    """Leave the coordinator's session, for a worker meant to outlive it (an interlay's
+    proxy, issue 12): the hangup of the coordinator's terminal, and signals sent to its
+    process group, no longer reach this process; the coordinator's death does not either."""
+    try:
+        os.setsid()
+    except OSError:
+        pass  # already a session leader
 
 
 def ignore_interrupts() -> None:

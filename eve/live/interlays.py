@@ -25,18 +25,36 @@ after it; the masters are read from the source when the interlay starts. A
 source that cannot be reached then is not a reason to refuse starting: the
 interlay starts with one listener, and clients get errors until the source
 answers. A port that is already in use is (``StateError``).
+
+Interlays outlive the coordinator (issue 12) when the supervisor has a
+``control_dir`` (``eve serve`` puts it next to the state file): each proxy
+process then listens on a Unix socket there, the token a coordinator must
+prove is kept in ``<control_dir>/<interlay>.json`` (0600, in a 0700
+directory) with each process's pid and start identity, and a coordinator
+killed with SIGKILL leaves its interlays serving under their last route
+(``proxy.control``). ``recover(wanted)`` in the next coordinator re-attaches
+to them (an interlay not wanted any more is stopped), and the first
+``track_dirty`` after that receives the keys they spooled meanwhile. Without
+a ``control_dir`` the processes die with the coordinator, as workers do.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
+import secrets
+import select
+import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eve.core.endpoints import ConnectionSpec, EndpointConfig
@@ -45,6 +63,7 @@ from eve.redis.topology import cluster_masters, is_cluster, node_spec
 from eve.redis.wire import FastConnection
 from proxy import messages
 from proxy import stats as latency
+from proxy.control import DEFAULT_SPOOL_KEYS, ControlOptions, start_identity
 from proxy.options import DEFAULT_STATS_INTERVAL, ProxyOptions
 from proxy.server import main as proxy_main
 
@@ -76,6 +95,9 @@ DEFAULT_START_TIMEOUT = 15.0
 DEFAULT_DRAIN_SECONDS = 5.0
 DISCOVERY_TIMEOUT = 3.0
 STOP_GRACE_SECONDS = 5.0
+ATTACH_TIMEOUT = 5.0
+# A Unix socket's path holds at most 107 bytes (unix(7)); a longer control dir gets its sockets elsewhere.
+MAX_SOCKET_PATH = 100
 
 
 @dataclass(frozen=True)
@@ -100,12 +122,14 @@ class _Worker:
     barrier_done: int = 0          # the latest dirty barrier token this process answered
     paused: int = 0                # the latest pause token this process answered
     settled: bool = False          # ... and whether every reply had arrived then
+    attached: messages.Attached | None = None   # its first message, when this supervisor re-attached to it
 
 
 @dataclass
 class _Interlay:
     interlay_id: str
-    options: tuple[ProxyOptions, ...]
+    nodes: tuple[str, ...]         # backend node behind each port
+    cluster: bool
     workers: list[_Worker]
     counter: Any
     state: str = STARTING
@@ -113,6 +137,41 @@ class _Interlay:
     ports: tuple[int, ...] = ()
     started: float = field(default_factory=time.monotonic)
     dirty: Any = None              # eve.live.backlog.DirtyKeys receiving the written keys, or None
+    route: messages.Route | None = None   # the last route its processes were given
+    attached: messages.Attached | None = None   # how a re-attached interlay said it was doing
+
+
+class _AttachedProcess:
+    """A proxy process this coordinator did not spawn (it re-attached to it), with the part
+    of ``multiprocessing.Process`` the supervisor uses. A pidfd stands for the process, so a
+    signal never reaches another process that got its pid; ``exitcode`` is unknown (None)."""
+
+    def __init__(self, pid: int, identity: str) -> None:
+        self.pid = pid
+        self.identity = identity
+        self.sentinel = os.pidfd_open(pid)
+        self.exitcode: int | None = None
+
+    def is_alive(self) -> bool:
+        return start_identity(self.pid) == self.identity
+
+    def join(self, timeout: float | None = None) -> None:
+        select.select([self.sentinel], [], [], timeout)
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: int) -> None:
+        try:
+            signal.pidfd_send_signal(self.sentinel, signum)
+        except ProcessLookupError:
+            pass
+
+    def close(self) -> None:
+        os.close(self.sentinel)
 
 
 def _addresses(host: str, port: int) -> list[tuple[int, tuple]]:
@@ -148,11 +207,15 @@ class InterlaySupervisor:
     def __init__(self, *, workers: int = 1, start_timeout: float = DEFAULT_START_TIMEOUT,
                  stats_interval: float = DEFAULT_STATS_INTERVAL,
                  on_state: Callable[[str, str, str], None] | None = None,
-                 proxy_options: dict[str, Any] | None = None) -> None:
+                 proxy_options: dict[str, Any] | None = None, control_dir: str | Path | None = None,
+                 spool_keys: int = DEFAULT_SPOOL_KEYS) -> None:
         """``workers``: proxy processes per interlay, sharing its ports (SO_REUSEPORT).
         ``on_state(interlay_id, state, reason)`` is called from the supervisor's
         thread when an interlay changes state on its own (FAILED).
-        ``proxy_options``: further ``ProxyOptions`` fields for every process."""
+        ``proxy_options``: further ``ProxyOptions`` fields for every process.
+        ``control_dir``: where the interlays that outlive this coordinator keep their
+        control sockets and tokens (None: they die with it); ``spool_keys`` bounds the
+        dirty keys each process keeps meanwhile."""
         if workers < 1:
             raise ConfigError(f"must be at least 1, got {workers}", field="workers")
         self.workers = workers
@@ -169,12 +232,20 @@ class InterlaySupervisor:
         self._changed = threading.Condition(self._lock)   # a dirty barrier was answered
         self._send_lock = threading.Lock()                # supervisor -> proxy messages
         self._barrier_token = 0
+        self.control_dir = Path(control_dir) if control_dir is not None else None
+        self.spool_keys = spool_keys
+        self._socket_dir: str | None = None   # for sockets whose path in control_dir would be too long
+        if self.control_dir is not None:
+            self.control_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.control_dir.chmod(0o700)
 
     # -- API ------------------------------------------------------------------------------
 
     def start(self, interlay_id: str, port: int, listen_host: str, endpoint: EndpointConfig,
-              max_concurrent_connections: int) -> list[int]:
-        """Spawn the interlay's proxy process(es); return the listener ports once they listen."""
+              max_concurrent_connections: int, route: messages.Route | None = None) -> list[int]:
+        """Spawn the interlay's proxy process(es); return the listener ports once they listen.
+        ``route``: a live run's route the processes serve under from their first client on
+        (a restart after a cutover: the target is authoritative)."""
         if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
             raise ConfigError(f"port {port} is outside 1..65535", field="port")
         if max_concurrent_connections < 1:
@@ -202,13 +273,16 @@ class InterlaySupervisor:
             log_level=logging.getLogger().getEffectiveLevel(), **self.proxy_options)
             for i in range(self.workers))
         counter = self._context.Value("q", 0)
-        interlay = _Interlay(interlay_id, options, [], counter, ports=ports)
+        interlay = _Interlay(interlay_id, tuple(node.address for node in nodes), cluster, [], counter, ports=ports,
+                             route=route)
+        controls = self._control_options(interlay_id, route)
         with self._lock:
             self._interlays[interlay_id] = interlay
         try:
             for opts in options:
                 parent, child = self._context.Pipe(duplex=True)
-                process = self._context.Process(target=proxy_main, args=(opts, child, counter),
+                detachable = controls[opts.worker] if controls else None
+                process = self._context.Process(target=proxy_main, args=(opts, child, counter, detachable),
                                                 name=f"interlay-{interlay_id}-{opts.worker}", daemon=True)
                 process.start()
                 child.close()
@@ -217,10 +291,13 @@ class InterlaySupervisor:
                          opts.worker, process.pid, ",".join(map(str, ports)),
                          ",".join(node.address for node in nodes))
             self._wait_ready(interlay)
+            if controls:
+                self._write_control_file(interlay, controls)
         except BaseException:
             with self._lock:
                 self._interlays.pop(interlay_id, None)
             self._terminate(interlay, 0.0)
+            self._remove_control_file(interlay_id)
             raise
         with self._lock:
             interlay.state = RUNNING
@@ -246,6 +323,7 @@ class InterlaySupervisor:
             with self._lock:
                 interlay.state = STOPPED
                 self._interlays.pop(interlay_id, None)
+            self._remove_control_file(interlay_id)
             self._wake()
         log.info("interlay %s stopped", interlay_id)
 
@@ -297,10 +375,11 @@ class InterlaySupervisor:
             interlay = self._interlays.get(interlay_id)
             if interlay is None or interlay.state != RUNNING:
                 raise StateError(f"interlay {interlay_id!r} is not running")
-            if interlay.options[0].cluster:
+            if interlay.cluster:
                 raise StateError(f"interlay {interlay_id!r} fronts a cluster: live migration through an interlay "
                                  "needs a standalone source for now")
             workers = list(interlay.workers)
+            interlay.route = route
         for worker in workers:
             if not self._send(worker, route):
                 raise StateError(f"interlay {interlay_id!r}: proxy process pid={worker.process.pid} is gone")
@@ -379,7 +458,7 @@ class InterlaySupervisor:
                 return InterlayStatus(interlay_id, STOPPED, "", (), (), ())
             return InterlayStatus(interlay_id, interlay.state, interlay.reason, interlay.ports,
                                   tuple(worker.process.pid or 0 for worker in interlay.workers),
-                                  tuple(node.address for node in interlay.options[0].nodes))
+                                  interlay.nodes)
 
     def stats(self, interlay_id: str) -> dict[str, Any]:
         """The latest reports of the interlay's processes, added up::
@@ -430,6 +509,150 @@ class InterlaySupervisor:
             "sides": list(sides.values()),
             "dirty_pending": sum(report.dirty_pending for report in reports),
         }
+
+    def last_route(self, interlay_id: str) -> messages.Route | None:
+        """The route the interlay's processes serve under (None: plain forwarding, or not running)."""
+        with self._lock:
+            interlay = self._interlays.get(interlay_id)
+            return interlay.route if interlay is not None else None
+
+    def attached(self, interlay_id: str) -> messages.Attached | None:
+        """How an interlay this supervisor re-attached to was doing (None: it started it)."""
+        with self._lock:
+            interlay = self._interlays.get(interlay_id)
+            return interlay.attached if interlay is not None else None
+
+    # -- outliving the coordinator -----------------------------------------------------------
+
+    def recover(self, wanted: set[str] | frozenset[str]) -> list[str]:
+        """Re-attach to the interlays a previous coordinator of this ``control_dir`` left
+        running, and return their ids. One not in ``wanted`` (stopped or deleted meanwhile)
+        is stopped; one whose processes are gone, or only some of them, is forgotten (its
+        survivors killed): the caller starts it again."""
+        if self.control_dir is None:
+            return []
+        recovered = []
+        for path in sorted(self.control_dir.glob("*.json")):
+            try:
+                record = json.loads(path.read_text())
+                interlay_id = record["interlay"]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("control file %s is unreadable (%s); removed", path, exc)
+                path.unlink(missing_ok=True)
+                continue
+            with self._lock:
+                if interlay_id in self._interlays:
+                    continue
+            interlay = self._reattach(record)
+            if interlay is None:
+                path.unlink(missing_ok=True)
+                continue
+            if interlay_id not in wanted:
+                log.warning("interlay %s: its proxy processes served on without a coordinator, but the interlay "
+                            "is no longer meant to run (stopped or deleted meanwhile): stopping them", interlay_id)
+                self._terminate(interlay, DEFAULT_DRAIN_SECONDS)
+                path.unlink(missing_ok=True)
+                continue
+            interlay.state = RUNNING
+            with self._lock:
+                self._interlays[interlay_id] = interlay
+            attached = interlay.attached
+            log.info("interlay %s: re-attached to pids %s (ports %s) after %.1fs without a coordinator; %s",
+                     interlay_id, ",".join(str(worker.process.pid) for worker in interlay.workers),
+                     ",".join(map(str, interlay.ports)), attached.detached_seconds if attached else 0.0,
+                     "plain forwarding" if interlay.route is None else f"route: {interlay.route.authoritative} "
+                     f"authoritative, dual writes to {','.join(interlay.route.mirror_to) or 'nobody'}")
+            recovered.append(interlay_id)
+        if recovered:
+            self._ensure_monitor()
+        return recovered
+
+    def _reattach(self, record: dict[str, Any]) -> _Interlay | None:
+        """Connect to every process of one control file; None (survivors killed) unless all answer."""
+        interlay_id = record["interlay"]
+        token = bytes.fromhex(record["token"])
+        workers: list[_Worker] = []
+        missing = []
+        for entry in record["workers"]:
+            worker = self._connect(interlay_id, entry, token)
+            if worker is None:
+                missing.append(str(entry.get("pid")))
+            else:
+                workers.append(worker)
+        if missing or not workers:
+            if workers:
+                log.warning("interlay %s: proxy process(es) %s are gone; stopping the others to start it afresh",
+                            interlay_id, ",".join(missing))
+            interlay = _Interlay(interlay_id, (), False, workers, None)
+            self._terminate(interlay, 0.0)
+            return None
+        first = workers[0].attached
+        assert first is not None
+        return _Interlay(interlay_id, first.nodes, bool(record.get("cluster")), workers, None,
+                         ports=first.ports, route=first.route, attached=first)
+
+    def _connect(self, interlay_id: str, entry: dict[str, Any], token: bytes) -> _Worker | None:
+        """One surviving process, attached: it proved to be the one that started (pid and start
+        identity), and it answered the token's challenge on its socket with ATTACHED."""
+        pid, identity = int(entry["pid"]), str(entry["start"])
+        if start_identity(pid) != identity:
+            return None
+        try:
+            process = _AttachedProcess(pid, identity)
+        except ProcessLookupError:
+            return None
+        try:
+            conn = multiprocessing.connection.Client(entry["socket"], family="AF_UNIX", authkey=token)
+            if not conn.poll(ATTACH_TIMEOUT):
+                raise TimeoutError(f"no answer within {ATTACH_TIMEOUT:g}s")
+            message = messages.check(conn.recv())
+            if not isinstance(message, messages.Attached):
+                raise ValueError(f"{type(message).__name__} instead of ATTACHED")
+        except (OSError, EOFError, ValueError, multiprocessing.AuthenticationError) as exc:
+            log.warning("interlay %s: cannot re-attach to proxy pid=%d (%s)", interlay_id, pid, exc)
+            process.kill()
+            process.close()
+            return None
+        return _Worker(int(entry["worker"]), process, conn, ready=True, attached=message)
+
+    def _control_options(self, interlay_id: str, route: messages.Route | None) -> list[ControlOptions]:
+        """One per worker process, sharing a fresh token; none without a control dir."""
+        if self.control_dir is None:
+            return []
+        token = secrets.token_bytes(32)
+        return [ControlOptions(self._socket_path(interlay_id, worker), token, route, self.spool_keys)
+                for worker in range(self.workers)]
+
+    def _socket_path(self, interlay_id: str, worker: int) -> str:
+        assert self.control_dir is not None
+        path = str(self.control_dir / f"{interlay_id}.{worker}.sock")
+        if len(path) <= MAX_SOCKET_PATH:
+            return path
+        # A private directory of its own (0700): the control file says where it is.
+        if self._socket_dir is None:
+            self._socket_dir = tempfile.mkdtemp(prefix="eve-interlays-")
+        return os.path.join(self._socket_dir, f"{secrets.token_hex(6)}.{worker}.sock")
+
+    def _control_file(self, interlay_id: str) -> Path:
+        assert self.control_dir is not None
+        return self.control_dir / f"{interlay_id}.json"
+
+    def _write_control_file(self, interlay: _Interlay, controls: list[ControlOptions]) -> None:
+        """What the next coordinator needs to find and attach to the processes; 0600 (the token)."""
+        record = {"interlay": interlay.interlay_id, "token": controls[0].token.hex(), "cluster": interlay.cluster,
+                  "workers": [{"worker": worker.index, "pid": worker.process.pid,
+                               "start": start_identity(worker.process.pid), "socket": controls[worker.index].socket_path}
+                              for worker in interlay.workers]}
+        path = self._control_file(interlay.interlay_id)
+        temporary = path.with_suffix(".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            json.dump(record, file)
+        os.replace(temporary, path)
+
+    def _remove_control_file(self, interlay_id: str) -> None:
+        if self.control_dir is not None:
+            self._control_file(interlay_id).unlink(missing_ok=True)
 
     # -- starting -----------------------------------------------------------------------------
 
@@ -509,6 +732,8 @@ class InterlaySupervisor:
                 worker.pipe.close()
             except OSError:
                 pass
+            if isinstance(worker.process, _AttachedProcess):
+                worker.process.close()
 
     # -- watching -------------------------------------------------------------------------------
 
@@ -617,7 +842,8 @@ class InterlaySupervisor:
                 return
             worker.process.join(timeout=1.0)
             code = worker.process.exitcode
-            reason = worker.failure or f"proxy process pid={worker.process.pid} exited with code {code}"
+            reason = worker.failure or f"proxy process pid={worker.process.pid} exited" + \
+                (f" with code {code}" if code is not None else "")
             interlay.state = FAILED
             interlay.reason = reason
             self._changed.notify_all()

@@ -24,6 +24,14 @@ One ``LiveRun`` per online run, owned by the workflow. Its phases:
 Overflowed backlogs and whole-db writes (FLUSHDB, SWAPDB, FLUSHALL) leave no
 list of keys: ``reconcile`` compares the sides (``eve.live.verify``) and marks what
 differs.
+
+After a coordinator restart (issue 12) the backlog the dead coordinator held is
+gone, so a resumed run always compares the sides in full; the keys its interlay
+spooled meanwhile arrive with ``start_tracking`` and are re-copied first. A run
+whose writes were cut over resumes with ``resume_cut_over``: the target stays
+authoritative (the interlay that kept serving has that route, one started afresh
+was started with it: ``route_for``), the source is compared to it in full, and
+reverse sync goes on.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from eve.live.recopy import DirtyKeySync, RecopyFailure, SyncOptions
 from proxy import messages
 from proxy.routing import SOURCE, TARGET
 
-__all__ = ["LiveOptions", "LiveRun", "CATCH_UP_BACKLOG", "CATCH_UP_STEADY_SECONDS"]
+__all__ = ["LiveOptions", "LiveRun", "CATCH_UP_BACKLOG", "CATCH_UP_STEADY_SECONDS", "route_for"]
 
 log = logging.getLogger("eve.live.run")
 
@@ -72,6 +80,24 @@ class LiveOptions:
     def __post_init__(self) -> None:
         # A policy given by its name ("BOTH_REQUIRED") is the member; an unknown one is a ValueError here.
         object.__setattr__(self, "policy", WriteConsistency(self.policy))
+
+
+def _sides(options: LiveOptions) -> tuple[tuple[str, ConnectionSpec], ...]:
+    return ((TARGET, options.target), *options.mirrors)
+
+
+def _others(options: LiveOptions, authoritative: str) -> list[str]:
+    return [name for name in (SOURCE, TARGET, *(m for m, _ in options.mirrors)) if name != authoritative]
+
+
+def route_for(options: LiveOptions, authoritative: str, dual: bool, read_percent: int = 0) -> messages.Route:
+    """The interlay's route for a run with ``authoritative`` taking the writes (every other side
+    receiving them too when ``dual``)."""
+    return messages.Route(
+        authoritative=authoritative, sides=_sides(options),
+        mirror_to=tuple(_others(options, authoritative)) if dual else (), policy=options.policy,
+        read_percent=read_percent if authoritative == SOURCE else 0,
+        scripts_deterministic=options.scripts_deterministic)
 
 
 class LiveRun:
@@ -106,21 +132,15 @@ class LiveRun:
 
     # -- sides --------------------------------------------------------------------------
 
-    def _sides(self) -> tuple[tuple[str, ConnectionSpec], ...]:
-        return ((TARGET, self.options.target), *self.options.mirrors)
-
     def _spec(self, side: str) -> ConnectionSpec:
-        return self.options.source if side == SOURCE else dict(self._sides())[side]
+        return self.options.source if side == SOURCE else dict(_sides(self.options))[side]
 
     def _others(self, authoritative: str) -> list[str]:
-        return [name for name in (SOURCE, TARGET, *(m for m, _ in self.options.mirrors)) if name != authoritative]
+        return _others(self.options, authoritative)
 
     def _route(self) -> None:
-        mirror_to = tuple(self._others(self.authoritative)) if self.dual else ()
-        self.interlays.route(self.options.interlay_id, messages.Route(
-            authoritative=self.authoritative, sides=self._sides(), mirror_to=mirror_to, policy=self.options.policy,
-            read_percent=self.read_percent if self.authoritative == SOURCE else 0,
-            scripts_deterministic=self.options.scripts_deterministic))
+        self.interlays.route(self.options.interlay_id,
+                             route_for(self.options, self.authoritative, self.dual, self.read_percent))
 
     # -- 1. tracking ------------------------------------------------------------------------
 
@@ -304,6 +324,20 @@ class LiveRun:
             self._flip(TARGET)
         self.on_event("traffic", "writes cut over: the target is authoritative, the source is kept in sync "
                       "in reverse", {"writes_on_target": True})
+
+    def resume_cut_over(self) -> None:
+        """After a coordinator restart with writes cut over: the target stays authoritative with
+        dual writes to the source; whatever nobody tracked meanwhile may be missing on the
+        source, so every key is compared target -> source and what differs re-copied (the
+        catch-up does it), and reverse sync goes on, keeping the source exact for a rollback."""
+        with self._lock:
+            self.authoritative, self.dual, self.read_percent = TARGET, True, 0
+            self._route()
+            self.dirty.mark_all(None)
+            self.start_tracking()
+            self.start_sync()
+        self.on_event("traffic", "coordinator restarted after the cutover: the target stays authoritative; "
+                      "comparing the source to it in full, then reverse sync goes on", {"writes_on_target": True})
 
     # -- 6. rollback, complete -------------------------------------------------------------------
 

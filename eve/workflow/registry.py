@@ -246,7 +246,8 @@ class Coordinator:
             raise StateError("this coordinator runs no interlays")
         return self.interlays
 
-    def start_interlay(self, id: str) -> InterlayRecord:
+    def start_interlay(self, id: str, route: Any = None) -> InterlayRecord:
+        """``route``: the live run's route to serve under from the first client on (a restart)."""
         record = self.get_interlay(id)
         supervisor = self._supervisor()
         if supervisor.running(id):
@@ -255,7 +256,8 @@ class Coordinator:
         self.store.set_interlay_state(id, "STARTING")
         try:
             ports = supervisor.start(id, record.port, record.settings.get("listen_host", DEFAULT_LISTEN_HOST), config,
-                                     record.settings.get("max_concurrent_connections", DEFAULT_MAX_CONNECTIONS))
+                                     record.settings.get("max_concurrent_connections", DEFAULT_MAX_CONNECTIONS),
+                                     route=route)
         except EveError as exc:
             self.store.set_interlay_state(id, "FAILED", str(exc))
             raise
@@ -288,12 +290,19 @@ class Coordinator:
         except EveError:
             log.exception("cannot record the state of interlay %s", id)
 
-    def restart_interlays(self) -> None:
-        """After a coordinator restart: start again every interlay that was running."""
-        for record in self.store.list_interlays():
-            if record.state in ("RUNNING", "STARTING"):
+    def restart_interlays(self, routes: Mapping[str, Any] | None = None) -> None:
+        """After a coordinator restart: re-attach to the interlays that kept serving (issue 12;
+        one stopped or deleted meanwhile is stopped), and start again every other one that was
+        running, under ``routes[id]`` when a live run needs it (the target authoritative)."""
+        records = self.store.list_interlays()
+        wanted = {record.id for record in records if record.state in ("RUNNING", "STARTING")}
+        recovered = set(self.interlays.recover(wanted)) if self.interlays is not None else set()
+        for record in records:
+            if record.id in recovered:
+                self.store.set_interlay_state(record.id, "RUNNING")
+            elif record.id in wanted:
                 try:
-                    self.start_interlay(record.id)
+                    self.start_interlay(record.id, (routes or {}).get(record.id))
                 except EveError as exc:
                     log.error("interlay %s could not be restarted: %s", record.id, exc)
 

@@ -36,7 +36,7 @@ from eve.core.enums import Strategy, WriteConsistency
 from eve.core.errors import ConfigError, EveError, NotFoundError, StateError
 from eve.core.frames import ErrorKeyRow
 from eve.core.store import RunRecord, Store
-from eve.live.run import LiveOptions, LiveRun
+from eve.live.run import LiveOptions, LiveRun, route_for
 from eve.workflow.setup import ROLE_FIELDS, RunSetup, endpoint_changes, guided_setup, is_migrate_job
 from eve.workflow.states import (
     LIVE_STATES,
@@ -390,22 +390,23 @@ class Workflow:
                              "applications at it, then Approve")
         if len(self.interlays.status(interlay_id).ports) > 1:
             raise StateError("online strategies through a cluster interlay are not supported yet: use OFFLINE")
-        configs = self._configs(run_id)
-        source, target = configs[setup.source], configs[setup.target]
-        mirrors = tuple((f"mirror:{name}", configs[name].write) for name in setup.mirror_targets)
-        for name, spec in (("target", target.write), *mirrors):
+        options = self._live_options(run_id, setup)
+        for name, spec in ((TARGET, options.target), *options.mirrors):
             with FastConnection(spec, timeout=5.0, client_name="eve-live-check") as conn:
                 if is_cluster(conn):
                     raise StateError(f"the {name} {spec.address} is a cluster: online strategies need a "
                                      "standalone target and mirrors for now; use OFFLINE")
-        options = LiveOptions(run_id=run_id, interlay_id=interlay_id, source=source.write, target=target.write,
-                              mirrors=mirrors, policy=setup.write_consistency,
-                              scripts_deterministic=setup.scripts_deterministic,
-                              keyspace_notifications=setup.keyspace_notifications,
-                              preserve_ttl=setup.preserve_ttl)
         return LiveRun(options, self.interlays,
                        on_event=lambda type, message, attributes: self._event(run_id, type, message, attributes),
                        on_failures=lambda failures: self._recopy_failures(run_id, failures))
+
+    def _live_options(self, run_id: str, setup: RunSetup) -> LiveOptions:
+        configs = self._configs(run_id)
+        return LiveOptions(run_id=run_id, interlay_id=setup.interlay, source=configs[setup.source].write,
+                           target=configs[setup.target].write,
+                           mirrors=tuple((f"mirror:{name}", configs[name].write) for name in setup.mirror_targets),
+                           policy=setup.write_consistency, scripts_deterministic=setup.scripts_deterministic,
+                           keyspace_notifications=setup.keyspace_notifications, preserve_ttl=setup.preserve_ttl)
 
     def _recopy_failures(self, run_id: str, failures: list[Any]) -> None:
         rows = [failure.as_error_key() for failure in failures]
@@ -422,28 +423,33 @@ class Workflow:
             live.go_in_sync()
             if live.authoritative == TARGET:  # TARGET_AUTHORITATIVE: the target took the writes
                 self.store.set_traffic(run_id, 100, True)
-            seen: dict[str, int] = {}
-            last = None
-            while not stop.wait(PROGRESS_EVENT_SECONDS):
-                live.check_sync()
-                live.reconcile_if_needed()
-                for side in live.side_failures():
-                    failures = side["failures"]
-                    new = failures - seen.get(side["side"], 0)
-                    if new > 0:
-                        seen[side["side"]] = failures
-                        healed = "counted only (BEST_EFFORT)" \
-                            if live.options.policy == WriteConsistency.BEST_EFFORT else "their keys are re-copied"
-                        self._event(run_id, "dual_write", f"{new} writes failed on {side['side']}: "
-                                    f"{side['last_error']}; {healed}",
-                                    {"side": side["side"], "failures": failures, "last_error": side["last_error"]})
-                metrics = live.metrics()
-                if metrics != last:
-                    last = metrics
-                    self._event(run_id, "progress", f"live: {metrics['dirty_backlog']} dirty keys, lag "
-                                f"{metrics['lag_seconds']}s, {metrics['recopied']} re-copied", metrics)
+            self._watch_live(run_id, live, stop)
         except EveError as exc:
             self._fail(run_id, f"live sync failed: {exc}")
+
+    def _watch_live(self, run_id: str, live: LiveRun, stop: threading.Event) -> None:
+        """In sync: tell the failures on other sides and the backlog, compare the sides when marks
+        were lost, until ``stop``. EveError when the re-copy loop or the interlay stopped."""
+        seen: dict[str, int] = {}
+        last = None
+        while not stop.wait(PROGRESS_EVENT_SECONDS):
+            live.check_sync()
+            live.reconcile_if_needed()
+            for side in live.side_failures():
+                failures = side["failures"]
+                new = failures - seen.get(side["side"], 0)
+                if new > 0:
+                    seen[side["side"]] = failures
+                    healed = "counted only (BEST_EFFORT)" \
+                        if live.options.policy == WriteConsistency.BEST_EFFORT else "their keys are re-copied"
+                    self._event(run_id, "dual_write", f"{new} writes failed on {side['side']}: "
+                                f"{side['last_error']}; {healed}",
+                                {"side": side["side"], "failures": failures, "last_error": side["last_error"]})
+            metrics = live.metrics()
+            if metrics != last:
+                last = metrics
+                self._event(run_id, "progress", f"live: {metrics['dirty_backlog']} dirty keys, lag "
+                            f"{metrics['lag_seconds']}s, {metrics['recopied']} re-copied", metrics)
 
     def set_traffic(self, run_id: str, read_percent_target: int, cutover_writes: bool) -> RunRecord:
         record = self.get(run_id)
@@ -599,7 +605,7 @@ class Workflow:
             raise StateError(f"run {run_id!r} is {record.state}; rollback is possible until the run is completed")
         self._stop_work(run_id)
         self._transition(run_id, RunState.ROLLING_BACK, reason or "rollback requested")
-        live = self._live.get(run_id)
+        live = self._live.get(run_id) or self._adopt_route(run_id)
         if live is not None:
             try:
                 live.rollback()
@@ -624,6 +630,26 @@ class Workflow:
         self._event(run_id, "rollback", "the source was never modified; the target received what the counters say",
                     counters)
         return self._transition(run_id, RunState.ROLLED_BACK, "rolled back: all traffic on the source")
+
+    def _adopt_route(self, run_id: str) -> LiveRun | None:
+        """A run with no live part here (it failed, then the coordinator restarted) whose interlay
+        kept serving under its route: a live part that takes that route over, so that a rollback
+        compares the sides in full and flips back exactly. None when the interlay has no route."""
+        setup = self.setup(self.get(run_id))
+        route = self.interlays.last_route(setup.interlay) if setup and setup.online and self.interlays else None
+        if route is None:
+            return None
+        try:
+            live = self._new_live(run_id, setup)
+            live.authoritative, live.dual = route.authoritative, bool(route.mirror_to)
+            live.dirty.mark_all(None)
+            live.start_tracking()
+            live.start_sync()
+        except EveError as exc:
+            log.warning("run %s: cannot take over the route its interlay kept (%s)", run_id, exc)
+            return None
+        self._live[run_id] = live
+        return live
 
     def cancel(self, run_id: str, reason: str = "") -> RunRecord:
         record = self.get(run_id)
@@ -715,11 +741,7 @@ class Workflow:
             elif state in (RunState.COPYING, RunState.SYNCING) and setup.online and not writes_on_target:
                 self._resume_live(record.id, state, setup)
             elif state in LIVE_STATES and setup.online:
-                # The target was authoritative: the restarted interlay fronts its endpoint, the
-                # source, and which writes the target got that the source lacks is unknown.
-                self._fail(record.id, "the coordinator restarted after writes were cut over to the target: "
-                           "writes made meanwhile were not tracked; check the target, then Rollback or start "
-                           "a new run")
+                self._resume_target_authoritative(record.id, state, setup, writes_on_target)
             elif state == RunState.APPROVED and setup.online:
                 try:
                     self._live[record.id] = self._new_live(record.id, setup)
@@ -761,6 +783,61 @@ class Workflow:
             self._live_loop(run_id, live, self._stops[run_id])
 
         self._spawn(run_id, "sync", sync)
+
+    def _resume_target_authoritative(self, run_id: str, state: RunState, setup: RunSetup,
+                                     writes_on_target: bool) -> None:
+        """A live run whose writes were (or were being) cut over to the target. Its interlay kept
+        serving under that route, or was started again with it (``restart_routes``); either way
+        the target stays authoritative, the source is compared to it in full (what nobody tracked
+        meanwhile may be missing there), what differs is re-copied, and reverse sync goes on.
+        A cutover the restart interrupted before the writes flipped goes back to SYNCING."""
+        route = self.interlays.last_route(setup.interlay) if self.interlays is not None else None
+        if not writes_on_target and (route is None or route.authoritative != TARGET):
+            self._transition(run_id, RunState.SYNCING, "the coordinator restarted during the cutover, before the "
+                             "writes flipped: the source stays authoritative; cut over again once in sync")
+            self._resume_live(run_id, RunState.SYNCING, setup)
+            return
+        try:
+            live = self._live[run_id] = self._new_live(run_id, setup)
+        except EveError as exc:
+            self._fail(run_id, f"cannot resume the live run after a restart: {exc}")
+            return
+        self.store.set_traffic(run_id, 100, True)
+        if state == RunState.CUTTING_OVER:
+            self._transition(run_id, RunState.CUT_OVER, "the cutover had flipped the writes to the target before "
+                             "the coordinator restarted")
+        self._event(run_id, "state", "coordinator restarted with the target authoritative: comparing the source "
+                    "to the target in full, then reverse sync goes on")
+
+        def reverse_sync(run_id: str) -> None:
+            stop = self._stops[run_id]
+            try:
+                live.resume_cut_over()
+                if not live.catch_up(stop):
+                    return
+                self._event(run_id, "live", "caught up after the restart: the source holds every write of the "
+                            "target again, and reverse sync keeps it so")
+                self._watch_live(run_id, live, stop)
+            except EveError as exc:
+                self._fail(run_id, f"reverse sync failed after a restart: {exc}")
+
+        self._spawn(run_id, "sync", reverse_sync)
+
+    def restart_routes(self) -> dict[str, Any]:
+        """Interlay id -> the route it must start under after a coordinator restart, for the live
+        runs whose target is authoritative: an interlay that did not survive (a reboot) is started
+        fronting the target, never the source, so no write lands on the side being left."""
+        routes: dict[str, Any] = {}
+        for record in self.store.list_runs():
+            setup = self.setup(record)
+            if setup is None or not setup.online or RunState(record.state) not in LIVE_STATES or \
+                    not self.store.traffic(record.id)[1]:
+                continue
+            try:
+                routes[setup.interlay] = route_for(self._live_options(record.id, setup), TARGET, dual=True)
+            except EveError as exc:
+                log.error("run %s: cannot tell its interlay's route after the restart: %s", record.id, exc)
+        return routes
 
     def shutdown(self) -> None:
         """Stop the copies at their next batch; their runs stay COPYING and resume on restart."""

@@ -1,0 +1,153 @@
+"""How a proxy process outlives its coordinator (DESIGN.md section 5, issue 12).
+
+Interlays are the data plane: when the coordinator dies (kill -9, a crash), a
+proxy process keeps serving its clients under its last route, and a restarted
+coordinator re-attaches to it instead of starting a new one. Three pieces make
+that possible, all here:
+
+* ``ControlOptions``: what the supervisor tells a process that may outlive it:
+  the Unix socket to listen on for the next coordinator, the secret that
+  coordinator must prove it knows, the route to start under, the spool's bound.
+* ``ControlListener``: a thread accepting coordinators on that socket. The
+  socket sits in a directory only the coordinator's user can enter (0700) and
+  is itself 0600; ``multiprocessing.connection`` then runs its HMAC
+  challenge-response with the token both ways before a single message is
+  unpickled, so only a process that holds the token attaches.
+* ``Spool``: the keys of the writes answered while no coordinator listens,
+  bounded. Past ``limit`` keys it drops them and remembers that it overflowed:
+  the run then compares every key instead of trusting a partial list.
+
+``start_identity(pid)`` tells a live process from a recycled pid: the kernel's
+start time of the process (``/proc/<pid>/stat``, field 22), recorded when the
+proxy started and compared before the coordinator trusts or signals that pid.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, Listener, answer_challenge, deliver_challenge
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from proxy import messages
+
+__all__ = ["DEFAULT_SPOOL_KEYS", "ControlListener", "ControlOptions", "Spool", "start_identity"]
+
+log = logging.getLogger("eve.proxy")
+
+# About 100 bytes a key with its tuple: a spool of this many stays near 10 MB.
+DEFAULT_SPOOL_KEYS = 100_000
+
+
+@dataclass(frozen=True)
+class ControlOptions:
+    """A proxy process that outlives its coordinator. ``token`` never appears in a repr."""
+
+    socket_path: str
+    token: bytes = field(repr=False)
+    route: messages.Route | None = None     # the live run's route to start under (a restart after a cutover)
+    spool_keys: int = DEFAULT_SPOOL_KEYS
+
+
+class Spool:
+    """Dirty-key marks recorded while detached, at most ``limit`` of them."""
+
+    __slots__ = ("limit", "marks", "overflowed")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.marks: list[tuple] = []
+        self.overflowed = False
+
+    def add(self, marks: tuple) -> None:
+        if self.overflowed:
+            return
+        if len(self.marks) + len(marks) > self.limit:
+            # A partial list would read as complete: keep none, and say so.
+            self.marks = []
+            self.overflowed = True
+            log.warning("dirty-key spool overflowed past %d keys: the run will compare every key", self.limit)
+            return
+        self.marks.extend(marks)
+
+    def take(self) -> tuple[tuple, ...]:
+        """Every mark spooled, in order; an overflow is one mark of every db, ``(None, None)``
+        (what FLUSHALL marks: the run compares the sides in full)."""
+        marks = ((None, None),) if self.overflowed else tuple(self.marks)
+        self.marks = []
+        self.overflowed = False
+        return marks
+
+    def __len__(self) -> int:
+        return len(self.marks)
+
+
+class ControlListener:
+    """Accepts authenticated coordinators on ``socket_path``; hands each to ``on_attach``
+    (called from this listener's thread: the callee moves it to its event loop)."""
+
+    def __init__(self, options: ControlOptions, on_attach: Callable[[Connection], None]) -> None:
+        self.options = options
+        self.on_attach = on_attach
+        path = options.socket_path
+        if os.path.exists(path):
+            os.unlink(path)  # left by a process of this interlay that died: nobody listens on it
+        previous = os.umask(0o177)
+        try:
+            self._listener = Listener(path, family="AF_UNIX")
+        finally:
+            os.umask(previous)
+        self._thread = threading.Thread(target=self._accept, name="interlay-control", daemon=True)
+        self._closed = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn = self._listener.accept()
+            except OSError:
+                if not self._closed:
+                    log.exception("control socket %s: accept failed", self.options.socket_path)
+                return
+            # The challenge runs on a thread of its own: a peer that never answers holds only it.
+            threading.Thread(target=self._authenticate, args=(conn,), name="interlay-control-auth",
+                             daemon=True).start()
+
+    def _authenticate(self, conn: Connection) -> None:
+        """HMAC challenge-response both ways (``multiprocessing.connection``), before any message."""
+        try:
+            deliver_challenge(conn, self.options.token)
+            answer_challenge(conn, self.options.token)
+        except Exception as exc:  # noqa: BLE001 - AuthenticationError, EOFError, OSError: not our coordinator
+            log.warning("control socket %s: a connection that did not prove the token was refused (%s)",
+                        self.options.socket_path, type(exc).__name__)
+            conn.close()
+            return
+        self.on_attach(conn)
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self._listener.close()  # unlinks the socket file
+        except OSError:
+            pass
+
+
+def start_identity(pid: int) -> str | None:
+    """The kernel's start time of process ``pid`` (clock ticks since boot), or None when no
+    such process runs (or it is a zombie). Equal identities mean the same process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # After the command name: state is field 3, starttime field 22 (proc(5)).
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return fields[19].decode()

@@ -1,0 +1,244 @@
+"""Interlays outlive the coordinator (issue 12, parts 0 and 6).
+
+A coordinator killed with SIGKILL leaves its proxy processes serving under their
+last route; the next coordinator of the same state file re-attaches to them
+through their control sockets, and gets the dirty keys they spooled meanwhile.
+The coordinators here are real processes (``eve serve``, or a bare supervisor
+in a subprocess where a test needs the spool itself) killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing.connection
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from eve_process import EveServer, Subscriber, wait_state
+from proxies import LOOPBACK, free_ports, interlay_pids, reap_interlays, wait_for
+from servers import free_port
+from test_live import Live, Writers, assert_identical
+
+from eve.api.server import interlay_control_dir
+from eve.live.backlog import DirtyKeys
+from eve.live.interlays import InterlaySupervisor
+from eve.v1 import endpoints_pb2 as epb
+from eve.v1 import interlays_pb2 as ipb
+from eve.v1 import workflows_pb2 as wpb
+
+ENGINE = "redis-7.0"
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+# A coordinator reduced to its supervisor, in a process of its own, so that a test can kill it.
+_COORDINATOR = textwrap.dedent("""
+    import json, sys
+    from eve.core.endpoints import parse_config
+    from eve.live.backlog import DirtyKeys
+    from eve.live.interlays import InterlaySupervisor
+
+    control_dir, backend_port, port, spool_keys = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    supervisor = InterlaySupervisor(control_dir=control_dir, spool_keys=spool_keys, stats_interval=0.2)
+    endpoint = parse_config({"target": {"host": "127.0.0.1", "port": backend_port}})
+    ports = supervisor.start("it", port, "127.0.0.1", endpoint, 100)
+    supervisor.track_dirty("it", DirtyKeys())
+    print(json.dumps(ports), flush=True)
+    sys.stdin.read()
+""")
+
+
+class Coordinator:
+    """A supervisor in a subprocess that tracks the dirty keys of interlay ``it``."""
+
+    def __init__(self, control_dir: Path, backend_port: int, spool_keys: int = 1000) -> None:
+        self.control_dir = control_dir
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _COORDINATOR, str(control_dir), str(backend_port), str(free_ports(1)),
+             str(spool_keys)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.process.stdout.readline()  # type: ignore[union-attr]
+        assert line, "the coordinator did not start"
+        self.port = json.loads(line)[0]
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            stream.close()  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def control_dir(tmp_path: Path):
+    path = tmp_path / "control"
+    yield path
+    reap_interlays(path)
+
+
+def _client(port: int) -> redis.Redis:
+    return redis.Redis(host=LOOPBACK, port=port, socket_timeout=10)
+
+
+def test_spooled_keys_reach_the_next_coordinator(server_factory, control_dir):
+    source = server_factory(ENGINE)
+    first = Coordinator(control_dir, source.port)
+    client = _client(first.port)
+    client.set("before", 1)
+    pids = interlay_pids(control_dir)["it"]
+    first.kill()
+    # Detached: the same connection and new ones are served; their writes are spooled.
+    client.set("during", 2)
+    _client(first.port).incr("during:new")
+    assert interlay_pids(control_dir)["it"] == pids
+    supervisor = InterlaySupervisor(control_dir=control_dir)
+    try:
+        assert supervisor.recover({"it"}) == ["it"]
+        assert supervisor.status("it").pids == tuple(pids) and supervisor.running("it")
+        assert supervisor.attached("it").tracking
+        dirty = DirtyKeys()
+        supervisor.track_dirty("it", dirty)
+        client.set("after", 3)
+        assert supervisor.dirty_barrier("it", timeout=10)
+        marked = set(dirty.take(100))
+        assert {(0, b"during"), (0, b"during:new"), (0, b"after")} <= marked
+        assert not dirty.overflowed
+        assert client.get("during") == b"2"
+    finally:
+        supervisor.stop_all()
+    assert not any(interlay_pids(control_dir).values()) and not list(control_dir.glob("*.json"))
+
+
+def test_an_overflowing_spool_asks_for_a_full_compare(server_factory, control_dir):
+    source = server_factory(ENGINE)
+    first = Coordinator(control_dir, source.port, spool_keys=5)
+    first.kill()
+    client = _client(first.port)
+    for i in range(20):
+        client.set(f"k{i}", i)
+    supervisor = InterlaySupervisor(control_dir=control_dir)
+    try:
+        assert supervisor.recover({"it"}) == ["it"]
+        attached = supervisor.attached("it")
+        assert attached.overflowed and attached.spooled == 0
+        dirty = DirtyKeys()
+        supervisor.track_dirty("it", dirty)
+        assert supervisor.dirty_barrier("it", timeout=10)
+        assert dirty.overflowed and dirty.resync_dbs() is None  # every db: compare in full
+    finally:
+        supervisor.stop_all()
+
+
+def test_only_the_token_attaches_and_the_control_files_are_private(server_factory, control_dir):
+    source = server_factory(ENGINE)
+    first = Coordinator(control_dir, source.port)
+    first.kill()
+    record = json.loads((control_dir / "it.json").read_text())
+    socket_path = record["workers"][0]["socket"]
+    assert stat.S_IMODE(control_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((control_dir / "it.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(socket_path).st_mode) == 0o600
+    with pytest.raises(multiprocessing.AuthenticationError):
+        multiprocessing.connection.Client(socket_path, family="AF_UNIX", authkey=os.urandom(32))
+    # The refused attempt changed nothing: clients are served, the next coordinator attaches.
+    assert _client(first.port).ping()
+    supervisor = InterlaySupervisor(control_dir=control_dir)
+    try:
+        assert supervisor.recover({"it"}) == ["it"]
+    finally:
+        supervisor.stop_all()
+
+
+def test_an_interlay_not_wanted_any_more_is_stopped(server_factory, control_dir):
+    source = server_factory(ENGINE)
+    first = Coordinator(control_dir, source.port)
+    pids = interlay_pids(control_dir)["it"]
+    first.kill()
+    assert _client(first.port).ping()
+    supervisor = InterlaySupervisor(control_dir=control_dir)
+    assert supervisor.recover(set()) == []
+    assert not supervisor.running("it") and not list(control_dir.glob("*.json"))
+    wait_for(lambda: not os.path.exists(f"/proc/{pids[0]}"), what="the unwanted interlay to exit")
+    with pytest.raises(redis.ConnectionError):
+        _client(first.port).ping()
+
+
+# --------------------------------------------------------------------------- through eve serve
+
+
+def _endpoint(eve: EveServer, name: str, port: int) -> None:
+    eve.endpoints().CreateEndpoint(epb.CreateEndpointRequest(
+        endpoint=name, kind="redis", config=epb.EndpointConfig(target=epb.Connection(host=LOOPBACK, port=port))))
+
+
+def _kill(eve: EveServer) -> None:
+    eve.process.kill()  # type: ignore[union-attr]
+    eve.process.wait()  # type: ignore[union-attr]
+    eve.stop()
+
+
+def test_plain_forwarding_keeps_its_clients_across_a_coordinator_kill(tmp_path, eve, server_factory):
+    source = server_factory(ENGINE)
+    _endpoint(eve, "src", source.port)
+    port = free_port()
+    eve.interlays().CreateInterlay(ipb.CreateInterlayRequest(id="app", endpoint="src", port=port))
+    eve.interlays().StartInterlay(ipb.StartInterlayRequest(id="app"))
+    client = _client(port)
+    for i in range(50):
+        client.incr("counter")
+    control_dir = Path(interlay_control_dir(str(eve.state)))
+    pids = interlay_pids(control_dir)["app"]
+
+    def stats(server: EveServer) -> ipb.Interlay:
+        return server.interlays().GetInterlay(ipb.GetInterlayRequest(id="app"))
+
+    wait_for(lambda: stats(eve).stats.backends and stats(eve).stats.backends[0].ops >= 50, what="stats")
+    _kill(eve)
+    for i in range(50):
+        client.incr("counter")  # the same connection, with nobody supervising
+    restarted = EveServer(state=eve.state, log_path=tmp_path / "eve-restarted.log").start()
+    try:
+        interlay = stats(restarted)
+        assert interlay.state == ipb.INTERLAY_RUNNING and list(interlay.listener_ports) == [port]
+        assert interlay_pids(control_dir)["app"] == pids, "a new process instead of the one that kept serving"
+        assert "re-attached" in restarted.log()
+        wait_for(lambda: stats(restarted).stats.backends and stats(restarted).stats.backends[0].ops >= 100,
+                 what="the stats counted since the process started")
+        assert stats(restarted).stats.connections >= 1
+        assert client.incr("counter") == 101
+        restarted.interlays().StopInterlay(ipb.StopInterlayRequest(id="app"))
+        with pytest.raises(redis.ConnectionError):
+            client.incr("counter")
+        assert not interlay_pids(control_dir)
+    finally:
+        restarted.stop()
+    assert source.client().get("counter") == b"101"
+
+
+def test_an_interlay_deleted_meanwhile_is_stopped_by_the_next_coordinator(tmp_path, eve, server_factory):
+    """The store says the interlay is stopped (its StopInterlay, say, was recorded but the
+    coordinator died before the process exited): the next coordinator stops the process."""
+    source = server_factory(ENGINE)
+    _endpoint(eve, "src", source.port)
+    port = free_port()
+    eve.interlays().CreateInterlay(ipb.CreateInterlayRequest(id="app", endpoint="src", port=port))
+    eve.interlays().StartInterlay(ipb.StartInterlayRequest(id="app"))
+    control_dir = Path(interlay_control_dir(str(eve.state)))
+    _kill(eve)
+    from eve.core.store import Store
+
+    store = Store(str(eve.state))
+    store.set_interlay_state("app", "STOPPED")
+    store.close()
+    restarted = EveServer(state=eve.state, log_path=tmp_path / "eve-restarted.log").start()
+    try:
+        assert restarted.interlays().GetInterlay(ipb.GetInterlayRequest(id="app")).state == ipb.INTERLAY_STOPPED
+        assert not interlay_pids(control_dir)
+        with pytest.raises(redis.ConnectionError):
+            _client(port).ping()
+    finally:
+        restarted.stop()
