@@ -242,3 +242,138 @@ def test_an_interlay_deleted_meanwhile_is_stopped_by_the_next_coordinator(tmp_pa
             _client(port).ping()
     finally:
         restarted.stop()
+
+
+# --------------------------------------------------------------------------- live runs (slow)
+
+
+def _restart(live: Live, tmp_path: Path, name: str) -> EveServer:
+    """A coordinator of the same state file in place of the killed one, followed by ``live``
+    (whose events are those after the kill from now on)."""
+    seen = max((event.seq for event in live.events.events), default=0)
+    restarted = EveServer(state=live.eve.state, log_path=tmp_path / f"{name}.log").start()
+    live.eve, live.stub = restarted, restarted.migrations()
+    live.events = Subscriber(live.stub, live.run, after_seq=seen)
+    live.events.start()
+    return restarted
+
+
+def _wait_event(live: Live, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(text in e.message for e in list(live.events.events)):
+        record = live.stub.GetRun(wpb.GetRunRequest(run=live.run))
+        assert record.state not in (wpb.FAILED, wpb.ROLLED_BACK), record.failure_reason
+        assert time.monotonic() < deadline, f"no event saying {text!r}"
+        time.sleep(0.1)
+
+
+def _connection_errors(writers: Writers) -> list[str]:
+    return [error for error in writers.errors() if error.startswith(("ConnectionError", "TimeoutError"))]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_live_run_loses_no_write_across_a_coordinator_kill(tmp_path, eve, server_factory):
+    live = Live(eve, server_factory, wpb.SOURCE_AUTHORITATIVE, keys=500, engines=(ENGINE, "valkey-8.1"))
+    control_dir = Path(interlay_control_dir(str(eve.state)))
+    restarted = None
+    with Writers(live.port, threads=2) as writers:
+        try:
+            live.approve()
+            live.wait_in_sync()
+            writers.wait_ops(300)
+            pids = interlay_pids(control_dir)["app"]
+            _kill(eve)
+            writers.wait_ops(300)  # dual writes go on with nobody supervising
+            restarted = _restart(live, tmp_path, "eve-restarted")
+            assert interlay_pids(control_dir)["app"] == pids
+            _wait_event(live, "in sync")
+            writers.wait_ops(300)
+            assert live.traffic(100, cutover=True).state == wpb.CUT_OVER
+            writers.wait_ops(300)
+        finally:
+            writers.finish()
+        assert not _connection_errors(writers), _connection_errors(writers)[:3]
+        live.settle()
+        target = live.target.client()
+        writers.check_counters(target)
+        assert_identical(live.source.client(), target, "source and target")
+        assert live.stub.Verify(wpb.VerifyRequest(run=live.run)).clean
+        assert live.stub.Complete(wpb.CompleteRequest(run=live.run, notes="ok")).state == wpb.COMPLETED
+    if restarted is not None:
+        restarted.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_coordinator_killed_after_the_cutover_keeps_the_target_authoritative(tmp_path, eve, server_factory):
+    """Part 6: the interlay kept serving with the target authoritative; the restarted run
+    compares the source to the target in full, and a rollback leaves the source exact."""
+    live = Live(eve, server_factory, wpb.SOURCE_AUTHORITATIVE, keys=500, engines=(ENGINE, "valkey-8.1"))
+    restarted = None
+    with Writers(live.port, threads=2) as writers:
+        try:
+            live.approve()
+            live.wait_in_sync()
+            writers.wait_ops(200)
+            assert live.traffic(100, cutover=True).state == wpb.CUT_OVER
+            writers.wait_ops(200)
+            _kill(eve)
+            # Written on the target alone while nobody tracked: the source lacks them for a moment.
+            live.source.client().set("w0:source-only", "stale")
+            writers.wait_ops(300)
+            restarted = _restart(live, tmp_path, "eve-restarted")
+            _wait_event(live, "caught up after the restart")
+            assert live.state() == wpb.CUT_OVER
+            writers.wait_ops(300)
+        finally:
+            writers.finish()
+        assert not _connection_errors(writers), _connection_errors(writers)[:3]
+        live.settle()
+        writers.check_counters(live.target.client())
+        assert live.stub.Rollback(wpb.RollbackRequest(run=live.run, reason="test")).state == wpb.ROLLED_BACK
+        source = live.source.client()
+        writers.check_counters(source)
+        assert not source.exists("w0:source-only"), "the full compare did not reach the source"
+        assert_identical(source, live.target.client(), "source and target after the rollback")
+    if restarted is not None:
+        restarted.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_an_interlay_started_again_after_the_cutover_fronts_the_target(tmp_path, eve, server_factory):
+    """Part 6, the machine rebooted: coordinator and interlay both killed; started again, the
+    interlay fronts the target as authoritative, and the source is brought back to it."""
+    live = Live(eve, server_factory, wpb.SOURCE_AUTHORITATIVE, keys=500, engines=(ENGINE, "valkey-8.1"))
+    control_dir = Path(interlay_control_dir(str(eve.state)))
+    restarted = None
+    with Writers(live.port, threads=2) as writers:
+        try:
+            live.approve()
+            live.wait_in_sync()
+            writers.wait_ops(200)
+            assert live.traffic(100, cutover=True).state == wpb.CUT_OVER
+            writers.wait_ops(200)
+            pids = interlay_pids(control_dir)["app"]
+            _kill(eve)
+            reap_interlays(control_dir)
+            restarted = _restart(live, tmp_path, "eve-restarted")
+            assert interlay_pids(control_dir)["app"] != pids
+            _wait_event(live, "caught up after the restart")
+            writers.wait_ops(300)
+        finally:
+            writers.finish()
+        live.settle()
+        target = live.target.client()
+        writers.check_counters(target)
+        # Every write after the restart reached the target first: the source only follows it.
+        assert target.get("after-restart") is None
+        client = redis.Redis(host=LOOPBACK, port=live.port)
+        client.set("after-restart", 1)
+        assert target.get("after-restart") == b"1"
+        assert live.stub.Verify(wpb.VerifyRequest(run=live.run)).clean
+        assert_identical(live.source.client(), target, "source and target")
+        assert live.stub.Complete(wpb.CompleteRequest(run=live.run, notes="ok")).state == wpb.COMPLETED
+    if restarted is not None:
+        restarted.stop()
