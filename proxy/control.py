@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     from proxy import messages
 
-__all__ = ["DEFAULT_SPOOL_KEYS", "ControlListener", "ControlOptions", "Spool", "start_identity"]
+__all__ = ["DEFAULT_SPOOL_KEYS", "ControlListener", "ControlOptions", "Spool", "describe_route", "start_identity"]
 
 log = logging.getLogger("eve.proxy")
 
@@ -137,6 +137,13 @@ class ControlListener:
             self._listener.close()  # unlinks the socket file
         except OSError:
             pass
+
+
+def describe_route(route: messages.Route | None) -> str:
+    """What a process serves under, for the logs of both ends of the control channel."""
+    if route is None:
+        return "plain forwarding"
+    return f"route: {route.authoritative} authoritative, dual writes to {','.join(route.mirror_to) or 'nobody'}"
 
 
 def start_identity(pid: int) -> str | None:

@@ -42,7 +42,7 @@ from eve.core.telemetry import setup
 from proxy import messages
 from proxy.backend import Node
 from proxy.client import Client
-from proxy.control import ControlListener, ControlOptions, Spool
+from proxy.control import ControlListener, ControlOptions, Spool, describe_route
 from proxy.options import ProxyOptions
 from proxy.parts import Clients, Parts
 from proxy.routing import Router
@@ -247,12 +247,9 @@ class Proxy:
             control.close()
         self.detached_since = time.monotonic()
         self.spooling = self.parts.dirty.tracking
-        route = self.route
         log.warning("%s pid=%d: the coordinator is gone; serving on %s (%s)%s; a restarted coordinator "
                     "re-attaches through %s; SIGTERM stops this process", self.options.name, os.getpid(),
-                    ",".join(map(str, self.options.ports)),
-                    "plain forwarding" if route is None else
-                    f"route: {route.authoritative} authoritative, dual writes to {','.join(route.mirror_to) or 'nobody'}",
+                    ",".join(map(str, self.options.ports)), describe_route(self.route),
                     f", dirty keys spooled (at most {self.spool.limit})" if self.spooling and self.spool else "",
                     self.detachable.socket_path if self.detachable else "")
 

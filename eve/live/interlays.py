@@ -63,7 +63,7 @@ from eve.redis.topology import cluster_masters, is_cluster, node_spec
 from eve.redis.wire import FastConnection
 from proxy import messages
 from proxy import stats as latency
-from proxy.control import DEFAULT_SPOOL_KEYS, ControlOptions, start_identity
+from proxy.control import DEFAULT_SPOOL_KEYS, ControlOptions, describe_route, start_identity
 from proxy.options import DEFAULT_STATS_INTERVAL, ProxyOptions
 from proxy.server import main as proxy_main
 
@@ -290,9 +290,10 @@ class InterlaySupervisor:
                 log.info("interlay %s worker=%d pid=%d started (ports %s, backend %s)", interlay_id,
                          opts.worker, process.pid, ",".join(map(str, ports)),
                          ",".join(node.address for node in nodes))
-            self._wait_ready(interlay)
             if controls:
+                # Before they listen: a coordinator killed from here on leaves processes the next one finds.
                 self._write_control_file(interlay, controls)
+            self._wait_ready(interlay)
         except BaseException:
             with self._lock:
                 self._interlays.pop(interlay_id, None)
@@ -560,8 +561,7 @@ class InterlaySupervisor:
             log.info("interlay %s: re-attached to pids %s (ports %s) after %.1fs without a coordinator; %s",
                      interlay_id, ",".join(str(worker.process.pid) for worker in interlay.workers),
                      ",".join(map(str, interlay.ports)), attached.detached_seconds if attached else 0.0,
-                     "plain forwarding" if interlay.route is None else f"route: {interlay.route.authoritative} "
-                     f"authoritative, dual writes to {','.join(interlay.route.mirror_to) or 'nobody'}")
+                     describe_route(interlay.route))
             recovered.append(interlay_id)
         if recovered:
             self._ensure_monitor()
@@ -641,8 +641,8 @@ class InterlaySupervisor:
         """What the next coordinator needs to find and attach to the processes; 0600 (the token)."""
         record = {"interlay": interlay.interlay_id, "token": controls[0].token.hex(), "cluster": interlay.cluster,
                   "workers": [{"worker": worker.index, "pid": worker.process.pid,
-                               "start": start_identity(worker.process.pid), "socket": controls[worker.index].socket_path}
-                              for worker in interlay.workers]}
+                               "start": start_identity(worker.process.pid),
+                               "socket": controls[worker.index].socket_path} for worker in interlay.workers]}
         path = self._control_file(interlay.interlay_id)
         temporary = path.with_suffix(".tmp")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
