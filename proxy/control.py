@@ -13,9 +13,11 @@ that possible, all here:
   is itself 0600; ``multiprocessing.connection`` then runs its HMAC
   challenge-response with the token both ways before a single message is
   unpickled, so only a process that holds the token attaches.
-* ``Spool``: the keys of the writes answered while no coordinator listens,
-  bounded. Past ``limit`` keys it drops them and remembers that it overflowed:
-  the run then compares every key instead of trusting a partial list.
+* ``Spool``: the keys a coordinator could still lose, bounded: those it was
+  sent and has not confirmed re-copied yet, and those of the writes answered
+  while no coordinator listens. Past ``limit`` keys it drops them and remembers
+  that it overflowed: the run then compares every key instead of trusting a
+  partial list.
 
 ``start_identity(pid)`` tells a live process from a recycled pid: the kernel's
 start time of the process (``/proc/<pid>/stat``, field 22), recorded when the
@@ -24,6 +26,7 @@ proxy started and compared before the coordinator trusts or signals that pid.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -54,36 +57,76 @@ class ControlOptions:
 
 
 class Spool:
-    """Dirty-key marks recorded while detached, at most ``limit`` of them."""
+    """The dirty-key marks a coordinator could still lose, at most ``limit`` of them: those of
+    the reports sent on the current control connection that it has not confirmed re-copied
+    yet (numbered 1, 2, ... as sent), and those held while no coordinator listened (0).
 
-    __slots__ = ("limit", "marks", "overflowed")
+    A coordinator killed with keys in its backlog loses them; the next one gets them from
+    here (``replay``), so a restart needs no full compare unless the spool overflowed. Past
+    ``limit`` the spool keeps none and says so; while attached it heals once the coordinator
+    confirmed every report sent meanwhile."""
+
+    __slots__ = ("limit", "entries", "size", "sent", "overflowed", "_overflow_upto")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.marks: list[tuple] = []
+        self.entries: collections.deque[tuple[int, tuple]] = collections.deque()
+        self.size = 0                    # marks kept
+        self.sent = 0                    # reports sent on the current control connection
         self.overflowed = False
+        self._overflow_upto = 0          # the last report whose marks were not kept
 
-    def add(self, marks: tuple) -> None:
-        if self.overflowed:
-            return
-        if len(self.marks) + len(marks) > self.limit:
+    def hold(self, marks: tuple) -> None:
+        """Marks recorded while no coordinator listens."""
+        self._keep(0, marks)
+
+    def sent_report(self, marks: tuple) -> None:
+        """Marks just sent to the coordinator in its next report."""
+        self.sent += 1
+        self._keep(self.sent, marks)
+
+    def _keep(self, number: int, marks: tuple) -> None:
+        if not self.overflowed and self.size + len(marks) > self.limit:
             # A partial list would read as complete: keep none, and say so.
-            self.marks = []
+            self.entries.clear()
+            self.size = 0
             self.overflowed = True
-            log.warning("dirty-key spool overflowed past %d keys: the run will compare every key", self.limit)
+            log.warning("dirty-key spool overflowed past %d keys: after a coordinator restart the run compares "
+                        "every key", self.limit)
+        if self.overflowed:
+            self._overflow_upto = self.sent
             return
-        self.marks.extend(marks)
+        self.entries.append((number, marks))
+        self.size += len(marks)
 
-    def take(self) -> tuple[tuple, ...]:
-        """Every mark spooled, in order; an overflow is one mark of every db, ``(None, None)``
-        (what FLUSHALL marks: the run compares the sides in full)."""
-        marks = ((None, None),) if self.overflowed else tuple(self.marks)
-        self.marks = []
-        self.overflowed = False
+    def confirm(self, reports: int) -> None:
+        """The coordinator re-copied every key of the first ``reports`` reports of this connection."""
+        entries = self.entries
+        while entries and 0 < entries[0][0] <= reports:
+            self.size -= len(entries.popleft()[1])
+        if self.overflowed and self.sent and reports >= self._overflow_upto:
+            self.overflowed = False  # every mark it dropped is re-copied
+
+    def attach(self) -> None:
+        """A new control connection: every mark kept is to be sent again, numbering starts over."""
+        self.entries = collections.deque((0, marks) for _, marks in self.entries)
+        self.sent = self._overflow_upto = 0
+
+    def replay(self) -> tuple:
+        """Every mark kept, in order, for the next coordinator's first report (then ``sent_report``
+        it); an overflow is one mark of every db, ``(None, None)`` (what FLUSHALL marks: the run
+        compares the sides in full)."""
+        marks = ((None, None),) if self.overflowed else tuple(mark for _, batch in self.entries for mark in batch)
+        self.clear()
         return marks
 
+    def clear(self) -> None:
+        self.entries.clear()
+        self.size = 0
+        self.overflowed = False
+
     def __len__(self) -> int:
-        return len(self.marks)
+        return self.size
 
 
 class ControlListener:

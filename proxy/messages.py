@@ -17,6 +17,8 @@
     RESUME   supervisor -> proxy: read clients again
     ATTACHED proxy -> supervisor: first message to a coordinator that re-attached over the
              control socket (``proxy.control``): what the process serves and under which route
+    CONFIRM  supervisor -> proxy: the keys of the first ``reports`` DIRTY of this connection are
+             re-copied: the spool need not keep them for the next coordinator
 
 Every message is a small frozen dataclass carrying the format version; a
 message of another version is refused (``check``) rather than misread.
@@ -32,6 +34,7 @@ from eve.core.endpoints import ConnectionSpec
 __all__ = [
     "FORMAT_VERSION",
     "Attached",
+    "DirtyConfirm",
     "BackendReport",
     "Pause",
     "Paused",
@@ -189,10 +192,16 @@ class Attached:
     version: int = FORMAT_VERSION
 
 
+@dataclass(frozen=True)
+class DirtyConfirm:
+    reports: int                 # DIRTY messages of this control connection, counted from 1
+    version: int = FORMAT_VERSION
+
+
 Message = Union[Ready, StatsReport, Stopped, Failed, Stop, TrackDirty, DirtyReport, DirtyBarrier, DirtyBarrierDone,
-                Route, Pause, Paused, Resume, Attached]
+                Route, Pause, Paused, Resume, Attached, DirtyConfirm]
 _TYPES = (Ready, StatsReport, Stopped, Failed, Stop, TrackDirty, DirtyReport, DirtyBarrier, DirtyBarrierDone,
-          Route, Pause, Paused, Resume, Attached)
+          Route, Pause, Paused, Resume, Attached, DirtyConfirm)
 
 
 def check(message: object) -> Message:

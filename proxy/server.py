@@ -7,10 +7,11 @@ drain, report STOPPED and exit 0. Every ``stats_interval`` seconds it sends a
 STATS report.
 
 Given ``ControlOptions`` (``proxy.control``), the process outlives its
-coordinator instead: when the control pipe closes it keeps serving under its
-last route, spools the keys of the writes it answers (bounded), and waits on
-its control socket for the next coordinator, which becomes its control
-connection (ATTACHED first) and gets the spool with its first TRACK on.
+coordinator instead: it keeps in a bounded spool the dirty keys it reported
+until the coordinator CONFIRMs them re-copied; when the control pipe closes it
+keeps serving under its last route, spools the keys of the writes it answers,
+and waits on its control socket for the next coordinator, which becomes its
+control connection (ATTACHED first) and gets the spool with its first TRACK on.
 
 ``Proxy`` builds the parts of the process (``proxy.parts``) and ties them
 together: the nodes (``proxy.backend``), the router (``proxy.routing``) and,
@@ -74,8 +75,9 @@ class Proxy:
         # A live run's route (DESIGN.md sections 5 and 6), set by the supervisor.
         self.router = Router(self.parts, self.nodes[0])
         self.route: messages.Route | None = None       # the last route applied
-        # Outliving the coordinator (proxy.control): dirty keys wait in the spool from the
-        # moment it goes until the next coordinator switches tracking on again.
+        # Outliving the coordinator (proxy.control): reported dirty keys stay in the spool until
+        # re-copied; while ``spooling`` (from the moment the coordinator goes until the next
+        # one switches tracking on) they are only kept there.
         self.spool = Spool(detachable.spool_keys) if detachable is not None else None
         self.spooling = False
         self.detached_since: float | None = None
@@ -87,15 +89,17 @@ class Proxy:
 
     def set_tracking(self, on: bool) -> None:
         """Dirty-key tracking (DESIGN.md section 6), switched on by the supervisor. The keys
-        spooled while no coordinator listened go first (on), or are dropped (off)."""
+        the spool kept for a new coordinator go first (on), or are dropped (off)."""
         if self.spooling:
-            self.spooling = False
             self.parts.dirty.flush()   # recorded while spooling: spooled too, after the older ones
-            spooled = self.spool.take() if self.spool is not None else ()
+            self.spooling = False
+            spooled = self.spool.replay() if self.spool is not None else ()
             if on and spooled:
                 log.info("%s: %s", self.options.name, "the spool overflowed: the run compares every key"
-                         if spooled == ((None, None),) else f"{len(spooled)} keys spooled while detached sent")
+                         if spooled == ((None, None),) else f"{len(spooled)} spooled keys sent")
                 self._send(messages.DirtyReport(self.options.worker, spooled))
+        elif not on and self.spool is not None:
+            self.spool.clear()         # no run tracks writes: nobody needs them
         self.parts.dirty.set_tracking(on)
         log.info("%s: dirty-key tracking %s", self.options.name, "on" if on else "off")
 
@@ -228,6 +232,9 @@ class Proxy:
                     self.loop.create_task(self._pause(message.token, message.timeout))
                 elif isinstance(message, messages.Resume):
                     self.resume_clients()
+                elif isinstance(message, messages.DirtyConfirm):
+                    if self.spool is not None:
+                        self.spool.confirm(message.reports)
         except (EOFError, OSError):
             self.loop.remove_reader(control.fileno())
             if self.detachable is None:
@@ -272,7 +279,10 @@ class Proxy:
         detached = time.monotonic() - self.detached_since if self.detached_since is not None else 0.0
         self.detached_since = None
         self.loop.add_reader(conn.fileno(), self._on_control)
-        if self.spooling:
+        if self.spool is not None:
+            # Unconfirmed reports were sent to a coordinator that is gone: kept for this one.
+            self.spooling = self.spooling or self.parts.dirty.tracking
+            self.spool.attach()
             self.parts.dirty.flush()   # the spool as it is now, for ATTACHED to tell
         options = self.options
         self._send(messages.Attached(
@@ -283,17 +293,21 @@ class Proxy:
         log.info("%s pid=%d: a coordinator attached after %.1fs detached", options.name, os.getpid(), detached)
 
     def _send(self, message: messages.Message) -> None:
-        if self.spooling and isinstance(message, messages.DirtyReport):
-            self.spool.add(message.keys)  # type: ignore[union-attr]
+        report = isinstance(message, messages.DirtyReport) and self.spool is not None
+        if report and self.spooling:
+            self.spool.hold(message.keys)  # type: ignore[union-attr]
             return
         if self.control is None:
             return
         try:
             self.control.send(message)
         except (OSError, ValueError):
-            if isinstance(message, messages.DirtyReport) and self.spool is not None:
+            if report:
                 self.spooling = True   # the reader notices the coordinator is gone next
-                self.spool.add(message.keys)
+                self.spool.hold(message.keys)  # type: ignore[union-attr]
+            return
+        if report:
+            self.spool.sent_report(message.keys)  # type: ignore[union-attr]
 
     def _stats_report(self) -> messages.StatsReport:
         options = self.options

@@ -196,6 +196,14 @@ class DirtyKeys:
                     oldest = first if oldest is None else min(oldest, first)
         return 0.0 if oldest is None else max(time.monotonic() - oldest, 0.0)
 
+    def oldest_pending(self) -> float | None:
+        """The ``time.monotonic`` of the oldest mark not re-copied yet (queued, in flight, or
+        marked again while in flight), None with an empty backlog: every mark made before it
+        is re-copied. O(backlog): keys queued again keep their first mark's time, out of order."""
+        with self._lock:
+            return min((min(pending.values()) for pending in (self._queued, self._in_flight, self._again)
+                        if pending), default=None)
+
     def _full(self) -> bool:
         return len(self._queued) + len(self._in_flight) >= self.max_backlog
 

@@ -34,12 +34,16 @@ directory) with each process's pid and start identity, and a coordinator
 killed with SIGKILL leaves its interlays serving under their last route
 (``proxy.control``). ``recover(wanted)`` in the next coordinator re-attaches
 to them (an interlay not wanted any more is stopped), and the first
-``track_dirty`` after that receives the keys they spooled meanwhile. Without
-a ``control_dir`` the processes die with the coordinator, as workers do.
+``track_dirty`` after that receives the keys they spooled meanwhile: those
+written while no coordinator listened, and those reported to the dead one that
+it had not confirmed re-copied (``confirm_dirty``). Without a ``control_dir``
+the processes die with the coordinator, as workers do.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -123,6 +127,10 @@ class _Worker:
     paused: int = 0                # the latest pause token this process answered
     settled: bool = False          # ... and whether every reply had arrived then
     attached: messages.Attached | None = None   # its first message, when this supervisor re-attached to it
+    # DIRTY reports received on this connection, and when each was marked: (monotonic time, number).
+    received: int = 0
+    receipts: collections.deque = field(default_factory=collections.deque)
+    confirmed: int = 0                          # the latest CONFIRM sent
 
 
 @dataclass
@@ -369,6 +377,24 @@ class InterlaySupervisor:
                     return False
                 self._changed.wait(min(left, 0.5))
 
+    def confirm_dirty(self, interlay_id: str, marked_before: float) -> None:
+        """Every key of the reports marked before ``marked_before`` (``time.monotonic``) is
+        re-copied: the interlay's processes need not keep them for a next coordinator."""
+        with self._lock:
+            interlay = self._interlays.get(interlay_id)
+            if interlay is None or interlay.state != RUNNING:
+                return
+            confirms = []
+            for worker in interlay.workers:
+                number = worker.confirmed
+                while worker.receipts and worker.receipts[0][0] < marked_before:
+                    number = worker.receipts.popleft()[1]
+                if number > worker.confirmed:
+                    worker.confirmed = number
+                    confirms.append((worker, number))
+        for worker, number in confirms:
+            self._send(worker, messages.DirtyConfirm(number))
+
     def route(self, interlay_id: str, route: messages.Route) -> None:
         """Set a live run's route on every process of the interlay (``proxy.routing``).
         StateError for a cluster interlay (live routes need a standalone source)."""
@@ -518,7 +544,8 @@ class InterlaySupervisor:
             return interlay.route if interlay is not None else None
 
     def attached(self, interlay_id: str) -> messages.Attached | None:
-        """How an interlay this supervisor re-attached to was doing (None: it started it)."""
+        """How an interlay this supervisor re-attached to was doing (None: it started it);
+        ``spooled`` and ``overflowed`` are those of all its processes."""
         with self._lock:
             interlay = self._interlays.get(interlay_id)
             return interlay.attached if interlay is not None else None
@@ -586,8 +613,9 @@ class InterlaySupervisor:
             interlay = _Interlay(interlay_id, (), False, workers, None)
             self._terminate(interlay, 0.0)
             return None
-        first = workers[0].attached
-        assert first is not None
+        reports = [worker.attached for worker in workers if worker.attached is not None]
+        first = dataclasses.replace(reports[0], spooled=sum(report.spooled for report in reports),
+                                    overflowed=any(report.overflowed for report in reports))
         return _Interlay(interlay_id, first.nodes, bool(record.get("cluster")), workers, None,
                          ports=first.ports, route=first.route, attached=first)
 
@@ -790,6 +818,9 @@ class InterlaySupervisor:
                 message = messages.check(worker.pipe.recv())
                 if isinstance(message, messages.DirtyReport):
                     self._mark(interlay, message.keys)
+                    with self._lock:  # after the marks: a receipt older than a mark is never confirmed early
+                        worker.received += 1
+                        worker.receipts.append((time.monotonic(), worker.received))
                     continue
                 with self._lock:
                     if isinstance(message, messages.DirtyBarrierDone):

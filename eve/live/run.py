@@ -60,6 +60,8 @@ CATCH_UP_STEADY_SECONDS = 1.0     # ...for this long
 DEFAULT_PAUSE_SECONDS = 2.0       # the longest clients wait at a cutover for replies in flight
 DEFAULT_DRAIN_SECONDS = 30.0      # the longest the backlog may take to drain at a cutover
 BARRIER_SECONDS = 10.0
+# Confirming re-copied reports to the interlay scans the backlog: not while it is longer than this.
+CONFIRM_MAX_BACKLOG = 10_000
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,8 @@ class LiveRun:
         self._sync_error: BaseException | None = None
         self._notifications: KeyspaceNotifications | None = None
         self._tracking = False
+        self._reconciling = False
+        self._reconciled_at = 0.0      # time.monotonic when the last full compare had marked what differed
 
     def __repr__(self) -> str:
         return (f"LiveRun({self.options.run_id} via {self.options.interlay_id}: authoritative {self.authoritative}, "
@@ -222,6 +226,7 @@ class LiveRun:
         while not stop_event.is_set():
             self.check_sync()
             self.reconcile_if_needed()
+            self.confirm_recopied()
             now = time.monotonic()
             size = self.dirty.backlog
             if size <= backlog:
@@ -253,15 +258,34 @@ class LiveRun:
             return
         from eve.live.verify import verify
 
-        dbs = self.dirty.reset_overflow()
-        self.on_event("live", "whole-db writes or a full backlog: comparing the sides to find what changed",
-                      {"dbs": "all" if dbs is None else ",".join(map(str, sorted(dbs)))})
-        for name in self._others(self.authoritative):
-            report = verify(self._spec(self.authoritative), self._spec(name),
-                            dbs=None if dbs is None else sorted(dbs), max_examples=0,
-                            max_differences=self.dirty.max_backlog)
-            for difference in report.differences:
-                self.dirty.mark(difference.db, difference.key)
+        self._reconciling = True
+        try:
+            dbs = self.dirty.reset_overflow()
+            self.on_event("live", "whole-db writes or a full backlog: comparing the sides to find what changed",
+                          {"dbs": "all" if dbs is None else ",".join(map(str, sorted(dbs)))})
+            for name in self._others(self.authoritative):
+                report = verify(self._spec(self.authoritative), self._spec(name),
+                                dbs=None if dbs is None else sorted(dbs), max_examples=0,
+                                max_differences=self.dirty.max_backlog)
+                for difference in report.differences:
+                    self.dirty.mark(difference.db, difference.key)
+        finally:
+            self._reconciled_at = time.monotonic()
+            self._reconciling = False
+
+    def confirm_recopied(self) -> None:
+        """Tell the interlay which of its dirty-key reports are re-copied, so that it keeps for
+        a next coordinator (should this one die, its backlog dies with it) only the keys that
+        are not. Nothing is confirmed while marks may have been lost (an overflow, a compare
+        under way) or while what the last compare found is not re-copied yet."""
+        if not self._tracking or self._reconciling or self.dirty.overflowed or \
+                self.dirty.backlog > CONFIRM_MAX_BACKLOG:
+            return
+        now = time.monotonic()   # before looking: a mark made after it is not confirmed
+        oldest = self.dirty.oldest_pending()
+        cutoff = now if oldest is None else oldest
+        if cutoff > self._reconciled_at:
+            self.interlays.confirm_dirty(self.options.interlay_id, cutoff)
 
     # -- 3, 4. in sync, reads ----------------------------------------------------------------
 

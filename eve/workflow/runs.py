@@ -58,6 +58,7 @@ log = logging.getLogger("eve.workflow.runs")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 MAX_ERROR_KEY_EVENTS = 10_000
 PROGRESS_EVENT_SECONDS = 2.0
+CONFIRM_SECONDS = 0.25     # how often a live run tells its interlay which dirty keys are re-copied
 VERIFY_DRAIN_SECONDS = 30.0
 # States after which a coordinator restart resumes the run's work on its endpoints.
 _RESUMED_WORK = frozenset({RunState.APPROVED, RunState.COPYING, RunState.SYNCING})
@@ -432,7 +433,12 @@ class Workflow:
         were lost, until ``stop``. EveError when the re-copy loop or the interlay stopped."""
         seen: dict[str, int] = {}
         last = None
-        while not stop.wait(PROGRESS_EVENT_SECONDS):
+        told = time.monotonic()
+        while not stop.wait(CONFIRM_SECONDS):
+            live.confirm_recopied()
+            if time.monotonic() - told < PROGRESS_EVENT_SECONDS:
+                continue
+            told = time.monotonic()
             live.check_sync()
             live.reconcile_if_needed()
             for side in live.side_failures():
@@ -757,22 +763,34 @@ class Workflow:
                 self._transition(record.id, RunState.ROLLED_BACK, "rolled back after a restart")
 
     def _resume_live(self, run_id: str, state: RunState, setup: RunSetup) -> None:
-        """A live run whose source was still authoritative: the interlay (restarted before
-        this) tracks writes again, and since the dirty keys of before the restart are
-        gone, the sides are compared in full and what differs is re-copied."""
+        """A live run whose source was still authoritative: the interlay tracks writes again.
+        One that kept serving kept every dirty key not re-copied yet (``proxy.control.Spool``):
+        they are re-copied. Otherwise (it was started again, its spool overflowed, keyspace
+        notifications added marks only the dead coordinator had, or the bulk copy was still
+        running) the dirty keys of before the restart are gone: the sides are compared in
+        full and what differs is re-copied."""
         try:
             live = self._live[run_id] = self._new_live(run_id, setup)
         except EveError as exc:
             self._fail(run_id, f"cannot resume the live run after a restart: {exc}")
             return
-        live.dirty.mark_all(None)  # "every db changed": the catch-up compares the sides first
+        attached = self.interlays.attached(setup.interlay)
+        kept = state == RunState.SYNCING and attached is not None and not attached.overflowed \
+            and not setup.keyspace_notifications
+        if not kept:
+            live.dirty.mark_all(None)  # "every db changed": the catch-up compares the sides first
         if state == RunState.COPYING:
             self._event(run_id, "state", "coordinator restarted: the copy resumes from its checkpoints, then "
                         "every key is compared to catch the writes whose re-copy was lost")
             self._spawn(run_id, "copy", self._copy)
             return
-        self._event(run_id, "state", "coordinator restarted: comparing the sides to catch the writes whose "
-                    "re-copy was lost, then catching up again")
+        if kept:
+            self._event(run_id, "state", f"coordinator restarted: the interlay kept serving and kept the "
+                        f"{attached.spooled} dirty keys not re-copied yet; re-copying them, then catching up again",
+                        {"spooled": attached.spooled})
+        else:
+            self._event(run_id, "state", "coordinator restarted: comparing the sides to catch the writes whose "
+                        "re-copy was lost, then catching up again")
 
         def sync(run_id: str) -> None:
             try:
