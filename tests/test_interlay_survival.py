@@ -31,6 +31,7 @@ from eve.api.server import interlay_control_dir
 from eve.core.store import Store
 from eve.live.backlog import DirtyKeys
 from eve.live.interlays import InterlaySupervisor
+from eve.live.run import LiveOptions, LiveRun
 from eve.v1 import endpoints_pb2 as epb
 from eve.v1 import interlays_pb2 as ipb
 from eve.v1 import workflows_pb2 as wpb
@@ -193,6 +194,47 @@ def test_keys_confirmed_re_copied_are_not_sent_again(server_factory, control_dir
     finally:
         second.stop_all()
         first.stop_all()
+
+
+def test_a_live_run_confirms_only_what_it_re_copied(server_factory, control_dir):
+    """``LiveRun.confirm_recopied``: a key still in the backlog stays in the interlay's spool, and
+    a coordinator taking over gets it; once re-copied it is confirmed, and the next one does not."""
+    source, target = server_factory(ENGINE), server_factory(ENGINE)
+    options = LiveOptions(run_id="r", interlay_id="it", source=endpoint_for(LOOPBACK, source.port).write,
+                          target=endpoint_for(LOOPBACK, target.port).write)
+    supervisors = [InterlaySupervisor(control_dir=control_dir, stats_interval=0.2) for _ in range(3)]
+    runs: list[LiveRun] = []
+
+    def take_over(supervisor: InterlaySupervisor) -> LiveRun:
+        """A coordinator taking the interlay over: its live run, with the keys the spool gave it."""
+        assert supervisor.recover({"it"}) == ["it"]
+        runs.append(LiveRun(options, supervisor))
+        runs[-1].start_tracking()
+        assert runs[-1].barrier()
+        return runs[-1]
+
+    try:
+        port = supervisors[0].start("it", free_ports(1), LOOPBACK, endpoint_for(LOOPBACK, source.port), 100)[0]
+        runs.append(LiveRun(options, supervisors[0]))
+        runs[0].start_tracking()
+        client = _client(port)
+        client.set("pending", 1)
+        assert runs[0].barrier()
+        runs[0].confirm_recopied()          # not re-copied: nothing confirmed
+        second = take_over(supervisors[1])
+        assert supervisors[1].attached("it").spooled == 1 and second.dirty.backlog == 1
+        second.start_sync()                 # no dual writes: only the spool brings the key to the target
+        assert second.wait_synced(10) and target.client().get("pending") == b"1"
+        second.confirm_recopied()
+        client.set("later", 2)
+        assert second.barrier()
+        third = take_over(supervisors[2])
+        assert set(third.dirty.take(100)) == {(0, b"later")}
+    finally:
+        for run in runs:
+            run.close()
+        for supervisor in reversed(supervisors):
+            supervisor.stop_all()
 
 
 def test_the_spool_keeps_what_is_not_confirmed_and_heals_an_overflow():
