@@ -470,3 +470,39 @@ def test_an_interlay_started_again_after_the_cutover_fronts_the_target(tmp_path,
         assert live.stub.Complete(wpb.CompleteRequest(run=live.run, notes="ok")).state == wpb.COMPLETED
     if restarted is not None:
         restarted.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_rollback_of_a_failed_run_takes_over_the_route_its_interlay_kept(tmp_path, eve, server_factory):
+    """TARGET_AUTHORITATIVE in sync, then the run failed and the coordinator died: the interlay
+    kept the target authoritative; a Rollback after the restart compares the sides, flips
+    back, and leaves every write on the source."""
+    live = Live(eve, server_factory, wpb.TARGET_AUTHORITATIVE, keys=300, engines=(ENGINE, "valkey-8.1"))
+    restarted = None
+    with Writers(live.port, threads=2) as writers:
+        try:
+            live.approve()
+            live.wait_in_sync()
+            writers.wait_ops(300)
+            _kill(eve)
+            store = Store(str(eve.state))
+            store.set_run_state(live.run, "FAILED", "failed on purpose by the test")
+            store.close()
+            live.target.client().set("w0:target-only", "new")  # on the authoritative side alone
+            writers.wait_ops(200)
+            restarted = _restart(live, tmp_path, "eve-restarted")
+            assert live.state() == wpb.FAILED
+            writers.wait_ops(200)
+            assert live.stub.Rollback(wpb.RollbackRequest(run=live.run, reason="test")).state == wpb.ROLLED_BACK
+            writers.wait_ops(200)
+        finally:
+            writers.finish()
+        assert not _connection_errors(writers), _connection_errors(writers)[:3]
+        live.settle()
+        source = live.source.client()
+        writers.check_counters(source)
+        assert source.get("w0:target-only") == b"new"
+        live.assert_forwarded_to_source_alone("after-rollback")
+    if restarted is not None:
+        restarted.stop()
