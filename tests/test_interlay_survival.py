@@ -341,7 +341,8 @@ def _restart(live: Live, tmp_path: Path, name: str) -> EveServer:
     """A coordinator of the same state file in place of the killed one, followed by ``live``
     (whose events are those after the kill from now on)."""
     seen = max((event.seq for event in live.events.events), default=0)
-    restarted = EveServer(state=live.eve.state, log_path=tmp_path / f"{name}.log").start()
+    # It starts the interlays it must before it says it listens: spawning one can take seconds under load.
+    restarted = EveServer(state=live.eve.state, log_path=tmp_path / f"{name}.log").start(timeout=60)
     live.eve, live.stub = restarted, restarted.migrations()
     live.events = Subscriber(live.stub, live.run, after_seq=seen)
     live.events.start()
