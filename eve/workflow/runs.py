@@ -662,7 +662,7 @@ class Workflow:
         if not can_transition(RunState(record.state), RunState.CANCELLED):
             raise StateError(f"run {run_id!r} is {record.state}; it cannot be cancelled")
         self._stop_work(run_id)
-        live = self._live.get(run_id)
+        live = self._live.get(run_id) or self._adopt_route(run_id)
         if live is not None:
             live.rollback()  # traffic returns to the source, holding every write, as a rollback would
             del self._live[run_id]
@@ -785,6 +785,7 @@ class Workflow:
             self._spawn(run_id, "copy", self._copy)
             return
         if kept:
+            assert attached is not None
             self._event(run_id, "state", f"coordinator restarted: the interlay kept serving and kept the "
                         f"{attached.spooled} dirty keys not re-copied yet; re-copying them, then catching up again",
                         {"spooled": attached.spooled})
