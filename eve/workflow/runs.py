@@ -611,7 +611,7 @@ class Workflow:
             raise StateError(f"run {run_id!r} is {record.state}; rollback is possible until the run is completed")
         self._stop_work(run_id)
         self._transition(run_id, RunState.ROLLING_BACK, reason or "rollback requested")
-        live = self._live.get(run_id) or self._adopt_route(run_id)
+        live = self._live.get(run_id) or self._adopt_route(run_id, RunState(record.state))
         if live is not None:
             try:
                 live.rollback()
@@ -637,12 +637,15 @@ class Workflow:
                     counters)
         return self._transition(run_id, RunState.ROLLED_BACK, "rolled back: all traffic on the source")
 
-    def _adopt_route(self, run_id: str) -> LiveRun | None:
-        """A run with no live part here (it failed, then the coordinator restarted) whose interlay
-        kept serving under its route: a live part that takes that route over, so that a rollback
-        compares the sides in full and flips back exactly. None when the interlay has no route."""
+    def _adopt_route(self, run_id: str, state: RunState) -> LiveRun | None:
+        """A run (in ``state``) with no live part here (it failed, then the coordinator restarted)
+        whose interlay kept serving under its route: a live part that takes that route over, so
+        that a rollback compares the sides in full and flips back exactly. None when the run
+        never carried live traffic or the interlay has no route."""
         setup = self.setup(self.get(run_id))
-        route = self.interlays.last_route(setup.interlay) if setup and setup.online and self.interlays else None
+        if setup is None or not setup.online or self.interlays is None or state in UNPREPARED | {RunState.READY}:
+            return None
+        route = self.interlays.last_route(setup.interlay)
         if route is None:
             return None
         try:
@@ -662,7 +665,7 @@ class Workflow:
         if not can_transition(RunState(record.state), RunState.CANCELLED):
             raise StateError(f"run {run_id!r} is {record.state}; it cannot be cancelled")
         self._stop_work(run_id)
-        live = self._live.get(run_id) or self._adopt_route(run_id)
+        live = self._live.get(run_id) or self._adopt_route(run_id, RunState(record.state))
         if live is not None:
             live.rollback()  # traffic returns to the source, holding every write, as a rollback would
             del self._live[run_id]
