@@ -26,7 +26,8 @@ from collections.abc import Callable, Sequence
 from proxy import messages
 from proxy.commands import CommandTable
 
-__all__ = ["DIRTY_FLUSH_KEYS", "DIRTY_FLUSH_SECONDS", "SCRIPT_NAMES", "DirtyRecorder", "Mark", "marks", "may_write"]
+__all__ = ["DIRTY_FLUSH_KEYS", "DIRTY_FLUSH_SECONDS", "SCRIPT_NAMES", "DirtyRecorder", "Mark", "batch_marks", "marks",
+           "may_write"]
 
 DIRTY_FLUSH_SECONDS = 0.05   # recorded keys go to the supervisor at least this often...
 DIRTY_FLUSH_KEYS = 1000      # ...or as soon as this many are waiting
@@ -34,6 +35,7 @@ DIRTY_FLUSH_KEYS = 1000      # ...or as soon as this many are waiting
 Mark = tuple  # (db | None, key | None)
 
 SCRIPT_NAMES = frozenset((b"eval", b"evalsha", b"fcall"))
+_MAX_FIRST_KEY_NAMES = 10_000   # spellings of command names remembered by batch_marks' caller
 _SPECIAL = frozenset((b"flushdb", b"flushall", b"swapdb", b"move", b"copy", b"sort", b"migrate"))  # by arguments
 
 
@@ -102,6 +104,29 @@ def marks(table: CommandTable | None, args: Sequence[bytes], db: int) -> list[Ma
                 break
         return keys
     return []
+
+
+def batch_marks(table: CommandTable | None, requests: Sequence[Sequence[bytes]], db: int,
+                first_key: dict[bytes, bool]) -> list[Mark]:
+    """``marks`` of many requests in one db (the writes of one pipeline run). The
+    commonest write (``SET``, ``INCR``, ``HSET``...: its one key is argument 1) is
+    told by one lookup of its name as sent in ``first_key``, a cache the caller
+    keeps (and clears when the table changes), instead of a walk of its key specs."""
+    out: list[Mark] = []
+    append = out.append
+    for args in requests:
+        name = args[0]
+        simple = first_key.get(name)
+        if simple is None:
+            simple = table is not None and name.lower() not in _SPECIAL and table.first_key_write(name)
+            if table is not None and len(first_key) < _MAX_FIRST_KEY_NAMES:
+                first_key[bytes(name)] = simple
+        if simple:
+            if len(args) > 1:
+                append((db, bytes(args[1])))
+        else:
+            out.extend(marks(table, args, db))
+    return out
 
 
 class DirtyRecorder:

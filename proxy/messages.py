@@ -78,6 +78,7 @@ class StatsReport:
     # Dual writes per other side: (side, writes sent, writes failed, last error).
     sides: tuple[tuple[str, int, int, str], ...] = ()
     dirty_pending: int = 0       # keys recorded and not sent yet
+    noscript_replies: int = 0    # NOSCRIPT errors sent to clients since the start (EVALSHA of an unknown script)
     version: int = FORMAT_VERSION
 
 
