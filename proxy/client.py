@@ -486,7 +486,9 @@ class Client(asyncio.Protocol):
                 if conn is not None and (not self.outstanding or self.current is conn):
                     self._send(conn, buf, count)
                     return
-        requests, _, error = self.scanner.scan(buf)
+        requests, end, error = self.scanner.scan(buf)
+        if end == n and self.dirty.tracking and self._send_tracked(buf, requests):
+            return
         pos, routed_all = self._route(buf, requests)
         if routed_all:
             # Every complete request was routed: what follows is a protocol
@@ -641,6 +643,30 @@ class Client(asyncio.Protocol):
             if args is None:
                 args = self._args(raw)
             self.dirty.record(self.commands.marks(args, self.wdb))
+
+    def _send_tracked(self, buf: bytes, requests: list) -> bool:
+        """The hot path while dirty keys are tracked and no route is set: ``buf``
+        holds nothing but complete stateless requests, sent in one write, the keys
+        of its writes marked together once the last is answered. False (nothing
+        sent) when ``buf`` needs ``_route``."""
+        if self.pinned is not None or not self.authenticated or self.asking or self.router.active \
+                or self.clients.paused:
+            return False
+        kinds = self.kinds
+        may_write = self.commands.may_write
+        writes = []
+        for _, args, name, _ in requests:
+            if args is None or kinds.get(name) != SHARED:
+                return False
+            if may_write(name):
+                writes.append(args)
+        conn = self.shared
+        if conn is None or conn.closed:
+            conn = self._connect_shared()
+        if conn is None or (self.outstanding and self.current is not conn):
+            return False
+        self._send_run(conn, buf, len(requests), False, writes)
+        return True
 
     def _may_send(self, conn: Backend, held: bool) -> bool:
         """Whether a request for ``conn`` can go now: no reply is owed on another

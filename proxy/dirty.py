@@ -131,7 +131,11 @@ def batch_marks(table: CommandTable | None, requests: Sequence[Sequence[bytes]],
 
 class DirtyRecorder:
     """The keys of answered writes, while tracking is on, sent to the supervisor
-    in batches (``messages.DirtyReport``) through ``send``."""
+    in batches (``messages.DirtyReport``) through ``send``.
+
+    A key written again before its batch is sent is sent once: the backlog keeps
+    each key once anyway, and a hot key written thousands of times a second
+    would otherwise cost its pickling and pipe bytes every time."""
 
     __slots__ = ("worker", "send", "tracking", "pending", "_timer")
 
@@ -139,7 +143,7 @@ class DirtyRecorder:
         self.worker = worker
         self.send = send
         self.tracking = False
-        self.pending: list[Mark] = []       # recorded, not sent yet
+        self.pending: dict[Mark, None] = {}   # recorded, not sent yet, in the order first answered
         self._timer: asyncio.TimerHandle | None = None
 
     def record(self, items: list[Mark]) -> None:
@@ -147,7 +151,7 @@ class DirtyRecorder:
         if not self.tracking:
             return
         pending = self.pending
-        pending.extend(items)
+        pending.update(dict.fromkeys(items))
         if len(pending) >= DIRTY_FLUSH_KEYS:
             self.flush()
         elif self._timer is None:
@@ -158,7 +162,7 @@ class DirtyRecorder:
         if timer is not None:
             timer.cancel()
         if self.pending:
-            items, self.pending = self.pending, []
+            items, self.pending = self.pending, {}
             self.send(messages.DirtyReport(self.worker, tuple(items)))
 
     def set_tracking(self, on: bool) -> None:

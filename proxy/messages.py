@@ -110,7 +110,8 @@ class TrackDirty:
 
 @dataclass(frozen=True)
 class DirtyReport:
-    """``keys``: ``(db, key)`` pairs in the order their writes were answered.
+    """``keys``: ``(db, key)`` pairs in the order their writes were first answered
+    (a key written again before the report is sent is in it once).
     ``key`` None means the whole ``db`` changed (FLUSHDB, SWAPDB); ``db`` None
     too means every db (FLUSHALL)."""
 

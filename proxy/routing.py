@@ -5,41 +5,62 @@ online run the supervisor sends a ``messages.Route``: which side is
 *authoritative* (the source until writes are cut over, then the target),
 which other sides receive *dual writes*, under which write consistency
 policy, and which share of reads the target serves. This module holds that
-state and the two reply sinks of a dual write; ``proxy.client`` asks
-``Router.decide`` about each stateless request.
+state and the reply sinks of dual writes; ``proxy.client`` asks
+``Router.decide`` (``Router.script_route`` for scripting commands) about each
+stateless request.
 
-A dual write is sent to the authoritative side and to every other side at
-once. ``WriteConsistency`` (``eve.core.enums``; its values are the strings a
-``messages.Route`` carries) is applied in one place, ``DualWrite._settle``:
+Dual writes travel in *batches*: the consecutive dual writes of one client's
+read (a pipeline run) go to the authoritative side and to every other side in
+one write per side (``Router.send_batch``, one side at a time in
+``Router.send_to_side``), and one sink per side settles the whole batch
+(``DualBatch`` for the authoritative side, ``SideBatch`` for each other one):
+the authoritative replies pass to the client as they arrived, many in one
+write, each command still with its own reply. ``WriteConsistency``
+(``eve.core.enums``; its values are the strings a ``messages.Route`` carries)
+is applied in one place, ``DualBatch._settle``:
 
 =====================  =====================================  ==================================
 policy                 the client's reply                     a failure on another side
 =====================  =====================================  ==================================
 SOURCE_AUTHORITATIVE   the source's, as soon as it arrives    counted per side, reported, re-copied
 TARGET_AUTHORITATIVE   the target's, as soon as it arrives    counted per side, reported, re-copied
-BOTH_REQUIRED          the authoritative side's, once every   an error to the client; re-copied
-                       side answered; an error if one failed
+BOTH_REQUIRED          the authoritative side's, once every   an error to the client (that command's
+                       side answered; an error if one failed  reply alone); re-copied
 BEST_EFFORT            the authoritative side's               counted only
 =====================  =====================================  ==================================
 
 (SOURCE_ and TARGET_AUTHORITATIVE differ by which side is authoritative; the
-workflow flips it at cutover.)
+workflow flips it at cutover.) Under BOTH_REQUIRED a batch's replies are
+*held*, yet the client's next batch is sent at once: held batches of one client
+are delivered in the order they were sent (``DualBatch.before``/``after``).
 
 Why a dual write's keys are marked dirty only once *every* side answered: the
 re-copy loop copies a dirty key's value from the authoritative side over the
 others. Were the mark sent after the authoritative reply alone, a re-copy could
 land on the target before the mirrored command does, and the mirrored command
 would then apply twice (an ``INCR`` counted two times). Marked after the last
-reply, every re-copy starts after every copy of the write executed, so the
-target converges whatever a mirrored command did.
+reply of the batch, every re-copy starts after every copy of the write
+executed, so the target converges whatever a mirrored command did.
 
 Only stateless writes are mirrored. Writes of a pinned client (``MULTI``/
 ``EXEC``, a non-zero db, blocking commands) and scripts not declared
 deterministic run on the authoritative side alone and reach the others by
 re-copy of their keys. ``SCRIPT LOAD``/``FLUSH`` and ``FUNCTION LOAD``/
-``DELETE``/``FLUSH``/``RESTORE`` go to every side; an ``EVALSHA`` answered
-``NOSCRIPT`` by another side is retried there after loading the script, when
-the interlay saw its body (``SCRIPT LOAD`` or ``EVAL`` through it).
+``DELETE``/``FLUSH``/``RESTORE`` go to every side.
+
+Scripts survive the cutover (issue 12): the router remembers every script body
+the interlay forwards (``SCRIPT LOAD``, ``EVAL``, ``EVAL_RO``) from the process'
+start, with or without a route, up to ``MAX_SCRIPTS`` bodies and
+``MAX_SCRIPT_BYTES``; ``SCRIPT FLUSH`` through the interlay forgets them. Every
+remembered script is loaded on a side when a route first names it, before any
+request is sent there, and a script run on the authoritative side alone is
+loaded on the others too. While a route is set, an ``EVALSHA`` of a known script is
+sent on its own (``SCRIPT``) and its reply held (the client's next request that
+is not another held one waits for it): a ``NOSCRIPT`` from the authoritative side is
+healed by loading the body there and running it again, so the client never
+sees it; a ``NOSCRIPT`` from another side is healed the same way. The
+``NOSCRIPT`` replies that still reach clients (a script the process never
+saw) are counted (``Stats.noscript_replies``).
 """
 
 from __future__ import annotations
