@@ -70,7 +70,7 @@ _OK = b"+OK\r\n"
 _RESET = b"+RESET\r\n"
 _MAX_CLIENTS = b"-ERR max number of clients reached\r\n"
 MERGE_MARKS = 64   # keys of consecutive writes recorded together, at most
-_SCRIPTING = frozenset((b"script", b"function"))  # their LOAD/FLUSH/... reach every side of a live run
+_FUNCTION = b"function"  # FUNCTION LOAD/DELETE/FLUSH/RESTORE reach every side of a live run (SCRIPT is SCRIPTED)
 _NO_MAINT_NOTIFICATIONS = b"-ERR interlay: CLIENT MAINT_NOTIFICATIONS is not available through an interlay\r\n"
 _NO_REPLICATION = b"-ERR interlay: replication commands (SYNC, PSYNC, REPLCONF) are not forwarded\r\n"
 
@@ -487,7 +487,7 @@ class Client(asyncio.Protocol):
                     self._send(conn, buf, count)
                     return
         requests, end, error = self.scanner.scan(buf)
-        if end == n and self.dirty.tracking and self._send_tracked(buf, requests):
+        if end == n and (self.dirty.tracking or self.router.active) and self._send_whole(buf, requests):
             return
         pos, routed_all = self._route(buf, requests)
         if routed_all:
@@ -555,7 +555,7 @@ class Client(asyncio.Protocol):
                     if args is None:
                         args = self._args(buf[pos:end])
                     route = router.script_route(args, writes, routable)
-                elif routable and (writes or (router.read_percent and conn is None) or name.lower() in _SCRIPTING):
+                elif routable and (writes or (router.read_percent and conn is None) or name.lower() == _FUNCTION):
                     if args is None:
                         args = self._args(buf[pos:end])
                     route = router.decide(args, writes)
@@ -572,7 +572,8 @@ class Client(asyncio.Protocol):
             if not joins:
                 if run_count:
                     # The run ends before this request.
-                    self._send_run(run_conn, buf[run_start:pos], run_count, run_dual, run_writes)  # type: ignore[arg-type]
+                    self._send_run(run_conn, buf[run_start:pos], run_count, run_dual,  # type: ignore[arg-type]
+                                   run_writes)
                     run_count = 0
                     run_writes = []
                 if not stateless:
@@ -644,13 +645,16 @@ class Client(asyncio.Protocol):
                 args = self._args(raw)
             self.dirty.record(self.commands.marks(args, self.wdb))
 
-    def _send_tracked(self, buf: bytes, requests: list) -> bool:
-        """The hot path while dirty keys are tracked and no route is set: ``buf``
-        holds nothing but complete stateless requests, sent in one write, the keys
-        of its writes marked together once the last is answered. False (nothing
-        sent) when ``buf`` needs ``_route``."""
-        if self.pinned is not None or not self.authenticated or self.asking or self.router.active \
-                or self.clients.paused:
+    def _send_whole(self, buf: bytes, requests: list) -> bool:
+        """The hot path while dirty keys are tracked or a route is set: ``buf`` holds
+        nothing but complete stateless requests for the client's shared connection
+        (under a route: nothing but writes mirrored to every side), sent as one run
+        in one write per side, the keys of its writes marked together. False
+        (nothing sent) when ``buf`` needs ``_route``."""
+        router = self.router
+        routing = router.active
+        if self.pinned is not None or not self.authenticated or self.asking or self.clients.paused \
+                or (routing and (router.read_percent or not router.mirrors)):
             return False
         kinds = self.kinds
         may_write = self.commands.may_write
@@ -659,13 +663,17 @@ class Client(asyncio.Protocol):
             if args is None or kinds.get(name) != SHARED:
                 return False
             if may_write(name):
+                if routing and not router.always_mirrored(name):
+                    return False
                 writes.append(args)
+            elif routing:
+                return False  # a read among dual writes: _route makes runs of each
         conn = self.shared
         if conn is None or conn.closed:
             conn = self._connect_shared()
-        if conn is None or (self.outstanding and self.current is not conn):
+        if conn is None or not self._may_send(conn, routing and router.both):
             return False
-        self._send_run(conn, buf, len(requests), False, writes)
+        self._send_run(conn, buf, len(requests), routing, writes if self.dirty.tracking else [])
         return True
 
     def _may_send(self, conn: Backend, held: bool) -> bool:
@@ -699,7 +707,8 @@ class Client(asyncio.Protocol):
         held = heal or router.both
         current = self.current
         before = current if held and self.outstanding and current.__class__ is DualBatch else None
-        sink = router.send_batch(self, conn, data, count, marks, before, mirror=mirror, heal=heal)  # type: ignore[arg-type]
+        sink = router.send_batch(self, conn, data, count, marks, before,  # type: ignore[arg-type]
+                                 mirror=mirror, heal=heal)
         self.outstanding += count
         self.issued += count
         # Held replies come through the batch: what does not follow it waits for it.

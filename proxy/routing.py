@@ -102,6 +102,7 @@ _SCRIPT_SUBCOMMANDS = {b"script": frozenset((b"load", b"flush")),
 _EVAL_NAMES = frozenset((b"eval", b"eval_ro"))
 _EVALSHA_NAMES = frozenset((b"evalsha", b"evalsha_ro"))
 _NOSCRIPT = b"-NOSCRIPT"
+_MAX_MIRRORED_NAMES = 10_000   # spellings of command names remembered by always_mirrored
 
 
 def _discard(frame: bytes | None) -> bytes | None:
@@ -218,6 +219,7 @@ class Router:
         self.scripts_full = False           # a bound was reached (logged once)
         self.loaded: dict[str, Node] = {}   # sides holding every remembered script (source: by definition)
         self.pending = 0                    # dual write batches not fully answered
+        self.mirrored_names: dict[bytes, bool] = {}   # always_mirrored's answers, by name as sent
 
     # -- route changes ------------------------------------------------------------------
 
@@ -288,9 +290,10 @@ class Router:
             if routable and may_write and self.mirrors and self.scripts_deterministic:
                 return DUAL  # its NOSCRIPT replies are counted by the batch
             return COUNTED
+        new_body = False
         if name in _EVAL_NAMES:
             if len(args) > 1:
-                self.remember_script(args[1])
+                new_body = self.remember_script(args[1])
         elif name == b"script" and len(args) > 1:
             sub = args[1].lower()
             if sub == b"load" and len(args) > 2:
@@ -300,25 +303,27 @@ class Router:
         if not routable:
             return PLAIN
         route = self.decide(args, may_write)
-        if route != DUAL and name in _EVAL_NAMES and len(args) > 1:
-            # A script run on the authoritative side alone: still cached on the others.
+        if new_body and route != DUAL:
+            # A script first seen run on the authoritative side alone: cached on the others too.
             for _, node in self.mirrors:
                 self._send_script_load(node, args[1])
         return route
 
-    def remember_script(self, body: bytes) -> None:
+    def remember_script(self, body: bytes) -> bool:
+        """Keep ``body`` for the other sides; True when it was not known yet."""
         sha = hashlib.sha1(body).hexdigest().encode()
         if sha in self.scripts:
-            return
+            return False
         if len(self.scripts) >= MAX_SCRIPTS or self.script_bytes + len(body) > MAX_SCRIPT_BYTES:
             if not self.scripts_full:
                 self.scripts_full = True
                 log.warning("%s: %d script bodies (%d bytes) remembered, the most kept; later new scripts are "
                             "not carried to the other sides of a live run", self.parts.options.name,
                             len(self.scripts), self.script_bytes)
-            return
+            return False
         self.scripts[sha] = bytes(body)
         self.script_bytes += len(body)
+        return True
 
     def forget_scripts(self) -> None:
         """``SCRIPT FLUSH`` went through: the application wants NOSCRIPT from now on."""
@@ -374,6 +379,18 @@ class Router:
                 return READ_TARGET
         return PLAIN
 
+    def always_mirrored(self, name: bytes) -> bool:
+        """Whether every write named ``name`` (as sent) is a dual write while the route
+        has mirrors, whatever its arguments (``decide``): not FUNCTION (by subcommand)
+        nor FCALL (by ``scripts_deterministic``)."""
+        found = self.mirrored_names.get(name)
+        if found is None:
+            lower = name.lower()
+            found = lower not in _SCRIPT_SUBCOMMANDS and lower not in _EVAL_NAMES and lower != b"fcall"
+            if len(self.mirrored_names) < _MAX_MIRRORED_NAMES:
+                self.mirrored_names[bytes(name)] = found
+        return found
+
     def side_failed(self, name: str, frame: bytes) -> None:
         stats = self.side_stats.setdefault(name, SideStats())
         stats.failures += 1
@@ -401,14 +418,16 @@ class Router:
         return batch
 
     def send_to_side(self, batch: DualBatch, name: str, node: Node, raw: bytes, count: int) -> None:
-        """One batch to one other side, all in one write, its replies settled together."""
+        """``count`` requests of ``batch`` (the bytes ``raw``) to one other side, in one
+        write, settled together by one ``SideBatch``. (A side that is a cluster splits
+        ``raw`` by hash slot here: one SideBatch per node, each counted in ``batch.left``.)"""
         self.side_stats[name].ops += count
         # On the connection of the client's protocol: the client's reads shifted to
         # this side travel on it too, and so come after its writes.
         client = batch.client
         conn = node.shared_conn(client.protocol, client.slot)
         batch.left += 1
-        side = SideBatch(batch, name, count)
+        side = SideBatch(batch, name, raw, count)
         if conn is None:
             side.backend_failed(None, count, node.unavailable())  # type: ignore[arg-type]
             return
@@ -542,13 +561,14 @@ class SideBatch:
     """The reply sink of one batch on one other side: counts its errors (an EVALSHA
     answered NOSCRIPT there is healed first) and tells the batch once all arrived."""
 
-    __slots__ = ("batch", "side", "count", "got", "retrying", "done", "conn")
+    __slots__ = ("batch", "side", "raw", "count", "got", "retrying", "done", "conn")
     waits_for_replies = True
     write_paused = False   # its replies go nowhere: never a reason to stop reading
 
-    def __init__(self, batch: DualBatch, side: str, count: int) -> None:
+    def __init__(self, batch: DualBatch, side: str, raw: bytes, count: int) -> None:
         self.batch = batch
         self.side = side
+        self.raw = raw        # the requests sent, to find one again for healing
         self.count = count
         self.got = 0
         self.retrying: deque[int] = deque()   # indexes of healed requests sent again, not answered yet
@@ -588,7 +608,7 @@ class SideBatch:
         batch = self.batch
         if frame.startswith(_NOSCRIPT) and self.conn is not None:
             client = batch.client
-            request = nth_request(batch.raw, index, client.max_bulk, client.max_args)
+            request = nth_request(self.raw, index, client.max_bulk, client.max_args)
             if request is not None and batch.router.heal(self.conn, self, request[1], request[0]):
                 self.retrying.append(index)
                 return

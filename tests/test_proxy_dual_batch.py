@@ -11,6 +11,8 @@ whole pipeline arrives in one read.
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from proxies import drain_dirty, endpoint_for, recv_exactly, wait_for
 
@@ -207,4 +209,20 @@ def test_scripts_seen_before_the_route_are_loaded_on_the_target(pair, supervisor
     wait_for(lambda: target_client.script_exists(*shas) == [True, True, True], timeout=5,
              what="the scripts on the target")
     assert target_client.script_exists(forgotten) == [False]
+    client.close()
+
+
+def test_a_script_run_on_the_source_alone_is_cached_on_the_target(pair, supervisor, interlay) -> None:
+    """Scripts not declared deterministic run on the authoritative side alone (their keys
+    are re-copied), but their body is loaded on the other side: EVALSHA works after the cutover."""
+    source, target = pair
+    it = interlay(source)
+    routed(supervisor, it, target, WriteConsistency.SOURCE_AUTHORITATIVE)
+    client = it.client()
+    body = "return redis.call('SET', KEYS[1], 'from-eval')"
+    assert client.eval(body, 1, "only-on-source") == b"OK"
+    target_client = target.client()
+    sha = hashlib.sha1(body.encode()).hexdigest()
+    wait_for(lambda: target_client.script_exists(sha) == [True], timeout=5, what="the body on the target")
+    assert target_client.get("only-on-source") is None and source.client().get("only-on-source") == b"from-eval"
     client.close()
