@@ -46,8 +46,8 @@ from eve.redis import resp
 from eve.redis.framing import RequestScanner, partial_request
 from eve.redis.resp import MAX_INLINE
 from proxy.backend import Backend, Node, set_no_delay
-from proxy.parts import BLOCKING, SHARED, SPECIAL, XREAD, Clients, Parts
-from proxy.routing import DUAL, PLAIN, READ_TARGET, Router
+from proxy.parts import BLOCKING, SCRIPTED, SHARED, SPECIAL, XREAD, Clients, Parts
+from proxy.routing import COUNTED, DUAL, PLAIN, READ_TARGET, SCRIPT, DualBatch, Router
 
 __all__ = ["Client"]
 
@@ -70,7 +70,7 @@ _OK = b"+OK\r\n"
 _RESET = b"+RESET\r\n"
 _MAX_CLIENTS = b"-ERR max number of clients reached\r\n"
 MERGE_MARKS = 64   # keys of consecutive writes recorded together, at most
-_SCRIPTING = frozenset((b"script", b"function"))  # their LOAD/FLUSH/... reach every side of a live run
+_FUNCTION = b"function"  # FUNCTION LOAD/DELETE/FLUSH/RESTORE reach every side of a live run (SCRIPT is SCRIPTED)
 _NO_MAINT_NOTIFICATIONS = b"-ERR interlay: CLIENT MAINT_NOTIFICATIONS is not available through an interlay\r\n"
 _NO_REPLICATION = b"-ERR interlay: replication commands (SYNC, PSYNC, REPLCONF) are not forwarded\r\n"
 
@@ -105,7 +105,7 @@ class Client(asyncio.Protocol):
         "current", "shared", "pinned", "forever", "in_multi", "watching", "db", "asking", "stalled",
         "closing", "close_error", "quitting", "resetting", "reset_done", "req_stream", "write_paused",
         "pause_reasons", "paused_backend", "resume_scheduled", "rejected", "announce", "max_bulk", "max_args",
-        "threshold", "scanner", "issued", "answered", "marks", "multi_marks", "wdb", "delayed",
+        "threshold", "scanner", "issued", "answered", "marks", "multi_marks", "wdb",
     )
 
     def __init__(self, parts: Parts, clients: Clients, router: Router, node: Node) -> None:
@@ -165,7 +165,6 @@ class Client(asyncio.Protocol):
         self.marks: deque | None = None
         self.multi_marks: list | None = None
         self.wdb = 0
-        self.delayed: list[bytes] | None = None   # reply bytes waiting for deliver_soon's flush
 
     # -- transport events ---------------------------------------------------------------
 
@@ -308,27 +307,9 @@ class Client(asyncio.Protocol):
                     self.resume_scheduled = True
                     self.loop.call_soon(self._resume)
         if data:
-            if self.delayed:
-                self.flush_delayed()
             transport = self.transport
             if transport is not None:
                 transport.write(data)
-
-    def deliver_soon(self, frame: bytes) -> None:
-        """One counted reply whose bytes go out with the others of this loop iteration:
-        dual writes answer one frame at a time, and a write per frame would cost a
-        system call each."""
-        self.deliver(b"", 1)
-        if self.delayed is None:
-            self.delayed = [frame]
-            self.loop.call_soon(self.flush_delayed)
-        else:
-            self.delayed.append(frame)
-
-    def flush_delayed(self) -> None:
-        delayed, self.delayed = self.delayed, None
-        if delayed and self.transport is not None:
-            self.transport.write(delayed[0] if len(delayed) == 1 else b"".join(delayed))
 
     # -- dirty keys -----------------------------------------------------------------------
 
@@ -350,8 +331,12 @@ class Client(asyncio.Protocol):
     def _track(self, args: list[bytes], seq: int) -> None:
         """A write forwarded as the ``seq``-th counted request: its keys, once answered."""
         items = self.commands.marks(args, self.wdb)
-        if not items:
-            return
+        if items:
+            self._track_marks(items, seq)
+
+    def _track_marks(self, items: list, seq: int) -> None:
+        """Marks to record once the ``seq``-th counted request is answered (those of
+        writes queued in MULTI: once EXEC is)."""
         if self.in_multi:
             if self.multi_marks is None:
                 self.multi_marks = items
@@ -461,8 +446,6 @@ class Client(asyncio.Protocol):
         stats.ops += 1
         if error:
             stats.errors += 1
-        if self.delayed:
-            self.flush_delayed()
         if self.transport is not None:
             self.transport.write(frame)
         return True
@@ -503,7 +486,9 @@ class Client(asyncio.Protocol):
                 if conn is not None and (not self.outstanding or self.current is conn):
                     self._send(conn, buf, count)
                     return
-        requests, _, error = self.scanner.scan(buf)
+        requests, end, error = self.scanner.scan(buf)
+        if end == n and (self.dirty.tracking or self.router.active) and self._send_whole(buf, requests):
+            return
         pos, routed_all = self._route(buf, requests)
         if routed_all:
             # Every complete request was routed: what follows is a protocol
@@ -523,7 +508,9 @@ class Client(asyncio.Protocol):
         """Send the ``requests`` that ``RequestScanner.scan`` found in ``buf``, in
         order, until one has to wait. Consecutive stateless requests for one
         connection form a *run*, sent in one write when a request does not join
-        it. Returns where the requests routed end, and whether that is all of them."""
+        it; consecutive dual writes form a run of their own, sent to every side
+        in one write per side (``proxy.routing``). Returns where the requests
+        routed end, and whether that is all of them."""
         kinds = self.kinds
         commands = self.commands
         clients = self.clients
@@ -532,10 +519,13 @@ class Client(asyncio.Protocol):
         routing = router.active
         pos = 0
         # The run: buf[run_start:pos] holds run_count requests for run_conn, not sent yet
-        # (a run of all of buf slices to buf itself: no copy).
+        # (a run of all of buf slices to buf itself: no copy); run_dual: a run of dual
+        # writes; run_writes: the arguments of its writes, whose keys are marked dirty.
         run_conn: Backend | None = None
         run_start = 0
         run_count = 0
+        run_dual = False
+        run_writes: list[list[bytes]] = []
         routed_all = False
         for end, args, name, argc in requests:
             if self.stalled or self.closing or self.transport is None or clients.paused:
@@ -549,7 +539,8 @@ class Client(asyncio.Protocol):
             kind = kinds.get(name)
             if kind is None:
                 kind = commands.classify(name)
-            stateless = kind == SHARED and self.authenticated
+            stateless = (kind == SHARED or kind == SCRIPTED) and self.authenticated
+            writes = False
             if stateless:
                 if self.asking:
                     self.asking = False  # ASKING applies to the command right after it
@@ -558,34 +549,36 @@ class Client(asyncio.Protocol):
                 # A live run's route (proxy.routing): stateless writes go to every side (a
                 # pinned client's too, unless queued in MULTI, in another db, or on a raw
                 # connection), a share of reads to the target.
-                if routing and (conn is None or not (self.in_multi or self.wdb or conn.raw)):
-                    writes = commands.may_write(name)
-                    if writes or (router.read_percent and conn is None) or name.lower() in _SCRIPTING:
-                        if args is None:
-                            args = self._args(buf[pos:end])
-                        route = router.decide(args, writes)
-                        if route == READ_TARGET:
-                            conn = router.target.shared_conn(self.protocol, self.slot)  # type: ignore[union-attr]
+                routable = routing and (conn is None or not (self.in_multi or self.wdb or conn.raw))
+                writes = (tracking or routable) and commands.may_write(name)
+                if kind == SCRIPTED:
+                    if args is None:
+                        args = self._args(buf[pos:end])
+                    route = router.script_route(args, writes, routable)
+                elif routable and (writes or (router.read_percent and conn is None) or name.lower() == _FUNCTION):
+                    if args is None:
+                        args = self._args(buf[pos:end])
+                    route = router.decide(args, writes)
+                if route == READ_TARGET:
+                    conn = router.target.shared_conn(self.protocol, self.slot)  # type: ignore[union-attr]
                 if conn is None:
                     conn = self.shared
                     if conn is None or conn.closed:
                         conn = self._connect_shared()
-                joins = run_count and conn is run_conn and route != DUAL
+                dual = route == DUAL
+                joins = run_count and conn is run_conn and dual == run_dual and route != SCRIPT and route != COUNTED
             else:
                 joins = False
             if not joins:
                 if run_count:
                     # The run ends before this request.
-                    self._send(run_conn, buf[run_start:pos], run_count)  # type: ignore[arg-type]
+                    self._send_run(run_conn, buf[run_start:pos], run_count, run_dual,  # type: ignore[arg-type]
+                                   run_writes)
                     run_count = 0
+                    run_writes = []
                 if not stateless:
                     raw = buf[pos:end]
                     if not self._special(kind, self._args(raw) if args is None else args, raw):
-                        break
-                    pos = end
-                    continue
-                if route == DUAL:
-                    if not self._dual_write(conn, args, buf[pos:end]):  # type: ignore[arg-type]
                         break
                     pos = end
                     continue
@@ -594,25 +587,28 @@ class Client(asyncio.Protocol):
                         break
                     pos = end
                     continue
-                if self.outstanding and self.current is not conn:
+                if not self._may_send(conn, route == SCRIPT or (dual and router.both)):
                     self._stall()
                     break
                 if conn.raw:
                     self._send_uncounted(conn, name, args, buf[pos:end])
                     pos = end
                     continue
+                if route == SCRIPT or route == COUNTED:
+                    self._script_call(conn, route, args, writes, buf[pos:end])  # type: ignore[arg-type]
+                    pos = end
+                    continue
                 run_conn = conn
                 run_start = pos
+                run_dual = dual
             run_count += 1
-            if tracking and commands.may_write(name):
-                if args is None:
-                    args = self._args(buf[pos:end])
-                self._track(args, self.issued + run_count)
+            if tracking and writes:
+                run_writes.append(self._args(buf[pos:end]) if args is None else args)
             pos = end
         else:
             routed_all = True
         if run_count:
-            self._send(run_conn, buf[run_start:pos], run_count)  # type: ignore[arg-type]
+            self._send_run(run_conn, buf[run_start:pos], run_count, run_dual, run_writes)  # type: ignore[arg-type]
         return pos, routed_all
 
     def _args(self, raw: bytes) -> list[bytes]:
@@ -649,25 +645,87 @@ class Client(asyncio.Protocol):
                 args = self._args(raw)
             self.dirty.record(self.commands.marks(args, self.wdb))
 
-    def _dual_write(self, conn: Backend | None, args: list[bytes], raw: bytes) -> bool:
-        """A write for every side of a live run (``proxy.routing``); False when it has to wait."""
-        if conn is None:
-            return self._local(self.node.unavailable(), error=True)
-        if self.outstanding and self.current is not conn:
-            return self._stall()
-        stats = self.stats
-        stats.ops += 1
-        stats.backend_ops += 1
-        marks = self.commands.marks(args, self.wdb) if self.dirty.tracking else []
+    def _send_whole(self, buf: bytes, requests: list) -> bool:
+        """The hot path while dirty keys are tracked or a route is set: ``buf`` holds
+        nothing but complete stateless requests for the client's shared connection
+        (under a route: nothing but writes mirrored to every side), sent as one run
+        in one write per side, the keys of its writes marked together. False
+        (nothing sent) when ``buf`` needs ``_route``."""
         router = self.router
-        sink = router.send_dual(self, conn, raw, marks)
-        self.outstanding += 1
-        self.issued += 1
-        # BOTH_REQUIRED holds the reply until every side answered: what follows waits for it.
-        self.current = sink if router.both else conn  # type: ignore[assignment]
-        if conn.write_paused:
-            conn.hold(self)
+        routing = router.active
+        if self.pinned is not None or not self.authenticated or self.asking or self.clients.paused \
+                or (routing and (router.read_percent or not router.mirrors)):
+            return False
+        kinds = self.kinds
+        may_write = self.commands.may_write
+        writes = []
+        for _, args, name, _ in requests:
+            if args is None or kinds.get(name) != SHARED:
+                return False
+            if may_write(name):
+                if routing and not router.always_mirrored(name):
+                    return False
+                writes.append(args)
+            elif routing:
+                return False  # a read among dual writes: _route makes runs of each
+        conn = self.shared
+        if conn is None or conn.closed:
+            conn = self._connect_shared()
+        if conn is None or not self._may_send(conn, routing and router.both):
+            return False
+        self._send_run(conn, buf, len(requests), routing, writes if self.dirty.tracking else [])
         return True
+
+    def _may_send(self, conn: Backend, held: bool) -> bool:
+        """Whether a request for ``conn`` can go now: no reply is owed on another
+        connection. A batch whose replies are held (BOTH_REQUIRED, a healable
+        EVALSHA) may follow another held batch on ``conn``: they are delivered in order."""
+        current = self.current
+        if not self.outstanding or current is conn:
+            return True
+        return held and current.__class__ is DualBatch and current.conn is conn  # type: ignore[union-attr]
+
+    def _send_run(self, conn: Backend, data: bytes, count: int, dual: bool, writes: list[list[bytes]]) -> None:
+        """A run of ``count`` requests; ``writes``: the arguments of its writes, whose
+        keys are marked dirty once answered (on every side, for dual writes)."""
+        marks = self.commands.batch_marks(writes, self.wdb) if writes else []
+        if dual:
+            self._dual_write(conn, data, count, marks)
+            return
+        if marks:
+            self._track_marks(marks, self.issued + count)
+        self._send(conn, data, count)
+
+    def _dual_write(self, conn: Backend, data: bytes, count: int, marks: list, *, heal: bool = False,
+                    mirror: bool = True) -> None:
+        """A batch of requests for every side of a live run (``proxy.routing``), or (not
+        ``mirror``) for the authoritative side alone, its NOSCRIPT healed (``heal``)."""
+        stats = self.stats
+        stats.ops += count
+        stats.backend_ops += count
+        router = self.router
+        held = heal or router.both
+        current = self.current
+        before = current if held and self.outstanding and current.__class__ is DualBatch else None
+        sink = router.send_batch(self, conn, data, count, marks, before,  # type: ignore[arg-type]
+                                 mirror=mirror, heal=heal)
+        self.outstanding += count
+        self.issued += count
+        # Held replies come through the batch: what does not follow it waits for it.
+        self.current = sink if held else conn  # type: ignore[assignment]
+
+    def _script_call(self, conn: Backend, route: int, args: list[bytes], writes: bool, raw: bytes) -> None:
+        """An EVALSHA on its own: its NOSCRIPT reply healed when the interlay knows the
+        script (SCRIPT), or counted on its way to the client (COUNTED)."""
+        marks = self.commands.marks(args, self.wdb) if writes and self.dirty.tracking else []
+        router = self.router
+        if route == SCRIPT:
+            mirror = writes and router.scripts_deterministic and bool(router.mirrors)
+            self._dual_write(conn, raw, 1, marks, heal=True, mirror=mirror)
+            return
+        if marks:
+            self._track_marks(marks, self.issued + 1)
+        self._send(conn, raw, 1, router.noscript_tag)
 
     def _special(self, kind: int, args: list[bytes], raw: bytes) -> bool:
         """One request that needs more than forwarding; False when it has to wait."""
@@ -1007,8 +1065,6 @@ class Client(asyncio.Protocol):
         if transport is None:
             return
         self.stats.errors += 1
-        if self.delayed:
-            self.flush_delayed()
         transport.write(self.close_error)
         transport.close()
 

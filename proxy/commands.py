@@ -320,6 +320,12 @@ class CommandTable:
             return [bytes(args[1])] if len(args) > 1 else []
         return [bytes(args[i]) for i in info.write_key_positions(args)]
 
+    def first_key_write(self, name: bytes | str) -> bool:
+        """A write whose one changed key is argument 1 (``SET``, ``INCR``, ``HSET``...),
+        with no subcommands: its keys need no key spec walk."""
+        info = self.commands.get(_text(name).lower())
+        return info is not None and not info.subcommands and info.name in self._first_key_writes
+
     def may_write(self, name: bytes | str) -> bool:
         """A command of this name (or one of its subcommands) is flagged ``write``."""
         info = self.commands.get(_text(name).lower())

@@ -26,7 +26,8 @@ from collections.abc import Callable, Sequence
 from proxy import messages
 from proxy.commands import CommandTable
 
-__all__ = ["DIRTY_FLUSH_KEYS", "DIRTY_FLUSH_SECONDS", "SCRIPT_NAMES", "DirtyRecorder", "Mark", "marks", "may_write"]
+__all__ = ["DIRTY_FLUSH_KEYS", "DIRTY_FLUSH_SECONDS", "SCRIPT_NAMES", "DirtyRecorder", "Mark", "batch_marks", "marks",
+           "may_write"]
 
 DIRTY_FLUSH_SECONDS = 0.05   # recorded keys go to the supervisor at least this often...
 DIRTY_FLUSH_KEYS = 1000      # ...or as soon as this many are waiting
@@ -34,6 +35,7 @@ DIRTY_FLUSH_KEYS = 1000      # ...or as soon as this many are waiting
 Mark = tuple  # (db | None, key | None)
 
 SCRIPT_NAMES = frozenset((b"eval", b"evalsha", b"fcall"))
+_MAX_FIRST_KEY_NAMES = 10_000   # spellings of command names remembered by batch_marks' caller
 _SPECIAL = frozenset((b"flushdb", b"flushall", b"swapdb", b"move", b"copy", b"sort", b"migrate"))  # by arguments
 
 
@@ -104,9 +106,36 @@ def marks(table: CommandTable | None, args: Sequence[bytes], db: int) -> list[Ma
     return []
 
 
+def batch_marks(table: CommandTable | None, requests: Sequence[Sequence[bytes]], db: int,
+                first_key: dict[bytes, bool]) -> list[Mark]:
+    """``marks`` of many requests in one db (the writes of one pipeline run). The
+    commonest write (``SET``, ``INCR``, ``HSET``...: its one key is argument 1) is
+    told by one lookup of its name as sent in ``first_key``, a cache the caller
+    keeps (and clears when the table changes), instead of a walk of its key specs."""
+    out: list[Mark] = []
+    append = out.append
+    for args in requests:
+        name = args[0]
+        simple = first_key.get(name)
+        if simple is None:
+            simple = table is not None and name.lower() not in _SPECIAL and table.first_key_write(name)
+            if table is not None and len(first_key) < _MAX_FIRST_KEY_NAMES:
+                first_key[bytes(name)] = simple
+        if simple:
+            if len(args) > 1:
+                append((db, bytes(args[1])))
+        else:
+            out.extend(marks(table, args, db))
+    return out
+
+
 class DirtyRecorder:
     """The keys of answered writes, while tracking is on, sent to the supervisor
-    in batches (``messages.DirtyReport``) through ``send``."""
+    in batches (``messages.DirtyReport``) through ``send``.
+
+    A key written again before its batch is sent is sent once: the backlog keeps
+    each key once anyway, and a hot key written thousands of times a second
+    would otherwise cost its pickling and pipe bytes every time."""
 
     __slots__ = ("worker", "send", "tracking", "pending", "_timer")
 
@@ -114,7 +143,7 @@ class DirtyRecorder:
         self.worker = worker
         self.send = send
         self.tracking = False
-        self.pending: list[Mark] = []       # recorded, not sent yet
+        self.pending: dict[Mark, None] = {}   # recorded, not sent yet, in the order first answered
         self._timer: asyncio.TimerHandle | None = None
 
     def record(self, items: list[Mark]) -> None:
@@ -122,7 +151,7 @@ class DirtyRecorder:
         if not self.tracking:
             return
         pending = self.pending
-        pending.extend(items)
+        pending.update(dict.fromkeys(items))
         if len(pending) >= DIRTY_FLUSH_KEYS:
             self.flush()
         elif self._timer is None:
@@ -133,7 +162,7 @@ class DirtyRecorder:
         if timer is not None:
             timer.cancel()
         if self.pending:
-            items, self.pending = self.pending, []
+            items, self.pending = self.pending, {}
             self.send(messages.DirtyReport(self.worker, tuple(items)))
 
     def set_tracking(self, on: bool) -> None:

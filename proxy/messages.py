@@ -84,6 +84,7 @@ class StatsReport:
     # Dual writes per other side: (side, writes sent, writes failed, last error).
     sides: tuple[tuple[str, int, int, str], ...] = ()
     dirty_pending: int = 0       # keys recorded and not sent yet
+    noscript_replies: int = 0    # NOSCRIPT errors sent to clients since the start (EVALSHA of an unknown script)
     version: int = FORMAT_VERSION
 
 
@@ -115,7 +116,8 @@ class TrackDirty:
 
 @dataclass(frozen=True)
 class DirtyReport:
-    """``keys``: ``(db, key)`` pairs in the order their writes were answered.
+    """``keys``: ``(db, key)`` pairs in the order their writes were first answered
+    (a key written again before the report is sent is in it once).
     ``key`` None means the whole ``db`` changed (FLUSHDB, SWAPDB); ``db`` None
     too means every db (FLUSHALL)."""
 

@@ -12,7 +12,10 @@ Command kinds (``classify``), by name:
 * ``SHARED``: stateless; forwarded on the client's multiplexed connection;
 * ``BLOCKING``: pins the client to a connection of its own until its reply;
 * ``XREAD``: ``XREAD``/``XREADGROUP``, blocking only with ``BLOCK``;
-* ``SPECIAL``: changes the connection's state or is answered by the interlay.
+* ``SPECIAL``: changes the connection's state or is answered by the interlay;
+* ``SCRIPTED``: stateless like ``SHARED``, but carries a script body the router
+  remembers or runs one by sha (``EVAL``, ``EVAL_RO``, ``EVALSHA``, ``EVALSHA_RO``,
+  ``SCRIPT``): never forwarded without a look (``proxy.routing``, issue 12).
 """
 
 from __future__ import annotations
@@ -30,11 +33,11 @@ from proxy.dirty import DirtyRecorder
 from proxy.options import ProxyOptions
 from proxy.stats import Stats
 
-__all__ = ["BLOCKING", "SHARED", "SPECIAL", "XREAD", "Clients", "CommandCache", "Parts", "classify"]
+__all__ = ["BLOCKING", "SCRIPTED", "SHARED", "SPECIAL", "XREAD", "Clients", "CommandCache", "Parts", "classify"]
 
 log = logging.getLogger("eve.proxy")
 
-SHARED, BLOCKING, XREAD, SPECIAL = 0, 1, 2, 3
+SHARED, BLOCKING, XREAD, SPECIAL, SCRIPTED = 0, 1, 2, 3, 4
 MAX_NAME_CACHE = 10_000   # distinct spellings of command names remembered
 
 SPECIAL_NAMES = frozenset((
@@ -42,6 +45,7 @@ SPECIAL_NAMES = frozenset((
     b"subscribe", b"psubscribe", b"ssubscribe", b"unsubscribe", b"punsubscribe", b"sunsubscribe",
     b"monitor", b"reset", b"quit", b"asking", b"sync", b"psync", b"replconf",
 ))
+SCRIPTED_NAMES = frozenset((b"eval", b"eval_ro", b"evalsha", b"evalsha_ro", b"script"))
 # Blocking commands known before the backend's command table has arrived.
 # WAIT and WAITAOF carry no "blocking" flag but wait for replicas.
 BLOCKING_NAMES = frozenset((
@@ -56,6 +60,8 @@ def classify(name: bytes, table: CommandTable | None, cluster: bool) -> int:
         return SPECIAL
     if cluster and lower == b"cluster":
         return SPECIAL
+    if lower in SCRIPTED_NAMES:
+        return SCRIPTED
     if lower == b"xread" or lower == b"xreadgroup":
         return XREAD
     if lower in BLOCKING_NAMES or (table is not None and table.is_blocking(lower)):
@@ -68,7 +74,7 @@ class CommandCache:
     that comes up) and, cached by command name as sent, what the parts ask of
     it for every request: its kind, whether it may write, and the keys it changes."""
 
-    __slots__ = ("process", "cluster", "table", "loading", "kinds", "writes")
+    __slots__ = ("process", "cluster", "table", "loading", "kinds", "writes", "first_key")
 
     def __init__(self, process: str, cluster: bool) -> None:
         self.process = process          # names the process in logs
@@ -78,6 +84,7 @@ class CommandCache:
         # Read directly on the clients' hot path; cleared (never replaced) when the table arrives.
         self.kinds: dict[bytes, int] = {}
         self.writes: dict[bytes, bool] = {}
+        self.first_key: dict[bytes, bool] = {}   # name as sent -> a write whose one key is argument 1
 
     def classify(self, name: bytes) -> int:
         kind = classify(name, self.table, self.cluster)
@@ -98,6 +105,10 @@ class CommandCache:
     def marks(self, args: list[bytes], db: int) -> list[dirty.Mark]:
         """The ``(db, key)`` pairs one request may change (``proxy.dirty.marks``)."""
         return dirty.marks(self.table, args, db)
+
+    def batch_marks(self, requests: list[list[bytes]], db: int) -> list[dirty.Mark]:
+        """The marks of the writes of one pipeline run (``proxy.dirty.batch_marks``)."""
+        return dirty.batch_marks(self.table, requests, db, self.first_key)
 
     def keys(self, args: list[bytes]) -> list[bytes]:
         """The keys of a request (none before the table arrives)."""
@@ -126,6 +137,7 @@ class CommandCache:
             return
         self.kinds.clear()
         self.writes.clear()
+        self.first_key.clear()
         log.info("%s: command table of %d commands loaded", self.process, len(self.table))
 
 

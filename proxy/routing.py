@@ -5,70 +5,104 @@ online run the supervisor sends a ``messages.Route``: which side is
 *authoritative* (the source until writes are cut over, then the target),
 which other sides receive *dual writes*, under which write consistency
 policy, and which share of reads the target serves. This module holds that
-state and the two reply sinks of a dual write; ``proxy.client`` asks
-``Router.decide`` about each stateless request.
+state and the reply sinks of dual writes; ``proxy.client`` asks
+``Router.decide`` (``Router.script_route`` for scripting commands) about each
+stateless request.
 
-A dual write is sent to the authoritative side and to every other side at
-once. ``WriteConsistency`` (``eve.core.enums``; its values are the strings a
-``messages.Route`` carries) is applied in one place, ``DualWrite._settle``:
+Dual writes travel in *batches*: the consecutive dual writes of one client's
+read (a pipeline run) go to the authoritative side and to every other side in
+one write per side (``Router.send_batch``, one side at a time in
+``Router.send_to_side``), and one sink per side settles the whole batch
+(``DualBatch`` for the authoritative side, ``SideBatch`` for each other one):
+the authoritative replies pass to the client as they arrived, many in one
+write, each command still with its own reply. ``WriteConsistency``
+(``eve.core.enums``; its values are the strings a ``messages.Route`` carries)
+is applied in one place, ``DualBatch._settle``:
 
 =====================  =====================================  ==================================
 policy                 the client's reply                     a failure on another side
 =====================  =====================================  ==================================
 SOURCE_AUTHORITATIVE   the source's, as soon as it arrives    counted per side, reported, re-copied
 TARGET_AUTHORITATIVE   the target's, as soon as it arrives    counted per side, reported, re-copied
-BOTH_REQUIRED          the authoritative side's, once every   an error to the client; re-copied
-                       side answered; an error if one failed
+BOTH_REQUIRED          the authoritative side's, once every   an error to the client (that command's
+                       side answered; an error if one failed  reply alone); re-copied
 BEST_EFFORT            the authoritative side's               counted only
 =====================  =====================================  ==================================
 
 (SOURCE_ and TARGET_AUTHORITATIVE differ by which side is authoritative; the
-workflow flips it at cutover.)
+workflow flips it at cutover.) Under BOTH_REQUIRED a batch's replies are
+*held*, yet the client's next batch is sent at once: held batches of one client
+are delivered in the order they were sent (``DualBatch.before``/``after``).
 
 Why a dual write's keys are marked dirty only once *every* side answered: the
 re-copy loop copies a dirty key's value from the authoritative side over the
 others. Were the mark sent after the authoritative reply alone, a re-copy could
 land on the target before the mirrored command does, and the mirrored command
 would then apply twice (an ``INCR`` counted two times). Marked after the last
-reply, every re-copy starts after every copy of the write executed, so the
-target converges whatever a mirrored command did.
+reply of the batch, every re-copy starts after every copy of the write
+executed, so the target converges whatever a mirrored command did.
 
 Only stateless writes are mirrored. Writes of a pinned client (``MULTI``/
 ``EXEC``, a non-zero db, blocking commands) and scripts not declared
 deterministic run on the authoritative side alone and reach the others by
 re-copy of their keys. ``SCRIPT LOAD``/``FLUSH`` and ``FUNCTION LOAD``/
-``DELETE``/``FLUSH``/``RESTORE`` go to every side; an ``EVALSHA`` answered
-``NOSCRIPT`` by another side is retried there after loading the script, when
-the interlay saw its body (``SCRIPT LOAD`` or ``EVAL`` through it).
+``DELETE``/``FLUSH``/``RESTORE`` go to every side.
+
+Scripts survive the cutover (issue 12): the router remembers every script body
+the interlay forwards (``SCRIPT LOAD``, ``EVAL``, ``EVAL_RO``) from the process'
+start, with or without a route, up to ``MAX_SCRIPTS`` bodies and
+``MAX_SCRIPT_BYTES``; ``SCRIPT FLUSH`` through the interlay forgets them. Every
+remembered script is loaded on a side when a route first names it, before any
+request is sent there, and a script run on the authoritative side alone is
+loaded on the others too. While a route is set, an ``EVALSHA`` of a known script is
+sent on its own (``SCRIPT``) and its reply held (the client's next request that
+is not another held one waits for it): a ``NOSCRIPT`` from the authoritative side is
+healed by loading the body there and running it again, so the client never
+sees it; a ``NOSCRIPT`` from another side is healed the same way. The
+``NOSCRIPT`` replies that still reach clients (a script the process never
+saw) are counted (``Stats.noscript_replies``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+from collections import deque
 from typing import Protocol
 
 from redis.crc import key_slot
 
 from eve.core.enums import WriteConsistency
 from eve.redis import resp
+from eve.redis.framing import RequestScanner, scan_reply
 from proxy import messages
 from proxy.backend import Backend, Node
-from proxy.dirty import SCRIPT_NAMES
 from proxy.parts import Parts
 
-__all__ = ["DualWrite", "MirrorReply", "Router", "Writer", "PLAIN", "DUAL", "READ_TARGET", "SOURCE", "TARGET"]
+__all__ = ["DualBatch", "Router", "SideBatch", "Writer", "PLAIN", "DUAL", "READ_TARGET", "SCRIPT", "COUNTED",
+           "SOURCE", "TARGET", "MAX_SCRIPTS", "MAX_SCRIPT_BYTES"]
 
-PLAIN, DUAL, READ_TARGET = 0, 1, 2   # Router.decide
+log = logging.getLogger("eve.proxy")
+
+# Router.decide / Router.script_route: the client's connection (PLAIN), every side (DUAL), the
+# target's connection (READ_TARGET), an EVALSHA of a script the interlay knows, sent on its own
+# so that a NOSCRIPT can be healed (SCRIPT), an EVALSHA whose NOSCRIPT reply is only counted (COUNTED).
+PLAIN, DUAL, READ_TARGET, SCRIPT, COUNTED = 0, 1, 2, 3, 4
 SOURCE, TARGET = "source", "target"  # side names; mirror targets are "mirror:<endpoint>"
 
-MAX_SCRIPTS = 10_000        # script bodies remembered for NOSCRIPT healing
+# Script bodies remembered (SCRIPT LOAD, EVAL, EVAL_RO) to load on the other sides and to
+# heal NOSCRIPT. When either bound is reached, further new bodies are not remembered (the
+# ones kept stay, a warning is logged once): an EVALSHA of a forgotten script that finds no
+# copy on a side gets NOSCRIPT there, counted as such.
+MAX_SCRIPTS = 10_000
+MAX_SCRIPT_BYTES = 64 << 20
 SLOTS = 16384
 _SCRIPT_SUBCOMMANDS = {b"script": frozenset((b"load", b"flush")),
                        b"function": frozenset((b"load", b"delete", b"flush", b"restore"))}
-
-
-def _identity(frame: bytes | None) -> bytes | None:
-    return frame
+_EVAL_NAMES = frozenset((b"eval", b"eval_ro"))
+_EVALSHA_NAMES = frozenset((b"evalsha", b"evalsha_ro"))
+_NOSCRIPT = b"-NOSCRIPT"
+_MAX_MIRRORED_NAMES = 10_000   # spellings of command names remembered by always_mirrored
 
 
 def _discard(frame: bytes | None) -> bytes | None:
@@ -89,15 +123,62 @@ def _error_frame(message: str) -> bytes:
     return b"-" + message.replace("\r", " ").replace("\n", " ").encode("utf-8", "replace") + b"\r\n"
 
 
+def _may_hold_error(data: bytes) -> bool:
+    """Whether ``data`` (whole reply frames) may hold an error frame: cheap, and never
+    wrong the other way (a frame starts the data or follows a CRLF)."""
+    return data[:1] in (b"-", b"!") or b"\r\n-" in data or b"\r\n!" in data
+
+
+def split_frames(data: bytes) -> list[bytes]:
+    """The reply frames ``data`` is made of (whole frames, as a backend delivers them)."""
+    frames = []
+    pos, n = 0, len(data)
+    while pos < n:
+        end = scan_reply(data, pos, 1, [], n)[0]
+        if end < 0:
+            raise resp.ProtocolError("incomplete reply frame")
+        frames.append(data[pos:end])
+        pos = end
+    return frames
+
+
+def count_noscript(data: bytes) -> int:
+    """NOSCRIPT error frames in ``data`` (whole reply frames)."""
+    if _NOSCRIPT not in data:
+        return 0
+    return sum(1 for frame in split_frames(data) if frame.startswith(_NOSCRIPT))
+
+
+def nth_request(raw: bytes, index: int, max_bulk: int, max_args: int) -> tuple[list[bytes], bytes] | None:
+    """The arguments and bytes of the ``index``-th request in ``raw`` (empty requests, which
+    get no reply, not counted), or None."""
+    requests, _, _ = RequestScanner(max_bulk, max_args).scan(raw)
+    start = 0
+    for end, args, _, argc in requests:
+        if argc:
+            if not index:
+                request = raw[start:end]
+                if args is None:
+                    args = resp.parse_command(request, 0, max_bulk=max_bulk, max_args=max_args)[0]
+                return args, request
+            index -= 1
+        start = end
+    return None
+
+
 class Writer(Protocol):
     """The client a dual write answers (``proxy.client.Client``)."""
 
     slot: int              # which of a node's shared connections it uses
     protocol: int          # its RESP version
     announce: str
+    write_paused: bool
+    max_bulk: int          # its request limits, to find one request of a batch again
+    max_args: int
 
-    def deliver_soon(self, frame: bytes) -> None: ...
+    def deliver(self, data: bytes, frames: int) -> None: ...
     def broken(self, conn: Backend) -> None: ...
+    def hold_backend(self, conn: Backend) -> None: ...
     def pause_reading(self, reason: str) -> None: ...
 
 
@@ -134,7 +215,11 @@ class Router:
         self.sides: dict[str, Node] = {}    # side name -> node, the source's included
         self.side_stats: dict[str, SideStats] = {}
         self.scripts: dict[bytes, bytes] = {}   # lowercase hex sha1 -> body
-        self.pending = 0                    # dual writes not fully answered
+        self.script_bytes = 0
+        self.scripts_full = False           # a bound was reached (logged once)
+        self.loaded: dict[str, Node] = {}   # sides holding every remembered script (source: by definition)
+        self.pending = 0                    # dual write batches not fully answered
+        self.mirrored_names: dict[bytes, bool] = {}   # always_mirrored's answers, by name as sent
 
     # -- route changes ------------------------------------------------------------------
 
@@ -174,8 +259,100 @@ class Router:
         self.target = sides.get(TARGET) if self.read_percent else None
         self.scripts_deterministic = route.scripts_deterministic
         self.active = bool(self.mirrors) or self.read_percent > 0
+        self._load_scripts_on_new_sides()
         return previous is not None and previous is not self.primary or \
             (previous is None and self.primary is not source)
+
+    def _load_scripts_on_new_sides(self) -> None:
+        """Every script the interlay saw, loaded on each side that joined the route, before
+        any dual write or shifted request is sent there: an application that loaded its
+        scripts once (through the interlay) keeps running them by sha after the cutover."""
+        loaded = {SOURCE: self.source}
+        for name, node in self.sides.items():
+            if name == SOURCE:
+                continue
+            if self.loaded.get(name) is not node:
+                for body in self.scripts.values():
+                    self._send_script_load(node, body)
+            loaded[name] = node
+        self.loaded = loaded
+
+    # -- scripts ----------------------------------------------------------------------------
+
+    def script_route(self, args: list[bytes], may_write: bool, routable: bool) -> int:
+        """Where a scripting request goes (``EVAL``, ``EVAL_RO``, ``EVALSHA``, ``EVALSHA_RO``,
+        ``SCRIPT``); remembers the bodies it carries. ``routable``: a route is active and the
+        client's connection can follow it (not queued in MULTI, another db or a raw connection)."""
+        name = args[0].lower()
+        if name in _EVALSHA_NAMES:
+            if len(args) > 1 and routable and bytes(args[1]).lower() in self.scripts:
+                return SCRIPT
+            if routable and may_write and self.mirrors and self.scripts_deterministic:
+                return DUAL  # its NOSCRIPT replies are counted by the batch
+            return COUNTED
+        new_body = False
+        if name in _EVAL_NAMES:
+            if len(args) > 1:
+                new_body = self.remember_script(args[1])
+        elif name == b"script" and len(args) > 1:
+            sub = args[1].lower()
+            if sub == b"load" and len(args) > 2:
+                self.remember_script(args[2])
+            elif sub == b"flush":
+                self.forget_scripts()
+        if not routable:
+            return PLAIN
+        route = self.decide(args, may_write)
+        if new_body and route != DUAL:
+            # A script first seen run on the authoritative side alone: cached on the others too.
+            for _, node in self.mirrors:
+                self._send_script_load(node, args[1])
+        return route
+
+    def remember_script(self, body: bytes) -> bool:
+        """Keep ``body`` for the other sides; True when it was not known yet."""
+        sha = hashlib.sha1(body).hexdigest().encode()
+        if sha in self.scripts:
+            return False
+        if len(self.scripts) >= MAX_SCRIPTS or self.script_bytes + len(body) > MAX_SCRIPT_BYTES:
+            if not self.scripts_full:
+                self.scripts_full = True
+                log.warning("%s: %d script bodies (%d bytes) remembered, the most kept; later new scripts are "
+                            "not carried to the other sides of a live run", self.parts.options.name,
+                            len(self.scripts), self.script_bytes)
+            return False
+        self.scripts[sha] = bytes(body)
+        self.script_bytes += len(body)
+        return True
+
+    def forget_scripts(self) -> None:
+        """``SCRIPT FLUSH`` went through: the application wants NOSCRIPT from now on."""
+        self.scripts.clear()
+        self.script_bytes = 0
+        self.scripts_full = False
+
+    def _send_script_load(self, node: Node, body: bytes) -> None:
+        conn = node.shared_conn(2, 0)
+        if conn is not None:
+            conn.send(None, resp.encode_command(b"SCRIPT", b"LOAD", body), 1, _discard)
+
+    def heal(self, conn: Backend, sink: DualBatch | SideBatch, raw: bytes, args: list[bytes]) -> bool:
+        """An ``EVALSHA`` answered NOSCRIPT on ``conn``: load the body the interlay saw there
+        and send the request again, its reply to ``sink``. False when it cannot be healed."""
+        if len(args) < 2 or args[0].lower() not in _EVALSHA_NAMES or conn.closed:
+            return False
+        body = self.scripts.get(bytes(args[1]).lower())
+        if body is None:
+            return False
+        conn.send(None, resp.encode_command(b"SCRIPT", b"LOAD", body), 1, _discard)
+        conn.send(sink, raw, 1)
+        return True
+
+    def noscript_tag(self, frame: bytes | None) -> bytes | None:
+        """The tag of a ``COUNTED`` request: counts a NOSCRIPT reply on its way to the client."""
+        if frame is not None and frame.startswith(_NOSCRIPT):
+            self.parts.stats.noscript_replies += 1
+        return frame
 
     # -- per request ----------------------------------------------------------------------
 
@@ -189,15 +366,11 @@ class Router:
             sub = args[1].lower() if len(args) > 1 else b""
             if sub not in subcommands:
                 return PLAIN
-            if name == b"script" and sub == b"load" and len(args) > 2:
-                self.remember_script(args[2])
             return DUAL if self.mirrors else PLAIN
         if may_write:
             if not self.mirrors:
                 return PLAIN
-            if name in SCRIPT_NAMES:
-                if name == b"eval" and len(args) > 1:
-                    self.remember_script(args[1])
+            if name in _EVAL_NAMES or name == b"fcall":
                 return DUAL if self.scripts_deterministic else PLAIN
             return DUAL
         if self.read_percent and self.target is not None:
@@ -206,9 +379,17 @@ class Router:
                 return READ_TARGET
         return PLAIN
 
-    def remember_script(self, body: bytes) -> None:
-        if len(self.scripts) < MAX_SCRIPTS:
-            self.scripts[hashlib.sha1(body).hexdigest().encode()] = bytes(body)
+    def always_mirrored(self, name: bytes) -> bool:
+        """Whether every write named ``name`` (as sent) is a dual write while the route
+        has mirrors, whatever its arguments (``decide``): not FUNCTION (by subcommand)
+        nor FCALL (by ``scripts_deterministic``)."""
+        found = self.mirrored_names.get(name)
+        if found is None:
+            lower = name.lower()
+            found = lower not in _SCRIPT_SUBCOMMANDS and lower not in _EVAL_NAMES and lower != b"fcall"
+            if len(self.mirrored_names) < _MAX_MIRRORED_NAMES:
+                self.mirrored_names[bytes(name)] = found
+        return found
 
     def side_failed(self, name: str, frame: bytes) -> None:
         stats = self.side_stats.setdefault(name, SideStats())
@@ -220,70 +401,121 @@ class Router:
 
     # -- sending ----------------------------------------------------------------------------
 
-    def send_dual(self, client: Writer, conn: Backend, raw: bytes, marks: list) -> DualWrite:
-        """Send one write to ``conn`` (the authoritative side) and to every mirrored side;
-        returns the sink the client's reply comes through."""
-        dual = DualWrite(client, self, marks)
+    def send_batch(self, client: Writer, conn: Backend, raw: bytes, count: int, marks: list,
+                   before: DualBatch | None, *, mirror: bool = True, heal: bool = False) -> DualBatch:
+        """Send ``count`` requests (the bytes ``raw``, one pipeline run of one client) to
+        ``conn`` (the authoritative side) and, when ``mirror``, to every mirrored side;
+        returns the sink the client's replies come through. ``before``: the client's batch
+        whose replies are still held (BOTH_REQUIRED), which this one's must follow."""
+        batch = DualBatch(client, self, conn, raw, count, marks, before, heal)
         self.pending += 1
-        conn.send(dual, raw, 1, _identity)
-        slot, protocol = client.slot, client.protocol
-        for name, node in self.mirrors:
-            stats = self.side_stats[name]
-            stats.ops += 1
-            # On the connection of the client's protocol: the client's reads shifted to
-            # this side travel on it too, and so come after its writes.
-            mconn = node.shared_conn(protocol, slot)
-            if mconn is None:
-                dual.left += 1
-                dual.side_result(name, node.unavailable())
-                continue
-            dual.left += 1
-            mconn.send(MirrorReply(dual, name, node, protocol, slot, raw), raw, 1, _identity)
-            if mconn.write_paused:
-                # A side that cannot keep up slows the clients down.
-                mconn.hold(client)
-        return dual
+        conn.send(batch, raw, count)
+        if mirror:
+            for name, node in self.mirrors:
+                self.send_to_side(batch, name, node, raw, count)
+        if conn.write_paused:
+            conn.hold(client)
+        return batch
+
+    def send_to_side(self, batch: DualBatch, name: str, node: Node, raw: bytes, count: int) -> None:
+        """``count`` requests of ``batch`` (the bytes ``raw``) to one other side, in one
+        write, settled together by one ``SideBatch``. (A side that is a cluster splits
+        ``raw`` by hash slot here: one SideBatch per node, each counted in ``batch.left``.)"""
+        self.side_stats[name].ops += count
+        # On the connection of the client's protocol: the client's reads shifted to
+        # this side travel on it too, and so come after its writes.
+        client = batch.client
+        conn = node.shared_conn(client.protocol, client.slot)
+        batch.left += 1
+        side = SideBatch(batch, name, raw, count)
+        if conn is None:
+            side.backend_failed(None, count, node.unavailable())  # type: ignore[arg-type]
+            return
+        side.conn = conn
+        conn.send(side, raw, count)
+        if conn.write_paused:
+            # A side that cannot keep up slows the clients down.
+            conn.hold(client)
 
 
-class DualWrite:
-    """The authoritative side's reply sink of one dual write, and the join of all its replies."""
+class DualBatch:
+    """The authoritative side's reply sink of one batch of requests of one client (its
+    mirrored writes of one pipeline run, or one EVALSHA that may need healing), and the
+    join of every side's replies to it.
 
-    __slots__ = ("client", "router", "marks", "left", "reply", "failure", "announce")
-    stream_to = None   # a client's ``current`` may be a DualWrite: nothing streams through it
+    Replies pass straight to the client unless they are *held*: under BOTH_REQUIRED
+    (until every side answered, and every earlier held batch of the client was
+    delivered) and for a healable EVALSHA (until it ran). Marks are recorded once every
+    side answered every request of the batch."""
+
+    __slots__ = ("client", "router", "conn", "raw", "count", "marks", "left", "got", "hold", "held", "failures",
+                 "heal", "healed", "before", "after", "done", "delivered")
+    stream_to = None   # a client's ``current`` may be a DualBatch: nothing streams through it
     transport = None
     waits_for_replies = True   # told by Backend.close when its connection goes
 
-    def __init__(self, client: Writer, router: Router, marks: list) -> None:
+    def __init__(self, client: Writer, router: Router, conn: Backend, raw: bytes, count: int, marks: list,
+                 before: DualBatch | None, heal: bool) -> None:
         self.client = client
         self.router = router
+        self.conn = conn
+        self.raw = raw
+        self.count = count
         self.marks = marks
-        self.left = 1                 # replies still to come (the authoritative side's, plus one per mirror)
-        self.reply: bytes | None = None
-        self.failure = ""             # the first other side's error: "target: ERR ..."
-        self.announce = client.announce
+        self.left = 1                 # sides still owing replies (this one, plus one per mirror)
+        self.got = 0                  # the authoritative side's replies so far
+        self.heal = heal
+        self.healed = False
+        self.hold = router.both or heal
+        self.held: list[bytes] = []
+        self.failures: dict[int, str] = {}   # request index -> "target: ERR ..." (held batches)
+        self.before = before if before is not None and not before.delivered else None
+        self.after: DualBatch | None = None
+        if self.before is not None:
+            self.before.after = self
+        self.done = False             # every side answered
+        self.delivered = False        # the client has its replies
+
+    @property
+    def write_paused(self) -> bool:
+        return not self.hold and self.client.write_paused
+
+    def hold_backend(self, conn: Backend) -> None:
+        if not self.hold:
+            self.client.hold_backend(conn)
 
     def deliver(self, data: bytes, frames: int) -> None:
-        if self.router.both:
-            self.reply = data
+        if frames and self.heal and not self.healed and data.startswith(_NOSCRIPT):
+            self.healed = True
+            request = nth_request(self.raw, 0, self.client.max_bulk, self.client.max_args)
+            if request is not None and self.router.heal(self.conn, self, request[1], request[0]):
+                return
+        if self.hold:
+            if data:
+                self.held.append(data)
         else:
-            self.client.deliver_soon(data)
-        self._arrived()
+            if frames and _NOSCRIPT in data:
+                self.router.parts.stats.noscript_replies += count_noscript(data)
+            self.client.deliver(data, frames)
+        if frames:
+            self.got += frames
+            if self.got >= self.count:
+                self.arrived()
 
     def backend_failed(self, conn: Backend, count: int, error: bytes) -> None:
-        self.router.parts.stats.errors += 1
-        self.deliver(error, 1)
+        self.router.parts.stats.errors += count
+        self.deliver(error * count, count)
 
-    def broken(self, conn: Backend) -> None:  # pragma: no cover - a tagged reply is never streamed
+    def broken(self, conn: Backend) -> None:
         self.client.broken(conn)
 
-    def side_result(self, name: str, frame: bytes) -> None:
-        if _is_error(frame):
-            self.router.side_failed(name, frame)
-            if not self.failure:
-                self.failure = f"{name}: {_error_text(frame)}"
-        self._arrived()
+    def side_failed(self, index: int, name: str, frame: bytes) -> None:
+        self.router.side_failed(name, frame)
+        if self.hold and index not in self.failures:
+            self.failures[index] = f"{name}: {_error_text(frame)}"
 
-    def _arrived(self) -> None:
+    def arrived(self) -> None:
+        """One side answered all of the batch."""
         self.left -= 1
         if self.left:
             return
@@ -291,58 +523,106 @@ class DualWrite:
         router.pending -= 1
         if self.marks:
             router.parts.dirty.record(self.marks)
-        if router.both:
-            self._settle()
+        self.done = True
+        if self.hold and self.before is None:
+            self._deliver_held()
 
-    def _settle(self) -> None:
-        """BOTH_REQUIRED: the write succeeded only if every side applied it."""
-        reply = self.reply or b""
-        if self.failure and not _is_error(reply):
-            reply = _error_frame(f"ERR interlay: BOTH_REQUIRED write applied on {self.router.authoritative} but "
-                                 f"failed on {self.failure}; its keys are re-copied")
-            self.router.parts.stats.errors += 1
-        self.client.deliver_soon(reply)
+    def _deliver_held(self) -> None:
+        """The held replies, once every side answered and every earlier held batch of the
+        client was delivered; then the next one's, if it is done too."""
+        batch: DualBatch | None = self
+        while batch is not None and batch.done:
+            batch.delivered = True
+            batch.client.deliver(batch._settle(), batch.count)
+            batch = batch.after
+            if batch is not None:
+                batch.before = None
+
+    def _settle(self) -> bytes:
+        """BOTH_REQUIRED: a write succeeded only if every side applied it."""
+        data = b"".join(self.held)
+        stats = self.router.parts.stats
+        if not self.failures:
+            if _NOSCRIPT in data:
+                stats.noscript_replies += count_noscript(data)
+            return data
+        frames = split_frames(data)
+        for index, failure in self.failures.items():
+            if index < len(frames) and not _is_error(frames[index]):
+                frames[index] = _error_frame(
+                    f"ERR interlay: BOTH_REQUIRED write applied on {self.router.authoritative} but failed on "
+                    f"{failure}; its keys are re-copied")
+                stats.errors += 1
+        stats.noscript_replies += sum(1 for frame in frames if frame.startswith(_NOSCRIPT))
+        return b"".join(frames)
 
 
-class MirrorReply:
-    """The reply sink of one dual write on one other side."""
+class SideBatch:
+    """The reply sink of one batch on one other side: counts its errors (an EVALSHA
+    answered NOSCRIPT there is healed first) and tells the batch once all arrived."""
 
-    __slots__ = ("dual", "side", "node", "protocol", "slot", "raw", "retried")
+    __slots__ = ("batch", "side", "raw", "count", "got", "retrying", "done", "conn")
     waits_for_replies = True
+    write_paused = False   # its replies go nowhere: never a reason to stop reading
 
-    def __init__(self, dual: DualWrite, side: str, node: Node, protocol: int, slot: int, raw: bytes) -> None:
-        self.dual = dual
+    def __init__(self, batch: DualBatch, side: str, raw: bytes, count: int) -> None:
+        self.batch = batch
         self.side = side
-        self.node = node
-        self.protocol = protocol
-        self.slot = slot
-        self.raw = raw
-        self.retried = False
+        self.raw = raw        # the requests sent, to find one again for healing
+        self.count = count
+        self.got = 0
+        self.retrying: deque[int] = deque()   # indexes of healed requests sent again, not answered yet
+        self.done = False
+        self.conn: Backend | None = None
 
     def deliver(self, data: bytes, frames: int) -> None:
-        if data[:9] == b"-NOSCRIPT" and not self.retried and self._load_script():
+        if not frames:
+            return  # a piece of a large reply: only its end counts
+        if self.got >= self.count:
+            self._retried(data)
             return
-        self.dual.side_result(self.side, data)
+        if data and _may_hold_error(data):
+            for i, frame in enumerate(split_frames(data)):
+                if _is_error(frame):
+                    self._failed(self.got + i, frame)
+        self.got += frames
+        self._maybe_done()
 
-    def backend_failed(self, conn: Backend, count: int, error: bytes) -> None:
-        self.dual.side_result(self.side, error)
+    def backend_failed(self, conn: Backend | None, count: int, error: bytes) -> None:
+        batch = self.batch
+        for _ in range(count):
+            if self.got < self.count:
+                batch.side_failed(self.got, self.side, error)
+                self.got += 1
+            elif self.retrying:
+                batch.side_failed(self.retrying.popleft(), self.side, error)
+        self._maybe_done()
 
-    def broken(self, conn: Backend) -> None:  # pragma: no cover - a tagged reply is never streamed
-        self.dual.side_result(self.side, b"-ERR interlay: reply lost\r\n")
+    def hold_backend(self, conn: Backend) -> None:  # pragma: no cover - write_paused is False
+        pass
 
-    def _load_script(self) -> bool:
-        """EVALSHA unknown on this side: load the body the interlay saw, then run it again."""
-        try:
-            args = resp.parse_command(self.raw, 0)[0]
-        except (resp.ProtocolError, ValueError, TypeError, IndexError):
-            return False
-        if not args or args[0].lower() != b"evalsha" or len(args) < 2:
-            return False
-        body = self.dual.router.scripts.get(bytes(args[1]).lower())
-        conn = self.node.shared_conn(self.protocol, self.slot)
-        if body is None or conn is None:
-            return False
-        self.retried = True
-        conn.send(None, resp.encode_command(b"SCRIPT", b"LOAD", body), 1, _discard)
-        conn.send(self, self.raw, 1, _identity)
-        return True
+    def broken(self, conn: Backend) -> None:  # pragma: no cover - its replies are never streamed to a client
+        pass
+
+    def _failed(self, index: int, frame: bytes) -> None:
+        batch = self.batch
+        if frame.startswith(_NOSCRIPT) and self.conn is not None:
+            client = batch.client
+            request = nth_request(self.raw, index, client.max_bulk, client.max_args)
+            if request is not None and batch.router.heal(self.conn, self, request[1], request[0]):
+                self.retrying.append(index)
+                return
+        batch.side_failed(index, self.side, frame)
+
+    def _retried(self, frame: bytes) -> None:
+        """The reply of a healed request (it ran after the batch's later requests: the
+        re-copy of its keys, marked once it answered, sets the order right)."""
+        index = self.retrying.popleft() if self.retrying else self.count - 1
+        if _is_error(frame):
+            self.batch.side_failed(index, self.side, frame)
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if not self.done and self.got >= self.count and not self.retrying:
+            self.done = True
+            self.batch.arrived()

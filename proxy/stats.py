@@ -63,7 +63,7 @@ class Stats:
     """Counters of one process; ``samples`` are backend round trips (seconds) since the last report."""
 
     __slots__ = ("ops", "errors", "protocol_errors", "backend_ops", "backend_errors", "samples", "connections",
-                 "rejected", "_last_ops", "_last_time")
+                 "rejected", "noscript_replies", "_last_ops", "_last_time")
 
     def __init__(self) -> None:
         self.ops = 0
@@ -74,6 +74,7 @@ class Stats:
         self.samples: list[float] = []
         self.connections = 0
         self.rejected = 0
+        self.noscript_replies = 0  # NOSCRIPT errors that reached clients (those the interlay saw: proxy.routing)
         self._last_ops = 0
         self._last_time = time.monotonic()
 
@@ -89,4 +90,4 @@ class Stats:
         return messages.StatsReport(worker=worker, connections=self.connections, ops=self.ops,
                                     errors=self.errors + self.backend_errors, interval_ops=interval_ops,
                                     interval_seconds=seconds, backends=(backend,), sides=sides,
-                                    dirty_pending=dirty_pending)
+                                    dirty_pending=dirty_pending, noscript_replies=self.noscript_replies)

@@ -216,3 +216,17 @@ def test_online_runs_need_writes_on_the_source(server_factory):
     assert issue.blocking and issue.evidence["role"] == "write" and issue.evidence["endpoint"] == "source"
     assert set(issue.evidence["missing_commands"].split(", ")) == {"restore", "del", "pexpireat", "config set"}
     assert check_compatibility(endpoint(source), endpoint(target), online=True, keyspace_notifications=True) == []
+
+
+def test_scripts_cached_on_the_source_are_a_warning(server_factory):
+    source, target = server_factory("redis-7.0"), server_factory("valkey-9.1")
+    assert "SCRIPTS_NOT_CARRIED" not in codes(check_compatibility(endpoint(source), endpoint(target)))
+    client = source.client()
+    client.script_load("return 1")
+    client.eval("return 2", 0)  # EVAL caches its script too
+    issues = check_compatibility(endpoint(source), endpoint(target))
+    assert_jsonable(issues)
+    issue = only(issues, "SCRIPTS_NOT_CARRIED")
+    assert not issue.blocking
+    assert issue.evidence == {"source_cached_scripts": "2"}
+    assert "NOSCRIPT" in issue.message and "interlay" in issue.message

@@ -137,6 +137,7 @@ def interlay_to_proto(record: InterlayRecord, status: Any = None,
             out.stats.dual_writes.add(side=side["side"], writes=side["writes"], failures=side["failures"],
                                       last_error=side["last_error"])
         out.stats.dirty_keys_pending = stats.get("dirty_pending", 0)
+        out.stats.noscript_replies = stats.get("noscript_replies", 0)
     return out
 
 
@@ -277,7 +278,8 @@ def metrics_to_proto(attributes: dict[str, Any]) -> workflows_pb2.RunMetrics:
         dirty_lag_seconds=float(attributes.get("dirty_lag_seconds", 0)),
         keys_recopied=int(attributes.get("keys_recopied", 0)),
         dual_write_failures=int(attributes.get("dual_write_failures", 0)),
-        authoritative=str(attributes.get("authoritative", "")))
+        authoritative=str(attributes.get("authoritative", "")),
+        noscript_replies=int(attributes.get("noscript_replies", 0)))
 
 
 def error_key_to_proto(record: Any) -> workflows_pb2.ErrorKey:

@@ -11,14 +11,14 @@ per run (label ``run``; ``eve_run_state`` also ``state``)
     conflicting,failed}_total``, ``eve_run_copied_bytes_total``, ``eve_run_keys_per_second``,
     ``eve_run_eta_seconds`` (absent while unknown), ``eve_run_source_keys``,
     ``eve_run_dirty_backlog_keys``, ``eve_run_dirty_lag_seconds``, ``eve_run_keys_recopied_total``,
-    ``eve_run_dual_write_failures_total``
+    ``eve_run_dual_write_failures_total``, ``eve_run_noscript_replies_total``
 per interlay (label ``interlay``; per backend also ``backend``, per dual-write side ``side``)
     ``eve_interlay_up`` (also ``endpoint``), ``eve_interlay_connections``,
     ``eve_interlay_ops_per_second``, ``eve_interlay_errors_total``,
     ``eve_interlay_dirty_keys_pending``, ``eve_interlay_backend_ops_total``,
     ``eve_interlay_backend_errors_total``, ``eve_interlay_backend_latency_seconds``
     (``quantile`` 0.5 and 0.99), ``eve_interlay_dual_writes_total``,
-    ``eve_interlay_dual_write_failures_total``
+    ``eve_interlay_dual_write_failures_total``, ``eve_interlay_noscript_replies_total``
 
 Backend latency is what ``GetInterlay`` reports: the p50 and p99 of the proxies' last report
 interval (about a second), from their fixed-bucket histograms (proxy.stats), exported as gauges
@@ -82,6 +82,8 @@ _RUN_COUNTERS = (
     ("eve_run_keys_recopied", "keys_recopied", "Dirty keys re-copied from the authoritative side (live runs)."),
     ("eve_run_dual_write_failures", "dual_write_failures",
      "Writes the interlay could not apply on a side other than the authoritative one (live runs)."),
+    ("eve_run_noscript_replies", "noscript_replies",
+     "NOSCRIPT errors the run's interlay sent to clients: EVALSHA of a script it could not load (live runs)."),
 )
 # Run gauges: (metric name, RunMetrics field, help).
 _RUN_GAUGES = (
@@ -151,6 +153,9 @@ class EveCollector:
                                           "authoritative one.", labels=["interlay", "side"])
         dual_failures = CounterMetricFamily("eve_interlay_dual_write_failures", "Of those, the writes that failed.",
                                             labels=["interlay", "side"])
+        noscript = CounterMetricFamily("eve_interlay_noscript_replies", "NOSCRIPT errors sent to clients: EVALSHA "
+                                       "of a script the interlay had not seen (or could not load).",
+                                       labels=["interlay"])
         for interlay in interlays:
             running = interlay.state == interlays_pb2.INTERLAY_RUNNING
             up.add_metric([interlay.id, interlay.endpoint], 1 if running else 0)
@@ -161,6 +166,7 @@ class EveCollector:
             ops_rate.add_metric([interlay.id], stats.ops_per_second)
             errors.add_metric([interlay.id], stats.errors)
             pending.add_metric([interlay.id], stats.dirty_keys_pending)
+            noscript.add_metric([interlay.id], stats.noscript_replies)
             for backend in stats.backends:
                 labels = [interlay.id, backend.backend]
                 backend_ops.add_metric(labels, backend.ops)
@@ -171,7 +177,7 @@ class EveCollector:
                 dual_writes.add_metric([interlay.id, side.side], side.writes)
                 dual_failures.add_metric([interlay.id, side.side], side.failures)
         yield from (up, connections, ops_rate, errors, pending, backend_ops, backend_errors, latency, dual_writes,
-                    dual_failures)
+                    dual_failures, noscript)
 
 
 def coordinator_collector(migrations: Any, interlays: Any) -> EveCollector:

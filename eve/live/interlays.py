@@ -494,7 +494,7 @@ class InterlaySupervisor:
              "backends": [{"backend": "source", "ops": int, "errors": int,
                            "p50_ms": float, "p99_ms": float}],
              "sides": [{"side": "target", "writes": int, "failures": int, "last_error": str}],
-             "dirty_pending": int}
+             "dirty_pending": int, "noscript_replies": int}
 
         ``sides``: the dual writes of a live run, per side other than the authoritative one.
 
@@ -535,6 +535,7 @@ class InterlaySupervisor:
             "backends": backend_stats,
             "sides": list(sides.values()),
             "dirty_pending": sum(report.dirty_pending for report in reports),
+            "noscript_replies": sum(report.noscript_replies for report in reports),
         }
 
     def last_route(self, interlay_id: str) -> messages.Route | None:

@@ -26,6 +26,11 @@ Codes (``CODES``):
 * ``TARGET_MEMORY_TOO_SMALL`` (blocking): the target's maxmemory is below the
   source's dataset.
 * ``TARGET_OLDER_VERSION`` (non-blocking): the target is an older major version.
+* ``SCRIPTS_NOT_CARRIED`` (non-blocking): the source's script cache holds
+  scripts (``number_of_cached_scripts`` in ``INFO memory``). The cache is not
+  data: only the scripts loaded through the interlay (``SCRIPT LOAD``, ``EVAL``)
+  reach the target; an ``EVALSHA`` of another one gets ``NOSCRIPT`` there
+  after the cutover, until the application loads it again.
 * ``SAME_SERVER``, ``REPLICATION_LINK``, ``TARGET_READ_ONLY`` (blocking) and
   ``SOURCE_IS_REPLICA`` (non-blocking): who the sides really are, by ``run_id``
   and ``master_replid`` (``eve.prepare.preflight``, the same check as ``eve
@@ -73,6 +78,7 @@ CODES = (
     "INTERLAY_LISTENERS_MISMATCH",
     "TARGET_MEMORY_TOO_SMALL",
     "TARGET_OLDER_VERSION",
+    "SCRIPTS_NOT_CARRIED",
     preflight.SAME_SERVER,
     preflight.REPLICATION_LINK,
     preflight.TARGET_READ_ONLY,
@@ -761,6 +767,22 @@ def _interlay_issue(listeners: int | None, src: _Facts) -> CompatIssue | None:
          "source_cluster": "yes" if src.cluster else "no"})
 
 
+def _scripts_issue(source: _Side) -> CompatIssue | None:
+    """Scripts cached on the source now (issue 12): the script cache is no key, so no copy
+    carries it; the interlay carries only the scripts it sees loaded from its start."""
+    nodes: list[Node | None] = list(source.masters) if source.cluster else [None]
+    cached = sum(int(source.info("memory", node).get("number_of_cached_scripts", 0) or 0) for node in nodes)
+    if not cached:
+        return None
+    return CompatIssue(
+        "SCRIPTS_NOT_CARRIED", False,
+        f"The source has {cached} Lua script(s) in its script cache. The cache is not copied: only scripts "
+        "loaded through the interlay after it started (SCRIPT LOAD, EVAL) are loaded on the target, so an "
+        "EVALSHA of another script gets NOSCRIPT once the target is authoritative. Have the application "
+        "load its scripts again through the interlay (or fall back from NOSCRIPT to EVAL) before the cutover.",
+        {"source_cached_scripts": str(cached)})
+
+
 def _memory_issue(src: _Facts, tgt: _Facts, label: str) -> CompatIssue | None:
     if not tgt.maxmemory or tgt.maxmemory >= src.used_memory:
         return None
@@ -823,7 +845,8 @@ def check_compatibility(source: EndpointConfig, target: EndpointConfig, *, mirro
     try:
         src_side, target_sides = sides[0], sides[1:]
         src = _gather(src_side)
-        issues += [i for i in (source_version_issue(src.version), _interlay_issue(interlay_listeners, src)) if i]
+        issues += [i for i in (source_version_issue(src.version), _interlay_issue(interlay_listeners, src),
+                               _scripts_issue(src_side)) if i]
         any_refused = False
         for side in target_sides:
             tgt = _gather(side)

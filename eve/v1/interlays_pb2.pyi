@@ -61,20 +61,22 @@ class DualWriteStats(_message.Message):
     def __init__(self, side: _Optional[str] = ..., writes: _Optional[int] = ..., failures: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
 
 class InterlayStats(_message.Message):
-    __slots__ = ("connections", "ops_per_second", "errors", "backends", "dual_writes", "dirty_keys_pending")
+    __slots__ = ("connections", "ops_per_second", "errors", "backends", "dual_writes", "dirty_keys_pending", "noscript_replies")
     CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
     OPS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     BACKENDS_FIELD_NUMBER: _ClassVar[int]
     DUAL_WRITES_FIELD_NUMBER: _ClassVar[int]
     DIRTY_KEYS_PENDING_FIELD_NUMBER: _ClassVar[int]
+    NOSCRIPT_REPLIES_FIELD_NUMBER: _ClassVar[int]
     connections: int
     ops_per_second: float
     errors: int
     backends: _containers.RepeatedCompositeFieldContainer[BackendStats]
     dual_writes: _containers.RepeatedCompositeFieldContainer[DualWriteStats]
     dirty_keys_pending: int
-    def __init__(self, connections: _Optional[int] = ..., ops_per_second: _Optional[float] = ..., errors: _Optional[int] = ..., backends: _Optional[_Iterable[_Union[BackendStats, _Mapping]]] = ..., dual_writes: _Optional[_Iterable[_Union[DualWriteStats, _Mapping]]] = ..., dirty_keys_pending: _Optional[int] = ...) -> None: ...
+    noscript_replies: int
+    def __init__(self, connections: _Optional[int] = ..., ops_per_second: _Optional[float] = ..., errors: _Optional[int] = ..., backends: _Optional[_Iterable[_Union[BackendStats, _Mapping]]] = ..., dual_writes: _Optional[_Iterable[_Union[DualWriteStats, _Mapping]]] = ..., dirty_keys_pending: _Optional[int] = ..., noscript_replies: _Optional[int] = ...) -> None: ...
 
 class Interlay(_message.Message):
     __slots__ = ("id", "endpoint", "port", "settings", "state", "listener_ports", "stats", "last_error", "create_time", "update_time")

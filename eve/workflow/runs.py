@@ -525,7 +525,9 @@ class Workflow:
                               keys_recopied=metrics["recopied"], authoritative=metrics["authoritative"],
                               dual_write_failures=sum(side["failures"] for side in live.side_failures()))
             try:
-                attributes["interlay_ops_per_second"] = self.interlays.stats(live.options.interlay_id)["ops_per_second"]
+                interlay = self.interlays.stats(live.options.interlay_id)
+                attributes["interlay_ops_per_second"] = interlay["ops_per_second"]
+                attributes["noscript_replies"] = interlay["noscript_replies"]
             except EveError:
                 pass
         return attributes
