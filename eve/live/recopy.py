@@ -33,8 +33,9 @@ engine (Valkey 9, Redis 8.2) to an older source (Redis 7.0, Valkey 8.1), whose
 RESTORE refuses every payload of the newer RDB format: a side that refused one for
 its version is remembered (per worker thread, while its connections last) and
 later batches go to it logically at once, without a RESTORE first. A key gone by
-the time of the logical read is deleted on that side. Stream consumer groups are
-not carried: the side's copy of such a stream has none (logged). A key of a module
+the time of the logical read is deleted on that side. Stream consumer groups and
+per-field hash TTLs are carried (``eve.redis.logical`` says what is not: logged); a
+side that cannot hold field TTLs fails the key. A key of a module
 type cannot be copied logically: its ``RecopyFailure`` says so.
 ``RecopyResult.logical`` counts the keys copied logically.
 
