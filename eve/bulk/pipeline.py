@@ -44,6 +44,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from eve.bulk.functions import copy_functions
 from eve.core import frames
 from eve.core.endpoints import ConnectionSpec
 from eve.core.enums import ConflictPolicy
@@ -196,6 +197,9 @@ class _SideRestarted(Exception):
 class BulkCopy:
     """Copies every key of the source to the target (and mirrors), resumably.
 
+    Function libraries, which are not keys, are copied first, on every run and resume
+    (``eve.bulk.functions``; what it did is ``self.functions``).
+
     ``run()`` returns the final Progress, or raises SourceError / TargetError when
     a side stays unavailable, StateError when the job was stopped by ``stop_event``.
     """
@@ -259,6 +263,8 @@ class BulkCopy:
         if not hasattr(self, "_plans"):
             self.prepare()
         self._check_since_last_run()
+        self.functions = copy_functions(self.options.source, (self.options.target, *self.options.mirrors),
+                                        self.options.conflict)
         committed = self.store.counters(self.options.run_id)
         self.progress.add(committed)
         while True:
