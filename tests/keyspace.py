@@ -129,3 +129,38 @@ def field_ttls_of(client: redis.Redis, key: str | bytes) -> dict[bytes, int]:
     if not fields:
         return {}
     return dict(zip(fields, client.execute_command("HPEXPIRETIME", key, "FIELDS", len(fields), *fields)))
+
+
+BIG_KEY_TYPES = ("zset", "hash", "set", "list", "stream", "string")
+
+
+def fill_big_keys(client: redis.Redis, members: int = 5000, *, prefix: str = "big", string_bytes: int = 3 << 20,
+                  field_ttls: bool = False) -> list[bytes]:
+    """One key of each type with ``members`` elements (binary members and values, a TTL on
+    each, float scores, a stream with a consumer group and pending entries) and a
+    ``string_bytes`` binary string; ``field_ttls``: some hash fields with TTLs of their own
+    (Redis 7.4+ / Valkey 9). Returns the keys, in BIG_KEY_TYPES order."""
+    rng = random.Random(11)
+    keys = [f"{prefix}:{kind}".encode() + b"\xff" for kind in BIG_KEY_TYPES]
+    zset, hash_, set_, list_, stream, string = keys
+    pipe = client.pipeline(transaction=False)
+    for start in range(0, members, 1000):
+        part = range(start, min(start + 1000, members))
+        pipe.zadd(zset, {b"m\x00%d" % i: rng.random() * 1e6 - 5e5 for i in part})
+        pipe.hset(hash_, mapping={b"f\xfe%d" % i: rng.randbytes(12) for i in part})
+        pipe.sadd(set_, *[b"s\x01%d" % i for i in part])
+        pipe.rpush(list_, *[rng.randbytes(8) for _ in part])
+        for i in part:
+            pipe.xadd(stream, {"i": str(i), "b": rng.randbytes(6)})
+        pipe.execute()
+    pipe.set(string, rng.randbytes(string_bytes))
+    for number, key in enumerate(keys):
+        pipe.pexpire(key, 3_600_000 + number * 60_000)
+    pipe.execute()
+    client.xgroup_create(stream, "readers", id="0")
+    client.xreadgroup("readers", "r1", {stream: ">"}, count=150)
+    client.xack(stream, "readers", *[entry_id for entry_id, _ in client.xrange(stream, count=10)])
+    if field_ttls:
+        fields = client.hkeys(hash_)[: members // 10]
+        client.execute_command("HPEXPIRE", hash_, 1_800_000, "FIELDS", len(fields), *fields)
+    return keys

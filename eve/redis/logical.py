@@ -101,6 +101,7 @@ __all__ = [
     "pack_write",
     "parse_groups",
     "parse_read",
+    "stream_state_writes",
 ]
 
 DEFAULT_CHUNK = 1000   # elements (fields, members, entries) per write command
@@ -549,16 +550,20 @@ def _stream_writes(key: bytes, value: LogicalValue) -> list[bytes]:
         commands = [pack("XADD", key, entry.id, *_flat(entry.fields)) for entry in entries]
     else:
         commands = [pack("XADD", key, "MAXLEN", 0, _PLACEHOLDER_ID, "eve", "")]
-    state = value.stream
-    if state is not None:
-        options: list[bytes | int] = []
-        if state.entries_added is not None:
-            options += [b"ENTRIESADDED", state.entries_added]
-        if state.max_deleted_id is not None:
-            options += [b"MAXDELETEDID", state.max_deleted_id]
-        commands.append(pack("XSETID", key, state.last_id, *options))
-        commands += group_writes(key, state.groups)
+    if value.stream is not None:
+        commands += stream_state_writes(key, value.stream)
     return commands
+
+
+def stream_state_writes(key: bytes, state: StreamState, chunk: int = DEFAULT_CHUNK) -> list[bytes]:
+    """What a stream holds beyond its entries, onto a stream that has its entries:
+    ``XSETID`` (last id, entries added, max deleted id), then its consumer groups."""
+    options: list[bytes | int] = []
+    if state.entries_added is not None:
+        options += [b"ENTRIESADDED", state.entries_added]
+    if state.max_deleted_id is not None:
+        options += [b"MAXDELETEDID", state.max_deleted_id]
+    return [pack("XSETID", key, state.last_id, *options), *group_writes(key, state.groups, chunk)]
 
 
 def group_writes(key: bytes, groups: Sequence[StreamGroup], chunk: int = DEFAULT_CHUNK) -> list[bytes]:

@@ -1,0 +1,129 @@
+"""Big keys copied in chunks (restorer.bigkeys): every type, binary members, TTLs, field TTLs,
+stream groups, the conflict policies; through the bulk copy; and a kill -9 mid-copy, resumed."""
+
+from __future__ import annotations
+
+import pytest
+from keyspace import (
+    BIG_KEY_TYPES,
+    assert_same,
+    field_ttls_of,
+    fill_big_keys,
+    groups_of,
+    value_of,
+)
+
+from eve.core.endpoints import ConnectionSpec
+from eve.core.enums import ConflictPolicy
+from eve.core.errors import SourceError, TargetError
+from eve.redis.cluster import ClientOptions, ClusterClient
+from restorer.bigkeys import CONFLICT, COPIED, FAILED, GONE, TMP_MARK, ChunkedCopier, remove_temporary_keys
+
+_OPTIONS = ClientOptions(timeout=10.0, reconnect_seconds=0)
+
+
+def spec(server) -> ConnectionSpec:
+    return ConnectionSpec(server.host, server.port, password=server.password)
+
+
+def copier(source_server, target_server, **kw) -> ChunkedCopier:
+    source = ClusterClient(spec(source_server), role="source", error=SourceError, options=_OPTIONS)
+    target = ClusterClient(spec(target_server), role="target", error=TargetError, options=_OPTIONS)
+    kw.setdefault("chunk", 300)
+    kw.setdefault("chunk_bytes", 256 << 10)
+    return ChunkedCopier(source, target, worker="restorer-1", **kw)
+
+
+def temporary_keys(client) -> list[bytes]:
+    return list(client.scan_iter(match=b"*" + TMP_MARK + b"*"))
+
+
+def calls(client, command: str) -> int:
+    return int(client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("pair", [("valkey-9.1", "valkey-9.1"), ("redis-8.2", "redis-7.0"),
+                                  ("redis-7.0", "valkey-9.1")], ids="->".join)
+def test_every_type_is_copied_in_pieces(server_factory, pair):
+    source_server, target_server = server_factory(pair[0]), server_factory(pair[1])
+    source, target = source_server.client(), target_server.client()
+    keys = fill_big_keys(source, 5000)
+    target.set(keys[0], "an older value, replaced whole")
+    chunked = copier(source_server, target_server)
+    outcomes = [chunked.copy(0, key) for key in keys]
+    assert [outcome.status for outcome in outcomes] == [COPIED] * len(keys), outcomes
+    assert [outcome.type for outcome in outcomes] == list(BIG_KEY_TYPES)
+    assert all(outcome.pieces >= 12 for outcome in outcomes), outcomes   # 5000 / 300 elements, 3 MiB / 256 KiB
+    assert_same(source, target, keys=set(keys))
+    assert groups_of(target, keys[4]) == [(b"readers", *groups_of(source, keys[4])[0][1:4],
+                                           groups_of(target, keys[4])[0][4])]
+    assert [entry[:2] for entry in groups_of(target, keys[4])[0][4]] == \
+        [entry[:2] for entry in groups_of(source, keys[4])[0][4]]
+    assert not temporary_keys(target)
+    assert calls(source, "dump") == 0 and calls(target, "restore") == 0
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("pair", [("redis-8.2", "valkey-9.1"), ("valkey-9.1", "redis-8.2")], ids="->".join)
+def test_field_ttls_are_kept(server_factory, pair):
+    source_server, target_server = server_factory(pair[0]), server_factory(pair[1])
+    source, target = source_server.client(), target_server.client()
+    hash_key = fill_big_keys(source, 3000, field_ttls=True)[1]
+    assert copier(source_server, target_server).copy(0, hash_key).status == COPIED
+    assert value_of(target, hash_key) == value_of(source, hash_key)
+    ttls = field_ttls_of(target, hash_key)
+    assert ttls == field_ttls_of(source, hash_key) and sum(ms > 0 for ms in ttls.values()) == 300
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_field_ttls_the_target_cannot_hold_fail_the_key(server_factory):
+    source_server, target_server = server_factory("redis-8.2"), server_factory("redis-7.0")
+    source, target = source_server.client(), target_server.client()
+    hash_key = fill_big_keys(source, 3000, field_ttls=True)[1]
+    outcome = copier(source_server, target_server).copy(0, hash_key)
+    assert outcome.status == FAILED and "cannot hold per-field hash TTLs" in outcome.reason
+    assert not target.exists(hash_key) and not temporary_keys(target)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_conflict_policies(server_factory):
+    source_server, target_server = server_factory("valkey-9.1"), server_factory("valkey-9.1")
+    source, target = source_server.client(), target_server.client()
+    zset, hash_, set_, list_, _stream, string = fill_big_keys(source, 2000, string_bytes=1 << 20)
+    target.zadd(zset, {"target-only": 1, b"m\x000": 99})
+    target.pexpire(zset, 9_000_000)
+    target.set(set_, "a string where the source has a set")
+    target.rpush(list_, "target")
+    none = copier(source_server, target_server, policy=ConflictPolicy.NONE)
+    assert [none.copy(0, key).status for key in (zset, set_, list_, hash_)] == [CONFLICT, CONFLICT, CONFLICT,
+                                                                                 COPIED]
+    assert target.zcard(zset) == 2 and target.lrange(list_, 0, -1) == [b"target"]
+    merge = copier(source_server, target_server, policy=ConflictPolicy.MERGE)
+    outcomes = {key: merge.copy(0, key) for key in (zset, set_, list_, string)}
+    assert outcomes[zset].status == COPIED
+    assert (outcomes[set_].status, outcomes[set_].reason) == (CONFLICT, "type differs (target string, source set)")
+    assert (outcomes[list_].status, outcomes[list_].reason) == (CONFLICT, "no merge semantics for list")
+    assert outcomes[string].status == COPIED   # absent on the target: copied whole
+    merged = dict(target.zrange(zset, 0, -1, withscores=True))
+    assert merged == {**dict(source.zrange(zset, 0, -1, withscores=True)), b"target-only": 1.0}
+    assert target.pttl(zset) > 8_000_000, "the target key keeps its TTL"
+    assert not temporary_keys(target)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_a_key_gone_or_expired_and_leftovers_removed(server_factory):
+    source_server, target_server = server_factory("redis-7.0"), server_factory("redis-7.0")
+    source, target = source_server.client(), target_server.client()
+    assert copier(source_server, target_server).copy(0, b"missing").status == GONE
+    target.set(b"{k}" + TMP_MARK + b"restorer-3", "left by a crashed copy")
+    target.set(b"unrelated", "kept")
+    target.execute_command("SELECT", 0)
+    client = ClusterClient(spec(target_server), role="target", error=TargetError, options=_OPTIONS)
+    assert remove_temporary_keys(client, [0]) == 1
+    assert not temporary_keys(target) and target.get("unrelated") == b"kept"
