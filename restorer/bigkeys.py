@@ -53,12 +53,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from eve.core.endpoints import ConnectionSpec
 from eve.core.enums import ConflictPolicy
-from eve.core.errors import TargetError
-from eve.redis.cluster import ClusterClient
+from eve.core.errors import SourceError, TargetError
+from eve.core.frames import ConflictRow, ErrorKeyRow
+from eve.redis.cluster import ClientOptions, ClusterClient
 from eve.redis.logical import (
     PendingEntry,
     StreamGroup,
@@ -81,6 +83,8 @@ __all__ = [
     "TMP_MARK",
     "TMP_TTL_MS",
     "BigKeyCopy",
+    "BigKeys",
+    "BigKeysOutcome",
     "ChunkedCopier",
     "big_tmp_key",
     "remove_temporary_keys",
@@ -317,6 +321,58 @@ class ChunkedCopier:
                 if isinstance(reply, ReplyError):
                     raise _Failed(field_ttl_refusal(reply) or f"the target refused a piece: {reply}")
         return replies
+
+
+@dataclass
+class BigKeysOutcome:
+    """What one target did with a batch's big keys, in the restorer's terms."""
+
+    restored: int = 0
+    skipped: int = 0      # gone from the source, or expired, before they were put in place
+    bytes: int = 0
+    conflicts: list[ConflictRow] = field(default_factory=list)
+    errors: list[ErrorKeyRow] = field(default_factory=list)
+
+
+class BigKeys:
+    """The restorer's side of big keys: a batch's ``big`` rows copied to one target by a
+    ``ChunkedCopier`` reading from the source (``RestorerOptions.source``), opened on the
+    first big key. Without a source connection every big key is an error key saying so."""
+
+    def __init__(self, source: ConnectionSpec | None, source_cluster: bool, options: ClientOptions, *,
+                 worker: str, policy: ConflictPolicy, preserve_ttl: bool) -> None:
+        self.source = None if source is None else ClusterClient(source, role="source", error=SourceError,
+                                                                 cluster=source_cluster or None, options=options)
+        self.worker = worker
+        self.policy = policy
+        self.preserve_ttl = preserve_ttl
+
+    def copy(self, db: int, rows: Sequence[tuple[bytes, int]], target: ClusterClient) -> BigKeysOutcome:
+        out = BigKeysOutcome()
+        if self.source is None:
+            out.errors += [ErrorKeyRow(key, db, target.address, "unknown", size, "a big key needs a chunked copy "
+                                       "from the source, and this restorer has no source connection", 1)
+                           for key, size in rows]
+            return out
+        copier = ChunkedCopier(self.source, target, worker=self.worker, policy=self.policy,
+                               preserve_ttl=self.preserve_ttl)
+        for key, size in rows:
+            copied = copier.copy(db, key, size)
+            if copied.status == COPIED:
+                out.restored += 1
+                out.bytes += size
+            elif copied.status == GONE:
+                out.skipped += 1
+            elif copied.status == CONFLICT:
+                out.conflicts.append(ConflictRow(key, db, copied.type, copied.reason or "BUSYKEY"))
+            else:
+                out.errors.append(ErrorKeyRow(key, db, target.node_for_key(key), copied.type, size,
+                                              copied.reason or "chunked copy failed", 1))
+        return out
+
+    def close(self) -> None:
+        if self.source is not None:
+            self.source.close()
 
 
 def _fields(flat: Any) -> dict[Any, Any]:

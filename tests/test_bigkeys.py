@@ -3,11 +3,17 @@ stream groups, the conflict policies; through the bulk copy; and a kill -9 mid-c
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
+
 import pytest
 from keyspace import (
     BIG_KEY_TYPES,
     assert_same,
     field_ttls_of,
+    fill,
     fill_big_keys,
     groups_of,
     value_of,
@@ -127,3 +133,76 @@ def test_a_key_gone_or_expired_and_leftovers_removed(server_factory):
     client = ClusterClient(spec(target_server), role="target", error=TargetError, options=_OPTIONS)
     assert remove_temporary_keys(client, [0]) == 1
     assert not temporary_keys(target) and target.get("unrelated") == b"kept"
+
+
+# --------------------------------------------------------------------------- through eve migrate
+
+
+def migrate(source_server, target_server, state, *extra: str, timeout: float = 120) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "eve", "migrate", "--source", f"redis://127.0.0.1:{source_server.port}",
+           "--target", f"redis://127.0.0.1:{target_server.port}", "--state", str(state), "--no-progress", "--json",
+           *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(job: subprocess.Popen, timeout: float = 120) -> dict:
+    out, err = job.communicate(timeout=timeout)
+    assert job.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def wait_until(condition, what: str, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_eve_migrate_copies_big_keys_in_chunks(server_factory, tmp_path):
+    source_server, target_server = server_factory("redis-7.0"), server_factory("valkey-9.1")
+    source, target = source_server.client(), target_server.client()
+    small = fill(source, 300)
+    big = fill_big_keys(source, 5000)
+    report = finish(migrate(source_server, target_server, tmp_path / "s.db", "--big-key-bytes", "50000"))
+    assert report["restored"] == len(small) + len(big) and report["error_keys"] == 0, report
+    assert_same(source, target)
+    assert calls(source, "dump") == len(small), "the big keys (MEMORY USAGE 57,000 bytes and up) never"
+    assert not temporary_keys(target)
+
+
+def eve_clients(client) -> list[str]:
+    return [entry["name"] for entry in client.client_list() if entry.get("name", "").startswith("eve-")]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_kill_9_during_a_chunked_copy_then_resume_leaves_the_key_exact(server_factory, tmp_path):
+    source_server, target_server = server_factory("redis-7.0"), server_factory("valkey-9.1")
+    source, target = source_server.client(), target_server.client()
+    keys = fill_big_keys(source, 2000, string_bytes=1 << 20)
+    zset = keys[0]
+    pipe = source.pipeline(transaction=False)
+    for start in range(2000, 300_000, 10_000):
+        pipe.zadd(zset, {b"m\x00%d" % i: i / 3 for i in range(start, start + 10_000)})
+    pipe.execute()
+    fill(source, 200)
+    state = tmp_path / "s.db"
+    job = migrate(source_server, target_server, state, "--big-key-bytes", "1000000", "--restorers", "2")
+    try:
+        # Kill it once a temporary key holds part of the zset: mid-copy.
+        wait_until(lambda: any(key.startswith(b"{" + zset) and target.zcard(key) > 20_000
+                               for key in temporary_keys(target)), "a half-built key")
+    finally:
+        job.kill()
+        job.communicate()
+    wait_until(lambda: not eve_clients(target), "the workers to die with their parent")
+    assert temporary_keys(target), "a half-built temporary key is what a crash leaves"
+    assert not target.exists(zset), "and never a half key under the real name"
+    report = finish(migrate(source_server, target_server, state, "--big-key-bytes", "1000000", "--restorers", "1",
+                            "--resume"))
+    assert report["error_keys"] == 0, report
+    assert not temporary_keys(target)
+    assert_same(source, target)
