@@ -22,6 +22,8 @@ from keyspace import (
 from eve.core.endpoints import ConnectionSpec
 from eve.core.enums import ConflictPolicy
 from eve.core.errors import SourceError, TargetError
+from eve.live.backlog import DirtyKeys
+from eve.live.recopy import DirtyKeySync, SyncOptions
 from eve.redis.cluster import ClientOptions, ClusterClient
 from restorer.bigkeys import CONFLICT, COPIED, FAILED, GONE, TMP_MARK, ChunkedCopier, remove_temporary_keys
 
@@ -206,3 +208,32 @@ def test_kill_9_during_a_chunked_copy_then_resume_leaves_the_key_exact(server_fa
     assert report["error_keys"] == 0, report
     assert not temporary_keys(target)
     assert_same(source, target)
+
+
+# --------------------------------------------------------------------------- the live re-copy
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_the_live_recopy_copies_dirty_big_keys_in_chunks(server_factory):
+    auth_server, other_server = server_factory("valkey-9.1"), server_factory("redis-7.0")
+    auth, other = auth_server.client(), other_server.client()
+    keys = fill_big_keys(auth, 3000, string_bytes=1 << 20)
+    auth.set("small", "v")
+    other.set(b"gone", "deleted on the authoritative side")
+    options = SyncOptions(authoritative=spec(auth_server), others=(spec(other_server),), big_key_threshold_bytes=20_000)
+    dirty = DirtyKeys()
+    with DirtyKeySync(options, dirty) as sync:
+        dirty.mark_many(0, [*keys, b"small", b"gone"])
+        assert sync.drain(30)
+        stats = sync.stats()
+        assert (stats.copied, stats.deleted, stats.failed) == (len(keys) + 1, 1, 0), stats
+        assert calls(auth, "dump") == 2, "only the small key, and the gone one, were DUMPed"
+        # Written again during the run: re-copied, in chunks again, exactly.
+        auth.zadd(keys[0], {"late": 1})
+        auth.lpush(keys[3], "late")
+        dirty.mark_many(0, [keys[0], keys[3]])
+        assert sync.drain(30)
+    assert_same(auth, other, keys={*keys, b"small"})
+    assert not other.exists("gone") and not temporary_keys(other)
+    assert calls(auth, "dump") == 2
