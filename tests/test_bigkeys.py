@@ -237,3 +237,27 @@ def test_the_live_recopy_copies_dirty_big_keys_in_chunks(server_factory):
     assert_same(auth, other, keys={*keys, b"small"})
     assert not other.exists("gone") and not temporary_keys(other)
     assert calls(auth, "dump") == 2
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+def test_a_cluster_target_gets_each_big_key_on_its_slot_owner(server_factory, cluster_factory):
+    """The temporary key shares the key's hash slot (a hash tag built from the key), so pieces
+    and the RENAME go to the master that owns the key."""
+    source_server, cluster = server_factory("redis-7.0"), cluster_factory("valkey-9.1", masters=3)
+    source = source_server.client()
+    keys = fill_big_keys(source, 2000, string_bytes=1 << 20)
+    tagged = b"{user:7}:events"
+    source.rename(keys[4], tagged)
+    keys[4] = tagged
+    target = ClusterClient(ConnectionSpec(cluster.host, cluster.port), role="target", error=TargetError,
+                           options=_OPTIONS)
+    chunked = ChunkedCopier(ClusterClient(spec(source_server), role="source", error=SourceError, options=_OPTIONS),
+                            target, worker="restorer-2", chunk=250)
+    assert [chunked.copy(0, key).status for key in keys] == [COPIED] * len(keys)
+    client = cluster.client()
+    for key in keys:
+        assert value_of(client, key) == value_of(source, key)
+        assert abs(client.pttl(key) - source.pttl(key)) <= 1000
+    for node in cluster.masters:
+        assert not temporary_keys(node.client())

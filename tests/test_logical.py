@@ -469,6 +469,28 @@ def test_stream_consumer_groups_are_copied(server_factory, pair):
 
 @pytest.mark.integration
 @pytest.mark.timeout(60)
+def test_reverse_sync_keeps_consumer_groups_and_field_ttls(server_factory):
+    """The re-copy loop's logical fallback is the same copy: groups and field TTLs arrive."""
+    auth_server, older_server = server_factory("redis-8.2"), server_factory("valkey-8.1")
+    other_server = server_factory("valkey-9.1")
+    auth = auth_server.client()
+    fill_stream_with_groups(auth, "events")
+    fill_field_ttls(auth, "h")
+    options = SyncOptions(authoritative=spec(auth_server), others=(spec(older_server), spec(other_server)))
+    with DirtyKeySync(options, DirtyKeys()) as sync:
+        result = sync.recopy([(0, b"events"), (0, b"h")])
+    assert (result.copied, result.failed) == (1, 1), result.failures
+    [failure] = result.failures   # Valkey 8.1 cannot hold field TTLs: an error key with that reason
+    assert (failure.key, failure.side) == (b"h", spec(older_server).address)
+    assert "cannot hold per-field hash TTLs" in failure.reason
+    for side in (older_server.client(), other_server.client()):
+        assert groups_of(side, "events") == groups_of(auth, "events")
+    assert field_ttls_of(other_server.client(), "h") == field_ttls_of(auth, "h")
+    assert not older_server.client().exists("h")
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("pair", [("redis-8.2", "valkey-9.1"), ("valkey-9.1", "redis-8.2"),
                                   ("redis-8.2", "redis-8.2")], ids="->".join)
 def test_field_ttls_are_kept(server_factory, pair):
