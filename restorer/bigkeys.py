@@ -79,6 +79,8 @@ __all__ = [
     "DEFAULT_CHUNK",
     "DEFAULT_CHUNK_BYTES",
     "FAILED",
+    "MIN_SCALE",
+    "PIECE_BUDGET_SECONDS",
     "GONE",
     "TMP_MARK",
     "TMP_TTL_MS",
@@ -98,6 +100,10 @@ DEFAULT_CHUNK_BYTES = 1 << 20     # string bytes per piece
 TMP_TTL_MS = 600_000
 TMP_MARK = b":eve-big:"
 COPIED, GONE, CONFLICT, FAILED = "copied", "gone", "conflict", "failed"
+# A source read slower than this halves the pieces (down to MIN_SCALE of chunk / chunk_bytes):
+# a read holds the source's event loop, and its other clients wait behind it.
+PIECE_BUDGET_SECONDS = 0.005
+MIN_SCALE = 1 / 64
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,7 @@ class ChunkedCopier:
         self.preserve_ttl = preserve_ttl
         self.chunk = chunk
         self.chunk_bytes = chunk_bytes
+        self._scale = 1.0   # of chunk and chunk_bytes, halved while the source is slow (_read)
         self._pieces = {"string": self._string_pieces, "list": self._list_pieces, "set": self._set_pieces,
                         "zset": self._zset_pieces, "hash": self._hash_pieces, "stream": self._stream_pieces}
 
@@ -220,31 +227,34 @@ class ChunkedCopier:
     def _string_pieces(self, db: int, key: bytes, into: bytes) -> Iterator[list[bytes]]:
         length = self._read(db, key, "STRLEN", key)
         yield [pack("SET", into, b"")]
-        for start in range(0, length, self.chunk_bytes):
-            yield [pack("APPEND", into, self._read(db, key, "GETRANGE", key, start, start + self.chunk_bytes - 1))]
+        start = 0
+        while start < length:
+            end = start + max(1, int(self.chunk_bytes * self._scale)) - 1
+            yield [pack("APPEND", into, self._read(db, key, "GETRANGE", key, start, end))]
+            start = end + 1
 
     def _list_pieces(self, db: int, key: bytes, into: bytes) -> Iterator[list[bytes]]:
         start = 0
         while True:
-            items = self._read(db, key, "LRANGE", key, start, start + self.chunk - 1)
+            items = self._read(db, key, "LRANGE", key, start, start + self._elements() - 1)
             if not items:
                 return
-            yield [pack("RPUSH", into, *items)]
+            yield [_pack_strings(b"RPUSH", into, items)]
             start += len(items)
 
     def _set_pieces(self, db: int, key: bytes, into: bytes) -> Iterator[list[bytes]]:
         for members in self._scan(db, key, "SSCAN"):
-            yield [pack("SADD", into, *members)]
+            yield [_pack_strings(b"SADD", into, members)]
 
     def _zset_pieces(self, db: int, key: bytes, into: bytes) -> Iterator[list[bytes]]:
         # ZSCAN's scores are the server's exact text (%.17g): written back as they are.
         for flat in self._scan(db, key, "ZSCAN"):
-            yield [pack("ZADD", into, *[item for pair in zip(flat[1::2], flat[0::2]) for item in pair])]
+            yield [_pack_strings(b"ZADD", into, [item for pair in zip(flat[1::2], flat[0::2]) for item in pair])]
 
     def _hash_pieces(self, db: int, key: bytes, into: bytes) -> Iterator[list[bytes]]:
         field_ttls = True   # until the source says it has none (no HPEXPIRETIME)
         for flat in self._scan(db, key, "HSCAN"):
-            writes = [pack("HSET", into, *flat)]
+            writes = [_pack_strings(b"HSET", into, flat)]
             fields = flat[0::2]
             if field_ttls:
                 times = self._read(db, key, "HPEXPIRETIME", key, "FIELDS", len(fields), *fields, refusal_ok=True)
@@ -260,7 +270,7 @@ class ChunkedCopier:
     def _stream_pieces(self, db: int, key: bytes, into: bytes) -> Iterator[list[bytes]]:
         start = b"-"
         while True:
-            entries = self._read(db, key, "XRANGE", key, start, "+", "COUNT", self.chunk)
+            entries = self._read(db, key, "XRANGE", key, start, "+", "COUNT", self._elements())
             if not entries:
                 break
             yield [pack("XADD", into, entry_id, *fields) for entry_id, fields in entries]
@@ -302,14 +312,24 @@ class ChunkedCopier:
         """The flat pieces of ``verb key cursor COUNT chunk`` until the cursor is 0 again."""
         cursor = b"0"
         while True:
-            cursor, flat = self._read(db, key, verb, key, cursor, "COUNT", self.chunk)
+            cursor, flat = self._read(db, key, verb, key, cursor, "COUNT", self._elements())
             if flat:
                 yield flat
             if cursor == b"0":
                 return
 
+    def _elements(self) -> int:
+        return max(1, int(self.chunk * self._scale))
+
     def _read(self, db: int, key: bytes, *command: Any, refusal_ok: bool = False) -> Any:
+        began = time.perf_counter()
         [(_node, [reply])] = self.source.run(db, [key], [(pack(*command),)])
+        # Pieces shrink while a read takes longer than the budget (a busy source: its clients
+        # would wait as long behind each one) and grow back while it is quick.
+        if time.perf_counter() - began > PIECE_BUDGET_SECONDS:
+            self._scale = max(MIN_SCALE, self._scale / 2)
+        elif self._scale < 1.0:
+            self._scale = min(1.0, self._scale * 1.25)
         if isinstance(reply, ReplyError) and not refusal_ok:
             raise _Failed(f"{command[0]} refused by the source: {reply}")
         return reply
@@ -373,6 +393,13 @@ class BigKeys:
     def close(self) -> None:
         if self.source is not None:
             self.source.close()
+
+
+def _pack_strings(verb: bytes, key: bytes, items: Sequence[bytes]) -> bytes:
+    """``verb key item ...`` for byte-string items (replies of the source): ``pack`` without its
+    per-argument type switch, which is most of a piece's time in Python."""
+    head = b"*%d\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(items) + 2, len(verb), verb, len(key), key)
+    return head + b"".join([b"$%d\r\n%b\r\n" % (len(item), item) for item in items])
 
 
 def _fields(flat: Any) -> dict[Any, Any]:
