@@ -44,7 +44,11 @@ The value is read while the source keeps changing: in an offline copy a big key
 written during its chunked copy may be copied as a mix of before and after
 (stop the writers, or copy online); in a live run every write marks the key
 dirty and the re-copy loop copies it again, chunked too (``eve.live.recopy``).
-Pending entries of a stream are read with ``XPENDING``, whose idle times are
+A piece is ``chunk`` elements or ``chunk_bytes`` bytes at most, halved while a read
+takes more than ``PIECE_BUDGET_SECONDS`` (a busy source) and grown back while reads
+are quick. A key of a module type has no commands to read it in parts: it is
+DUMPed whole and RESTOREd under the temporary key. Pending entries of a stream are
+read with ``XPENDING``, whose idle times are
 relative: their delivery times are kept to within the copy's round trips.
 """
 
@@ -154,9 +158,7 @@ class ChunkedCopier:
         kind = kind.decode() if isinstance(kind, bytes) else str(kind)
         if kind == "none":
             return BigKeyCopy(GONE, bytes=size)
-        pieces = self._pieces.get(kind)
-        if pieces is None:
-            return BigKeyCopy(FAILED, kind, f"a {kind!r} key (a module type) cannot be copied in chunks", bytes=size)
+        pieces = self._pieces.get(kind, self._module_pieces)
         pttl = self._read(db, key, "PTTL", key)
         if pttl == -2:
             return BigKeyCopy(GONE, kind, bytes=size)
@@ -232,6 +234,11 @@ class ChunkedCopier:
             end = start + max(1, int(self.chunk_bytes * self._scale)) - 1
             yield [pack("APPEND", into, self._read(db, key, "GETRANGE", key, start, end))]
             start = end + 1
+
+    def _module_pieces(self, db: int, key: bytes, into: bytes) -> Iterator[list[bytes]]:
+        # A module type has no commands Eve knows to read it in parts: one DUMP, as without
+        # the threshold, restored under the temporary key (the rest as for any big key).
+        yield [pack("RESTORE", into, 0, self._read(db, key, "DUMP", key), "REPLACE")]
 
     def _list_pieces(self, db: int, key: bytes, into: bytes) -> Iterator[list[bytes]]:
         start = 0

@@ -22,10 +22,12 @@ from keyspace import (
 from eve.core.endpoints import ConnectionSpec
 from eve.core.enums import ConflictPolicy
 from eve.core.errors import SourceError, TargetError
+from eve.core.frames import Batch, BatchHeader, decode, encode
 from eve.live.backlog import DirtyKeys
 from eve.live.recopy import DirtyKeySync, SyncOptions
 from eve.redis.cluster import ClientOptions, ClusterClient
 from restorer.bigkeys import CONFLICT, COPIED, FAILED, GONE, TMP_MARK, ChunkedCopier, remove_temporary_keys
+from scanner import ScannerOptions, run_scanner
 
 _OPTIONS = ClientOptions(timeout=10.0, reconnect_seconds=0)
 
@@ -261,3 +263,51 @@ def test_a_cluster_target_gets_each_big_key_on_its_slot_owner(server_factory, cl
         assert abs(client.pttl(key) - source.pttl(key)) <= 1000
     for node in cluster.masters:
         assert not temporary_keys(node.client())
+
+
+# --------------------------------------------------------------------------- the scanner, the frame
+
+
+class _Sink(list):
+    def put(self, frame: bytes) -> None:
+        self.append(decode(frame))
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_the_scanner_sends_big_keys_apart_and_never_dumps_them(server_factory):
+    server = server_factory("valkey-9.1")
+    client = server.client()
+    big = fill_big_keys(client, 3000, string_bytes=1 << 20)
+    small = fill(client, 100)
+    sink = _Sink()
+    address = f"{server.host}:{server.port}"
+    options = ScannerOptions(run_id="r", worker="scanner", source=spec(server), node=address, dbs=(0,),
+                             big_key_threshold_bytes=20_000)
+    assert run_scanner(options, sink)
+    batches = [frame for frame in sink if isinstance(frame, Batch)]
+    assert sorted(key for batch in batches for key, _size in batch.big) == sorted(big)
+    assert sorted(key for batch in batches for key, _expiry, _payload in batch.rows) == sorted(small)
+    assert all(size > 20_000 for batch in batches for _key, size in batch.big)
+    assert sum(batch.header.scanned for batch in batches) == len(big) + len(small)
+    assert calls(client, "dump") == len(small)
+
+
+def test_a_batch_carries_its_big_keys_through_the_frame():
+    header = BatchHeader("r", "127.0.0.1:7000", 0, 1, 0, 0, True, 3, 0)
+    batch = Batch(header, [(b"k", 0, b"payload")], [(b"big\xff", 70_000_000)])
+    assert decode(encode(batch)) == batch
+    assert decode(encode(Batch(header, []))).big == []
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_a_big_key_of_a_module_type_is_dumped_whole_under_the_temporary_key(server_factory):
+    source_server = server_factory("redis-8.2", with_module=True)
+    target_server = server_factory("redis-8.2", with_module=True)
+    source = source_server.client()
+    source.execute_command("GRAPH.QUERY", "g", "UNWIND range(1, 500) AS i CREATE (:P {n: i})")
+    outcome = copier(source_server, target_server).copy(0, b"g")
+    assert (outcome.status, outcome.type, outcome.pieces) == (COPIED, "graphdata", 1)
+    assert target_server.client().execute_command("GRAPH.QUERY", "g", "MATCH (p:P) RETURN count(p)")[1] == [[500]]
+    assert not temporary_keys(target_server.client())
