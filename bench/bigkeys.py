@@ -15,7 +15,10 @@ records each round trip:
                (bounded ZSCAN/GETRANGE pieces, a temporary key renamed into place)
 
 and prints, per window, the probe's p50, p99 and max latency in ms, with the
-copy's seconds; then the ratios of the chunked windows' p99 to the idle p99,
+copy's seconds, and the source's own time per command of the window's commands
+(``INFO latencystats``: p99 and max of DUMP, ZSCAN, GETRANGE, in ms), which is
+what its other clients wait behind, free of the probe's own scheduling on a
+shared machine (the load average is printed with the results); then the ratios of the chunked windows' p99 to the idle p99,
 and of DUMP's blocking time to the chunked copy's p99. The goal (issue 13):
 the chunked copy keeps the source's p99 under 10 ms. Reported, not enforced:
 every number is measured in this run on this machine (which the servers, the
@@ -92,6 +95,18 @@ class Probe:
                       "p99_ms": round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 3), "max_ms": round(ms[-1], 3)}
 
 
+def command_times(client: redis.Redis, commands: tuple[str, ...]) -> dict[str, float]:
+    """The source's p99 and p100 time of each command since CONFIG RESETSTAT, in ms."""
+    stats = client.info("latencystats")
+    times: dict[str, float] = {}
+    for command in commands:
+        percentiles = stats.get(f"latency_percentiles_usec_{command}")
+        if isinstance(percentiles, dict):
+            times[f"{command}_p99_ms"] = round(float(percentiles.get("p99", 0)) / 1000, 3)
+            times[f"{command}_max_ms"] = round(float(percentiles.get("p100", 0)) / 1000, 3)
+    return times
+
+
 def load(client: redis.Redis, members: int, string_mb: int) -> None:
     for start in range(0, members, LOAD_BATCH):
         client.zadd("big:zset", {b"member:%d" % i: i * 0.5 for i in range(start, min(start + LOAD_BATCH, members))})
@@ -118,16 +133,19 @@ def main() -> int:
         target = start_server(engine, workdir / "target")
         servers.append(target)
         src = source.client()
+        src.config_set("latency-tracking-info-percentiles", "50 99 100")   # the bench's own server
         load(src, args.members, args.string_mb)
         windows: dict[str, dict[str, float]] = {}
         with Probe(source.port) as idle:
             time.sleep(2.0)
         windows["idle"] = idle.stats
+        src.config_resetstat()
         with Probe(source.port) as dumping:
             began = time.perf_counter()
             payload_bytes = len(src.dump("big:zset"))
             dump_seconds = time.perf_counter() - began
-        windows["dump-zset"] = {**dumping.stats, "seconds": round(dump_seconds, 3), "payload_bytes": payload_bytes}
+        windows["dump-zset"] = {**dumping.stats, "seconds": round(dump_seconds, 3), "payload_bytes": payload_bytes,
+                                **command_times(src, ("dump",))}
         options = ClientOptions(timeout=60.0, reconnect_seconds=0)
         source_client = ClusterClient(ConnectionSpec("127.0.0.1", source.port), role="source", error=SourceError,
                                       options=options)
@@ -136,6 +154,7 @@ def main() -> int:
         copier = ChunkedCopier(source_client, target_client, worker="bench")
         exact = True
         for key in ("big:zset", "big:string"):
+            src.config_resetstat()
             with Probe(source.port) as copying:
                 began = time.perf_counter()
                 outcome = copier.copy(0, key.encode())
@@ -145,7 +164,8 @@ def main() -> int:
                 dst.zcard(key) == src.zcard(key) if key == "big:zset" else dst.strlen(key) == src.strlen(key))
             exact = exact and same
             windows[f"chunked-{key.split(':')[1]}"] = {**copying.stats, "seconds": round(seconds, 3),
-                                                        "pieces": outcome.pieces, "exact": same}
+                                                        "pieces": outcome.pieces, "exact": same,
+                                                        **command_times(src, ("zscan", "getrange"))}
         source_client.close()
         target_client.close()
     finally:
@@ -154,19 +174,22 @@ def main() -> int:
               for name in ("chunked-zset", "chunked-string")}
     ratios["dump_block_vs_chunked_zset_p99"] = round(
         windows["dump-zset"]["seconds"] * 1000 / max(windows["chunked-zset"]["p99_ms"], 1e-6), 1)
+    if "zscan_max_ms" in windows["chunked-zset"] and "dump_max_ms" in windows["dump-zset"]:
+        ratios["dump_vs_longest_zscan_piece"] = round(
+            windows["dump-zset"]["dump_max_ms"] / max(windows["chunked-zset"]["zscan_max_ms"], 1e-6), 1)
     if args.json:
         print(json.dumps({"cpus": os.cpu_count(), "engine": args.engine, "members": args.members,
                           "string_mb": args.string_mb, "windows": windows, "ratios": ratios}))
     else:
-        print(f"engine {args.engine}, {os.cpu_count()} CPUs, sorted set of {args.members:,} members, "
-              f"string of {args.string_mb} MiB")
+        print(f"engine {args.engine}, {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}), sorted set "
+              f"of {args.members:,} members, string of {args.string_mb} MiB")
         for name, stats in windows.items():
             print(f"{name:15s} " + " ".join(f"{field}={value}" for field, value in stats.items()))
         for name, value in ratios.items():
             print(f"{name} = {value}")
         for name in ("chunked-zset", "chunked-string"):
             verdict = "met" if windows[name]["p99_ms"] < GOAL_P99_MS else "NOT met"
-            print(f"goal p99 < {GOAL_P99_MS:g} ms during {name}: {verdict}")
+            print(f"goal probe p99 < {GOAL_P99_MS:g} ms during {name}: {verdict}")
     return 0 if exact else 1
 
 
