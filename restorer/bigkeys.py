@@ -154,24 +154,24 @@ class ChunkedCopier:
                         "zset": self._zset_pieces, "hash": self._hash_pieces, "stream": self._stream_pieces}
 
     def copy(self, db: int, key: bytes, size: int = 0) -> BigKeyCopy:
-        kind = self._read(db, key, "TYPE", key)
-        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
-        if kind == "none":
-            return BigKeyCopy(GONE, bytes=size)
-        pieces = self._pieces.get(kind, self._module_pieces)
-        pttl = self._read(db, key, "PTTL", key)
-        if pttl == -2:
-            return BigKeyCopy(GONE, kind, bytes=size)
-        expiry = time.time_ns() // 1_000_000 + pttl if self.preserve_ttl and pttl >= 0 else 0
+        """One key (``size``: its MEMORY USAGE, for the counters): COPIED, GONE, CONFLICT or FAILED.
+        A refused read or write is FAILED, its temporary key deleted; a side that cannot be
+        reached raises (``EndpointError``)."""
         tmp = big_tmp_key(key, self.worker)
-        destination, conflict = self._destination(db, key, tmp, kind)
-        if conflict is not None:
-            return BigKeyCopy(CONFLICT, kind, conflict, bytes=size)
-        count = 0
+        kind, count = "unknown", 0
         try:
+            kind = self._read(db, key, "TYPE", key)
+            kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+            pttl = self._read(db, key, "PTTL", key)
+            if kind == "none" or pttl == -2:
+                return BigKeyCopy(GONE, kind, bytes=size)
+            expiry = time.time_ns() // 1_000_000 + pttl if self.preserve_ttl and pttl >= 0 else 0
+            destination, conflict = self._destination(db, key, tmp, kind)
+            if conflict is not None:
+                return BigKeyCopy(CONFLICT, kind, conflict, bytes=size)
             if destination == tmp:
                 self._write(db, tmp, [pack("DEL", tmp)])
-            for writes in pieces(db, key, destination):
+            for writes in self._pieces.get(kind, self._module_pieces)(db, key, destination):
                 guard = [pack("PEXPIRE", tmp, TMP_TTL_MS)] if destination == tmp else []
                 self._write(db, destination, [*writes, *guard])
                 count += 1
@@ -179,8 +179,7 @@ class ChunkedCopier:
                 return BigKeyCopy(COPIED, kind, pieces=count, bytes=size)   # merged in place
             return self._put_in_place(db, key, tmp, kind, expiry, count, size)
         except _Failed as failed:
-            if destination == tmp:
-                self._write(db, tmp, [pack("DEL", tmp)], check=False)
+            self._write(db, tmp, [pack("DEL", tmp)], check=False)
             return BigKeyCopy(FAILED, kind, str(failed), count, size)
 
     # -- the policy --------------------------------------------------------------
