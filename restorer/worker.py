@@ -55,7 +55,7 @@ from typing import Any, Protocol
 from opentelemetry import metrics, propagate, trace
 
 from eve.core.endpoints import ConnectionSpec
-from eve.core.errors import EndpointError, Side, TargetError
+from eve.core.errors import EndpointError, Side, TargetError, who_failed
 from eve.core.frames import (
     COORDINATOR,
     Batch,
@@ -385,10 +385,11 @@ def run_restorer(options: RestorerOptions, batches: _Queue, results: _Queue, *,
             except ServerRestarted as exc:
                 return _restarted(log, results, worker, exc, f"batch node={frame.header.node} db={frame.header.db} "
                                                              f"seq={frame.header.seq} not applied")
-            except EndpointError as exc:  # a target (or mirror target) lost for reconnect_seconds
+            except EndpointError as exc:  # a target, a mirror target or the source (big keys) lost
                 log.error("%s (batch node=%s db=%d seq=%d not applied)", exc, frame.header.node,
                           frame.header.db, frame.header.seq)
-                results.put(encode(Failed(worker, Side.TARGET, str(exc))))
+                side = Side.SOURCE if who_failed(exc) is Side.SOURCE else Side.TARGET
+                results.put(encode(Failed(worker, side, str(exc))))
                 return False
             results.put(encode(result))
             batches_done += 1
