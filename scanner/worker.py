@@ -446,6 +446,7 @@ class _Scanner:
         self.scan_tail = tuple(scan_tail)
         self.keys = self.skipped = self.bytes = self.batch_count = self.backoffs = 0
         self.big_key_threshold = options.big_key_threshold_bytes
+        self._next_scan: tuple[int, int, Any] | None = None   # (db, cursor, its SCAN reply), read ahead
 
     # -- the loop ------------------------------------------------------------------
 
@@ -536,27 +537,35 @@ class _Scanner:
     def _step(self, db: int, cursor: int) -> tuple[int, int, list[Row], list[tuple[bytes, int]], int, int]:
         """``(cursor_after, scanned, rows, big_keys, skipped, payload_bytes)`` of one SCAN call."""
         self.conn.select(db)
-        reply = self.conn.pipeline(pack("SCAN", cursor, *self.scan_tail), 1)[0]
+        reply, self._next_scan = (self._next_scan[2] if self._next_scan and self._next_scan[:2] == (db, cursor)
+                                  else self.conn.pipeline(pack("SCAN", cursor, *self.scan_tail), 1)[0]), None
         if isinstance(reply, ReplyError):
             self._raise_for(reply, f"SCAN {cursor}")
-        keys = reply[1]
+        keys, after = reply[1], int(reply[0])
         if not keys:
-            return int(reply[0]), 0, [], [], 0, 0
+            return after, 0, [], [], 0, 0
         big: list[tuple[bytes, int]] = []
         if self.big_key_threshold:
-            keys, big = self._sort_out_big_keys(keys)
+            keys, big = self._sort_out_big_keys(db, keys, after)
         rows, skipped, nbytes = self._read(db, keys) if keys else ([], 0, 0)
-        return int(reply[0]), len(keys) + len(big), rows, big, skipped, nbytes
+        return after, len(keys) + len(big), rows, big, skipped, nbytes
 
-    def _sort_out_big_keys(self, keys: list[bytes]) -> tuple[list[bytes], list[tuple[bytes, int]]]:
+    def _sort_out_big_keys(self, db: int, keys: list[bytes], after: int) -> tuple[list[bytes], list[tuple[bytes, int]]]:
         """``(keys to DUMP, [(big key, bytes)])`` by ``MEMORY USAGE`` (ScannerOptions docstring).
-        A key MEMORY USAGE does not find (nil: gone since SCAN) is left to DUMP to skip."""
+        A key MEMORY USAGE does not find (nil: gone since SCAN) is left to DUMP to skip. The
+        next step's SCAN (from ``after``) rides in the first round trip, so that telling big
+        keys apart costs no round trip of its own: a step still takes two, as without it."""
         small: list[bytes] = []
         big: list[tuple[bytes, int]] = []
         step = self.pipeline_size
         for start in range(0, len(keys), step):
             chunk = keys[start:start + step]
-            replies = self.conn.pipeline(b"".join([_MEMORY_USAGE % (len(key), key) for key in chunk]), len(chunk))
+            packed = b"".join([_MEMORY_USAGE % (len(key), key) for key in chunk])
+            prefetch = start == 0 and after != 0
+            replies = self.conn.pipeline(packed + pack("SCAN", after, *self.scan_tail) if prefetch else packed,
+                                         len(chunk) + prefetch)
+            if prefetch:
+                self._next_scan = (db, after, replies.pop())
             refused = next((reply for reply in replies if isinstance(reply, ReplyError)), None)
             if refused is not None:
                 if classify(str(refused))[0] == TRANSIENT:
