@@ -36,6 +36,10 @@ class RestorerOptions:
     mirrors: tuple[tuple[ConnectionSpec, bool], ...] = ()   # (spec, is_cluster) of each mirror target
     conflict: ConflictPolicy = ConflictPolicy.REPLACE
     preserve_ttl: bool = True
+    # The source: big keys are read from it in chunks (restorer.bigkeys); None: none can be copied,
+    # and big keys become error keys.
+    source: ConnectionSpec | None = None
+    source_cluster: bool = False
     max_attempts: int = DEFAULT_MAX_ATTEMPTS   # per key, for transient errors (OOM, LOADING, BUSY, TRYAGAIN, timeouts)
     retry_delay: float = DEFAULT_RETRY_DELAY   # first backoff between attempts, doubled each time
     timeout: float = DEFAULT_TIMEOUT           # socket timeout of every target connection

@@ -33,12 +33,12 @@ the target) is a conflict too.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from eve.core.enums import ConflictPolicy
+from eve.redis.logical import MERGE_SCRIPT, MERGE_SHA, SAME_EXPIRY_TOLERANCE_MS
 from eve.redis.rdb import MERGEABLE_TYPES, payload_type
 from eve.redis.topology import key_slot
 from eve.redis.wire import ReplyError, pack
@@ -67,63 +67,7 @@ Send = Callable[[bytes, int], list[Any]]
 # A crash between restoring the temporary key and the merge (or the comparison) must
 # not leave it behind for good: it expires by itself.
 MERGE_TMP_TTL_MS = 60_000
-# A row sent again carries an expiry computed again from PTTL (a few ms apart from the first);
-# the target key's expiry is the first one. Within this, the two are the same expiry.
-SAME_EXPIRY_TOLERANCE_MS = 1000
 
-# KEYS[1] = the target key, KEYS[2] = the temporary key holding the source value,
-# ARGV[1] = the source's absolute expiry in ms (0: none), used only when the
-# target key vanished since RESTORE said BUSYKEY.
-# Returns {1, "merged"}, {2, "restored"} or {0, conflict reason}.
-# Element-wise writes (not SUNIONSTORE/ZUNIONSTORE) keep the target key's TTL:
-# a *STORE command replaces the destination and drops its expiry.
-# Arguments go in slices so unpack() stays far below Lua's C stack limit.
-MERGE_SCRIPT = """
-local target_type = redis.call('TYPE', KEYS[1])['ok']
-local source_type = redis.call('TYPE', KEYS[2])['ok']
-if source_type == 'none' then
-  return {0, 'merge source vanished before the merge'}
-end
-if target_type == 'none' then
-  redis.call('RENAME', KEYS[2], KEYS[1])
-  local expiry = tonumber(ARGV[1])
-  if expiry > 0 then
-    redis.call('PEXPIREAT', KEYS[1], expiry)
-  else
-    redis.call('PERSIST', KEYS[1])
-  end
-  return {2, 'restored'}
-end
-if target_type ~= source_type then
-  redis.call('DEL', KEYS[2])
-  return {0, 'type differs (target ' .. target_type .. ', source ' .. source_type .. ')'}
-end
-local slice = 256
-local function write(command, args)
-  for first = 1, #args, slice do
-    redis.call(command, KEYS[1], unpack(args, first, math.min(first + slice - 1, #args)))
-  end
-end
-if source_type == 'hash' then
-  write('HSET', redis.call('HGETALL', KEYS[2]))
-elseif source_type == 'set' then
-  write('SADD', redis.call('SMEMBERS', KEYS[2]))
-elseif source_type == 'zset' then
-  local scored = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
-  local args = {}
-  for i = 1, #scored, 2 do
-    args[i] = scored[i + 1]
-    args[i + 1] = scored[i]
-  end
-  write('ZADD', args)
-else
-  redis.call('DEL', KEYS[2])
-  return {0, 'no merge semantics for ' .. source_type}
-end
-redis.call('DEL', KEYS[2])
-return {1, 'merged'}
-"""
-MERGE_SHA = hashlib.sha1(MERGE_SCRIPT.encode()).hexdigest().encode()
 
 _ASKING = pack("ASKING")
 _OK = b"OK"

@@ -34,6 +34,9 @@ run_ids, gives the batch no Result, and ends; the coordinator decides what to
 copy again (``eve.bulk.pipeline``). The run_ids the job wrote to come in the
 options, so a restorer started after the restart knows it too.
 
+A batch's big keys (``Batch.big``: the scanner did not DUMP them) are copied in
+chunks from the source (``restorer.bigkeys``), to the target and each mirror target.
+
 Rows whose absolute expiry has passed are skipped (``Result.skipped``), with or
 without TTL preservation: the key is gone from the source too. A cluster
 target has only db 0, so rows of another db become error keys there.
@@ -52,7 +55,7 @@ from typing import Any, Protocol
 from opentelemetry import metrics, propagate, trace
 
 from eve.core.endpoints import ConnectionSpec
-from eve.core.errors import EndpointError, Side, TargetError
+from eve.core.errors import EndpointError, Side, TargetError, who_failed
 from eve.core.frames import (
     COORDINATOR,
     Batch,
@@ -81,6 +84,7 @@ from eve.redis.cluster import (
 )
 from eve.redis.rdb import payload_type
 from eve.redis.wire import ReplyError
+from restorer.bigkeys import BigKeys
 from restorer.options import RestorerOptions
 from restorer.policies import CONFLICT, RESTORED, conflict_handling
 
@@ -255,6 +259,8 @@ class _Restorer:
         self.log = log
         self.target = _Target(options, options.target, options.target_cluster, "target", log)
         self.mirrors = [_Target(options, spec, cluster, "mirror target", log) for spec, cluster in options.mirrors]
+        self.big_keys = BigKeys(options.source, options.source_cluster, self.target.client.options,
+                                worker=options.worker, policy=options.conflict, preserve_ttl=options.preserve_ttl)
         self._attributes = {"eve.worker": options.worker, "eve.run_id": options.run_id}
         self._keys = meter.create_counter("eve.restorer.keys", unit="{key}", description="keys restored")
         self._bytes = meter.create_counter("eve.restorer.bytes", unit="By", description="DUMP payload bytes restored")
@@ -269,6 +275,7 @@ class _Restorer:
     def close(self) -> None:
         for target in (self.target, *self.mirrors):
             target.close()
+        self.big_keys.close()
 
     def apply(self, batch: Batch) -> Result:
         header = batch.header
@@ -291,6 +298,15 @@ class _Restorer:
             error_keys = list(out.errors)
             for mirror in self.mirrors:
                 error_keys += mirror.restore(header.db, live).errors
+            if batch.big:   # copied in chunks from the source, never DUMPed (restorer.bigkeys)
+                big = self.big_keys.copy(header.db, batch.big, self.target.client)
+                out.restored += big.restored
+                out.bytes += big.bytes
+                out.conflicts += big.conflicts
+                skipped += big.skipped
+                error_keys += big.errors
+                for mirror in self.mirrors:
+                    error_keys += self.big_keys.copy(header.db, batch.big, mirror.client).errors
             result = Result(header, self.options.worker, restored=out.restored, skipped=skipped,
                             conflicts=len(out.conflicts), failed=len(error_keys), bytes=out.bytes,
                             error_keys=error_keys, conflict_keys=out.conflicts)
@@ -369,10 +385,11 @@ def run_restorer(options: RestorerOptions, batches: _Queue, results: _Queue, *,
             except ServerRestarted as exc:
                 return _restarted(log, results, worker, exc, f"batch node={frame.header.node} db={frame.header.db} "
                                                              f"seq={frame.header.seq} not applied")
-            except EndpointError as exc:  # a target (or mirror target) lost for reconnect_seconds
+            except EndpointError as exc:  # a target, a mirror target or the source (big keys) lost
                 log.error("%s (batch node=%s db=%d seq=%d not applied)", exc, frame.header.node,
                           frame.header.db, frame.header.seq)
-                results.put(encode(Failed(worker, Side.TARGET, str(exc))))
+                side = Side.SOURCE if who_failed(exc) is Side.SOURCE else Side.TARGET
+                results.put(encode(Failed(worker, side, str(exc))))
                 return False
             results.put(encode(result))
             batches_done += 1

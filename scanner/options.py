@@ -20,12 +20,17 @@ __all__ = [
     "DEFAULT_MAX_PIPELINE",
     "DEFAULT_TIMEOUT",
     "DEFAULT_RECONNECT_SECONDS",
+    "DEFAULT_BIG_KEY_THRESHOLD_BYTES",
 ]
 
 DEFAULT_COUNT = 1000
 DEFAULT_MAX_PIPELINE = 1000
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_RECONNECT_SECONDS = 30.0
+# A key above this (MEMORY USAGE) is copied in chunks, never DUMPed: DUMP serializes a value in
+# one command, and a 16 MiB sorted set (~150,000 members) already holds the source for tens
+# of milliseconds (bench/bigkeys.py measures it).
+DEFAULT_BIG_KEY_THRESHOLD_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,13 @@ class ScannerOptions:
       within it, the share never above ``max_source_share``. 0 turns it off
       (the fixed share applies).
 
+    ``big_key_threshold_bytes``: before DUMP, each key's ``MEMORY USAGE`` (``SAMPLES 5``,
+    the server's default: a few elements sampled, cheap however big the key) is read in
+    the same round trips; a key above the threshold is sent in the batch's ``big`` list,
+    not DUMPed, and the restorer copies it in chunks (``restorer.bigkeys``). 0 turns
+    the check off (every key is DUMPed). A source that refuses ``MEMORY USAGE``
+    (an ACL, a managed service) turns it off too, with a warning.
+
     ``server_run_id`` is the source node's ``run_id`` when the job planned the
     scan: a connection that finds another one (the source restarted: its SCAN
     cursors mean nothing now, and a non-persistent one lost its keys) ends the
@@ -90,6 +102,7 @@ class ScannerOptions:
     reconnect_seconds: float = DEFAULT_RECONNECT_SECONDS  # keep retrying a lost source this long
     max_source_share: float = 1.0     # share of wall time spent in DUMP/PTTL round trips; see the docstring
     latency_budget_ms: float = 0      # 0 = off; see the class docstring
+    big_key_threshold_bytes: int = DEFAULT_BIG_KEY_THRESHOLD_BYTES  # 0 = off; see the class docstring
     server_run_id: str | None = None  # the node's run_id when planned; None: learned on first contact
     log_level: int = logging.INFO     # the coordinator's level, passed down (spawned processes inherit none)
 
@@ -114,7 +127,7 @@ class ScannerOptions:
         if not 0 < self.max_source_share <= 1:
             raise ConfigError(f"must be in (0, 1], got {self.max_source_share}", field="max_source_share")
         for name in ("max_keys_per_second", "max_bytes_per_second", "backoff_latency_ms", "latency_budget_ms",
-                     "reconnect_seconds"):
+                     "reconnect_seconds", "big_key_threshold_bytes"):
             if not getattr(self, name) >= 0:  # NaN too
                 raise ConfigError(f"must be 0 or more, got {getattr(self, name)}", field=name)
         if not self.timeout > 0:

@@ -21,6 +21,11 @@ One step is ``SCAN cursor [MATCH m] COUNT n [TYPE t]`` followed by pipelined
   ones (``LOADING``, ``BUSY``, ``TRYAGAIN``, ``CLUSTERDOWN``, ``MASTERDOWN``, ...;
   the one set every part of Eve retries) redo the step.
 
+Big keys: with ``big_key_threshold_bytes`` set (the default), the step's keys go through
+pipelined ``MEMORY USAGE`` first; a key above the threshold is never DUMPed (DUMP of a
+2,000,000-member sorted set holds the source for a long time) but sent in the batch's
+``big`` list, for the restorer to copy in chunks (``restorer.bigkeys``).
+
 Frames: one BATCH per SCAN reply, ``seq`` counting from 0 per database within
 this epoch (also when resuming from a start cursor). An empty SCAN reply whose
 cursor is not 0 is folded into the next batch; the last batch of a database
@@ -133,6 +138,7 @@ CLIENT_NAME = "eve-scanner"
 _DUMP_PTTL = b"*2\r\n$4\r\nDUMP\r\n$%d\r\n%s\r\n*2\r\n$4\r\nPTTL\r\n$%d\r\n%s\r\n"
 _DUMP = b"*2\r\n$4\r\nDUMP\r\n$%d\r\n%s\r\n"
 _TIME = pack("TIME")
+_MEMORY_USAGE = b"*3\r\n$6\r\nMEMORY\r\n$5\r\nUSAGE\r\n$%d\r\n%s\r\n"
 
 
 class StopEvent(Protocol):
@@ -439,6 +445,8 @@ class _Scanner:
             scan_tail += ["TYPE", options.type]
         self.scan_tail = tuple(scan_tail)
         self.keys = self.skipped = self.bytes = self.batch_count = self.backoffs = 0
+        self.big_key_threshold = options.big_key_threshold_bytes
+        self._next_scan: tuple[int, int, Any] | None = None   # (db, cursor, its SCAN reply), read ahead
 
     # -- the loop ------------------------------------------------------------------
 
@@ -491,11 +499,11 @@ class _Scanner:
                 raise _Stopped(f"db={db} cursor={cursor}")
             if span_start is None:
                 span_start = time.time_ns()
-            cursor, scanned, rows, batch_skipped, nbytes = self._retrying(self._step, db, cursor)
+            cursor, scanned, rows, big, batch_skipped, nbytes = self._retrying(self._step, db, cursor)
             if scanned == 0 and cursor != 0:
                 continue  # an empty reply: fold it into the next batch
             span = self.tracer.start_span("scan batch", start_time=span_start, attributes={
-                "node": options.node, "db": db, "keys": len(rows), "bytes": nbytes,
+                "node": options.node, "db": db, "keys": len(rows), "big_keys": len(big), "bytes": nbytes,
                 # OpenTelemetry attributes are int64; a SCAN cursor is unsigned 64-bit.
                 "cursor": cursor if cursor < 1 << 63 else str(cursor),
                 "skipped": batch_skipped, "seq": seq, "epoch": options.epoch})
@@ -503,18 +511,18 @@ class _Scanner:
             inject(carrier, context=trace.set_span_in_context(span))
             header = BatchHeader(options.run_id, options.node, db, options.epoch, seq, cursor,
                                  cursor == 0, scanned, batch_skipped, carrier)
-            frame = encode(Batch(header, rows))
+            frame = encode(Batch(header, rows, big))
             span.end()
             self.batches.put(frame)  # blocks while the queue is full: backpressure
             seq += 1
             span_start = None
-            keys += len(rows)
+            keys += len(rows) + len(big)
             skipped += batch_skipped
-            self.keys += len(rows)
+            self.keys += len(rows) + len(big)
             self.skipped += batch_skipped
             self.bytes += nbytes
             self.batch_count += 1
-            self.keys_counter.add(len(rows), attributes)
+            self.keys_counter.add(len(rows) + len(big), attributes)
             self.bytes_counter.add(nbytes, attributes)
             if batch_skipped:
                 self.skipped_counter.add(batch_skipped, attributes)
@@ -526,17 +534,53 @@ class _Scanner:
 
     # -- one step: SCAN, then DUMP/PTTL of its keys --------------------------------
 
-    def _step(self, db: int, cursor: int) -> tuple[int, int, list[Row], int, int]:
-        """``(cursor_after, scanned, rows, skipped, payload_bytes)`` of one SCAN call."""
+    def _step(self, db: int, cursor: int) -> tuple[int, int, list[Row], list[tuple[bytes, int]], int, int]:
+        """``(cursor_after, scanned, rows, big_keys, skipped, payload_bytes)`` of one SCAN call."""
         self.conn.select(db)
-        reply = self.conn.pipeline(pack("SCAN", cursor, *self.scan_tail), 1)[0]
+        reply, self._next_scan = (self._next_scan[2] if self._next_scan and self._next_scan[:2] == (db, cursor)
+                                  else self.conn.pipeline(pack("SCAN", cursor, *self.scan_tail), 1)[0]), None
         if isinstance(reply, ReplyError):
             self._raise_for(reply, f"SCAN {cursor}")
-        keys = reply[1]
+        keys, after = reply[1], int(reply[0])
         if not keys:
-            return int(reply[0]), 0, [], 0, 0
-        rows, skipped, nbytes = self._read(db, keys)
-        return int(reply[0]), len(keys), rows, skipped, nbytes
+            return after, 0, [], [], 0, 0
+        big: list[tuple[bytes, int]] = []
+        if self.big_key_threshold:
+            keys, big = self._sort_out_big_keys(db, keys, after)
+        rows, skipped, nbytes = self._read(db, keys) if keys else ([], 0, 0)
+        return after, len(keys) + len(big), rows, big, skipped, nbytes
+
+    def _sort_out_big_keys(self, db: int, keys: list[bytes], after: int) -> tuple[list[bytes], list[tuple[bytes, int]]]:
+        """``(keys to DUMP, [(big key, bytes)])`` by ``MEMORY USAGE`` (ScannerOptions docstring).
+        A key MEMORY USAGE does not find (nil: gone since SCAN) is left to DUMP to skip. The
+        next step's SCAN (from ``after``) rides in the first round trip, so that telling big
+        keys apart costs no round trip of its own: a step still takes two, as without it."""
+        small: list[bytes] = []
+        big: list[tuple[bytes, int]] = []
+        step = self.pipeline_size
+        for start in range(0, len(keys), step):
+            chunk = keys[start:start + step]
+            packed = b"".join([_MEMORY_USAGE % (len(key), key) for key in chunk])
+            prefetch = start == 0 and after != 0
+            replies = self.conn.pipeline(packed + pack("SCAN", after, *self.scan_tail) if prefetch else packed,
+                                         len(chunk) + prefetch)
+            if prefetch:
+                self._next_scan = (db, after, replies.pop())
+            refused = next((reply for reply in replies if isinstance(reply, ReplyError)), None)
+            if refused is not None:
+                if classify(str(refused))[0] == TRANSIENT:
+                    raise _Transient(f"{self.address} answered MEMORY USAGE with: {refused}")
+                self.log.warning("the source refuses MEMORY USAGE (%s): big keys are not told apart, every key is "
+                                 "DUMPed whole", refused)
+                self.big_key_threshold = 0
+                return keys, []
+            threshold = self.big_key_threshold
+            for key, usage in zip(chunk, replies):
+                if usage is not None and usage > threshold:
+                    big.append((key, usage))
+                else:
+                    small.append(key)
+        return (keys if not big else small), big
 
     def _read(self, db: int, keys: list[bytes]) -> tuple[list[Row], int, int]:
         preserve_ttl = self.options.preserve_ttl

@@ -82,3 +82,85 @@ def assert_same(source: redis.Redis, target: redis.Redis, *, ttl_tolerance_ms: i
             assert abs(source_ttl - target_ttl) <= ttl_tolerance_ms, \
                 f"TTL of {key!r}: source {source_ttl} ms, target {target_ttl} ms"
     return len(wanted)
+
+
+def fill_stream_with_groups(client: redis.Redis, key: str | bytes, entries: int = 30) -> None:
+    """A stream with two consumer groups: one with consumers and pending entries (delivered
+    once, then some claimed again to raise their delivery counts, one acknowledged, one whose
+    entry was deleted afterwards), one never read; plus a consumer with nothing pending."""
+    for i in range(1, entries + 1):
+        client.xadd(key, {"n": str(i), "b": b"\xff\x00"}, id=f"{i}-1")
+    client.xgroup_create(key, "workers", id="0")
+    client.xgroup_create(key, "idle-group", id="5-1")
+    client.xreadgroup("workers", "alice", {key: ">"}, count=6)
+    client.xreadgroup("workers", "bob", {key: ">"}, count=4)
+    client.xgroup_createconsumer(key, "workers", "carol")
+    client.xack(key, "workers", "2-1")
+    client.xclaim(key, "workers", "bob", 0, ["3-1"])          # delivery count 2, owner bob
+    client.xclaim(key, "workers", "bob", 0, ["3-1"])          # 3
+    client.xdel(key, f"{entries}-1")                          # the last id stays used up
+
+
+def groups_of(client: redis.Redis, key: str | bytes) -> list[tuple[Any, ...]]:
+    """A stream's consumer groups as a logical copy keeps them: name, last delivered id,
+    entries read, consumers, and pending entries with owner, delivery time and count
+    (not seen-time/active-time, which no command can set)."""
+    info = client.execute_command("XINFO", "STREAM", key, "FULL", "COUNT", 0)
+    groups = []
+    for group in info[b"groups"] if isinstance(info, dict) else []:
+        groups.append((group[b"name"], group[b"last-delivered-id"], group[b"entries-read"],
+                       sorted(consumer[b"name"] for consumer in group[b"consumers"]),
+                       [tuple(entry) for entry in group[b"pending"]]))
+    return sorted(groups)
+
+
+def fill_field_ttls(client: redis.Redis, key: str | bytes, fields: int = 50) -> None:
+    """A hash (Redis 7.4+ / Valkey 9) whose fields have TTLs of their own, a few sharing one
+    expiry time, binary names, and some fields without a TTL."""
+    client.hset(key, mapping={f"f{i}".encode() + b"\xff": f"v{i}" for i in range(fields)})
+    client.hset(key, "plain", "no ttl")
+    for i in range(0, fields, 2):
+        client.execute_command("HPEXPIRE", key, 3_600_000 + 1000 * (i // 6), "FIELDS", 1, f"f{i}".encode() + b"\xff")
+
+
+def field_ttls_of(client: redis.Redis, key: str | bytes) -> dict[bytes, int]:
+    """field -> absolute expiry in ms (-1: none) of every field of a hash."""
+    fields = client.hkeys(key)
+    if not fields:
+        return {}
+    return dict(zip(fields, client.execute_command("HPEXPIRETIME", key, "FIELDS", len(fields), *fields)))
+
+
+BIG_KEY_TYPES = ("zset", "hash", "set", "list", "stream", "string")
+
+
+def fill_big_keys(client: redis.Redis, members: int = 5000, *, prefix: str = "big", string_bytes: int = 3 << 20,
+                  field_ttls: bool = False) -> list[bytes]:
+    """One key of each type with ``members`` elements (binary members and values, a TTL on
+    each, float scores, a stream with a consumer group and pending entries) and a
+    ``string_bytes`` binary string; ``field_ttls``: some hash fields with TTLs of their own
+    (Redis 7.4+ / Valkey 9). Returns the keys, in BIG_KEY_TYPES order."""
+    rng = random.Random(11)
+    keys = [f"{prefix}:{kind}".encode() + b"\xff" for kind in BIG_KEY_TYPES]
+    zset, hash_, set_, list_, stream, string = keys
+    pipe = client.pipeline(transaction=False)
+    for start in range(0, members, 1000):
+        part = range(start, min(start + 1000, members))
+        pipe.zadd(zset, {b"m\x00%d" % i: rng.random() * 1e6 - 5e5 for i in part})
+        pipe.hset(hash_, mapping={b"f\xfe%d" % i: rng.randbytes(12) for i in part})
+        pipe.sadd(set_, *[b"s\x01%d" % i for i in part])
+        pipe.rpush(list_, *[rng.randbytes(8) for _ in part])
+        for i in part:
+            pipe.xadd(stream, {"i": str(i), "b": rng.randbytes(6)})
+        pipe.execute()
+    pipe.set(string, rng.randbytes(string_bytes))
+    for number, key in enumerate(keys):
+        pipe.pexpire(key, 3_600_000 + number * 60_000)
+    pipe.execute()
+    client.xgroup_create(stream, "readers", id="0")
+    client.xreadgroup("readers", "r1", {stream: ">"}, count=150)
+    client.xack(stream, "readers", *[entry_id for entry_id, _ in client.xrange(stream, count=10)])
+    if field_ttls:
+        fields = client.hkeys(hash_)[: members // 10]
+        client.execute_command("HPEXPIRE", hash_, 1_800_000, "FIELDS", len(fields), *fields)
+    return keys

@@ -44,6 +44,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from eve.bulk.functions import copy_functions
 from eve.core import frames
 from eve.core.endpoints import ConnectionSpec
 from eve.core.enums import ConflictPolicy
@@ -53,7 +54,9 @@ from eve.redis.cluster import ClientOptions, ClusterClient, ServerRestarted, Ser
 from eve.redis.wire import ReplyError, pack
 from restorer import RestorerOptions
 from restorer import main as restorer_main
+from restorer.bigkeys import remove_temporary_keys
 from scanner import ScannerOptions
+from scanner.options import DEFAULT_BIG_KEY_THRESHOLD_BYTES
 from scanner import main as scanner_main
 
 __all__ = ["BulkOptions", "BulkCopy", "CopyStopped", "Progress", "SourcePlan", "DEFAULT_RESTORERS",
@@ -99,6 +102,7 @@ class BulkOptions:
     reconnect_seconds: float = 30.0
     max_restarts: int = DEFAULT_MAX_RESTARTS
     max_side_restarts: int = DEFAULT_MAX_SIDE_RESTARTS
+    big_key_threshold_bytes: int = DEFAULT_BIG_KEY_THRESHOLD_BYTES  # 0: every key DUMPed (scanner.options)
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,9 @@ class _SideRestarted(Exception):
 class BulkCopy:
     """Copies every key of the source to the target (and mirrors), resumably.
 
+    Function libraries, which are not keys, are copied first, on every run and resume
+    (``eve.bulk.functions``; what it did is ``self.functions``).
+
     ``run()`` returns the final Progress, or raises SourceError / TargetError when
     a side stays unavailable, StateError when the job was stopped by ``stop_event``.
     """
@@ -219,6 +226,7 @@ class BulkCopy:
         with _side(options.source, "source", SourceError) as source:
             source.connect()
             run_ids = source.identify()
+            self._source_cluster = bool(source.cluster)
             if source.cluster:
                 if options.dbs and set(options.dbs) != {0}:
                     raise StateError(f"the source {options.source.address} is a cluster, which has only db 0")
@@ -258,7 +266,11 @@ class BulkCopy:
     def run(self, stop_event: threading.Event | None = None) -> Progress:
         if not hasattr(self, "_plans"):
             self.prepare()
+        # The job ran before (its run_ids were saved): a chunked copy it left may have left a temporary key.
+        self._resumed = self.store.report(self.options.run_id, RUN_IDS_REPORT) is not None
         self._check_since_last_run()
+        self.functions = copy_functions(self.options.source, (self.options.target, *self.options.mirrors),
+                                        self.options.conflict)
         committed = self.store.counters(self.options.run_id)
         self.progress.add(committed)
         while True:
@@ -371,14 +383,17 @@ class BulkCopy:
                 max_bytes_per_second=options.max_bytes_per_second, max_pipeline=options.max_pipeline,
                 backoff_latency_ms=options.backoff_latency_ms, latency_budget_ms=options.latency_budget_ms,
                 reconnect_seconds=options.reconnect_seconds, max_source_share=options.max_source_share,
-                server_run_id=plan.server_run_id, log_level=log_level))
+                server_run_id=plan.server_run_id, log_level=log_level,
+                big_key_threshold_bytes=options.big_key_threshold_bytes))
         if not streams:
             return
+        if self._resumed or self.epoch > 1:   # no restorer runs now: what a crashed one left is garbage
+            self._remove_temporary_keys()
         restorers = [RestorerOptions(
             run_id=options.run_id, worker=f"restorer-{i + 1}", target=options.target,
             target_cluster=target_cluster, mirrors=mirrors, conflict=options.conflict,
-            preserve_ttl=options.preserve_ttl, reconnect_seconds=options.reconnect_seconds,
-            max_pipeline=options.max_pipeline, log_level=log_level,
+            preserve_ttl=options.preserve_ttl, source=options.source, source_cluster=self._source_cluster,
+            reconnect_seconds=options.reconnect_seconds, max_pipeline=options.max_pipeline, log_level=log_level,
             server_run_ids=tuple(self._target_run_ids.items())) for i in range(max(1, options.restorers))]
 
         ctx = self._context
@@ -411,6 +426,13 @@ class BulkCopy:
             for q in (batches, results):
                 q.cancel_join_thread()
                 q.close()
+
+    def _remove_temporary_keys(self) -> None:
+        dbs = sorted({db for plan in self._plans for db in plan.dbs})
+        for spec, role in ((self.options.target, "target"),
+                           *((mirror, "mirror target") for mirror in self.options.mirrors)):
+            with _side(spec, role, TargetError) as side:
+                remove_temporary_keys(side, dbs)
 
     def _supervise(self, streams: dict[tuple[str, int], _Stream], workers: dict, restorer_names: list[str],
                    batches, results, stop_event: threading.Event | None) -> None:

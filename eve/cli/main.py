@@ -16,6 +16,7 @@ from eve.cli.exits import (
     read_token,
 )
 from eve.core.errors import EveError
+from scanner.options import DEFAULT_BIG_KEY_THRESHOLD_BYTES
 
 __all__ = ["main", "build_parser"]
 
@@ -61,7 +62,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         errors_out=args.errors_out, resume=args.resume, json=args.json, state=args.state,
         scan_count=args.scan_count, progress=not args.no_progress, source_share=args.source_share,
         backoff_latency_ms=args.backoff_latency_ms, latency_budget_ms=args.latency_budget_ms,
-        source_password_file=args.source_password_file,
+        big_key_bytes=args.big_key_bytes, source_password_file=args.source_password_file,
         target_password_file=args.target_password_file, dry_run=args.dry_run, force=args.force,
         metrics_port=args.metrics_port, command=tuple(args.argv)))
 
@@ -191,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="hold the source's command latency within MS of its idle pace: the scan slows "
                               "down when the source's clients wait longer and speeds up when they stop (up to "
                               "--source-share, which defaults to 1 with a budget)")
+    migrate.add_argument("--big-key-bytes", type=_positive, default=DEFAULT_BIG_KEY_THRESHOLD_BYTES, metavar="N",
+                         help="copy keys above N bytes (MEMORY USAGE) in chunks instead of one DUMP; 0 DUMPs every "
+                              "key whole (default %(default)s: 16 MiB)")
     migrate.add_argument("--scan-count", type=_positive, default=1000, metavar="N", help="SCAN COUNT (default 1000)")
     migrate.add_argument("--errors-out", metavar="FILE", help="write error keys to FILE (.jsonl or .csv)")
     migrate.add_argument("--resume", action="store_true", help="continue the unfinished job in --state")

@@ -50,6 +50,7 @@ from eve.core.errors import AuthError, ConfigError, Side, StateError
 from eve.core.store import RunRecord, Store
 from eve.prepare import preflight
 from eve.redis.rdb import CORE_TYPES, is_type_name
+from scanner.options import DEFAULT_BIG_KEY_THRESHOLD_BYTES
 
 __all__ = ["MigrateArgs", "run_migrate", "errors_command", "jobs_command"]
 
@@ -82,6 +83,7 @@ class MigrateArgs:
     source_share: float | None = None  # None: DEFAULT_SOURCE_SHARE
     backoff_latency_ms: float = 0.0
     latency_budget_ms: float = 0.0     # 0: off
+    big_key_bytes: int = DEFAULT_BIG_KEY_THRESHOLD_BYTES   # 0: every key DUMPed whole
     source_password_file: str | None = None
     target_password_file: str | None = None
     dry_run: bool = False
@@ -282,7 +284,7 @@ def run_migrate(args: MigrateArgs) -> int:
             restorers=args.restorers, scan_count=args.scan_count,
             max_keys_per_second=args.max_keys_per_sec, max_bytes_per_second=args.max_bytes_per_sec,
             max_source_share=_source_share(args), backoff_latency_ms=args.backoff_latency_ms,
-            latency_budget_ms=args.latency_budget_ms)
+            latency_budget_ms=args.latency_budget_ms, big_key_threshold_bytes=args.big_key_bytes)
         exporter = _metrics_exporter(args, run_id)  # before the job is recorded: a port in use leaves no job
         copy = BulkCopy(options, store)
         copy.prepare()  # unreachable servers fail here, before a job is recorded

@@ -1,7 +1,8 @@
 """Frames that scanners, restorers and the coordinator exchange over
 multiprocessing queues: msgpack maps with a format version and a kind.
 
-    BATCH   scanner -> restorers: a header and rows (key, absolute_expiry_ms_or_0, payload)
+    BATCH   scanner -> restorers: a header and rows (key, absolute_expiry_ms_or_0, payload), and the
+            big keys it found (key, bytes): not DUMPed, copied in chunks by the restorer (restorer.bigkeys)
     RESULT  restorer -> coordinator: what happened to one batch
     STOP    end of a stream (coordinator -> restorer, or a worker saying it finished)
     FAILED  a worker gives up; ``who`` says which side failed (a ``Side``: source, target, internal)
@@ -40,8 +41,8 @@ __all__ = [
 ]
 
 # 1: BATCH, RESULT, STOP, FAILED; 2: RESTARTED added (a process of version 1 would refuse it
-# as an unknown kind, mid-run: the version says so up front).
-FORMAT_VERSION = 2
+# as an unknown kind, mid-run: the version says so up front); 3: a BATCH carries big keys.
+FORMAT_VERSION = 3
 COORDINATOR = "coordinator"  # the worker name on the STOP frames the coordinator sends restorers
 BATCH, RESULT, STOP, FAILED, RESTARTED = "BATCH", "RESULT", "STOP", "FAILED", "RESTARTED"
 
@@ -64,6 +65,9 @@ class BatchHeader:
 class Batch:
     header: BatchHeader
     rows: list[tuple[bytes, int, bytes]]  # (key, absolute expiry in ms or 0, DUMP payload)
+    # (key, bytes by MEMORY USAGE) of the keys above the big-key threshold: never DUMPed, the
+    # restorer copies them in chunks and reads their TTL when it begins
+    big: list[tuple[bytes, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -152,7 +156,7 @@ def _unheader(raw: tuple[Any, ...]) -> BatchHeader:
 
 def encode(frame: Frame) -> bytes:
     if isinstance(frame, Batch):
-        body: Any = [_header(frame.header), frame.rows]
+        body: Any = [_header(frame.header), frame.rows, frame.big]
         kind = BATCH
     elif isinstance(frame, Result):
         kind = RESULT
@@ -181,8 +185,8 @@ def decode(data: bytes) -> Frame:
         raise FrameError(f"frame format version {version} is not {FORMAT_VERSION}: "
                          "scanner, restorer and coordinator must come from one Eve version")
     if kind == BATCH:
-        header, rows = body
-        return Batch(_unheader(header), list(rows))
+        header, rows, big = body
+        return Batch(_unheader(header), list(rows), list(big))
     if kind == RESULT:
         header, worker, restored, skipped, conflicts, failed, nbytes, errors, conflict_rows = body
         return Result(_unheader(header), worker, restored, skipped, conflicts, failed, nbytes,

@@ -24,6 +24,11 @@ so they win over the conflict policy (DESIGN.md 6.2). Expiry is absolute, comput
 from PTTL when it is read (DESIGN.md 4.3); a key whose expiry passed before it is
 written is deleted on the other sides rather than created.
 
+A dirty key above ``SyncOptions.big_key_threshold_bytes`` (``MEMORY USAGE`` on the
+authoritative side, one round trip per batch) is not DUMPed: it is copied in chunks
+into a temporary key and renamed into place (``restorer.bigkeys``), as the bulk copy
+does, so a big key written during the run is re-copied without holding either side.
+
 When a side refuses a payload (``eve.redis.cluster.payload_refused``:
 "DUMP payload version or checksum are wrong", "Bad data format"), the key is copied
 to it logically instead (``eve.redis.logical``): read on the authoritative side by one
@@ -33,8 +38,9 @@ engine (Valkey 9, Redis 8.2) to an older source (Redis 7.0, Valkey 8.1), whose
 RESTORE refuses every payload of the newer RDB format: a side that refused one for
 its version is remembered (per worker thread, while its connections last) and
 later batches go to it logically at once, without a RESTORE first. A key gone by
-the time of the logical read is deleted on that side. Stream consumer groups are
-not carried: the side's copy of such a stream has none (logged). A key of a module
+the time of the logical read is deleted on that side. Stream consumer groups and
+per-field hash TTLs are carried (``eve.redis.logical`` says what is not: logged); a
+side that cannot hold field TTLs fails the key. A key of a module
 type cannot be copied logically: its ``RecopyFailure`` says so.
 ``RecopyResult.logical`` counts the keys copied logically.
 
@@ -95,6 +101,8 @@ from eve.redis.cluster import (
 )
 from eve.redis.rdb import payload_type
 from eve.redis.wire import ReplyError, pack
+from restorer.bigkeys import COPIED, GONE, ChunkedCopier
+from scanner.options import DEFAULT_BIG_KEY_THRESHOLD_BYTES
 
 __all__ = ["DEFAULT_BATCH", "SIDES_CHECK_SECONDS", "DirtyKeySync", "RecopyFailure", "RecopyResult", "SyncOptions",
            "SyncStats"]
@@ -134,6 +142,8 @@ class SyncOptions:
     # (address, run_id) of the sides' servers as the caller wrote to them (the bulk copy's): one that
     # answers with another run_id restarted, and a full resync is flagged. Others are learned.
     server_run_ids: tuple[tuple[str, str], ...] = ()
+    # Keys above this (MEMORY USAGE) are copied in chunks, never DUMPed (restorer.bigkeys); 0: off.
+    big_key_threshold_bytes: int = DEFAULT_BIG_KEY_THRESHOLD_BYTES
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "server_run_ids", tuple((str(address), str(run_id))
@@ -225,6 +235,7 @@ class _Copier:
 
         self.authoritative = side(options.authoritative, "authoritative side")
         self.others = [side(spec, "copy target") for spec in options.others]
+        self.big_key_threshold = options.big_key_threshold_bytes
         # Addresses of the sides that refused a payload of the authoritative side for its RDB
         # version: they would refuse every one, so their keys are copied logically, no RESTORE first.
         self.logical_sides: set[str] = set()
@@ -255,10 +266,11 @@ class _Copier:
         logical: dict[ClusterClient, list[bytes]] = {}   # side -> keys to copy to it logically
         known = [side for side in self.others if side.address in self.logical_sides]
         restoring = [side for side in self.others if side not in known]
-        todo = keys
-        if restoring:   # else no DUMP: every side copies logically
-            rows = self._read_dumps(db, keys, batch)
-            todo = [key for key in keys if key in rows]
+        small = self._copy_big_keys(db, keys, batch) if self.big_key_threshold else keys
+        todo = small
+        if restoring and small:   # else no DUMP: every side copies logically (or every key was big)
+            rows = self._read_dumps(db, small, batch)
+            todo = [key for key in small if key in rows]
             for side in restoring:
                 if todo:
                     refused = self._restore(side, db, todo, rows, batch)
@@ -293,6 +305,31 @@ class _Copier:
                 rows[key] = (now_ms + pttl if isinstance(pttl, int) and pttl >= 0 and self.options.preserve_ttl
                              else 0, payload)
         return rows
+
+    # -- big keys ------------------------------------------------------------------
+
+    def _copy_big_keys(self, db: int, keys: list[bytes], batch: _Batch) -> list[bytes]:
+        """Copy the keys above ``big_key_threshold_bytes`` (MEMORY USAGE on the authoritative side)
+        in chunks to every other side (``restorer.bigkeys``), never DUMPed; returns the others."""
+        sizes = self.authoritative.run(db, keys, [(pack("MEMORY", "USAGE", key),) for key in keys])
+        refused = next((reply for _node, (reply,) in sizes if isinstance(reply, ReplyError)), None)
+        if refused is not None:
+            log.warning("sync: the authoritative side refuses MEMORY USAGE (%s): big keys are DUMPed whole", refused)
+            self.big_key_threshold = 0
+            return keys
+        big = {key: size for key, (_node, (size,)) in zip(keys, sizes)
+               if size is not None and size > self.big_key_threshold}
+        for key, size in big.items():
+            for side in self.others:
+                copied = ChunkedCopier(self.authoritative, side, worker=CLIENT_NAME,
+                                       preserve_ttl=self.options.preserve_ttl).copy(db, key, size)
+                if copied.status == GONE:   # gone on the authoritative side: deleted everywhere
+                    side.run(db, [key], [(_DEL % (len(key), key),)])
+                    batch.deleted.add(key)
+                elif copied.status != COPIED:
+                    batch.fail(side, side.node_for_key(key), key, f"chunked copy failed: {copied.reason}",
+                               type_name=copied.type)
+        return [key for key in keys if key not in big] if big else keys
 
     def _restore(self, side: ClusterClient, db: int, keys: list[bytes], rows: dict[bytes, tuple[int, bytes | None]],
                  batch: _Batch) -> list[bytes]:

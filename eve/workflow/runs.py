@@ -49,6 +49,7 @@ from eve.workflow.states import (
     check_transition,
 )
 from proxy.routing import TARGET
+from scanner.options import DEFAULT_BIG_KEY_THRESHOLD_BYTES
 
 __all__ = ["RunState", "TRANSITIONS", "TERMINAL", "Workflow"]
 
@@ -336,7 +337,8 @@ class Workflow:
             type=(filters.types or (None,))[0], conflict=setup.conflict_policy,
             preserve_ttl=setup.preserve_ttl, restorers=setup.restorers or self.restorers_default,
             max_keys_per_second=limits.max_keys_per_second, max_bytes_per_second=limits.max_bytes_per_second,
-            max_pipeline=limits.max_pipeline_depth or 1000)
+            max_pipeline=limits.max_pipeline_depth or 1000,
+            big_key_threshold_bytes=setup.big_key_threshold_bytes or DEFAULT_BIG_KEY_THRESHOLD_BYTES)
 
     def _copy(self, run_id: str) -> None:
         setup = self._setup(run_id)
