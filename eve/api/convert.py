@@ -211,7 +211,7 @@ def setup_to_proto(setup: RunSetup) -> workflows_pb2.RunSetup:
                                              max_pipeline_depth=setup.rate_limits.max_pipeline_depth),
         interlay=setup.interlay, scripts_deterministic=setup.scripts_deterministic,
         big_key_threshold_bytes=setup.big_key_threshold_bytes, restorers=setup.restorers,
-        keyspace_notifications=setup.keyspace_notifications)
+        keyspace_notifications=setup.keyspace_notifications, max_error_ratio=setup.max_error_ratio)
     out.rollback_window.SetInParent()
     out.rollback_window.FromNanoseconds(round(setup.rollback_window_seconds * 1e9))
     return out

@@ -23,6 +23,7 @@ import uuid
 from enum import Enum
 from typing import Any, Callable, Iterator, Mapping
 
+from eve.bulk.error_keys import copy_failure
 from eve.bulk.pipeline import (
     BulkCopy,
     BulkOptions,
@@ -333,7 +334,7 @@ class Workflow:
             mirrors=tuple(configs[m].write for m in setup.mirror_targets),
             dbs=filters.dbs or None, match=filters.key_pattern or None,
             type=(filters.types or (None,))[0], conflict=setup.conflict_policy,
-            preserve_ttl=setup.preserve_ttl, restorers=setup.restorers or self.restorers_default,
+            preserve_ttl=setup.preserve_ttl, mode=setup.mode, restorers=setup.restorers or self.restorers_default,
             max_keys_per_second=limits.max_keys_per_second, max_bytes_per_second=limits.max_bytes_per_second,
             max_pipeline=limits.max_pipeline_depth or 1000)
 
@@ -365,6 +366,10 @@ class Workflow:
             return
         self._progress[run_id] = progress
         self._event(run_id, "metrics", "bulk copy finished", _metrics_attributes(progress))
+        failure = copy_failure(self.store, run_id, progress, setup.max_error_ratio)
+        if failure:
+            self._fail(run_id, f"copy failed: {failure}")
+            return
         if live is not None:
             # The re-copy loop starts from the servers the copy wrote to: one that restarts
             # between the bulk copy and the loop's first contact is a restart too.
@@ -522,7 +527,8 @@ class Workflow:
         self._require(run_id, RunState.CUT_OVER, RunState.FAILED, doing="RetryErrorKeys")
         options = self._bulk_options(run_id, self._setup(run_id))
         outcome = retry_error_keys(self.store, run_id, options.source, options.target, conflict=options.conflict,
-                                   preserve_ttl=options.preserve_ttl, mirrors=options.mirrors, keys=keys)
+                                   preserve_ttl=options.preserve_ttl, mode=options.mode, mirrors=options.mirrors,
+                                   keys=keys)
         self._event(run_id, "error_key", f"retried {outcome['retried']} error keys: {outcome['succeeded']} "
                     f"succeeded, {outcome['still_failing']} still failing", outcome)
         return outcome
