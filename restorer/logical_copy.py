@@ -32,7 +32,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from eve.core.endpoints import ConnectionSpec
 from eve.core.errors import LogicalCopyError, SourceError
 from eve.redis.cluster import ClientOptions, ClusterClient, is_transient
 from eve.redis.logical import LogicalValue, check_write, pack_read, pack_write, parse_read
@@ -77,20 +76,28 @@ class Written:
 
 
 class SourceReader:
-    """The restorer's connection to the source, for logical reads only (module docstring)."""
+    """Logical reads on the source (module docstring), at most ``max_pipeline`` keys per round trip."""
 
-    def __init__(self, spec: ConnectionSpec, cluster: bool, options: RestorerOptions, log: Any) -> None:
-        self.options = options
-        self.client = ClusterClient(
-            spec, role="source", error=SourceError, cluster=cluster, log=log,
+    def __init__(self, client: ClusterClient, *, max_pipeline: int, preserve_ttl: bool) -> None:
+        self.client = client
+        self.max_pipeline = max_pipeline
+        self.preserve_ttl = preserve_ttl
+
+    @classmethod
+    def for_restorer(cls, options: RestorerOptions, log: Any) -> SourceReader:
+        """The restorer's own connection to ``options.source``, waiting and retrying like its targets'."""
+        assert options.source is not None
+        client = ClusterClient(
+            options.source, role="source", error=SourceError, cluster=options.source_cluster, log=log,
             options=ClientOptions(timeout=options.timeout, reconnect_seconds=options.reconnect_seconds,
                                   max_attempts=options.max_attempts, retry_delay=options.retry_delay,
                                   client_name=f"eve-{options.worker}-read"))
+        return cls(client, max_pipeline=options.max_pipeline, preserve_ttl=options.preserve_ttl)
 
     def read(self, db: int, keys: Sequence[bytes]) -> list[SourceRead]:
         """Each key's current value on the source, in order."""
         found: list[SourceRead] = []
-        step = self.options.max_pipeline
+        step = self.max_pipeline
         for start in range(0, len(keys), step):
             part = keys[start:start + step]
             replies = self.client.run(db, part, [(pack_read(key),) for key in part])
@@ -106,7 +113,7 @@ class SourceReader:
             return SourceRead(None, error=exc)
         if value is None:
             return SourceRead(None)
-        return SourceRead(value, value.expiry(now_ms) if self.options.preserve_ttl else 0)
+        return SourceRead(value, value.expiry(now_ms) if self.preserve_ttl else 0)
 
     def close(self) -> None:
         self.client.close()

@@ -380,7 +380,7 @@ class _Restorer:
         self.tracer = tracer
         self.log = log
         # One source connection for the logical copies of every target, opened on first use.
-        self.source = (SourceReader(options.source, options.source_cluster, options, log)
+        self.source = (SourceReader.for_restorer(options, log)
                        if options.source is not None and options.mode is not DataMovementMode.DUMP_RESTORE else None)
         self.target = _Target(options, options.target, options.target_cluster, "target", log, self.source)
         self.mirrors = [_Target(options, spec, cluster, "mirror target", log, self.source)

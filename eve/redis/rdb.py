@@ -51,6 +51,7 @@ __all__ = [
     "rdb_version_of",
     "relabel",
     "target_format",
+    "type_code_for",
 ]
 
 # RDB object type -> Redis type, from rdb.h of Redis 7.0 / 8.2 and Valkey 8.1 / 9.1.
@@ -192,9 +193,37 @@ class TargetFormat:
         """AS_IS, RELABEL or LOGICAL for one DUMP payload (module docstring)."""
         if len(payload) <= _TRAILER:
             return AS_IS   # not a payload: the server says what is wrong with it
-        if self.accepts_version(payload[-_TRAILER] | payload[-_TRAILER + 1] << 8):
+        return self.plan_for(payload[0], payload[-_TRAILER] | payload[-_TRAILER + 1] << 8)
+
+    def plan_for(self, code: int, rdb: int) -> str:
+        """AS_IS, RELABEL or LOGICAL for a payload of type ``code`` written at RDB ``rdb``."""
+        if self.accepts_version(rdb):
             return AS_IS
-        return RELABEL if self.knows_type(payload[0]) else LOGICAL
+        return RELABEL if self.knows_type(code) else LOGICAL
+
+
+# (TYPE, OBJECT ENCODING) -> the type code a DUMP of such a key carries (rdb.c rdbSaveObjectType).
+_ENCODED_CODES = {
+    ("list", "ziplist"): 14, ("list", "linkedlist"): 1,
+    ("set", "intset"): 11, ("set", "listpack"): 20, ("set", "hashtable"): 2,
+    ("zset", "listpack"): 17, ("zset", "ziplist"): 12, ("zset", "skiplist"): 5,
+    ("hash", "listpack"): 16, ("hash", "ziplist"): 13, ("hash", "hashtable"): 4,
+    ("hash", "listpackex"): 25,   # Redis 7.4+: a listpack hash with field TTLs
+}
+_PLAIN_CODES = {"list": 18, "set": 2, "zset": 5, "hash": 4}   # an encoding not listed above
+
+
+def type_code_for(kind: str, encoding: str, rdb: int) -> int:
+    """The type code a DUMP of a key of this TYPE and OBJECT ENCODING carries on a server of RDB
+    ``rdb``; 7 (module) for a type outside the core ones. (A hashtable hash with field TTLs
+    cannot be told from one without by its encoding: it counts as 4.)"""
+    if kind == "string":
+        return 0
+    if kind == "stream":
+        return 21 if rdb >= 11 else 19 if rdb == 10 else 15
+    if kind == "list" and encoding in ("quicklist", "listpack"):
+        return 18 if rdb >= 10 else 14
+    return _ENCODED_CODES.get((kind, encoding), _PLAIN_CODES.get(kind, 7))
 
 
 def target_format(info: dict[str, str]) -> TargetFormat:

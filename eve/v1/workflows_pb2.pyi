@@ -342,16 +342,20 @@ class GetTestRunRequest(_message.Message):
     def __init__(self, run: _Optional[str] = ...) -> None: ...
 
 class TypeResult(_message.Message):
-    __slots__ = ("type", "keys", "ok", "failed")
+    __slots__ = ("type", "keys", "ok", "failed", "transcoded", "logical")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
+    TRANSCODED_FIELD_NUMBER: _ClassVar[int]
+    LOGICAL_FIELD_NUMBER: _ClassVar[int]
     type: str
     keys: int
     ok: int
     failed: int
-    def __init__(self, type: _Optional[str] = ..., keys: _Optional[int] = ..., ok: _Optional[int] = ..., failed: _Optional[int] = ...) -> None: ...
+    transcoded: int
+    logical: int
+    def __init__(self, type: _Optional[str] = ..., keys: _Optional[int] = ..., ok: _Optional[int] = ..., failed: _Optional[int] = ..., transcoded: _Optional[int] = ..., logical: _Optional[int] = ...) -> None: ...
 
 class TestRunReport(_message.Message):
     __slots__ = ("results", "errors", "seconds", "estimated_seconds")

@@ -206,16 +206,24 @@ class Workflow:
             listeners = None
             if setup.interlay and self.interlays is not None and self.interlays.running(setup.interlay):
                 listeners = len(self.interlays.status(setup.interlay).ports)
-            self._event(run_id, "prepare", "compatibility checks started")
             # Until the checks finish, the run has no report: a Prepare that fails before
             # then must not leave an earlier (or an empty, "compatible") one standing.
             self.store.replace_issues(run_id, [])
             self.store.set_report(run_id, "compatibility", {"checked": False})
+            # The analysis comes first: the compatibility report says how many keys of each type
+            # will move as they are, transcoded or logically (KEY_MOVEMENT).
+            self._event(run_id, "prepare", "keyspace analysis started")
+            analysis = analyze(source)
+            self.store.set_report(run_id, "analysis", analysis.to_dict())
+            total = sum(db.keys for db in analysis.dbs)
+            self._event(run_id, "analysis", f"{total} keys in {len(analysis.dbs)} databases",
+                        {"keys": total, "big_keys": len(analysis.big_keys), "sampled": analysis.sampled})
+            self._event(run_id, "prepare", "compatibility checks started")
             found = check_compatibility(source, target, mirrors=mirrors, interlay_listeners=listeners,
                                         mode=setup.mode, conflict_policy=setup.conflict_policy,
                                         source_name=setup.source, target_name=setup.target,
                                         mirror_names=list(setup.mirror_targets), online=setup.online,
-                                        keyspace_notifications=setup.keyspace_notifications)
+                                        keyspace_notifications=setup.keyspace_notifications, analysis=analysis)
             issues = []
             for index, issue in enumerate(found, start=1):
                 issues.append({"id": f"{index}-{issue.code.lower()}", "code": issue.code, "blocking": issue.blocking,
@@ -225,14 +233,8 @@ class Workflow:
             for issue in issues:
                 self._event(run_id, "issue", issue["message"], {"id": issue["id"], "code": issue["code"],
                                                                 "blocking": issue["blocking"]})
-            self._event(run_id, "prepare", "keyspace analysis started")
-            analysis = analyze(source)
-            self.store.set_report(run_id, "analysis", analysis.to_dict())
-            total = sum(db.keys for db in analysis.dbs)
-            self._event(run_id, "analysis", f"{total} keys in {len(analysis.dbs)} databases",
-                        {"keys": total, "big_keys": len(analysis.big_keys), "sampled": analysis.sampled})
             self._event(run_id, "prepare", "test run started")
-            report = test_run(source, target, run_id=run_id, total_keys=total)
+            report = test_run(source, target, run_id=run_id, total_keys=total, mode=setup.mode)
             self.store.set_report(run_id, "testrun", _jsonable(dataclasses.asdict(report)))
             failed = sum(r.failed for r in report.results)
             self._event(run_id, "testrun", f"test run: {report.keys} keys, {failed} failed, "
