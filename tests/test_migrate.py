@@ -13,23 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
+from eve_process import migrate, summary
 from keyspace import assert_same, fill, keys_of
 from servers import free_port
 
 from eve.bulk import error_keys as export_mod
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
-
-
-def migrate(*args: str, state: Path, timeout: float = 120, verbose: bool = False) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "eve", *(["-v"] if verbose else []), "migrate", *args, "--state", str(state),
-           "--no-progress"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
-def summary(result: subprocess.CompletedProcess) -> dict:
-    assert result.stdout.strip(), f"no summary; stderr:\n{result.stderr}"
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def url(server, db: int | None = None) -> str:

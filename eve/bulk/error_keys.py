@@ -94,7 +94,7 @@ def copy_failure(store: Store, run_id: str, progress: Progress,
                    f"the allowed {max_error_ratio:.1%} (setup max_error_ratio)")
     else:
         return None
-    reasons = reason_summary(record.reason for record in store.error_keys(run_id, limit=10_000))
+    reasons = reason_summary((record.reason for record in store.error_keys(run_id, limit=10_000)), width=400)
     if reasons:
         reason, count = reasons[0]
         verdict += f"; most common reason ({count:,} keys): {reason}"
