@@ -165,6 +165,7 @@ class _Target:
         self.source = source
         self.format: TargetFormat | None = None   # learned on connect
         self._accepted: dict[bytes, bool] = {}    # payload version bytes -> restorable as is
+        self._plans: dict[tuple[int, bytes], str] = {}   # (type byte, version bytes) -> format.plan
         self.handling = conflict_handling(options.conflict, options.worker)
         self.client = ClusterClient(
             spec, role=role, error=TargetError, cluster=cluster, log=log,
@@ -220,11 +221,13 @@ class _Target:
         if all(accepted.get(version) or self._learn_version(version) for version in versions):
             return rows, []   # the common case: every payload restores as it is
         assert self.format is not None
-        plan, rdb = self.format.plan, self.format.rdb
+        plans, plan, rdb = self._plans, self.format.plan, self.format.rdb
         restoring: list[Row] = []
         logical: list[tuple[Row, str]] = []
         for row in rows:
-            how = plan(row[2])
+            payload = row[2]
+            kind = (payload[0] if payload else -1, payload[-10:-8])
+            how = plans.get(kind) or plans.setdefault(kind, plan(payload))
             if how == RELABEL:
                 restoring.append((row[0], row[1], relabel(row[2], rdb)))
             elif how == AS_IS or self.mode is DataMovementMode.DUMP_RESTORE:

@@ -64,6 +64,15 @@ def test_relabelled_payload_is_byte_for_byte_what_the_older_server_writes():
     assert payload_rdb_version(relabel(HELLO["redis-8.2"], 11)) == 11
 
 
+@pytest.mark.parametrize("size", [0, 1000, 64 << 10, 3 << 20])   # below and above the in-place size
+def test_relabelled_crc_is_the_crc_of_the_relabelled_payload(size):
+    payload = b"\x00" + bytes(range(256)) * (size // 256) + (12).to_bytes(2, "little") + bytes(8)
+    relabelled = relabel(payload, 10)
+    assert relabelled[:-10] == payload[:-10] and payload_rdb_version(relabelled) == 10
+    assert relabelled[-8:] == crc64(relabelled[:-8]).to_bytes(8, "little")
+    assert crc64(relabelled[-9:-8], crc64(relabelled[:-9])) == crc64(relabelled[:-8]), "a CRC goes on from another"
+
+
 # -- the table ------------------------------------------------------------------------------------------
 
 
