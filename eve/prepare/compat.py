@@ -662,7 +662,8 @@ _SOURCE_READ = [("scan", ("SCAN", "0")), ("dump", ("DUMP", _K)), ("pttl", ("PTTL
                 ("info", ("INFO", "server")), ("memory usage", ("MEMORY", "USAGE", _K)), ("exists", ("EXISTS", _K))]
 _SOURCE_LOGICAL = [("get", ("GET", _K)), ("getrange", ("GETRANGE", _K, "0", "1")), ("hscan", ("HSCAN", _K, "0")),
                    ("sscan", ("SSCAN", _K, "0")), ("zscan", ("ZSCAN", _K, "0")), ("lrange", ("LRANGE", _K, "0", "1")),
-                   ("xrange", ("XRANGE", _K, "-", "+"))]
+                   ("xrange", ("XRANGE", _K, "-", "+")),
+                   ("eval", ("EVAL", "return 1", "0"))]   # a logical read is one script (eve.redis.logical)
 _TARGET_RESTORE = [("restore", ("RESTORE", _K, "0", "x"))]
 _TARGET_WRITE = [("del", ("DEL", _K)), ("pexpireat", ("PEXPIREAT", _K, "0")), ("select", ("SELECT", "0"))]
 _TARGET_LOGICAL = [("set", ("SET", _K, "v")), ("hset", ("HSET", _K, "f", "v")), ("sadd", ("SADD", _K, "m")),
@@ -789,8 +790,6 @@ def _target_acl(side: _Side, mode: str, dump_refused: bool, conflict_policy: str
     reasons = []
     if mode == DataMovementMode.LOGICAL.value:
         required += _TARGET_LOGICAL
-        optional += _TARGET_RESTORE
-        reasons.append("the Prepare test run restores a sample with RESTORE")
     elif mode == DataMovementMode.DUMP_RESTORE.value:
         required += _TARGET_RESTORE
     else:  # AUTO: logical writes for refused payloads (then required) and for big keys
@@ -914,11 +913,13 @@ def check_compatibility(source: EndpointConfig, target: EndpointConfig, *, mirro
         for side in target_sides:
             tgt = _gather(side)
             probe = _probe_dump(src_side, side, rdb_format(tgt.version))
-            refused = probe.accepted is False
+            movement = _movement_issue(analysis, probe, src, tgt, mode, side.label)
+            # Keys copied logically need the logical commands, whether the probe found it or the analysis.
+            refused = probe.accepted is False or (movement is not None and any(
+                name.startswith(f"{LOGICAL}: ") for name in movement.evidence))
             any_refused = any_refused or refused
             issues += [i for i in (_older_version_issue(src.version, tgt.version, side.label),
-                                   _dump_issue(probe, mode, src, tgt, side.label),
-                                   _movement_issue(analysis, probe, src, tgt, mode, side.label)) if i]
+                                   _dump_issue(probe, mode, src, tgt, side.label), movement) if i]
             issues += _module_issues(src_side, src, tgt, side.label)
             issues += [i for i in (_cluster_issue(src, tgt, side.label), _memory_issue(src, tgt, side.label)) if i]
             issues += _target_acl(side, mode, refused, policy)
