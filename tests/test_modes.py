@@ -242,3 +242,31 @@ def test_api_logical_run_and_a_run_in_which_every_key_fails(eve, server_factory)
     assert too_many.state == wpb.FAILED
     assert "20 error keys for 60 keys scanned (33.3%), above the allowed 0.0%" in too_many.failure_reason
     assert "cannot restore the set-listpack (20) payload of RDB 80" in too_many.failure_reason
+
+
+# -- when a finished copy failed (no server) ---------------------------------------------------------
+
+
+def test_copy_failure_rules(tmp_path):
+    from eve.bulk.error_keys import DEFAULT_MAX_ERROR_RATIO, copy_failure
+    from eve.bulk.pipeline import Progress
+    from eve.core.frames import ErrorKeyRow
+
+    store = Store(tmp_path / "s.db")
+    try:
+        store.create_run("r", "COPYING", {"kind": "migrate"})
+        store.add_error_keys("r", [ErrorKeyRow(b"k%d" % i, 0, "n", "set", 10, "no room for sets", 1) for i in range(3)]
+                             + [ErrorKeyRow(b"m", 0, "n", "module", 10, "a module key", 1)])
+        assert copy_failure(store, "r", Progress(scanned=100, restored=100)) is None
+        assert copy_failure(store, "r", Progress(scanned=100, restored=96, failed=4)) is None, "4% is allowed"
+        assert copy_failure(store, "r", Progress(scanned=100, restored=0, conflicts=96, failed=4)) is None, \
+            "conflicts are the policy's choice"
+        everything = copy_failure(store, "r", Progress(scanned=4, failed=4), max_error_ratio=1.0)
+        assert everything == ("no key reached the target: all 4 keys scanned failed (4 error keys); "
+                              "most common reason (3 keys): no room for sets")
+        too_many = copy_failure(store, "r", Progress(scanned=100, restored=80, failed=20))
+        assert too_many is not None and too_many.startswith(
+            f"20 error keys for 100 keys scanned (20.0%), above the allowed {DEFAULT_MAX_ERROR_RATIO:.1%}")
+        assert copy_failure(store, "r", Progress(scanned=100, restored=99, failed=1), max_error_ratio=0) is not None
+    finally:
+        store.close()
