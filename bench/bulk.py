@@ -21,6 +21,16 @@ same data to the target with each method in turn:
     redis-py-loop  SCAN COUNT 1000, then DUMP, PTTL, RESTORE ... REPLACE one
                    command at a time: the plain loop a user writes
 
+Across engine versions (not in the default --methods; each pair on servers of its
+own, the source loaded once per engine, the same keyspace):
+
+    same-8.2, same-9.1           eve --mode dump-restore from Redis 8.2 (Valkey 9.1)
+                                 to itself: the baseline of the rows below
+    auto-8.2-9.1, auto-9.1-7.0   eve --mode auto, Redis 8.2 -> Valkey 9.1 (payloads
+                                 relabelled) and Valkey 9.1 -> Redis 7.0 (relabelled,
+                                 set-listpack and stream keys copied logically)
+    logical-8.2-9.1, logical-9.1-7.0   eve --mode logical on the same pairs
+
 The target is flushed before each method and its DBSIZE compared with the
 source's after. While a method runs, a separate client process does GET/SET
 of random existing string keys against the source in a closed loop (one
@@ -85,8 +95,18 @@ from servers import (  # noqa: E402
     stop_all,
 )
 
-METHODS = ("eve", "eve-full", "eve-latency", "migrate", "redis-py-loop")
-EVE_METHODS = ("eve", "eve-full", "eve-latency")
+DEFAULT_METHODS = ("eve", "eve-full", "eve-latency", "migrate", "redis-py-loop")
+# method -> (source engine, target engine, eve migrate --mode): the cross-version rows.
+CROSS_VERSION = {
+    "same-8.2": ("redis-8.2", "redis-8.2", "dump-restore"),
+    "auto-8.2-9.1": ("redis-8.2", "valkey-9.1", "auto"),
+    "logical-8.2-9.1": ("redis-8.2", "valkey-9.1", "logical"),
+    "same-9.1": ("valkey-9.1", "valkey-9.1", "dump-restore"),
+    "auto-9.1-7.0": ("valkey-9.1", "redis-7.0", "auto"),
+    "logical-9.1-7.0": ("valkey-9.1", "redis-7.0", "logical"),
+}
+METHODS = (*DEFAULT_METHODS, *CROSS_VERSION)
+EVE_METHODS = ("eve", "eve-full", "eve-latency", *CROSS_VERSION)
 DEFAULT_LATENCY_BUDGET_MS = 1.0
 DEFAULT_KEYS = 1_000_000
 DEFAULT_ENGINE = "redis-7.0"
@@ -130,7 +150,18 @@ TARGETS = (
     ("eve_vs_redis_py_loop", "eve keys/s / redis-py loop keys/s", ">=", 2.5),
     ("eve_peak_rss_mb", "eve peak RSS, whole process tree (MB)", "<", 400.0),
     ("client_ops_during_eve_vs_idle", "client ops/s during eve / idle", ">=", 0.5),
+    ("auto_8.2_9.1_vs_same", "AUTO 8.2->9.1 keys/s / 8.2->8.2", ">=", 0.9),
+    ("auto_9.1_7.0_vs_same", "AUTO 9.1->7.0 keys/s / 9.1->9.1", ">=", 0.9),
+    ("logical_8.2_9.1_vs_same", "LOGICAL 8.2->9.1 keys/s / 8.2->8.2", ">=", 0.4),
+    ("logical_9.1_7.0_vs_same", "LOGICAL 9.1->7.0 keys/s / 9.1->9.1", ">=", 0.4),
 )
+# ratio name -> (row, its baseline row)
+CROSS_RATIOS = {
+    "auto_8.2_9.1_vs_same": ("auto-8.2-9.1", "same-8.2"),
+    "auto_9.1_7.0_vs_same": ("auto-9.1-7.0", "same-9.1"),
+    "logical_8.2_9.1_vs_same": ("logical-8.2-9.1", "same-8.2"),
+    "logical_9.1_7.0_vs_same": ("logical-9.1-7.0", "same-9.1"),
+}
 
 
 class BenchError(RuntimeError):
@@ -708,6 +739,8 @@ def eve_method_args(method: str, options: BenchOptions) -> list[str]:
         return ["--source-share", "1"]
     if method == "eve-latency":
         return ["--latency-budget-ms", f"{options.latency_budget_ms:g}"]
+    if method in CROSS_VERSION:
+        return ["--mode", CROSS_VERSION[method][2]]
     return []
 
 
@@ -837,6 +870,7 @@ def compute_ratios(results: dict[str, MethodResult]) -> dict[str, float | None]:
         "eve_vs_redis_py_loop": _round(_ratio(rate("eve"), rate("redis-py-loop"))),
         "eve_peak_rss_mb": eve.detail.get("peak_rss_mb") if eve is not None else None,
         "client_ops_during_eve_vs_idle": eve.client_ops_vs_idle if eve is not None else None,
+        **{name: _round(_ratio(rate(row), rate(baseline))) for name, (row, baseline) in CROSS_RATIOS.items()},
     }
 
 
@@ -871,19 +905,20 @@ def _fmt_ratio(value: float | None) -> str:
 def print_report(report: dict[str, Any], idle: ClientStats, results: dict[str, MethodResult]) -> None:
     env = report["environment"]
     load = report["load"]
-    print(f"Eve bulk copy benchmark: {env['engine']}, {report['options']['keys']:,} keys "
+    print(f"Eve bulk copy benchmark: {env['engine']} (cross-version rows: the engines they name), "
+          f"{report['options']['keys']:,} keys "
           f"(loaded in {load['seconds']:.1f} s), {env['cpus']} CPUs, "
           f"restorers={report['options']['restorers'] or 'default'}")
-    header = (f"{'method':<14} {'keys':>10} {'seconds':>8} {'keys/s':>10} {'ok':>3}   "
+    header = (f"{'method':<16} {'keys':>10} {'seconds':>8} {'keys/s':>10} {'ok':>3}   "
               f"{'client ops/s':>12} {'x idle':>6}  {'p99 ms':>7} {'x idle':>6}")
     print(header)
     print("-" * len(header))
-    print(f"{'idle':<14} {'-':>10} {idle.seconds:>8.1f} {'-':>10} {'-':>3}   "
+    print(f"{'idle':<16} {'-':>10} {idle.seconds:>8.1f} {'-':>10} {'-':>3}   "
           f"{idle.ops_per_sec:>12,.0f} {'1.00':>6}  {idle.p99_ms:>7.3f} {'1.00':>6}")
     for method, result in results.items():
         client = result.client
         mark = "yes" if result.verified else "NO"
-        print(f"{method:<14} {result.keys:>10,} {result.seconds:>8.1f} "
+        print(f"{method:<16} {result.keys:>10,} {result.seconds:>8.1f} "
               f"{_fmt_rate(result.keys_per_sec):>10} {mark:>3}   "
               f"{_fmt_rate(client.ops_per_sec if client else None):>12} "
               f"{_fmt_ratio(result.client_ops_vs_idle):>6}  "
@@ -940,6 +975,49 @@ def measure_other_load(warnings: list[str], seconds: float = 1.0) -> float | Non
     return round(busy, 3)
 
 
+class Pairs:
+    """The servers of every row: the --engine pair for the default rows, and for each
+    cross-version row a source of its engine (started and loaded once per engine, with its own
+    idle client window) and a target of its engine."""
+
+    def __init__(self, options: BenchOptions, workdir: Path, servers: list[RedisServer]) -> None:
+        self.options = options
+        self.workdir = workdir
+        self.servers = servers
+        self.sources: dict[str, tuple[RedisServer, dict[str, Any], ClientStats]] = {}
+        self.targets: dict[str, RedisServer] = {}
+
+    def source(self, engine: str) -> tuple[RedisServer, dict[str, Any], ClientStats]:
+        """The loaded source of ``engine``, its load report and its idle client window."""
+        if engine not in self.sources:
+            options = self.options
+            server = self._start(engine, f"source-{engine}")
+            log(f"loading {options.keys:,} keys into the {engine} source on port {server.port}")
+            load = load_keyspace(server, options.keys, options.seed, time.monotonic() + 60 + options.keys / 5000)
+            log(f"loaded in {load['seconds']:.1f} s; idle client window of {options.idle_seconds:g} s")
+            idle = measure_idle(server, options)
+            log(f"idle client of {engine}: {idle.ops_per_sec:,.0f} ops/s, p99 {idle.p99_ms:.3f} ms")
+            self.sources[engine] = (server, load, idle)
+        return self.sources[engine]
+
+    def target(self, engine: str) -> RedisServer:
+        if engine not in self.targets:
+            self.targets[engine] = self._start(engine, f"target-{engine}")
+        return self.targets[engine]
+
+    def for_method(self, method: str) -> tuple[RedisServer, RedisServer, ClientStats]:
+        source_engine, target_engine = CROSS_VERSION[method][:2] if method in CROSS_VERSION else (
+            self.options.engine, self.options.engine)
+        source, _load, idle = self.source(source_engine)
+        return source, self.target(target_engine), idle
+
+    def _start(self, engine: str, name: str) -> RedisServer:
+        log(f"starting {name} in {self.workdir}")
+        server = start_server(get_engine(engine), self.workdir / name)
+        self.servers.append(server)
+        return server
+
+
 def run(options: BenchOptions) -> int:
     engine = get_engine(options.engine)
     workdir = Path(tempfile.mkdtemp(prefix="eve-bench-"))
@@ -957,23 +1035,16 @@ def run(options: BenchOptions) -> int:
                 log(warnings[-1])
                 methods = [method for method in methods if method not in EVE_METHODS]
         cpu_busy_before = measure_other_load(warnings)
-        log(f"starting source and target ({engine.name}) in {workdir}")
-        source = start_server(engine, workdir / "source")
-        servers.append(source)
-        target = start_server(engine, workdir / "target")
-        servers.append(target)
-        log(f"loading {options.keys:,} keys into the source on port {source.port}")
-        load = load_keyspace(source, options.keys, options.seed,
-                             time.monotonic() + 60 + options.keys / 5000)
-        log(f"loaded in {load['seconds']:.1f} s; idle client window of {options.idle_seconds:g} s")
+        pairs = Pairs(options, workdir, servers)
         keep_awake = KeepAwake(options.keep_awake,
-                               options.idle_seconds + len(methods) * (options.method_timeout + 120))
+                               (options.idle_seconds + options.method_timeout + 120) * (len(methods) + 2))
         stack.enter_context(keep_awake)
-        idle = measure_idle(source, options)
-        log(f"idle client: {idle.ops_per_sec:,.0f} ops/s, p99 {idle.p99_ms:.3f} ms")
+        first = methods[0] if methods else None
+        _source, load, idle = pairs.source(CROSS_VERSION[first][0] if first in CROSS_VERSION else engine.name)
         for method in methods:
+            source, target, idle_of_source = pairs.for_method(method)
             log(f"{method}: copying to the target on port {target.port}")
-            result = run_method(method, source, target, options, workdir, idle)
+            result = run_method(method, source, target, options, workdir, idle_of_source)
             results[method] = result
             log(f"{method}: {result.keys:,} keys in {result.seconds:.1f} s = "
                 f"{result.keys_per_sec:,.0f} keys/s; target {result.target_keys:,} "
@@ -1035,8 +1106,8 @@ def parse_args(argv: Sequence[str] | None) -> BenchOptions:
                         help="passed to eve migrate --restorers (default: eve's own)")
     parser.add_argument("--json", dest="as_json", action="store_true",
                         help="print one JSON object instead of the table")
-    parser.add_argument("--methods", default=",".join(METHODS),
-                        help="comma-separated subset of %(default)s")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated subset of {','.join(METHODS)} (default %(default)s)")
     parser.add_argument("--idle-seconds", type=float, default=DEFAULT_IDLE_SECONDS,
                         help="length of the idle client window (default %(default)s)")
     parser.add_argument("--timeout", type=float, default=None,

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from eve.core.endpoints import ConnectionSpec
-from eve.core.enums import ConflictPolicy
+from eve.core.enums import ConflictPolicy, DataMovementMode
 from eve.core.errors import ConfigError
 
 __all__ = [
@@ -36,8 +36,11 @@ class RestorerOptions:
     mirrors: tuple[tuple[ConnectionSpec, bool], ...] = ()   # (spec, is_cluster) of each mirror target
     conflict: ConflictPolicy = ConflictPolicy.REPLACE
     preserve_ttl: bool = True
-    # The source: big keys are read from it in chunks (restorer.bigkeys); None: none can be copied,
-    # and big keys become error keys.
+    # AUTO: RESTORE, relabelled where the target needs it, else a logical copy; DUMP_RESTORE:
+    # RESTORE only; LOGICAL: every key with ordinary commands (restorer.worker, _Target.route).
+    mode: DataMovementMode = DataMovementMode.AUTO
+    # The source, for logical copies (read again at copy time: restorer.logical_copy) and big keys
+    # (read in chunks: restorer.bigkeys); None: neither is possible, and such keys become error keys.
     source: ConnectionSpec | None = None
     source_cluster: bool = False
     max_attempts: int = DEFAULT_MAX_ATTEMPTS   # per key, for transient errors (OOM, LOADING, BUSY, TRYAGAIN, timeouts)
@@ -57,6 +60,8 @@ class RestorerOptions:
         object.__setattr__(self, "server_run_ids", tuple((str(address), str(run_id)) for address, run_id in pairs))
         if not isinstance(self.conflict, ConflictPolicy):
             object.__setattr__(self, "conflict", ConflictPolicy(self.conflict))
+        if not isinstance(self.mode, DataMovementMode):
+            object.__setattr__(self, "mode", DataMovementMode(self.mode))
         if self.max_attempts < 1:
             raise ConfigError(f"must be at least 1, got {self.max_attempts}", field="max_attempts")
         if self.max_pipeline < 1:

@@ -120,6 +120,7 @@ class ConflictHandling:
 
     policy: ConflictPolicy
     replace: bool
+    merges = False   # hash, set and zset keys are merged into the target's (a logical copy asks)
 
     def resolve(self, send: Send, address: str, rows: Sequence[Row], asking: bool) -> list[Resolution]:
         """One resolution per BUSYKEY row, in order."""
@@ -184,7 +185,7 @@ class _KeepTarget(ConflictHandling):
 
 
 class _Merge(ConflictHandling):
-    policy, replace = ConflictPolicy.MERGE, False
+    policy, replace, merges = ConflictPolicy.MERGE, False, True
 
     def __init__(self, worker: str) -> None:
         self.worker = worker

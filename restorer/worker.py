@@ -40,6 +40,23 @@ chunks from the source (``restorer.bigkeys``), to the target and each mirror tar
 Rows whose absolute expiry has passed are skipped (``Result.skipped``), with or
 without TTL preservation: the key is gone from the source too. A cluster
 target has only db 0, so rows of another db become error keys there.
+
+How each key moves is decided in one place, ``_Target.route``, from the mode and
+the target's format (``eve.redis.rdb.TargetFormat``, read from ``INFO server``
+when the target is connected), before anything is sent:
+
+    mode           the target reads the payload   ... knows its type code   ... does not
+    AUTO           RESTORE as is                  RESTORE relabelled        logical copy
+    DUMP_RESTORE   RESTORE as is                  RESTORE relabelled        RESTORE as is (the target's
+                                                                            refusal is the error key)
+    LOGICAL        logical copy, always
+
+In AUTO a payload the target still refuses (``payload_refused``) is copied
+logically too; in DUMP_RESTORE it is an error key naming the target's format,
+the payload's and the server's reply. Logical copies (``restorer.logical_copy``)
+read the value from the source again and apply the conflict policy; a key that
+cannot be copied logically is an error key saying why the payload could not be
+restored and why the logical copy failed.
 """
 
 from __future__ import annotations
@@ -55,7 +72,8 @@ from typing import Any, Protocol
 from opentelemetry import metrics, propagate, trace
 
 from eve.core.endpoints import ConnectionSpec
-from eve.core.errors import EndpointError, Side, TargetError, who_failed
+from eve.core.enums import DataMovementMode
+from eve.core.errors import EndpointError, Side, TargetError
 from eve.core.frames import (
     COORDINATOR,
     Batch,
@@ -81,10 +99,21 @@ from eve.redis.cluster import (
     ServerRestarted,
     ServerRunIds,
     classify,
+    payload_refused,
 )
-from eve.redis.rdb import payload_type
+from eve.redis.rdb import (
+    AS_IS,
+    RELABEL,
+    TargetFormat,
+    describe_type,
+    payload_rdb_version,
+    payload_type,
+    relabel,
+    target_format,
+)
 from eve.redis.wire import ReplyError
 from restorer.bigkeys import BigKeys
+from restorer.logical_copy import LogicalWriter, SourceRead, SourceReader
 from restorer.options import RestorerOptions
 from restorer.policies import CONFLICT, RESTORED, conflict_handling
 
@@ -118,8 +147,12 @@ class _Outcome:
 
     restored: int = 0
     bytes: int = 0
+    skipped: int = 0       # gone from the source by the time of a logical read
+    logical: int = 0       # of the restored keys, those copied logically
     conflicts: list[ConflictRow] = dataclasses.field(default_factory=list)
     errors: list[ErrorKeyRow] = dataclasses.field(default_factory=list)
+    # AUTO: rows whose RESTORE the target refused for their payload, with why: copied logically next.
+    refused: list[tuple[Row, str]] = dataclasses.field(default_factory=list)
 
 
 class _Target:
@@ -127,11 +160,16 @@ class _Target:
     cluster client, and the conflict policy for BUSYKEY replies."""
 
     def __init__(self, options: RestorerOptions, spec: ConnectionSpec, cluster: bool, role: str,
-                 log: _Log) -> None:
+                 log: _Log, source: SourceReader | None) -> None:
         self.options = options
         self.role = role
         self.address = spec.address
         self.log = log
+        self.mode = options.mode
+        self.source = source
+        self.format: TargetFormat | None = None   # learned on connect
+        self._accepted: dict[bytes, bool] = {}    # payload version bytes -> restorable as is
+        self._plans: dict[tuple[int, bytes], str] = {}   # (type byte, version bytes) -> format.plan
         self.handling = conflict_handling(options.conflict, options.worker)
         self.client = ClusterClient(
             spec, role=role, error=TargetError, cluster=cluster, log=log,
@@ -148,14 +186,18 @@ class _Target:
                           + b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$6\r\nABSTTL\r\n" + replace)
         self._without_ttl = (b"*%d\r\n$7\r\nRESTORE\r\n" % (4 + extra)
                              + b"$%d\r\n%b\r\n$1\r\n0\r\n$%d\r\n%b\r\n" + replace)
+        self.writer = LogicalWriter(self.client, self.handling, options.worker, options.max_attempts)
 
     def connect(self) -> None:
-        """Open the connection(s), retrying for reconnect_seconds; EndpointError when that fails."""
+        """Open the connection(s), retrying for reconnect_seconds; EndpointError when that fails.
+        Learns the target's format (family and RDB version) once, from INFO server."""
         self.client.connect()
+        self.format = target_format(self.client.info("server"))
         if self.client.cluster:
-            self.log.info("%s %s: cluster of %d masters", self.role, self.address, len(self.client.masters))
+            self.log.info("%s %s: cluster of %d masters, %s, mode %s", self.role, self.address,
+                          len(self.client.masters), self.format, self.mode.value)
         else:
-            self.log.info("%s %s: connected", self.role, self.address)
+            self.log.info("%s %s: connected, %s, mode %s", self.role, self.address, self.format, self.mode.value)
 
     def close(self) -> None:
         self.client.close()
@@ -164,10 +206,54 @@ class _Target:
 
     def restore(self, db: int, rows: list[Row]) -> _Outcome:
         out = _Outcome()
+        restoring, logical = self.route(rows)
         step = self.options.max_pipeline
-        for start in range(0, len(rows), step):
-            self._restore_rows(db, rows if len(rows) <= step else rows[start:start + step], out)
+        for start in range(0, len(restoring), step):
+            self._restore_rows(db, restoring if len(restoring) <= step else restoring[start:start + step], out)
+        logical += out.refused
+        if logical:
+            self._copy_logically(db, logical, out)
         return out
+
+    def route(self, rows: list[Row]) -> tuple[list[Row], list[tuple[Row, str]]]:
+        """The one decision per key (module docstring): the rows to RESTORE (relabelled where
+        the target needs it), and the rows to copy logically, each with why."""
+        if self.mode is DataMovementMode.LOGICAL:
+            return [], [(row, "") for row in rows]
+        accepted = self._accepted
+        versions = {payload[-10:-8] for _key, _expiry, payload in rows}
+        if all(accepted.get(version) or self._learn_version(version) for version in versions):
+            return rows, []   # the common case: every payload restores as it is
+        assert self.format is not None
+        plans, plan, rdb = self._plans, self.format.plan, self.format.rdb
+        restoring: list[Row] = []
+        logical: list[tuple[Row, str]] = []
+        for row in rows:
+            payload = row[2]
+            kind = (payload[0] if payload else -1, payload[-10:-8])
+            how = plans.get(kind) or plans.setdefault(kind, plan(payload))
+            if how == RELABEL:
+                restoring.append((row[0], row[1], relabel(row[2], rdb)))
+            elif how == AS_IS or self.mode is DataMovementMode.DUMP_RESTORE:
+                restoring.append(row)
+            else:
+                logical.append((row, self._cannot_read(row[2])))
+        return restoring, logical
+
+    def _learn_version(self, version: bytes) -> bool:
+        assert self.format is not None
+        accepted = self._accepted[version] = len(version) == 2 and self.format.accepts_version(
+            int.from_bytes(version, "little"))
+        return accepted
+
+    def _cannot_read(self, payload: bytes) -> str:
+        """Why a payload cannot be restored here: the target's format, the payload's type and version."""
+        try:
+            version = f"RDB {payload_rdb_version(payload)}"
+        except ValueError:
+            version = "an unknown RDB version"
+        kind = describe_type(payload[0]) if payload else "empty"
+        return f"{self.role} {self.format} cannot restore the {kind} payload of {version}"
 
     def _pack(self, rows: list[Row]) -> list[bytes]:
         with_ttl, without_ttl = self._with_ttl, self._without_ttl
@@ -197,6 +283,8 @@ class _Target:
                         kind, reason = classify(str(reply))
                         if kind == BUSYKEY:
                             busy.setdefault((group.address, group.asking), []).append(row)
+                        elif payload_refused(reason):
+                            self._refused(out, db, group.address, row, str(reply), routed.attempts_of(index))
                         else:
                             self._error(out, db, group.address, row, reason, routed.attempts_of(index))
                     else:
@@ -249,6 +337,47 @@ class _Target:
         key, _expiry, payload = row
         out.errors.append(ErrorKeyRow(key, db, address, payload_type(payload), len(payload), reason, attempts))
 
+    def _refused(self, out: _Outcome, db: int, address: str, row: Row, message: str, attempts: int) -> None:
+        """The target refused the payload: copied logically next (AUTO), else an error key."""
+        why = f"{self._cannot_read(row[2])}: {message}"
+        if self.mode is DataMovementMode.AUTO:
+            out.refused.append((row, why))
+        else:
+            self._error(out, db, address, row, f"{why} (mode {self.mode.value} has no logical fallback)", attempts)
+
+    # -- logical copies ------------------------------------------------------------
+
+    def _copy_logically(self, db: int, rows: list[tuple[Row, str]], out: _Outcome) -> None:
+        """Read each key from the source again and write it here (restorer.logical_copy)."""
+        if self.source is None:
+            for row, why in rows:
+                self._logical_error(out, db, self.address, row, why, "no source connection was given", 1)
+            return
+        reads = self.source.read(db, [row[0] for row, _why in rows])
+        writing: list[tuple[Row, str, SourceRead]] = []
+        for (row, why), read in zip(rows, reads):
+            if read.error is not None:
+                self._logical_error(out, db, self.source.client.address, row, why, str(read.error), 1)
+            elif read.value is None:
+                out.skipped += 1
+            else:
+                writing.append((row, why, read))
+        written = self.writer.write(db, [(row[0], read) for row, _why, read in writing])
+        for (row, why, read), outcome in zip(writing, written):
+            if outcome.status == RESTORED:
+                out.restored += 1
+                out.logical += 1
+                out.bytes += len(row[2])
+            elif outcome.status == CONFLICT:
+                out.conflicts.append(ConflictRow(row[0], db, read.value.type, outcome.detail))  # type: ignore[union-attr]
+            else:
+                self._logical_error(out, db, outcome.node, row, why, outcome.detail, outcome.attempts)
+
+    def _logical_error(self, out: _Outcome, db: int, address: str, row: Row, why: str, failure: str,
+                       attempts: int) -> None:
+        self._error(out, db, address, row, f"{why}; logical copy failed: {failure}" if why
+                    else f"logical copy failed: {failure}", attempts)
+
 
 class _Restorer:
     """Applies batches to the target and every mirror target; builds Result frames."""
@@ -257,8 +386,12 @@ class _Restorer:
         self.options = options
         self.tracer = tracer
         self.log = log
-        self.target = _Target(options, options.target, options.target_cluster, "target", log)
-        self.mirrors = [_Target(options, spec, cluster, "mirror target", log) for spec, cluster in options.mirrors]
+        # One source connection for the logical copies of every target, opened on first use.
+        self.source = (SourceReader.for_restorer(options, log)
+                       if options.source is not None and options.mode is not DataMovementMode.DUMP_RESTORE else None)
+        self.target = _Target(options, options.target, options.target_cluster, "target", log, self.source)
+        self.mirrors = [_Target(options, spec, cluster, "mirror target", log, self.source)
+                        for spec, cluster in options.mirrors]
         self.big_keys = BigKeys(options.source, options.source_cluster, self.target.client.options,
                                 worker=options.worker, policy=options.conflict, preserve_ttl=options.preserve_ttl)
         self._attributes = {"eve.worker": options.worker, "eve.run_id": options.run_id}
@@ -276,6 +409,8 @@ class _Restorer:
         for target in (self.target, *self.mirrors):
             target.close()
         self.big_keys.close()
+        if self.source is not None:
+            self.source.close()
 
     def apply(self, batch: Batch) -> Result:
         header = batch.header
@@ -307,13 +442,14 @@ class _Restorer:
                 error_keys += big.errors
                 for mirror in self.mirrors:
                     error_keys += self.big_keys.copy(header.db, batch.big, mirror.client).errors
-            result = Result(header, self.options.worker, restored=out.restored, skipped=skipped,
+            result = Result(header, self.options.worker, restored=out.restored, skipped=skipped + out.skipped,
                             conflicts=len(out.conflicts), failed=len(error_keys), bytes=out.bytes,
                             error_keys=error_keys, conflict_keys=out.conflicts)
             span.set_attributes({
                 "eve.node": header.node, "eve.db": header.db, "eve.seq": header.seq,
                 "eve.target": self.target.address, "eve.keys": len(rows), "eve.restored": result.restored,
-                "eve.skipped": skipped, "eve.conflicts": result.conflicts, "eve.failed": result.failed,
+                "eve.skipped": result.skipped, "eve.conflicts": result.conflicts, "eve.failed": result.failed,
+                "eve.logical": out.logical,
             })
         self._keys.add(result.restored, self._attributes)
         self._bytes.add(result.bytes, self._attributes)
@@ -345,9 +481,9 @@ def run_restorer(options: RestorerOptions, batches: _Queue, results: _Queue, *,
     restorer = _Restorer(options, tracer or trace.get_tracer("eve.restorer"),
                          meter or metrics.get_meter("eve.restorer"), log)
     mirrors = "".join(f", mirror {spec.address}" for spec, _cluster in options.mirrors)
-    log.info("run %s: restoring into %s%s (%s) under conflict policy %s%s", options.run_id,
+    log.info("run %s: restoring into %s%s (%s) in mode %s under conflict policy %s%s", options.run_id,
              options.target.address, " (cluster)" if options.target_cluster else "", "TTL kept"
-             if options.preserve_ttl else "TTL dropped", options.conflict.value, mirrors)
+             if options.preserve_ttl else "TTL dropped", options.mode.value, options.conflict.value, mirrors)
     batches_done = 0
     try:
         try:
@@ -385,11 +521,10 @@ def run_restorer(options: RestorerOptions, batches: _Queue, results: _Queue, *,
             except ServerRestarted as exc:
                 return _restarted(log, results, worker, exc, f"batch node={frame.header.node} db={frame.header.db} "
                                                              f"seq={frame.header.seq} not applied")
-            except EndpointError as exc:  # a target, a mirror target or the source (big keys) lost
+            except EndpointError as exc:  # a side lost for reconnect_seconds (the source: logical reads, big keys)
                 log.error("%s (batch node=%s db=%d seq=%d not applied)", exc, frame.header.node,
                           frame.header.db, frame.header.seq)
-                side = Side.SOURCE if who_failed(exc) is Side.SOURCE else Side.TARGET
-                results.put(encode(Failed(worker, side, str(exc))))
+                results.put(encode(Failed(worker, exc.side or Side.TARGET, str(exc))))
                 return False
             results.put(encode(result))
             batches_done += 1

@@ -1,7 +1,9 @@
-"""Run ``eve serve`` in a subprocess for tests, and talk to it with stubs or grpcurl."""
+"""Run ``eve serve`` in a subprocess for tests, and talk to it with stubs or grpcurl; run
+``eve migrate`` and read its JSON summary."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -121,6 +123,19 @@ class EveServer:
             self.process.stdout.close()
         if getattr(self, "_log", None):
             self._log.close()
+
+
+def migrate(*args: str, state: Path, timeout: float = 120, verbose: bool = False) -> subprocess.CompletedProcess:
+    """``eve migrate ARGS --state STATE --no-progress`` in a subprocess."""
+    cmd = [sys.executable, "-m", "eve", *(["-v"] if verbose else []), "migrate", *args, "--state", str(state),
+           "--no-progress"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def summary(result: subprocess.CompletedProcess) -> dict:
+    """The JSON summary ``eve migrate --json`` printed last."""
+    assert result.stdout.strip(), f"no summary; stderr:\n{result.stderr}"
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def wait_state(stub, run: str, *states: str, timeout: float = 90) -> wpb.Run:

@@ -164,3 +164,56 @@ def fill_big_keys(client: redis.Redis, members: int = 5000, *, prefix: str = "bi
         fields = client.hkeys(hash_)[: members // 10]
         client.execute_command("HPEXPIRE", hash_, 1_800_000, "FIELDS", len(fields), *fields)
     return keys
+
+
+def _write_every_encoding(pipe: Any, prefix: str) -> dict[str, bytes]:
+    big = 1000   # past every *-max-listpack-entries and set-max-intset-entries default (128 or 512)
+    keys = {name: f"{prefix}:{name}".encode() for name in ENCODINGS}
+    pipe.set(keys["string-embstr"], b"short")
+    pipe.set(keys["string-raw"], b"r" * 100)                   # past 44 bytes: raw
+    pipe.set(keys["string-int"], 12345678)
+    pipe.set(keys["string-negative-int"], -42)
+    pipe.set(keys["string-empty"], b"")
+    pipe.set(keys["string-binary"], bytes(range(256)))
+    pipe.set(keys["string-large"], b"\x00\xff" * 300_000)      # 600 kB
+    pipe.rpush(keys["list-small"], b"a", b"", b"1", b"\x00\xff")
+    pipe.rpush(keys["list-large"], *[b"%d" % i if i % 3 else b"x" * 80 for i in range(5000)])
+    pipe.sadd(keys["set-intset"], *range(-5, 50))
+    pipe.sadd(keys["set-listpack"], b"a", b"b", b"", b"\xff\x00")
+    pipe.sadd(keys["set-hashtable"], *[b"member-%d" % i for i in range(big)])
+    pipe.sadd(keys["set-intset-large"], *range(2 * big))
+    pipe.zadd(keys["zset-listpack"], {b"a": 1.5, b"": 0, b"\xff": -3, b"int": 7})
+    pipe.zadd(keys["zset-skiplist"], {b"m%d" % i: i / 7 for i in range(big)})
+    pipe.zadd(keys["zset-long-member"], {b"y" * 100: 1, b"z": 2})   # past 64 bytes: skiplist
+    pipe.hset(keys["hash-listpack"], mapping={b"f": b"v", b"n": 1, b"": b"", b"\xff": b"\x00"})
+    pipe.hset(keys["hash-hashtable"], mapping={b"f%d" % i: b"v%d" % i for i in range(big)})
+    pipe.hset(keys["hash-long-value"], mapping={b"f": b"v" * 100})  # past 64 bytes: hashtable
+    for i in range(3):
+        pipe.xadd(keys["stream-small"], {b"n": i, b"v": b"\xff" * i})
+    for i in range(big):
+        pipe.xadd(keys["stream-large"], {b"i": i}, id=f"{i + 1}-{i % 3}")
+    pipe.xadd(keys["stream-trimmed"], {b"a": 1}, id="5-1")
+    pipe.xadd(keys["stream-trimmed"], {b"a": 2}, id="9-0")
+    pipe.xdel(keys["stream-trimmed"], "5-1")
+    return keys
+
+
+# Every plain type in every encoding the engines of DESIGN.md 8 write, small and large, with
+# integers, binary and empty strings: what the payload transcoding is tested on.
+ENCODINGS = (
+    "string-embstr", "string-raw", "string-int", "string-negative-int", "string-empty", "string-binary",
+    "string-large", "list-small", "list-large", "set-intset", "set-listpack", "set-hashtable",
+    "set-intset-large", "zset-listpack", "zset-skiplist", "zset-long-member", "hash-listpack",
+    "hash-hashtable", "hash-long-value", "stream-small", "stream-large", "stream-trimmed",
+)
+
+
+def fill_every_encoding(client: redis.Redis, *, prefix: str = "enc", ttl_ms: int = 0) -> dict[str, bytes]:
+    """One key per entry of ``ENCODINGS`` (name -> key), each with a TTL of ``ttl_ms`` when given."""
+    pipe = client.pipeline(transaction=False)
+    keys = _write_every_encoding(pipe, prefix)
+    if ttl_ms:
+        for key in keys.values():
+            pipe.pexpire(key, ttl_ms)
+    pipe.execute()
+    return keys

@@ -10,6 +10,7 @@ import pytest
 from keyspace import TYPES, fill
 
 from eve.core.endpoints import EndpointConfig, parse_config
+from eve.core.enums import DataMovementMode
 from eve.prepare import testrun
 from eve.prepare.analysis import TTL_BUCKETS, analyze, ttl_bucket
 
@@ -108,14 +109,36 @@ def test_test_run_all_ok_and_scratch_keys_removed(server_factory):
     json.dumps(asdict(report))
 
 
-def test_test_run_reports_refused_payloads_per_type(server_factory):
-    source, target = server_factory("redis-8.2"), server_factory("valkey-8.1")
+@pytest.mark.parametrize(("source_engine", "target_engine"), [("redis-8.2", "valkey-9.1"), ("valkey-9.1", "redis-7.0")])
+def test_test_run_takes_the_bulk_copys_path_in_auto(server_factory, source_engine, target_engine):
+    """AUTO: every payload relabelled for the target's format; towards Redis 7.0 (RDB 10) set-listpack
+    and stream-listpacks-3 are copied logically. Every sampled key arrives and reads back equal."""
+    source, target = server_factory(source_engine), server_factory(target_engine)
     fill(source.client(), 120)
-    report = testrun.test_run(endpoint(source), endpoint(target), run_id="refused", sample=30, total_keys=1000)
-    assert {r.type: (r.keys, r.ok, r.failed) for r in report.results} == {kind: (5, 0, 5) for kind in TYPES}
-    assert len(report.errors) == 30
-    assert all("payload version or checksum" in error for error in report.errors)
+    report = testrun.test_run(endpoint(source), endpoint(target), run_id="auto", sample=30, total_keys=1000)
+    assert report.errors == ()
+    assert {r.type: (r.keys, r.ok, r.failed) for r in report.results} == {kind: (5, 5, 0) for kind in TYPES}
+    logical = {"set", "stream"} if target_engine == "redis-7.0" else set()
+    assert {r.type: (r.transcoded, r.logical) for r in report.results} == {
+        kind: (0, 5) if kind in logical else (5, 0) for kind in TYPES}
     assert report.total_keys == 1000
+    assert target.client().dbsize() == 0
+
+
+def test_test_run_reports_refused_payloads_per_type(server_factory):
+    """DUMP_RESTORE: no logical copy, so what Redis 7.0 cannot read fails, with the target's reason;
+    LOGICAL: every key copied logically."""
+    source, target = server_factory("redis-8.2"), server_factory("redis-7.0")
+    fill(source.client(), 120)
+    report = testrun.test_run(endpoint(source), endpoint(target), run_id="refused", sample=30, total_keys=1000,
+                              mode=DataMovementMode.DUMP_RESTORE)
+    assert {r.type: (r.keys, r.ok, r.failed) for r in report.results} == {
+        kind: (5, 0, 5) if kind in ("set", "stream") else (5, 5, 0) for kind in TYPES}
+    assert len(report.errors) == 10
+    assert all("payload version or checksum" in error for error in report.errors)
+    logical = testrun.test_run(endpoint(source), endpoint(target), run_id="logical", sample=30,
+                               mode=DataMovementMode.LOGICAL)
+    assert logical.errors == () and {(r.ok, r.logical) for r in logical.results} == {(5, 5)}
     assert target.client().dbsize() == 0
 
 

@@ -15,7 +15,7 @@ from eve.prepare.compat import (
     CODES,
     CompatIssue,
     check_compatibility,
-    rdb_accepts,
+    rdb_format,
     server_version,
     source_version_issue,
 )
@@ -73,8 +73,15 @@ def test_source_version_logic_from_info():
 
 def test_rdb_version_fallback_matches_measured_engines():
     # DESIGN.md 8: 10 (Redis 7.0) -> all; 11 (Valkey 8.1) -> 12, 80; 12 and 80 -> none of the others.
-    versions = {"redis-7.0": 10, "valkey-8.1": 11, "redis-8.2": 12, "valkey-9.1": 80}
-    accepted = {(s, t) for s in versions for t in versions if s != t and rdb_accepts(versions[s], versions[t])}
+    versions = {"redis-7.0": server_version({"redis_version": "7.0.15"}),
+                "valkey-8.1": server_version({"redis_version": "7.2.4", "valkey_version": "8.1.8"}),
+                "redis-8.2": server_version({"redis_version": "8.2.3"}),
+                "valkey-9.1": server_version({"redis_version": "7.2.4", "valkey_version": "9.1.2"})}
+    formats = {name: rdb_format(version) for name, version in versions.items()}
+    assert {name: fmt.rdb for name, fmt in formats.items()} == {"redis-7.0": 10, "valkey-8.1": 11, "redis-8.2": 12,
+                                                                 "valkey-9.1": 80}
+    accepted = {(s, t) for s in formats for t in formats
+                if s != t and formats[t].accepts_version(formats[s].rdb)}
     assert accepted == {("redis-7.0", "valkey-8.1"), ("redis-7.0", "redis-8.2"), ("redis-7.0", "valkey-9.1"),
                         ("valkey-8.1", "redis-8.2"), ("valkey-8.1", "valkey-9.1")}
 
@@ -98,21 +105,72 @@ def test_compatible_pair_has_no_issues(server_factory):
     assert source.client().dbsize() == 50 and target.client().dbsize() == 0  # probes cleaned up
 
 
-def test_dump_version_mismatch_from_a_real_probe(server_factory):
+def test_relabelled_probe_restores_where_the_raw_payload_would_not(server_factory):
+    """Redis 8.2 (RDB 12) payloads, relabelled for Valkey 8.1 (RDB 11) as the copy does, restore."""
     source, target = server_factory("redis-8.2"), server_factory("valkey-8.1")
-    issues = check_compatibility(endpoint(source), endpoint(target))
+    for mode in ("AUTO", "DUMP_RESTORE"):
+        issues = check_compatibility(endpoint(source), endpoint(target), mode=mode)
+        assert codes(issues) == {"TARGET_OLDER_VERSION"}, issues
+    assert source.client().dbsize() == 0 and target.client().dbsize() == 0
+
+
+def test_dump_version_mismatch_from_a_real_probe(server_factory):
+    """A probe payload the target cannot read even relabelled: set-listpack (20) towards RDB 10."""
+    source, target = server_factory("redis-8.2"), server_factory("redis-7.0")
+    source.client().sadd("only-sets", "a", "b")
+    reader = _read_only(source)
+    issues = check_compatibility(reader, endpoint(target))
     assert_jsonable(issues)
     assert codes(issues) == {"DUMP_VERSION_MISMATCH", "TARGET_OLDER_VERSION"}
     dump = only(issues, "DUMP_VERSION_MISMATCH")
     assert not dump.blocking and dump.evidence["fallback"] == "logical copy"
-    assert (dump.evidence["source_rdb_version"], dump.evidence["target_rdb_version"]) == ("12", "11")
+    assert (dump.evidence["source_rdb_version"], dump.evidence["target_rdb_version"]) == ("12", "10")
     assert "payload version or checksum" in dump.evidence["target_reply"]
     assert not only(issues, "TARGET_OLDER_VERSION").blocking
 
-    strict = only(check_compatibility(endpoint(source), endpoint(target), mode="DUMP_RESTORE"),
-                  "DUMP_VERSION_MISMATCH")
+    strict = only(check_compatibility(reader, endpoint(target), mode="DUMP_RESTORE"), "DUMP_VERSION_MISMATCH")
     assert strict.blocking and "DUMP_RESTORE" in strict.message
-    assert source.client().dbsize() == 0 and target.client().dbsize() == 0
+    assert "existing source key" in strict.evidence["probe"]
+    assert source.client().dbsize() == 1 and target.client().dbsize() == 0
+
+
+def _read_only(server) -> EndpointConfig:
+    """A read-only user (as on a replica): the probe uses the DUMP of an existing key."""
+    server.client().execute_command("ACL", "SETUSER", "reader", "on", ">pw", "~*", "&*", "+@all", "-@write")
+    return parse_config({"target": {"host": server.host, "port": server.port, "username": "reader",
+                                    "password": "pw"}})
+
+
+def test_key_movement_per_type_with_the_analysis_counts(server_factory):
+    from eve.prepare.analysis import analyze
+    from keyspace import fill
+
+    source, target = server_factory("valkey-9.1"), server_factory("redis-7.0")
+    fill(source.client(), 120)
+    analysis = analyze(endpoint(source))
+    auto = only(check_compatibility(endpoint(source), endpoint(target), analysis=analysis), "KEY_MOVEMENT")
+    assert_jsonable([auto])
+    assert not auto.blocking
+    assert auto.evidence["target_format"] == "redis 7.0.15 (RDB 10)" and auto.evidence["source_rdb_version"] == "80"
+    moves = {name: int(count) for name, count in auto.evidence.items() if ": " in name}
+    assert moves["logical: set listpack set-listpack (20)"] == 20
+    assert moves["logical: stream stream stream-listpacks-3 (21)"] == 20
+    assert moves["transcoded: string embstr string (0)"] + moves.get("transcoded: string raw string (0)", 0) == 20
+    assert sum(moves.values()) == 120 and not [name for name in moves if name.startswith("cannot")]
+    assert "copied logically" in auto.message and "transcoded" in auto.message
+
+    strict = only(check_compatibility(endpoint(source), endpoint(target), mode="DUMP_RESTORE", analysis=analysis),
+                  "KEY_MOVEMENT")
+    assert not strict.blocking, "most keys still move"
+    assert int(strict.evidence["cannot: set listpack set-listpack (20)"]) == 20 and "error keys" in strict.message
+
+    sets = server_factory("valkey-9.1")
+    sets.client().sadd("s1", "a"), sets.client().sadd("s2", "b")
+    only_sets = only(check_compatibility(endpoint(sets), endpoint(target), mode="DUMP_RESTORE",
+                                         analysis=analyze(endpoint(sets))), "KEY_MOVEMENT")
+    assert only_sets.blocking and "choose AUTO or LOGICAL" in only_sets.message
+    assert check_compatibility(endpoint(target), endpoint(source), analysis=analyze(endpoint(target))) == [], \
+        "Redis 7.0 payloads restore as they are on Valkey 9.1: nothing to say"
 
 
 def test_modules_differ_blocking_only_with_module_keys(server_factory):
@@ -186,21 +244,6 @@ def test_target_memory_too_small_on_a_mirror(server_factory):
     assert issue.blocking and issue.evidence["endpoint"] == "mirror target 1"
     assert int(issue.evidence["target_maxmemory_bytes"]) == 1 << 20
     assert int(issue.evidence["source_used_memory_bytes"]) > 4_000_000
-
-
-def test_dump_probe_on_a_source_that_cannot_write(server_factory):
-    # A read-only user (as on a replica): the probe uses the DUMP of an existing key instead.
-    source, target = server_factory("redis-8.2"), server_factory("valkey-8.1")
-    fill_strings(source, 5, 10)
-    source.client().execute_command("ACL", "SETUSER", "reader", "on", ">pw", "~*", "&*", "+@all", "-@write")
-    reader = parse_config({"target": {"host": source.host, "port": source.port, "username": "reader",
-                                      "password": "pw"}})
-    issues = check_compatibility(reader, endpoint(target), mode="DUMP_RESTORE")
-    assert codes(issues) == {"DUMP_VERSION_MISMATCH", "TARGET_OLDER_VERSION"}, issues
-    dump = only(issues, "DUMP_VERSION_MISMATCH")
-    assert dump.blocking and "existing source key" in dump.evidence["probe"]
-    assert (dump.evidence["source_rdb_version"], dump.evidence["target_rdb_version"]) == ("12", "11")
-    assert source.client().dbsize() == 5 and target.client().dbsize() == 0
 
 
 def test_online_runs_need_writes_on_the_source(server_factory):

@@ -10,6 +10,7 @@ import math
 import pytest
 
 from eve.api import convert
+from eve.bulk.error_keys import DEFAULT_MAX_ERROR_RATIO
 from eve.core.enums import ConflictPolicy, DataMovementMode, Strategy, WriteConsistency
 from eve.core.errors import ConfigError, StateError
 from eve.core.store import RunEndpointRecord, Store
@@ -127,8 +128,18 @@ def test_messages_as_before():
         parse_setup({"source": "src", "target": "dst", "restorers": "lots"})
     with pytest.raises(ConfigError, match=r"strategy ONLINE_CUTOVER moves live traffic"):
         parse_setup({"source": "src", "target": "dst", "strategy": "ONLINE_CUTOVER"})
-    with pytest.raises(NotImplementedError, match="LOGICAL"):
-        parse_setup({"source": "src", "target": "dst", "mode": "LOGICAL"})
+    assert parse_setup({"source": "src", "target": "dst", "mode": "LOGICAL"}).mode is DataMovementMode.LOGICAL
+
+
+def test_max_error_ratio():
+    assert parse_setup({"source": "src", "target": "dst"}).max_error_ratio == DEFAULT_MAX_ERROR_RATIO == 0.1
+    assert parse_setup({"source": "src", "target": "dst", "max_error_ratio": 0}).max_error_ratio == 0.0
+    assert parse_setup({"source": "src", "target": "dst", "max_error_ratio": 1}).max_error_ratio == 1.0
+    for bad in (-0.1, 1.5, "half", True):
+        with pytest.raises(ConfigError, match=r"^setup.max_error_ratio: must be a number from 0 to 1"):
+            parse_setup({"source": "src", "target": "dst", "max_error_ratio": bad})
+    stored = {"source": "src", "target": "dst"}   # saved before the field existed
+    assert RunSetup.from_stored(stored).max_error_ratio == DEFAULT_MAX_ERROR_RATIO
 
 
 def test_stored_form_round_trip_through_the_store(tmp_path):
@@ -168,7 +179,8 @@ def test_setups_older_versions_stored_still_load():
     assert setup.write_consistency is WriteConsistency.TARGET_AUTHORITATIVE
     assert setup.mirror_targets == ("m1",) and setup.rate_limits.max_keys_per_second == 300
     assert setup.keyspace_notifications is False, "a field added since takes its default"
-    assert setup.to_stored() == {**legacy, "keyspace_notifications": False}, "the same keys as before"
+    assert setup.to_stored() == {**legacy, "keyspace_notifications": False, "max_error_ratio": 0.1}, \
+        "the same keys as before"
     assert guided_setup(None) is None
     assert guided_setup({"kind": "migrate", "source": {"address": "h:1"}}) is None, "eve migrate jobs"
 

@@ -212,7 +212,7 @@ def setup_to_proto(setup: RunSetup) -> workflows_pb2.RunSetup:
                                              max_pipeline_depth=setup.rate_limits.max_pipeline_depth),
         interlay=setup.interlay, scripts_deterministic=setup.scripts_deterministic,
         big_key_threshold_bytes=setup.big_key_threshold_bytes, restorers=setup.restorers,
-        keyspace_notifications=setup.keyspace_notifications)
+        keyspace_notifications=setup.keyspace_notifications, max_error_ratio=setup.max_error_ratio)
     out.rollback_window.SetInParent()
     out.rollback_window.FromNanoseconds(round(setup.rollback_window_seconds * 1e9))
     return out
@@ -254,7 +254,8 @@ def analysis_to_proto(body: dict[str, Any]) -> workflows_pb2.Analysis:
 
 def testrun_to_proto(body: dict[str, Any]) -> workflows_pb2.TestRunReport:
     return workflows_pb2.TestRunReport(
-        results=[workflows_pb2.TypeResult(type=r["type"], keys=r["keys"], ok=r["ok"], failed=r["failed"])
+        results=[workflows_pb2.TypeResult(type=r["type"], keys=r["keys"], ok=r["ok"], failed=r["failed"],
+                                          transcoded=r.get("transcoded", 0), logical=r.get("logical", 0))
                  for r in body.get("results", [])],
         errors=list(body.get("errors", [])), seconds=float(body.get("seconds", 0)),
         estimated_seconds=float(body.get("estimated_seconds", 0)))

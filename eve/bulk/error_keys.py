@@ -1,4 +1,5 @@
-"""Exporting error keys (and the conflicts of a job) as JSON Lines or CSV.
+"""Exporting error keys (and the conflicts of a job) as JSON Lines or CSV, and whether a copy
+with error keys failed.
 
 Keys are bytes and may be anything: every row carries ``key_base64`` (exact) and
 ``key`` (the UTF-8 text when the key is valid UTF-8, else empty), so a file read
@@ -14,11 +15,16 @@ import json
 from datetime import datetime, timezone
 from typing import IO, Iterable, Iterator
 
+from eve.bulk.pipeline import Progress
 from eve.core.errors import ConfigError
-from eve.core.store import ErrorKeyRecord
+from eve.core.store import ErrorKeyRecord, Store
 
 __all__ = ["FORMATS", "format_for_path", "export", "export_conflicts", "read_back", "COLUMNS", "CONFLICT_COLUMNS",
-           "reason_summary"]
+           "DEFAULT_MAX_ERROR_RATIO", "copy_failure", "reason_summary"]
+
+# A copy fails when more than this share of the keys it scanned became error keys: a few keys of a
+# module type the target lacks leave a run going, a format the target cannot read at all does not.
+DEFAULT_MAX_ERROR_RATIO = 0.1
 
 FORMATS = ("jsonl", "csv")
 COLUMNS = ("key", "key_base64", "db", "node", "type", "size", "reason", "attempts", "first_seen", "last_seen")
@@ -71,6 +77,28 @@ def reason_summary(reasons: Iterable[str], *, width: int = 120) -> list[tuple[st
         line = (reason.splitlines() or [""])[0][:width]
         counts[line] = counts.get(line, 0) + 1
     return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+
+
+def copy_failure(store: Store, run_id: str, progress: Progress,
+                 max_error_ratio: float = DEFAULT_MAX_ERROR_RATIO) -> str | None:
+    """Why a finished copy failed, or None: no key arrived while keys failed (always a failure,
+    whatever the ratio), or error keys above ``max_error_ratio`` of the keys scanned. The
+    reason names the most common error key reason."""
+    failed, scanned = progress.failed, progress.scanned
+    if not failed:
+        return None
+    if not progress.restored and not progress.conflicts:
+        verdict = f"no key reached the target: all {scanned:,} keys scanned failed ({failed:,} error keys)"
+    elif failed > max_error_ratio * scanned:
+        verdict = (f"{failed:,} error keys for {scanned:,} keys scanned ({failed / max(scanned, 1):.1%}), above "
+                   f"the allowed {max_error_ratio:.1%} (setup max_error_ratio)")
+    else:
+        return None
+    reasons = reason_summary((record.reason for record in store.error_keys(run_id, limit=10_000)), width=400)
+    if reasons:
+        reason, count = reasons[0]
+        verdict += f"; most common reason ({count:,} keys): {reason}"
+    return verdict
 
 
 def _export(rows: Iterable[dict[str, object]], columns: tuple[str, ...], fmt: str) -> Iterator[bytes]:

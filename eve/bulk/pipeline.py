@@ -47,7 +47,7 @@ from typing import Callable
 from eve.bulk.functions import copy_functions
 from eve.core import frames
 from eve.core.endpoints import ConnectionSpec
-from eve.core.enums import ConflictPolicy
+from eve.core.enums import ConflictPolicy, DataMovementMode
 from eve.core.errors import EndpointError, Side, SourceError, StateError, TargetError
 from eve.core.store import COUNTER_FIELDS, Store
 from eve.redis.cluster import ClientOptions, ClusterClient, ServerRestarted, ServerRunIds
@@ -90,6 +90,7 @@ class BulkOptions:
     type: str | None = None
     conflict: ConflictPolicy = ConflictPolicy.REPLACE
     preserve_ttl: bool = True
+    mode: DataMovementMode = DataMovementMode.AUTO   # how keys move (restorer.worker, _Target.route)
     restorers: int = DEFAULT_RESTORERS
     scan_count: int = 1000
     queue_depth: int = 0  # 0: 2 batches per restorer, plus 2
@@ -392,8 +393,9 @@ class BulkCopy:
         restorers = [RestorerOptions(
             run_id=options.run_id, worker=f"restorer-{i + 1}", target=options.target,
             target_cluster=target_cluster, mirrors=mirrors, conflict=options.conflict,
-            preserve_ttl=options.preserve_ttl, source=options.source, source_cluster=self._source_cluster,
-            reconnect_seconds=options.reconnect_seconds, max_pipeline=options.max_pipeline, log_level=log_level,
+            preserve_ttl=options.preserve_ttl, mode=options.mode, source=options.source,
+            source_cluster=self._source_cluster, reconnect_seconds=options.reconnect_seconds,
+            max_pipeline=options.max_pipeline, log_level=log_level,
             server_run_ids=tuple(self._target_run_ids.items())) for i in range(max(1, options.restorers))]
 
         ctx = self._context
@@ -555,6 +557,7 @@ def _is_cluster(spec: ConnectionSpec, role: str) -> bool:
 
 def retry_error_keys(store: Store, run_id: str, source: ConnectionSpec, target: ConnectionSpec, *,
                      conflict: ConflictPolicy = ConflictPolicy.REPLACE, preserve_ttl: bool = True,
+                     mode: DataMovementMode = DataMovementMode.AUTO,
                      mirrors: tuple[ConnectionSpec, ...] = (), keys: list[bytes] | None = None) -> dict[str, int]:
     """Copy the run's error keys again, in this process, on the restorer's code path.
 
@@ -578,6 +581,8 @@ def retry_error_keys(store: Store, run_id: str, source: ConnectionSpec, target: 
     gone: set[bytes] = set()
     unreadable: set[tuple[int, bytes]] = set()   # DUMP/PTTL refused on the source: still failing
     with _side(source, "source", SourceError) as reader:
+        reader.connect()
+        source_cluster = bool(reader.cluster)
         for db, group in by_db.items():
             keys = list(dict.fromkeys(r.key for r in group))
             replies = reader.run(db, keys, [(pack("DUMP", key), pack("PTTL", key)) for key in keys])
@@ -604,7 +609,7 @@ def retry_error_keys(store: Store, run_id: str, source: ConnectionSpec, target: 
     inbox.put(frames.encode(frames.Stop(frames.COORDINATOR)))
     options = RestorerOptions(run_id=run_id, worker="retry", target=target, target_cluster=target_cluster,
                               mirrors=tuple((m, _is_cluster(m, "mirror target")) for m in mirrors), conflict=conflict,
-                              preserve_ttl=preserve_ttl)
+                              preserve_ttl=preserve_ttl, mode=mode, source=source, source_cluster=source_cluster)
     if not run_restorer(options, inbox, outbox):
         raise TargetError("retry could not reach the target")
     failed_again: set[tuple[int, bytes]] = set()

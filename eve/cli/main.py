@@ -57,6 +57,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     _setup_logging("eve-migrate", args.verbose, quiet=not args.verbose)
     return run_migrate(MigrateArgs(
         source=args.source, target=args.target, mirrors=tuple(args.mirror or ()), conflict=args.conflict,
+        mode=args.mode,
         preserve_ttl=not args.no_ttl, match=args.match, type=args.type, db=args.db, restorers=args.restorers,
         max_keys_per_sec=args.max_keys_per_second, max_bytes_per_sec=args.max_bytes_per_second,
         errors_out=args.errors_out, resume=args.resume, json=args.json, state=args.state,
@@ -170,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--conflict", choices=["replace", "none", "merge"], default="replace",
                          help="when the key exists on the target: overwrite (default), keep the target's and "
                               "report a conflict, or merge hashes/sets/sorted sets")
+    migrate.add_argument("--mode", choices=["auto", "dump-restore", "logical"], default=None,
+                         help="how keys move: auto (default; DUMP/RESTORE, payloads relabelled for an older or "
+                              "foreign target, a logical copy where the target cannot read them), dump-restore "
+                              "(no logical copy: refused keys are error keys), or logical (every key with "
+                              "ordinary commands); --resume keeps the job's mode")
     migrate.add_argument("--no-ttl", action="store_true", help="restore keys without their TTLs")
     migrate.add_argument("--match", metavar="GLOB", help="only keys matching this SCAN MATCH pattern")
     migrate.add_argument("--type", metavar="T",

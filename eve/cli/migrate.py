@@ -45,7 +45,7 @@ from eve.cli.exits import EXIT_INTERRUPTED
 from eve.cli.progress import TerminalProgress
 from eve.cli.urls import PASSWORD_ENV, mask_url, parse_redis_url, password_for
 from eve.core.endpoints import ConnectionSpec
-from eve.core.enums import ConflictPolicy
+from eve.core.enums import ConflictPolicy, DataMovementMode
 from eve.core.errors import AuthError, ConfigError, Side, StateError
 from eve.core.store import RunRecord, Store
 from eve.prepare import preflight
@@ -67,6 +67,7 @@ class MigrateArgs:
     target: str
     mirrors: tuple[str, ...] = ()
     conflict: str = "replace"
+    mode: str | None = None            # auto, dump-restore, logical; None: auto, or the resumed job's
     preserve_ttl: bool = True
     match: str | None = None
     type: str | None = None
@@ -102,7 +103,17 @@ def _setup(args: MigrateArgs, source: ConnectionSpec, target: ConnectionSpec, mi
     return {"kind": "migrate", "source": _identity(source), "target": _identity(target),
             "mirrors": [_identity(m) for m in mirrors], "dbs": list(dbs) if dbs is not None else None,
             "match": args.match, "type": args.type, "conflict": args.conflict.upper(),
-            "preserve_ttl": args.preserve_ttl}
+            "mode": _mode(args).value, "preserve_ttl": args.preserve_ttl}
+
+
+def _mode(args: MigrateArgs) -> DataMovementMode:
+    """``--mode`` as the enum (``dump-restore`` -> DUMP_RESTORE); AUTO when not given."""
+    return DataMovementMode((args.mode or "auto").upper().replace("-", "_"))
+
+
+def _saved_setup(job: RunRecord) -> dict[str, Any]:
+    """A job's saved setup; one saved before ``--mode`` existed ran in AUTO."""
+    return {"mode": DataMovementMode.AUTO.value, **(job.setup or {})}
 
 
 def _describe_difference(saved: dict[str, Any], wanted: dict[str, Any]) -> str:
@@ -136,6 +147,8 @@ def _check_options(args: MigrateArgs) -> None:
     if args.type is not None and not is_type_name(args.type):
         raise ConfigError(f"{args.type!r} is not a type: use one of {', '.join(CORE_TYPES)}, or a module's "
                           "9-character type name", field="--type")
+    if args.mode is not None and args.mode.upper().replace("-", "_") not in DataMovementMode.__members__:
+        raise ConfigError(f"{args.mode!r} is not one of auto, dump-restore, logical", field="--mode")
     if args.resume and args.force:
         raise ConfigError("--resume continues the unfinished job and --force starts a new one: choose one",
                           field="--force")
@@ -224,10 +237,18 @@ def _plan_lines(facts: list[preflight.SideFacts], dbs: tuple[int, ...] | None, a
     lines = [preflight.describe(side) for side in facts]
     lines.append(f"copy {'db ' + ', '.join(map(str, dbs)) if dbs is not None else 'every db with keys'}"
                  f"{' matching ' + repr(args.match) if args.match else ''}"
-                 f"{' of type ' + args.type if args.type else ''}: SCAN/DUMP/PTTL/RESTORE, conflict policy "
+                 f"{' of type ' + args.type if args.type else ''}: {_MOVES[_mode(args)]}, conflict policy "
                  f"{args.conflict.upper()}, TTLs {'preserved' if args.preserve_ttl else 'dropped'}, "
                  f"{args.restorers} restorer(s), source share {share:g}{budget}")
     return lines
+
+
+_MOVES = {
+    DataMovementMode.AUTO: "SCAN/DUMP/PTTL/RESTORE (payloads relabelled for the target's format where it needs "
+                           "it, else a logical copy of the key)",
+    DataMovementMode.DUMP_RESTORE: "SCAN/DUMP/PTTL/RESTORE (relabelled where the target needs it, no logical copy)",
+    DataMovementMode.LOGICAL: "SCAN, then a logical copy of every key (read and written with ordinary commands)",
+}
 
 
 class _ProgressView:
@@ -251,7 +272,6 @@ def _warn(message: str) -> None:
 
 def run_migrate(args: MigrateArgs) -> int:
     source, target, mirrors, dbs, target_db = _parse(args)
-    setup = _setup(args, source, target, mirrors, dbs)
     facts, findings = _preflight(source, target, mirrors, dbs, target_db, args)
     if args.dry_run:
         return _dry_run(args, facts, findings, dbs)
@@ -262,12 +282,16 @@ def run_migrate(args: MigrateArgs) -> int:
     exporter = None
     try:
         job = _latest_job(store)
+        if args.resume and job is not None and args.mode is None:
+            # --resume goes on in the mode the job was started with.
+            args = dataclasses.replace(args, mode=_saved_setup(job)["mode"].lower().replace("_", "-"))
+        setup = _setup(args, source, target, mirrors, dbs)
         if args.resume:
             if job is None or job.state not in UNFINISHED:
                 raise StateError(f"nothing to resume in {args.state}; start the job with: {_next_command(args)}")
-            if job.setup != setup:
+            if _saved_setup(job) != setup:
                 raise StateError(f"resume refused: job {job.id} in {args.state} was started with another setup ("
-                                 f"{_describe_difference(job.setup or {}, setup)}); start a new job with: "
+                                 f"{_describe_difference(_saved_setup(job), setup)}); start a new job with: "
                                  f"{_next_command(args, '--force')}")
             run_id = job.id
         else:
@@ -281,7 +305,7 @@ def run_migrate(args: MigrateArgs) -> int:
         options = BulkOptions(
             run_id=run_id, source=source, target=target, mirrors=tuple(mirrors), dbs=dbs, match=args.match,
             type=args.type, conflict=ConflictPolicy(args.conflict.upper()), preserve_ttl=args.preserve_ttl,
-            restorers=args.restorers, scan_count=args.scan_count,
+            mode=_mode(args), restorers=args.restorers, scan_count=args.scan_count,
             max_keys_per_second=args.max_keys_per_sec, max_bytes_per_second=args.max_bytes_per_sec,
             max_source_share=_source_share(args), backoff_latency_ms=args.backoff_latency_ms,
             latency_budget_ms=args.latency_budget_ms, big_key_threshold_bytes=args.big_key_bytes)
@@ -313,8 +337,14 @@ def run_migrate(args: MigrateArgs) -> int:
         finally:
             signal.signal(signal.SIGINT, previous)
             view.close()
-        store.set_run_state(job.id, "COMPLETED")
-        return _summary(args, store, job.id, progress)
+        # A job in which no key arrived failed, whatever else it says (a few error keys do not fail it:
+        # the exit code and the error key list tell of those).
+        failure = export_mod.copy_failure(store, job.id, progress, max_error_ratio=float("inf"))
+        if failure:
+            store.set_run_state(job.id, "FAILED", failure)
+        else:
+            store.set_run_state(job.id, "COMPLETED")
+        return _summary(args, store, job.id, progress, failure)
     finally:
         if exporter is not None:
             exporter.stop()
@@ -343,12 +373,14 @@ def _record_failure(store: Store, run_id: str, exc: BaseException) -> None:
         store.set_run_state(run_id, DISCARDED, f"failed before copying anything: {exc}")
 
 
-def _summary(args: MigrateArgs, store: Store, run_id: str, progress: Progress) -> int:
+def _summary(args: MigrateArgs, store: Store, run_id: str, progress: Progress, failure: str | None) -> int:
     error_count = store.error_key_count(run_id)
     if args.errors_out:
         _write_export(store, run_id, args.errors_out)
     summary = {"run_id": run_id, **progress.as_dict(), "error_keys": error_count,
                "source_keys": progress.source_keys}
+    if failure:
+        summary["failure"] = failure
     if args.errors_out:
         summary["errors_out"] = args.errors_out
     if progress.side_restarts:
@@ -374,6 +406,9 @@ def _summary(args: MigrateArgs, store: Store, run_id: str, progress: Progress) -
         if error_count:
             where = args.errors_out or f"eve errors list --state {args.state}"
             print(f"eve migrate: {error_count:,} error keys: see {where}", file=sys.stderr)
+    if failure:
+        hint = "" if _mode(args) is DataMovementMode.AUTO else "; --mode auto copies refused keys logically"
+        print(f"eve migrate: failed: {failure}{hint}", file=sys.stderr)
     return 1 if error_count else 0
 
 
@@ -443,7 +478,8 @@ def errors_command(action: str, *, state: str, run: str | None, out: str | None,
                              f"{saved.get('target', {}).get('address')}; retry against the same servers")
         outcome = retry_error_keys(store, job.id, source_spec, target_spec,
                                    conflict=ConflictPolicy(saved.get("conflict", "REPLACE")),
-                                   preserve_ttl=saved.get("preserve_ttl", True))
+                                   preserve_ttl=saved.get("preserve_ttl", True),
+                                   mode=DataMovementMode(_saved_setup(job)["mode"]))
         if as_json:
             print(json.dumps(outcome))
         else:

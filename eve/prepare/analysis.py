@@ -4,7 +4,9 @@
 per node (each master of a cluster) and per database that ``INFO keyspace``
 lists, ``SCAN cursor COUNT n`` (never ``KEYS``) and, for the keys of each step,
 pipelined ``TYPE`` + ``PTTL`` + ``MEMORY USAGE`` (which samples 5 elements of
-an aggregate by default, so a huge key costs no more than a small one).
+an aggregate by default, so a huge key costs no more than a small one) +
+``OBJECT ENCODING`` (the encoding names the RDB type code a DUMP will carry, which
+decides how the key can move to the target: ``eve.prepare.compat``).
 
 A node's database is sampled up to ``sample_limit`` keys. Key and expiry counts
 always come from ``INFO keyspace`` (exact); types, memory and TTL buckets come
@@ -32,6 +34,7 @@ __all__ = [
     "Analysis",
     "BigKey",
     "DbStats",
+    "EncodingStats",
     "TypeStats",
     "analyze",
     "endpoint_masters",
@@ -62,6 +65,13 @@ class TypeStats:
 
 
 @dataclass(frozen=True)
+class EncodingStats:
+    type: str
+    encoding: str                  # OBJECT ENCODING: "listpack", "intset", "hashtable", ...
+    keys: int                      # over every db, from the sample, scaled when sampled
+
+
+@dataclass(frozen=True)
 class DbStats:
     db: int
     keys: int                      # exact, from INFO keyspace (summed over masters)
@@ -88,6 +98,7 @@ class Analysis:
     used_memory_bytes: int                        # INFO memory used_memory, summed over masters
     sampled: bool                                 # some node/db was sampled, not walked entirely
     sampled_keys: int                             # keys looked at
+    encodings: tuple[EncodingStats, ...] = ()     # most keys first
 
     @property
     def keys(self) -> int:
@@ -182,6 +193,7 @@ class _Tally:
         self.expires: dict[int, int] = defaultdict(int)
         self.type_keys: dict[tuple[int, str], float] = defaultdict(float)
         self.type_memory: dict[tuple[int, str], float] = defaultdict(float)
+        self.encodings: dict[tuple[str, str], float] = defaultdict(float)
         self.ttl: dict[str, float] = defaultdict(float)
         self.module_types: set[str] = set()
         self.big: list[tuple[int, int, BigKey]] = []
@@ -205,6 +217,7 @@ def _scan_db(conn: FastConnection, node: str, db: int, keys_in_db: int, tally: _
     types: dict[str, int] = defaultdict(int)
     memory: dict[str, int] = defaultdict(int)
     ttl: dict[str, int] = defaultdict(int)
+    encodings: dict[tuple[str, str], int] = defaultdict(int)
     seen: set[bytes] = set()
     sampled = 0
     cursor: bytes = b"0"
@@ -222,10 +235,10 @@ def _scan_db(conn: FastConnection, node: str, db: int, keys_in_db: int, tally: _
         if fresh:
             commands = []
             for key in fresh:
-                commands += [("TYPE", key), ("PTTL", key), ("MEMORY", "USAGE", key)]
+                commands += [("TYPE", key), ("PTTL", key), ("MEMORY", "USAGE", key), ("OBJECT", "ENCODING", key)]
             replies = conn.pipeline(pack_many(commands), len(commands))
             for i, key in enumerate(fresh):
-                kind, pttl, usage = replies[3 * i: 3 * i + 3]
+                kind, pttl, usage, encoding = replies[4 * i: 4 * i + 4]
                 if isinstance(kind, ReplyError) or isinstance(pttl, ReplyError):
                     continue
                 kind = _text(kind)
@@ -236,6 +249,7 @@ def _scan_db(conn: FastConnection, node: str, db: int, keys_in_db: int, tally: _
                 types[kind] += 1
                 memory[kind] += size
                 ttl[ttl_bucket(pttl)] += 1
+                encodings[(kind, _text(encoding) if isinstance(encoding, bytes) else "unknown")] += 1
                 if kind not in CORE_TYPES:
                     tally.module_types.add(kind)
                 tally.offer_big_key(size, lambda key=key, kind=kind, size=size: BigKey(
@@ -255,6 +269,8 @@ def _scan_db(conn: FastConnection, node: str, db: int, keys_in_db: int, tally: _
         tally.type_memory[(db, kind)] += memory[kind] * scale
     for bucket, count in ttl.items():
         tally.ttl[bucket] += count * scale
+    for pair, count in encodings.items():
+        tally.encodings[pair] += count * scale
 
 
 def analyze(source: EndpointConfig, *, sample_limit: int = DEFAULT_SAMPLE_LIMIT, big_keys: int = DEFAULT_BIG_KEYS,
@@ -293,4 +309,6 @@ def analyze(source: EndpointConfig, *, sample_limit: int = DEFAULT_SAMPLE_LIMIT,
         used_memory_bytes=used_memory,
         sampled=tally.sampled,
         sampled_keys=tally.sampled_keys,
+        encodings=tuple(EncodingStats(kind, encoding, round(count)) for (kind, encoding), count in
+                        sorted(tally.encodings.items(), key=lambda item: (-item[1], item[0]))),
     )

@@ -12,8 +12,17 @@ Codes (``CODES``):
 
 * ``SOURCE_VERSION_TOO_OLD`` (blocking): the source is older than Redis 5.
 * ``DUMP_VERSION_MISMATCH``: the target refuses the source's DUMP payloads,
-  found by restoring a real probe payload. Blocking in ``DUMP_RESTORE`` mode;
-  in ``AUTO``/``LOGICAL`` refused keys are copied logically (DESIGN.md 4).
+  found by restoring a real probe payload (relabelled for the target's format
+  where the copy would relabel it: ``eve.redis.rdb``). Blocking in
+  ``DUMP_RESTORE`` mode; in ``AUTO``/``LOGICAL`` refused keys are copied
+  logically (DESIGN.md 4).
+* ``KEY_MOVEMENT``: not every key restores as it is; per type and encoding,
+  with the keyspace analysis' counts, how the keys will move to that target
+  (``as is``, ``transcoded``: relabelled and restored at full speed,
+  ``logical``: copied with ordinary commands, ``cannot``: an error key). Needs
+  the analysis (``check_compatibility(analysis=...)``). Blocking when no key
+  of a core type could move (``DUMP_RESTORE`` towards a format that knows none
+  of them); module keys are ``MODULES_DIFFER``'s business.
 * ``MODULES_DIFFER``: the source has a module the target lacks (or has in an
   older major version). Blocking when the source holds keys of a type the
   module provides.
@@ -52,7 +61,18 @@ from eve.core.endpoints import ConnectionSpec, EndpointConfig
 from eve.core.enums import DataMovementMode
 from eve.core.errors import AuthError, ConfigError, EndpointError, Side, UnavailableError
 from eve.prepare import preflight
-from eve.redis.rdb import payload_rdb_version
+from eve.prepare.analysis import Analysis
+from eve.redis.rdb import (
+    AS_IS,
+    LOGICAL,
+    RELABEL,
+    TargetFormat,
+    describe_type,
+    payload_rdb_version,
+    rdb_version_of,
+    relabel,
+    type_code_for,
+)
 from eve.redis.topology import Node, cluster_masters, key_slot, node_spec, parse_info
 from eve.redis.wire import FastConnection, ReplyError, pack
 
@@ -64,7 +84,7 @@ __all__ = [
     "ServerVersion",
     "blocking",
     "check_compatibility",
-    "rdb_accepts",
+    "rdb_format",
     "server_version",
     "source_version_issue",
 ]
@@ -72,6 +92,7 @@ __all__ = [
 CODES = (
     "SOURCE_VERSION_TOO_OLD",
     "DUMP_VERSION_MISMATCH",
+    "KEY_MOVEMENT",
     "MODULES_DIFFER",
     "ACL_MISSING_COMMANDS",
     "CLUSTER_MODE_DIFFERS",
@@ -189,18 +210,12 @@ def _older_version_issue(source: ServerVersion, target: ServerVersion, label: st
          "source_major": str(source_major), "target_major": str(target_major)})
 
 
-def rdb_accepts(source_rdb: int, target_rdb: int) -> bool:
-    """Whether a target writing RDB ``target_rdb`` restores payloads of ``source_rdb``.
-
-    A server refuses payloads newer than its own format. Valkey 9 jumped to RDB
-    80 and refuses Redis' 12..79 range (DESIGN.md 8): used only when no real
-    probe payload could be restored.
-    """
-    if source_rdb == target_rdb:
-        return True
-    if source_rdb > target_rdb:
-        return False
-    return not (12 <= source_rdb < 80 <= target_rdb)
+def rdb_format(version: ServerVersion) -> TargetFormat:
+    """The payload format a server reads and writes (``eve.redis.rdb``): Valkey by its own
+    version, any other engine as the Redis version it reports."""
+    if version.engine == "valkey":
+        return TargetFormat("valkey", version.version, rdb_version_of("valkey", version.version))
+    return TargetFormat("redis", version.redis_version, rdb_version_of("redis", version.redis_version))
 
 
 # --------------------------------------------------------------------------- connections
@@ -447,20 +462,28 @@ def _dbs_of(side: _Side, spec: ConnectionSpec) -> list[int]:
     return sorted(int(name[2:]) for name in parse_info(reply) if name.startswith("db") and name[2:].isdigit())
 
 
-def _probe_dump(source: _Side, target: _Side) -> _DumpProbe:
-    """Restore a real source payload on the target under a scratch name.
+def _probe_dump(source: _Side, target: _Side, target_format: TargetFormat) -> _DumpProbe:
+    """Restore a real source payload on the target under a scratch name, relabelled when the
+    copy would relabel it.
 
     The target's own RDB version comes from a DUMP of a scratch key written
     there. When the target user cannot RESTORE (its ACL is reported on its own),
-    the verdict falls back to comparing RDB versions (``rdb_accepts``).
+    the verdict falls back to the table of ``eve.redis.rdb`` (``TargetFormat.plan``).
     """
     probe = _DumpProbe()
     payload, probe.how = _source_payload(source)
+    fallback = None
     if payload is not None:
         try:
             probe.source_rdb = payload_rdb_version(payload)
         except ValueError:
             payload = None
+    if payload is not None:
+        how = target_format.plan(payload)
+        fallback = how != LOGICAL
+        if how == RELABEL:
+            payload = relabel(payload, target_format.rdb)
+            probe.how += f", relabelled from RDB {probe.source_rdb} to {target_format.rdb} as the copy does"
     node = _probe_node(target)
     for spec in target.specs(("admin", "write")):
         token = _scratch_token(node)
@@ -483,8 +506,8 @@ def _probe_dump(source: _Side, target: _Side) -> _DumpProbe:
             probe.target_rdb = payload_rdb_version(replies[-2])
         if probe.accepted is not None and probe.target_rdb is not None:
             break
-    if probe.accepted is None and probe.source_rdb is not None and probe.target_rdb is not None:
-        probe.accepted = rdb_accepts(probe.source_rdb, probe.target_rdb)
+    if probe.accepted is None and fallback is not None:
+        probe.accepted = fallback
         probe.how += (f"; but the target could not try it ({probe.target_reply or 'no payload'}), "
                       "so the RDB versions were compared")
     return probe
@@ -518,6 +541,68 @@ def _dump_issue(probe: _DumpProbe, mode: str, source: _Facts, target: _Facts, la
         "DUMP_VERSION_MISMATCH", blocking,
         f"The {label} ({target.version}) refuses DUMP payloads of the source ({source.version}): "
         f"RDB format {evidence['source_rdb_version']} is newer than the target reads. {consequence}",
+        evidence)
+
+
+# --------------------------------------------------------------------------- key movement
+
+_CANNOT = "cannot"
+_MOVES = (AS_IS, RELABEL, LOGICAL, _CANNOT)
+_MEANING = {AS_IS: "restored as they are", RELABEL: "transcoded (payload relabelled, restored at full speed)",
+            LOGICAL: "copied logically (ordinary commands, slower)", _CANNOT: "cannot move (error keys)"}
+
+
+def _how_keys_move(kind: str, encoding: str, source_rdb: int, target: TargetFormat, mode: str,
+                   module_on_target: bool) -> str:
+    """One of AS_IS, RELABEL, LOGICAL, _CANNOT for keys of this type and encoding (the restorer's
+    decision, restorer.worker ``_Target.route``, made ahead of time)."""
+    module = kind not in CORE_TYPES
+    if mode == DataMovementMode.LOGICAL.value:
+        return _CANNOT if module else LOGICAL
+    how = target.plan_for(type_code_for(kind, encoding, source_rdb), source_rdb)
+    if module:
+        return AS_IS if how == AS_IS and module_on_target else _CANNOT
+    if how == LOGICAL and mode == DataMovementMode.DUMP_RESTORE.value:
+        return _CANNOT
+    return how
+
+
+def _movement_issue(analysis: Analysis | None, probe: _DumpProbe, src: _Facts, tgt: _Facts, mode: str,
+                    label: str) -> CompatIssue | None:
+    """KEY_MOVEMENT (module docstring); None when every key restores as it is."""
+    if analysis is None or not analysis.encodings:
+        return None
+    source_rdb = probe.source_rdb if probe.source_rdb is not None else rdb_format(src.version).rdb
+    target = rdb_format(tgt.version)
+    counts: dict[str, dict[str, int]] = {how: {} for how in _MOVES}
+    core = {AS_IS: 0, RELABEL: 0, LOGICAL: 0, _CANNOT: 0}
+    for stats in analysis.encodings:
+        provides = any(stats.type in _MODULE_KEY_TYPES.get(name, ()) for name in tgt.modules or {})
+        how = _how_keys_move(stats.type, stats.encoding, source_rdb, target, mode, module_on_target=provides)
+        code = describe_type(type_code_for(stats.type, stats.encoding, source_rdb))
+        name = f"{stats.type} {stats.encoding} {code}"
+        counts[how][name] = counts[how].get(name, 0) + stats.keys
+        if stats.type in CORE_TYPES:
+            core[how] += stats.keys
+    if not any(counts[how] for how in (RELABEL, LOGICAL, _CANNOT)):
+        return None
+    blocking = core[_CANNOT] > 0 and core[_CANNOT] == sum(core.values())
+    parts = [f"{_MEANING[how]}: " + ", ".join(f"{name} {n:,} keys" for name, n in sorted(counts[how].items()))
+             for how in _MOVES if counts[how]]
+    evidence = {"endpoint": label, "mode": mode, "source_rdb_version": str(source_rdb), "target_format": str(target),
+                "sampled": str(analysis.sampled).lower()}
+    evidence.update({f"{how}: {name}": str(n) for how in _MOVES for name, n in counts[how].items()})
+    if blocking:
+        advice = " In DUMP_RESTORE mode none of these keys can move: choose AUTO or LOGICAL."
+    elif counts[_CANNOT]:
+        advice = " Keys that cannot move become error keys."
+    else:
+        advice = ""
+    return CompatIssue(
+        "KEY_MOVEMENT", blocking,
+        f"Keys move from the source (RDB {source_rdb}) to the {label}, {target}, in {mode} mode as follows "
+        f"(counts from the keyspace analysis{', scaled from a sample' if analysis.sampled else ''}): "
+        f"{'; '.join(parts)}.{advice}",
         evidence)
 
 
@@ -583,7 +668,8 @@ _SOURCE_READ = [("scan", ("SCAN", "0")), ("dump", ("DUMP", _K)), ("pttl", ("PTTL
                 ("info", ("INFO", "server")), ("memory usage", ("MEMORY", "USAGE", _K)), ("exists", ("EXISTS", _K))]
 _SOURCE_LOGICAL = [("get", ("GET", _K)), ("getrange", ("GETRANGE", _K, "0", "1")), ("hscan", ("HSCAN", _K, "0")),
                    ("sscan", ("SSCAN", _K, "0")), ("zscan", ("ZSCAN", _K, "0")), ("lrange", ("LRANGE", _K, "0", "1")),
-                   ("xrange", ("XRANGE", _K, "-", "+"))]
+                   ("xrange", ("XRANGE", _K, "-", "+")),
+                   ("eval", ("EVAL", "return 1", "0"))]   # a logical read is one script (eve.redis.logical)
 _TARGET_RESTORE = [("restore", ("RESTORE", _K, "0", "x"))]
 _TARGET_WRITE = [("del", ("DEL", _K)), ("pexpireat", ("PEXPIREAT", _K, "0")), ("select", ("SELECT", "0"))]
 _TARGET_LOGICAL = [("set", ("SET", _K, "v")), ("hset", ("HSET", _K, "f", "v")), ("sadd", ("SADD", _K, "m")),
@@ -710,8 +796,6 @@ def _target_acl(side: _Side, mode: str, dump_refused: bool, conflict_policy: str
     reasons = []
     if mode == DataMovementMode.LOGICAL.value:
         required += _TARGET_LOGICAL
-        optional += _TARGET_RESTORE
-        reasons.append("the Prepare test run restores a sample with RESTORE")
     elif mode == DataMovementMode.DUMP_RESTORE.value:
         required += _TARGET_RESTORE
     else:  # AUTO: logical writes for refused payloads (then required) and for big keys
@@ -823,7 +907,7 @@ def check_compatibility(source: EndpointConfig, target: EndpointConfig, *, mirro
                         conflict_policy: str | None = None, timeout: float = DEFAULT_TIMEOUT,
                         source_name: str | None = None, target_name: str | None = None,
                         mirror_names: Sequence[str] | None = None, online: bool = False,
-                        keyspace_notifications: bool = False) -> list[CompatIssue]:
+                        keyspace_notifications: bool = False, analysis: Analysis | None = None) -> list[CompatIssue]:
     """The compatibility issues between a source and its target(s); empty when they fit.
 
     ``mode`` is the run's data movement mode; ``conflict_policy`` (when known)
@@ -832,6 +916,7 @@ def check_compatibility(source: EndpointConfig, target: EndpointConfig, *, mirro
     connection (the source too, after the cutover), and ``keyspace_notifications``
     subscribes on the source. Names, when given, appear in messages and evidence
     ("target 'cache-new'"); otherwise "source", "target", "mirror target 1", ...
+    ``analysis`` (the source's keyspace analysis) gives KEY_MOVEMENT its counts.
     """
     mode = _mode(mode)
     policy = str(getattr(conflict_policy, "value", conflict_policy)).upper() if conflict_policy else None
@@ -850,11 +935,14 @@ def check_compatibility(source: EndpointConfig, target: EndpointConfig, *, mirro
         any_refused = False
         for side in target_sides:
             tgt = _gather(side)
-            probe = _probe_dump(src_side, side)
-            refused = probe.accepted is False
+            probe = _probe_dump(src_side, side, rdb_format(tgt.version))
+            movement = _movement_issue(analysis, probe, src, tgt, mode, side.label)
+            # Keys copied logically need the logical commands, whether the probe found it or the analysis.
+            refused = probe.accepted is False or (movement is not None and any(
+                name.startswith(f"{LOGICAL}: ") for name in movement.evidence))
             any_refused = any_refused or refused
             issues += [i for i in (_older_version_issue(src.version, tgt.version, side.label),
-                                   _dump_issue(probe, mode, src, tgt, side.label)) if i]
+                                   _dump_issue(probe, mode, src, tgt, side.label), movement) if i]
             issues += _module_issues(src_side, src, tgt, side.label)
             issues += [i for i in (_cluster_issue(src, tgt, side.label), _memory_issue(src, tgt, side.label)) if i]
             issues += _target_acl(side, mode, refused, policy)

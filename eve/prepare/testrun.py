@@ -1,8 +1,11 @@
 """The test run of a run's Prepare step (DESIGN.md section 7).
 
 A sample of source keys, spread over the types present, is copied to the
-target the way the bulk copy does it (``DUMP`` + ``PTTL`` from the source,
-``RESTORE`` on the target), each under a scratch name
+target the way the bulk copy does it in the run's mode (``DUMP`` + ``PTTL`` from
+the source, ``RESTORE`` on the target of the payload as it is or relabelled for
+the target's format, a logical copy where the target cannot read it in ``AUTO``,
+and of every key in ``LOGICAL``: ``eve.redis.rdb``, ``restorer.logical_copy``),
+each under a scratch name
 ``eve:testrun:<run_id>:<n>`` in db 0 of the target, then read back and
 compared with the source key by type (module types by their DUMP payloads).
 The copy is timed to estimate the full copy. Every scratch key is deleted at
@@ -12,10 +15,12 @@ so that even a crash cannot leave one behind for long.
 Both sides are ``eve.redis.cluster.ClusterClient``s (the slot maps read with the
 admin connection when it may): a cluster target gets each scratch key on the
 master that owns its slot, redirections (``MOVED``, ``ASK`` with ``ASKING``) are
-followed and transient replies retried like in the bulk copy. A refused payload
-(``ERR DUMP payload version or checksum are wrong``: e.g. Redis 8.2 -> Valkey
-8.1) counts as a failure of its type, the reason in ``errors``. Transport
-failures raise ``UnavailableError`` naming the side.
+followed and transient replies retried like in the bulk copy. A payload the
+target still refuses (``ERR DUMP payload version or checksum are wrong``) goes
+to a logical copy in ``AUTO``; in ``DUMP_RESTORE`` it counts as a failure of its
+type, the reason in ``errors``. Each type's result says how many keys went
+transcoded and how many logically. Transport failures raise
+``UnavailableError`` naming the side.
 """
 
 from __future__ import annotations
@@ -27,10 +32,14 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from eve.core.endpoints import EndpointConfig
+from eve.core.enums import ConflictPolicy, DataMovementMode
 from eve.core.errors import AuthError, ConfigError, EndpointError, SourceError, TargetError, UnavailableError
 from eve.prepare.analysis import endpoint_masters, key_text
-from eve.redis.cluster import ClientOptions, ClusterClient
+from eve.redis.cluster import ClientOptions, ClusterClient, payload_refused
+from eve.redis.rdb import AS_IS, LOGICAL, RELABEL, relabel, target_format
 from eve.redis.wire import ReplyError, pack
+from restorer.logical_copy import LogicalWriter, SourceRead, SourceReader
+from restorer.policies import RESTORED, conflict_handling
 
 __all__ = [
     "SCRATCH_PREFIX",
@@ -61,6 +70,8 @@ class TypeResult:
     keys: int      # sampled keys of this type that were copied
     ok: int        # restored and verified equal
     failed: int    # refused by the target, or read back different
+    transcoded: int = 0   # of ``keys``, restored with their payload relabelled
+    logical: int = 0      # of ``keys``, copied logically
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,7 @@ class _Sampled:
     placed: str | None = None   # target node the scratch key was sent to
     ok: bool | None = None
     reason: str = ""
+    how: str = AS_IS            # AS_IS, RELABEL or LOGICAL: how it was copied
 
 
 def _side(config: EndpointConfig, role: str, timeout: float) -> ClusterClient:
@@ -190,6 +202,26 @@ def _by_db(entries: Sequence[_Sampled]) -> Iterator[tuple[int, list[_Sampled]]]:
 # --------------------------------------------------------------------------- copy
 
 
+def _copy(entries: list[_Sampled], source: ClusterClient, target: ClusterClient, mode: DataMovementMode) -> None:
+    """Each sampled key to its scratch name the way the restorer would move it in ``mode``."""
+    fmt = target_format(target.info("server"))
+    restoring: list[_Sampled] = []
+    logical: list[_Sampled] = []
+    for entry in entries:
+        assert entry.payload is not None
+        how = LOGICAL if mode is DataMovementMode.LOGICAL else fmt.plan(entry.payload)
+        if how == RELABEL:
+            entry.payload, entry.how = relabel(entry.payload, fmt.rdb), RELABEL
+        if how == LOGICAL and mode is not DataMovementMode.DUMP_RESTORE:
+            logical.append(entry)
+        else:
+            restoring.append(entry)
+    _restore(restoring, target)
+    if mode is DataMovementMode.AUTO:
+        logical += [entry for entry in restoring if entry.ok is False and payload_refused(entry.reason)]
+    _copy_logically(logical, source, target)
+
+
 def _restore(entries: list[_Sampled], target: ClusterClient) -> None:
     """RESTORE each payload under its scratch name on the node owning its slot (db 0)."""
     keys = [e.scratch for e in entries]
@@ -198,6 +230,29 @@ def _restore(entries: list[_Sampled], target: ClusterClient) -> None:
         entry.placed = node
         if isinstance(reply, ReplyError):
             entry.ok, entry.reason = False, f"RESTORE refused: {reply}"
+
+
+def _copy_logically(entries: list[_Sampled], source: ClusterClient, target: ClusterClient) -> None:
+    """Read each key on the source and write it under its scratch name (restorer.logical_copy)."""
+    reader = SourceReader(source, max_pipeline=SCAN_COUNT, preserve_ttl=False)
+    writer = LogicalWriter(target, conflict_handling(ConflictPolicy.REPLACE, CLIENT_NAME), CLIENT_NAME, 1)
+    for db, group in _by_db(entries):
+        reads = reader.read(db, [entry.key for entry in group])
+        expiry = time.time_ns() // 1_000_000 + SCRATCH_TTL_MS
+        writing: list[tuple[_Sampled, SourceRead]] = []
+        for entry, read in zip(group, reads):
+            entry.how, entry.ok, entry.reason = LOGICAL, None, ""
+            if read.error is not None:
+                entry.ok, entry.reason = False, f"logical copy failed: {read.error}"
+            elif read.value is None:
+                entry.reason = _VANISHED
+            else:
+                writing.append((entry, SourceRead(read.value, expiry)))
+        written = writer.write(0, [(entry.scratch, read) for entry, read in writing])
+        for (entry, _read), outcome in zip(writing, written):
+            entry.placed = target.node_for_key(entry.scratch)
+            if outcome.status != RESTORED:
+                entry.ok, entry.reason = False, f"logical copy failed: {outcome.detail}"
 
 
 # --------------------------------------------------------------------------- verify
@@ -271,8 +326,9 @@ def _cleanup(entries: list[_Sampled], target: ClusterClient) -> str | None:
 
 
 def test_run(source: EndpointConfig, target: EndpointConfig, *, run_id: str, sample: int = DEFAULT_SAMPLE,
-             total_keys: int | None = None, timeout: float = DEFAULT_TIMEOUT) -> TestRunReport:
-    """Copy a sample of keys to scratch names on the target, verify, time, remove them."""
+             total_keys: int | None = None, timeout: float = DEFAULT_TIMEOUT,
+             mode: DataMovementMode = DataMovementMode.AUTO) -> TestRunReport:
+    """Copy a sample of keys to scratch names on the target in ``mode``, verify, time, remove them."""
     if not run_id or any(ch.isspace() for ch in run_id):
         raise ConfigError("a run id without spaces is required", field="run_id")
     if sample < 1:
@@ -300,7 +356,7 @@ def test_run(source: EndpointConfig, target: EndpointConfig, *, run_id: str, sam
         for n, entry in enumerate(entries):
             entry.scratch = scratch_key(run_id, n)
         try:
-            _restore([e for e in entries if e.payload is not None], targets)
+            _copy([e for e in entries if e.payload is not None], sources, targets, DataMovementMode(mode))
             copy_seconds = time.monotonic() - copy_started
             _verify(entries, sources, targets)
         finally:
@@ -313,13 +369,15 @@ test_run.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 
 def _report(entries: list[_Sampled], started: float, copy_seconds: float, total: int,
             cleanup_problem: str | None) -> TestRunReport:
-    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
     errors: list[str] = []
     for entry in entries:
         if entry.reason == _VANISHED:
             continue
         tally = counts[entry.type]
         tally[0] += 1
+        tally[3] += entry.how == RELABEL
+        tally[4] += entry.how == LOGICAL
         if entry.ok:
             tally[1] += 1
         else:

@@ -121,7 +121,7 @@ class RateLimits(_message.Message):
     def __init__(self, max_keys_per_second: _Optional[int] = ..., max_bytes_per_second: _Optional[int] = ..., max_pipeline_depth: _Optional[int] = ...) -> None: ...
 
 class RunSetup(_message.Message):
-    __slots__ = ("source", "target", "mirror_targets", "strategy", "mode", "conflict_policy", "write_consistency", "preserve_ttl", "filters", "rate_limits", "rollback_window", "interlay", "scripts_deterministic", "big_key_threshold_bytes", "restorers", "keyspace_notifications")
+    __slots__ = ("source", "target", "mirror_targets", "strategy", "mode", "conflict_policy", "write_consistency", "preserve_ttl", "filters", "rate_limits", "rollback_window", "interlay", "scripts_deterministic", "big_key_threshold_bytes", "restorers", "keyspace_notifications", "max_error_ratio")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     MIRROR_TARGETS_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +138,7 @@ class RunSetup(_message.Message):
     BIG_KEY_THRESHOLD_BYTES_FIELD_NUMBER: _ClassVar[int]
     RESTORERS_FIELD_NUMBER: _ClassVar[int]
     KEYSPACE_NOTIFICATIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ERROR_RATIO_FIELD_NUMBER: _ClassVar[int]
     source: str
     target: str
     mirror_targets: _containers.RepeatedScalarFieldContainer[str]
@@ -154,7 +155,8 @@ class RunSetup(_message.Message):
     big_key_threshold_bytes: int
     restorers: int
     keyspace_notifications: bool
-    def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ..., mirror_targets: _Optional[_Iterable[str]] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., mode: _Optional[_Union[DataMovementMode, str]] = ..., conflict_policy: _Optional[_Union[ConflictPolicy, str]] = ..., write_consistency: _Optional[_Union[WriteConsistency, str]] = ..., preserve_ttl: _Optional[bool] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., rate_limits: _Optional[_Union[RateLimits, _Mapping]] = ..., rollback_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., interlay: _Optional[str] = ..., scripts_deterministic: _Optional[bool] = ..., big_key_threshold_bytes: _Optional[int] = ..., restorers: _Optional[int] = ..., keyspace_notifications: _Optional[bool] = ...) -> None: ...
+    max_error_ratio: float
+    def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ..., mirror_targets: _Optional[_Iterable[str]] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., mode: _Optional[_Union[DataMovementMode, str]] = ..., conflict_policy: _Optional[_Union[ConflictPolicy, str]] = ..., write_consistency: _Optional[_Union[WriteConsistency, str]] = ..., preserve_ttl: _Optional[bool] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., rate_limits: _Optional[_Union[RateLimits, _Mapping]] = ..., rollback_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., interlay: _Optional[str] = ..., scripts_deterministic: _Optional[bool] = ..., big_key_threshold_bytes: _Optional[int] = ..., restorers: _Optional[int] = ..., keyspace_notifications: _Optional[bool] = ..., max_error_ratio: _Optional[float] = ...) -> None: ...
 
 class Run(_message.Message):
     __slots__ = ("id", "state", "setup", "description", "failure_reason", "read_percent_target", "writes_on_target", "create_time", "update_time")
@@ -340,16 +342,20 @@ class GetTestRunRequest(_message.Message):
     def __init__(self, run: _Optional[str] = ...) -> None: ...
 
 class TypeResult(_message.Message):
-    __slots__ = ("type", "keys", "ok", "failed")
+    __slots__ = ("type", "keys", "ok", "failed", "transcoded", "logical")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
+    TRANSCODED_FIELD_NUMBER: _ClassVar[int]
+    LOGICAL_FIELD_NUMBER: _ClassVar[int]
     type: str
     keys: int
     ok: int
     failed: int
-    def __init__(self, type: _Optional[str] = ..., keys: _Optional[int] = ..., ok: _Optional[int] = ..., failed: _Optional[int] = ...) -> None: ...
+    transcoded: int
+    logical: int
+    def __init__(self, type: _Optional[str] = ..., keys: _Optional[int] = ..., ok: _Optional[int] = ..., failed: _Optional[int] = ..., transcoded: _Optional[int] = ..., logical: _Optional[int] = ...) -> None: ...
 
 class TestRunReport(_message.Message):
     __slots__ = ("results", "errors", "seconds", "estimated_seconds")

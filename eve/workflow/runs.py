@@ -23,6 +23,7 @@ import uuid
 from enum import Enum
 from typing import Any, Callable, Iterator, Mapping
 
+from eve.bulk.error_keys import copy_failure
 from eve.bulk.pipeline import (
     BulkCopy,
     BulkOptions,
@@ -207,16 +208,24 @@ class Workflow:
             listeners = None
             if setup.interlay and self.interlays is not None and self.interlays.running(setup.interlay):
                 listeners = len(self.interlays.status(setup.interlay).ports)
-            self._event(run_id, "prepare", "compatibility checks started")
             # Until the checks finish, the run has no report: a Prepare that fails before
             # then must not leave an earlier (or an empty, "compatible") one standing.
             self.store.replace_issues(run_id, [])
             self.store.set_report(run_id, "compatibility", {"checked": False})
+            # The analysis comes first: the compatibility report says how many keys of each type
+            # will move as they are, transcoded or logically (KEY_MOVEMENT).
+            self._event(run_id, "prepare", "keyspace analysis started")
+            analysis = analyze(source)
+            self.store.set_report(run_id, "analysis", analysis.to_dict())
+            total = sum(db.keys for db in analysis.dbs)
+            self._event(run_id, "analysis", f"{total} keys in {len(analysis.dbs)} databases",
+                        {"keys": total, "big_keys": len(analysis.big_keys), "sampled": analysis.sampled})
+            self._event(run_id, "prepare", "compatibility checks started")
             found = check_compatibility(source, target, mirrors=mirrors, interlay_listeners=listeners,
                                         mode=setup.mode, conflict_policy=setup.conflict_policy,
                                         source_name=setup.source, target_name=setup.target,
                                         mirror_names=list(setup.mirror_targets), online=setup.online,
-                                        keyspace_notifications=setup.keyspace_notifications)
+                                        keyspace_notifications=setup.keyspace_notifications, analysis=analysis)
             issues = []
             for index, issue in enumerate(found, start=1):
                 issues.append({"id": f"{index}-{issue.code.lower()}", "code": issue.code, "blocking": issue.blocking,
@@ -226,14 +235,8 @@ class Workflow:
             for issue in issues:
                 self._event(run_id, "issue", issue["message"], {"id": issue["id"], "code": issue["code"],
                                                                 "blocking": issue["blocking"]})
-            self._event(run_id, "prepare", "keyspace analysis started")
-            analysis = analyze(source)
-            self.store.set_report(run_id, "analysis", analysis.to_dict())
-            total = sum(db.keys for db in analysis.dbs)
-            self._event(run_id, "analysis", f"{total} keys in {len(analysis.dbs)} databases",
-                        {"keys": total, "big_keys": len(analysis.big_keys), "sampled": analysis.sampled})
             self._event(run_id, "prepare", "test run started")
-            report = test_run(source, target, run_id=run_id, total_keys=total)
+            report = test_run(source, target, run_id=run_id, total_keys=total, mode=setup.mode)
             self.store.set_report(run_id, "testrun", _jsonable(dataclasses.asdict(report)))
             failed = sum(r.failed for r in report.results)
             self._event(run_id, "testrun", f"test run: {report.keys} keys, {failed} failed, "
@@ -335,7 +338,7 @@ class Workflow:
             mirrors=tuple(configs[m].write for m in setup.mirror_targets),
             dbs=filters.dbs or None, match=filters.key_pattern or None,
             type=(filters.types or (None,))[0], conflict=setup.conflict_policy,
-            preserve_ttl=setup.preserve_ttl, restorers=setup.restorers or self.restorers_default,
+            preserve_ttl=setup.preserve_ttl, mode=setup.mode, restorers=setup.restorers or self.restorers_default,
             max_keys_per_second=limits.max_keys_per_second, max_bytes_per_second=limits.max_bytes_per_second,
             max_pipeline=limits.max_pipeline_depth or 1000,
             big_key_threshold_bytes=setup.big_key_threshold_bytes or DEFAULT_BIG_KEY_THRESHOLD_BYTES)
@@ -368,6 +371,10 @@ class Workflow:
             return
         self._progress[run_id] = progress
         self._event(run_id, "metrics", "bulk copy finished", _metrics_attributes(progress))
+        failure = copy_failure(self.store, run_id, progress, setup.max_error_ratio)
+        if failure:
+            self._fail(run_id, f"copy failed: {failure}")
+            return
         if live is not None:
             # The re-copy loop starts from the servers the copy wrote to: one that restarts
             # between the bulk copy and the loop's first contact is a restart too.
@@ -538,7 +545,8 @@ class Workflow:
         self._require(run_id, RunState.CUT_OVER, RunState.FAILED, doing="RetryErrorKeys")
         options = self._bulk_options(run_id, self._setup(run_id))
         outcome = retry_error_keys(self.store, run_id, options.source, options.target, conflict=options.conflict,
-                                   preserve_ttl=options.preserve_ttl, mirrors=options.mirrors, keys=keys)
+                                   preserve_ttl=options.preserve_ttl, mode=options.mode, mirrors=options.mirrors,
+                                   keys=keys)
         self._event(run_id, "error_key", f"retried {outcome['retried']} error keys: {outcome['succeeded']} "
                     f"succeeded, {outcome['still_failing']} still failing", outcome)
         return outcome

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Mapping
 
+from eve.bulk.error_keys import DEFAULT_MAX_ERROR_RATIO
 from eve.bulk.pipeline import MAX_RESTORERS
 from eve.redis.rdb import CORE_TYPES, is_type_name
 from eve.core import endpoints as endpoint_model
@@ -75,6 +76,8 @@ class RunSetup:
     big_key_threshold_bytes: int = 0  # 0: the default
     restorers: int = 0              # 0: the coordinator's default
     keyspace_notifications: bool = False
+    # The copy fails the run above this share of error keys per key scanned (eve.bulk.error_keys).
+    max_error_ratio: float = DEFAULT_MAX_ERROR_RATIO
 
     @property
     def online(self) -> bool:
@@ -181,6 +184,15 @@ def _duration_seconds(value: Any, field: str) -> float:
     return seconds
 
 
+def _ratio(value: Any, field: str, default: float) -> float:
+    """A share between 0 and 1; ``default`` when not given."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ConfigError(f"must be a number from 0 to 1 (a share of the keys), got {value!r}", field=field)
+    return float(value)
+
+
 def parse_setup(raw: Mapping[str, Any]) -> RunSetup:
     """Validate a setup dict (proto field names) into a ``RunSetup``, with field-level errors.
     Endpoint existence is checked by the workflow, which knows the store."""
@@ -229,12 +241,11 @@ def parse_setup(raw: Mapping[str, Any]) -> RunSetup:
         big_key_threshold_bytes=_non_negative(raw.get("big_key_threshold_bytes"), "setup.big_key_threshold_bytes"),
         restorers=_non_negative(raw.get("restorers"), "setup.restorers", MAX_RESTORERS),
         keyspace_notifications=_flag(raw, "keyspace_notifications", False),
+        max_error_ratio=_ratio(raw.get("max_error_ratio"), "setup.max_error_ratio", DEFAULT_MAX_ERROR_RATIO),
     )
     if setup.online and not setup.interlay:
         raise ConfigError(f"strategy {setup.strategy.value} moves live traffic: name the interlay the applications "
                           "use instead of the source", field="setup.interlay")
-    if setup.mode == DataMovementMode.LOGICAL:
-        raise NotImplementedError("mode LOGICAL is not implemented yet; use AUTO or DUMP_RESTORE")
     return setup
 
 
