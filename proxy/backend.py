@@ -510,8 +510,21 @@ class Backend(asyncio.Protocol):
             else:
                 self._received(data)
         except (resp.ProtocolError, ValueError) as exc:
-            log.error("%s: backend %s sent a malformed reply: %s", self.node.process, self.node.address, exc)
-            self.fail(_error_frame(f"ERR interlay: backend {self.node.address} sent a malformed reply"))
+            self._unframeable(exc)
+
+    def _unframeable(self, exc: Exception) -> None:
+        """A reply that cannot be framed: where it ends, and so which reply is
+        whose after it, is unknown. The client it was for is disconnected
+        without an answer (any answer could be taken for another command's),
+        and the connection fails: every other command waiting on it gets an error."""
+        log.error("%s: backend %s sent a reply that cannot be framed (%s); closing that connection",
+                  self.node.process, self.node.address, exc)
+        culprit = self.stream_to
+        if culprit is None:
+            culprit = self.pending[0][0] if self.pending and not self.raw else self.owner
+        if culprit is not None:
+            culprit.broken(self)
+        self.fail(_error_frame(f"ERR interlay: backend {self.node.address} sent a reply that cannot be framed"))
 
     def _frame_end(self, buf: bytes, pos: int, n: int) -> int:
         """End of the frame at pos, -1 if incomplete (having started streaming it
@@ -782,8 +795,8 @@ class Backend(asyncio.Protocol):
             sink.deliver(buf[pos:scan_pos], 0)
             self.frame_state = (remaining, stack)
             self.buf = buf[scan_pos:]
-        if sink.write_paused:
-            sink.hold_backend(self)
+        if self.kind != SHARED and sink.write_paused:
+            sink.hold_backend(self)  # only its owner waits for it (a shared one never waits on one client)
         return True
 
     def _continue_stream(self, data: bytes) -> bytes | None:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -106,6 +107,7 @@ class Client(asyncio.Protocol):
         "closing", "close_error", "quitting", "resetting", "reset_done", "req_stream", "write_paused",
         "pause_reasons", "paused_backend", "resume_scheduled", "rejected", "announce", "max_bulk", "max_args",
         "threshold", "scanner", "issued", "answered", "marks", "multi_marks", "wdb", "delayed",
+        "hard_limit", "soft_limit", "soft_seconds", "soft_since", "process",
     )
 
     def __init__(self, parts: Parts, clients: Clients, router: Router, node: Node) -> None:
@@ -149,11 +151,19 @@ class Client(asyncio.Protocol):
         self.resume_scheduled = False
         self.rejected = False
         options = parts.options
+        self.process = options.name     # names the process in logs
         # The host cluster redirections name (the address the client reached, once connected).
         self.announce = options.listen_host if self.cluster is not None else ""
         self.max_bulk = options.max_bulk
         self.max_args = options.max_args
         self.threshold = options.stream_threshold
+        # Output buffer limits (``client-output-buffer-limit normal``), checked
+        # while the socket takes no more: ``soft_since`` is when the buffer went
+        # over the soft limit (0: it is under).
+        self.hard_limit = options.output_hard_limit
+        self.soft_limit = options.output_soft_limit
+        self.soft_seconds = options.output_soft_seconds
+        self.soft_since = 0.0
         self.scanner = RequestScanner(options.max_bulk, options.max_args)
         # Dirty-key tracking: counted replies asked for and received since the
         # start; ``marks`` holds ``(issued count of the write, [(db, key)...])``
@@ -166,6 +176,12 @@ class Client(asyncio.Protocol):
         self.multi_marks: list | None = None
         self.wdb = 0
         self.delayed: list[bytes] | None = None   # reply bytes waiting for deliver_soon's flush
+
+    @property
+    def peer(self) -> str:
+        """The client's address, for logs."""
+        peername = self.transport.get_extra_info("peername") if self.transport is not None else None
+        return f"addr={peername[0]}:{peername[1]}" if peername else "addr=?"
 
     # -- transport events ---------------------------------------------------------------
 
@@ -209,15 +225,18 @@ class Client(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The client does not read its replies: stop reading its requests too,
-        # and stop a large reply streaming to it at the backend.
+        # and stop a large reply streaming to it at its own backend connection.
+        # A shared connection is never held for one client (issue 12): what it
+        # brings for this client is buffered within the output limits.
         self.write_paused = True
         self.pause_reading("write")
-        for conn in (self.current, self.pinned):
-            if conn is not None and conn.stream_to is self:
-                self.hold_backend(conn)
+        conn = self.pinned
+        if conn is not None and conn.stream_to is self:
+            self.hold_backend(conn)
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.soft_since = 0.0
         backend = self.paused_backend
         if backend is not None:
             self.paused_backend = None
@@ -226,8 +245,8 @@ class Client(asyncio.Protocol):
         self.resume_reading("write")
 
     def hold_backend(self, conn: Backend) -> None:
-        """``conn`` streams a large reply to this client, which does not read:
-        ``conn`` is not read either until the client reads again."""
+        """``conn``, pinned to this client, streams a large reply to it, and it
+        does not read: ``conn`` is not read either until the client reads again."""
         if conn.transport is not None:
             conn.transport.pause_reading()
             self.paused_backend = conn
@@ -313,6 +332,8 @@ class Client(asyncio.Protocol):
             transport = self.transport
             if transport is not None:
                 transport.write(data)
+                if self.write_paused:
+                    self._check_output(transport)
 
     def deliver_soon(self, frame: bytes) -> None:
         """One counted reply whose bytes go out with the others of this loop iteration:
@@ -327,8 +348,33 @@ class Client(asyncio.Protocol):
 
     def flush_delayed(self) -> None:
         delayed, self.delayed = self.delayed, None
-        if delayed and self.transport is not None:
-            self.transport.write(delayed[0] if len(delayed) == 1 else b"".join(delayed))
+        transport = self.transport
+        if delayed and transport is not None:
+            transport.write(delayed[0] if len(delayed) == 1 else b"".join(delayed))
+            if self.write_paused:
+                self._check_output(transport)
+
+    def _check_output(self, transport: asyncio.Transport) -> None:
+        """Disconnect a client whose unread replies passed its output limits,
+        freeing them: over the hard limit at once, over the soft one once it has
+        stayed over for ``soft_seconds`` (the server's rule, ``networking.c``
+        ``checkClientOutputBufferLimits``)."""
+        size = transport.get_write_buffer_size()
+        if self.hard_limit and size > self.hard_limit:
+            self._over_limit(size, f"its hard limit of {self.hard_limit} bytes")
+        elif self.soft_limit and size > self.soft_limit:
+            now = time.monotonic()
+            if not self.soft_since:
+                self.soft_since = now
+            elif now - self.soft_since >= self.soft_seconds:
+                self._over_limit(size, f"its soft limit of {self.soft_limit} bytes for {self.soft_seconds:g}s")
+        else:
+            self.soft_since = 0.0
+
+    def _over_limit(self, size: int, limit: str) -> None:
+        log.warning("%s: client id=%d %s disconnected: %d bytes of unread replies, over %s",
+                    self.process, self.id, self.peer, size, limit)
+        self._abort()
 
     # -- dirty keys -----------------------------------------------------------------------
 
@@ -375,9 +421,9 @@ class Client(asyncio.Protocol):
         self.deliver(error * count, count)
 
     def broken(self, conn: Backend) -> None:
-        """Half a reply was forwarded and the rest will never come: the stream is lost."""
-        if self.transport is not None:
-            self.transport.abort()
+        """Half a reply was forwarded and the rest will never come, or the reply
+        cannot be framed: the stream is lost, and nothing more may reach the client."""
+        self._abort()
 
     def pinned_lost(self, conn: Backend, error: bytes) -> None:
         if self.pinned is not conn:
@@ -993,6 +1039,7 @@ class Client(asyncio.Protocol):
     def _protocol_error(self, message: str) -> None:
         """Redis answers ``-ERR Protocol error: ...`` and closes; earlier replies go first."""
         self.stats.protocol_errors += 1
+        log.info("%s: client id=%d %s: %s; closing the connection", self.process, self.id, self.peer, message)
         self.closing = True
         self.close_error = b"-ERR " + message.encode("utf-8", "replace") + b"\r\n"
         self.buf = b""
@@ -1013,8 +1060,11 @@ class Client(asyncio.Protocol):
         transport.close()
 
     def _abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
+        """Close at once, dropping what is buffered; nothing is written after it."""
+        transport = self.transport
+        if transport is not None:
+            self.transport = None
+            transport.abort()
 
     # -- large requests -------------------------------------------------------------------
 

@@ -1,0 +1,173 @@
+"""The interlay's I/O against real servers (issue 12, part 0): a client that
+does not read its replies stalls nobody and is disconnected at its output
+limit, the memory its replies took comes back, and malformed requests in any
+position get ``-ERR Protocol error`` and a closed connection, as from the server."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from proxies import LOOPBACK, Interlay, endpoint_for, free_ports, recv_until_closed, wait_for
+
+from eve.live.interlays import InterlaySupervisor
+from eve.redis.resp import encode_command
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+PING_BOUND = 2.0   # seconds: a correctness bound (the interlay answers at all), not a benchmark
+MB = 1 << 20
+
+
+@pytest.fixture
+def limited(supervisor: InterlaySupervisor) -> Callable[..., Interlay]:
+    """An interlay with ``ProxyOptions`` fields of the test's choosing."""
+    counter = iter(range(1000))
+
+    def start(server, **options: object) -> Interlay:
+        interlay_id = f"io{next(counter)}"
+        ports = supervisor.start(interlay_id, free_ports(1), LOOPBACK, endpoint_for(server.host, server.port), 100,
+                                 settings=options)
+        return Interlay(supervisor, interlay_id, LOOPBACK, ports)
+
+    return start
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def slow_reader(it: Interlay, key: bytes, count: int) -> socket.socket:
+    """A connection that pipelines ``count`` GETs of ``key`` and reads nothing."""
+    sock = socket.create_connection((it.host, it.port), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(encode_command(b"GET", key) * count)
+    return sock
+
+
+def timed_ping(it: Interlay) -> float:
+    """Seconds a PING on a new connection took to be answered. RESP2, as the slow
+    readers speak: each RESP version has shared connections of its own."""
+    start = time.monotonic()
+    client = it.client(socket_timeout=PING_BOUND * 5, protocol=2)
+    try:
+        assert client.ping()
+    finally:
+        client.close()
+    return time.monotonic() - start
+
+
+def assert_answers_promptly(it: Interlay, rounds: int = 5) -> None:
+    took = [timed_ping(it) for _ in range(rounds)]
+    assert max(took) < PING_BOUND, f"PING took {took}"
+
+
+@pytest.fixture
+def open_sockets() -> Iterator[list[socket.socket]]:
+    sockets: list[socket.socket] = []
+    yield sockets
+    for sock in sockets:
+        sock.close()
+
+
+# --------------------------------------------------------------------------- slow readers
+
+
+def test_a_client_that_reads_nothing_stalls_nobody(server_factory, interlay, open_sockets) -> None:
+    """The issue's finding: 20 pipelined GETs of a 1 MB value, never read, hung every
+    client of the interlay, before and after that client closed."""
+    server = server_factory("redis-7.0")
+    server.client().set("big", b"x" * MB)
+    it = interlay(server, pool=1)
+    stuck = slow_reader(it, b"big", 20)
+    open_sockets.append(stuck)
+    assert_answers_promptly(it)
+    # Other clients' large replies still flow on the shared connection meanwhile.
+    client = it.client(protocol=2)
+    assert [len(v) for v in client.mget(["big"] * 3)] == [MB] * 3
+    stuck.close()
+    assert_answers_promptly(it)
+
+
+def test_slow_readers_with_large_pipelined_replies_keep_others_answering(server_factory, limited,
+                                                                          open_sockets) -> None:
+    """Several slow readers, each past its soft limit and under its hard one, while
+    other clients keep being answered; the proxy holds no more than the limits allow."""
+    server = server_factory("redis-7.0")
+    server.client().set("v", b"y" * (100 * 1024))
+    it = limited(server, output_hard_limit=24 * MB, output_soft_limit=8 * MB, output_soft_seconds=3600.0)
+    pid = it.pids[0]
+    before = rss_kb(pid)
+    for _ in range(3):
+        open_sockets.append(slow_reader(it, b"v", 150))   # ~15 MB of replies each
+    assert_answers_promptly(it, rounds=10)
+    assert it.supervisor.stats(it.id)["connections"] >= 3 or wait_for(
+        lambda: it.supervisor.stats(it.id)["connections"] >= 3, what="the slow readers still connected")
+    held = rss_kb(pid) - before
+    assert held < 3 * 24 * 1024 + 64 * 1024, f"the proxy grew by {held} kB"
+
+
+def test_unread_replies_past_the_hard_limit_disconnect_and_memory_returns(server_factory, limited,
+                                                                         open_sockets) -> None:
+    """The issue's memory finding: thousands of unread GETs of a 100 KB value grew the
+    proxy by gigabytes, kept after the client left. With a hard limit the client is
+    disconnected and its buffer freed."""
+    server = server_factory("redis-7.0")
+    server.client().set("v", b"z" * (100 * 1024))
+    it = limited(server, output_hard_limit=16 * MB)
+    pid = it.pids[0]
+    assert_answers_promptly(it, rounds=1)
+    before = rss_kb(pid)
+    stuck = slow_reader(it, b"v", 3000)   # 300 MB of replies
+    open_sockets.append(stuck)
+    wait_for(lambda: it.supervisor.stats(it.id)["connections"] == 0, timeout=30,
+             what="the slow reader to be disconnected")
+    assert rss_kb(pid) - before < 96 * 1024, "the proxy kept the unread replies"
+    assert_answers_promptly(it)
+
+
+def test_soft_limit_held_for_its_seconds_disconnects(server_factory, limited, open_sockets) -> None:
+    server = server_factory("redis-7.0")
+    server.client().set("v", b"s" * (100 * 1024))
+    it = limited(server, output_hard_limit=256 * MB, output_soft_limit=2 * MB, output_soft_seconds=0.5)
+    stuck = slow_reader(it, b"v", 100)   # 10 MB: over the soft limit, far under the hard one
+    open_sockets.append(stuck)
+    wait_for(lambda: it.supervisor.stats(it.id)["connections"] == 0, timeout=30,
+             what="the client over its soft limit to be disconnected")
+    # ... while a client that reads what it asked for is never disconnected.
+    reader = it.client()
+    assert [len(v) for v in reader.mget(["v"] * 100)] == [100 * 1024] * 100
+
+
+# --------------------------------------------------------------------------- protocol errors
+
+
+@pytest.mark.parametrize("request_bytes", [
+    pytest.param(b"*1\r\n*1\r\n$4\r\nPING\r\n", id="nested-array-as-name"),
+    pytest.param(b"*2\r\n$3\r\nGET\r\n:1\r\n", id="integer-as-argument"),
+    pytest.param(b"*1\r\n$-5\r\n", id="negative-bulk-length"),
+    pytest.param(b"*x\r\n", id="bad-count"),
+    pytest.param(b"PING\r\n*1\r\n*1\r\n$4\r\nPING\r\n", id="after-an-inline-command"),
+    pytest.param(b"*1\r\n$4\r\nPING\r\n*1\r\n+PING\r\n", id="after-a-pipelined-command"),
+])
+def test_protocol_errors_in_any_position_answer_like_the_server(server_factory, interlay, request_bytes,
+                                                                caplog) -> None:
+    server = server_factory("redis-7.0")
+    it = interlay(server)
+
+    def answer(port: int) -> bytes:
+        with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
+            sock.sendall(request_bytes)
+            return recv_until_closed(sock)
+
+    direct = answer(server.port)
+    through = answer(it.port)
+    assert direct.endswith(b"\r\n") and b"-ERR Protocol error" in direct
+    assert through == direct
+    assert_answers_promptly(it, rounds=1)
