@@ -21,6 +21,12 @@ Routing (DESIGN.md section 5):
   connections. A failed AUTH leaves it unauthenticated.
 * ``QUIT`` and ``RESET`` (when not pinned) are answered by the interlay; so
   are protocol errors, after which the connection is closed.
+* Scripts (``EVAL``, ``FCALL`` and their ``_RO`` forms) go to the node's
+  script connections, so nothing queues behind a busy script; control
+  commands (``CONTROL_COMMANDS``: ``SCRIPT KILL``, ``CLIENT UNPAUSE``...) to its control
+  connection (``proxy.backend``), once the client's earlier replies arrived.
+* A client that does not read its replies has them buffered up to its output
+  limits (hard, soft for some seconds), then is disconnected (issue 12).
 
 Replies always come back in request order: a client has outstanding replies
 on at most one backend connection at a time; a command for another one (or
@@ -47,7 +53,7 @@ from eve.redis import resp
 from eve.redis.framing import RequestScanner, partial_request
 from eve.redis.resp import MAX_INLINE
 from proxy.backend import Backend, Node, set_no_delay
-from proxy.parts import BLOCKING, SHARED, SPECIAL, XREAD, Clients, Parts
+from proxy.parts import BLOCKING, CONTROL, SCRIPTED, SHARED, SPECIAL, XREAD, Clients, Parts
 from proxy.routing import DUAL, PLAIN, READ_TARGET, Router
 
 __all__ = ["Client"]
@@ -58,6 +64,19 @@ SUBSCRIBE_NAMES = frozenset((b"subscribe", b"psubscribe", b"ssubscribe"))
 UNSUBSCRIBE_NAMES = frozenset((b"unsubscribe", b"punsubscribe", b"sunsubscribe"))
 # CLIENT subcommands that neither read nor change the calling connection's own state.
 CLIENT_SHARED = frozenset((b"list", b"kill", b"pause", b"unpause", b"unblock", b"setinfo", b"help"))
+# Control commands: they act on other connections or on a busy server, so they
+# go to the node's control connection instead of queueing behind a shared one
+# (issue 12): what the server runs while a script is busy (its ``allow_busy``
+# commands that change no connection state: SCRIPT KILL, FUNCTION KILL and
+# STATS, SHUTDOWN), and what must pass a stuck connection (CLIENT KILL,
+# UNBLOCK, PAUSE, UNPAUSE: an UNPAUSE behind a paused write would never run).
+# name -> subcommands (None: every form).
+CONTROL_COMMANDS: dict[bytes, frozenset[bytes] | None] = {
+    b"script": frozenset((b"kill",)),
+    b"function": frozenset((b"kill", b"stats")),
+    b"shutdown": None,
+    b"client": frozenset((b"kill", b"unblock", b"pause", b"unpause")),
+}
 REPLICATION_NAMES = frozenset((b"sync", b"psync", b"replconf"))
 CLUSTER_REWRITES = frozenset((b"slots", b"shards", b"nodes"))
 # On a raw connection replies are not counted, so the outcome of these is
@@ -107,7 +126,7 @@ class Client(asyncio.Protocol):
         "closing", "close_error", "quitting", "resetting", "reset_done", "req_stream", "write_paused",
         "pause_reasons", "paused_backend", "resume_scheduled", "rejected", "announce", "max_bulk", "max_args",
         "threshold", "scanner", "issued", "answered", "marks", "multi_marks", "wdb", "delayed",
-        "hard_limit", "soft_limit", "soft_seconds", "soft_since", "process",
+        "hard_limit", "soft_limit", "soft_seconds", "soft_since", "process", "hold_spent",
     )
 
     def __init__(self, parts: Parts, clients: Clients, router: Router, node: Node) -> None:
@@ -164,6 +183,7 @@ class Client(asyncio.Protocol):
         self.soft_limit = options.output_soft_limit
         self.soft_seconds = options.output_soft_seconds
         self.soft_since = 0.0
+        self.hold_spent = False       # a shared connection was held for it until ``stuck_after``
         self.scanner = RequestScanner(options.max_bulk, options.max_args)
         # Dirty-key tracking: counted replies asked for and received since the
         # start; ``marks`` holds ``(issued count of the write, [(db, key)...])``
@@ -225,18 +245,17 @@ class Client(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The client does not read its replies: stop reading its requests too,
-        # and stop a large reply streaming to it at its own backend connection.
-        # A shared connection is never held for one client (issue 12): what it
-        # brings for this client is buffered within the output limits.
+        # and hold a large reply streaming to it at the backend.
         self.write_paused = True
         self.pause_reading("write")
-        conn = self.pinned
-        if conn is not None and conn.stream_to is self:
-            self.hold_backend(conn)
+        for conn in (self.current, self.pinned):
+            if conn is not None and conn.stream_to is self:
+                self.hold_backend(conn)
 
     def resume_writing(self) -> None:
         self.write_paused = False
         self.soft_since = 0.0
+        self.hold_spent = False
         backend = self.paused_backend
         if backend is not None:
             self.paused_backend = None
@@ -245,11 +264,35 @@ class Client(asyncio.Protocol):
         self.resume_reading("write")
 
     def hold_backend(self, conn: Backend) -> None:
-        """``conn``, pinned to this client, streams a large reply to it, and it
-        does not read: ``conn`` is not read either until the client reads again."""
-        if conn.transport is not None:
+        """``conn`` streams a large reply to this client, which does not read:
+        ``conn`` is not read either until the client reads again, so a client
+        reading a large value at its own pace costs the interlay no memory. A
+        shared connection carries other clients' replies too (issue 12): it is
+        held only while the client keeps reading, at least ``stream_threshold``
+        bytes every ``stuck_after``; past that it is not held again until the
+        client has read what is buffered, and meanwhile what it brings for this
+        client is buffered within the output limits."""
+        shared = conn is not self.pinned
+        transport = self.transport
+        if conn.transport is not None and transport is not None and not (shared and self.hold_spent):
             conn.transport.pause_reading()
             self.paused_backend = conn
+            if shared:
+                self.loop.call_later(conn.node.stuck_after, self._end_hold, conn, transport.get_write_buffer_size())
+
+    def _end_hold(self, conn: Backend, buffered_then: int) -> None:
+        """The hold of a shared connection ends unless the client read enough since ``buffered_then``."""
+        if self.paused_backend is not conn:
+            return
+        transport = self.transport
+        buffered = transport.get_write_buffer_size() if transport is not None else 0
+        if buffered and buffered_then - buffered >= self.threshold:
+            self.loop.call_later(conn.node.stuck_after, self._end_hold, conn, buffered)
+        else:
+            self.hold_spent = True
+            self.paused_backend = None
+            if conn.transport is not None:
+                conn.transport.resume_reading()
 
     def pause_reading(self, reason: str) -> None:
         if not self.pause_reasons and self.transport is not None:
@@ -544,7 +587,7 @@ class Client(asyncio.Protocol):
             end, count = self.scanner.scan_canonical(buf, self.kinds, SHARED, None)
             if end == n:
                 conn = self.shared
-                if conn is None or conn.closed:
+                if conn is None or conn.closed or conn.retired:
                     conn = self._connect_shared()
                 if conn is not None and (not self.outstanding or self.current is conn):
                     self._send(conn, buf, count)
@@ -595,7 +638,11 @@ class Client(asyncio.Protocol):
             kind = kinds.get(name)
             if kind is None:
                 kind = commands.classify(name)
-            stateless = kind == SHARED and self.authenticated
+            if kind == CONTROL:
+                if args is None:
+                    args = self._args(buf[pos:end])
+                kind = SPECIAL if _is_control(args) else SHARED
+            stateless = (kind == SHARED or kind == SCRIPTED) and self.authenticated
             if stateless:
                 if self.asking:
                     self.asking = False  # ASKING applies to the command right after it
@@ -613,9 +660,12 @@ class Client(asyncio.Protocol):
                         if route == READ_TARGET:
                             conn = router.target.shared_conn(self.protocol, self.slot)  # type: ignore[union-attr]
                 if conn is None:
-                    conn = self.shared
-                    if conn is None or conn.closed:
-                        conn = self._connect_shared()
+                    if kind == SCRIPTED:
+                        conn = self.node.script_conn(self.protocol, self.slot)
+                    else:
+                        conn = self.shared
+                        if conn is None or conn.closed or conn.retired:
+                            conn = self._connect_shared()
                 joins = run_count and conn is run_conn and route != DUAL
             else:
                 joins = False
@@ -749,6 +799,11 @@ class Client(asyncio.Protocol):
             if len(args) == 2 and args[1] != b"0" and args[1].isdigit():
                 return self._pin_and_send(name, args, raw)
             return self._send_shared(raw)
+        if name in CONTROL_COMMANDS:
+            if _is_control(args):
+                return self._send_control(raw)
+            if name != b"client":
+                return self._send_shared(raw)
         if name == b"client":
             sub = args[1].lower() if len(args) > 1 else b""
             if sub in CLIENT_SHARED or not sub:
@@ -779,7 +834,7 @@ class Client(asyncio.Protocol):
         protocol = self.protocol if protocol is None else protocol
         if protocol == self.protocol:
             conn = self.shared
-            if conn is None or conn.closed:
+            if conn is None or conn.closed or conn.retired:
                 conn = self._connect_shared()
         else:
             conn = self.node.shared_conn(protocol, self.slot)
@@ -790,6 +845,16 @@ class Client(asyncio.Protocol):
         if track is not None and self.dirty.tracking and self.commands.may_write(track[0]):
             self._track(track, self.issued + 1)
         self._send(conn, raw, 1, tag)
+        return True
+
+    def _send_control(self, raw: bytes) -> bool:
+        """A control command, on the node's control connection, once earlier replies arrived."""
+        if not self._settled():
+            return self._stall()
+        conn = self.node.control_conn(self.protocol)
+        if conn is None:
+            return self._local(self.node.unavailable(), error=True)
+        self._send(conn, raw, 1)
         return True
 
     def _pin(self, conn: Backend) -> None:
@@ -1189,6 +1254,12 @@ _STATE_COMMANDS: dict[bytes, _StateCommand] = {
     b"client": Client._state_client,
     b"cluster": Client._state_cluster,
 }
+
+
+def _is_control(args: list[bytes]) -> bool:
+    """Whether a request is a control command (``CONTROL_COMMANDS``)."""
+    subs = CONTROL_COMMANDS.get(args[0].lower(), frozenset())
+    return subs is None or (len(args) > 1 and args[1].lower() in subs)
 
 
 def _hello_options(args: list[bytes]) -> tuple[int | None, bytes | None, bool]:

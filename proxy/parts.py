@@ -12,7 +12,11 @@ Command kinds (``classify``), by name:
 * ``SHARED``: stateless; forwarded on the client's multiplexed connection;
 * ``BLOCKING``: pins the client to a connection of its own until its reply;
 * ``XREAD``: ``XREAD``/``XREADGROUP``, blocking only with ``BLOCK``;
-* ``SPECIAL``: changes the connection's state or is answered by the interlay.
+* ``SPECIAL``: changes the connection's state or is answered by the interlay;
+* ``CONTROL``: ``SCRIPT``, ``FUNCTION``, ``SHUTDOWN``: some of their forms are
+  control commands (``proxy.client.CONTROL_COMMANDS``), the others are ``SHARED``;
+* ``SCRIPTED``: runs a script (``EVAL``, ``FCALL``...): stateless, but on the
+  node's script connections, so no other command queues behind a busy script.
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ from proxy.dirty import DirtyRecorder
 from proxy.options import ProxyOptions
 from proxy.stats import Stats
 
-__all__ = ["BLOCKING", "SHARED", "SPECIAL", "XREAD", "Clients", "CommandCache", "Parts", "classify"]
+__all__ = ["BLOCKING", "CONTROL", "SCRIPTED", "SHARED", "SPECIAL", "XREAD", "Clients", "CommandCache", "Parts",
+           "classify"]
 
 log = logging.getLogger("eve.proxy")
 
-SHARED, BLOCKING, XREAD, SPECIAL = 0, 1, 2, 3
+SHARED, BLOCKING, XREAD, SPECIAL, CONTROL, SCRIPTED = 0, 1, 2, 3, 4, 5
 MAX_NAME_CACHE = 10_000   # distinct spellings of command names remembered
 
 SPECIAL_NAMES = frozenset((
@@ -48,6 +53,8 @@ BLOCKING_NAMES = frozenset((
     b"blpop", b"brpop", b"brpoplpush", b"blmove", b"blmpop", b"bzpopmin", b"bzpopmax", b"bzmpop",
     b"wait", b"waitaof",
 ))
+CONTROL_NAMES = frozenset((b"script", b"function", b"shutdown"))
+SCRIPTED_NAMES = frozenset((b"eval", b"evalsha", b"eval_ro", b"evalsha_ro", b"fcall", b"fcall_ro"))
 
 
 def classify(name: bytes, table: CommandTable | None, cluster: bool) -> int:
@@ -58,6 +65,10 @@ def classify(name: bytes, table: CommandTable | None, cluster: bool) -> int:
         return SPECIAL
     if lower == b"xread" or lower == b"xreadgroup":
         return XREAD
+    if lower in CONTROL_NAMES:
+        return CONTROL
+    if lower in SCRIPTED_NAMES:
+        return SCRIPTED
     if lower in BLOCKING_NAMES or (table is not None and table.is_blocking(lower)):
         return BLOCKING
     return SHARED

@@ -43,6 +43,11 @@ def rss_kb(pid: int) -> int:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
+def server_sent_everything(server) -> bool:
+    """No client of the server has replies waiting in its output buffer."""
+    return all(int(client["omem"]) == 0 for client in server.client().client_list())
+
+
 def slow_reader(it: Interlay, key: bytes, count: int) -> socket.socket:
     """A connection that pipelines ``count`` GETs of ``key`` and reads nothing."""
     sock = socket.create_connection((it.host, it.port), timeout=10)
@@ -128,6 +133,10 @@ def test_unread_replies_past_the_hard_limit_disconnect_and_memory_returns(server
     open_sockets.append(stuck)
     wait_for(lambda: it.supervisor.stats(it.id)["connections"] == 0, timeout=30,
              what="the slow reader to be disconnected")
+    # The replies the server still sends for it are read and dropped, while others are answered ...
+    assert timed_ping(it) < 10 * PING_BOUND
+    wait_for(lambda: server_sent_everything(server), timeout=30, what="the server to send its last reply")
+    # ... and once they are through, the memory they took is back, and PING is prompt.
     assert rss_kb(pid) - before < 96 * 1024, "the proxy kept the unread replies"
     assert_answers_promptly(it)
 
