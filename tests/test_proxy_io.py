@@ -180,3 +180,38 @@ def test_protocol_errors_in_any_position_answer_like_the_server(server_factory, 
     assert direct.endswith(b"\r\n") and b"-ERR Protocol error" in direct
     assert through == direct
     assert_answers_promptly(it, rounds=1)
+
+
+# --------------------------------------------------------------------------- deep replies
+
+
+SELF_REFERENCING_TABLE = "local t = {}; t[1] = t; return t"
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_a_reply_nested_to_the_servers_lua_stack_limit_arrives_whole(server_factory, interlay, protocol) -> None:
+    """The issue's finding: a script returning a self-referencing table is answered with
+    arrays nested far deeper than the proxy's 128 levels; the interlay answered an error
+    and every later reply on the connection was the previous command's."""
+    server = server_factory("redis-7.0")
+    it = interlay(server, pool=1)
+    request = b""
+    if protocol == 3:
+        request += encode_command("HELLO", 3)
+    request += encode_command("EVAL", SELF_REFERENCING_TABLE, 0) + encode_command("PING", "after")
+
+    def answer(port: int) -> bytes:
+        with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
+            sock.sendall(request)
+            data = b""
+            while not data.endswith(b"$5\r\nafter\r\n"):
+                chunk = sock.recv(1 << 16)
+                assert chunk, f"connection closed after {data[-200:]!r}"
+                data += chunk
+            return data
+
+    direct = answer(server.port)
+    assert direct.count(b"*1\r\n") > 1000   # nested far past 128 levels
+    through = answer(it.port)
+    hello_end = through.index(b"*1\r\n") if protocol == 3 else 0
+    assert through[hello_end:] == direct[direct.index(b"*1\r\n"):]
