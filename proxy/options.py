@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_STATS_INTERVAL",
     "DEFAULT_STREAM_THRESHOLD",
     "DEFAULT_STUCK_AFTER",
+    "TLS_SETTINGS",
 ]
 
 DEFAULT_MAX_CONNECTIONS = 10_000
@@ -50,6 +51,8 @@ DEFAULT_OUTPUT_SOFT_SECONDS = 60.0
 # they go to a fresh connection, where the server answers them as it answers
 # any other client meanwhile (BUSY during a script past busy-reply-threshold).
 DEFAULT_STUCK_AFTER = 0.1
+# The interlay settings the TLS files come from, as errors name them.
+TLS_SETTINGS = ("settings.tls_cert_file", "settings.tls_key_file", "settings.tls_ca_file")
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from eve.redis.topology import cluster_masters, is_cluster, node_spec
 from eve.redis.wire import FastConnection
 from proxy import messages
 from proxy import stats as latency
-from proxy.options import DEFAULT_STATS_INTERVAL, ProxyOptions
+from proxy.options import DEFAULT_STATS_INTERVAL, TLS_SETTINGS, ProxyOptions
 from proxy.server import main as proxy_main
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -184,8 +184,7 @@ def proxy_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
         if not cert or not key:
             raise ConfigError("TLS for the interlay's clients needs both tls_cert_file and tls_key_file",
                               field="settings.tls_key_file" if cert else "settings.tls_cert_file")
-        server_context(cert, key, ca or None,
-                       fields=("settings.tls_cert_file", "settings.tls_key_file", "settings.tls_ca_file"))
+        server_context(cert, key, ca or None, fields=TLS_SETTINGS)
     return fields
 
 
