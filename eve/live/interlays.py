@@ -157,6 +157,7 @@ _PROXY_SETTINGS: dict[str, tuple[str, type, float]] = {
     "tls_ca_file": ("tls_ca_file", str, 1),
 }
 PROXY_SETTINGS = frozenset(_PROXY_SETTINGS)
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a path"}
 
 
 def proxy_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -171,7 +172,7 @@ def proxy_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise ConfigError(f"must be a {kind.__name__}, got {value!r}", field=f"settings.{name}")
+            raise ConfigError(f"must be {_KIND_NAMES[kind]}, got {value!r}", field=f"settings.{name}")
         if kind is not str and value < 0:
             raise ConfigError(f"must be 0 or more, got {value!r}", field=f"settings.{name}")
         fields[field_name] = value * scale if scale != 1 else value
