@@ -24,8 +24,9 @@ A ``Backend`` is one connection, in one of four kinds:
   that waits on a busy script or a paused client.
 
 A shared connection that is stuck (its oldest request has waited longer than
-``stuck_after``: a script past the server's busy-reply-threshold, DEBUG SLEEP,
-a write held by CLIENT PAUSE) is *retired*: it takes no new commands and closes
+``stuck_after`` and nothing arrived on it for half that: a script past the
+server's busy-reply-threshold, DEBUG SLEEP, a write held by CLIENT PAUSE; a
+connection that is merely loaded keeps receiving replies) is *retired*: it takes no new commands and closes
 once it has answered what it carries, and its slot gets a fresh connection.
 Clients with replies owed on it wait for them (a client's replies stay in
 order); the others go on at once on the fresh one, where the server answers
@@ -254,14 +255,18 @@ class Node:
     # -- stuck shared connections ---------------------------------------------------------
 
     def _watch(self) -> None:
-        """Every half ``stuck_after``: retire the shared connections that are stuck."""
+        """Every half ``stuck_after``: retire the shared connections that are stuck
+        (nothing read since the previous look, the oldest request older than ``stuck_after``)."""
         self.watch = asyncio.get_running_loop().call_later(self.stuck_after / 2, self._watch)
         oldest = perf_counter() - self.stuck_after
         for conns in (*self.shared.values(), *self.scripting.values()):
             for slot, conn in enumerate(conns):
-                if conn is not None and conn.up and conn.pending and conn.pending[0][3] < oldest \
+                if conn is None:
+                    continue
+                if conn.reads == conn.reads_seen and conn.up and conn.pending and conn.pending[0][3] < oldest \
                         and len(self.retired) < MAX_RETIRED:
                     self._retire(conns, slot, conn)
+                conn.reads_seen = conn.reads
 
     def _retire(self, conns: list[Backend | None], slot: int, conn: Backend) -> None:
         log.info("%s: a shared connection to %s has waited %.0f ms on its oldest request; new commands go "
@@ -325,7 +330,7 @@ class Backend(asyncio.Protocol):
         "owner",
         "raw", "monitor", "user", "stream_left", "stream_to", "frame_state", "barrier", "sent_since_barrier",
         "barrier_settled", "sub_regular", "sub_shard", "paused_clients", "write_paused", "reset_pending",
-        "max_bulk", "threshold", "up", "flush_scheduled", "loop", "retired",
+        "max_bulk", "threshold", "up", "flush_scheduled", "loop", "retired", "reads", "reads_seen",
     )
 
     def __init__(self, node: Node, protocol: int, kind: str) -> None:
@@ -358,6 +363,8 @@ class Backend(asyncio.Protocol):
         self.write_paused = False
         self.reset_pending = False
         self.retired = False          # takes no new commands; closes once it has answered (Node._retire)
+        self.reads = 0                # data_received calls, and their count when Node._watch last looked
+        self.reads_seen = 0
         self.max_bulk = parts.options.max_bulk
         self.threshold = parts.options.stream_threshold
         self.loop = asyncio.get_running_loop()
@@ -570,6 +577,7 @@ class Backend(asyncio.Protocol):
     # -- receiving ----------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        self.reads += 1
         try:
             if self.stream_left or self.frame_state is not None:
                 data = self._continue_stream(data)  # type: ignore[assignment]

@@ -799,11 +799,8 @@ class Client(asyncio.Protocol):
             if len(args) == 2 and args[1] != b"0" and args[1].isdigit():
                 return self._pin_and_send(name, args, raw)
             return self._send_shared(raw)
-        if name in CONTROL_COMMANDS:
-            if _is_control(args):
-                return self._send_control(raw)
-            if name != b"client":
-                return self._send_shared(raw)
+        if name in CONTROL_COMMANDS and _is_control(args):
+            return self._send_control(raw)
         if name == b"client":
             sub = args[1].lower() if len(args) > 1 else b""
             if sub in CLIENT_SHARED or not sub:
