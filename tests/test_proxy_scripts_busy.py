@@ -204,6 +204,21 @@ def test_a_transaction_body_during_a_busy_script_aborts_it_after_the_kill(connec
     assert transaction.call("PING", "asdf") == b"asdf"
 
 
+def test_only_exec_during_a_busy_script_runs_nothing_queued(connect) -> None:
+    runner, transaction, other = connect(), connect(), connect()
+    assert other.call("SET", "xx", 1) == b"OK"
+    assert transaction.call("MULTI") == b"OK"
+    assert transaction.call("INCR", "xx") == b"QUEUED"
+    start_busy(runner, "eval")
+    wait_busy(other)
+    reply = error(transaction.call("EXEC"))
+    assert reply.startswith("EXECABORT") and "BUSY" in reply
+    assert kill(other, "eval") == b"OK"
+    wait_not_busy(other)
+    assert other.call("GET", "xx") == b"1"
+    assert transaction.call("PING", "asdf") == b"asdf"
+
+
 # --------------------------------------------------------------------------- client pause
 
 
