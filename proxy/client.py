@@ -90,6 +90,11 @@ _OK = b"+OK\r\n"
 _RESET = b"+RESET\r\n"
 _MAX_CLIENTS = b"-ERR max number of clients reached\r\n"
 MERGE_MARKS = 64   # keys of consecutive writes recorded together, at most
+# A shared connection streaming a large reply to a client that does not read as
+# fast is held for it while the client reads at least this many bytes per
+# second, measured over each window (Client.hold_backend).
+HOLD_MIN_RATE = 10 << 20
+HOLD_WINDOW = 1.0
 _SCRIPTING = frozenset((b"script", b"function"))  # their LOAD/FLUSH/... reach every side of a live run
 _NO_MAINT_NOTIFICATIONS = b"-ERR interlay: CLIENT MAINT_NOTIFICATIONS is not available through an interlay\r\n"
 _NO_REPLICATION = b"-ERR interlay: replication commands (SYNC, PSYNC, REPLCONF) are not forwarded\r\n"
@@ -183,7 +188,7 @@ class Client(asyncio.Protocol):
         self.soft_limit = options.output_soft_limit
         self.soft_seconds = options.output_soft_seconds
         self.soft_since = 0.0
-        self.hold_spent = False       # a shared connection was held for it until ``stuck_after``
+        self.hold_spent = False       # a shared connection was held for it as long as it may be
         self.scanner = RequestScanner(options.max_bulk, options.max_args)
         # Dirty-key tracking: counted replies asked for and received since the
         # start; ``marks`` holds ``(issued count of the write, [(db, key)...])``
@@ -268,17 +273,19 @@ class Client(asyncio.Protocol):
         ``conn`` is not read either until the client reads again, so a client
         reading a large value at its own pace costs the interlay no memory. A
         shared connection carries other clients' replies too (issue 12): it is
-        held only while the client keeps reading, at least ``stream_threshold``
-        bytes every ``stuck_after``; past that it is not held again until the
+        held only while the client keeps reading, at least ``HOLD_MIN_RATE``
+        over each ``HOLD_WINDOW``; past that it is not held again until the
         client has read what is buffered, and meanwhile what it brings for this
-        client is buffered within the output limits."""
+        client is buffered within the output limits. (New commands of others
+        do not wait meanwhile: a held connection reads nothing, so it is soon
+        retired as stuck, ``proxy.backend``.)"""
         shared = conn is not self.pinned
         transport = self.transport
         if conn.transport is not None and transport is not None and not (shared and self.hold_spent):
             conn.transport.pause_reading()
             self.paused_backend = conn
             if shared:
-                self.loop.call_later(conn.node.stuck_after, self._end_hold, conn, transport.get_write_buffer_size())
+                self.loop.call_later(HOLD_WINDOW, self._end_hold, conn, transport.get_write_buffer_size())
 
     def _end_hold(self, conn: Backend, buffered_then: int) -> None:
         """The hold of a shared connection ends unless the client read enough since ``buffered_then``."""
@@ -286,8 +293,8 @@ class Client(asyncio.Protocol):
             return
         transport = self.transport
         buffered = transport.get_write_buffer_size() if transport is not None else 0
-        if buffered and buffered_then - buffered >= self.threshold:
-            self.loop.call_later(conn.node.stuck_after, self._end_hold, conn, buffered)
+        if buffered and buffered_then - buffered >= HOLD_MIN_RATE * HOLD_WINDOW:
+            self.loop.call_later(HOLD_WINDOW, self._end_hold, conn, buffered)
         else:
             self.hold_spent = True
             self.paused_backend = None
