@@ -1,11 +1,15 @@
 """Connections from a proxy process to a backend node.
 
-A ``Backend`` is one connection, in one of three kinds:
+A ``Backend`` is one connection, in one of four kinds:
 
 * ``SHARED``: one of the node's multiplexed connections
   (``connection_pool.multiplexed_connections`` per RESP version), carrying the
   stateless commands of many clients. Replies are matched to clients by
-  counting: every command gets exactly one reply, in order.
+  counting: every command gets exactly one reply, in order. Scripts (EVAL,
+  FCALL...) have shared connections of their own (``script_conn``): a busy
+  script holds up other scripts only, never the other commands, which reach
+  the server at once and are answered ``-BUSY`` past its busy-reply-threshold,
+  as directly.
 * ``DEDICATED``: pinned to one client for as long as it is in a stateful mode
   (MULTI, WATCH, a blocking command, Pub/Sub, SELECT of another db, CLIENT
   state, another ACL user); a clean one goes back to the node's idle cache
@@ -13,6 +17,21 @@ A ``Backend`` is one connection, in one of three kinds:
 * ``BARE``: dedicated, but with no handshake at all, for clients that have not
   authenticated yet when the endpoint needs credentials: whatever they send,
   AUTH included, is checked by the backend itself (DESIGN.md section 5).
+* ``CONTROL``: one multiplexed connection per node and RESP version for the
+  commands that act on other connections or on a busy server (``SCRIPT
+  KILL``, ``FUNCTION KILL``, ``CLIENT KILL``/``UNPAUSE``..., ``SHUTDOWN``:
+  ``proxy.client.CONTROL_COMMANDS``), so they never queue behind a shared connection
+  that waits on a busy script or a paused client.
+
+A shared connection that is stuck (its oldest request has waited longer than
+``stuck_after`` and nothing arrived on it for half that: a script past the
+server's busy-reply-threshold, DEBUG SLEEP, a write held by CLIENT PAUSE; a
+connection that is merely loaded keeps receiving replies) is *retired*: it takes no new commands and closes
+once it has answered what it carries, and its slot gets a fresh connection.
+Clients with replies owed on it wait for them (a client's replies stay in
+order); the others go on at once on the fresh one, where the server answers
+them as it answers any client meanwhile: ``-BUSY`` during a busy script,
+as directly. At most ``MAX_RETIRED`` per node are kept.
 
 Counting stops working when the server sends frames no command asked for:
 Pub/Sub messages, MONITOR output, or nothing at all after ``CLIENT REPLY
@@ -49,13 +68,17 @@ from eve.redis import resp
 from eve.redis.framing import scan_reply
 from proxy.parts import Parts
 
-__all__ = ["Backend", "Node", "Owner", "ReplySink", "SHARED", "DEDICATED", "BARE", "set_no_delay"]
+__all__ = ["Backend", "Node", "Owner", "ReplySink", "SHARED", "DEDICATED", "BARE", "CONTROL", "set_no_delay"]
 
 log = logging.getLogger("eve.proxy")
 
-SHARED, DEDICATED, BARE = "shared", "dedicated", "bare"
+SHARED, DEDICATED, BARE, CONTROL = "shared", "dedicated", "bare", "control"
 MIN_RETRY_SECONDS = 0.05
 MAX_RETRY_SECONDS = 1.0
+# Retired shared connections a node keeps waiting on at once; past it a stuck
+# connection stays in its slot (a server that is stuck for everyone gains
+# nothing from more connections).
+MAX_RETIRED = 16
 
 _PUBSUB_REGULAR = frozenset((b"subscribe", b"unsubscribe", b"psubscribe", b"punsubscribe"))
 _PUBSUB_SHARD = frozenset((b"ssubscribe", b"sunsubscribe"))
@@ -132,8 +155,14 @@ class Node:
         self.pool_size = options.pool_size
         self.idle_max = options.idle_connections
         self.shared: dict[int, list[Backend | None]] = {2: [None] * self.pool_size, 3: [None] * self.pool_size}
+        self.scripting: dict[int, list[Backend | None]] = {2: [None] * self.pool_size,
+                                                           3: [None] * self.pool_size}
+        self.control: dict[int, Backend | None] = {2: None, 3: None}
         self.idle: dict[int, deque[Backend]] = {2: deque(), 3: deque()}
         self.connections: set[Backend] = set()
+        self.retired: set[Backend] = set()
+        self.stuck_after = options.stuck_after
+        self.watch: asyncio.TimerHandle | None = None
         self.down_until = 0.0
         self.retry_delay = MIN_RETRY_SECONDS
         self.down = False
@@ -193,7 +222,13 @@ class Node:
 
     def shared_conn(self, protocol: int, slot: int) -> Backend | None:
         """The client's multiplexed connection, (re)connecting it; None while the node is down."""
-        conns = self.shared[protocol]
+        return self._multiplexed(self.shared[protocol], protocol, slot)
+
+    def script_conn(self, protocol: int, slot: int) -> Backend | None:
+        """The client's multiplexed connection for scripts, (re)connecting it; None while the node is down."""
+        return self._multiplexed(self.scripting[protocol], protocol, slot)
+
+    def _multiplexed(self, conns: list[Backend | None], protocol: int, slot: int) -> Backend | None:
         conn = conns[slot]
         if conn is not None and not conn.closed:
             return conn
@@ -202,7 +237,43 @@ class Node:
         conn = Backend(self, protocol, SHARED)
         conns[slot] = conn
         conn.open()
+        if self.watch is None:
+            self._watch()
         return conn
+
+    def control_conn(self, protocol: int) -> Backend | None:
+        """The node's connection for control commands, (re)connecting it; None while the node is down."""
+        conn = self.control[protocol]
+        if conn is not None and not conn.closed:
+            return conn
+        if self.is_down():
+            return None
+        conn = self.control[protocol] = Backend(self, protocol, CONTROL)
+        conn.open()
+        return conn
+
+    # -- stuck shared connections ---------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Every half ``stuck_after``: retire the shared connections that are stuck
+        (nothing read since the previous look, the oldest request older than ``stuck_after``)."""
+        self.watch = asyncio.get_running_loop().call_later(self.stuck_after / 2, self._watch)
+        oldest = perf_counter() - self.stuck_after
+        for conns in (*self.shared.values(), *self.scripting.values()):
+            for slot, conn in enumerate(conns):
+                if conn is None:
+                    continue
+                if conn.reads == conn.reads_seen and conn.up and conn.pending and conn.pending[0][3] < oldest \
+                        and len(self.retired) < MAX_RETIRED:
+                    self._retire(conns, slot, conn)
+                conn.reads_seen = conn.reads
+
+    def _retire(self, conns: list[Backend | None], slot: int, conn: Backend) -> None:
+        log.info("%s: a shared connection to %s has waited %.0f ms on its oldest request; new commands go "
+                 "to a fresh one", self.process, self.address, (perf_counter() - conn.pending[0][3]) * 1000)
+        conn.retired = True
+        conns[slot] = None
+        self.retired.add(conn)
 
     def dedicated(self, protocol: int) -> Backend | None:
         idle = self.idle[protocol]
@@ -242,6 +313,8 @@ class Node:
     def close_all(self) -> None:
         """Close every connection; one released later is closed too."""
         self.stop_idling()
+        if self.watch is not None:
+            self.watch.cancel()
         for conn in list(self.connections):
             conn.close()
 
@@ -257,7 +330,7 @@ class Backend(asyncio.Protocol):
         "owner",
         "raw", "monitor", "user", "stream_left", "stream_to", "frame_state", "barrier", "sent_since_barrier",
         "barrier_settled", "sub_regular", "sub_shard", "paused_clients", "write_paused", "reset_pending",
-        "max_bulk", "threshold", "up", "flush_scheduled", "loop",
+        "max_bulk", "threshold", "up", "flush_scheduled", "loop", "retired", "reads", "reads_seen",
     )
 
     def __init__(self, node: Node, protocol: int, kind: str) -> None:
@@ -289,6 +362,9 @@ class Backend(asyncio.Protocol):
         self.paused_clients: list = []
         self.write_paused = False
         self.reset_pending = False
+        self.retired = False          # takes no new commands; closes once it has answered (Node._retire)
+        self.reads = 0                # data_received calls, and their count when Node._watch last looked
+        self.reads_seen = 0
         self.max_bulk = parts.options.max_bulk
         self.threshold = parts.options.stream_threshold
         self.loop = asyncio.get_running_loop()
@@ -408,10 +484,14 @@ class Backend(asyncio.Protocol):
         node = self.node
         node.connections.discard(self)
         if self.kind == SHARED:
-            conns = node.shared[self.protocol]
-            for i, conn in enumerate(conns):
-                if conn is self:
-                    conns[i] = None
+            node.retired.discard(self)
+            for conns in (node.shared[self.protocol], node.scripting[self.protocol]):
+                for i, conn in enumerate(conns):
+                    if conn is self:
+                        conns[i] = None
+        elif self.kind == CONTROL:
+            if node.control[self.protocol] is self:
+                node.control[self.protocol] = None
         else:
             try:
                 node.idle[self.protocol].remove(self)
@@ -497,6 +577,7 @@ class Backend(asyncio.Protocol):
     # -- receiving ----------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        self.reads += 1
         try:
             if self.stream_left or self.frame_state is not None:
                 data = self._continue_stream(data)  # type: ignore[assignment]
@@ -510,8 +591,24 @@ class Backend(asyncio.Protocol):
             else:
                 self._received(data)
         except (resp.ProtocolError, ValueError) as exc:
-            log.error("%s: backend %s sent a malformed reply: %s", self.node.process, self.node.address, exc)
-            self.fail(_error_frame(f"ERR interlay: backend {self.node.address} sent a malformed reply"))
+            self._unframeable(exc)
+            return
+        if self.retired and not self.pending and self.stream_to is None:
+            self.close()
+
+    def _unframeable(self, exc: Exception) -> None:
+        """A reply that cannot be framed: where it ends, and so which reply is
+        whose after it, is unknown. The client it was for is disconnected
+        without an answer (any answer could be taken for another command's),
+        and the connection fails: every other command waiting on it gets an error."""
+        log.error("%s: backend %s sent a reply that cannot be framed (%s); closing that connection",
+                  self.node.process, self.node.address, exc)
+        culprit = self.stream_to
+        if culprit is None:
+            culprit = self.pending[0][0] if self.pending and not self.raw else self.owner
+        if culprit is not None:
+            culprit.broken(self)
+        self.fail(_error_frame(f"ERR interlay: backend {self.node.address} sent a reply that cannot be framed"))
 
     def _frame_end(self, buf: bytes, pos: int, n: int) -> int:
         """End of the frame at pos, -1 if incomplete (having started streaming it

@@ -21,6 +21,12 @@ Routing (DESIGN.md section 5):
   connections. A failed AUTH leaves it unauthenticated.
 * ``QUIT`` and ``RESET`` (when not pinned) are answered by the interlay; so
   are protocol errors, after which the connection is closed.
+* Scripts (``EVAL``, ``FCALL`` and their ``_RO`` forms) go to the node's
+  script connections, so nothing queues behind a busy script; control
+  commands (``CONTROL_COMMANDS``: ``SCRIPT KILL``, ``CLIENT UNPAUSE``...) to its control
+  connection (``proxy.backend``), once the client's earlier replies arrived.
+* A client that does not read its replies has them buffered up to its output
+  limits (hard, soft for some seconds), then is disconnected (issue 12).
 
 Replies always come back in request order: a client has outstanding replies
 on at most one backend connection at a time; a command for another one (or
@@ -39,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -46,7 +53,7 @@ from eve.redis import resp
 from eve.redis.framing import RequestScanner, partial_request
 from eve.redis.resp import MAX_INLINE
 from proxy.backend import Backend, Node, set_no_delay
-from proxy.parts import BLOCKING, SCRIPTED, SHARED, SPECIAL, XREAD, Clients, Parts
+from proxy.parts import BLOCKING, CONTROL, SCRIPTED, SHARED, SPECIAL, XREAD, Clients, Parts
 from proxy.routing import COUNTED, DUAL, PLAIN, READ_TARGET, SCRIPT, DualBatch, Router
 
 __all__ = ["Client"]
@@ -57,6 +64,19 @@ SUBSCRIBE_NAMES = frozenset((b"subscribe", b"psubscribe", b"ssubscribe"))
 UNSUBSCRIBE_NAMES = frozenset((b"unsubscribe", b"punsubscribe", b"sunsubscribe"))
 # CLIENT subcommands that neither read nor change the calling connection's own state.
 CLIENT_SHARED = frozenset((b"list", b"kill", b"pause", b"unpause", b"unblock", b"setinfo", b"help"))
+# Control commands: they act on other connections or on a busy server, so they
+# go to the node's control connection instead of queueing behind a shared one
+# (issue 12): what the server runs while a script is busy (its ``allow_busy``
+# commands that change no connection state: SCRIPT KILL, FUNCTION KILL and
+# STATS, SHUTDOWN), and what must pass a stuck connection (CLIENT KILL,
+# UNBLOCK, PAUSE, UNPAUSE: an UNPAUSE behind a paused write would never run).
+# name -> subcommands (None: every form).
+CONTROL_COMMANDS: dict[bytes, frozenset[bytes] | None] = {
+    b"script": frozenset((b"kill",)),
+    b"function": frozenset((b"kill", b"stats")),
+    b"shutdown": None,
+    b"client": frozenset((b"kill", b"unblock", b"pause", b"unpause")),
+}
 REPLICATION_NAMES = frozenset((b"sync", b"psync", b"replconf"))
 CLUSTER_REWRITES = frozenset((b"slots", b"shards", b"nodes"))
 # On a raw connection replies are not counted, so the outcome of these is
@@ -71,6 +91,11 @@ _RESET = b"+RESET\r\n"
 _MAX_CLIENTS = b"-ERR max number of clients reached\r\n"
 MERGE_MARKS = 64   # keys of consecutive writes recorded together, at most
 _FUNCTION = b"function"  # FUNCTION LOAD/DELETE/FLUSH/RESTORE reach every side of a live run (SCRIPT is SCRIPTED)
+# A shared connection streaming a large reply to a client that does not read as
+# fast is held for it while the client reads at least this many bytes per
+# second, measured over each window (Client.hold_backend).
+HOLD_MIN_RATE = 10 << 20
+HOLD_WINDOW = 1.0
 _NO_MAINT_NOTIFICATIONS = b"-ERR interlay: CLIENT MAINT_NOTIFICATIONS is not available through an interlay\r\n"
 _NO_REPLICATION = b"-ERR interlay: replication commands (SYNC, PSYNC, REPLCONF) are not forwarded\r\n"
 
@@ -106,6 +131,7 @@ class Client(asyncio.Protocol):
         "closing", "close_error", "quitting", "resetting", "reset_done", "req_stream", "write_paused",
         "pause_reasons", "paused_backend", "resume_scheduled", "rejected", "announce", "max_bulk", "max_args",
         "threshold", "scanner", "issued", "answered", "marks", "multi_marks", "wdb",
+        "hard_limit", "soft_limit", "soft_seconds", "soft_since", "process", "hold_spent",
     )
 
     def __init__(self, parts: Parts, clients: Clients, router: Router, node: Node) -> None:
@@ -149,11 +175,20 @@ class Client(asyncio.Protocol):
         self.resume_scheduled = False
         self.rejected = False
         options = parts.options
+        self.process = options.name     # names the process in logs
         # The host cluster redirections name (the address the client reached, once connected).
         self.announce = options.listen_host if self.cluster is not None else ""
         self.max_bulk = options.max_bulk
         self.max_args = options.max_args
         self.threshold = options.stream_threshold
+        # Output buffer limits (``client-output-buffer-limit normal``), checked
+        # while the socket takes no more: ``soft_since`` is when the buffer went
+        # over the soft limit (0: it is under).
+        self.hard_limit = options.output_hard_limit
+        self.soft_limit = options.output_soft_limit
+        self.soft_seconds = options.output_soft_seconds
+        self.soft_since = 0.0
+        self.hold_spent = False       # a shared connection was held for it as long as it may be
         self.scanner = RequestScanner(options.max_bulk, options.max_args)
         # Dirty-key tracking: counted replies asked for and received since the
         # start; ``marks`` holds ``(issued count of the write, [(db, key)...])``
@@ -165,6 +200,12 @@ class Client(asyncio.Protocol):
         self.marks: deque | None = None
         self.multi_marks: list | None = None
         self.wdb = 0
+
+    @property
+    def peer(self) -> str:
+        """The client's address, for logs."""
+        peername = self.transport.get_extra_info("peername") if self.transport is not None else None
+        return f"addr={peername[0]}:{peername[1]}" if peername else "addr=?"
 
     # -- transport events ---------------------------------------------------------------
 
@@ -208,7 +249,7 @@ class Client(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The client does not read its replies: stop reading its requests too,
-        # and stop a large reply streaming to it at the backend.
+        # and hold a large reply streaming to it at the backend.
         self.write_paused = True
         self.pause_reading("write")
         for conn in (self.current, self.pinned):
@@ -217,6 +258,8 @@ class Client(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.soft_since = 0.0
+        self.hold_spent = False
         backend = self.paused_backend
         if backend is not None:
             self.paused_backend = None
@@ -226,10 +269,36 @@ class Client(asyncio.Protocol):
 
     def hold_backend(self, conn: Backend) -> None:
         """``conn`` streams a large reply to this client, which does not read:
-        ``conn`` is not read either until the client reads again."""
-        if conn.transport is not None:
+        ``conn`` is not read either until the client reads again, so a client
+        reading a large value at its own pace costs the interlay no memory. A
+        shared connection carries other clients' replies too (issue 12): it is
+        held only while the client keeps reading, at least ``HOLD_MIN_RATE``
+        over each ``HOLD_WINDOW``; past that it is not held again until the
+        client has read what is buffered, and meanwhile what it brings for this
+        client is buffered within the output limits. (New commands of others
+        do not wait meanwhile: a held connection reads nothing, so it is soon
+        retired as stuck, ``proxy.backend``.)"""
+        shared = conn is not self.pinned
+        transport = self.transport
+        if conn.transport is not None and transport is not None and not (shared and self.hold_spent):
             conn.transport.pause_reading()
             self.paused_backend = conn
+            if shared:
+                self.loop.call_later(HOLD_WINDOW, self._end_hold, conn, transport.get_write_buffer_size())
+
+    def _end_hold(self, conn: Backend, buffered_then: int) -> None:
+        """The hold of a shared connection ends unless the client read enough since ``buffered_then``."""
+        if self.paused_backend is not conn:
+            return
+        transport = self.transport
+        buffered = transport.get_write_buffer_size() if transport is not None else 0
+        if buffered and buffered_then - buffered >= HOLD_MIN_RATE * HOLD_WINDOW:
+            self.loop.call_later(HOLD_WINDOW, self._end_hold, conn, buffered)
+        else:
+            self.hold_spent = True
+            self.paused_backend = None
+            if conn.transport is not None:
+                conn.transport.resume_reading()
 
     def pause_reading(self, reason: str) -> None:
         if not self.pause_reasons and self.transport is not None:
@@ -310,6 +379,30 @@ class Client(asyncio.Protocol):
             transport = self.transport
             if transport is not None:
                 transport.write(data)
+                if self.write_paused:
+                    self._check_output(transport)
+
+    def _check_output(self, transport: asyncio.Transport) -> None:
+        """Disconnect a client whose unread replies passed its output limits,
+        freeing them: over the hard limit at once, over the soft one once it has
+        stayed over for ``soft_seconds`` (the server's rule, ``networking.c``
+        ``checkClientOutputBufferLimits``)."""
+        size = transport.get_write_buffer_size()
+        if self.hard_limit and size > self.hard_limit:
+            self._over_limit(size, f"its hard limit of {self.hard_limit} bytes")
+        elif self.soft_limit and size > self.soft_limit:
+            now = time.monotonic()
+            if not self.soft_since:
+                self.soft_since = now
+            elif now - self.soft_since >= self.soft_seconds:
+                self._over_limit(size, f"its soft limit of {self.soft_limit} bytes for {self.soft_seconds:g}s")
+        else:
+            self.soft_since = 0.0
+
+    def _over_limit(self, size: int, limit: str) -> None:
+        log.warning("%s: client id=%d %s disconnected: %d bytes of unread replies, over %s",
+                    self.process, self.id, self.peer, size, limit)
+        self._abort()
 
     # -- dirty keys -----------------------------------------------------------------------
 
@@ -360,9 +453,9 @@ class Client(asyncio.Protocol):
         self.deliver(error * count, count)
 
     def broken(self, conn: Backend) -> None:
-        """Half a reply was forwarded and the rest will never come: the stream is lost."""
-        if self.transport is not None:
-            self.transport.abort()
+        """Half a reply was forwarded and the rest will never come, or the reply
+        cannot be framed: the stream is lost, and nothing more may reach the client."""
+        self._abort()
 
     def pinned_lost(self, conn: Backend, error: bytes) -> None:
         if self.pinned is not conn:
@@ -473,6 +566,9 @@ class Client(asyncio.Protocol):
 
     def _process(self, buf: bytes) -> None:
         """Route every complete request in ``buf``; keep the rest for later."""
+        if self.commands.table is None and (self.dirty.tracking or self.router.active) and self._await_table():
+            self.buf = buf + self.buf if self.buf else buf
+            return
         n = len(buf)
         if self.pinned is None and self.authenticated and not self.dirty.tracking and not self.router.active \
                 and not self.clients.paused:
@@ -481,7 +577,7 @@ class Client(asyncio.Protocol):
             end, count = self.scanner.scan_canonical(buf, self.kinds, SHARED, None)
             if end == n:
                 conn = self.shared
-                if conn is None or conn.closed:
+                if conn is None or conn.closed or conn.retired:
                     conn = self._connect_shared()
                 if conn is not None and (not self.outstanding or self.current is conn):
                     self._send(conn, buf, count)
@@ -503,6 +599,18 @@ class Client(asyncio.Protocol):
             self.buf = buf[pos:] + self.buf if self.buf else buf[pos:]
             if self.stalled and len(self.buf) > 2 * self.threshold:
                 self.pause_reading("stall")
+
+    def _await_table(self) -> bool:
+        """Which requests write is known from the backend's command table only: a write
+        sent before it arrived would be neither mirrored nor tracked, and so missing on the
+        other sides. True when the requests wait (stalled) for it (``CommandCache.wait_for_table``)."""
+        conn = self.shared
+        if conn is None or conn.closed:
+            self._connect_shared()   # a fresh connection asks for the table first
+        if not self.commands.wait_for_table(self):
+            return False
+        self.stalled = True
+        return True
 
     def _route(self, buf: bytes, requests: list) -> tuple[int, bool]:
         """Send the ``requests`` that ``RequestScanner.scan`` found in ``buf``, in
@@ -539,6 +647,11 @@ class Client(asyncio.Protocol):
             kind = kinds.get(name)
             if kind is None:
                 kind = commands.classify(name)
+            if kind == CONTROL:
+                if args is None:
+                    args = self._args(buf[pos:end])
+                # SCRIPT's other forms (LOAD, FLUSH, EXISTS) are the router's, like EVAL's.
+                kind = SPECIAL if _is_control(args) else SCRIPTED if name.lower() == b"script" else SHARED
             stateless = (kind == SHARED or kind == SCRIPTED) and self.authenticated
             writes = False
             if stateless:
@@ -562,9 +675,12 @@ class Client(asyncio.Protocol):
                 if route == READ_TARGET:
                     conn = router.target.shared_conn(self.protocol, self.slot)  # type: ignore[union-attr]
                 if conn is None:
-                    conn = self.shared
-                    if conn is None or conn.closed:
-                        conn = self._connect_shared()
+                    if kind == SCRIPTED:
+                        conn = self.node.script_conn(self.protocol, self.slot)
+                    else:
+                        conn = self.shared
+                        if conn is None or conn.closed or conn.retired:
+                            conn = self._connect_shared()
                 dual = route == DUAL
                 joins = run_count and conn is run_conn and dual == run_dual and route != SCRIPT and route != COUNTED
             else:
@@ -669,7 +785,7 @@ class Client(asyncio.Protocol):
             elif routing:
                 return False  # a read among dual writes: _route makes runs of each
         conn = self.shared
-        if conn is None or conn.closed:
+        if conn is None or conn.closed or conn.retired:
             conn = self._connect_shared()
         if conn is None or not self._may_send(conn, routing and router.both):
             return False
@@ -761,6 +877,8 @@ class Client(asyncio.Protocol):
             if len(args) == 2 and args[1] != b"0" and args[1].isdigit():
                 return self._pin_and_send(name, args, raw)
             return self._send_shared(raw)
+        if name in CONTROL_COMMANDS and _is_control(args):
+            return self._send_control(raw)
         if name == b"client":
             sub = args[1].lower() if len(args) > 1 else b""
             if sub in CLIENT_SHARED or not sub:
@@ -791,7 +909,7 @@ class Client(asyncio.Protocol):
         protocol = self.protocol if protocol is None else protocol
         if protocol == self.protocol:
             conn = self.shared
-            if conn is None or conn.closed:
+            if conn is None or conn.closed or conn.retired:
                 conn = self._connect_shared()
         else:
             conn = self.node.shared_conn(protocol, self.slot)
@@ -802,6 +920,16 @@ class Client(asyncio.Protocol):
         if track is not None and self.dirty.tracking and self.commands.may_write(track[0]):
             self._track(track, self.issued + 1)
         self._send(conn, raw, 1, tag)
+        return True
+
+    def _send_control(self, raw: bytes) -> bool:
+        """A control command, on the node's control connection, once earlier replies arrived."""
+        if not self._settled():
+            return self._stall()
+        conn = self.node.control_conn(self.protocol)
+        if conn is None:
+            return self._local(self.node.unavailable(), error=True)
+        self._send(conn, raw, 1)
         return True
 
     def _pin(self, conn: Backend) -> None:
@@ -1051,6 +1179,7 @@ class Client(asyncio.Protocol):
     def _protocol_error(self, message: str) -> None:
         """Redis answers ``-ERR Protocol error: ...`` and closes; earlier replies go first."""
         self.stats.protocol_errors += 1
+        log.info("%s: client id=%d %s: %s; closing the connection", self.process, self.id, self.peer, message)
         self.closing = True
         self.close_error = b"-ERR " + message.encode("utf-8", "replace") + b"\r\n"
         self.buf = b""
@@ -1069,8 +1198,11 @@ class Client(asyncio.Protocol):
         transport.close()
 
     def _abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
+        """Close at once, dropping what is buffered; nothing is written after it."""
+        transport = self.transport
+        if transport is not None:
+            self.transport = None
+            transport.abort()
 
     # -- large requests -------------------------------------------------------------------
 
@@ -1195,6 +1327,12 @@ _STATE_COMMANDS: dict[bytes, _StateCommand] = {
     b"client": Client._state_client,
     b"cluster": Client._state_cluster,
 }
+
+
+def _is_control(args: list[bytes]) -> bool:
+    """Whether a request is a control command (``CONTROL_COMMANDS``)."""
+    subs = CONTROL_COMMANDS.get(args[0].lower(), frozenset())
+    return subs is None or (len(args) > 1 and args[1].lower() in subs)
 
 
 def _hello_options(args: list[bytes]) -> tuple[int | None, bytes | None, bool]:

@@ -13,9 +13,13 @@ Command kinds (``classify``), by name:
 * ``BLOCKING``: pins the client to a connection of its own until its reply;
 * ``XREAD``: ``XREAD``/``XREADGROUP``, blocking only with ``BLOCK``;
 * ``SPECIAL``: changes the connection's state or is answered by the interlay;
-* ``SCRIPTED``: stateless like ``SHARED``, but carries a script body the router
-  remembers or runs one by sha (``EVAL``, ``EVAL_RO``, ``EVALSHA``, ``EVALSHA_RO``,
-  ``SCRIPT``): never forwarded without a look (``proxy.routing``, issue 12).
+* ``CONTROL``: ``SCRIPT``, ``FUNCTION``, ``SHUTDOWN``: some of their forms are
+  control commands (``proxy.client.CONTROL_COMMANDS``); SCRIPT's others are
+  ``SCRIPTED``, FUNCTION's and SHUTDOWN's ``SHARED``;
+* ``SCRIPTED``: runs or carries a script (``EVAL``, ``EVALSHA``, ``FCALL``, their
+  ``_RO`` forms, ``SCRIPT LOAD/FLUSH``): stateless, but on the node's script
+  connections, so no other command queues behind a busy script, and never
+  forwarded without the router's look (it remembers bodies and heals NOSCRIPT).
 """
 
 from __future__ import annotations
@@ -33,11 +37,12 @@ from proxy.dirty import DirtyRecorder
 from proxy.options import ProxyOptions
 from proxy.stats import Stats
 
-__all__ = ["BLOCKING", "SCRIPTED", "SHARED", "SPECIAL", "XREAD", "Clients", "CommandCache", "Parts", "classify"]
+__all__ = ["BLOCKING", "CONTROL", "SCRIPTED", "SHARED", "SPECIAL", "XREAD", "Clients", "CommandCache", "Parts",
+           "classify"]
 
 log = logging.getLogger("eve.proxy")
 
-SHARED, BLOCKING, XREAD, SPECIAL, SCRIPTED = 0, 1, 2, 3, 4
+SHARED, BLOCKING, XREAD, SPECIAL, CONTROL, SCRIPTED = 0, 1, 2, 3, 4, 5
 MAX_NAME_CACHE = 10_000   # distinct spellings of command names remembered
 
 SPECIAL_NAMES = frozenset((
@@ -45,13 +50,14 @@ SPECIAL_NAMES = frozenset((
     b"subscribe", b"psubscribe", b"ssubscribe", b"unsubscribe", b"punsubscribe", b"sunsubscribe",
     b"monitor", b"reset", b"quit", b"asking", b"sync", b"psync", b"replconf",
 ))
-SCRIPTED_NAMES = frozenset((b"eval", b"eval_ro", b"evalsha", b"evalsha_ro", b"script"))
 # Blocking commands known before the backend's command table has arrived.
 # WAIT and WAITAOF carry no "blocking" flag but wait for replicas.
 BLOCKING_NAMES = frozenset((
     b"blpop", b"brpop", b"brpoplpush", b"blmove", b"blmpop", b"bzpopmin", b"bzpopmax", b"bzmpop",
     b"wait", b"waitaof",
 ))
+CONTROL_NAMES = frozenset((b"script", b"function", b"shutdown"))
+SCRIPTED_NAMES = frozenset((b"eval", b"evalsha", b"eval_ro", b"evalsha_ro", b"fcall", b"fcall_ro"))
 
 
 def classify(name: bytes, table: CommandTable | None, cluster: bool) -> int:
@@ -60,10 +66,12 @@ def classify(name: bytes, table: CommandTable | None, cluster: bool) -> int:
         return SPECIAL
     if cluster and lower == b"cluster":
         return SPECIAL
-    if lower in SCRIPTED_NAMES:
-        return SCRIPTED
     if lower == b"xread" or lower == b"xreadgroup":
         return XREAD
+    if lower in CONTROL_NAMES:
+        return CONTROL
+    if lower in SCRIPTED_NAMES:
+        return SCRIPTED
     if lower in BLOCKING_NAMES or (table is not None and table.is_blocking(lower)):
         return BLOCKING
     return SHARED
@@ -74,13 +82,15 @@ class CommandCache:
     that comes up) and, cached by command name as sent, what the parts ask of
     it for every request: its kind, whether it may write, and the keys it changes."""
 
-    __slots__ = ("process", "cluster", "table", "loading", "kinds", "writes", "first_key")
+    __slots__ = ("process", "cluster", "table", "loading", "failed", "waiting", "kinds", "writes", "first_key")
 
     def __init__(self, process: str, cluster: bool) -> None:
         self.process = process          # names the process in logs
         self.cluster = cluster
         self.table: CommandTable | None = None
         self.loading = False
+        self.failed = False             # the table could not be read: names alone decide
+        self.waiting: set[Any] = set()  # clients whose requests wait for the table (wait_for_table)
         # Read directly on the clients' hot path; cleared (never replaced) when the table arrives.
         self.kinds: dict[bytes, int] = {}
         self.writes: dict[bytes, bool] = {}
@@ -115,6 +125,16 @@ class CommandCache:
         table = self.table
         return table.keys(args) if table is not None else []
 
+    def wait_for_table(self, client: Any) -> bool:
+        """Whether ``client``'s requests must wait for the table (a live run's route or
+        dirty-key tracking needs to know which requests write); its ``_schedule_resume``
+        is called once the table arrived, or could not be read. False when no connection
+        is asking for it (none could be opened): the requests go on, and get the backend's errors."""
+        if self.failed or not self.loading:
+            return False
+        self.waiting.add(client)
+        return True
+
     def table_request(self) -> tuple[bytes, Callable[[bytes | None], None]] | None:
         """``COMMAND`` and its callback, for a fresh connection to send ahead of
         the clients' commands, until the table has arrived."""
@@ -125,7 +145,8 @@ class CommandCache:
 
     def _on_table(self, frame: bytes | None) -> None:
         self.loading = False
-        if frame is None:
+        if frame is None:   # the connection went before the reply: the next one asks again
+            self._wake()
             return
         try:
             parsed = resp.parse(frame)
@@ -133,12 +154,22 @@ class CommandCache:
                 raise ValueError("incomplete COMMAND reply")
             self.table = CommandTable.from_reply(parsed[0])
         except (ValueError, resp.ProtocolError, TypeError, IndexError) as exc:
-            log.warning("%s: cannot read the backend's command table: %s", self.process, exc)
+            log.error("%s: cannot read the backend's command table (%s): writes are told from reads by "
+                      "their names alone, and commands outside Eve's list are neither mirrored nor tracked",
+                      self.process, exc)
+            self.failed = True
+            self._wake()
             return
         self.kinds.clear()
         self.writes.clear()
         self.first_key.clear()
         log.info("%s: command table of %d commands loaded", self.process, len(self.table))
+        self._wake()
+
+    def _wake(self) -> None:
+        waiting, self.waiting = self.waiting, set()
+        for client in waiting:
+            client._schedule_resume()
 
 
 class Clients:

@@ -31,6 +31,7 @@ import gc
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -39,12 +40,14 @@ from typing import Any
 from opentelemetry import metrics
 
 from eve.core.child_process import die_with_parent, ignore_interrupts, outlive_parent
+from eve.core.errors import ConfigError
+from eve.core.tls import server_context
 from eve.core.telemetry import setup
 from proxy import messages
 from proxy.backend import Node
 from proxy.client import Client
 from proxy.control import ControlListener, ControlOptions, Spool, describe_route
-from proxy.options import ProxyOptions
+from proxy.options import TLS_SETTINGS, ProxyOptions
 from proxy.parts import Clients, Parts
 from proxy.routing import Router
 
@@ -158,15 +161,17 @@ class Proxy:
     # -- serving ----------------------------------------------------------------------------
 
     async def start(self) -> list[int]:
-        """Bind every listener; raises OSError (EADDRINUSE...) naming nothing: the caller does."""
+        """Bind every listener; raises OSError (EADDRINUSE...) naming nothing: the caller does,
+        and ConfigError when the TLS files for clients do not load."""
         self.loop = asyncio.get_running_loop()
         options = self.options
         ports: list[int] = []
         parts, clients, router = self.parts, self.clients, self.router
+        tls = client_tls(options)
         for node, port in zip(self.nodes, options.ports):
             server = await self.loop.create_server(
                 lambda node=node: Client(parts, clients, router, node), options.listen_host, port,
-                reuse_address=True, reuse_port=options.workers > 1 or None, backlog=LISTEN_BACKLOG)
+                reuse_address=True, reuse_port=options.workers > 1 or None, backlog=LISTEN_BACKLOG, ssl=tls)
             self.servers.append(server)
             ports.append(server.sockets[0].getsockname()[1] if server.sockets else port)
         # Warm the pools: the first client should not pay for the connections,
@@ -339,6 +344,12 @@ class Proxy:
             if detachable is not None:
                 self._control_listener = ControlListener(detachable, self.attach)
             ports = await self.start()
+        except ConfigError as exc:
+            log.error("%s: %s", options.name, exc)
+            self._send(messages.Failed(options.worker, "config", str(exc)))
+            for node in self.nodes:
+                node.close_all()
+            return False
         except OSError as exc:
             for server in self.servers:
                 server.close()
@@ -388,6 +399,14 @@ class Proxy:
         self._send(messages.Stopped(options.worker))
         log.info("%s pid=%d stopped", options.name, os.getpid())
         return True
+
+
+def client_tls(options: ProxyOptions) -> ssl.SSLContext | None:
+    """The TLS context of the client listeners (``rediss://`` clients), None for plaintext."""
+    if not options.tls:
+        return None
+    return server_context(options.tls_cert_file, options.tls_key_file, options.tls_ca_file or None,
+                          fields=TLS_SETTINGS)
 
 
 def _observe(proxy: Proxy, meter: metrics.Meter) -> None:

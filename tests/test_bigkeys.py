@@ -129,7 +129,7 @@ def test_conflict_policies(server_factory):
 @pytest.mark.timeout(60)
 def test_a_key_gone_or_expired_and_leftovers_removed(server_factory):
     source_server, target_server = server_factory("redis-7.0"), server_factory("redis-7.0")
-    source, target = source_server.client(), target_server.client()
+    target = target_server.client()
     assert copier(source_server, target_server).copy(0, b"missing").status == GONE
     target.set(b"{k}" + TMP_MARK + b"restorer-3", "left by a crashed copy")
     target.set(b"unrelated", "kept")

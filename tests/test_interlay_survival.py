@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import multiprocessing.connection
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from eve_process import EveServer, Subscriber, wait_state
+from eve_process import EveServer, Subscriber
 from proxies import LOOPBACK, endpoint_for, free_ports, interlay_pids, reap_interlays, wait_for
 from servers import free_port
 from test_live import Live, Writers, assert_identical

@@ -4,7 +4,6 @@ real servers (Valkey 9.1 and Redis 8.2 payloads are refused by Redis 7.0 and Val
 
 from __future__ import annotations
 
-import logging
 import time
 
 import hiredis

@@ -309,8 +309,8 @@ def test_refused_payload_becomes_error_keys_and_the_batch_goes_on(server_factory
     payload = new_rows[-1][2]
     assert (error.key, error.type, error.db, error.attempts, error.size) == (b"graph", "module", 0, 1, len(payload))
     assert error.node == f"{target.host}:{target.port}"
-    assert error.reason.startswith(f"target valkey 8.1.8 (RDB 11) cannot restore the module-2 (7) payload of "
-                                   f"RDB 12: ERR ")
+    assert error.reason.startswith("target valkey 8.1.8 (RDB 11) cannot restore the module-2 (7) payload of "
+                                   "RDB 12: ERR ")
     assert error.reason.endswith("(mode DUMP_RESTORE has no logical fallback)")
     assert_same(old.client(), target.client(), old_keys)
     assert_same(new.client(), target.client(), new_keys)

@@ -31,6 +31,12 @@ def message_to_dict(message: Message) -> dict[str, Any]:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
+def interlay_settings_to_dict(settings: interlays_pb2.InterlaySettings) -> dict[str, Any]:
+    """An interlay's settings as set by the caller; byte sizes (int64) as numbers, not the
+    strings the proto3 JSON mapping makes of them."""
+    return json_format.MessageToDict(settings, preserving_proto_field_name=True, unquote_int64_if_possible=True)
+
+
 def reply_to_dict(message: Message) -> dict[str, Any]:
     """A reply as JSON values, the way the documentation reads it: proto field names, zero values
     shown (a ``"clean": false`` or ``"keys_failed": 0`` must not vanish), int64 as numbers where
@@ -113,9 +119,7 @@ def interlay_to_proto(record: InterlayRecord, status: Any = None,
                       stats: dict[str, Any] | None = None) -> interlays_pb2.Interlay:
     """The stored interlay; ``status`` (the supervisor's) wins on state and ports while it knows
     the interlay, ``stats`` are the live numbers of a running one."""
-    settings = interlays_pb2.InterlaySettings(
-        max_concurrent_connections=record.settings.get("max_concurrent_connections"),
-        listen_host=record.settings.get("listen_host", ""))
+    settings = interlays_pb2.InterlaySettings(**record.settings)
     state, last_error = record.state, record.last_error
     if status is not None and status.state != "STOPPED":
         state, last_error = status.state, status.reason or last_error

@@ -75,7 +75,7 @@ class InterlayServicer(interlays_pb2_grpc.InterlayServiceServicer):
         self.coordinator = coordinator
 
     def CreateInterlay(self, request, context):
-        settings = convert.message_to_dict(request.settings)
+        settings = convert.interlay_settings_to_dict(request.settings)
         record = self.coordinator.create_interlay(request.id, request.endpoint, request.port, settings)
         return convert.interlay_to_proto(record)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 
 from eve.core.errors import ConfigError
+from eve.core.tls import server_context
 
 __all__ = ["TlsFiles"]
 
@@ -40,29 +41,7 @@ class TlsFiles:
         return files
 
     def server_context(self) -> ssl.SSLContext:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        for path, flag in ((self.cert, "--tls-cert"), (self.key, "--tls-key"), (self.client_ca, "--tls-client-ca")):
-            if path is not None and not Path(path).is_file():
-                raise ConfigError(f"{path!r} does not exist (or is not a file)", field=flag)
-        try:
-            context.load_cert_chain(self.cert, self.key)
-        except ssl.SSLError as exc:
-            raise ConfigError(f"{self.cert} and {self.key} are not a PEM certificate and its unencrypted key "
-                              f"({exc.reason or exc})", field="--tls-key") from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read {self.cert} or {self.key}: {exc.strerror or exc}",
-                              field="--tls-cert") from None
-        if self.client_ca:
-            try:
-                context.load_verify_locations(cafile=self.client_ca)
-            except (ssl.SSLError, ValueError) as exc:
-                raise ConfigError(f"{self.client_ca!r} holds no PEM CA certificate: {exc}",
-                                  field="--tls-client-ca") from None
-            except OSError as exc:
-                raise ConfigError(f"cannot read {self.client_ca}: {exc.strerror or exc}",
-                                  field="--tls-client-ca") from None
-            context.verify_mode = ssl.CERT_REQUIRED
-        return context
+        return server_context(self.cert, self.key, self.client_ca, fields=("--tls-cert", "--tls-key", "--tls-client-ca"))
 
     def grpc_credentials(self) -> grpc.ServerCredentials:
         client_ca = Path(self.client_ca).read_bytes() if self.client_ca else None

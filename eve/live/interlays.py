@@ -56,19 +56,20 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eve.core.endpoints import ConnectionSpec, EndpointConfig
 from eve.core.errors import ConfigError, EveError, NotFoundError, StateError
+from eve.core.tls import server_context
 from eve.redis.topology import cluster_masters, is_cluster, node_spec
 from eve.redis.wire import FastConnection
 from proxy import messages
 from proxy import stats as latency
 from proxy.control import DEFAULT_SPOOL_KEYS, ControlOptions, describe_route, start_identity
-from proxy.options import DEFAULT_STATS_INTERVAL, ProxyOptions
+from proxy.options import DEFAULT_STATS_INTERVAL, TLS_SETTINGS, ProxyOptions
 from proxy.server import main as proxy_main
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -84,6 +85,8 @@ __all__ = [
     "FAILED",
     "DEFAULT_START_TIMEOUT",
     "DEFAULT_DRAIN_SECONDS",
+    "PROXY_SETTINGS",
+    "proxy_settings",
 ]
 
 log = logging.getLogger("eve.interlays")
@@ -209,6 +212,50 @@ def check_port_free(host: str, port: int) -> None:
                                  f"cannot listen on port {port} on {host}: {exc.strerror or exc}") from exc
 
 
+# Settings of an interlay (InterlaySettings, docs/configuration.md) that its
+# proxy processes apply: setting -> (ProxyOptions field, type, scale to the field's unit).
+_PROXY_SETTINGS: dict[str, tuple[str, type, float]] = {
+    "output_buffer_hard_limit_bytes": ("output_hard_limit", int, 1),
+    "output_buffer_soft_limit_bytes": ("output_soft_limit", int, 1),
+    "output_buffer_soft_seconds": ("output_soft_seconds", float, 1),
+    "stuck_connection_ms": ("stuck_after", float, 0.001),
+    "tls_cert_file": ("tls_cert_file", str, 1),
+    "tls_key_file": ("tls_key_file", str, 1),
+    "tls_ca_file": ("tls_ca_file", str, 1),
+}
+PROXY_SETTINGS = frozenset(_PROXY_SETTINGS)
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a path"}
+
+
+def proxy_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``ProxyOptions`` fields an interlay's settings set, checked: a value of
+    the wrong type or range, or TLS files that do not load, is a ConfigError
+    naming the setting (at CreateInterlay, and again at StartInterlay: files change)."""
+    fields: dict[str, Any] = {}
+    for name, (field_name, kind, scale) in _PROXY_SETTINGS.items():
+        value = settings.get(name)
+        if value is None or value == "":
+            continue
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ConfigError(f"must be {_KIND_NAMES[kind]}, got {value!r}", field=f"settings.{name}")
+        if kind is not str and value < 0:
+            raise ConfigError(f"must be 0 or more, got {value!r}", field=f"settings.{name}")
+        fields[field_name] = value * scale if scale != 1 else value
+    for name in ("output_soft_seconds", "stuck_after"):
+        if fields.get(name) == 0:
+            setting = next(key for key, spec in _PROXY_SETTINGS.items() if spec[0] == name)
+            raise ConfigError("must be more than 0", field=f"settings.{setting}")
+    cert, key, ca = (fields.get(name, "") for name in ("tls_cert_file", "tls_key_file", "tls_ca_file"))
+    if cert or key or ca:
+        if not cert or not key:
+            raise ConfigError("TLS for the interlay's clients needs both tls_cert_file and tls_key_file",
+                              field="settings.tls_key_file" if cert else "settings.tls_cert_file")
+        server_context(cert, key, ca or None, fields=TLS_SETTINGS)
+    return fields
+
+
 class InterlaySupervisor:
     """The interlays' proxy processes of one coordinator. Thread-safe."""
 
@@ -250,10 +297,13 @@ class InterlaySupervisor:
     # -- API ------------------------------------------------------------------------------
 
     def start(self, interlay_id: str, port: int, listen_host: str, endpoint: EndpointConfig,
-              max_concurrent_connections: int, route: messages.Route | None = None) -> list[int]:
+              max_concurrent_connections: int, settings: Mapping[str, Any] | None = None,
+              route: messages.Route | None = None) -> list[int]:
         """Spawn the interlay's proxy process(es); return the listener ports once they listen.
-        ``route``: a live run's route the processes serve under from their first client on
-        (a restart after a cutover: the target is authoritative)."""
+        ``settings``: further ``ProxyOptions`` fields of this interlay (``proxy_settings``
+        of its stored settings), over the supervisor's own ``proxy_options``. ``route``: a
+        live run's route the processes serve under from their first client on (a restart
+        after a cutover: the target is authoritative)."""
         if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
             raise ConfigError(f"port {port} is outside 1..65535", field="port")
         if max_concurrent_connections < 1:
@@ -278,7 +328,7 @@ class InterlaySupervisor:
             interlay_id=interlay_id, listen_host=listen_host, ports=ports, nodes=tuple(nodes), cluster=cluster,
             pool_size=endpoint.pool_size, max_connections=max_concurrent_connections, worker=i,
             workers=self.workers, stats_interval=self.stats_interval,
-            log_level=logging.getLogger().getEffectiveLevel(), **self.proxy_options)
+            log_level=logging.getLogger().getEffectiveLevel(), **{**self.proxy_options, **(settings or {})})
             for i in range(self.workers))
         counter = self._context.Value("q", 0)
         interlay = _Interlay(interlay_id, tuple(node.address for node in nodes), cluster, [], counter, ports=ports,

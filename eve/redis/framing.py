@@ -6,11 +6,12 @@ connection's state) the arguments. Request rules and error messages are
 Redis' own (``networking.c`` ``processMultibulkBuffer``): they come from the
 codec's multibulk walk (``eve.redis.resp.scan_multibulk``, which
 ``parse_command`` uses too); replies are scanned by the codec's own frame
-scanner (``eve.redis.resp.scan_frame``).
+scanner (``eve.redis.resp.scan_frame``), at any depth (``REPLY_MAX_DEPTH``).
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import hiredis
@@ -18,7 +19,7 @@ import hiredis
 from eve.redis import resp
 from eve.redis.resp import ProtocolError
 
-__all__ = ["PartialRequest", "RequestScanner", "partial_request", "scan_request", "scan_reply"]
+__all__ = ["REPLY_MAX_DEPTH", "PartialRequest", "RequestScanner", "partial_request", "scan_request", "scan_reply"]
 
 
 def scan_request(buf: bytes, pos: int, max_bulk: int, max_args: int):
@@ -199,5 +200,13 @@ def partial_request(buf: bytes, pos: int) -> PartialRequest | None:
     return PartialRequest(name, arg_pos, args_left, int(buf[arg_pos + 1 : header_end]), header_end + 2)
 
 
-# ``(end, pos, remaining, need)`` of the codec's resumable frame scan.
-scan_reply = resp.scan_frame
+# How deep a reply may nest: as deep as a server sends. Only boundaries are
+# found (one count per open level, no recursion, no values), so depth costs a
+# list entry per level; a script returning a self-referencing Lua table is
+# answered with arrays nested until the server's Lua stack limit, far past the
+# codec's default for values it builds (issue 12). Requests keep their limits.
+REPLY_MAX_DEPTH = sys.maxsize
+
+# ``scan_reply(buf, pos, remaining, stack, max_bulk)``: ``(end, pos, remaining, need)``
+# of the codec's resumable frame scan, at any depth.
+scan_reply = functools.partial(resp.scan_frame, max_depth=REPLY_MAX_DEPTH)

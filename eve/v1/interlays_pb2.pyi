@@ -27,12 +27,26 @@ INTERLAY_STOPPING: InterlayState
 INTERLAY_FAILED: InterlayState
 
 class InterlaySettings(_message.Message):
-    __slots__ = ("max_concurrent_connections", "listen_host")
+    __slots__ = ("max_concurrent_connections", "listen_host", "output_buffer_hard_limit_bytes", "output_buffer_soft_limit_bytes", "output_buffer_soft_seconds", "stuck_connection_ms", "tls_cert_file", "tls_key_file", "tls_ca_file")
     MAX_CONCURRENT_CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
     LISTEN_HOST_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_BUFFER_HARD_LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_BUFFER_SOFT_LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_BUFFER_SOFT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STUCK_CONNECTION_MS_FIELD_NUMBER: _ClassVar[int]
+    TLS_CERT_FILE_FIELD_NUMBER: _ClassVar[int]
+    TLS_KEY_FILE_FIELD_NUMBER: _ClassVar[int]
+    TLS_CA_FILE_FIELD_NUMBER: _ClassVar[int]
     max_concurrent_connections: int
     listen_host: str
-    def __init__(self, max_concurrent_connections: _Optional[int] = ..., listen_host: _Optional[str] = ...) -> None: ...
+    output_buffer_hard_limit_bytes: int
+    output_buffer_soft_limit_bytes: int
+    output_buffer_soft_seconds: float
+    stuck_connection_ms: int
+    tls_cert_file: str
+    tls_key_file: str
+    tls_ca_file: str
+    def __init__(self, max_concurrent_connections: _Optional[int] = ..., listen_host: _Optional[str] = ..., output_buffer_hard_limit_bytes: _Optional[int] = ..., output_buffer_soft_limit_bytes: _Optional[int] = ..., output_buffer_soft_seconds: _Optional[float] = ..., stuck_connection_ms: _Optional[int] = ..., tls_cert_file: _Optional[str] = ..., tls_key_file: _Optional[str] = ..., tls_ca_file: _Optional[str] = ...) -> None: ...
 
 class BackendStats(_message.Message):
     __slots__ = ("backend", "ops", "errors", "p50_ms", "p99_ms")

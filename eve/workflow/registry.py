@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 from eve.core import endpoints as model
 from eve.core.errors import ConfigError, EveError, StateError, UnavailableError
 from eve.core.store import EndpointRecord, InterlayRecord, Store
-from eve.live.interlays import InterlaySupervisor
+from eve.live.interlays import PROXY_SETTINGS, InterlaySupervisor, proxy_settings
 from eve.redis import resp
 from eve.redis.connections import DEFAULT_TIMEOUT, RedisConnection
 from eve.workflow.setup import guided_setup
@@ -257,7 +257,7 @@ class Coordinator:
         try:
             ports = supervisor.start(id, record.port, record.settings.get("listen_host", DEFAULT_LISTEN_HOST), config,
                                      record.settings.get("max_concurrent_connections", DEFAULT_MAX_CONNECTIONS),
-                                     route=route)
+                                     proxy_settings(record.settings), route=route)
         except EveError as exc:
             self.store.set_interlay_state(id, "FAILED", str(exc))
             raise
@@ -319,7 +319,7 @@ def _flag_set(raw: Any) -> frozenset[str]:
 
 
 def _interlay_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = set(settings) - {"max_concurrent_connections", "listen_host"}
+    unknown = set(settings) - {"max_concurrent_connections", "listen_host"} - PROXY_SETTINGS
     if unknown:
         raise ConfigError("unknown field", field=f"settings.{sorted(unknown)[0]}")
     limit = settings.get("max_concurrent_connections", DEFAULT_MAX_CONNECTIONS)
@@ -329,7 +329,9 @@ def _interlay_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     host = settings.get("listen_host") or DEFAULT_LISTEN_HOST
     if not isinstance(host, str) or any(ch.isspace() or ch in "/@" for ch in host):
         raise ConfigError(f"{str(host)[:80]!r} is not a valid listen address", field="settings.listen_host")
-    return {"max_concurrent_connections": limit, "listen_host": host}
+    proxy_settings(settings)
+    return {"max_concurrent_connections": limit, "listen_host": host,
+            **{name: settings[name] for name in PROXY_SETTINGS if settings.get(name) not in (None, "")}}
 
 
 def _redacted(command: str, reply: Any) -> Any:
