@@ -389,7 +389,9 @@ def test_fix_in_chunks_during_both_passes(server_factory, monkeypatch):
     assert fix is not None and fix.clean and (fix.recopied, fix.deleted, fix.failed) == (100, 60, 0)
     assert fix.recheck.keys_compared == 100 and fix.recheck.clean
     names = [p.phase for p in phases]
-    assert names.count(FIXING) >= 6
+    # 160 differences in chunks of at least 25: a chunk is flushed after the SCAN step that fills
+    # it, and a step's size varies while the target's table rehashes, so not an exact count.
+    assert names.count(FIXING) >= 4
     after_first_fix = names[names.index(FIXING) + 1:]
     assert COMPARING in after_first_fix and EXTRA_KEYS in after_first_fix
     assert phases[-1].fixed == 160 and phases[-1].phase == EXTRA_KEYS
