@@ -48,6 +48,7 @@ from eve.redis.resp import MAX_INLINE
 from proxy.backend import Backend, Node, set_no_delay
 from proxy.parts import BLOCKING, SHARED, SPECIAL, XREAD, Clients, Parts
 from proxy.routing import DUAL, PLAIN, READ_TARGET, Router
+from proxy.slots import ClusterSide
 
 __all__ = ["Client"]
 
@@ -75,6 +76,12 @@ _NO_MAINT_NOTIFICATIONS = b"-ERR interlay: CLIENT MAINT_NOTIFICATIONS is not ava
 _NO_REPLICATION = b"-ERR interlay: replication commands (SYNC, PSYNC, REPLCONF) are not forwarded\r\n"
 
 Tag = Callable[[bytes | None], bytes | None]   # sees a reply frame, returns the bytes to deliver
+
+
+def _home(side: Node | ClusterSide) -> Node:
+    """The node a client of ``side`` pins to and sends keyless state commands to: a
+    cluster side's first master (its keyed commands go by slot)."""
+    return side.first if isinstance(side, ClusterSide) else side
 
 
 def _xread_blocks(args: list[bytes]) -> bool:
@@ -119,7 +126,7 @@ class Client(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         primary = router.primary
         if primary is not None and self.cluster is None:
-            node = primary  # a live run moved the authoritative side
+            node = _home(primary)  # a live run moved the authoritative side
         self.node = node
         self.transport: asyncio.Transport | None = None
         self.id = clients.next_id()
@@ -200,7 +207,7 @@ class Client(asyncio.Protocol):
                     # Replies owed on it will never come: the outcome is unknown.
                     self._release_marks(True)
             else:
-                self.node.release(conn)
+                conn.node.release(conn)
         self.req_stream = None
         backend = self.paused_backend
         if backend is not None and backend.transport is not None:
@@ -260,14 +267,14 @@ class Client(asyncio.Protocol):
 
     # -- asked by the process (proxy.server) -----------------------------------------------
 
-    def follow(self, primary: Node) -> None:
+    def follow(self, primary: Node | ClusterSide) -> None:
         """A live run moved the authoritative side: a stateless client follows at
         its next command; a pinned client's state lives on the old side, so it is
         closed and reconnects."""
         if self.pinned is not None:
             self.close()
             return
-        self.node = primary
+        self.node = _home(primary)
         self.shared = None
 
     def awaiting_replies(self, pinned_too: bool) -> bool:
@@ -484,7 +491,7 @@ class Client(asyncio.Protocol):
                 or conn.protocol != self.protocol or self.resetting or conn.stream_to is not None:
             return
         self.pinned = None
-        self.node.release(conn)
+        conn.node.release(conn)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -558,19 +565,25 @@ class Client(asyncio.Protocol):
                 # A live run's route (proxy.routing): stateless writes go to every side (a
                 # pinned client's too, unless queued in MULTI, in another db, or on a raw
                 # connection), a share of reads to the target.
+                # On a cluster side (proxy.slots) every command is routed by slot.
                 if routing and (conn is None or not (self.in_multi or self.wdb or conn.raw)):
                     writes = commands.may_write(name)
-                    if writes or (router.read_percent and conn is None) or name.lower() in _SCRIPTING:
+                    slotted = router.slotted and conn is None
+                    if slotted or writes or (router.read_percent and conn is None) or name.lower() in _SCRIPTING:
                         if args is None:
                             args = self._args(buf[pos:end])
                         route = router.decide(args, writes)
                         if route == READ_TARGET:
-                            conn = router.target.shared_conn(self.protocol, self.slot)  # type: ignore[union-attr]
+                            target = router.target
+                            conn = target if isinstance(target, ClusterSide) else \
+                                target.shared_conn(self.protocol, self.slot)  # type: ignore[union-attr]
+                        elif slotted:
+                            conn = router.primary  # type: ignore[assignment]
                 if conn is None:
                     conn = self.shared
                     if conn is None or conn.closed:
                         conn = self._connect_shared()
-                joins = run_count and conn is run_conn and route != DUAL
+                joins = run_count and conn is run_conn and route != DUAL and conn.__class__ is not ClusterSide
             else:
                 joins = False
             if not joins:
@@ -586,6 +599,11 @@ class Client(asyncio.Protocol):
                     continue
                 if route == DUAL:
                     if not self._dual_write(conn, args, buf[pos:end]):  # type: ignore[arg-type]
+                        break
+                    pos = end
+                    continue
+                if conn.__class__ is ClusterSide:
+                    if not self._send_by_slot(conn, args, buf[pos:end]):  # type: ignore[arg-type]
                         break
                     pos = end
                     continue
@@ -649,7 +667,24 @@ class Client(asyncio.Protocol):
                 args = self._args(raw)
             self.dirty.record(self.commands.marks(args, self.wdb))
 
-    def _dual_write(self, conn: Backend | None, args: list[bytes], raw: bytes) -> bool:
+    def _send_by_slot(self, side: ClusterSide, args: list[bytes], raw: bytes) -> bool:
+        """A request for a cluster side: to the master(s) owning its keys (``proxy.slots``);
+        its reply comes back in order with the client's others on that side."""
+        if self.outstanding and self.current is not side:
+            return self._stall()
+        if self.dirty.tracking and self.commands.may_write(args[0]):
+            self._track(args, self.issued + 1)
+        stats = self.stats
+        stats.ops += 1
+        stats.backend_ops += 1
+        # Counted before sending: a refused request (CROSSSLOT) is answered at once.
+        self.outstanding += 1
+        self.issued += 1
+        self.current = side  # type: ignore[assignment]
+        side.send(self, args, raw, self.protocol, self.slot, order=self)
+        return True
+
+    def _dual_write(self, conn: Backend | ClusterSide | None, args: list[bytes], raw: bytes) -> bool:
         """A write for every side of a live run (``proxy.routing``); False when it has to wait."""
         if conn is None:
             return self._local(self.node.unavailable(), error=True)
@@ -660,7 +695,7 @@ class Client(asyncio.Protocol):
         stats.backend_ops += 1
         marks = self.commands.marks(args, self.wdb) if self.dirty.tracking else []
         router = self.router
-        sink = router.send_dual(self, conn, raw, marks)
+        sink = router.send_dual(self, conn, args, raw, marks)
         self.outstanding += 1
         self.issued += 1
         # BOTH_REQUIRED holds the reply until every side answered: what follows waits for it.
@@ -753,7 +788,11 @@ class Client(asyncio.Protocol):
     def _pin_and_send(self, name: bytes, args: list[bytes], raw: bytes) -> bool:
         if not self._settled():
             return self._stall()
-        conn = self.node.dedicated(self.protocol)
+        node = self.node
+        primary = self.router.primary
+        if isinstance(primary, ClusterSide) and self.cluster is None:
+            node = primary.node_for(self.commands.keys(args))  # BLPOP waits where its key lives
+        conn = node.dedicated(self.protocol)
         if conn is None:
             return self._local(self.node.unavailable(), error=True)
         self._pin(conn)
@@ -1029,8 +1068,9 @@ class Client(asyncio.Protocol):
         kind = self.commands.classify(info.name)
         if kind == SPECIAL or not self.authenticated:
             return pos
-        if self.dirty.tracking and self.commands.may_write(info.name):
-            return pos  # its keys are needed once it is answered: buffered whole, not streamed
+        if self.dirty.tracking and self.commands.may_write(info.name) or self.router.slotted:
+            # Its keys are needed once it is answered, or to route it: buffered whole, not streamed.
+            return pos
         conn = self.pinned
         if conn is None:
             if not self._settled():

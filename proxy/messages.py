@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from eve.core.endpoints import ConnectionSpec
+from eve.redis.topology import Node
 
 __all__ = [
     "FORMAT_VERSION",
@@ -137,7 +138,9 @@ class Route:
     than the source (``"target"``, ``"mirror:<endpoint>"``); ``authoritative`` is
     ``"source"`` or one of them; ``mirror_to`` the sides receiving dual writes;
     ``read_percent`` the share of reads the target serves while the source is
-    authoritative."""
+    authoritative. ``clusters`` names the sides that are clusters, with their
+    masters and slots as ``CLUSTER SLOTS`` reported them when the route was built
+    (``proxy.slots``)."""
 
     authoritative: str
     sides: tuple[tuple[str, ConnectionSpec], ...]
@@ -145,6 +148,7 @@ class Route:
     policy: str
     read_percent: int
     scripts_deterministic: bool = False
+    clusters: tuple[tuple[str, tuple[Node, ...]], ...] = ()
     version: int = FORMAT_VERSION
 
 

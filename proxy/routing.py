@@ -55,8 +55,11 @@ from proxy import messages
 from proxy.backend import Backend, Node
 from proxy.dirty import SCRIPT_NAMES
 from proxy.parts import Parts
+from proxy.slots import ClusterSide
 
-__all__ = ["DualWrite", "MirrorReply", "Router", "Writer", "PLAIN", "DUAL", "READ_TARGET", "SOURCE", "TARGET"]
+Side = Node | ClusterSide   # a standalone side is one node; a cluster side routes by slot (proxy.slots)
+
+__all__ = ["DualWrite", "MirrorReply", "Router", "Side", "Writer", "PLAIN", "DUAL", "READ_TARGET", "SOURCE", "TARGET"]
 
 PLAIN, DUAL, READ_TARGET = 0, 1, 2   # Router.decide
 SOURCE, TARGET = "source", "target"  # side names; mirror targets are "mirror:<endpoint>"
@@ -124,14 +127,15 @@ class Router:
         self.source = source                # the node the interlay fronts, outside a run the only one
         self.active = False                 # a route is set: decide() is asked
         self.authoritative = SOURCE
-        self.primary: Node | None = None    # the authoritative side's node
-        self.target: Node | None = None     # the node reads shift to
-        self.mirrors: list[tuple[str, Node]] = []
+        self.primary: Side | None = None    # the authoritative side
+        self.slotted = False                # it is a cluster: every command is routed by slot
+        self.target: Side | None = None     # the side reads shift to
+        self.mirrors: list[tuple[str, Side]] = []
         self.policy = WriteConsistency.SOURCE_AUTHORITATIVE
         self.both = False
         self.read_percent = 0
         self.scripts_deterministic = False
-        self.sides: dict[str, Node] = {}    # side name -> node, the source's included
+        self.sides: dict[str, Side] = {}    # side name -> where its commands go, the source's included
         self.side_stats: dict[str, SideStats] = {}
         self.scripts: dict[bytes, bytes] = {}   # lowercase hex sha1 -> body
         self.pending = 0                    # dual writes not fully answered
@@ -150,13 +154,18 @@ class Router:
                 or not 0 <= route.read_percent <= 100:
             raise ValueError(f"malformed route: authoritative {route.authoritative!r}, sides {sorted(names)}, "
                              f"mirror_to {route.mirror_to}, policy {route.policy!r}, reads {route.read_percent}%")
-        sides: dict[str, Node] = {SOURCE: source}
+        clusters = dict(route.clusters)
+        sides: dict[str, Side] = {SOURCE: source}
         for name, spec in route.sides:
             node = self.sides.get(name)
-            if node is None or node.spec != spec:
+            masters = clusters.get(name)
+            if node is None or node.spec != spec or isinstance(node, ClusterSide) != (masters is not None):
                 if node is not None:
                     node.close_all()
-                node = Node(self.parts, len(sides), spec)
+                node = Node(self.parts, len(sides), spec) if masters is None else \
+                    ClusterSide(self.parts, spec, masters)
+            elif masters is not None:
+                node.use(masters)  # type: ignore[union-attr]
             sides[name] = node
         for name, node in self.sides.items():
             if name not in sides and node is not source:
@@ -165,6 +174,7 @@ class Router:
         previous = self.primary
         self.authoritative = route.authoritative
         self.primary = sides[route.authoritative]
+        self.slotted = isinstance(self.primary, ClusterSide)
         self.mirrors = [(name, sides[name]) for name in route.mirror_to if name != route.authoritative]
         for name, _ in self.mirrors:
             self.side_stats.setdefault(name, SideStats())
@@ -173,7 +183,7 @@ class Router:
         self.read_percent = route.read_percent if route.authoritative == SOURCE else 0
         self.target = sides.get(TARGET) if self.read_percent else None
         self.scripts_deterministic = route.scripts_deterministic
-        self.active = bool(self.mirrors) or self.read_percent > 0
+        self.active = bool(self.mirrors) or self.read_percent > 0 or self.slotted
         return previous is not None and previous is not self.primary or \
             (previous is None and self.primary is not source)
 
@@ -220,16 +230,25 @@ class Router:
 
     # -- sending ----------------------------------------------------------------------------
 
-    def send_dual(self, client: Writer, conn: Backend, raw: bytes, marks: list) -> DualWrite:
-        """Send one write to ``conn`` (the authoritative side) and to every mirrored side;
-        returns the sink the client's reply comes through."""
+    def send_dual(self, client: Writer, conn: Backend | ClusterSide, args: list[bytes], raw: bytes,
+                  marks: list) -> DualWrite:
+        """Send one write to ``conn`` (the authoritative side's connection, or the side itself
+        when it is a cluster) and to every mirrored side; returns the sink the client's reply
+        comes through."""
         dual = DualWrite(client, self, marks)
         self.pending += 1
-        conn.send(dual, raw, 1, _identity)
         slot, protocol = client.slot, client.protocol
+        if isinstance(conn, ClusterSide):
+            conn.send(dual, args, raw, protocol, slot, order=client)
+        else:
+            conn.send(dual, raw, 1, _identity)
         for name, node in self.mirrors:
             stats = self.side_stats[name]
             stats.ops += 1
+            if isinstance(node, ClusterSide):
+                dual.left += 1
+                node.send(MirrorReply(dual, name, node, protocol, slot, raw), args, raw, protocol, slot)
+                continue
             # On the connection of the client's protocol: the client's reads shifted to
             # this side travel on it too, and so come after its writes.
             mconn = node.shared_conn(protocol, slot)
@@ -310,7 +329,7 @@ class MirrorReply:
     __slots__ = ("dual", "side", "node", "protocol", "slot", "raw", "retried")
     waits_for_replies = True
 
-    def __init__(self, dual: DualWrite, side: str, node: Node, protocol: int, slot: int, raw: bytes) -> None:
+    def __init__(self, dual: DualWrite, side: str, node: Side, protocol: int, slot: int, raw: bytes) -> None:
         self.dual = dual
         self.side = side
         self.node = node
@@ -339,6 +358,8 @@ class MirrorReply:
         if not args or args[0].lower() != b"evalsha" or len(args) < 2:
             return False
         body = self.dual.router.scripts.get(bytes(args[1]).lower())
+        if isinstance(self.node, ClusterSide):
+            return False  # SCRIPT LOAD reached every master of it already
         conn = self.node.shared_conn(self.protocol, self.slot)
         if body is None or conn is None:
             return False

@@ -39,6 +39,7 @@ from proxy.client import Client
 from proxy.options import ProxyOptions
 from proxy.parts import Clients, Parts
 from proxy.routing import Router
+from proxy.slots import ClusterSide
 
 __all__ = ["Proxy", "main", "run_proxy"]
 
@@ -172,8 +173,13 @@ class Proxy:
         await asyncio.sleep(0)
 
     def _all_nodes(self) -> list[Node]:
-        """The source's nodes and the other sides of a live run."""
-        return [*self.nodes, *(node for node in self.router.sides.values() if node not in self.nodes)]
+        """The source's nodes and those of the other sides of a live run."""
+        nodes = list(self.nodes)
+        for side in self.router.sides.values():
+            for node in side.all_nodes() if isinstance(side, ClusterSide) else (side,):
+                if node not in nodes:
+                    nodes.append(node)
+        return nodes
 
     def request_stop(self, drain_seconds: float) -> None:
         if self._stopped is not None and not self._stopped.done():

@@ -36,10 +36,11 @@ from typing import Any, Callable, Sequence
 
 from eve.core.endpoints import ConnectionSpec
 from eve.core.enums import WriteConsistency
-from eve.core.errors import StateError
+from eve.core.errors import EveError, StateError
 from eve.live.backlog import DirtyKeys
 from eve.live.notifications import KeyspaceNotifications
 from eve.live.recopy import DirtyKeySync, RecopyFailure, SyncOptions
+from eve.redis.topology import Node, cluster_layout
 from proxy import messages
 from proxy.routing import SOURCE, TARGET
 
@@ -52,6 +53,7 @@ CATCH_UP_STEADY_SECONDS = 1.0     # ...for this long
 DEFAULT_PAUSE_SECONDS = 2.0       # the longest clients wait at a cutover for replies in flight
 DEFAULT_DRAIN_SECONDS = 30.0      # the longest the backlog may take to drain at a cutover
 BARRIER_SECONDS = 10.0
+TOPOLOGY_SECONDS = 5.0            # the longest a side may take to tell its masters when a route is built
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ class LiveRun:
         self._sync_error: BaseException | None = None
         self._notifications: KeyspaceNotifications | None = None
         self._tracking = False
+        self._layouts: dict[str, tuple[Node, ...]] = {}   # side -> its masters (none: standalone)
 
     def __repr__(self) -> str:
         return (f"LiveRun({self.options.run_id} via {self.options.interlay_id}: authoritative {self.authoritative}, "
@@ -115,12 +118,24 @@ class LiveRun:
     def _others(self, authoritative: str) -> list[str]:
         return [name for name in (SOURCE, TARGET, *(m for m, _ in self.options.mirrors)) if name != authoritative]
 
+    def _clusters(self) -> tuple[tuple[str, tuple[Node, ...]], ...]:
+        """The sides that are clusters, with their masters and slots now: the interlay routes
+        their commands by slot (``proxy.slots``) and follows their redirections from there."""
+        for name, spec in self._sides():
+            try:
+                self._layouts[name] = cluster_layout(spec, timeout=TOPOLOGY_SECONDS, client_name="eve-live-route")
+            except EveError as exc:
+                # Down for now (a restart, a failover): the last layout known; the interlay
+                # follows the redirections once the side answers again.
+                log.warning("run %s: cannot read the topology of the %s (%s)", self.options.run_id, name, exc)
+        return tuple((name, masters) for name, masters in self._layouts.items() if masters)
+
     def _route(self) -> None:
         mirror_to = tuple(self._others(self.authoritative)) if self.dual else ()
         self.interlays.route(self.options.interlay_id, messages.Route(
             authoritative=self.authoritative, sides=self._sides(), mirror_to=mirror_to, policy=self.options.policy,
             read_percent=self.read_percent if self.authoritative == SOURCE else 0,
-            scripts_deterministic=self.options.scripts_deterministic))
+            scripts_deterministic=self.options.scripts_deterministic, clusters=self._clusters()))
 
     # -- 1. tracking ------------------------------------------------------------------------
 
