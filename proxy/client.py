@@ -68,6 +68,8 @@ _PINNING_NAMES = frozenset((b"multi", b"watch", b"asking", b"monitor", b"auth"))
     | UNSUBSCRIBE_NAMES
 
 _OK = b"+OK\r\n"
+_MULTI = resp.encode_command(b"MULTI")
+_EMPTY_EXEC = b"*0\r\n"
 _RESET = b"+RESET\r\n"
 _MAX_CLIENTS = b"-ERR max number of clients reached\r\n"
 MERGE_MARKS = 64   # keys of consecutive writes recorded together, at most
@@ -76,6 +78,10 @@ _NO_MAINT_NOTIFICATIONS = b"-ERR interlay: CLIENT MAINT_NOTIFICATIONS is not ava
 _NO_REPLICATION = b"-ERR interlay: replication commands (SYNC, PSYNC, REPLCONF) are not forwarded\r\n"
 
 Tag = Callable[[bytes | None], bytes | None]   # sees a reply frame, returns the bytes to deliver
+
+
+def _swallow(frame: bytes | None) -> bytes | None:
+    return None
 
 
 def _home(side: Node | ClusterSide) -> Node:
@@ -112,7 +118,7 @@ class Client(asyncio.Protocol):
         "current", "shared", "pinned", "forever", "in_multi", "watching", "db", "asking", "stalled",
         "closing", "close_error", "quitting", "resetting", "reset_done", "req_stream", "write_paused",
         "pause_reasons", "paused_backend", "resume_scheduled", "rejected", "announce", "max_bulk", "max_args",
-        "threshold", "scanner", "issued", "answered", "marks", "multi_marks", "wdb", "delayed",
+        "threshold", "scanner", "issued", "answered", "marks", "multi_marks", "wdb", "delayed", "multi_deferred",
     )
 
     def __init__(self, parts: Parts, clients: Clients, router: Router, node: Node) -> None:
@@ -173,6 +179,9 @@ class Client(asyncio.Protocol):
         self.multi_marks: list | None = None
         self.wdb = 0
         self.delayed: list[bytes] | None = None   # reply bytes waiting for deliver_soon's flush
+        # MULTI answered by the interlay, to be sent with the first command queued after it
+        # (on a cluster side, to the master of that command's keys).
+        self.multi_deferred = False
 
     # -- transport events ---------------------------------------------------------------
 
@@ -553,6 +562,15 @@ class Client(asyncio.Protocol):
                     run_start = end
                 pos = end
                 continue
+            if self.multi_deferred:
+                if args is None:
+                    args = self._args(buf[pos:end])
+                opened = self._open_multi(args)
+                if opened is None:
+                    break
+                if opened:
+                    pos = end
+                    continue
             kind = kinds.get(name)
             if kind is None:
                 kind = commands.classify(name)
@@ -732,6 +750,12 @@ class Client(asyncio.Protocol):
             return self._pin_and_send(name, args, raw)
         if kind == XREAD:
             return self._send_shared(raw, track=args)
+        if name == b"multi" and isinstance(self.router.primary, ClusterSide) and self.cluster is None:
+            # The transaction runs on the master of its keys, known with its first command.
+            if not self._settled():
+                return self._stall()
+            self.multi_deferred = True
+            return self._local(_OK)
         if name in _PINNING_NAMES:
             return self._pin_and_send(name, args, raw)
         if name == b"select":
@@ -784,6 +808,31 @@ class Client(asyncio.Protocol):
     def _pin(self, conn: Backend) -> None:
         self.pinned = conn
         conn.owner = self
+
+    def _open_multi(self, args: list[bytes]) -> bool | None:
+        """The first command after a deferred MULTI: pin to the master of its keys and send
+        MULTI there first (its ``+OK`` was the interlay's). True when the command was
+        answered here (EXEC or DISCARD of an empty transaction, or no master reachable),
+        False when it goes on to the pinned connection, None when it has to wait."""
+        name = args[0].lower()
+        if name in (b"exec", b"discard"):
+            if not self._local(_EMPTY_EXEC if name == b"exec" else _OK):
+                return None
+            self.multi_deferred = False
+            return True
+        if not self._settled():
+            self._stall()
+            return None
+        self.multi_deferred = False
+        primary: ClusterSide = self.router.primary  # type: ignore[assignment]
+        conn = primary.node_for(self.commands.keys(args)).dedicated(self.protocol)
+        if conn is None:
+            # No transaction was opened: EXEC will say so ("EXEC without MULTI").
+            return True if self._local(primary.unavailable(), error=True) else None
+        self._pin(conn)
+        conn.send(None, _MULTI, 1, _swallow)
+        self.in_multi = True
+        return False
 
     def _pin_and_send(self, name: bytes, args: list[bytes], raw: bytes) -> bool:
         if not self._settled():
@@ -1014,7 +1063,7 @@ class Client(asyncio.Protocol):
         self.protocol = 2
         self.shared = None
         self.authenticated = not self.node.auth_required
-        self.forever = self.in_multi = self.watching = self.asking = False
+        self.forever = self.in_multi = self.watching = self.asking = self.multi_deferred = False
         self.db = 0
         self.wdb = 0
         self.multi_marks = None

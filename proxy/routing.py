@@ -238,10 +238,9 @@ class Router:
         dual = DualWrite(client, self, marks)
         self.pending += 1
         slot, protocol = client.slot, client.protocol
-        if isinstance(conn, ClusterSide):
-            conn.send(dual, args, raw, protocol, slot, order=client)
-        else:
-            conn.send(dual, raw, 1, _identity)
+        by_slot = isinstance(conn, ClusterSide)
+        if not by_slot:
+            conn.send(dual, raw, 1, _identity)  # type: ignore[call-arg]
         for name, node in self.mirrors:
             stats = self.side_stats[name]
             stats.ops += 1
@@ -261,6 +260,10 @@ class Router:
             if mconn.write_paused:
                 # A side that cannot keep up slows the clients down.
                 mconn.hold(client)
+        if by_slot:
+            # Last: a cluster side may answer at once (CROSSSLOT, no master), and the join
+            # must know every side it waits for by then.
+            conn.send(dual, args, raw, protocol, slot, order=client)  # type: ignore[call-arg]
         return dual
 
 

@@ -11,14 +11,20 @@ write through the interlay.
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import redis
-from proxies import endpoint_for, wait_for
+from eve_process import EveServer, wait_state
+from keyspace import fill
+from live_runs import SHORT_TTL_SECONDS, Writers, assert_identical, start_interlay_and_run, wait_in_sync
+from proxies import endpoint_for, free_ports, wait_for
 from servers import move_slot
 
 from eve.core.enums import WriteConsistency
 from eve.redis.topology import cluster_layout, key_slot
+from eve.v1 import endpoints_pb2 as epb
+from eve.v1 import workflows_pb2 as wpb
 from proxy import messages
 from proxy.routing import SOURCE, TARGET
 
@@ -102,6 +108,15 @@ def test_after_cutover_commands_are_routed_by_slot_split_merged_or_refused(super
     assert replies[1::2] == [b"a" if n % 2 else b"b" for n in range(30)]
     assert sum(int(v) for v in replies[0::2] if v is not None) > 0
     assert client.delete(A, B, C) == 3
+    # A transaction and a script run on the master of their keys' one slot.
+    for tag in ("a", "b", "c"):
+        pipe = client.pipeline(transaction=True)
+        pipe.incr(f"{{{tag}}}tx")
+        pipe.hset(f"{{{tag}}}txh", "f", tag)
+        assert pipe.execute() == [1, 1]
+    assert client.eval("return redis.call('incr', KEYS[1]) + redis.call('incr', KEYS[2])", 2, A, A2) == 2
+    with pytest.raises(redis.ResponseError, match="hash to the same slot"):
+        client.eval("return 1", 2, A, B)
     # A blocking command waits on the master of its key.
     pusher = threading.Timer(0.2, lambda: cluster.client().rpush(C, "x"))
     pusher.start()
@@ -121,3 +136,122 @@ def test_a_slot_moved_between_masters_is_followed(supervisor, sides):
     move_slot(cluster, owner, destination, key_slot(A.encode()))
     assert client.mget(keys) == [key.encode() for key in keys]
     assert client.incr(A2 + "c") == 1 and destination.client().get(A2 + "c") == b"1"
+
+
+# --------------------------------------------------------------------------- whole runs (slow)
+
+class Live:
+    """One online run driven through the API, between any two deployments (server or cluster)."""
+
+    def __init__(self, eve: EveServer, source, target, policy: int = wpb.SOURCE_AUTHORITATIVE,
+                 keys: int = 1500) -> None:
+        self.eve, self.source, self.target = eve, source, target
+        fill(source.client(), keys, prefix="pre", binary=False)
+        for name, deployment in (("src", source), ("dst", target)):
+            eve.endpoints().CreateEndpoint(epb.CreateEndpointRequest(
+                endpoint=name, kind="redis",
+                config=epb.EndpointConfig(target=epb.Connection(host=deployment.host, port=deployment.port))))
+        self.listeners = len(getattr(source, "masters", [source]))
+        self.port = free_ports(self.listeners)
+        self.stub, self.run, self.events = start_interlay_and_run(eve, self.port)
+        self.stub.SubmitSetup(wpb.SubmitSetupRequest(run=self.run, setup=wpb.RunSetup(
+            source="src", target="dst", strategy=wpb.ONLINE_PHASED, write_consistency=policy, interlay="app")))
+        self.prepare()
+
+    def prepare(self) -> list:
+        self.stub.Prepare(wpb.PrepareRequest(run=self.run))
+        wait_state(self.stub, self.run, "READY")
+        issues = list(self.stub.GetCompatibility(wpb.GetCompatibilityRequest(run=self.run)).issues)
+        for issue in issues:
+            if not issue.blocking:
+                self.stub.AcknowledgeIssue(wpb.AcknowledgeIssueRequest(run=self.run, issue_id=issue.id, notes="ok"))
+        return issues
+
+    def approve(self) -> None:
+        self.stub.Approve(wpb.ApproveRequest(run=self.run, notes="go"))
+
+    def wait_in_sync(self, timeout: float = 90) -> None:
+        wait_in_sync(self.stub, self.run, self.events, timeout)
+
+    def cutover(self) -> wpb.Run:
+        return self.stub.SetTraffic(wpb.SetTrafficRequest(run=self.run, read_percent_target=100, cutover_writes=True))
+
+    def settle(self) -> None:
+        """After the writes stopped: let the last ones be re-copied and the short TTLs pass."""
+        time.sleep(SHORT_TTL_SECONDS + 1.5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("engines", [
+    pytest.param(("redis-7.0", "valkey-8.1"), id="redis-7.0-to-valkey-8.1"),
+    pytest.param(("valkey-8.1", "redis-8.2"), id="valkey-8.1-to-redis-8.2"),
+])
+def test_standalone_to_cluster_cutover_and_complete(eve, server_factory, cluster_factory, engines):
+    source, target = server_factory(engines[0]), cluster_factory(engines[1], masters=3)
+    live = Live(eve, source, target)
+    with Writers(live.port, cluster=True) as writers:
+        writers.wait_ops(200)
+        live.approve()
+        live.wait_in_sync()
+        writers.wait_ops(500)
+        cut = live.cutover()
+        assert cut.state == wpb.CUT_OVER and cut.writes_on_target
+        writers.wait_ops(500)
+    live.settle()
+    cluster = target.client()
+    writers.check_counters(cluster)
+    assert assert_identical(source.client(), cluster, "source and target") > 1500
+    verified = live.stub.Verify(wpb.VerifyRequest(run=live.run))
+    assert verified.clean, verified
+    assert live.stub.Complete(wpb.CompleteRequest(run=live.run, notes="accepted")).state == wpb.COMPLETED
+    client = redis.Redis(host="127.0.0.1", port=live.port)
+    client.mset({A: "1", B: "2"})
+    assert cluster.get(A) == b"1" and cluster.get(B) == b"2" and not source.client().exists(A)
+
+
+def _owner_and_other(cluster, key: str):
+    owner = owner_of(cluster, key)
+    return owner, next(master for master in cluster.masters if master is not owner)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("disturbance", ["target-master-restarted", "slot-moved"])
+def test_standalone_to_cluster_topology_changes_lose_nothing_then_rollback(eve, server_factory, cluster_factory,
+                                                                           disturbance):
+    aof = ("--appendonly", "yes", "--appendfsync", "always")
+    source, target = server_factory(ENGINE), cluster_factory(ENGINE, masters=3, extra_args=aof)
+    live = Live(eve, source, target)
+
+    def disturb(key: str) -> None:
+        owner, other = _owner_and_other(target, key)
+        if disturbance == "slot-moved":
+            move_slot(target, owner, other, key_slot(key.encode()))
+        else:
+            owner.stop()
+            owner.start()
+            # Back as a master of its slots once the others saw it again: what a failover waits for too.
+            wait_for(lambda: all(b"cluster_state:ok" in master.client().execute_command("CLUSTER", "INFO")
+                                 for master in target.masters), timeout=30, what="the cluster ok again")
+
+    with Writers(live.port, cluster=True) as writers:
+        writers.wait_ops(200)
+        live.approve()
+        live.wait_in_sync()
+        writers.wait_ops(300)
+        disturb("w0:counter")   # while dual writes go to the target
+        writers.wait_ops(400)
+        assert live.cutover().state == wpb.CUT_OVER
+        writers.wait_ops(300)
+        disturb("w1:counter")   # while the target is authoritative
+        writers.wait_ops(400)
+    live.settle()
+    cluster = target.client()
+    writers.check_counters(cluster)
+    assert_identical(source.client(), cluster, "source and target")
+    rolled = live.stub.Rollback(wpb.RollbackRequest(run=live.run, reason=f"rollback after {disturbance}"))
+    assert rolled.state == wpb.ROLLED_BACK
+    writers.check_counters(source.client())
+    errors = live.stub.ListErrorKeys(wpb.ListErrorKeysRequest(run=live.run, page_size=10))
+    assert not errors.error_keys, errors

@@ -36,10 +36,11 @@ from typing import Any, Callable, Sequence
 
 from eve.core.endpoints import ConnectionSpec
 from eve.core.enums import WriteConsistency
-from eve.core.errors import EveError, StateError
+from eve.core.errors import EndpointError, EveError, StateError, UnavailableError
 from eve.live.backlog import DirtyKeys
 from eve.live.notifications import KeyspaceNotifications
 from eve.live.recopy import DirtyKeySync, RecopyFailure, SyncOptions
+from eve.redis.cluster import quotes_transient
 from eve.redis.topology import Node, cluster_layout
 from proxy import messages
 from proxy.routing import SOURCE, TARGET
@@ -54,6 +55,12 @@ DEFAULT_PAUSE_SECONDS = 2.0       # the longest clients wait at a cutover for re
 DEFAULT_DRAIN_SECONDS = 30.0      # the longest the backlog may take to drain at a cutover
 BARRIER_SECONDS = 10.0
 TOPOLOGY_SECONDS = 5.0            # the longest a side may take to tell its masters when a route is built
+
+
+def _transient(exc: EndpointError) -> bool:
+    """A side that answers again soon: unreachable for now, or a transient reply (CLUSTERDOWN,
+    LOADING, TRYAGAIN...) quoted at the end of the message."""
+    return isinstance(exc, UnavailableError) or quotes_transient(str(exc))
 
 
 @dataclass(frozen=True)
@@ -242,21 +249,32 @@ class LiveRun:
             raise StateError(f"interlay {self.options.interlay_id!r} is {status.state.lower()}"
                              f"{': ' + status.reason if status.reason else ''}; writes are no longer tracked")
 
-    def reconcile_if_needed(self) -> None:
-        """A whole db changed (FLUSHDB...) or marks were dropped: compare and mark what differs."""
+    def reconcile_if_needed(self) -> bool:
+        """A whole db changed (FLUSHDB...), a side restarted or marks were dropped: compare and
+        mark what differs. False when a side could not be compared for now (a cluster electing
+        a master, a server loading): the comparison is flagged again for the next call."""
         if not self.dirty.overflowed:
-            return
+            return True
         from eve.live.verify import verify
 
         dbs = self.dirty.reset_overflow()
         self.on_event("live", "whole-db writes or a full backlog: comparing the sides to find what changed",
                       {"dbs": "all" if dbs is None else ",".join(map(str, sorted(dbs)))})
-        for name in self._others(self.authoritative):
-            report = verify(self._spec(self.authoritative), self._spec(name),
-                            dbs=None if dbs is None else sorted(dbs), max_examples=0,
-                            max_differences=self.dirty.max_backlog)
-            for difference in report.differences:
-                self.dirty.mark(difference.db, difference.key)
+        try:
+            for name in self._others(self.authoritative):
+                report = verify(self._spec(self.authoritative), self._spec(name),
+                                dbs=None if dbs is None else sorted(dbs), max_examples=0,
+                                max_differences=self.dirty.max_backlog)
+                for difference in report.differences:
+                    self.dirty.mark(difference.db, difference.key)
+        except EndpointError as exc:
+            if not _transient(exc):
+                raise
+            for db in sorted(dbs) if dbs else (None,):
+                self.dirty.mark_all(db)
+            log.warning("run %s: comparing the sides is put off: %s", self.options.run_id, exc)
+            return False
+        return True
 
     # -- 3, 4. in sync, reads ----------------------------------------------------------------
 
@@ -300,7 +318,9 @@ class LiveRun:
                                      f"side?); clients resumed on the {self.authoritative}, try again")
                 if not self.barrier():
                     raise StateError("the interlay did not report its last dirty keys in time")
-                self.reconcile_if_needed()
+                if not self.reconcile_if_needed():
+                    raise StateError(f"a side could not be compared for now (see the log); clients resumed on "
+                                     f"the {self.authoritative}, try again")
                 sync = self._sync
                 if sync is None:
                     raise StateError("no re-copy loop is running")
