@@ -8,8 +8,9 @@ Routing (DESIGN.md section 5):
 * A client entering a stateful mode is *pinned* to a dedicated connection of
   its own until the mode ends: ``MULTI``/``WATCH`` until ``EXEC``/``DISCARD``/
   ``UNWATCH``; a blocking command (flag ``blocking`` in the backend's command
-  table, ``XREAD``/``XREADGROUP`` only with ``BLOCK``, ``WAIT``/``WAITAOF``)
-  until its reply; Pub/Sub until the server confirms no subscription is left;
+  table, ``XREAD``/``XREADGROUP`` only with ``BLOCK``) until its reply
+  (``WAIT``/``WAITAOF`` go where the client's writes went: its shared connection,
+  for at most ``MAX_SHARED_WAIT_MS``); Pub/Sub until the server confirms no subscription is left;
   ``SELECT`` of another db until ``SELECT 0``; ``ASKING`` for the command after
   it; a large request while it streams. CLIENT state (``SETNAME``,
   ``TRACKING``, ``REPLY``...), ``MONITOR`` and authenticating as another ACL
@@ -68,6 +69,11 @@ _PINNING_NAMES = frozenset((b"multi", b"watch", b"asking", b"monitor", b"auth"))
     | UNSUBSCRIBE_NAMES
 
 _OK = b"+OK\r\n"
+# WAIT and WAITAOF count the replicas that acknowledged the calling connection's writes, so
+# they go to the shared connection that carried them (a dedicated one made no write and
+# answers at once); they hold it for at most this long, since other clients share it.
+_WAIT_NAMES = frozenset((b"wait", b"waitaof"))
+MAX_SHARED_WAIT_MS = 2000
 _MULTI = resp.encode_command(b"MULTI")
 _EMPTY_EXEC = b"*0\r\n"
 _RESET = b"+RESET\r\n"
@@ -78,6 +84,15 @@ _NO_MAINT_NOTIFICATIONS = b"-ERR interlay: CLIENT MAINT_NOTIFICATIONS is not ava
 _NO_REPLICATION = b"-ERR interlay: replication commands (SYNC, PSYNC, REPLCONF) are not forwarded\r\n"
 
 Tag = Callable[[bytes | None], bytes | None]   # sees a reply frame, returns the bytes to deliver
+
+
+def _bounded_wait(args: list[bytes], raw: bytes) -> bytes:
+    """WAIT/WAITAOF with its timeout (the last argument) at most ``MAX_SHARED_WAIT_MS``
+    (0, wait for ever, included); a malformed one is left for the server to refuse."""
+    timeout = args[-1]
+    if len(args) < 3 or not timeout.isdigit() or 0 < int(timeout) <= MAX_SHARED_WAIT_MS:
+        return raw
+    return resp.encode_command(*args[:-1], MAX_SHARED_WAIT_MS)
 
 
 def _swallow(frame: bytes | None) -> bytes | None:
@@ -746,6 +761,8 @@ class Client(asyncio.Protocol):
                 return self._local(self.node.unavailable(), error=True)
             self._pin(conn)
             return self._pinned_command(name, args, raw)
+        if name in _WAIT_NAMES:
+            return self._send_shared(_bounded_wait(args, raw))
         if kind == BLOCKING or (kind == XREAD and _xread_blocks(args)):
             return self._pin_and_send(name, args, raw)
         if kind == XREAD:

@@ -138,6 +138,23 @@ def test_a_slot_moved_between_masters_is_followed(supervisor, sides):
     assert client.incr(A2 + "c") == 1 and destination.client().get(A2 + "c") == b"1"
 
 
+def test_wait_counts_the_replicas_that_have_the_clients_writes(server_factory, interlay):
+    """WAIT through the interlay waits on the connection that made the writes (issue 14);
+    on a connection of its own it would answer 0 at once."""
+    source = server_factory(ENGINE)
+    replica = server_factory(ENGINE, extra_args=("--replicaof", source.host, str(source.port)))
+    wait_for(lambda: replica.client().info("replication")["master_link_status"] == "up", timeout=20,
+             what="the replica linked")
+    client = interlay(source).client()
+    client.set("k", "v")
+    assert client.execute_command("WAIT", 1, 5000) == 1
+    assert replica.client().get("k") == b"v"
+    # Two replicas with no timeout (0: for ever) would hold the shared connection for good:
+    # bounded, it answers how many there are (the test's timeout catches a hang).
+    assert client.execute_command("WAIT", 2, 0) == 1
+    assert client.get("k") == b"v"
+
+
 # --------------------------------------------------------------------------- whole runs (slow)
 
 class Live:
