@@ -561,6 +561,8 @@ class Client(asyncio.Protocol):
         tracking = self.dirty.tracking
         router = self.router
         routing = router.active
+        # From approval on, commands whose keys span slots are counted (proxy.slots.CrossSlot).
+        cross_slot = router.cross_slot if tracking or routing else None
         pos = 0
         # The run: buf[run_start:pos] holds run_count requests for run_conn, not sent yet
         # (a run of all of buf slices to buf itself: no copy).
@@ -590,6 +592,10 @@ class Client(asyncio.Protocol):
             if kind is None:
                 kind = commands.classify(name)
             stateless = kind == SHARED and self.authenticated
+            if cross_slot is not None and argc > 2:
+                if args is None:
+                    args = self._args(buf[pos:end])
+                cross_slot.check(name, commands.keys(args))
             if stateless:
                 if self.asking:
                     self.asking = False  # ASKING applies to the command right after it
@@ -945,6 +951,7 @@ class Client(asyncio.Protocol):
     def _state_transaction_end(self, conn: Backend, name: bytes, args: list[bytes]) -> Tag | None:
         """EXEC or DISCARD."""
         if self.in_multi and self.multi_marks and name == b"exec":
+            self.router.cross_slot.check(name, [key for _, key in self.multi_marks if key is not None])
             # The queued writes run when EXEC does: recorded after its reply.
             if self.marks is None:
                 self.marks = deque()

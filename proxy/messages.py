@@ -79,6 +79,9 @@ class StatsReport:
     # Dual writes per other side: (side, writes sent, writes failed, last error).
     sides: tuple[tuple[str, int, int, str], ...] = ()
     dirty_pending: int = 0       # keys recorded and not sent yet
+    # Commands whose keys span slots since the start (proxy.slots.CrossSlot):
+    # (command, count, example key lists).
+    cross_slot: tuple[tuple[str, int, tuple[tuple[bytes, ...], ...]], ...] = ()
     version: int = FORMAT_VERSION
 
 

@@ -55,7 +55,7 @@ from proxy import messages
 from proxy.backend import Backend, Node
 from proxy.dirty import SCRIPT_NAMES
 from proxy.parts import Parts
-from proxy.slots import ClusterSide
+from proxy.slots import ClusterSide, CrossSlot
 
 Side = Node | ClusterSide   # a standalone side is one node; a cluster side routes by slot (proxy.slots)
 
@@ -139,6 +139,7 @@ class Router:
         self.side_stats: dict[str, SideStats] = {}
         self.scripts: dict[bytes, bytes] = {}   # lowercase hex sha1 -> body
         self.pending = 0                    # dual writes not fully answered
+        self.cross_slot = CrossSlot()       # commands whose keys span slots (proxy.slots)
 
     # -- route changes ------------------------------------------------------------------
 

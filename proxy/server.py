@@ -225,7 +225,7 @@ class Proxy:
         while True:
             await asyncio.sleep(options.stats_interval)
             self._send(self.stats.report(options.worker, options.backend_label, self.router.report(),
-                                         len(self.parts.dirty.pending)))
+                                         len(self.parts.dirty.pending), self.router.cross_slot.report()))
 
     async def serve(self) -> bool:
         """READY, serve until STOP, drain, STOPPED. False when the listeners could not start."""
@@ -268,7 +268,8 @@ class Proxy:
                     self.loop.remove_reader(self.control.fileno())
                 except (OSError, ValueError):
                     pass
-        self._send(self.stats.report(options.worker, options.backend_label))
+        self._send(self.stats.report(options.worker, options.backend_label,
+                                     cross_slot=self.router.cross_slot.report()))
         self._send(messages.Stopped(options.worker))
         log.info("%s pid=%d stopped", options.name, os.getpid())
         return True

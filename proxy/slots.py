@@ -49,7 +49,8 @@ from eve.redis.topology import SLOTS, key_slot, masters_from_slots, node_spec
 from proxy.backend import Node
 from proxy.parts import Parts
 
-__all__ = ["ClusterSide", "CROSSSLOT", "MAX_REDIRECTS", "merge_replies", "plan", "split_by_slot"]
+__all__ = ["ClusterSide", "CROSSSLOT", "CrossSlot", "MAX_REDIRECTS", "SPLIT", "fails_on_cluster", "merge_replies",
+           "plan", "split_by_slot"]
 
 log = logging.getLogger("eve.proxy")
 
@@ -118,6 +119,49 @@ def plan(name: bytes, args: Sequence[bytes], keys: Sequence[bytes]) -> tuple[str
         return "refuse", _error_frame("CROSSSLOT Keys in request don't hash to the same slot "
                                       "(MSETNX across slots cannot be split atomically)")
     return "refuse", CROSSSLOT
+
+
+class CrossSlot:
+    """The commands seen whose keys span slots (issue 14): by command name, how many and a
+    few example keys, bounded. Counted while a live run tracks or routes the interlay's
+    writes, so Prepare can say what would fail on a cluster target before the cutover does;
+    ``exec`` stands for transactions whose writes span slots."""
+
+    MAX_COMMANDS = 64        # command names kept
+    MAX_EXAMPLES = 3         # example key lists per command
+    MAX_EXAMPLE_KEYS = 3     # keys per example, each cut at MAX_KEY_BYTES
+    MAX_KEY_BYTES = 100
+
+    __slots__ = ("found",)
+
+    def __init__(self) -> None:
+        self.found: dict[str, list] = {}   # name -> [count, [examples]]
+
+    def check(self, name: bytes, keys: Sequence[bytes]) -> None:
+        """Count ``name`` when ``keys`` span slots."""
+        if len(keys) < 2:
+            return
+        first = key_slot(keys[0])
+        if all(key_slot(key) == first for key in keys[1:]):
+            return
+        text = bytes(name).lower().decode("utf-8", "replace")
+        entry = self.found.get(text)
+        if entry is None:
+            if len(self.found) >= self.MAX_COMMANDS:
+                return
+            entry = self.found[text] = [0, []]
+        entry[0] += 1
+        if len(entry[1]) < self.MAX_EXAMPLES:
+            entry[1].append(tuple(bytes(key[:self.MAX_KEY_BYTES]) for key in keys[:self.MAX_EXAMPLE_KEYS]))
+
+    def report(self) -> tuple[tuple[str, int, tuple[tuple[bytes, ...], ...]], ...]:
+        return tuple((name, count, tuple(examples)) for name, (count, examples) in self.found.items())
+
+
+def fails_on_cluster(command: str) -> bool:
+    """Whether a command whose keys span slots is refused by a cluster (and by an interlay in
+    front of one): every multi-key command but those split per slot (``SPLIT``)."""
+    return command.encode() not in SPLIT
 
 
 def _elements(frame: bytes) -> list[bytes]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 
+import grpc
 import pytest
 import redis
 from eve_process import EveServer, wait_state
@@ -272,3 +273,51 @@ def test_standalone_to_cluster_topology_changes_lose_nothing_then_rollback(eve, 
     writers.check_counters(source.client())
     errors = live.stub.ListErrorKeys(wpb.ListErrorKeysRequest(run=live.run, page_size=10))
     assert not errors.error_keys, errors
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_cross_slot_commands_show_in_metrics_and_in_the_next_prepare(eve, server_factory, cluster_factory):
+    source, target = server_factory(ENGINE), cluster_factory(ENGINE, masters=3)
+    live = Live(eve, source, target, keys=100)
+    live.approve()
+    live.wait_in_sync()
+    client = redis.Redis(host="127.0.0.1", port=live.port)
+    client.mset({A: "1", B: "2"})                       # split per slot on a cluster
+    client.mget(A, B, C)
+    client.sunionstore("{a}u", ["{b}s", "{c}s"])        # refused by a cluster
+    client.eval("return 1", 2, A, B)
+    pipe = client.pipeline(transaction=True)
+    pipe.incr(A)
+    pipe.incr(B)
+    pipe.execute()
+    client.mget(A, A2)                                  # one slot: not counted
+
+    def cross_slot() -> dict:
+        metrics = live.stub.GetMetrics(wpb.GetMetricsRequest(run=live.run))
+        return {c.command: c for c in metrics.cross_slot_commands}
+
+    wait_for(lambda: {"mset", "mget", "sunionstore", "eval", "exec"} <= set(cross_slot()), timeout=10,
+             what="the cross-slot commands in the run's metrics")
+    found = cross_slot()
+    assert found["mget"].count == 1 and not found["mget"].fails_on_cluster
+    assert found["sunionstore"].fails_on_cluster and found["exec"].fails_on_cluster and found["eval"].fails_on_cluster
+    assert found["sunionstore"].examples == ["{a}u {b}s {c}s"]
+    live.stub.Rollback(wpb.RollbackRequest(run=live.run, reason="the application needs hash tags first"))
+    # A later run through the same interlay is told before it is approved.
+    again = live.stub.CreateRun(wpb.CreateRunRequest(id="again")).id
+    live.run = again
+    live.stub.SubmitSetup(wpb.SubmitSetupRequest(run=again, setup=wpb.RunSetup(
+        source="src", target="dst", strategy=wpb.ONLINE_PHASED, write_consistency=wpb.SOURCE_AUTHORITATIVE,
+        interlay="app")))
+    issues = {issue.code: issue for issue in live.prepare()}
+    issue = issues["CROSS_SLOT_COMMANDS"]
+    assert issue.blocking and "SUNIONSTORE (1x)" in issue.message and "EXEC" in issue.message \
+        and "MGET (1x)" in issue.message, issue.message
+    with pytest.raises(grpc.RpcError, match="approval refused"):
+        live.approve()
+    live.stub.AcknowledgeIssue(wpb.AcknowledgeIssueRequest(run=again, issue_id=issue.id,
+                                                           notes="those commands move to hash tags first"))
+    live.approve()
+    live.wait_in_sync()
+    live.stub.Rollback(wpb.RollbackRequest(run=again, reason="test over"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from eve.redis.topology import key_slot
-from proxy.slots import CROSSSLOT, merge_replies, plan, split_by_slot
+from proxy.slots import CROSSSLOT, CrossSlot, fails_on_cluster, merge_replies, plan, split_by_slot
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -79,3 +79,16 @@ def test_keys_of_every_master_are_concatenated():
 def test_an_error_of_any_part_is_the_reply(how):
     error = b"-OOM command not allowed\r\n"
     assert merge_replies(how, [b":1\r\n" if how == "sum" else b"*0\r\n", error], [[0], [1]]) == error
+
+
+def test_cross_slot_counts_commands_whose_keys_span_slots_with_bounded_examples():
+    found = CrossSlot()
+    found.check(b"MGET", [A, A2])            # one slot
+    found.check(b"GET", [A])
+    for n in range(10):
+        found.check(b"MGET", [A, B, C, b"{d}%d" % n])
+    found.check(b"EXEC", [A, B])
+    report = dict((name, (count, examples)) for name, count, examples in found.report())
+    assert set(report) == {"mget", "exec"} and report["mget"][0] == 10
+    assert len(report["mget"][1]) == CrossSlot.MAX_EXAMPLES and report["mget"][1][0] == (A, B, C)
+    assert fails_on_cluster("exec") and fails_on_cluster("sunionstore") and not fails_on_cluster("mget")

@@ -47,6 +47,7 @@ from proxy import messages
 from proxy import stats as latency
 from proxy.options import DEFAULT_STATS_INTERVAL, ProxyOptions
 from proxy.server import main as proxy_main
+from proxy.slots import CrossSlot
 
 if TYPE_CHECKING:  # pragma: no cover
     from eve.live.backlog import DirtyKeys
@@ -388,9 +389,12 @@ class InterlaySupervisor:
              "backends": [{"backend": "source", "ops": int, "errors": int,
                            "p50_ms": float, "p99_ms": float}],
              "sides": [{"side": "target", "writes": int, "failures": int, "last_error": str}],
-             "dirty_pending": int}
+             "dirty_pending": int,
+             "cross_slot": [{"command": "mget", "count": int, "examples": [[bytes, ...], ...]}]}
 
         ``sides``: the dual writes of a live run, per side other than the authoritative one.
+        ``cross_slot``: the commands whose keys spanned slots since the interlay started,
+        counted while a live run tracked or routed its writes (``proxy.slots.CrossSlot``).
 
         ``p50_ms``/``p99_ms`` are backend round trips of the last report
         interval (about a second); ``ops`` and ``errors`` count from the start.
@@ -420,6 +424,13 @@ class InterlaySupervisor:
                 entry["writes"] += writes
                 entry["failures"] += failures
                 entry["last_error"] = last_error or entry["last_error"]
+        cross_slot: dict[str, dict[str, Any]] = {}
+        for report in reports:
+            for command, count, examples in report.cross_slot:
+                entry = cross_slot.setdefault(command, {"command": command, "count": 0, "examples": []})
+                entry["count"] += count
+                entry["examples"] = (entry["examples"] + [list(example) for example in examples])[
+                    :CrossSlot.MAX_EXAMPLES]
         return {
             "connections": sum(report.connections for report in reports),
             "ops_per_second": round(sum(report.interval_ops / report.interval_seconds
@@ -429,6 +440,7 @@ class InterlaySupervisor:
             "backends": backend_stats,
             "sides": list(sides.values()),
             "dirty_pending": sum(report.dirty_pending for report in reports),
+            "cross_slot": sorted(cross_slot.values(), key=lambda entry: -entry["count"]),
         }
 
     # -- starting -----------------------------------------------------------------------------

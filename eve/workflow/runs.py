@@ -37,6 +37,7 @@ from eve.core.errors import ConfigError, EveError, NotFoundError, StateError
 from eve.core.frames import ErrorKeyRow
 from eve.core.store import RunRecord, Store
 from eve.live.run import LiveOptions, LiveRun
+from eve.prepare.compat import ACKNOWLEDGEABLE
 from eve.workflow.setup import ROLE_FIELDS, RunSetup, endpoint_changes, guided_setup, is_migrate_job
 from eve.workflow.states import (
     LIVE_STATES,
@@ -203,8 +204,11 @@ class Workflow:
             mirrors = [configs[m] for m in setup.mirror_targets]
             # The interlay's listener count is known once it runs (else the check is skipped).
             listeners = None
+            cross_slot: list[dict[str, Any]] = []
             if setup.interlay and self.interlays is not None and self.interlays.running(setup.interlay):
                 listeners = len(self.interlays.status(setup.interlay).ports)
+                # What the applications sent through it during an earlier run (issue 14).
+                cross_slot = self.interlays.stats(setup.interlay)["cross_slot"]
             self._event(run_id, "prepare", "compatibility checks started")
             # Until the checks finish, the run has no report: a Prepare that fails before
             # then must not leave an earlier (or an empty, "compatible") one standing.
@@ -214,7 +218,8 @@ class Workflow:
                                         mode=setup.mode, conflict_policy=setup.conflict_policy,
                                         source_name=setup.source, target_name=setup.target,
                                         mirror_names=list(setup.mirror_targets), online=setup.online,
-                                        keyspace_notifications=setup.keyspace_notifications)
+                                        keyspace_notifications=setup.keyspace_notifications,
+                                        cross_slot=cross_slot)
             issues = []
             for index, issue in enumerate(found, start=1):
                 issues.append({"id": f"{index}-{issue.code.lower()}", "code": issue.code, "blocking": issue.blocking,
@@ -266,7 +271,7 @@ class Workflow:
         issue = next((i for i in self.store.issues(run_id) if i["id"] == issue_id), None)
         if issue is None:
             raise NotFoundError(f"run {run_id!r} has no issue {issue_id!r}")
-        if issue["blocking"]:
+        if issue["blocking"] and issue["code"] not in ACKNOWLEDGEABLE:
             raise StateError(f"issue {issue_id} ({issue['code']}) is blocking: resolve it and prepare again")
         if not notes.strip():
             raise ConfigError("acknowledging an issue needs notes saying why it is accepted", field="notes")
@@ -300,7 +305,8 @@ class Workflow:
             self._transition(run_id, RunState.COPYING, "copy resumed after a failure")
             self._spawn(run_id, "copy", self._copy)
             return self.get(run_id)
-        open_issues = [i for i in self.store.issues(run_id) if i["blocking"] or not i["acknowledged"]]
+        open_issues = [i for i in self.store.issues(run_id) if not i["acknowledged"]
+                       or (i["blocking"] and i["code"] not in ACKNOWLEDGEABLE)]
         if open_issues:
             listed = "; ".join(f"{i['id']} ({'blocking' if i['blocking'] else 'unacknowledged'}): {i['message']}"
                                for i in open_issues)
@@ -507,9 +513,12 @@ class Workflow:
                               keys_recopied=metrics["recopied"], authoritative=metrics["authoritative"],
                               dual_write_failures=sum(side["failures"] for side in live.side_failures()))
             try:
-                attributes["interlay_ops_per_second"] = self.interlays.stats(live.options.interlay_id)["ops_per_second"]
+                stats = self.interlays.stats(live.options.interlay_id)
             except EveError:
                 pass
+            else:
+                attributes["interlay_ops_per_second"] = stats["ops_per_second"]
+                attributes["cross_slot"] = stats["cross_slot"]
         return attributes
 
     def retry_error_keys(self, run_id: str, keys: list[bytes] | None = None) -> dict[str, int]:
