@@ -48,7 +48,7 @@ from eve.redis.framing import RequestScanner, partial_request
 from eve.redis.resp import MAX_INLINE
 from proxy.backend import Backend, Node, set_no_delay
 from proxy.parts import BLOCKING, SHARED, SPECIAL, XREAD, Clients, Parts
-from proxy.routing import DUAL, PLAIN, READ_TARGET, Router
+from proxy.routing import DUAL, PLAIN, READ_TARGET, SOURCE, Router
 from proxy.slots import ClusterSide
 
 __all__ = ["Client"]
@@ -99,12 +99,6 @@ def _swallow(frame: bytes | None) -> bytes | None:
     return None
 
 
-def _home(side: Node | ClusterSide) -> Node:
-    """The node a client of ``side`` pins to and sends keyless state commands to: a
-    cluster side's first master (its keyed commands go by slot)."""
-    return side.first if isinstance(side, ClusterSide) else side
-
-
 def _xread_blocks(args: list[bytes]) -> bool:
     for arg in args[1:]:
         lower = arg.lower()
@@ -134,6 +128,7 @@ class Client(asyncio.Protocol):
         "closing", "close_error", "quitting", "resetting", "reset_done", "req_stream", "write_paused",
         "pause_reasons", "paused_backend", "resume_scheduled", "rejected", "announce", "max_bulk", "max_args",
         "threshold", "scanner", "issued", "answered", "marks", "multi_marks", "wdb", "delayed", "multi_deferred",
+        "listener",
     )
 
     def __init__(self, parts: Parts, clients: Clients, router: Router, node: Node) -> None:
@@ -145,10 +140,10 @@ class Client(asyncio.Protocol):
         self.router = router
         self.clients = clients
         self.loop = asyncio.get_running_loop()
-        primary = router.primary
-        if primary is not None and self.cluster is None:
-            node = _home(primary)  # a live run moved the authoritative side
-        self.node = node
+        # The source master behind the listener it reached (the one node of a standalone source):
+        # a cluster source's topology replies keep coming from there, whatever side serves the rest.
+        self.listener = node
+        self.node = self._side_node(router.primary)
         self.transport: asyncio.Transport | None = None
         self.id = clients.next_id()
         self.slot = self.id % node.pool_size
@@ -298,8 +293,15 @@ class Client(asyncio.Protocol):
         if self.pinned is not None:
             self.close()
             return
-        self.node = _home(primary)
+        self.node = self._side_node(primary)
         self.shared = None
+
+    def _side_node(self, primary: Node | ClusterSide | None) -> Node:
+        """The node this client's commands go to while ``primary`` is authoritative (for a
+        cluster side, the one it pins to and sends keyless state commands to)."""
+        if primary is None or (self.cluster is not None and self.router.authoritative == SOURCE):
+            return self.listener  # a cluster source: each listener's own master
+        return primary.first if isinstance(primary, ClusterSide) else primary
 
     def awaiting_replies(self, pinned_too: bool) -> bool:
         """Replies are owed to it (to a pinned client: only when ``pinned_too``)."""
@@ -773,7 +775,7 @@ class Client(asyncio.Protocol):
             return self._pin_and_send(name, args, raw)
         if kind == XREAD:
             return self._send_shared(raw, track=args)
-        if name == b"multi" and isinstance(self.router.primary, ClusterSide) and self.cluster is None:
+        if name == b"multi" and self.router.slotted:
             # The transaction runs on the master of its keys, known with its first command.
             if not self._settled():
                 return self._stall()
@@ -805,7 +807,7 @@ class Client(asyncio.Protocol):
         if name == b"cluster":
             sub = args[1].lower() if len(args) > 1 else b""
             if sub in CLUSTER_REWRITES:
-                return self._send_shared(raw, tag=self._cluster_tag(sub))
+                return self._send_topology(raw, self._cluster_tag(sub))
             return self._send_shared(raw)
         # exec, discard, unwatch outside a transaction: stateless on a clean connection.
         return self._send_shared(raw)
@@ -825,6 +827,20 @@ class Client(asyncio.Protocol):
             return self._stall()
         if track is not None and self.dirty.tracking and self.commands.may_write(track[0]):
             self._track(track, self.issued + 1)
+        self._send(conn, raw, 1, tag)
+        return True
+
+    def _send_topology(self, raw: bytes, tag: Tag) -> bool:
+        """CLUSTER SLOTS/SHARDS/NODES of a cluster source, rewritten to the interlay's listeners:
+        asked of the listener's own source master even after a cutover, so the clients keep the
+        topology they know while every other command goes by slot to the target."""
+        if self.node is self.listener:
+            return self._send_shared(raw, tag=tag)
+        conn = self.listener.shared_conn(self.protocol, self.slot)
+        if conn is None:
+            return self._local(self.listener.unavailable(), error=True)
+        if self.outstanding and self.current is not conn:
+            return self._stall()
         self._send(conn, raw, 1, tag)
         return True
 
@@ -862,8 +878,8 @@ class Client(asyncio.Protocol):
             return self._stall()
         node = self.node
         primary = self.router.primary
-        if isinstance(primary, ClusterSide) and self.cluster is None:
-            node = primary.node_for(self.commands.keys(args))  # BLPOP waits where its key lives
+        if self.router.slotted:
+            node = primary.node_for(self.commands.keys(args))  # type: ignore[union-attr]  # BLPOP waits where its key lives
         conn = node.dedicated(self.protocol)
         if conn is None:
             return self._local(self.node.unavailable(), error=True)

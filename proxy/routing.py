@@ -156,7 +156,7 @@ class Router:
             raise ValueError(f"malformed route: authoritative {route.authoritative!r}, sides {sorted(names)}, "
                              f"mirror_to {route.mirror_to}, policy {route.policy!r}, reads {route.read_percent}%")
         clusters = dict(route.clusters)
-        sides: dict[str, Side] = {SOURCE: source}
+        sides: dict[str, Side] = {SOURCE: self._source_side(clusters.get(SOURCE))}
         for name, spec in route.sides:
             node = self.sides.get(name)
             masters = clusters.get(name)
@@ -169,12 +169,13 @@ class Router:
                 node.use(masters)  # type: ignore[union-attr]
             sides[name] = node
         for name, node in self.sides.items():
-            if name not in sides and node is not source:
+            if node is not source and node is not sides.get(name):
                 node.close_all()
         self.sides = sides
         previous = self.primary
         self.authoritative = route.authoritative
-        self.primary = sides[route.authoritative]
+        # The source authoritative: each client on its own listener's node, as outside a run.
+        self.primary = source if route.authoritative == SOURCE else sides[route.authoritative]
         self.slotted = isinstance(self.primary, ClusterSide)
         self.mirrors = [(name, sides[name]) for name in route.mirror_to if name != route.authoritative]
         for name, _ in self.mirrors:
@@ -187,6 +188,18 @@ class Router:
         self.active = bool(self.mirrors) or self.read_percent > 0 or self.slotted
         return previous is not None and previous is not self.primary or \
             (previous is None and self.primary is not source)
+
+    def _source_side(self, masters: tuple | None) -> Side:
+        """The source as the other side of writes (reverse sync after a cutover): its one
+        node, or by slot when it is a cluster (its masters are the listeners' nodes, but
+        a write may come through any listener once the target serves by slot)."""
+        if masters is None:
+            return self.source
+        current = self.sides.get(SOURCE)
+        if isinstance(current, ClusterSide):
+            current.use(masters)
+            return current
+        return ClusterSide(self.parts, self.source.spec, masters)
 
     # -- per request ----------------------------------------------------------------------
 

@@ -77,9 +77,6 @@ class Proxy:
     # -- live route ---------------------------------------------------------------------------
 
     def apply_route(self, route: messages.Route) -> None:
-        if self.parts.cluster is not None:
-            log.error("%s: a live route needs a standalone source; ignored", self.options.name)
-            return
         if self.router.apply(route):
             # The authoritative side changed (the supervisor paused everyone first).
             primary = self.router.primary

@@ -4,7 +4,9 @@ tests/test_live_cluster.py).
 Client threads write every data type at a steady rate. Each thread counts the increments
 the interlay acknowledged, so a lost write shows as a counter below its count. With
 ``cluster=True`` the transaction's and the script's keys share a hash tag (a cluster runs
-them only within one slot) and multi-key commands span slots (the interlay splits them).
+them only within one slot) and multi-key commands span slots (the interlay splits them);
+with ``cluster_client=True`` (an interlay in front of a cluster source) the writers are
+cluster clients of the interlay's listeners, which refuse cross-slot commands themselves.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 import redis
+import redis.cluster
 from eve_process import Subscriber
 from keyspace import keys_of, value_of
 from redis.backoff import NoBackoff
@@ -44,6 +47,7 @@ class Writer:
     port: int
     stop: threading.Event
     cluster: bool = False
+    cluster_client: bool = False
     counters: dict[str, Counter] = field(default_factory=dict)
     ops: int = 0
     errors: list[str] = field(default_factory=list)
@@ -76,8 +80,9 @@ class Writer:
     def run(self) -> None:
         # No retries: a write whose connection was lost is of unknown outcome, and is counted so;
         # a retry could apply it twice.
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10, socket_connect_timeout=5,
-                             retry=Retry(NoBackoff(), 0))
+        kind = redis.cluster.RedisCluster if self.cluster_client else redis.Redis
+        client = kind(host="127.0.0.1", port=self.port, socket_timeout=10, socket_connect_timeout=5,
+                      retry=Retry(NoBackoff(), 0))
         script = client.register_script(SCRIPT)
         k = self.key
         n = 0
@@ -94,7 +99,7 @@ class Writer:
             self.plain(lambda: client.expire(k(f"ttl:{n % 20}"), LONG_TTL_SECONDS))
             self.plain(lambda: client.set(k(f"gone:{n % 30}"), n))
             self.plain(lambda: client.delete(k(f"gone:{(n + 15) % 30}")))
-            if self.cluster:
+            if self.cluster and not self.cluster_client:
                 # Keys of several slots in one command: split per slot on a cluster side.
                 self.plain(lambda: client.mset({k(f"m:{n % 7}"): n, k(f"m:{(n + 3) % 7}"): n}))
                 self.plain(lambda: client.mget(k("m:1"), k("m:2"), k("counter")))
@@ -115,9 +120,9 @@ class Writer:
 
 
 class Writers:
-    def __init__(self, port: int, threads: int = 3, *, cluster: bool = False) -> None:
+    def __init__(self, port: int, threads: int = 3, *, cluster: bool = False, cluster_client: bool = False) -> None:
         self.stop = threading.Event()
-        self.writers = [Writer(i, port, self.stop, cluster) for i in range(threads)]
+        self.writers = [Writer(i, port, self.stop, cluster, cluster_client) for i in range(threads)]
         self.threads = [threading.Thread(target=w.run, daemon=True, name=f"writer-{i}")
                         for i, w in enumerate(self.writers)]
 

@@ -68,23 +68,32 @@ def sides(server_factory, cluster_factory, interlay):
     return source, cluster, interlay(source)
 
 
-def test_dual_writes_reach_the_master_owning_each_slot(supervisor, sides):
+def test_dual_writes_reach_the_master_owning_each_slot_on_the_target_and_a_mirror(supervisor, sides,
+                                                                                  cluster_factory):
     source, cluster, it = sides
-    set_route(supervisor, it, cluster_route(cluster))
+    mirror = cluster_factory(ENGINE, masters=2)
+    route = cluster_route(cluster)
+    mirror_spec = endpoint_for(mirror.host, mirror.port).write
+    set_route(supervisor, it, messages.Route(
+        authoritative=SOURCE, sides=(*route.sides, ("mirror:m", mirror_spec)), mirror_to=(TARGET, "mirror:m"),
+        policy=route.policy, read_percent=0,
+        clusters=(*route.clusters, ("mirror:m", cluster_layout(mirror_spec, timeout=5, client_name="eve-test")))))
     client = it.client()
     assert client.mset({A: "1", B: "2", C: "3"})
     assert client.incr(A2) == 1 and client.hset("{b}h", "f", "v") == 1
     assert client.delete(C, "{c}none") == 1
-    target = cluster.client()
-    wait_for(lambda: target.get(A) == b"1" and target.get(B) == b"2" and target.exists(C) == 0
-             and target.get(A2) == b"1" and target.hgetall("{b}h") == {b"f": b"v"}, what="the writes on the cluster")
-    # Each key on its own master, as the cluster itself placed them.
-    for key in (A, B, A2):
-        assert owner_of(cluster, key).client().get(key) is not None
+    for deployment in (cluster, mirror):
+        other = deployment.client()
+        wait_for(lambda: other.get(A) == b"1" and other.get(B) == b"2" and other.exists(C) == 0
+                 and other.get(A2) == b"1" and other.hgetall("{b}h") == {b"f": b"v"},
+                 what=f"the writes on {deployment}")
+        # Each key on its own master, as the cluster itself placed them.
+        for key in (A, B, A2):
+            assert owner_of(deployment, key).client().get(key) is not None
+        other.close()
     assert source.client().get(A) == b"1"
     stats = supervisor.stats(it.id)["sides"]
-    assert all(side["failures"] == 0 for side in stats), stats
-    target.close()
+    assert {side["side"] for side in stats} == {TARGET, "mirror:m"} and all(side["failures"] == 0 for side in stats)
 
 
 def test_after_cutover_commands_are_routed_by_slot_split_merged_or_refused(supervisor, sides):
@@ -321,3 +330,40 @@ def test_cross_slot_commands_show_in_metrics_and_in_the_next_prepare(eve, server
     live.approve()
     live.wait_in_sync()
     live.stub.Rollback(wpb.RollbackRequest(run=again, reason="test over"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("masters,target_masters,engines", [
+    pytest.param(3, 2, ("valkey-9.1", "valkey-9.1"), id="3-masters-to-2-valkey-9.1"),
+    pytest.param(2, 5, ("redis-8.2", "redis-8.2"), id="2-masters-to-5-redis-8.2"),
+    pytest.param(2, 0, ("redis-7.0", "redis-8.2"), id="2-masters-to-standalone-redis-7.0-to-8.2"),
+])
+def test_cluster_source_cutover_keeps_the_clients_topology(eve, server_factory, cluster_factory, masters,
+                                                          target_masters, engines):
+    source = cluster_factory(engines[0], masters=masters)
+    target = cluster_factory(engines[1], masters=target_masters) if target_masters else server_factory(engines[1])
+    live = Live(eve, source, target)
+    topology = None
+    with Writers(live.port, cluster=True, cluster_client=True) as writers:
+        writers.wait_ops(200)
+        live.approve()
+        live.wait_in_sync()
+        writers.wait_ops(400)
+        listeners = redis.Redis(host="127.0.0.1", port=live.port)
+        topology = listeners.execute_command("CLUSTER", "SLOTS")
+        assert live.cutover().state == wpb.CUT_OVER
+        writers.wait_ops(500)
+        # The clients still see the interlay's listeners, one per source master, owning what they owned.
+        assert listeners.execute_command("CLUSTER", "SLOTS") == topology
+        assert {entry[2][1] for entry in topology} == set(range(live.port, live.port + masters))
+    live.settle()
+    assert not [e for e in writers.errors() if "MOVED" in e or "CROSSSLOT" in e], writers.errors()[:5]
+    after = target.client()
+    writers.check_counters(after)
+    assert assert_identical(source.client(), after, "source and target") > 1500
+    verified = live.stub.Verify(wpb.VerifyRequest(run=live.run))
+    assert verified.clean, verified
+    rolled = live.stub.Rollback(wpb.RollbackRequest(run=live.run, reason="the source is exact"))
+    assert rolled.state == wpb.ROLLED_BACK
+    writers.check_counters(source.client())

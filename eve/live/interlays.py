@@ -292,15 +292,11 @@ class InterlaySupervisor:
                 self._changed.wait(min(left, 0.5))
 
     def route(self, interlay_id: str, route: messages.Route) -> None:
-        """Set a live run's route on every process of the interlay (``proxy.routing``).
-        StateError for a cluster interlay (live routes need a standalone source)."""
+        """Set a live run's route on every process of the interlay (``proxy.routing``)."""
         with self._lock:
             interlay = self._interlays.get(interlay_id)
             if interlay is None or interlay.state != RUNNING:
                 raise StateError(f"interlay {interlay_id!r} is not running")
-            if interlay.options[0].cluster:
-                raise StateError(f"interlay {interlay_id!r} fronts a cluster: live migration through an interlay "
-                                 "needs a standalone source for now")
             workers = list(interlay.workers)
         for worker in workers:
             if not self._send(worker, route):

@@ -126,9 +126,10 @@ class LiveRun:
         return [name for name in (SOURCE, TARGET, *(m for m, _ in self.options.mirrors)) if name != authoritative]
 
     def _clusters(self) -> tuple[tuple[str, tuple[Node, ...]], ...]:
-        """The sides that are clusters, with their masters and slots now: the interlay routes
-        their commands by slot (``proxy.slots``) and follows their redirections from there."""
-        for name, spec in self._sides():
+        """The sides that are clusters (the source included), with their masters and slots
+        now: the interlay routes their commands by slot (``proxy.slots``) and follows their
+        redirections from there."""
+        for name, spec in ((SOURCE, self.options.source), *self._sides()):
             try:
                 self._layouts[name] = cluster_layout(spec, timeout=TOPOLOGY_SECONDS, client_name="eve-live-route")
             except EveError as exc:

@@ -393,8 +393,6 @@ class Workflow:
         if not self.interlays.running(interlay_id):
             raise StateError(f"interlay {interlay_id!r} is not running: StartInterlay it and point the "
                              "applications at it, then Approve")
-        if len(self.interlays.status(interlay_id).ports) > 1:
-            raise StateError("online strategies through a cluster interlay are not supported yet: use OFFLINE")
         configs = self._configs(run_id)
         source, target = configs[setup.source], configs[setup.target]
         mirrors = tuple((f"mirror:{name}", configs[name].write) for name in setup.mirror_targets)
