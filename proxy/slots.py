@@ -441,6 +441,7 @@ class ClusterSide:
             part.send()
 
     def answered(self, request: _Request, order: Any) -> None:
+        """``request`` has its reply: delivered, after every earlier one of its ``order``."""
         if order is None:
             request.sink.deliver(request.reply, 1)
             return
@@ -458,9 +459,10 @@ class ClusterSide:
         return _error_frame(f"ERR interlay: cluster {self.address} has no reachable master")
 
     def close_all(self) -> None:
+        """Close every master's connections: the requests on them fail, and their replies
+        (errors) still reach their sinks in order."""
         for node in self.nodes.values():
             node.close_all()
-        self.queues.clear()
 
     def all_nodes(self) -> list[Node]:
         return list(self.nodes.values())
