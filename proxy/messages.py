@@ -23,10 +23,12 @@ message of another version is refused (``check``) rather than misread.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 from eve.core.endpoints import ConnectionSpec
-from eve.redis.topology import Node
+
+if TYPE_CHECKING:  # the message module stays light: importing proxy loads no server (nor asyncio)
+    from eve.redis.topology import Node
 
 __all__ = [
     "FORMAT_VERSION",
