@@ -92,8 +92,10 @@ def test_dual_writes_reach_the_master_owning_each_slot_on_the_target_and_a_mirro
             assert owner_of(deployment, key).client().get(key) is not None
         other.close()
     assert source.client().get(A) == b"1"
-    stats = supervisor.stats(it.id)["sides"]
-    assert {side["side"] for side in stats} == {TARGET, "mirror:m"} and all(side["failures"] == 0 for side in stats)
+    # Stats arrive every stats_interval: the report that counts the 4 writes on both sides.
+    wait_for(lambda: {side["side"]: side["writes"] for side in supervisor.stats(it.id)["sides"]}
+             == {TARGET: 4, "mirror:m": 4}, timeout=10, what="the dual writes counted per side")
+    assert all(side["failures"] == 0 for side in supervisor.stats(it.id)["sides"])
 
 
 def test_after_cutover_commands_are_routed_by_slot_split_merged_or_refused(supervisor, sides):
