@@ -27,7 +27,12 @@ with ``-t set`` only (a GET is never mirrored) in the same rounds:
                a client's pipelined batches still go out without waiting)
 
 and each is reported as a ratio of its SET requests/s to the plain interlay's
-(tracking off, no route) of the same rounds.
+(tracking off, no route) of the same rounds. One more row:
+
+    cluster    "dual" with a 3-master cluster as the second side: each write also
+               goes to the master owning its key's slot (issue 14)
+
+reported as a ratio of its SET requests/s to the "dual" row's.
 
 Ratios and their targets (issue "Interlays: a fast, faithful RESP proxy", and
 issue 12 for the live modes; 2 cores):
@@ -75,6 +80,7 @@ from servers import (
     ServerStartError,
     free_port,
     get_engine,
+    start_cluster,
     start_server,
 )
 
@@ -82,6 +88,7 @@ from eve.core.endpoints import parse_config
 from eve.core.enums import WriteConsistency
 from eve.live.backlog import DirtyKeys
 from eve.live.interlays import InterlaySupervisor
+from eve.redis.topology import cluster_layout
 from proxy import messages
 from proxy.routing import SOURCE, TARGET
 
@@ -92,7 +99,8 @@ TESTS = ("SET", "GET")
 LIVE_MODES = {"tracking": None, "dual": WriteConsistency.SOURCE_AUTHORITATIVE,
               "both": WriteConsistency.BOTH_REQUIRED}
 LIVE_TESTS = ("SET",)
-ALL_TARGETS = ("direct", "interlay", "twemproxy", *LIVE_MODES)
+CLUSTER_MODE = "cluster"   # dual writes as "dual", to a 3-master cluster (issue 14)
+ALL_TARGETS = ("direct", "interlay", "twemproxy", *LIVE_MODES, CLUSTER_MODE)
 DEFAULT_REQUESTS = 200_000
 DEFAULT_ROUNDS = 3
 RUN_TIMEOUT = 300.0
@@ -181,6 +189,22 @@ def start_live_interlays(supervisor: InterlaySupervisor, endpoint: Any, second: 
     return ports
 
 
+def start_cluster_interlay(supervisor: InterlaySupervisor, endpoint: Any, cluster: Any) -> int:
+    """The "dual" mode with a cluster as the other side: each write also goes to the master
+    owning its key's slot (proxy.slots); reported against "dual"."""
+    interlay_id = f"bench-{CLUSTER_MODE}"
+    port = supervisor.start(interlay_id, free_port(), "127.0.0.1", endpoint, 10_000)[0]
+    supervisor.track_dirty(interlay_id, DirtyKeys())
+    spec = parse_config({"target": {"host": cluster.host, "port": cluster.port}}).write
+    supervisor.route(interlay_id, messages.Route(
+        authoritative=SOURCE, sides=((TARGET, spec),), mirror_to=(TARGET,),
+        policy=WriteConsistency.SOURCE_AUTHORITATIVE, read_percent=0,
+        clusters=((TARGET, cluster_layout(spec, timeout=5.0, client_name="eve-bench")),)))
+    if not supervisor.dirty_barrier(interlay_id, timeout=10):
+        raise RuntimeError(f"interlay {interlay_id} did not answer")
+    return port
+
+
 def redis_benchmark(port: int, pipeline: int, requests: int,
                     tests: Sequence[str] = TESTS) -> list[dict[str, str]]:
     command = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(CLIENTS), "-n", str(requests),
@@ -227,6 +251,9 @@ def compute_ratios(medians: dict) -> dict[str, float | None]:
     live = {f"{mode} / interlay SET rps, P{pipeline}": ratio(set_rps(mode, pipeline), set_rps("interlay", pipeline))
             for mode in LIVE_MODES for pipeline in PIPELINES
             if any(key[0] == mode for key in medians)}  # not with --no-live
+    live.update({f"{CLUSTER_MODE} / dual SET rps, P{pipeline}": ratio(set_rps(CLUSTER_MODE, pipeline),
+                                                                       set_rps("dual", pipeline))
+                 for pipeline in PIPELINES if any(key[0] == CLUSTER_MODE for key in medians)})
     return {
         "interlay / direct rps, P1": ratio(rps("interlay", 1), rps("direct", 1)),
         "interlay / direct rps, P16": ratio(rps("interlay", 16), rps("direct", 16)),
@@ -299,6 +326,8 @@ def run(options: argparse.Namespace) -> int:
             second = start_server(engine, workdir / "servers") if options.live else None
             if second is not None:
                 started.append(second)
+                cluster = start_cluster(engine, workdir / "cluster", masters=3)
+                started.append(cluster)
         except ServerStartError as exc:
             log(str(exc))
             for running in started:
@@ -320,6 +349,7 @@ def run(options: argparse.Namespace) -> int:
                                                 "connection_pool": pool})
                 for mode, port in start_live_interlays(supervisor, endpoint, second_endpoint).items():
                     targets[mode] = (port, LIVE_TESTS)
+                targets[CLUSTER_MODE] = (start_cluster_interlay(supervisor, endpoint, cluster), LIVE_TESTS)
             log(f"server {engine.name} :{server.port}, interlay :{interlay_port}"
                 + (f", twemproxy :{twemproxy[1]}" if twemproxy else ", no twemproxy")
                 + (f", second server :{second.port}, live modes " + ", ".join(
@@ -343,7 +373,8 @@ def run(options: argparse.Namespace) -> int:
                             f"{row['test']} {float(row['rps']):>10,.0f}/s" for row in rows))
             time.sleep(supervisor.stats_interval * 1.5)  # the processes' last counters, reported
             stats = supervisor.stats("bench")
-            live_stats = {mode: supervisor.stats(f"bench-{mode}") for mode in LIVE_MODES if mode in targets}
+            live_stats = {mode: supervisor.stats(f"bench-{mode}") for mode in (*LIVE_MODES, CLUSTER_MODE)
+                          if mode in targets}
         finally:
             if twemproxy is not None:
                 twemproxy[0].kill()

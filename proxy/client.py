@@ -8,8 +8,9 @@ Routing (DESIGN.md section 5):
 * A client entering a stateful mode is *pinned* to a dedicated connection of
   its own until the mode ends: ``MULTI``/``WATCH`` until ``EXEC``/``DISCARD``/
   ``UNWATCH``; a blocking command (flag ``blocking`` in the backend's command
-  table, ``XREAD``/``XREADGROUP`` only with ``BLOCK``, ``WAIT``/``WAITAOF``)
-  until its reply; Pub/Sub until the server confirms no subscription is left;
+  table, ``XREAD``/``XREADGROUP`` only with ``BLOCK``) until its reply
+  (``WAIT``/``WAITAOF`` go where the client's writes went: its shared connection,
+  for at most ``MAX_SHARED_WAIT_MS``); Pub/Sub until the server confirms no subscription is left;
   ``SELECT`` of another db until ``SELECT 0``; ``ASKING`` for the command after
   it; a large request while it streams. CLIENT state (``SETNAME``,
   ``TRACKING``, ``REPLY``...), ``MONITOR`` and authenticating as another ACL
@@ -54,7 +55,8 @@ from eve.redis.framing import RequestScanner, partial_request
 from eve.redis.resp import MAX_INLINE
 from proxy.backend import Backend, Node, set_no_delay
 from proxy.parts import BLOCKING, CONTROL, SCRIPTED, SHARED, SPECIAL, XREAD, Clients, Parts
-from proxy.routing import COUNTED, DUAL, PLAIN, READ_TARGET, SCRIPT, DualBatch, Router
+from proxy.routing import COUNTED, DUAL, PLAIN, READ_TARGET, SCRIPT, SOURCE, DualBatch, Router
+from proxy.slots import ClusterSide
 
 __all__ = ["Client"]
 
@@ -87,6 +89,13 @@ _PINNING_NAMES = frozenset((b"multi", b"watch", b"asking", b"monitor", b"auth"))
     | UNSUBSCRIBE_NAMES
 
 _OK = b"+OK\r\n"
+# WAIT and WAITAOF count the replicas that acknowledged the calling connection's writes, so
+# they go to the shared connection that carried them (a dedicated one made no write and
+# answers at once); they hold it for at most this long, since other clients share it.
+_WAIT_NAMES = frozenset((b"wait", b"waitaof"))
+MAX_SHARED_WAIT_MS = 2000
+_MULTI = resp.encode_command(b"MULTI")
+_EMPTY_EXEC = b"*0\r\n"
 _RESET = b"+RESET\r\n"
 _MAX_CLIENTS = b"-ERR max number of clients reached\r\n"
 MERGE_MARKS = 64   # keys of consecutive writes recorded together, at most
@@ -100,6 +109,19 @@ _NO_MAINT_NOTIFICATIONS = b"-ERR interlay: CLIENT MAINT_NOTIFICATIONS is not ava
 _NO_REPLICATION = b"-ERR interlay: replication commands (SYNC, PSYNC, REPLCONF) are not forwarded\r\n"
 
 Tag = Callable[[bytes | None], bytes | None]   # sees a reply frame, returns the bytes to deliver
+
+
+def _bounded_wait(args: list[bytes], raw: bytes) -> bytes:
+    """WAIT/WAITAOF with its timeout (the last argument) at most ``MAX_SHARED_WAIT_MS``
+    (0, wait for ever, included); a malformed one is left for the server to refuse."""
+    timeout = args[-1]
+    if len(args) < 3 or not timeout.isdigit() or 0 < int(timeout) <= MAX_SHARED_WAIT_MS:
+        return raw
+    return resp.encode_command(*args[:-1], MAX_SHARED_WAIT_MS)
+
+
+def _swallow(frame: bytes | None) -> bytes | None:
+    return None
 
 
 def _xread_blocks(args: list[bytes]) -> bool:
@@ -130,7 +152,7 @@ class Client(asyncio.Protocol):
         "current", "shared", "pinned", "forever", "in_multi", "watching", "db", "asking", "stalled",
         "closing", "close_error", "quitting", "resetting", "reset_done", "req_stream", "write_paused",
         "pause_reasons", "paused_backend", "resume_scheduled", "rejected", "announce", "max_bulk", "max_args",
-        "threshold", "scanner", "issued", "answered", "marks", "multi_marks", "wdb",
+        "threshold", "scanner", "issued", "answered", "marks", "multi_marks", "wdb", "multi_deferred", "listener",
         "hard_limit", "soft_limit", "soft_seconds", "soft_since", "process", "hold_spent",
     )
 
@@ -143,10 +165,10 @@ class Client(asyncio.Protocol):
         self.router = router
         self.clients = clients
         self.loop = asyncio.get_running_loop()
-        primary = router.primary
-        if primary is not None and self.cluster is None:
-            node = primary  # a live run moved the authoritative side
-        self.node = node
+        # The source master behind the listener it reached (the one node of a standalone source):
+        # a cluster source's topology replies keep coming from there, whatever side serves the rest.
+        self.listener = node
+        self.node = self._side_node(router.primary)
         self.transport: asyncio.Transport | None = None
         self.id = clients.next_id()
         self.slot = self.id % node.pool_size
@@ -200,6 +222,9 @@ class Client(asyncio.Protocol):
         self.marks: deque | None = None
         self.multi_marks: list | None = None
         self.wdb = 0
+        # MULTI answered by the interlay, to be sent with the first command queued after it
+        # (on a cluster side, to the master of that command's keys).
+        self.multi_deferred = False
 
     @property
     def peer(self) -> str:
@@ -240,7 +265,7 @@ class Client(asyncio.Protocol):
                     # Replies owed on it will never come: the outcome is unknown.
                     self._release_marks(True)
             else:
-                self.node.release(conn)
+                conn.node.release(conn)
         self.req_stream = None
         backend = self.paused_backend
         if backend is not None and backend.transport is not None:
@@ -328,15 +353,22 @@ class Client(asyncio.Protocol):
 
     # -- asked by the process (proxy.server) -----------------------------------------------
 
-    def follow(self, primary: Node) -> None:
+    def follow(self, primary: Node | ClusterSide) -> None:
         """A live run moved the authoritative side: a stateless client follows at
         its next command; a pinned client's state lives on the old side, so it is
         closed and reconnects."""
         if self.pinned is not None:
             self.close()
             return
-        self.node = primary
+        self.node = self._side_node(primary)
         self.shared = None
+
+    def _side_node(self, primary: Node | ClusterSide | None) -> Node:
+        """The node this client's commands go to while ``primary`` is authoritative (for a
+        cluster side, the one it pins to and sends keyless state commands to)."""
+        if primary is None or (self.cluster is not None and self.router.authoritative == SOURCE):
+            return self.listener  # a cluster source: each listener's own master
+        return primary.first if isinstance(primary, ClusterSide) else primary
 
     def awaiting_replies(self, pinned_too: bool) -> bool:
         """Replies are owed to it (to a pinned client: only when ``pinned_too``)."""
@@ -560,7 +592,7 @@ class Client(asyncio.Protocol):
                 or conn.protocol != self.protocol or self.resetting or conn.stream_to is not None:
             return
         self.pinned = None
-        self.node.release(conn)
+        conn.node.release(conn)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -571,7 +603,7 @@ class Client(asyncio.Protocol):
             return
         n = len(buf)
         if self.pinned is None and self.authenticated and not self.dirty.tracking and not self.router.active \
-                and not self.clients.paused:
+                and not self.clients.paused and not self.multi_deferred:
             # The hot path (kept inline: it runs for every read): only stateless
             # requests, all complete, for the shared connection in one write.
             end, count = self.scanner.scan_canonical(buf, self.kinds, SHARED, None)
@@ -625,6 +657,8 @@ class Client(asyncio.Protocol):
         tracking = self.dirty.tracking
         router = self.router
         routing = router.active
+        # From approval on, commands whose keys span slots are counted (proxy.slots.CrossSlot).
+        cross_slot = router.cross_slot if tracking or routing else None
         pos = 0
         # The run: buf[run_start:pos] holds run_count requests for run_conn, not sent yet
         # (a run of all of buf slices to buf itself: no copy); run_dual: a run of dual
@@ -644,6 +678,15 @@ class Client(asyncio.Protocol):
                     run_start = end
                 pos = end
                 continue
+            if self.multi_deferred:
+                if args is None:
+                    args = self._args(buf[pos:end])
+                opened = self._open_multi(args)
+                if opened is None:
+                    break
+                if opened:
+                    pos = end
+                    continue
             kind = kinds.get(name)
             if kind is None:
                 kind = commands.classify(name)
@@ -654,6 +697,10 @@ class Client(asyncio.Protocol):
                 kind = SPECIAL if _is_control(args) else SCRIPTED if name.lower() == b"script" else SHARED
             stateless = (kind == SHARED or kind == SCRIPTED) and self.authenticated
             writes = False
+            if cross_slot is not None and argc > 2:
+                if args is None:
+                    args = self._args(buf[pos:end])
+                cross_slot.check(name, commands.keys(args))
             if stateless:
                 if self.asking:
                     self.asking = False  # ASKING applies to the command right after it
@@ -662,6 +709,7 @@ class Client(asyncio.Protocol):
                 # A live run's route (proxy.routing): stateless writes go to every side (a
                 # pinned client's too, unless queued in MULTI, in another db, or on a raw
                 # connection), a share of reads to the target.
+                # On a cluster side (proxy.slots) every command is routed by slot.
                 routable = routing and (conn is None or not (self.in_multi or self.wdb or conn.raw))
                 writes = (tracking or routable) and commands.may_write(name)
                 if kind == SCRIPTED:
@@ -673,7 +721,11 @@ class Client(asyncio.Protocol):
                         args = self._args(buf[pos:end])
                     route = router.decide(args, writes)
                 if route == READ_TARGET:
-                    conn = router.target.shared_conn(self.protocol, self.slot)  # type: ignore[union-attr]
+                    target = router.target
+                    conn = target if target.__class__ is ClusterSide else \
+                        target.shared_conn(self.protocol, self.slot)  # type: ignore[union-attr]
+                elif conn is None and routable and router.slotted:
+                    conn = router.primary  # type: ignore[assignment]
                 if conn is None:
                     if kind == SCRIPTED:
                         conn = self.node.script_conn(self.protocol, self.slot)
@@ -681,8 +733,20 @@ class Client(asyncio.Protocol):
                         conn = self.shared
                         if conn is None or conn.closed or conn.retired:
                             conn = self._connect_shared()
-                dual = route == DUAL
-                joins = run_count and conn is run_conn and dual == run_dual and route != SCRIPT and route != COUNTED
+                if conn.__class__ is ClusterSide:
+                    # No NOSCRIPT healing by slot (the scripts were loaded on every master):
+                    # an EVALSHA is a dual write or goes to its slot's master like any command.
+                    if route == SCRIPT:
+                        route = DUAL if writes and router.scripts_deterministic and router.mirrors else PLAIN
+                    elif route == COUNTED:
+                        route = PLAIN
+                    dual = route == DUAL
+                    # Dual writes make runs (the router splits them per request); the rest go one by one.
+                    joins = run_count and dual and run_dual and conn is run_conn
+                else:
+                    dual = route == DUAL
+                    joins = run_count and conn is run_conn and dual == run_dual and route != SCRIPT \
+                        and route != COUNTED
             else:
                 joins = False
             if not joins:
@@ -700,6 +764,12 @@ class Client(asyncio.Protocol):
                     continue
                 if conn is None:
                     if not self._local(self.node.unavailable(), error=True):
+                        break
+                    pos = end
+                    continue
+                if conn.__class__ is ClusterSide and not dual:
+                    if not self._send_by_slot(conn, self._args(buf[pos:end]) if args is None else args,  # type: ignore[arg-type]
+                                              buf[pos:end]):
                         break
                     pos = end
                     continue
@@ -761,6 +831,23 @@ class Client(asyncio.Protocol):
                 args = self._args(raw)
             self.dirty.record(self.commands.marks(args, self.wdb))
 
+    def _send_by_slot(self, side: ClusterSide, args: list[bytes], raw: bytes) -> bool:
+        """A request for a cluster side: to the master(s) owning its keys (``proxy.slots``);
+        its reply comes back in order with the client's others on that side."""
+        if self.outstanding and self.current is not side:
+            return self._stall()
+        if self.dirty.tracking and self.commands.may_write(args[0]):
+            self._track(args, self.issued + 1)
+        stats = self.stats
+        stats.ops += 1
+        stats.backend_ops += 1
+        # Counted before sending: a refused request (CROSSSLOT) is answered at once.
+        self.outstanding += 1
+        self.issued += 1
+        self.current = side  # type: ignore[assignment]
+        side.send(self, args, raw, self.protocol, self.slot, order=self)
+        return True
+
     def _send_whole(self, buf: bytes, requests: list) -> bool:
         """The hot path while dirty keys are tracked or a route is set: ``buf`` holds
         nothing but complete stateless requests for the client's shared connection
@@ -770,12 +857,13 @@ class Client(asyncio.Protocol):
         router = self.router
         routing = router.active
         if self.pinned is not None or not self.authenticated or self.asking or self.clients.paused \
-                or (routing and (router.read_percent or not router.mirrors)):
+                or self.multi_deferred or (routing and (router.read_percent or not router.mirrors or router.slotted)):
             return False
         kinds = self.kinds
         may_write = self.commands.may_write
         writes = []
-        for _, args, name, _ in requests:
+        spanning = None
+        for _, args, name, argc in requests:
             if args is None or kinds.get(name) != SHARED:
                 return False
             if may_write(name):
@@ -784,15 +872,24 @@ class Client(asyncio.Protocol):
                 writes.append(args)
             elif routing:
                 return False  # a read among dual writes: _route makes runs of each
+            if argc > 2:
+                if spanning is None:
+                    spanning = []
+                spanning.append(args)
         conn = self.shared
         if conn is None or conn.closed or conn.retired:
             conn = self._connect_shared()
         if conn is None or not self._may_send(conn, routing and router.both):
             return False
+        if spanning:
+            # From approval on, commands whose keys span slots are counted (proxy.slots.CrossSlot).
+            keys, check = self.commands.keys, router.cross_slot.check
+            for args in spanning:
+                check(args[0], keys(args))
         self._send_run(conn, buf, len(requests), routing, writes if self.dirty.tracking else [])
         return True
 
-    def _may_send(self, conn: Backend, held: bool) -> bool:
+    def _may_send(self, conn: Backend | ClusterSide, held: bool) -> bool:
         """Whether a request for ``conn`` can go now: no reply is owed on another
         connection. A batch whose replies are held (BOTH_REQUIRED, a healable
         EVALSHA) may follow another held batch on ``conn``: they are delivered in order."""
@@ -801,7 +898,7 @@ class Client(asyncio.Protocol):
             return True
         return held and current.__class__ is DualBatch and current.conn is conn  # type: ignore[union-attr]
 
-    def _send_run(self, conn: Backend, data: bytes, count: int, dual: bool, writes: list[list[bytes]]) -> None:
+    def _send_run(self, conn: Backend | ClusterSide, data: bytes, count: int, dual: bool, writes: list[list[bytes]]) -> None:
         """A run of ``count`` requests; ``writes``: the arguments of its writes, whose
         keys are marked dirty once answered (on every side, for dual writes)."""
         marks = self.commands.batch_marks(writes, self.wdb) if writes else []
@@ -812,7 +909,7 @@ class Client(asyncio.Protocol):
             self._track_marks(marks, self.issued + count)
         self._send(conn, data, count)
 
-    def _dual_write(self, conn: Backend, data: bytes, count: int, marks: list, *, heal: bool = False,
+    def _dual_write(self, conn: Backend | ClusterSide, data: bytes, count: int, marks: list, *, heal: bool = False,
                     mirror: bool = True) -> None:
         """A batch of requests for every side of a live run (``proxy.routing``), or (not
         ``mirror``) for the authoritative side alone, its NOSCRIPT healed (``heal``)."""
@@ -823,12 +920,14 @@ class Client(asyncio.Protocol):
         held = heal or router.both
         current = self.current
         before = current if held and self.outstanding and current.__class__ is DualBatch else None
-        sink = router.send_batch(self, conn, data, count, marks, before,  # type: ignore[arg-type]
-                                 mirror=mirror, heal=heal)
+        # Counted before sending: a cluster side may answer some at once (CROSSSLOT, no master).
         self.outstanding += count
         self.issued += count
+        sink = router.send_batch(self, conn, data, count, marks, before,  # type: ignore[arg-type]
+                                 mirror=mirror, heal=heal)
         # Held replies come through the batch: what does not follow it waits for it.
-        self.current = sink if held else conn  # type: ignore[assignment]
+        if self.outstanding:
+            self.current = sink if held else conn  # type: ignore[assignment]
 
     def _script_call(self, conn: Backend, route: int, args: list[bytes], writes: bool, raw: bytes) -> None:
         """An EVALSHA on its own: its NOSCRIPT reply healed when the interlay knows the
@@ -867,10 +966,18 @@ class Client(asyncio.Protocol):
                 return self._local(self.node.unavailable(), error=True)
             self._pin(conn)
             return self._pinned_command(name, args, raw)
+        if name in _WAIT_NAMES:
+            return self._send_shared(_bounded_wait(args, raw))
         if kind == BLOCKING or (kind == XREAD and _xread_blocks(args)):
             return self._pin_and_send(name, args, raw)
         if kind == XREAD:
             return self._send_shared(raw, track=args)
+        if name == b"multi" and self.router.slotted:
+            # The transaction runs on the master of its keys, known with its first command.
+            if not self._settled():
+                return self._stall()
+            self.multi_deferred = True
+            return self._local(_OK)
         if name in _PINNING_NAMES:
             return self._pin_and_send(name, args, raw)
         if name == b"select":
@@ -899,7 +1006,7 @@ class Client(asyncio.Protocol):
         if name == b"cluster":
             sub = args[1].lower() if len(args) > 1 else b""
             if sub in CLUSTER_REWRITES:
-                return self._send_shared(raw, tag=self._cluster_tag(sub))
+                return self._send_topology(raw, self._cluster_tag(sub))
             return self._send_shared(raw)
         # exec, discard, unwatch outside a transaction: stateless on a clean connection.
         return self._send_shared(raw)
@@ -932,14 +1039,57 @@ class Client(asyncio.Protocol):
         self._send(conn, raw, 1)
         return True
 
+    def _send_topology(self, raw: bytes, tag: Tag) -> bool:
+        """CLUSTER SLOTS/SHARDS/NODES of a cluster source, rewritten to the interlay's listeners:
+        asked of the listener's own source master even after a cutover, so the clients keep the
+        topology they know while every other command goes by slot to the target."""
+        if self.node is self.listener:
+            return self._send_shared(raw, tag=tag)
+        conn = self.listener.shared_conn(self.protocol, self.slot)
+        if conn is None:
+            return self._local(self.listener.unavailable(), error=True)
+        if self.outstanding and self.current is not conn:
+            return self._stall()
+        self._send(conn, raw, 1, tag)
+        return True
+
     def _pin(self, conn: Backend) -> None:
         self.pinned = conn
         conn.owner = self
 
+    def _open_multi(self, args: list[bytes]) -> bool | None:
+        """The first command after a deferred MULTI: pin to the master of its keys and send
+        MULTI there first (its ``+OK`` was the interlay's). True when the command was
+        answered here (EXEC or DISCARD of an empty transaction, or no master reachable),
+        False when it goes on to the pinned connection, None when it has to wait."""
+        name = args[0].lower()
+        if name in (b"exec", b"discard"):
+            if not self._local(_EMPTY_EXEC if name == b"exec" else _OK):
+                return None
+            self.multi_deferred = False
+            return True
+        if not self._settled():
+            self._stall()
+            return None
+        self.multi_deferred = False
+        primary: ClusterSide = self.router.primary  # type: ignore[assignment]
+        conn = primary.node_for(self.commands.keys(args)).dedicated(self.protocol)
+        if conn is None:
+            # No transaction was opened: EXEC will say so ("EXEC without MULTI").
+            return True if self._local(primary.unavailable(), error=True) else None
+        self._pin(conn)
+        conn.send(None, _MULTI, 1, _swallow)
+        self.in_multi = True
+        return False
+
     def _pin_and_send(self, name: bytes, args: list[bytes], raw: bytes) -> bool:
         if not self._settled():
             return self._stall()
-        conn = self.node.dedicated(self.protocol)
+        node = self.node
+        primary = self.router.primary
+        if self.router.slotted:
+            node = primary.node_for(self.commands.keys(args))  # type: ignore[union-attr]  # BLPOP waits where its key lives
+        conn = node.dedicated(self.protocol)
         if conn is None:
             return self._local(self.node.unavailable(), error=True)
         self._pin(conn)
@@ -1026,6 +1176,7 @@ class Client(asyncio.Protocol):
     def _state_transaction_end(self, conn: Backend, name: bytes, args: list[bytes]) -> Tag | None:
         """EXEC or DISCARD."""
         if self.in_multi and self.multi_marks and name == b"exec":
+            self.router.cross_slot.check(name, [key for _, key in self.multi_marks if key is not None])
             # The queued writes run when EXEC does: recorded after its reply.
             if self.marks is None:
                 self.marks = deque()
@@ -1161,7 +1312,7 @@ class Client(asyncio.Protocol):
         self.protocol = 2
         self.shared = None
         self.authenticated = not self.node.auth_required
-        self.forever = self.in_multi = self.watching = self.asking = False
+        self.forever = self.in_multi = self.watching = self.asking = self.multi_deferred = False
         self.db = 0
         self.wdb = 0
         self.multi_marks = None
@@ -1217,8 +1368,9 @@ class Client(asyncio.Protocol):
         kind = self.commands.classify(info.name)
         if kind == SPECIAL or not self.authenticated:
             return pos
-        if self.dirty.tracking and self.commands.may_write(info.name):
-            return pos  # its keys are needed once it is answered: buffered whole, not streamed
+        if self.dirty.tracking and self.commands.may_write(info.name) or self.router.slotted:
+            # Its keys are needed once it is answered, or to route it: buffered whole, not streamed.
+            return pos
         conn = self.pinned
         if conn is None:
             if not self._settled():

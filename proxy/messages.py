@@ -27,9 +27,12 @@ message of another version is refused (``check``) rather than misread.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 from eve.core.endpoints import ConnectionSpec
+
+if TYPE_CHECKING:  # the message module stays light: importing proxy loads no server (nor asyncio)
+    from eve.redis.topology import Node
 
 __all__ = [
     "FORMAT_VERSION",
@@ -85,6 +88,9 @@ class StatsReport:
     sides: tuple[tuple[str, int, int, str], ...] = ()
     dirty_pending: int = 0       # keys recorded and not sent yet
     noscript_replies: int = 0    # NOSCRIPT errors sent to clients since the start (EVALSHA of an unknown script)
+    # Commands whose keys span slots since the start (proxy.slots.CrossSlot):
+    # (command, count, example key lists).
+    cross_slot: tuple[tuple[str, int, tuple[tuple[bytes, ...], ...]], ...] = ()
     version: int = FORMAT_VERSION
 
 
@@ -145,7 +151,9 @@ class Route:
     than the source (``"target"``, ``"mirror:<endpoint>"``); ``authoritative`` is
     ``"source"`` or one of them; ``mirror_to`` the sides receiving dual writes;
     ``read_percent`` the share of reads the target serves while the source is
-    authoritative."""
+    authoritative. ``clusters`` names the sides that are clusters, with their
+    masters and slots as ``CLUSTER SLOTS`` reported them when the route was built
+    (``proxy.slots``)."""
 
     authoritative: str
     sides: tuple[tuple[str, ConnectionSpec], ...]
@@ -153,6 +161,7 @@ class Route:
     policy: str
     read_percent: int
     scripts_deterministic: bool = False
+    clusters: tuple[tuple[str, tuple[Node, ...]], ...] = ()
     version: int = FORMAT_VERSION
 
 

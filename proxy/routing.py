@@ -34,6 +34,15 @@ workflow flips it at cutover.) Under BOTH_REQUIRED a batch's replies are
 *held*, yet the client's next batch is sent at once: held batches of one client
 are delivered in the order they were sent (``DualBatch.before``/``after``).
 
+A side may be a cluster (issue 14): ``Router.sides`` then holds a
+``proxy.slots.ClusterSide``, which takes requests one at a time and sends each to
+its slot's master (splitting MGET/MSET/DEL/UNLINK/EXISTS/TOUCH across slots). A
+batch for such a side is split into its requests there: as another side, one
+``ClusterSideBatch`` joins their replies and tells the batch once all arrived;
+as the authoritative side (after a cutover to a cluster), the ``DualBatch``
+itself receives each request's reply, in the client's order. Plain node sides
+keep one write per batch.
+
 Why a dual write's keys are marked dirty only once *every* side answered: the
 re-copy loop copies a dirty key's value from the authoritative side over the
 others. Were the mark sent after the authoritative reply alone, a re-copy could
@@ -78,9 +87,12 @@ from eve.redis.framing import RequestScanner, scan_reply
 from proxy import messages
 from proxy.backend import Backend, Node
 from proxy.parts import Parts
+from proxy.slots import ClusterSide, CrossSlot
 
-__all__ = ["DualBatch", "Router", "SideBatch", "Writer", "PLAIN", "DUAL", "READ_TARGET", "SCRIPT", "COUNTED",
-           "SOURCE", "TARGET", "MAX_SCRIPTS", "MAX_SCRIPT_BYTES"]
+Side = Node | ClusterSide   # a standalone side is one node; a cluster side routes by slot (proxy.slots)
+
+__all__ = ["ClusterSideBatch", "DualBatch", "Router", "Side", "SideBatch", "Writer", "PLAIN", "DUAL", "READ_TARGET",
+           "SCRIPT", "COUNTED", "SOURCE", "TARGET", "MAX_SCRIPTS", "MAX_SCRIPT_BYTES"]
 
 log = logging.getLogger("eve.proxy")
 
@@ -205,21 +217,23 @@ class Router:
         self.source = source                # the node the interlay fronts, outside a run the only one
         self.active = False                 # a route is set: decide() is asked
         self.authoritative = SOURCE
-        self.primary: Node | None = None    # the authoritative side's node
-        self.target: Node | None = None     # the node reads shift to
-        self.mirrors: list[tuple[str, Node]] = []
+        self.primary: Side | None = None    # the authoritative side
+        self.slotted = False                # it is a cluster: every command is routed by slot
+        self.target: Side | None = None     # the side reads shift to
+        self.mirrors: list[tuple[str, Side]] = []
         self.policy = WriteConsistency.SOURCE_AUTHORITATIVE
         self.both = False
         self.read_percent = 0
         self.scripts_deterministic = False
-        self.sides: dict[str, Node] = {}    # side name -> node, the source's included
+        self.sides: dict[str, Side] = {}    # side name -> where its commands go, the source's included
         self.side_stats: dict[str, SideStats] = {}
         self.scripts: dict[bytes, bytes] = {}   # lowercase hex sha1 -> body
         self.script_bytes = 0
         self.scripts_full = False           # a bound was reached (logged once)
-        self.loaded: dict[str, Node] = {}   # sides holding every remembered script (source: by definition)
+        self.loaded: dict[str, Side] = {}   # sides holding every remembered script (source: by definition)
         self.pending = 0                    # dual write batches not fully answered
         self.mirrored_names: dict[bytes, bool] = {}   # always_mirrored's answers, by name as sent
+        self.cross_slot = CrossSlot()       # commands whose keys span slots (proxy.slots)
 
     # -- route changes ------------------------------------------------------------------
 
@@ -235,21 +249,28 @@ class Router:
                 or not 0 <= route.read_percent <= 100:
             raise ValueError(f"malformed route: authoritative {route.authoritative!r}, sides {sorted(names)}, "
                              f"mirror_to {route.mirror_to}, policy {route.policy!r}, reads {route.read_percent}%")
-        sides: dict[str, Node] = {SOURCE: source}
+        clusters = dict(route.clusters)
+        sides: dict[str, Side] = {SOURCE: self._source_side(clusters.get(SOURCE))}
         for name, spec in route.sides:
             node = self.sides.get(name)
-            if node is None or node.spec != spec:
+            masters = clusters.get(name)
+            if node is None or node.spec != spec or isinstance(node, ClusterSide) != (masters is not None):
                 if node is not None:
                     node.close_all()
-                node = Node(self.parts, len(sides), spec)
+                node = Node(self.parts, len(sides), spec) if masters is None else \
+                    ClusterSide(self.parts, spec, masters)
+            elif masters is not None:
+                node.use(masters)  # type: ignore[union-attr]
             sides[name] = node
         for name, node in self.sides.items():
-            if name not in sides and node is not source:
+            if node is not source and node is not sides.get(name):
                 node.close_all()
         self.sides = sides
         previous = self.primary
         self.authoritative = route.authoritative
-        self.primary = sides[route.authoritative]
+        # The source authoritative: each client on its own listener's node, as outside a run.
+        self.primary = source if route.authoritative == SOURCE else sides[route.authoritative]
+        self.slotted = isinstance(self.primary, ClusterSide)
         self.mirrors = [(name, sides[name]) for name in route.mirror_to if name != route.authoritative]
         for name, _ in self.mirrors:
             self.side_stats.setdefault(name, SideStats())
@@ -258,7 +279,7 @@ class Router:
         self.read_percent = route.read_percent if route.authoritative == SOURCE else 0
         self.target = sides.get(TARGET) if self.read_percent else None
         self.scripts_deterministic = route.scripts_deterministic
-        self.active = bool(self.mirrors) or self.read_percent > 0
+        self.active = bool(self.mirrors) or self.read_percent > 0 or self.slotted
         self._load_scripts_on_new_sides()
         return previous is not None and previous is not self.primary or \
             (previous is None and self.primary is not source)
@@ -267,10 +288,10 @@ class Router:
         """Every script the interlay saw, loaded on each side that joined the route, before
         any dual write or shifted request is sent there: an application that loaded its
         scripts once (through the interlay) keeps running them by sha after the cutover."""
-        loaded = {SOURCE: self.source}
+        loaded: dict[str, Side] = {SOURCE: self.source}
         for name, node in self.sides.items():
-            if name == SOURCE:
-                continue
+            if node is self.source:
+                continue   # it ran them (a cluster source's other masters are a side of their own)
             if self.loaded.get(name) is not node:
                 for body in self.scripts.values():
                     self._send_script_load(node, body)
@@ -331,10 +352,12 @@ class Router:
         self.script_bytes = 0
         self.scripts_full = False
 
-    def _send_script_load(self, node: Node, body: bytes) -> None:
-        conn = node.shared_conn(2, 0)
-        if conn is not None:
-            conn.send(None, resp.encode_command(b"SCRIPT", b"LOAD", body), 1, _discard)
+    def _send_script_load(self, node: Side, body: bytes) -> None:
+        """``SCRIPT LOAD body`` on a side: on every master of a cluster side."""
+        for each in node.all_nodes() if isinstance(node, ClusterSide) else (node,):
+            conn = each.shared_conn(2, 0)
+            if conn is not None:
+                conn.send(None, resp.encode_command(b"SCRIPT", b"LOAD", body), 1, _discard)
 
     def heal(self, conn: Backend, sink: DualBatch | SideBatch, raw: bytes, args: list[bytes]) -> bool:
         """An ``EVALSHA`` answered NOSCRIPT on ``conn``: load the body the interlay saw there
@@ -353,6 +376,18 @@ class Router:
         if frame is not None and frame.startswith(_NOSCRIPT):
             self.parts.stats.noscript_replies += 1
         return frame
+
+    def _source_side(self, masters: tuple | None) -> Side:
+        """The source as the other side of writes (reverse sync after a cutover): its one
+        node, or by slot when it is a cluster (its masters are the listeners' nodes, but
+        a write may come through any listener once the target serves by slot)."""
+        if masters is None:
+            return self.source
+        current = self.sides.get(SOURCE)
+        if isinstance(current, ClusterSide):
+            current.use(masters)
+            return current
+        return ClusterSide(self.parts, self.source.spec, masters)
 
     # -- per request ----------------------------------------------------------------------
 
@@ -401,32 +436,55 @@ class Router:
 
     # -- sending ----------------------------------------------------------------------------
 
-    def send_batch(self, client: Writer, conn: Backend, raw: bytes, count: int, marks: list,
+    def send_batch(self, client: Writer, conn: Backend | ClusterSide, raw: bytes, count: int, marks: list,
                    before: DualBatch | None, *, mirror: bool = True, heal: bool = False) -> DualBatch:
         """Send ``count`` requests (the bytes ``raw``, one pipeline run of one client) to
-        ``conn`` (the authoritative side) and, when ``mirror``, to every mirrored side;
-        returns the sink the client's replies come through. ``before``: the client's batch
-        whose replies are still held (BOTH_REQUIRED), which this one's must follow."""
+        ``conn`` (the authoritative side's connection, or the side itself when it is a
+        cluster) and, when ``mirror``, to every mirrored side; returns the sink the client's
+        replies come through. ``before``: the client's batch whose replies are still held
+        (BOTH_REQUIRED), which this one's must follow. (The caller counts the replies owed
+        before: a cluster side may answer some at once, CROSSSLOT or no master.)"""
         batch = DualBatch(client, self, conn, raw, count, marks, before, heal)
         self.pending += 1
-        conn.send(batch, raw, count)
+        by_slot = conn.__class__ is ClusterSide
+        requests = split_requests(raw, client.max_bulk, client.max_args) if by_slot else None
+        if not by_slot:
+            conn.send(batch, raw, count)  # type: ignore[call-arg]
         if mirror:
             for name, node in self.mirrors:
-                self.send_to_side(batch, name, node, raw, count)
-        if conn.write_paused:
+                self.send_to_side(batch, name, node, raw, count, requests)
+        if by_slot:
+            # Last: a cluster side may answer at once, and the join must know every side
+            # it waits for by then. Each request to its slot's master(s), the replies back
+            # in the client's order (``proxy.slots``).
+            protocol, slot = client.protocol, client.slot
+            for args, request in requests:  # type: ignore[union-attr]
+                conn.send(batch, args, request, protocol, slot, order=client)  # type: ignore[call-arg]
+        elif conn.write_paused:
             conn.hold(client)
         return batch
 
-    def send_to_side(self, batch: DualBatch, name: str, node: Node, raw: bytes, count: int) -> None:
+    def send_to_side(self, batch: DualBatch, name: str, node: Side, raw: bytes, count: int,
+                     requests: list[tuple[list[bytes], bytes]] | None = None) -> None:
         """``count`` requests of ``batch`` (the bytes ``raw``) to one other side, in one
-        write, settled together by one ``SideBatch``. (A side that is a cluster splits
-        ``raw`` by hash slot here: one SideBatch per node, each counted in ``batch.left``.)"""
+        write, settled together by one ``SideBatch``. A side that is a cluster takes them
+        one by one, each to its slot's master(s), settled together by one ``ClusterSideBatch``
+        (``requests``: ``raw`` split, when the caller has it)."""
         self.side_stats[name].ops += count
+        client = batch.client
+        batch.left += 1
+        if node.__class__ is ClusterSide:
+            if requests is None:
+                requests = split_requests(raw, client.max_bulk, client.max_args)
+            sink = ClusterSideBatch(batch, name, len(requests))
+            protocol, slot = client.protocol, client.slot
+            for index, (args, request) in enumerate(requests):
+                node.send(_SideReply(sink, index), args, request, protocol, slot)  # type: ignore[call-arg]
+            sink.sent()
+            return
         # On the connection of the client's protocol: the client's reads shifted to
         # this side travel on it too, and so come after its writes.
-        client = batch.client
-        conn = node.shared_conn(client.protocol, client.slot)
-        batch.left += 1
+        conn = node.shared_conn(client.protocol, client.slot)  # type: ignore[union-attr]
         side = SideBatch(batch, name, raw, count)
         if conn is None:
             side.backend_failed(None, count, node.unavailable())  # type: ignore[arg-type]
@@ -436,6 +494,22 @@ class Router:
         if conn.write_paused:
             # A side that cannot keep up slows the clients down.
             conn.hold(client)
+
+
+def split_requests(raw: bytes, max_bulk: int, max_args: int) -> list[tuple[list[bytes], bytes]]:
+    """The requests in ``raw`` (whole ones, as a client's run holds them) as ``(arguments,
+    bytes)``; empty requests, which get no reply, left out."""
+    requests, _, _ = RequestScanner(max_bulk, max_args).scan(raw)
+    out = []
+    start = 0
+    for end, args, _, argc in requests:
+        if argc:
+            request = raw[start:end]
+            if args is None:
+                args = resp.parse_command(request, 0, max_bulk=max_bulk, max_args=max_args)[0]
+            out.append((args, request))
+        start = end
+    return out
 
 
 class DualBatch:
@@ -626,3 +700,62 @@ class SideBatch:
         if not self.done and self.got >= self.count and not self.retrying:
             self.done = True
             self.batch.arrived()
+
+
+class ClusterSideBatch:
+    """The join of one batch's requests on one other side that is a cluster: each went on
+    its own (``ClusterSide.send``, to its slot's master or split across several); errors
+    are counted per request, and the batch is told once every one answered. A NOSCRIPT
+    there is not healed: the script was loaded on every master (``Router._send_script_load``),
+    and the re-copy of its keys sets the side right."""
+
+    __slots__ = ("batch", "side", "count", "got", "all_sent", "done")
+
+    def __init__(self, batch: DualBatch, side: str, count: int) -> None:
+        self.batch = batch
+        self.side = side
+        self.count = count
+        self.got = 0
+        self.all_sent = False   # replies may come while the requests are being sent
+        self.done = False
+
+    def replied(self, index: int, frame: bytes) -> None:
+        if frame and _is_error(frame):
+            self.batch.side_failed(index, self.side, frame)
+        self.got += 1
+        self._maybe_done()
+
+    def sent(self) -> None:
+        self.all_sent = True
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if not self.done and self.all_sent and self.got >= self.count:
+            self.done = True
+            self.batch.arrived()
+
+
+class _SideReply:
+    """The reply sink of one request of a ``ClusterSideBatch`` (``proxy.slots`` delivers
+    each reply whole, once)."""
+
+    __slots__ = ("sink", "index")
+    write_paused = False
+    waits_for_replies = True
+
+    def __init__(self, sink: ClusterSideBatch, index: int) -> None:
+        self.sink = sink
+        self.index = index
+
+    def deliver(self, data: bytes, frames: int) -> None:
+        if frames:
+            self.sink.replied(self.index, data)
+
+    def backend_failed(self, conn: Backend | None, count: int, error: bytes) -> None:  # pragma: no cover
+        self.sink.replied(self.index, error)
+
+    def broken(self, conn: Backend) -> None:  # pragma: no cover - its replies are never streamed
+        pass
+
+    def hold_backend(self, conn: Backend) -> None:  # pragma: no cover - write_paused is False
+        pass

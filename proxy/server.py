@@ -50,6 +50,7 @@ from proxy.control import ControlListener, ControlOptions, Spool, describe_route
 from proxy.options import TLS_SETTINGS, ProxyOptions
 from proxy.parts import Clients, Parts
 from proxy.routing import Router
+from proxy.slots import ClusterSide
 
 __all__ = ["Proxy", "main", "run_proxy"]
 
@@ -109,9 +110,6 @@ class Proxy:
     # -- live route ---------------------------------------------------------------------------
 
     def apply_route(self, route: messages.Route) -> None:
-        if self.parts.cluster is not None:
-            log.error("%s: a live route needs a standalone source; ignored", self.options.name)
-            return
         self.route = route
         if self.router.apply(route):
             # The authoritative side changed (the supervisor paused everyone first).
@@ -208,8 +206,13 @@ class Proxy:
         await asyncio.sleep(0)
 
     def _all_nodes(self) -> list[Node]:
-        """The source's nodes and the other sides of a live run."""
-        return [*self.nodes, *(node for node in self.router.sides.values() if node not in self.nodes)]
+        """The source's nodes and those of the other sides of a live run."""
+        nodes = list(self.nodes)
+        for side in self.router.sides.values():
+            for node in side.all_nodes() if isinstance(side, ClusterSide) else (side,):
+                if node not in nodes:
+                    nodes.append(node)
+        return nodes
 
     def request_stop(self, drain_seconds: float) -> None:
         if self._stopped is not None and not self._stopped.done():
@@ -317,7 +320,7 @@ class Proxy:
     def _stats_report(self) -> messages.StatsReport:
         options = self.options
         return self.stats.report(options.worker, options.backend_label, self.router.report(),
-                                 len(self.parts.dirty.pending))
+                                 len(self.parts.dirty.pending), self.router.cross_slot.report())
 
     async def _report_stats(self) -> None:
         options = self.options
@@ -395,7 +398,8 @@ class Proxy:
                     self.loop.remove_reader(self.control.fileno())
                 except (OSError, ValueError):
                     pass
-        self._send(self.stats.report(options.worker, options.backend_label))
+        self._send(self.stats.report(options.worker, options.backend_label,
+                                     cross_slot=self.router.cross_slot.report()))
         self._send(messages.Stopped(options.worker))
         log.info("%s pid=%d stopped", options.name, os.getpid())
         return True

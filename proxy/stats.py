@@ -78,7 +78,8 @@ class Stats:
         self._last_ops = 0
         self._last_time = time.monotonic()
 
-    def report(self, worker: int, label: str, sides: tuple = (), dirty_pending: int = 0) -> messages.StatsReport:
+    def report(self, worker: int, label: str, sides: tuple = (), dirty_pending: int = 0,
+               cross_slot: tuple = ()) -> messages.StatsReport:
         now = time.monotonic()
         samples, self.samples = self.samples, []
         if len(samples) > MAX_SAMPLES:
@@ -90,4 +91,5 @@ class Stats:
         return messages.StatsReport(worker=worker, connections=self.connections, ops=self.ops,
                                     errors=self.errors + self.backend_errors, interval_ops=interval_ops,
                                     interval_seconds=seconds, backends=(backend,), sides=sides,
-                                    dirty_pending=dirty_pending, noscript_replies=self.noscript_replies)
+                                    dirty_pending=dirty_pending, noscript_replies=self.noscript_replies,
+                                    cross_slot=cross_slot)

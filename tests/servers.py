@@ -44,10 +44,15 @@ __all__ = [
     "RedisServer",
     "ServerStartError",
     "available_engines",
+    "begin_migration",
     "engine_names",
+    "finish_migration",
     "free_port",
     "get_engine",
     "kill_all",
+    "migrate_keys",
+    "move_slot",
+    "node_id",
     "start_cluster",
     "start_server",
     "stop_all",
@@ -589,3 +594,36 @@ def _parse_info(raw: bytes | str | dict[str, object]) -> dict[str, str]:
         if sep:
             fields[key.strip()] = value.strip()
     return fields
+
+
+# --------------------------------------------------------------------------- resharding
+
+
+def node_id(server: RedisServer) -> str:
+    return server.client().execute_command("CLUSTER", "MYID").decode()
+
+
+def begin_migration(source: RedisServer, destination: RedisServer, slot: int) -> None:
+    """The first half of a resharding step (https://redis.io/docs/latest/commands/cluster-setslot/)."""
+    destination.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(source))
+    source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(destination))
+
+
+def migrate_keys(source: RedisServer, destination: RedisServer, keys: list[bytes]) -> None:
+    source.client().execute_command("MIGRATE", destination.host, destination.port, "", 0, 5000, "KEYS", *keys)
+
+
+def finish_migration(cluster: RedisCluster, destination: RedisServer, slot: int) -> None:
+    owner = node_id(destination)
+    # The destination first, as redis-cli --cluster does, so the slot is never unowned.
+    for node in [destination] + [m for m in cluster.masters if m is not destination]:
+        node.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", owner)
+
+
+def move_slot(cluster: RedisCluster, source: RedisServer, destination: RedisServer, slot: int) -> None:
+    """One whole resharding step: ``slot`` and every key in it from ``source`` to ``destination``."""
+    begin_migration(source, destination, slot)
+    client = source.client()
+    while keys := client.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+        migrate_keys(source, destination, keys)
+    finish_migration(cluster, destination, slot)

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import pytest
-from servers import RedisServer, free_port
+from servers import RedisServer, begin_migration, finish_migration, free_port, migrate_keys, node_id
 
 from eve.core.endpoints import ConnectionSpec
 from eve.core.errors import AuthError, EndpointError, TargetError, UnavailableError
@@ -53,10 +53,6 @@ def address(server: RedisServer) -> str:
     return f"{server.host}:{server.port}"
 
 
-def node_id(server: RedisServer) -> str:
-    return server.client().execute_command("CLUSTER", "MYID").decode()
-
-
 def owner_and_other(cluster: Any, client: ClusterClient, key: bytes) -> tuple[RedisServer, RedisServer]:
     """The master owning ``key``'s slot (as the client's map says) and another master."""
     owner = next(master for master in cluster.masters if address(master) == client.node_for_key(key))
@@ -79,23 +75,6 @@ def gets(keys: list[bytes]) -> list[bytes]:
 
 def values(client: ClusterClient, keys: list[bytes]) -> list[Any]:
     return [replies[0] for _node, replies in client.execute(0, keys, gets(keys)).by_key(len(keys))]
-
-
-def begin_migration(source: RedisServer, destination: RedisServer, slot: int) -> None:
-    """The first half of a resharding step (https://redis.io/docs/latest/commands/cluster-setslot/)."""
-    destination.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(source))
-    source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(destination))
-
-
-def migrate_keys(source: RedisServer, destination: RedisServer, keys: list[bytes]) -> None:
-    source.client().execute_command("MIGRATE", destination.host, destination.port, "", 0, 5000, "KEYS", *keys)
-
-
-def finish_migration(cluster: Any, destination: RedisServer, slot: int) -> None:
-    owner = node_id(destination)
-    # The destination first, as redis-cli --cluster does, so the slot is never unowned.
-    for node in [destination] + [m for m in cluster.masters if m is not destination]:
-        node.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", owner)
 
 
 def allow_partial_coverage(cluster: Any) -> None:

@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import pytest
 import redis
 from eve_process import EveServer, Subscriber, wait_state
-from keyspace import fill, keys_of, value_of
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from keyspace import fill
+from live_runs import SHORT_TTL_SECONDS, Writers, assert_identical, start_interlay_and_run, wait_in_sync
 from servers import free_port
 
 from eve.v1 import endpoints_pb2 as epb
@@ -30,147 +27,8 @@ from eve.v1 import interlays_pb2 as ipb
 from eve.v1 import workflows_pb2 as wpb
 
 ENGINE = "valkey-8.1"
-SHORT_TTL_SECONDS = 2     # SETEX keys; the comparison waits them out
-LONG_TTL_SECONDS = 600    # EXPIRE keys: their TTLs are compared within a second
-SCRIPT = "redis.call('incr', KEYS[1]); redis.call('lpush', KEYS[2], ARGV[1]); return redis.call('ltrim', KEYS[2], 0, 49)"
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
-
-
-@dataclass
-class Counter:
-    ok: int = 0          # acknowledged increments
-    unknown: int = 0     # increments answered with an error or lost with the connection
-
-    def check(self, value: int, what: str) -> None:
-        assert self.ok <= value <= self.ok + self.unknown, \
-            f"{what}: {value} on the server, {self.ok} acknowledged (+{self.unknown} of unknown outcome)"
-
-
-@dataclass
-class Writer:
-    number: int
-    port: int
-    stop: threading.Event
-    counters: dict[str, Counter] = field(default_factory=dict)
-    ops: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    def key(self, name: str) -> str:
-        return f"w{self.number}:{name}"
-
-    def counted(self, name: str, call) -> None:
-        if self.stop.is_set():
-            return
-        counter = self.counters.setdefault(self.key(name), Counter())
-        try:
-            call()
-        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
-            counter.unknown += 1
-            self.errors.append(f"{type(exc).__name__}: {exc}")
-        else:
-            counter.ok += 1
-
-    def plain(self, call) -> None:
-        if self.stop.is_set():
-            return
-        try:
-            call()
-        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
-            self.errors.append(f"{type(exc).__name__}: {exc}")
-
-    def run(self) -> None:
-        # No retries: a write whose connection was lost is of unknown outcome, and is counted so;
-        # a retry could apply it twice.
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10, socket_connect_timeout=5,
-                             retry=Retry(NoBackoff(), 0))
-        script = client.register_script(SCRIPT)
-        k = self.key
-        n = 0
-        while not self.stop.is_set():
-            n += 1
-            self.counted("counter", lambda: client.incr(k("counter")))
-            self.counted("hash", lambda: client.hincrby(k("hash"), f"f{n % 20}", 1))
-            self.counted("zset", lambda: client.zincrby(k("zset"), 1, f"m{n % 10}"))
-            self.plain(lambda: client.lpush(k("list"), n))
-            self.plain(lambda: client.ltrim(k("list"), 0, 99))
-            self.plain(lambda: client.xadd(k("stream"), {"n": n}, maxlen=100, approximate=False))
-            self.plain(lambda: client.execute_command("SETEX", k(f"short:{n % 50}"), SHORT_TTL_SECONDS, n))
-            self.plain(lambda: client.set(k(f"ttl:{n % 20}"), n))
-            self.plain(lambda: client.expire(k(f"ttl:{n % 20}"), LONG_TTL_SECONDS))
-            self.plain(lambda: client.set(k(f"gone:{n % 30}"), n))
-            self.plain(lambda: client.delete(k(f"gone:{(n + 15) % 30}")))
-
-            def transaction() -> None:
-                pipe = client.pipeline(transaction=True)
-                pipe.incr(k("tx"))
-                pipe.hset(k("txh"), f"f{n % 10}", n)
-                pipe.execute()
-
-            self.counted("tx", transaction)
-            self.counted("script", lambda: script(keys=[k("script"), k("slist")], args=[n]))
-            self.ops += 13
-            time.sleep(0.004)
-        client.close()
-
-
-class Writers:
-    def __init__(self, port: int, threads: int = 3) -> None:
-        self.stop = threading.Event()
-        self.writers = [Writer(i, port, self.stop) for i in range(threads)]
-        self.threads = [threading.Thread(target=w.run, daemon=True, name=f"writer-{i}")
-                        for i, w in enumerate(self.writers)]
-
-    def __enter__(self) -> "Writers":
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.finish()
-
-    def finish(self) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
-
-    @property
-    def ops(self) -> int:
-        return sum(w.ops for w in self.writers)
-
-    def wait_ops(self, more: int, timeout: float = 30, at_least: float = 0.6) -> None:
-        """Let at least ``more`` further writes through, for at least ``at_least`` seconds."""
-        goal = self.ops + more
-        start = time.monotonic()
-        deadline = start + timeout
-        while self.ops < goal or time.monotonic() - start < at_least:
-            assert time.monotonic() < deadline, f"writers stalled at {self.ops} ops: {self.errors()[-3:]}"
-            time.sleep(0.05)
-
-    def errors(self) -> list[str]:
-        return [e for w in self.writers for e in w.errors]
-
-    def check_counters(self, client: redis.Redis) -> None:
-        for writer in self.writers:
-            for key, counter in writer.counters.items():
-                kind = key.split(":", 1)[1]
-                if kind in ("counter", "tx", "script"):
-                    counter.check(int(client.get(key) or 0), key)
-                elif kind == "hash":
-                    counter.check(sum(int(v) for v in client.hvals(key)), key)
-                elif kind == "zset":
-                    counter.check(int(sum(score for _, score in client.zrange(key, 0, -1, withscores=True))), key)
-
-
-def assert_identical(first: redis.Redis, second: redis.Redis, what: str) -> int:
-    keys = keys_of(first)
-    assert keys == keys_of(second), f"{what}: keys differ: {sorted(keys ^ keys_of(second))[:5]}"
-    for key in keys:
-        assert value_of(first, key) == value_of(second, key), f"{what}: value of {key!r} differs"
-        ttl_a, ttl_b = first.pttl(key), second.pttl(key)
-        assert (ttl_a < 0 and ttl_a == ttl_b) or abs(ttl_a - ttl_b) <= 1000, \
-            f"{what}: TTL of {key!r}: {ttl_a} ms and {ttl_b} ms"
-    return len(keys)
 
 
 class Live:
@@ -191,13 +49,7 @@ class Live:
                     endpoint=name, kind="redis",
                     config=epb.EndpointConfig(target=epb.Connection(host="127.0.0.1", port=server.port))))
         self.port = free_port()
-        eve.interlays().CreateInterlay(ipb.CreateInterlayRequest(
-            id="app", endpoint="src", port=self.port, settings=ipb.InterlaySettings(max_concurrent_connections=100)))
-        eve.interlays().StartInterlay(ipb.StartInterlayRequest(id="app"))
-        self.stub = eve.migrations()
-        self.run = self.stub.CreateRun(wpb.CreateRunRequest(id="live")).id
-        self.events = Subscriber(self.stub, self.run)
-        self.events.start()
+        self.stub, self.run, self.events = start_interlay_and_run(eve, self.port)
         self.stub.SubmitSetup(wpb.SubmitSetupRequest(run=self.run, setup=wpb.RunSetup(
             source="src", target="dst", mirror_targets=["mir"] if mirror else [], strategy=strategy,
             write_consistency=policy, interlay="app", keyspace_notifications=keyspace_notifications,
@@ -211,12 +63,7 @@ class Live:
         self.stub.Approve(wpb.ApproveRequest(run=self.run, notes="go"))
 
     def wait_in_sync(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(e.type == "live" and e.message.startswith("in sync") for e in list(self.events.events)):
-            record = self.stub.GetRun(wpb.GetRunRequest(run=self.run))
-            assert record.state in (wpb.APPROVED, wpb.COPYING, wpb.SYNCING), record.failure_reason
-            assert time.monotonic() < deadline, "the run did not get in sync"
-            time.sleep(0.1)
+        wait_in_sync(self.stub, self.run, self.events, timeout)
 
     def traffic(self, percent: int = 0, cutover: bool = False) -> wpb.Run:
         return self.stub.SetTraffic(wpb.SetTrafficRequest(run=self.run, read_percent_target=percent,

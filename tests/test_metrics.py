@@ -63,7 +63,8 @@ def wait_for(check, what: str, timeout: float = 60):
 def every_metric_sample() -> list[tuple[str, dict[str, str], float]]:
     """The collector fed one run and one running interlay with every field set."""
     metrics = wpb.RunMetrics(**{f.name: 7 for f in wpb.RunMetrics.DESCRIPTOR.fields
-                                if f.type != f.TYPE_STRING}, authoritative="source")
+                                if f.type not in (f.TYPE_STRING, f.TYPE_MESSAGE)}, authoritative="source",
+                             cross_slot_commands=[wpb.CrossSlotCommand(command="exec", count=7, fails_on_cluster=True)])
     interlay = ipb.Interlay(id="app", endpoint="src", state=ipb.INTERLAY_RUNNING, stats=ipb.InterlayStats(
         connections=3, ops_per_second=12.5, errors=1, dirty_keys_pending=2,
         backends=[ipb.BackendStats(backend="source", ops=40, errors=1, p50_ms=0.2, p99_ms=1.5)],
@@ -85,9 +86,11 @@ def test_metric_names_follow_the_openmetrics_conventions():
             "eve_run_dirty_lag_seconds", "eve_run_dual_write_failures_total", "eve_run_keys_recopied_total",
             "eve_interlay_connections", "eve_interlay_backend_ops_total", "eve_interlay_backend_errors_total",
             "eve_interlay_backend_latency_seconds", "eve_interlay_errors_total", "eve_interlay_up",
-            "eve_interlay_dual_write_failures_total"} <= eve_names
+            "eve_interlay_dual_write_failures_total", "eve_run_cross_slot_commands_total"} <= eve_names
     by_key = {(name, tuple(sorted(labels.items()))): v for name, labels, v in samples}
     assert by_key[("eve_run_keys_restored_total", (("run", "r1"),))] == 7
+    assert by_key[("eve_run_cross_slot_commands_total",
+                   (("command", "exec"), ("fails_on_cluster", "true"), ("run", "r1")))] == 7
     assert by_key[("eve_run_state", (("run", "r1"), ("state", "SYNCING")))] == 1
     assert by_key[("eve_interlay_backend_latency_seconds",
                    (("backend", "source"), ("interlay", "app"), ("quantile", "0.99")))] == pytest.approx(0.0015)

@@ -14,7 +14,7 @@ from eve.core.endpoints import ConnectionSpec
 from eve.core.errors import ConfigError, SourceError
 from eve.live.backlog import ALL_DBS, DirtyKeys
 from eve.live.notifications import KeyspaceNotifications, parse_keyspace_channel
-from eve.live.recopy import DirtyKeySync, RecopyResult, SyncOptions
+from eve.live.recopy import DirtyKeySync, RecopyFailure, RecopyResult, SyncOptions
 from eve.redis.cluster import SlotMap
 from eve.redis.topology import Node
 
@@ -462,3 +462,21 @@ def test_dirty_keys_order_dedup_bound_and_flags():
     assert parse_keyspace_channel(b"__keyspace@eve-barrier__:x") is None
     with pytest.raises(ConfigError):
         SyncOptions(authoritative=ConnectionSpec("h", 1), others=())
+
+
+def test_keys_failed_only_transiently_are_put_off_not_failed():
+    """CLUSTERDOWN while a cluster side elects a master, LOADING while a server reloads: the
+    keys go back to the backlog (``retry``) instead of becoming error keys; a key that one
+    side refused for good is a failure whatever the others said."""
+    def failure(key: bytes, reason: str) -> RecopyFailure:
+        return RecopyFailure(0, key, "target", "target", "string", 1, reason)
+
+    result = RecopyResult(copied=1, failed=4, failures=[
+        failure(b"down", "DUMP/PTTL refused on the authoritative side: CLUSTERDOWN The cluster is down"),
+        failure(b"loading", "LOADING Redis is loading"),
+        failure(b"refused", "ERR DUMP payload version or checksum are wrong"),
+        failure(b"mixed", "TRYAGAIN Multiple keys request during rehashing of slot"),
+        failure(b"mixed", "WRONGTYPE Operation against a key holding the wrong kind of value")])
+    result.put_off_transient()
+    assert result.retry == [(0, b"down"), (0, b"loading")]
+    assert [f.key for f in result.failures] == [b"refused", b"mixed", b"mixed"] and result.failed == 2

@@ -21,6 +21,7 @@ from eve.core.store import EndpointRecord, InterlayRecord, RunRecord
 from eve.redis import resp
 from eve.v1 import common_pb2, endpoints_pb2, interlays_pb2, workflows_pb2
 from eve.workflow.setup import RunSetup, parse_setup
+from proxy.slots import fails_on_cluster
 
 __all__ = ["message_to_dict", "reply_to_dict", "unknown_field", "parse_json", "secret_values", "endpoint_to_proto",
            "interlay_to_proto", "resp_to_proto", "timestamp", "setup_from_proto", "setup_to_proto", "run_to_proto"]
@@ -284,7 +285,15 @@ def metrics_to_proto(attributes: dict[str, Any]) -> workflows_pb2.RunMetrics:
         keys_recopied=int(attributes.get("keys_recopied", 0)),
         dual_write_failures=int(attributes.get("dual_write_failures", 0)),
         authoritative=str(attributes.get("authoritative", "")),
-        noscript_replies=int(attributes.get("noscript_replies", 0)))
+        noscript_replies=int(attributes.get("noscript_replies", 0)),
+        cross_slot_commands=[cross_slot_to_proto(entry) for entry in attributes.get("cross_slot", ())])
+
+
+def cross_slot_to_proto(entry: dict[str, Any]) -> workflows_pb2.CrossSlotCommand:
+    """One entry of ``InterlaySupervisor.stats()["cross_slot"]``."""
+    return workflows_pb2.CrossSlotCommand(
+        command=entry["command"], count=entry["count"], fails_on_cluster=fails_on_cluster(entry["command"]),
+        examples=[" ".join(key.decode("utf-8", "backslashreplace") for key in keys) for keys in entry["examples"]])
 
 
 def error_key_to_proto(record: Any) -> workflows_pb2.ErrorKey:

@@ -117,6 +117,9 @@ class EveCollector:
                                   labels=["run", "state"])
         counters = {name: CounterMetricFamily(name, doc, labels=["run"]) for name, _, doc in _RUN_COUNTERS}
         gauges = {name: GaugeMetricFamily(name, doc, labels=["run"]) for name, _, doc in _RUN_GAUGES}
+        cross_slot = CounterMetricFamily("eve_run_cross_slot_commands", "Commands through the run's interlay whose "
+                                         "keys spanned hash slots; fails_on_cluster: refused by a cluster target "
+                                         "(issue 14).", labels=["run", "command", "fails_on_cluster"])
         eta = GaugeMetricFamily("eve_run_eta_seconds", "Estimated seconds until the bulk copy ends (absent while "
                                 "unknown).", labels=["run"])
         for sample in samples:
@@ -127,9 +130,13 @@ class EveCollector:
                 gauges[name].add_metric([sample.run], getattr(sample.metrics, field))
             if sample.metrics.eta_seconds > 0:
                 eta.add_metric([sample.run], sample.metrics.eta_seconds)
+            for command in sample.metrics.cross_slot_commands:
+                cross_slot.add_metric([sample.run, command.command, str(command.fails_on_cluster).lower()],
+                                      command.count)
         yield state
         yield from counters.values()
         yield from gauges.values()
+        yield cross_slot
         yield eta
 
     @staticmethod

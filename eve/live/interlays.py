@@ -71,6 +71,7 @@ from proxy import stats as latency
 from proxy.control import DEFAULT_SPOOL_KEYS, ControlOptions, describe_route, start_identity
 from proxy.options import DEFAULT_STATS_INTERVAL, TLS_SETTINGS, ProxyOptions
 from proxy.server import main as proxy_main
+from proxy.slots import CrossSlot
 
 if TYPE_CHECKING:  # pragma: no cover
     from eve.live.backlog import DirtyKeys
@@ -446,15 +447,11 @@ class InterlaySupervisor:
             self._send(worker, messages.DirtyConfirm(number))
 
     def route(self, interlay_id: str, route: messages.Route) -> None:
-        """Set a live run's route on every process of the interlay (``proxy.routing``).
-        StateError for a cluster interlay (live routes need a standalone source)."""
+        """Set a live run's route on every process of the interlay (``proxy.routing``)."""
         with self._lock:
             interlay = self._interlays.get(interlay_id)
             if interlay is None or interlay.state != RUNNING:
                 raise StateError(f"interlay {interlay_id!r} is not running")
-            if interlay.cluster:
-                raise StateError(f"interlay {interlay_id!r} fronts a cluster: live migration through an interlay "
-                                 "needs a standalone source for now")
             workers = list(interlay.workers)
             interlay.route = route
         for worker in workers:
@@ -544,9 +541,12 @@ class InterlaySupervisor:
              "backends": [{"backend": "source", "ops": int, "errors": int,
                            "p50_ms": float, "p99_ms": float}],
              "sides": [{"side": "target", "writes": int, "failures": int, "last_error": str}],
-             "dirty_pending": int, "noscript_replies": int}
+             "dirty_pending": int, "noscript_replies": int,
+             "cross_slot": [{"command": "mget", "count": int, "examples": [[bytes, ...], ...]}]}
 
         ``sides``: the dual writes of a live run, per side other than the authoritative one.
+        ``cross_slot``: the commands whose keys spanned slots since the interlay started,
+        counted while a live run tracked or routed its writes (``proxy.slots.CrossSlot``).
 
         ``p50_ms``/``p99_ms`` are backend round trips of the last report
         interval (about a second); ``ops`` and ``errors`` count from the start.
@@ -576,6 +576,13 @@ class InterlaySupervisor:
                 entry["writes"] += writes
                 entry["failures"] += failures
                 entry["last_error"] = last_error or entry["last_error"]
+        cross_slot: dict[str, dict[str, Any]] = {}
+        for report in reports:
+            for command, count, examples in report.cross_slot:
+                entry = cross_slot.setdefault(command, {"command": command, "count": 0, "examples": []})
+                entry["count"] += count
+                entry["examples"] = (entry["examples"] + [list(example) for example in examples])[
+                    :CrossSlot.MAX_EXAMPLES]
         return {
             "connections": sum(report.connections for report in reports),
             "ops_per_second": round(sum(report.interval_ops / report.interval_seconds
@@ -586,6 +593,7 @@ class InterlaySupervisor:
             "sides": list(sides.values()),
             "dirty_pending": sum(report.dirty_pending for report in reports),
             "noscript_replies": sum(report.noscript_replies for report in reports),
+            "cross_slot": sorted(cross_slot.values(), key=lambda entry: -entry["count"]),
         }
 
     def last_route(self, interlay_id: str) -> messages.Route | None:

@@ -98,6 +98,7 @@ from eve.redis.cluster import (
     classify,
     is_transient,
     payload_refused,
+    quotes_transient,
 )
 from eve.redis.rdb import payload_type
 from eve.redis.wire import ReplyError, pack
@@ -190,6 +191,9 @@ class RecopyResult:
     failed: int = 0
     failures: list[RecopyFailure] = field(default_factory=list)
     logical: int = 0
+    # Keys a side answered only with a transient error (CLUSTERDOWN during a failover or a
+    # restart, TRYAGAIN during a resharding, LOADING...) after every retry: copied again later.
+    retry: list[Item] = field(default_factory=list)
 
     def add(self, other: "RecopyResult") -> None:
         self.copied += other.copied
@@ -197,6 +201,21 @@ class RecopyResult:
         self.failed += other.failed
         self.failures.extend(other.failures)
         self.logical += other.logical
+        self.retry.extend(other.retry)
+
+    def put_off_transient(self) -> None:
+        """Keys that failed only transiently move from ``failures`` to ``retry``: a side that
+        heals (a cluster electing a master, a server loading its data) loses nothing."""
+        transient: dict[Item, bool] = {}
+        for failure in self.failures:
+            item = (failure.db, failure.key)
+            transient[item] = transient.get(item, True) and quotes_transient(failure.reason)
+        retry = [item for item, only_transient in transient.items() if only_transient]
+        if retry:
+            put_off = set(retry)
+            self.failures = [f for f in self.failures if (f.db, f.key) not in put_off]
+            self.failed -= len(retry)
+            self.retry.extend(retry)
 
 
 @dataclass(frozen=True)
@@ -529,6 +548,7 @@ class DirtyKeySync:
         ServerRestarted when one restarted (``run`` and ``drain`` flag a full resync then);
         per-key refusals are in the result (and passed to ``on_error``)."""
         result = self._copier().recopy(items)
+        result.put_off_transient()
         with self._lock:
             self._copied += result.copied
             self._deleted += result.deleted
@@ -568,7 +588,7 @@ class DirtyKeySync:
     def _step(self, items: list[Item]) -> bool:
         """Re-copy one taken batch and settle it with the backlog; False when a side was unreachable."""
         try:
-            self.recopy(items)
+            result = self.recopy(items)
         except ServerRestarted as exc:
             self.dirty.requeue(items)
             self._restarted(exc)
@@ -583,6 +603,15 @@ class DirtyKeySync:
         except BaseException:
             self.dirty.requeue(items)
             raise
+        if result.retry:
+            retry = set(result.retry)
+            self.dirty.requeue(result.retry)
+            self.dirty.done(item for item in items if item not in retry)
+            with self._lock:
+                self._unavailable += 1
+                self._last_error = f"{len(retry)} keys answered only with transient errors"
+            log.warning("sync: %d keys answered only with transient errors; put back in the backlog", len(retry))
+            return False
         self.dirty.done(items)
         return True
 

@@ -44,10 +44,12 @@ from typing import Any, Callable, Sequence
 
 from eve.core.endpoints import ConnectionSpec
 from eve.core.enums import WriteConsistency
-from eve.core.errors import StateError
+from eve.core.errors import EndpointError, EveError, StateError, UnavailableError
 from eve.live.backlog import DirtyKeys
 from eve.live.notifications import KeyspaceNotifications
 from eve.live.recopy import DirtyKeySync, RecopyFailure, SyncOptions
+from eve.redis.cluster import quotes_transient
+from eve.redis.topology import Node, cluster_layout
 from proxy import messages
 from proxy.routing import SOURCE, TARGET
 
@@ -62,6 +64,13 @@ DEFAULT_DRAIN_SECONDS = 30.0      # the longest the backlog may take to drain at
 BARRIER_SECONDS = 10.0
 # Confirming re-copied reports to the interlay scans the backlog: not while it is longer than this.
 CONFIRM_MAX_BACKLOG = 10_000
+TOPOLOGY_SECONDS = 5.0            # the longest a side may take to tell its masters when a route is built
+
+
+def _transient(exc: EndpointError) -> bool:
+    """A side that answers again soon: unreachable for now, or a transient reply (CLUSTERDOWN,
+    LOADING, TRYAGAIN...) quoted at the end of the message."""
+    return isinstance(exc, UnavailableError) or quotes_transient(str(exc))
 
 
 @dataclass(frozen=True)
@@ -92,14 +101,32 @@ def _others(options: LiveOptions, authoritative: str) -> list[str]:
     return [name for name in (SOURCE, TARGET, *(m for m, _ in options.mirrors)) if name != authoritative]
 
 
-def route_for(options: LiveOptions, authoritative: str, dual: bool, read_percent: int = 0) -> messages.Route:
+def read_clusters(options: LiveOptions, layouts: dict[str, tuple[Node, ...]] | None = None,
+                  ) -> tuple[tuple[str, tuple[Node, ...]], ...]:
+    """The sides that are clusters (the source included), with their masters and slots now:
+    the interlay routes their commands by slot (``proxy.slots``) and follows their
+    redirections from there. ``layouts`` (side -> masters, updated) keeps the last layout
+    known of a side that does not answer for now."""
+    layouts = {} if layouts is None else layouts
+    for name, spec in ((SOURCE, options.source), *_sides(options)):
+        try:
+            layouts[name] = cluster_layout(spec, timeout=TOPOLOGY_SECONDS, client_name="eve-live-route")
+        except EveError as exc:
+            # Down for now (a restart, a failover): the last layout known; the interlay
+            # follows the redirections once the side answers again.
+            log.warning("run %s: cannot read the topology of the %s (%s)", options.run_id, name, exc)
+    return tuple((name, masters) for name, masters in layouts.items() if masters)
+
+
+def route_for(options: LiveOptions, authoritative: str, dual: bool, read_percent: int = 0, *,
+              clusters: tuple[tuple[str, tuple[Node, ...]], ...] = ()) -> messages.Route:
     """The interlay's route for a run with ``authoritative`` taking the writes (every other side
-    receiving them too when ``dual``)."""
+    receiving them too when ``dual``); ``clusters``: ``read_clusters``."""
     return messages.Route(
         authoritative=authoritative, sides=_sides(options),
         mirror_to=tuple(_others(options, authoritative)) if dual else (), policy=options.policy,
         read_percent=read_percent if authoritative == SOURCE else 0,
-        scripts_deterministic=options.scripts_deterministic)
+        scripts_deterministic=options.scripts_deterministic, clusters=clusters)
 
 
 class LiveRun:
@@ -129,6 +156,7 @@ class LiveRun:
         self._tracking = False
         self._reconciling = False
         self._reconciled_at = 0.0      # time.monotonic when the last full compare had marked what differed
+        self._layouts: dict[str, tuple[Node, ...]] = {}   # side -> its masters (none: standalone)
 
     def __repr__(self) -> str:
         return (f"LiveRun({self.options.run_id} via {self.options.interlay_id}: authoritative {self.authoritative}, "
@@ -142,9 +170,13 @@ class LiveRun:
     def _others(self, authoritative: str) -> list[str]:
         return _others(self.options, authoritative)
 
+    def _clusters(self) -> tuple[tuple[str, tuple[Node, ...]], ...]:
+        return read_clusters(self.options, self._layouts)
+
     def _route(self) -> None:
         self.interlays.route(self.options.interlay_id,
-                             route_for(self.options, self.authoritative, self.dual, self.read_percent))
+                             route_for(self.options, self.authoritative, self.dual, self.read_percent,
+                                       clusters=self._clusters()))
 
     # -- 1. tracking ------------------------------------------------------------------------
 
@@ -252,10 +284,12 @@ class LiveRun:
             raise StateError(f"interlay {self.options.interlay_id!r} is {status.state.lower()}"
                              f"{': ' + status.reason if status.reason else ''}; writes are no longer tracked")
 
-    def reconcile_if_needed(self) -> None:
-        """A whole db changed (FLUSHDB...) or marks were dropped: compare and mark what differs."""
+    def reconcile_if_needed(self) -> bool:
+        """A whole db changed (FLUSHDB...), a side restarted or marks were dropped: compare and
+        mark what differs. False when a side could not be compared for now (a cluster electing
+        a master, a server loading): the comparison is flagged again for the next call."""
         if not self.dirty.overflowed:
-            return
+            return True
         from eve.live.verify import verify
 
         self._reconciling = True
@@ -269,9 +303,17 @@ class LiveRun:
                                 max_differences=self.dirty.max_backlog)
                 for difference in report.differences:
                     self.dirty.mark(difference.db, difference.key)
+        except EndpointError as exc:
+            if not _transient(exc):
+                raise
+            for db in sorted(dbs) if dbs else (None,):
+                self.dirty.mark_all(db)
+            log.warning("run %s: comparing the sides is put off: %s", self.options.run_id, exc)
+            return False
         finally:
             self._reconciled_at = time.monotonic()
             self._reconciling = False
+        return True
 
     def confirm_recopied(self) -> None:
         """Tell the interlay which of its dirty-key reports are re-copied, so that it keeps for
@@ -329,7 +371,9 @@ class LiveRun:
                                      f"side?); clients resumed on the {self.authoritative}, try again")
                 if not self.barrier():
                     raise StateError("the interlay did not report its last dirty keys in time")
-                self.reconcile_if_needed()
+                if not self.reconcile_if_needed():
+                    raise StateError(f"a side could not be compared for now (see the log); clients resumed on "
+                                     f"the {self.authoritative}, try again")
                 sync = self._sync
                 if sync is None:
                     raise StateError("no re-copy loop is running")

@@ -40,6 +40,11 @@ Codes (``CODES``):
   data: only the scripts loaded through the interlay (``SCRIPT LOAD``, ``EVAL``)
   reach the target; an ``EVALSHA`` of another one gets ``NOSCRIPT`` there
   after the cutover, until the application loads it again.
+* ``CROSS_SLOT_COMMANDS``: commands through the run's interlay whose keys spanned
+  hash slots (counted from approval on: found on a later Prepare), for a target
+  that is a cluster. Blocking, but acknowledgeable (``ACKNOWLEDGEABLE``), when some
+  of them will fail after the cutover (transactions, scripts, every multi-key
+  command a cluster cannot split); non-blocking when the interlay splits them all.
 * ``SAME_SERVER``, ``REPLICATION_LINK``, ``TARGET_READ_ONLY`` (blocking) and
   ``SOURCE_IS_REPLICA`` (non-blocking): who the sides really are, by ``run_id``
   and ``master_replid`` (``eve.prepare.preflight``, the same check as ``eve
@@ -75,8 +80,10 @@ from eve.redis.rdb import (
 )
 from eve.redis.topology import Node, cluster_masters, key_slot, node_spec, parse_info
 from eve.redis.wire import FastConnection, ReplyError, pack
+from proxy.slots import fails_on_cluster
 
 __all__ = [
+    "ACKNOWLEDGEABLE",
     "CODES",
     "CORE_TYPES",
     "MIN_SOURCE_MAJOR",
@@ -100,11 +107,15 @@ CODES = (
     "TARGET_MEMORY_TOO_SMALL",
     "TARGET_OLDER_VERSION",
     "SCRIPTS_NOT_CARRIED",
+    "CROSS_SLOT_COMMANDS",
     preflight.SAME_SERVER,
     preflight.REPLICATION_LINK,
     preflight.TARGET_READ_ONLY,
     preflight.SOURCE_IS_REPLICA,
 )
+# Blocking issues an operator may still acknowledge: the application may stop using those
+# commands, or accept their errors, before the cutover.
+ACKNOWLEDGEABLE = frozenset({"CROSS_SLOT_COMMANDS"})
 # The pre-flight findings Prepare reports (a non-empty target is the conflict policy's business).
 _IDENTITY_CODES = frozenset({preflight.SAME_SERVER, preflight.REPLICATION_LINK, preflight.TARGET_READ_ONLY,
                              preflight.SOURCE_IS_REPLICA})
@@ -839,6 +850,34 @@ def _cluster_issue(src: _Facts, tgt: _Facts, label: str) -> CompatIssue | None:
         evidence)
 
 
+def _cross_slot_issue(cross_slot: Sequence[Mapping[str, Any]], tgt: _Facts, label: str) -> CompatIssue | None:
+    """``cross_slot``: ``InterlaySupervisor.stats()["cross_slot"]`` of the run's interlay."""
+    if not tgt.cluster or not cross_slot:
+        return None
+    failing = [entry for entry in cross_slot if fails_on_cluster(entry["command"])]
+    split = [entry for entry in cross_slot if not fails_on_cluster(entry["command"])]
+
+    def listed(entries: Sequence[Mapping[str, Any]]) -> str:
+        return ", ".join(f"{entry['command'].upper()} ({entry['count']}x)" for entry in entries)
+
+    evidence = {"endpoint": label, **{f"{entry['command']}_count": str(entry["count"]) for entry in cross_slot},
+                **{f"{entry['command']}_example": " ".join(key.decode("utf-8", "backslashreplace")
+                                                             for key in entry["examples"][0])
+                   for entry in cross_slot if entry["examples"]}}
+    if failing:
+        message = (f"The {label} is a cluster and the applications sent commands whose keys span hash slots "
+                   f"through the interlay: {listed(failing)} will fail after the cutover (CROSSSLOT; "
+                   "'exec' counts transactions). Put their keys in one slot with a hash tag, or acknowledge.")
+        if split:
+            message += f" {listed(split)} are split per slot by the interlay and keep working."
+        return CompatIssue("CROSS_SLOT_COMMANDS", True, message, evidence)
+    return CompatIssue(
+        "CROSS_SLOT_COMMANDS", False,
+        f"The {label} is a cluster and the applications sent {listed(split)} with keys of several hash slots "
+        "through the interlay: it splits them per slot and merges the replies, so they keep working, but they "
+        "are no longer atomic and cost one round trip per slot.", evidence)
+
+
 def _interlay_issue(listeners: int | None, src: _Facts) -> CompatIssue | None:
     if listeners is None or listeners == src.masters:
         return None
@@ -907,14 +946,16 @@ def check_compatibility(source: EndpointConfig, target: EndpointConfig, *, mirro
                         conflict_policy: str | None = None, timeout: float = DEFAULT_TIMEOUT,
                         source_name: str | None = None, target_name: str | None = None,
                         mirror_names: Sequence[str] | None = None, online: bool = False,
-                        keyspace_notifications: bool = False, analysis: Analysis | None = None) -> list[CompatIssue]:
+                        keyspace_notifications: bool = False, analysis: Analysis | None = None,
+                        cross_slot: Sequence[Mapping[str, Any]] = ()) -> list[CompatIssue]:
     """The compatibility issues between a source and its target(s); empty when they fit.
 
     ``mode`` is the run's data movement mode; ``conflict_policy`` (when known)
     decides whether the target user needs scripting for MERGE. ``online``: the
     re-copy loop of a live run reads and writes every side through its write
     connection (the source too, after the cutover), and ``keyspace_notifications``
-    subscribes on the source. Names, when given, appear in messages and evidence
+    subscribes on the source. ``cross_slot``: what the run's interlay counted
+    (``CROSS_SLOT_COMMANDS``). Names, when given, appear in messages and evidence
     ("target 'cache-new'"); otherwise "source", "target", "mirror target 1", ...
     ``analysis`` (the source's keyspace analysis) gives KEY_MOVEMENT its counts.
     """
@@ -944,7 +985,8 @@ def check_compatibility(source: EndpointConfig, target: EndpointConfig, *, mirro
             issues += [i for i in (_older_version_issue(src.version, tgt.version, side.label),
                                    _dump_issue(probe, mode, src, tgt, side.label), movement) if i]
             issues += _module_issues(src_side, src, tgt, side.label)
-            issues += [i for i in (_cluster_issue(src, tgt, side.label), _memory_issue(src, tgt, side.label)) if i]
+            issues += [i for i in (_cluster_issue(src, tgt, side.label), _memory_issue(src, tgt, side.label),
+                                   _cross_slot_issue(cross_slot, tgt, side.label)) if i]
             issues += _target_acl(side, mode, refused, policy)
         logical = True if mode == DataMovementMode.LOGICAL.value or any_refused else (
             False if mode == DataMovementMode.DUMP_RESTORE.value else None)

@@ -105,6 +105,7 @@ __all__ = [
     "classify",
     "error_code",
     "is_transient",
+    "quotes_transient",
     "payload_refused",
     "refreshes_slots",
     "DEFAULT_MAX_ATTEMPTS",
@@ -152,6 +153,12 @@ def error_code(message: str) -> str:
 
 def is_transient(message: str) -> bool:
     return error_code(message) in TRANSIENT_CODES
+
+
+def quotes_transient(message: str) -> bool:
+    """A transient reply, or a message that ends quoting one after ``": "`` (``"target x:
+    TYPE/PTTL failed: CLUSTERDOWN The cluster is down"``): the side answers again soon."""
+    return is_transient(message) or is_transient(message.rpartition(": ")[2])
 
 
 def refreshes_slots(message: str) -> bool:

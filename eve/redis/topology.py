@@ -16,8 +16,8 @@ from eve.core.endpoints import ConnectionSpec
 from eve.core.errors import EndpointError
 from eve.redis.wire import FastConnection, ReplyError
 
-__all__ = ["parse_info", "info_section", "parse_keyspace", "Node", "is_cluster", "cluster_masters", "masters_from_slots",
-           "node_spec", "key_slot", "SLOTS"]
+__all__ = ["parse_info", "info_section", "parse_keyspace", "Node", "is_cluster", "cluster_masters", "cluster_layout",
+           "masters_from_slots", "node_spec", "key_slot", "SLOTS"]
 
 SLOTS = 16384
 
@@ -64,6 +64,12 @@ def cluster_masters(conn: FastConnection) -> list[Node]:
     if isinstance(reply, ReplyError):
         raise EndpointError(f"CLUSTER SLOTS failed on {conn.spec.address}: {reply}")
     return masters_from_slots(reply, conn.spec.host)
+
+
+def cluster_layout(spec: ConnectionSpec, *, timeout: float, client_name: str) -> tuple[Node, ...]:
+    """The masters of the cluster ``spec`` names, with their slots; () for a standalone server."""
+    with FastConnection(spec, timeout=timeout, client_name=client_name) as conn:
+        return tuple(cluster_masters(conn)) if is_cluster(conn) else ()
 
 
 def masters_from_slots(reply: Any, asked_host: str) -> list[Node]:

@@ -417,7 +417,7 @@ class GetMetricsRequest(_message.Message):
     def __init__(self, run: _Optional[str] = ...) -> None: ...
 
 class RunMetrics(_message.Message):
-    __slots__ = ("keys_scanned", "keys_restored", "keys_skipped", "keys_conflicting", "keys_failed", "bytes", "keys_per_second", "bytes_per_second", "eta_seconds", "source_keys", "dirty_backlog", "interlay_ops_per_second", "dirty_lag_seconds", "keys_recopied", "dual_write_failures", "authoritative", "noscript_replies")
+    __slots__ = ("keys_scanned", "keys_restored", "keys_skipped", "keys_conflicting", "keys_failed", "bytes", "keys_per_second", "bytes_per_second", "eta_seconds", "source_keys", "dirty_backlog", "interlay_ops_per_second", "dirty_lag_seconds", "keys_recopied", "dual_write_failures", "authoritative", "noscript_replies", "cross_slot_commands")
     KEYS_SCANNED_FIELD_NUMBER: _ClassVar[int]
     KEYS_RESTORED_FIELD_NUMBER: _ClassVar[int]
     KEYS_SKIPPED_FIELD_NUMBER: _ClassVar[int]
@@ -435,6 +435,7 @@ class RunMetrics(_message.Message):
     DUAL_WRITE_FAILURES_FIELD_NUMBER: _ClassVar[int]
     AUTHORITATIVE_FIELD_NUMBER: _ClassVar[int]
     NOSCRIPT_REPLIES_FIELD_NUMBER: _ClassVar[int]
+    CROSS_SLOT_COMMANDS_FIELD_NUMBER: _ClassVar[int]
     keys_scanned: int
     keys_restored: int
     keys_skipped: int
@@ -452,7 +453,20 @@ class RunMetrics(_message.Message):
     dual_write_failures: int
     authoritative: str
     noscript_replies: int
-    def __init__(self, keys_scanned: _Optional[int] = ..., keys_restored: _Optional[int] = ..., keys_skipped: _Optional[int] = ..., keys_conflicting: _Optional[int] = ..., keys_failed: _Optional[int] = ..., bytes: _Optional[int] = ..., keys_per_second: _Optional[float] = ..., bytes_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., source_keys: _Optional[int] = ..., dirty_backlog: _Optional[int] = ..., interlay_ops_per_second: _Optional[float] = ..., dirty_lag_seconds: _Optional[float] = ..., keys_recopied: _Optional[int] = ..., dual_write_failures: _Optional[int] = ..., authoritative: _Optional[str] = ..., noscript_replies: _Optional[int] = ...) -> None: ...
+    cross_slot_commands: _containers.RepeatedCompositeFieldContainer[CrossSlotCommand]
+    def __init__(self, keys_scanned: _Optional[int] = ..., keys_restored: _Optional[int] = ..., keys_skipped: _Optional[int] = ..., keys_conflicting: _Optional[int] = ..., keys_failed: _Optional[int] = ..., bytes: _Optional[int] = ..., keys_per_second: _Optional[float] = ..., bytes_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., source_keys: _Optional[int] = ..., dirty_backlog: _Optional[int] = ..., interlay_ops_per_second: _Optional[float] = ..., dirty_lag_seconds: _Optional[float] = ..., keys_recopied: _Optional[int] = ..., dual_write_failures: _Optional[int] = ..., authoritative: _Optional[str] = ..., noscript_replies: _Optional[int] = ..., cross_slot_commands: _Optional[_Iterable[_Union[CrossSlotCommand, _Mapping]]] = ...) -> None: ...
+
+class CrossSlotCommand(_message.Message):
+    __slots__ = ("command", "count", "examples", "fails_on_cluster")
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    FAILS_ON_CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    command: str
+    count: int
+    examples: _containers.RepeatedScalarFieldContainer[str]
+    fails_on_cluster: bool
+    def __init__(self, command: _Optional[str] = ..., count: _Optional[int] = ..., examples: _Optional[_Iterable[str]] = ..., fails_on_cluster: _Optional[bool] = ...) -> None: ...
 
 class ErrorKey(_message.Message):
     __slots__ = ("key", "key_text", "db", "node", "type", "size", "reason", "attempts", "first_seen", "last_seen")

@@ -37,7 +37,8 @@ from eve.core.enums import Strategy, WriteConsistency
 from eve.core.errors import ConfigError, EveError, NotFoundError, StateError
 from eve.core.frames import ErrorKeyRow
 from eve.core.store import RunRecord, Store
-from eve.live.run import LiveOptions, LiveRun, route_for
+from eve.live.run import LiveOptions, LiveRun, read_clusters, route_for
+from eve.prepare.compat import ACKNOWLEDGEABLE
 from eve.workflow.setup import ROLE_FIELDS, RunSetup, endpoint_changes, guided_setup, is_migrate_job
 from eve.workflow.states import (
     LIVE_STATES,
@@ -206,8 +207,11 @@ class Workflow:
             mirrors = [configs[m] for m in setup.mirror_targets]
             # The interlay's listener count is known once it runs (else the check is skipped).
             listeners = None
+            cross_slot: list[dict[str, Any]] = []
             if setup.interlay and self.interlays is not None and self.interlays.running(setup.interlay):
                 listeners = len(self.interlays.status(setup.interlay).ports)
+                # What the applications sent through it during an earlier run (issue 14).
+                cross_slot = self.interlays.stats(setup.interlay)["cross_slot"]
             # Until the checks finish, the run has no report: a Prepare that fails before
             # then must not leave an earlier (or an empty, "compatible") one standing.
             self.store.replace_issues(run_id, [])
@@ -225,7 +229,8 @@ class Workflow:
                                         mode=setup.mode, conflict_policy=setup.conflict_policy,
                                         source_name=setup.source, target_name=setup.target,
                                         mirror_names=list(setup.mirror_targets), online=setup.online,
-                                        keyspace_notifications=setup.keyspace_notifications, analysis=analysis)
+                                        keyspace_notifications=setup.keyspace_notifications, analysis=analysis,
+                                        cross_slot=cross_slot)
             issues = []
             for index, issue in enumerate(found, start=1):
                 issues.append({"id": f"{index}-{issue.code.lower()}", "code": issue.code, "blocking": issue.blocking,
@@ -271,7 +276,7 @@ class Workflow:
         issue = next((i for i in self.store.issues(run_id) if i["id"] == issue_id), None)
         if issue is None:
             raise NotFoundError(f"run {run_id!r} has no issue {issue_id!r}")
-        if issue["blocking"]:
+        if issue["blocking"] and issue["code"] not in ACKNOWLEDGEABLE:
             raise StateError(f"issue {issue_id} ({issue['code']}) is blocking: resolve it and prepare again")
         if not notes.strip():
             raise ConfigError("acknowledging an issue needs notes saying why it is accepted", field="notes")
@@ -305,7 +310,8 @@ class Workflow:
             self._transition(run_id, RunState.COPYING, "copy resumed after a failure")
             self._spawn(run_id, "copy", self._copy)
             return self.get(run_id)
-        open_issues = [i for i in self.store.issues(run_id) if i["blocking"] or not i["acknowledged"]]
+        open_issues = [i for i in self.store.issues(run_id) if not i["acknowledged"]
+                       or (i["blocking"] and i["code"] not in ACKNOWLEDGEABLE)]
         if open_issues:
             listed = "; ".join(f"{i['id']} ({'blocking' if i['blocking'] else 'unacknowledged'}): {i['message']}"
                                for i in open_issues)
@@ -388,24 +394,16 @@ class Workflow:
     # -- online strategies ---------------------------------------------------------------------
 
     def _new_live(self, run_id: str, setup: RunSetup) -> LiveRun:
-        """The live machinery of an online run; StateError when its interlay cannot carry it."""
-        from eve.redis.topology import is_cluster
-        from eve.redis.wire import FastConnection
-
+        """The live machinery of an online run; StateError when its interlay cannot carry it.
+        Targets and mirrors may be clusters (the interlay routes their commands by slot);
+        a source with keys outside db 0 was refused for them at Prepare (CLUSTER_MODE_DIFFERS)."""
         interlay_id = setup.interlay
         if self.interlays is None:
             raise StateError("this coordinator runs no interlays; online strategies need one")
         if not self.interlays.running(interlay_id):
             raise StateError(f"interlay {interlay_id!r} is not running: StartInterlay it and point the "
                              "applications at it, then Approve")
-        if len(self.interlays.status(interlay_id).ports) > 1:
-            raise StateError("online strategies through a cluster interlay are not supported yet: use OFFLINE")
         options = self._live_options(run_id, setup)
-        for name, spec in ((TARGET, options.target), *options.mirrors):
-            with FastConnection(spec, timeout=5.0, client_name="eve-live-check") as conn:
-                if is_cluster(conn):
-                    raise StateError(f"the {name} {spec.address} is a cluster: online strategies need a "
-                                     "standalone target and mirrors for now; use OFFLINE")
         return LiveRun(options, self.interlays,
                        on_event=lambda type, message, attributes: self._event(run_id, type, message, attributes),
                        on_failures=lambda failures: self._recopy_failures(run_id, failures))
@@ -534,11 +532,13 @@ class Workflow:
                               keys_recopied=metrics["recopied"], authoritative=metrics["authoritative"],
                               dual_write_failures=sum(side["failures"] for side in live.side_failures()))
             try:
-                interlay = self.interlays.stats(live.options.interlay_id)
-                attributes["interlay_ops_per_second"] = interlay["ops_per_second"]
-                attributes["noscript_replies"] = interlay["noscript_replies"]
+                stats = self.interlays.stats(live.options.interlay_id)
             except EveError:
                 pass
+            else:
+                attributes["interlay_ops_per_second"] = stats["ops_per_second"]
+                attributes["noscript_replies"] = stats["noscript_replies"]
+                attributes["cross_slot"] = stats["cross_slot"]
         return attributes
 
     def retry_error_keys(self, run_id: str, keys: list[bytes] | None = None) -> dict[str, int]:
@@ -868,7 +868,8 @@ class Workflow:
                     not self.store.traffic(record.id)[1]:
                 continue
             try:
-                routes[setup.interlay] = route_for(self._live_options(record.id, setup), TARGET, dual=True)
+                options = self._live_options(record.id, setup)
+                routes[setup.interlay] = route_for(options, TARGET, dual=True, clusters=read_clusters(options))
             except EveError as exc:
                 log.error("run %s: cannot tell its interlay's route after the restart: %s", record.id, exc)
         return routes
