@@ -17,14 +17,17 @@ from dataclasses import dataclass, field
 
 import redis
 import redis.cluster
-from eve_process import Subscriber
-from keyspace import keys_of, value_of
+from eve_process import EveServer, Subscriber, wait_state
+from keyspace import fill, keys_of, value_of
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from servers import free_port
 
+from eve.v1 import endpoints_pb2 as epb
 from eve.v1 import interlays_pb2 as ipb
 from eve.v1 import workflows_pb2 as wpb
 
+ENGINE = "valkey-8.1"      # the engine of Live's sides unless told
 SHORT_TTL_SECONDS = 2     # SETEX keys; the comparison waits them out
 LONG_TTL_SECONDS = 600    # EXPIRE keys: their TTLs are compared within a second
 SCRIPT = "redis.call('incr', KEYS[1]); redis.call('lpush', KEYS[2], ARGV[1]); return redis.call('ltrim', KEYS[2], 0, 49)"
@@ -200,3 +203,81 @@ def start_interlay_and_run(eve, port: int):
     events = Subscriber(stub, run)
     events.start()
     return stub, run, events
+
+
+class Live:
+    """One online run driven through the API."""
+
+    def __init__(self, eve: EveServer, server_factory, policy: int, *, mirror: bool = False,
+                 strategy: int = wpb.ONLINE_PHASED, target_args: tuple[str, ...] = (), max_keys_per_second: int = 0,
+                 keys: int = 1500, keyspace_notifications: bool = False,
+                 engines: tuple[str, str] = (ENGINE, ENGINE)) -> None:
+        self.eve = eve
+        self.source = server_factory(engines[0])
+        self.target = server_factory(engines[1], extra_args=target_args)
+        self.mirror = server_factory(ENGINE) if mirror else None
+        fill(self.source.client(), keys, prefix="pre")
+        for name, server in (("src", self.source), ("dst", self.target), ("mir", self.mirror)):
+            if server is not None:
+                eve.endpoints().CreateEndpoint(epb.CreateEndpointRequest(
+                    endpoint=name, kind="redis",
+                    config=epb.EndpointConfig(target=epb.Connection(host="127.0.0.1", port=server.port))))
+        self.port = free_port()
+        self.stub, self.run, self.events = start_interlay_and_run(eve, self.port)
+        self.stub.SubmitSetup(wpb.SubmitSetupRequest(run=self.run, setup=wpb.RunSetup(
+            source="src", target="dst", mirror_targets=["mir"] if mirror else [], strategy=strategy,
+            write_consistency=policy, interlay="app", keyspace_notifications=keyspace_notifications,
+            rate_limits=wpb.RateLimits(max_keys_per_second=max_keys_per_second))))
+        self.stub.Prepare(wpb.PrepareRequest(run=self.run))
+        wait_state(self.stub, self.run, "READY")
+        for issue in self.stub.GetCompatibility(wpb.GetCompatibilityRequest(run=self.run)).issues:
+            self.stub.AcknowledgeIssue(wpb.AcknowledgeIssueRequest(run=self.run, issue_id=issue.id, notes="ok"))
+
+    def approve(self) -> None:
+        self.stub.Approve(wpb.ApproveRequest(run=self.run, notes="go"))
+
+    def wait_in_sync(self, timeout: float = 90) -> None:
+        wait_in_sync(self.stub, self.run, self.events, timeout)
+
+    def traffic(self, percent: int = 0, cutover: bool = False) -> wpb.Run:
+        return self.stub.SetTraffic(wpb.SetTrafficRequest(run=self.run, read_percent_target=percent,
+                                                          cutover_writes=cutover))
+
+    def state(self) -> int:
+        return self.stub.GetRun(wpb.GetRunRequest(run=self.run)).state
+
+    def assert_forwarded_to_source_alone(self, key: str, timeout: float = 15.0) -> None:
+        """A write through the interlay lands on the source and on no other side. Waits on the
+        interlay's own accounting instead of a fixed sleep: until its stats count the write on the
+        source backend, and then a PING sent after it (so a dual write of the SET, dispatched with
+        it, has been answered and counted); then no dual write may have been counted since."""
+        stub = self.eve.interlays()
+
+        def stats() -> ipb.InterlayStats:
+            return stub.GetInterlay(ipb.GetInterlayRequest(id="app")).stats
+
+        def source_ops(current: ipb.InterlayStats) -> int:
+            return sum(backend.ops for backend in current.backends if backend.backend == "source")
+
+        def dual_writes(current: ipb.InterlayStats) -> dict[str, int]:
+            return {dual.side: dual.writes + dual.failures for dual in current.dual_writes}
+
+        current = stats()
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        # A PING first: once it is counted, the stats are a report made after everything before it.
+        for step, command in enumerate((client.ping, lambda: client.set(key, 1), client.ping)):
+            counted = source_ops(current)
+            command()
+            deadline = time.monotonic() + timeout
+            while source_ops(current := stats()) <= counted:
+                assert time.monotonic() < deadline, f"the interlay never counted the write on the source: {current}"
+                time.sleep(0.05)
+            if step == 0:
+                before = current
+        client.close()
+        assert dual_writes(current) == dual_writes(before), f"a dual write after the rollback: {current}"
+        assert self.source.client().get(key) == b"1" and not self.target.client().exists(key)
+
+    def settle(self) -> None:
+        """After the writes stopped: let the last ones be re-copied and the short TTLs pass."""
+        time.sleep(SHORT_TTL_SECONDS + 1.5)

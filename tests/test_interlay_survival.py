@@ -24,7 +24,7 @@ import redis
 from eve_process import EveServer, Subscriber
 from proxies import LOOPBACK, endpoint_for, free_ports, interlay_pids, reap_interlays, wait_for
 from servers import free_port
-from test_live import Live, Writers, assert_identical
+from live_runs import Live, Writers, assert_identical
 
 from eve.api.server import interlay_control_dir
 from eve.core.store import Store
