@@ -388,7 +388,8 @@ def test_restarted_target_flags_a_full_resync_and_converges(server_factory, whil
                 assert notifications.barrier(10) and sync.drain(30)
             target_server.kill()
             target_server.start()
-            assert target.dbsize() == 0
+            # Every key copied before is gone; while writing, the loop may already have re-copied a few.
+            assert target.dbsize() < len(filled) // 10
             if not while_idle:
                 assert writers.join() > 100
             # Writing or not, the loop finds out (a re-copy meets the restart, or an idle worker asks).
