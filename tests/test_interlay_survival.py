@@ -37,7 +37,7 @@ from eve.v1 import workflows_pb2 as wpb
 from proxy.control import Spool
 
 ENGINE = "redis-7.0"
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(120)]
 
 # A coordinator reduced to its supervisor, in a process of its own, so that a test can kill it.
 _COORDINATOR = textwrap.dedent("""

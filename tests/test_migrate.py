@@ -19,7 +19,7 @@ from servers import free_port
 
 from eve.bulk import error_keys as export_mod
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 def url(server, db: int | None = None) -> str:

@@ -15,7 +15,7 @@ from keyspace import assert_same, fill
 from eve.v1 import endpoints_pb2 as epb
 from eve.v1 import workflows_pb2 as wpb
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 def endpoint(eve: EveServer, name: str, server) -> None:
