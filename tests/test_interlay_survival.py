@@ -506,3 +506,64 @@ def test_rollback_of_a_failed_run_takes_over_the_route_its_interlay_kept(tmp_pat
         live.assert_forwarded_to_source_alone("after-rollback")
     if restarted is not None:
         restarted.stop()
+
+
+def test_an_application_connection_survives_a_sigterm_of_eve_serve_and_a_restart(tmp_path, eve, server_factory):
+    """Issue 24: a graceful stop (SIGTERM, what systemd and Kubernetes send) leaves the interlay
+    serving, detached as after a crash; the next coordinator re-attaches to the same process."""
+    source = server_factory(ENGINE)
+    _endpoint(eve, "src", source.port)
+    port = free_port()
+    eve.interlays().CreateInterlay(ipb.CreateInterlayRequest(id="app", endpoint="src", port=port))
+    eve.interlays().StartInterlay(ipb.StartInterlayRequest(id="app"))
+    client = _client(port)
+    assert client.incr("counter") == 1
+    control_dir = Path(interlay_control_dir(str(eve.state)))
+    pids = interlay_pids(control_dir)["app"]
+
+    eve.stop()  # SIGTERM, and waits for eve serve to exit
+    assert eve.process.returncode == 0, eve.log()  # type: ignore[union-attr]
+    assert "left serving" in eve.log()
+    for expected in range(2, 12):
+        assert client.incr("counter") == expected  # the same connection, with no coordinator
+    assert interlay_pids(control_dir)["app"] == pids
+
+    restarted = EveServer(state=eve.state, log_path=tmp_path / "eve-restarted.log").start()
+    try:
+        interlay = restarted.interlays().GetInterlay(ipb.GetInterlayRequest(id="app"))
+        assert interlay.state == ipb.INTERLAY_RUNNING
+        assert interlay_pids(control_dir)["app"] == pids, "a new process instead of the one that kept serving"
+        assert "re-attached" in restarted.log()
+        assert client.incr("counter") == 12
+        # Asked to stop (StopInterlay), it does.
+        restarted.interlays().StopInterlay(ipb.StopInterlayRequest(id="app"))
+        with pytest.raises(redis.ConnectionError):
+            client.incr("counter")
+        assert not interlay_pids(control_dir)
+    finally:
+        restarted.stop()
+    assert source.client().get("counter") == b"12"
+
+
+def test_stop_interlays_on_exit_stops_them_with_eve_serve(tmp_path, server_factory):
+    source = server_factory(ENGINE)
+    eve = EveServer(state=tmp_path / "eve.db", log_path=tmp_path / "eve.log",
+                    extra_args=["--stop-interlays-on-exit"]).start()
+    control_dir = Path(interlay_control_dir(str(eve.state)))
+    try:
+        _endpoint(eve, "src", source.port)
+        port = free_port()
+        eve.interlays().CreateInterlay(ipb.CreateInterlayRequest(id="app", endpoint="src", port=port))
+        eve.interlays().StartInterlay(ipb.StartInterlayRequest(id="app"))
+        client = _client(port)
+        assert client.incr("counter") == 1
+        pids = interlay_pids(control_dir)["app"]
+        eve.stop()
+        assert eve.process.returncode == 0, eve.log()  # type: ignore[union-attr]
+        assert not any(os.path.exists(f"/proc/{pid}") and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+                       .lower() for pid in pids)
+        with pytest.raises(redis.ConnectionError):
+            client.incr("counter")
+    finally:
+        eve.stop()
+        reap_interlays(control_dir)

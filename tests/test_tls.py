@@ -40,8 +40,9 @@ def start_tls_eve(tmp_path: Path, server: Issued, *extra: str) -> EveServer:
                                  str(server.key), *extra]).start()
 
 
-def eve_cli(*args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("EVE_TOKEN", "EVE_ADDRESS")}
+def eve_cli(*args: str, token: str | None = TOKEN, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**{k: v for k, v in os.environ.items() if k not in ("EVE_TOKEN", "EVE_ADDRESS", "EVE_TLS_CERT",
+                                                               "EVE_TLS_KEY")}, **(env or {})}
     if token:
         env["EVE_TOKEN"] = token
     return subprocess.run([sys.executable, "-m", "eve", *args], capture_output=True, text=True, env=env, timeout=60,
@@ -120,11 +121,32 @@ def test_mutual_tls_refuses_a_client_without_a_certificate(tmp_path, pki):
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         # The CLI has --tls-ca but presents no certificate: refused.
         cli = eve_cli("runs", "list", "--address", eve.address, "--tls-ca", str(ca.path))
-        assert cli.returncode == 2
+        assert cli.returncode == 2 and "--tls-cert" in cli.stderr
+        # With its certificate (flags, or EVE_TLS_CERT/EVE_TLS_KEY) every command group gets through.
+        flags = ["--address", eve.address, "--tls-ca", str(ca.path), "--tls-cert", str(operator.cert),
+                 "--tls-key", str(operator.key)]
+        created = eve_cli("runs", "create", "mtls-run", *flags)
+        assert created.returncode == 0, created.stderr
+        for words in (("runs", "list"), ("endpoints", "list"), ("interlays", "list")):
+            listed = eve_cli(*words, *flags, "--json")
+            assert listed.returncode == 0, listed.stderr
+        assert json.loads(eve_cli("runs", "list", *flags, "--json").stdout)["runs"][0]["id"] == "mtls-run"
+        by_env = eve_cli("runs", "show", "mtls-run", "--address", eve.address, "--tls-ca", str(ca.path), "--json",
+                         env={"EVE_TLS_CERT": str(operator.cert), "EVE_TLS_KEY": str(operator.key)})
+        assert by_env.returncode == 0 and "mtls-run" in by_env.stdout, by_env.stderr
+        # A certificate the client CA did not sign is refused; a missing or mismatched key is named.
+        foreign = eve_cli("runs", "list", "--address", eve.address, "--tls-ca", str(ca.path),
+                          "--tls-cert", str(stranger.cert), "--tls-key", str(stranger.key))
+        assert foreign.returncode == 2 and "over TLS" in foreign.stderr
+        alone = eve_cli("runs", "list", "--address", eve.address, "--tls-cert", str(operator.cert))
+        assert alone.returncode == 2 and "--tls-key" in alone.stderr
+        mismatched = eve_cli("runs", "list", "--address", eve.address, "--tls-cert", str(operator.cert),
+                             "--tls-key", str(stranger.key))
+        assert mismatched.returncode == 2 and "--tls-key" in mismatched.stderr
 
         ok = curl("--cacert", str(ca.path), "--cert", str(operator.cert), "--key", str(operator.key),
                   f"{eve.http_url}/api/v1/runs")
-        assert ok.returncode == 0 and json.loads(ok.stdout) == {"runs": []}
+        assert ok.returncode == 0 and [r["id"] for r in json.loads(ok.stdout)["runs"]] == ["mtls-run"]
         assert curl("--cacert", str(ca.path), f"{eve.http_url}/api/v1/runs").returncode != 0
         assert curl("--cacert", str(ca.path), "--cert", str(stranger.cert), "--key", str(stranger.key),
                     f"{eve.http_url}/api/v1/runs").returncode != 0

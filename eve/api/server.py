@@ -64,6 +64,10 @@ class ServerOptions:
     http_listen: str | None = None  # HOST:PORT of the HTTP/JSON API and /metrics; None: no HTTP listener
     tls: TlsFiles | None = None     # for both listeners; None: plaintext
     insecure: bool = False          # accept a token without TLS off loopback
+    interlay_workers: int = 1       # proxy processes per interlay, sharing its ports (SO_REUSEPORT)
+    # A graceful stop (SIGTERM, SIGINT) leaves the interlays serving, detached as after a crash,
+    # for the next coordinator to re-attach (issue 24); True stops them with the coordinator.
+    stop_interlays_on_exit: bool = False
 
 
 def parse_listen(listen: str, *, field: str = "listen") -> tuple[str, int]:
@@ -160,7 +164,7 @@ def serve(options: ServerOptions, *, on_ready: Callable[[str], None] | None = No
     store = Store(options.state_path)
     coordinator = Coordinator(store)
     # Interlays outlive the coordinator (issue 12): their control sockets and tokens live by the state file.
-    coordinator.interlays = InterlaySupervisor(on_state=coordinator.interlay_failed,
+    coordinator.interlays = InterlaySupervisor(on_state=coordinator.interlay_failed, workers=options.interlay_workers,
                                                control_dir=interlay_control_dir(options.state_path))
     workflow = Workflow(store, interlays=coordinator.interlays)
     servicers = build_servicers(coordinator, workflow)
@@ -215,6 +219,12 @@ def serve(options: ServerOptions, *, on_ready: Callable[[str], None] | None = No
         http_server.stop()
     stopped = server.stop(grace=5)
     workflow.shutdown()
-    coordinator.shutdown_interlays()
+    if options.stop_interlays_on_exit:
+        coordinator.shutdown_interlays()
+    else:
+        left = coordinator.interlays.detach_all()
+        if left:
+            log.info("interlays left serving for the next coordinator: %s (eve serve --stop-interlays-on-exit "
+                     "or StopInterlay stops them)", ", ".join(left))
     stopped.wait()
     store.close()

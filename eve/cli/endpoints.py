@@ -31,9 +31,11 @@ if TYPE_CHECKING:
 __all__ = [
     "PASSWORD_SLOTS",
     "add_endpoint_commands",
+    "INTERLAY_FLAGS",
     "add_interlay_commands",
     "apply_passwords",
     "format_reply",
+    "interlay_settings",
 ]
 
 CONNECTION_SLOTS = ("target", "read_conn", "write_conn", "admin_conn")
@@ -130,6 +132,8 @@ def _endpoint_request(args: argparse.Namespace, request: Any) -> Any:
         request.kind = "redis"
     if args.description is not None:
         request.description = args.description
+    if args.pool_size is not None:
+        request.config.connection_pool.multiplexed_connections = args.pool_size
     return request
 
 
@@ -327,6 +331,10 @@ def _endpoint_file_arguments(parser: argparse.ArgumentParser, *, required: bool)
                              "TOML; - reads stdin")
     parser.add_argument("--kind", help="the endpoint's kind (default: the file's, else redis)")
     parser.add_argument("--description", help="a description (default: the file's)")
+    parser.add_argument("--pool-size", type=int, metavar="N",
+                        help="multiplexed backend connections per node that an interlay in front of this "
+                             "endpoint shares among its clients (connection_pool.multiplexed_connections; "
+                             "default: the file's, else 1)")
     parser.add_argument("--password-file", action="append", metavar="[SLOT=]PATH",
                         help="a password from PATH, for every connection or credential of the config that has "
                              "none, or only for SLOT (target, read_conn, write_credentials, ...); repeatable")
@@ -383,14 +391,51 @@ def _interlay_reply(method_name: str, request_name: str, done: str):
     return handler
 
 
+# Every InterlaySettings field has a flag (a test checks it against the message): flag ->
+# (field, type, help). The help states the default and the unit, as docs/configuration.md does.
+INTERLAY_FLAGS: dict[str, tuple[str, type, str]] = {
+    "--max-connections": ("max_concurrent_connections", int,
+                          "clients at most; the next one is refused (default 10000)"),
+    "--listen-host": ("listen_host", str,
+                      "address the listeners bind (default 127.0.0.1; 0.0.0.0 for application hosts)"),
+    "--output-buffer-hard-limit": ("output_buffer_hard_limit_bytes", int,
+                                   "bytes of replies a client has not read, at most; over it the client is "
+                                   "disconnected (default 268435456 = 256 MB; 0: no limit)"),
+    "--output-buffer-soft-limit": ("output_buffer_soft_limit_bytes", int,
+                                   "bytes of unread replies a client may hold for --output-buffer-soft-seconds "
+                                   "before it is disconnected (default 67108864 = 64 MB; 0: no limit)"),
+    "--output-buffer-soft-seconds": ("output_buffer_soft_seconds", float,
+                                     "seconds a client may stay over the soft limit (default 60)"),
+    "--stuck-connection-ms": ("stuck_connection_ms", int,
+                              "milliseconds the oldest request on a shared backend connection may wait "
+                              "before the connection takes no new commands (default 100)"),
+    "--tls-cert-file": ("tls_cert_file", str,
+                        "serve clients over TLS (rediss://) with this PEM certificate chain (default: no TLS)"),
+    "--tls-key-file": ("tls_key_file", str, "the certificate's private key, PEM, unencrypted (default: none)"),
+    "--tls-ca-file": ("tls_ca_file", str,
+                      "require client certificates signed by the CA certificates in this PEM file "
+                      "(default: none, clients need no certificate)"),
+}
+
+
+def interlay_settings(args: argparse.Namespace) -> interlays_pb2.InterlaySettings:
+    """The InterlaySettings of ``eve interlays create``'s flags; a flag not given leaves its
+    field unset, so the coordinator's default applies."""
+    from eve.v1 import interlays_pb2
+
+    settings = interlays_pb2.InterlaySettings()
+    for flag, (name, _kind, _help) in INTERLAY_FLAGS.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+        if value is not None and value != "":
+            setattr(settings, name, value)
+    return settings
+
+
 def _interlays_create(api: Api, out: Output, args: argparse.Namespace) -> int:
     from eve.v1 import interlays_pb2
 
-    settings = interlays_pb2.InterlaySettings(listen_host=args.listen_host or "")
-    if args.max_connections is not None:
-        settings.max_concurrent_connections = args.max_connections
     interlay = api.call(api.interlays.CreateInterlay, interlays_pb2.CreateInterlayRequest(
-        id=args.id, endpoint=args.endpoint, port=args.port, settings=settings))
+        id=args.id, endpoint=args.endpoint, port=args.port, settings=interlay_settings(args)))
     if out.as_json:
         out.reply(interlay)
     else:
@@ -432,10 +477,11 @@ def add_interlay_commands(commands: Any) -> None:
     create.add_argument("id", help="the interlay's id")
     create.add_argument("--endpoint", required=True, help="the endpoint it fronts (a run's source)")
     create.add_argument("--port", required=True, type=int, help="the port applications connect to")
-    create.add_argument("--max-connections", type=int, metavar="N",
-                        help="clients at most; the next one is refused (default 10000)")
-    create.add_argument("--listen-host", metavar="HOST",
-                        help="address the listeners bind (default 127.0.0.1; 0.0.0.0 for application hosts)")
+    metavars = {int: "N", float: "SECONDS", str: "PATH"}
+    for flag, (name, kind, help) in INTERLAY_FLAGS.items():
+        metavar = "HOST" if name == "listen_host" else ("MS" if name.endswith("_ms") else
+                                                        "BYTES" if name.endswith("_bytes") else metavars[kind])
+        create.add_argument(flag, type=kind, metavar=metavar, help=help)
     for name, method, request, done, help in (
             ("get", "GetInterlay", "GetInterlayRequest", "", "show an interlay, its listeners and live stats"),
             ("start", "StartInterlay", "StartInterlayRequest", "started", "start the proxy process"),

@@ -37,7 +37,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     _setup_logging("coordinator", args.verbose)
     telemetry.setup("eve-coordinator")
     options = ServerOptions(listen=args.listen, state_path=args.state, token=read_token(args.token_file),
-                            http_listen=args.http, insecure=args.insecure,
+                            http_listen=args.http, insecure=args.insecure, interlay_workers=args.interlay_workers,
+                            stop_interlays_on_exit=args.stop_interlays_on_exit,
                             tls=TlsFiles.from_flags(args.tls_cert, args.tls_key, args.tls_client_ca))
 
     def ready(address: str) -> None:
@@ -114,6 +115,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _at_least_one(text: str) -> int:
+    value = _positive(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _port(text: str) -> int:
     value = _positive(text)
     if value > 65535:
@@ -148,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", metavar="PATH", help="the certificate's private key (PEM, unencrypted)")
     serve.add_argument("--tls-client-ca", metavar="PATH",
                        help="require client certificates signed by this CA (mutual TLS)")
+    serve.add_argument("--interlay-workers", type=_at_least_one, default=1, metavar="N",
+                       help="proxy processes per interlay, sharing its ports; the kernel spreads the clients "
+                            "(default 1)")
+    serve.add_argument("--stop-interlays-on-exit", action="store_true",
+                       help="stop the interlays when eve serve stops (SIGTERM, Ctrl-C); by default they keep "
+                            "serving their clients and the next eve serve of this --state re-attaches")
     serve.add_argument("--insecure", action="store_true",
                        help="allow a token without TLS off loopback (a trusted network): it crosses in clear")
     serve.set_defaults(run=_cmd_serve)

@@ -1,6 +1,7 @@
 """What every command that talks to a running coordinator (``eve serve``) shares: where it
 listens and how to authenticate (``--address``/``EVE_ADDRESS``, ``EVE_TOKEN``/``--token-file``,
-``--tls-ca``), the call with its metadata and deadline, gRPC status codes mapped to exit codes
+``--tls-ca``, and a client certificate for a coordinator that requires mutual TLS:
+``--tls-cert``/``--tls-key`` or ``EVE_TLS_CERT``/``EVE_TLS_KEY``), the call with its metadata and deadline, gRPC status codes mapped to exit codes
 in one place (``STATUS_EXIT_CODES``), and the output: ``--json`` (the API's reply) or tables.
 
 The token travels as ``authorization: Bearer <token>`` metadata and is never printed; endpoint
@@ -84,6 +85,8 @@ class ApiOptions:
     address: str = DEFAULT_ADDRESS
     token: str | None = field(default=None, repr=False)
     tls_ca: str | None = None
+    tls_cert: str | None = None  # --tls-cert/EVE_TLS_CERT: the client certificate (mutual TLS)
+    tls_key: str | None = None   # --tls-key/EVE_TLS_KEY: its private key (PEM, unencrypted)
     timeout: float | None = None  # --timeout; None: DEFAULT_TIMEOUT_SECONDS, or none for long calls
 
     @classmethod
@@ -93,7 +96,36 @@ class ApiOptions:
             _check_ca_file(args.tls_ca)
         if args.timeout is not None and args.timeout <= 0:
             raise ConfigError(f"must be positive, got {args.timeout:g}", field="--timeout")
-        return cls(address=address, token=read_token(args.token_file), tls_ca=args.tls_ca, timeout=args.timeout)
+        cert = getattr(args, "tls_cert", None) or os.environ.get("EVE_TLS_CERT") or None
+        key = getattr(args, "tls_key", None) or os.environ.get("EVE_TLS_KEY") or None
+        _check_client_certificate(cert, key)
+        return cls(address=address, token=read_token(args.token_file), tls_ca=args.tls_ca, tls_cert=cert,
+                   tls_key=key, timeout=args.timeout)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_ca or self.tls_cert)
+
+
+def _check_client_certificate(cert: str | None, key: str | None) -> None:
+    """Both files or neither, and a key that belongs to the certificate: said now, by flag,
+    not as a handshake the coordinator refuses."""
+    if bool(cert) != bool(key):
+        missing = "--tls-key (or EVE_TLS_KEY)" if cert else "--tls-cert (or EVE_TLS_CERT)"
+        raise ConfigError(f"a client certificate needs both files: {missing} is missing",
+                          field="--tls-key" if cert else "--tls-cert")
+    if not cert or not key:
+        return
+    for path, flag in ((cert, "--tls-cert"), (key, "--tls-key")):
+        if not os.path.isfile(path):
+            raise ConfigError(f"{path!r} does not exist (or is not a file)", field=flag)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise ConfigError(f"{cert} and {key} are not a PEM certificate and its unencrypted key: "
+                          f"{exc.reason or exc}", field="--tls-key") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {cert} or {key}: {exc.strerror or exc}", field="--tls-cert") from None
 
 
 def _check_ca_file(path: str) -> None:
@@ -117,6 +149,11 @@ def add_api_arguments(parser: argparse.ArgumentParser) -> None:
                        help="send the token in PATH as 'authorization: Bearer <token>' (default: $EVE_TOKEN)")
     group.add_argument("--tls-ca", metavar="PATH",
                        help="connect with TLS, trusting the CA certificates in PATH (PEM)")
+    group.add_argument("--tls-cert", metavar="PATH",
+                       help="present this client certificate (PEM) to a coordinator that requires mutual TLS "
+                            "(eve serve --tls-client-ca); connects with TLS (default: $EVE_TLS_CERT)")
+    group.add_argument("--tls-key", metavar="PATH",
+                       help="the client certificate's private key (PEM, unencrypted; default: $EVE_TLS_KEY)")
     group.add_argument("--timeout", type=float, metavar="SECONDS",
                        help=f"deadline of each call (default {DEFAULT_TIMEOUT_SECONDS:g}; verify, complete "
                             "and rollback wait as long as they take)")
@@ -136,8 +173,11 @@ class Api:
         from eve.v1 import endpoints_pb2_grpc, interlays_pb2_grpc, workflows_pb2_grpc
 
         self.options = options
-        if options.tls_ca:
-            credentials = grpc.ssl_channel_credentials(root_certificates=Path(options.tls_ca).read_bytes())
+        if options.tls:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=Path(options.tls_ca).read_bytes() if options.tls_ca else None,
+                private_key=Path(options.tls_key).read_bytes() if options.tls_key else None,
+                certificate_chain=Path(options.tls_cert).read_bytes() if options.tls_cert else None)
             self.channel = grpc.secure_channel(options.address, credentials)
         else:
             if options.token and not _is_loopback(options.address):  # the token would cross the network in clear
@@ -168,8 +208,11 @@ class Api:
         where = self.options.address
         if name == "UNAVAILABLE" and ("failed to connect" in details or "Socket closed" in details
                                       or "Connection refused" in details or "handshake" in details.lower()):
-            if self.options.tls_ca:
-                return (f"cannot reach the coordinator at {where} over TLS (CA {self.options.tls_ca}): {details}; "
+            if self.options.tls:
+                ca = f"CA {self.options.tls_ca}" if self.options.tls_ca else "the system's CAs"
+                cert = (f", client certificate {self.options.tls_cert}" if self.options.tls_cert
+                        else "; a coordinator that requires mutual TLS needs --tls-cert/--tls-key")
+                return (f"cannot reach the coordinator at {where} over TLS ({ca}{cert}): {details}; "
                         "is it serving TLS? Without --tls-ca the CLI connects in plaintext")
             return f"cannot reach the coordinator at {where}: {details} (is eve serve running there? --address)"
         if name == "UNAUTHENTICATED":

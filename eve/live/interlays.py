@@ -519,6 +519,40 @@ class InterlaySupervisor:
         with self._lock:
             self._closing = False
 
+    def detach_all(self) -> list[str]:
+        """Leave every interlay serving, as a coordinator killed with SIGKILL does, and return
+        their ids (issue 24: a graceful stop of ``eve serve``, what systemd and Kubernetes send,
+        must not cut the applications' connections). Needs a ``control_dir``, through which the
+        next coordinator re-attaches; without one the interlays are stopped, as before.
+
+        The monitor stops first (a closed pipe is then no failure), each pipe is closed (the
+        proxy process sees it as its coordinator's death and detaches), and each process is
+        taken off ``multiprocessing``'s children, whose exit handler would terminate it."""
+        if self.control_dir is None:
+            self.stop_all()
+            return []
+        with self._lock:
+            self._closing = True
+            interlays = list(self._interlays.values())
+            self._interlays.clear()
+        self._wake()
+        monitor = self._monitor
+        if monitor is not None:
+            monitor.join(timeout=5)
+            self._monitor = None
+        with self._lock:
+            self._closing = False
+        for interlay in interlays:
+            for worker in interlay.workers:
+                try:
+                    worker.pipe.close()
+                except OSError:
+                    pass
+                multiprocessing.process._children.discard(worker.process)  # type: ignore[attr-defined]
+            log.info("interlay %s left serving (pids %s); the next coordinator re-attaches", interlay.interlay_id,
+                     ",".join(str(worker.process.pid) for worker in interlay.workers))
+        return [interlay.interlay_id for interlay in interlays]
+
     def running(self, interlay_id: str) -> bool:
         with self._lock:
             interlay = self._interlays.get(interlay_id)
