@@ -159,3 +159,66 @@ def test_cluster_target_and_cluster_analysis(server_factory, cluster_factory):
     assert [(d.db, d.keys) for d in analysis.dbs] == [(0, 90)]
     assert types_of(analysis) == {kind: 15 for kind in TYPES}
     client.close()
+
+
+def test_test_run_tells_keys_changed_on_the_source_from_keys_the_target_got_wrong(server_factory, monkeypatch):
+    """Issue 24: a key written on the source between its copy and its verification changed there
+    (re-read: the source moved on), which is no failure; a copy that differs from an unchanged
+    source key is one (refused or corrupted by the target). Each said in words."""
+    source, target = server_factory("redis-7.0"), server_factory("redis-7.0")
+    source.client().mset({f"k:{i}": "0" for i in range(20)})
+    written, corrupted = {f"k:{i}".encode() for i in range(6)}, b"k:19"
+    verify = testrun._verify
+
+    def writes_meanwhile(entries, sources, targets):
+        for key in written:
+            source.client().incr(key)
+        scratch = next(entry.scratch for entry in entries if entry.key == corrupted)
+        target.client().set(scratch, "corrupt", px=60_000)
+        verify(entries, sources, targets)
+
+    monkeypatch.setattr(testrun, "_verify", writes_meanwhile)
+    report = testrun.test_run(endpoint(source), endpoint(target), run_id="moving", sample=20)
+    (strings,) = report.results
+    assert (strings.keys, strings.ok, strings.changed, strings.failed) == (20, 13, 6, 1)
+    assert len(report.changed) == 6 and all("changed on the source while being verified" in line
+                                            for line in report.changed)
+    assert report.errors == (f"string key 'k:19' (db 0): the copy differs from the source key, which did not change: "
+                             "the target refused or corrupted it",)
+    assert report.summary() == ("13 keys copied and verified; 6 changed on the source while being verified (written "
+                                "meanwhile: re-read, not a failure; the copy carries their new value); 1 failed: "
+                                "refused or corrupted by the target")
+    assert target.client().dbsize() == 0
+
+
+def test_test_run_under_concurrent_writes_reports_no_failure(server_factory):
+    """An application incrementing every key while the test run copies and verifies them: every
+    key is verified or changed on the source, none failed."""
+    import threading
+
+    import redis as redis_py
+
+    source, target = server_factory("redis-7.0"), server_factory("redis-7.0")
+    keys = [f"counter:{i}" for i in range(100)]
+    source.client().mset({key: 0 for key in keys})
+    stop = threading.Event()
+
+    def application() -> None:
+        client = redis_py.Redis(host=source.host, port=source.port)
+        while not stop.is_set():
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.incr(key)
+            pipe.execute()
+
+    writer = threading.Thread(target=application, daemon=True)
+    writer.start()
+    try:
+        report = testrun.test_run(endpoint(source), endpoint(target), run_id="busy", sample=100)
+    finally:
+        stop.set()
+        writer.join(timeout=10)
+    (counters,) = report.results
+    assert counters.failed == 0 and report.errors == (), report.errors
+    assert counters.ok + counters.changed == counters.keys == 100
+    assert "no failure on the target" in report.summary()

@@ -260,9 +260,11 @@ def analysis_to_proto(body: dict[str, Any]) -> workflows_pb2.Analysis:
 def testrun_to_proto(body: dict[str, Any]) -> workflows_pb2.TestRunReport:
     return workflows_pb2.TestRunReport(
         results=[workflows_pb2.TypeResult(type=r["type"], keys=r["keys"], ok=r["ok"], failed=r["failed"],
-                                          transcoded=r.get("transcoded", 0), logical=r.get("logical", 0))
+                                          transcoded=r.get("transcoded", 0), logical=r.get("logical", 0),
+                                          changed=r.get("changed", 0))
                  for r in body.get("results", [])],
-        errors=list(body.get("errors", [])), seconds=float(body.get("seconds", 0)),
+        errors=list(body.get("errors", [])), changed=list(body.get("changed", [])),
+        seconds=float(body.get("seconds", 0)),
         estimated_seconds=float(body.get("estimated_seconds", 0)))
 
 

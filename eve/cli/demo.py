@@ -39,7 +39,7 @@ from eve.v1 import workflows_pb2 as wpb
 from eve.workflow.registry import Coordinator
 from eve.workflow.runs import Workflow
 
-__all__ = ["run_demo"]
+__all__ = ["demo_testrun_line", "run_demo"]
 
 DEFAULT_KEYS = 20_000
 
@@ -122,6 +122,16 @@ class _Application:
         self.stop.set()
         self.thread.join(timeout=30)
         self.client.close()
+
+
+def demo_testrun_line(testrun: wpb.TestRunReport) -> str:
+    """The test run in words: keys the demo's application wrote while they were verified are
+    said to have changed on the source (re-read: it moved on), not to have failed (issue 24)."""
+    from eve.prepare.testrun import describe
+
+    words = describe(sum(r.ok for r in testrun.results), sum(r.changed for r in testrun.results),
+                     sum(r.failed for r in testrun.results))
+    return f"test run: {words}; estimated full copy {testrun.estimated_seconds:.1f}s"
 
 
 def _engines() -> tuple[str, str]:
@@ -223,9 +233,7 @@ def run_demo(keys: int = DEFAULT_KEYS, *, offline: bool = False) -> int:
                 table.add_row(str(db.db), stats.type, f"{stats.keys:,}", f"{stats.memory_bytes / 1024:,.0f} KiB")
         console.print(table)
         testrun = runs.GetTestRun(wpb.GetTestRunRequest(run=run))
-        console.print(f"test run: {sum(r.ok for r in testrun.results)} keys copied and verified, "
-                      f"{sum(r.failed for r in testrun.results)} failed; estimated full copy "
-                      f"{testrun.estimated_seconds:.1f}s")
+        console.print(demo_testrun_line(testrun), markup=False)
         for issue in compat.issues:
             if not issue.blocking:
                 runs.AcknowledgeIssue(wpb.AcknowledgeIssueRequest(run=run, issue_id=issue.id,

@@ -373,13 +373,19 @@ def _runs_review(api: Api, out: Output, args: argparse.Namespace) -> int:
             table.add_row(big.key_text or repr(big.key), str(big.db), big.type, _size(big.memory_bytes))
         out.print(table)
 
-    table = Table("type", "keys", "ok", "failed", title="test run")
+    from eve.prepare.testrun import describe
+
+    table = Table("type", "keys", "verified", "changed on the source", "refused or corrupted", title="test run")
     for result in test_run.results:
-        table.add_row(result.type, f"{result.keys:,}", f"{result.ok:,}",
+        table.add_row(result.type, f"{result.keys:,}", f"{result.ok:,}", f"{result.changed:,}",
                       f"[red]{result.failed:,}[/]" if result.failed else "0")
     out.print(table)
+    out.print("test run: " + describe(sum(r.ok for r in test_run.results), sum(r.changed for r in test_run.results),
+                                      sum(r.failed for r in test_run.results)), markup=False)
     out.print(f"test run took {test_run.seconds:.2f}s; the whole copy should take about "
               f"{test_run.estimated_seconds:,.1f}s")
+    for line in test_run.changed:
+        out.print(f"  changed on the source meanwhile: {line}", markup=False)
     for error in test_run.errors:
         out.print(f"  test run error: {error}", markup=False)
 

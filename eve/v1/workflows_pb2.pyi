@@ -342,32 +342,36 @@ class GetTestRunRequest(_message.Message):
     def __init__(self, run: _Optional[str] = ...) -> None: ...
 
 class TypeResult(_message.Message):
-    __slots__ = ("type", "keys", "ok", "failed", "transcoded", "logical")
+    __slots__ = ("type", "keys", "ok", "failed", "transcoded", "logical", "changed")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     TRANSCODED_FIELD_NUMBER: _ClassVar[int]
     LOGICAL_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
     type: str
     keys: int
     ok: int
     failed: int
     transcoded: int
     logical: int
-    def __init__(self, type: _Optional[str] = ..., keys: _Optional[int] = ..., ok: _Optional[int] = ..., failed: _Optional[int] = ..., transcoded: _Optional[int] = ..., logical: _Optional[int] = ...) -> None: ...
+    changed: int
+    def __init__(self, type: _Optional[str] = ..., keys: _Optional[int] = ..., ok: _Optional[int] = ..., failed: _Optional[int] = ..., transcoded: _Optional[int] = ..., logical: _Optional[int] = ..., changed: _Optional[int] = ...) -> None: ...
 
 class TestRunReport(_message.Message):
-    __slots__ = ("results", "errors", "seconds", "estimated_seconds")
+    __slots__ = ("results", "errors", "seconds", "estimated_seconds", "changed")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[TypeResult]
     errors: _containers.RepeatedScalarFieldContainer[str]
     seconds: float
     estimated_seconds: float
-    def __init__(self, results: _Optional[_Iterable[_Union[TypeResult, _Mapping]]] = ..., errors: _Optional[_Iterable[str]] = ..., seconds: _Optional[float] = ..., estimated_seconds: _Optional[float] = ...) -> None: ...
+    changed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, results: _Optional[_Iterable[_Union[TypeResult, _Mapping]]] = ..., errors: _Optional[_Iterable[str]] = ..., seconds: _Optional[float] = ..., estimated_seconds: _Optional[float] = ..., changed: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ApproveRequest(_message.Message):
     __slots__ = ("run", "notes")

@@ -243,10 +243,11 @@ class Workflow:
             self._event(run_id, "prepare", "test run started")
             report = test_run(source, target, run_id=run_id, total_keys=total, mode=setup.mode)
             self.store.set_report(run_id, "testrun", _jsonable(dataclasses.asdict(report)))
-            failed = sum(r.failed for r in report.results)
-            self._event(run_id, "testrun", f"test run: {report.keys} keys, {failed} failed, "
+            failed = report.failed
+            self._event(run_id, "testrun", f"test run: {report.summary()}; "
                         f"estimated {report.estimated_seconds:.0f}s for the full copy",
-                        {"keys": report.keys, "failed": failed, "estimated_seconds": f"{report.estimated_seconds:.1f}"})
+                        {"keys": report.keys, "failed": failed, "changed": report.changed_keys,
+                         "estimated_seconds": f"{report.estimated_seconds:.1f}"})
         except EveError as exc:
             self._fail(run_id, f"prepare failed: {exc}")
             return
