@@ -73,6 +73,10 @@ class BackendReport:
     ops: int                     # commands answered since the start
     errors: int                  # error replies and failed commands since the start
     histogram: tuple[int, ...]   # round-trip latencies of the last interval (proxy.stats buckets)
+    # Every round trip since the start: counts per proxy.stats.LATENCY_BUCKETS_SECONDS bound
+    # (then those above), and their sum in seconds: the exported histogram (issue 24).
+    latency_buckets: tuple[int, ...] = ()
+    latency_sum_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

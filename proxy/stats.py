@@ -4,6 +4,11 @@ up before percentiles are read.
 
 Buckets grow by 10%: a percentile read from them is within 10% of the true
 value, from 10 microseconds to about 90 seconds.
+
+Besides, every round trip since the process started goes into the coarse
+buckets of ``LATENCY_BUCKETS_SECONDS`` with their sum: the histogram Prometheus
+scrapes (``eve_interlay_backend_latency_seconds``, issue 24), which adds up
+across processes and interlays and can be re-quantiled.
 """
 
 from __future__ import annotations
@@ -14,12 +19,16 @@ from collections.abc import Iterable, Sequence
 
 from proxy import messages
 
-__all__ = ["BOUNDS_MS", "MAX_SAMPLES", "Stats", "histogram", "merge", "percentile"]
+__all__ = ["BOUNDS_MS", "LATENCY_BUCKETS_SECONDS", "MAX_SAMPLES", "Stats", "histogram", "merge", "percentile"]
 
 MAX_SAMPLES = 100_000   # round trips kept per report; more are thinned out evenly
 
 # Upper bound of each bucket, in milliseconds; the last bucket takes everything above.
 BOUNDS_MS: tuple[float, ...] = tuple(0.01 * 1.1**i for i in range(170))
+# Upper bounds (seconds) of the exported latency histogram, as Redis exporters and proxies
+# bucket round trips: 50 microseconds (a loopback GET) to 10 seconds (a busy script).
+LATENCY_BUCKETS_SECONDS: tuple[float, ...] = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                              0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 def histogram(samples_ms: Iterable[float]) -> tuple[int, ...]:
@@ -63,7 +72,7 @@ class Stats:
     """Counters of one process; ``samples`` are backend round trips (seconds) since the last report."""
 
     __slots__ = ("ops", "errors", "protocol_errors", "backend_ops", "backend_errors", "samples", "connections",
-                 "rejected", "noscript_replies", "_last_ops", "_last_time")
+                 "rejected", "noscript_replies", "latency_buckets", "latency_sum", "_last_ops", "_last_time")
 
     def __init__(self) -> None:
         self.ops = 0
@@ -75,6 +84,9 @@ class Stats:
         self.connections = 0
         self.rejected = 0
         self.noscript_replies = 0  # NOSCRIPT errors that reached clients (those the interlay saw: proxy.routing)
+        # Every round trip since the start: counts per LATENCY_BUCKETS_SECONDS bound (then above), sum.
+        self.latency_buckets = [0] * (len(LATENCY_BUCKETS_SECONDS) + 1)
+        self.latency_sum = 0.0
         self._last_ops = 0
         self._last_time = time.monotonic()
 
@@ -82,12 +94,17 @@ class Stats:
                cross_slot: tuple = ()) -> messages.StatsReport:
         now = time.monotonic()
         samples, self.samples = self.samples, []
+        buckets, bounds = self.latency_buckets, LATENCY_BUCKETS_SECONDS
+        for sample in samples:  # all of them, before thinning: the exported counts are exact
+            buckets[bisect.bisect_left(bounds, sample)] += 1
+        self.latency_sum += sum(samples)
         if len(samples) > MAX_SAMPLES:
             samples = samples[:: len(samples) // MAX_SAMPLES + 1]
         interval_ops, self._last_ops = self.ops - self._last_ops, self.ops
         seconds, self._last_time = now - self._last_time, now
         backend = messages.BackendReport(label, self.backend_ops, self.backend_errors,
-                                         histogram(sample * 1000.0 for sample in samples))
+                                         histogram(sample * 1000.0 for sample in samples),
+                                         tuple(buckets), self.latency_sum)
         return messages.StatsReport(worker=worker, connections=self.connections, ops=self.ops,
                                     errors=self.errors + self.backend_errors, interval_ops=interval_ops,
                                     interval_seconds=seconds, backends=(backend,), sides=sides,

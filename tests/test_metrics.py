@@ -26,6 +26,7 @@ from eve.api.metrics import EveCollector, RunSample, new_registry
 from eve.v1 import endpoints_pb2 as epb
 from eve.v1 import interlays_pb2 as ipb
 from eve.v1 import workflows_pb2 as wpb
+from proxy.stats import LATENCY_BUCKETS_SECONDS
 
 pytestmark = [pytest.mark.timeout(180)]
 
@@ -67,7 +68,10 @@ def every_metric_sample() -> list[tuple[str, dict[str, str], float]]:
                              cross_slot_commands=[wpb.CrossSlotCommand(command="exec", count=7, fails_on_cluster=True)])
     interlay = ipb.Interlay(id="app", endpoint="src", state=ipb.INTERLAY_RUNNING, stats=ipb.InterlayStats(
         connections=3, ops_per_second=12.5, errors=1, dirty_keys_pending=2,
-        backends=[ipb.BackendStats(backend="source", ops=40, errors=1, p50_ms=0.2, p99_ms=1.5)],
+        backends=[ipb.BackendStats(backend="source", ops=40, errors=1, p50_ms=0.2, p99_ms=1.5,
+                                   latency_bucket_bounds_seconds=LATENCY_BUCKETS_SECONDS,
+                                   latency_bucket_counts=[0, 10, *[30] * (len(LATENCY_BUCKETS_SECONDS) - 2), 31],
+                                   latency_sum_seconds=0.25)],
         dual_writes=[ipb.DualWriteStats(side="target", writes=9, failures=1)]))
     stopped = ipb.Interlay(id="spare", endpoint="src", state=ipb.INTERLAY_STOPPED)
     registry = new_registry(EveCollector(lambda: [RunSample("r1", "SYNCING", metrics)], lambda: [interlay, stopped]))
@@ -85,20 +89,47 @@ def test_metric_names_follow_the_openmetrics_conventions():
             "eve_run_keys_per_second", "eve_run_eta_seconds", "eve_run_dirty_backlog_keys",
             "eve_run_dirty_lag_seconds", "eve_run_dual_write_failures_total", "eve_run_keys_recopied_total",
             "eve_interlay_connections", "eve_interlay_backend_ops_total", "eve_interlay_backend_errors_total",
-            "eve_interlay_backend_latency_seconds", "eve_interlay_errors_total", "eve_interlay_up",
+            "eve_interlay_backend_latency_seconds_bucket", "eve_interlay_errors_total", "eve_interlay_up",
             "eve_interlay_dual_write_failures_total", "eve_run_cross_slot_commands_total"} <= eve_names
     by_key = {(name, tuple(sorted(labels.items()))): v for name, labels, v in samples}
     assert by_key[("eve_run_keys_restored_total", (("run", "r1"),))] == 7
     assert by_key[("eve_run_cross_slot_commands_total",
                    (("command", "exec"), ("fails_on_cluster", "true"), ("run", "r1")))] == 7
     assert by_key[("eve_run_state", (("run", "r1"), ("state", "SYNCING")))] == 1
-    assert by_key[("eve_interlay_backend_latency_seconds",
-                   (("backend", "source"), ("interlay", "app"), ("quantile", "0.99")))] == pytest.approx(0.0015)
+    # Latency: a histogram (issue 24), cumulative buckets up to +Inf, with its sum and count.
+    source = (("backend", "source"), ("interlay", "app"))
+    assert by_key[("eve_interlay_backend_latency_seconds_bucket", (*source[:1], ("interlay", "app"),
+                                                                   ("le", "0.0001")))] == 10
+    assert by_key[("eve_interlay_backend_latency_seconds_bucket", (*source[:1], ("interlay", "app"),
+                                                                   ("le", "+Inf")))] == 31
+    assert by_key[("eve_interlay_backend_latency_seconds_count", source)] == 31
+    assert by_key[("eve_interlay_backend_latency_seconds_sum", source)] == pytest.approx(0.25)
+    assert not any(name == "eve_interlay_backend_latency_seconds" or "quantile" in labels
+                   for name, labels, _ in samples)
+    assert by_key[("eve_run_copied_bytes_per_second", (("run", "r1"),))] == 7
     assert by_key[("eve_interlay_up", (("endpoint", "src"), ("interlay", "spare")))] == 0
     assert not any(labels.get("interlay") == "spare" for name, labels, _ in samples if name != "eve_interlay_up")
     # An ETA that is not known (0) is absent rather than a made-up 0 seconds left.
     registry = new_registry(EveCollector(lambda: [RunSample("r2", "COPYING", wpb.RunMetrics())]))
     assert not [s for f in registry.collect() for s in f.samples if s.name == "eve_run_eta_seconds"]
+
+
+def test_proxy_latency_histogram_counts_every_round_trip_since_the_start():
+    """The exported buckets count every sample, also those the interval's percentiles thin out,
+    and keep counting across reports (a Prometheus counter); the sum is in seconds."""
+    from proxy.stats import MAX_SAMPLES, Stats
+
+    stats = Stats()
+    stats.samples = [0.00003] * (MAX_SAMPLES + 10) + [0.003, 20.0]
+    first = stats.report(0, "source").backends[0]
+    assert sum(first.latency_buckets) == MAX_SAMPLES + 12
+    assert first.latency_buckets[0] == MAX_SAMPLES + 10  # under 50 microseconds
+    assert first.latency_buckets[LATENCY_BUCKETS_SECONDS.index(0.005)] == 1
+    assert first.latency_buckets[-1] == 1  # above 10 s
+    stats.samples = [0.0002]
+    second = stats.report(0, "source").backends[0]
+    assert sum(second.latency_buckets) == MAX_SAMPLES + 13
+    assert second.latency_sum_seconds == pytest.approx(0.00003 * (MAX_SAMPLES + 10) + 20.0032)
 
 
 def test_grafana_dashboard_queries_only_exported_metrics():
@@ -120,8 +151,19 @@ def test_grafana_dashboard_queries_only_exported_metrics():
     walk(dashboard)
     assert len(exprs) >= 10, "the dashboard lost its panels"
     exported = {name for name, _, _ in every_metric_sample()}
+    process = {name for name, _, _ in every_metric_sample() if name.startswith("process_")}
+    queries = [expr for expr in exprs if "(" in expr or "{" in expr or "_" in expr]  # not a datasource's type
+    for expr in queries:  # each query names at least one metric, and only metrics Eve exports
+        named = set(re.findall(r"\b(?:eve|process)_[a-z_]+", expr))
+        assert named, f"{expr!r} names no Eve metric"
+        assert named <= exported | process, (expr, sorted(named - exported))
     used = {name for expr in exprs for name in re.findall(r"\beve_[a-z_]+", expr)}
     assert used and used <= exported, sorted(used - exported)
+    # Latency through its histogram, re-quantiled (issue 24); the copy's bytes per second.
+    quantiles = [expr for expr in exprs if "histogram_quantile" in expr]
+    assert quantiles and all("eve_interlay_backend_latency_seconds_bucket" in expr and "le" in expr
+                             for expr in quantiles)
+    assert any("eve_run_copied_bytes_per_second" in expr for expr in exprs)
     assert {"run", "interlay"} <= {v["name"] for v in dashboard["templating"]["list"]}
 
 
@@ -190,11 +232,19 @@ def test_metrics_move_during_a_live_run_and_match_the_api(tmp_path, server_facto
         assert value(after, "eve_interlay_backend_ops_total", interlay="app", backend="source") >= \
             (value(before, "eve_interlay_backend_ops_total", interlay="app", backend="source") or 0) + 50
         assert value(after, "eve_interlay_dual_write_failures_total", interlay="app", side="target") == 0
-        assert value(after, "eve_interlay_backend_latency_seconds", interlay="app", backend="source",
-                     quantile="0.99") is not None
+        # Latency as a histogram: every round trip counted, in buckets that add up to the count.
+        count = value(after, "eve_interlay_backend_latency_seconds_count", interlay="app", backend="source")
+        assert count and count >= 50
+        assert value(after, "eve_interlay_backend_latency_seconds_bucket", interlay="app", backend="source",
+                     le="+Inf") == count
+        assert 0 < value(after, "eve_interlay_backend_latency_seconds_sum", interlay="app", backend="source") < count
+        assert value(after, "eve_interlay_backend_latency_seconds_bucket", interlay="app", backend="source",
+                     le="10.0") == count  # loopback round trips under 10 s
         # The same numbers as the API: the bulk counters are settled now that the run is in sync.
         api = runs.GetMetrics(wpb.GetMetricsRequest(run="live-m"), metadata=meta)
         now = scrape(url)
+        assert api.bytes_per_second > 0
+        assert value(now, "eve_run_copied_bytes_per_second", run="live-m") == pytest.approx(api.bytes_per_second)
         for field in ("keys_scanned", "keys_restored", "keys_failed", "keys_skipped", "bytes"):
             name = "eve_run_copied_bytes_total" if field == "bytes" else f"eve_run_{field}_total"
             assert value(now, name, run="live-m") == getattr(api, field), field

@@ -145,6 +145,9 @@ def test_asyncio_clients_share_the_multiplexed_connection(server_factory, interl
     assert stats["backends"][0]["backend"] == "source"
     assert stats["backends"][0]["ops"] >= 20 * 104
     assert stats["backends"][0]["p99_ms"] > 0
+    # The histogram exported to Prometheus counts every round trip since the start (issue 24).
+    assert sum(stats["backends"][0]["latency_buckets"]) >= 20 * 50
+    assert stats["backends"][0]["latency_sum_seconds"] > 0
     # Twenty clients, one multiplexed connection (plus the dedicated ones MULTI borrowed).
     listing = server.client().client_list()
     assert sum(1 for c in listing if c.get("name", "").startswith("eve-interlay")) <= 1 + 20

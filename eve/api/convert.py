@@ -22,6 +22,7 @@ from eve.redis import resp
 from eve.v1 import common_pb2, endpoints_pb2, interlays_pb2, workflows_pb2
 from eve.workflow.setup import RunSetup, parse_setup
 from proxy.slots import fails_on_cluster
+from proxy.stats import LATENCY_BUCKETS_SECONDS
 
 __all__ = ["message_to_dict", "reply_to_dict", "unknown_field", "parse_json", "secret_values", "endpoint_to_proto",
            "interlay_to_proto", "resp_to_proto", "timestamp", "setup_from_proto", "setup_to_proto", "run_to_proto"]
@@ -137,7 +138,11 @@ def interlay_to_proto(record: InterlayRecord, status: Any = None,
         out.stats.errors = stats["errors"]
         for backend in stats["backends"]:
             out.stats.backends.add(backend=backend["backend"], ops=backend["ops"], errors=backend["errors"],
-                                   p50_ms=backend["p50_ms"], p99_ms=backend["p99_ms"])
+                                   p50_ms=backend["p50_ms"], p99_ms=backend["p99_ms"],
+                                   latency_bucket_bounds_seconds=LATENCY_BUCKETS_SECONDS
+                                   if backend.get("latency_buckets") else (),
+                                   latency_bucket_counts=_cumulative(backend.get("latency_buckets", ())),
+                                   latency_sum_seconds=float(backend.get("latency_sum_seconds", 0.0)))
         for side in stats.get("sides", []):
             out.stats.dual_writes.add(side=side["side"], writes=side["writes"], failures=side["failures"],
                                       last_error=side["last_error"])
@@ -280,7 +285,8 @@ def metrics_to_proto(attributes: dict[str, Any]) -> workflows_pb2.RunMetrics:
         keys_scanned=int(attributes["keys_scanned"]), keys_restored=int(attributes["keys_restored"]),
         keys_skipped=int(attributes["keys_skipped"]), keys_conflicting=int(attributes["keys_conflicting"]),
         keys_failed=int(attributes["keys_failed"]), bytes=int(attributes["bytes"]),
-        keys_per_second=float(attributes["keys_per_second"]), eta_seconds=float(eta) if eta not in ("", None) else 0,
+        keys_per_second=float(attributes["keys_per_second"]),
+        bytes_per_second=float(attributes.get("bytes_per_second", 0)), eta_seconds=float(eta) if eta not in ("", None) else 0,
         source_keys=int(attributes["source_keys"]), dirty_backlog=int(attributes.get("dirty_backlog", 0)),
         interlay_ops_per_second=float(attributes.get("interlay_ops_per_second", 0)),
         dirty_lag_seconds=float(attributes.get("dirty_lag_seconds", 0)),
@@ -289,6 +295,19 @@ def metrics_to_proto(attributes: dict[str, Any]) -> workflows_pb2.RunMetrics:
         authoritative=str(attributes.get("authoritative", "")),
         noscript_replies=int(attributes.get("noscript_replies", 0)),
         cross_slot_commands=[cross_slot_to_proto(entry) for entry in attributes.get("cross_slot", ())])
+
+
+def _cumulative(counts: Any) -> list[int]:
+    """Per-bucket counts (``proxy.stats``: one per bound, then those above) as cumulative ones."""
+    counts = list(counts)
+    if not counts:
+        return []
+    counts += [0] * (len(LATENCY_BUCKETS_SECONDS) + 1 - len(counts))  # merge() drops no bucket, a short report may
+    total, out = 0, []
+    for count in counts:
+        total += int(count)
+        out.append(total)
+    return out
 
 
 def cross_slot_to_proto(entry: dict[str, Any]) -> workflows_pb2.CrossSlotCommand:

@@ -9,21 +9,25 @@ disagrees with ``eve runs show`` or grpcurl. Names follow the OpenMetrics conven
 per run (label ``run``; ``eve_run_state`` also ``state``)
     ``eve_run_state`` (1, the state as a label), ``eve_run_keys_{scanned,restored,skipped,
     conflicting,failed}_total``, ``eve_run_copied_bytes_total``, ``eve_run_keys_per_second``,
-    ``eve_run_eta_seconds`` (absent while unknown), ``eve_run_source_keys``,
+    ``eve_run_copied_bytes_per_second``, ``eve_run_eta_seconds`` (absent while unknown),
+    ``eve_run_source_keys``,
     ``eve_run_dirty_backlog_keys``, ``eve_run_dirty_lag_seconds``, ``eve_run_keys_recopied_total``,
     ``eve_run_dual_write_failures_total``, ``eve_run_noscript_replies_total``
 per interlay (label ``interlay``; per backend also ``backend``, per dual-write side ``side``)
     ``eve_interlay_up`` (also ``endpoint``), ``eve_interlay_connections``,
     ``eve_interlay_ops_per_second``, ``eve_interlay_errors_total``,
     ``eve_interlay_dirty_keys_pending``, ``eve_interlay_backend_ops_total``,
-    ``eve_interlay_backend_errors_total``, ``eve_interlay_backend_latency_seconds``
-    (``quantile`` 0.5 and 0.99), ``eve_interlay_dual_writes_total``,
+    ``eve_interlay_backend_errors_total``, ``eve_interlay_backend_latency_seconds`` (a
+    histogram: ``_bucket{le=...}``, ``_sum``, ``_count``), ``eve_interlay_dual_writes_total``,
     ``eve_interlay_dual_write_failures_total``, ``eve_interlay_noscript_replies_total``
 
-Backend latency is what ``GetInterlay`` reports: the p50 and p99 of the proxies' last report
-interval (about a second), from their fixed-bucket histograms (proxy.stats), exported as gauges
-with a ``quantile`` label. Counters restart from zero when a proxy process restarts; Prometheus'
-``rate()`` takes that as a reset.
+Backend latency is a histogram of every round trip since the proxy processes started, with
+the buckets of ``proxy.stats.LATENCY_BUCKETS_SECONDS`` (issue 24), as every Redis exporter
+and proxy exports it: it adds up across interlays and processes, and any quantile is
+``histogram_quantile(0.99, sum by (le) (rate(eve_interlay_backend_latency_seconds_bucket[5m])))``
+(docs/grafana-dashboard.json). ``GetInterlay``'s p50/p99 of the last interval stay in the API.
+Counters restart from zero when a proxy process restarts; Prometheus' ``rate()`` takes that
+as a reset.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -58,7 +62,6 @@ __all__ = [
 
 log = logging.getLogger("eve.api.metrics")
 
-LATENCY_QUANTILES = (("0.5", "p50_ms"), ("0.99", "p99_ms"))
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ _RUN_COUNTERS = (
 # Run gauges: (metric name, RunMetrics field, help).
 _RUN_GAUGES = (
     ("eve_run_keys_per_second", "keys_per_second", "Keys scanned per second since the copy started."),
+    ("eve_run_copied_bytes_per_second", "bytes_per_second",
+     "Payload bytes copied to the target per second since the copy started."),
     ("eve_run_source_keys", "source_keys", "The source's key count when the copy started (the ETA's total)."),
     ("eve_run_dirty_backlog_keys", "dirty_backlog", "Keys written during the run and not re-copied yet (live runs)."),
     ("eve_run_dirty_lag_seconds", "dirty_lag_seconds", "Age of the oldest dirty key not re-copied yet (live runs)."),
@@ -154,8 +159,8 @@ class EveCollector:
                                           labels=["interlay", "backend"])
         backend_errors = CounterMetricFamily("eve_interlay_backend_errors", "Error replies and failed commands of a "
                                              "backend.", labels=["interlay", "backend"])
-        latency = GaugeMetricFamily("eve_interlay_backend_latency_seconds", "Backend round trip at a quantile of "
-                                    "the last report interval.", labels=["interlay", "backend", "quantile"])
+        latency = HistogramMetricFamily("eve_interlay_backend_latency_seconds", "Backend round trips since the "
+                                        "interlay's processes started.", labels=["interlay", "backend"])
         dual_writes = CounterMetricFamily("eve_interlay_dual_writes", "Writes applied on a side other than the "
                                           "authoritative one.", labels=["interlay", "side"])
         dual_failures = CounterMetricFamily("eve_interlay_dual_write_failures", "Of those, the writes that failed.",
@@ -178,13 +183,19 @@ class EveCollector:
                 labels = [interlay.id, backend.backend]
                 backend_ops.add_metric(labels, backend.ops)
                 backend_errors.add_metric(labels, backend.errors)
-                for quantile, field in LATENCY_QUANTILES:
-                    latency.add_metric([*labels, quantile], getattr(backend, field) / 1000.0)
+                if backend.latency_bucket_counts:
+                    latency.add_metric(labels, latency_buckets(backend), backend.latency_sum_seconds)
             for side in stats.dual_writes:
                 dual_writes.add_metric([interlay.id, side.side], side.writes)
                 dual_failures.add_metric([interlay.id, side.side], side.failures)
         yield from (up, connections, ops_rate, errors, pending, backend_ops, backend_errors, latency, dual_writes,
                     dual_failures, noscript)
+
+
+def latency_buckets(backend: interlays_pb2.BackendStats) -> list[tuple[str, float]]:
+    """A BackendStats' cumulative latency counts as ``(le, count)`` pairs, ``+Inf`` last."""
+    bounds = [repr(float(bound)) for bound in backend.latency_bucket_bounds_seconds] + ["+Inf"]
+    return list(zip(bounds, [float(count) for count in backend.latency_bucket_counts]))
 
 
 def coordinator_collector(migrations: Any, interlays: Any) -> EveCollector:
@@ -242,7 +253,8 @@ def progress_metrics(progress: Progress) -> workflows_pb2.RunMetrics:
     return workflows_pb2.RunMetrics(
         keys_scanned=progress.scanned, keys_restored=progress.restored, keys_skipped=progress.skipped,
         keys_conflicting=progress.conflicts, keys_failed=progress.failed, bytes=progress.bytes,
-        keys_per_second=round(progress.keys_per_second, 1), eta_seconds=round(eta, 1) if eta is not None else 0,
+        keys_per_second=round(progress.keys_per_second, 1),
+        bytes_per_second=round(progress.bytes_per_second, 1), eta_seconds=round(eta, 1) if eta is not None else 0,
         source_keys=progress.source_keys)
 
 

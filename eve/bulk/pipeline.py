@@ -145,6 +145,12 @@ class Progress:
         return self.scanned / elapsed if elapsed > 0 else 0.0
 
     @property
+    def bytes_per_second(self) -> float:
+        """Payload bytes copied per second since the copy started (the RunMetrics field)."""
+        elapsed = self.elapsed
+        return self.bytes / elapsed if elapsed > 0 else 0.0
+
+    @property
     def eta_seconds(self) -> float | None:
         rate = self.keys_per_second
         if not self.source_keys or rate <= 0:

@@ -573,7 +573,8 @@ class InterlaySupervisor:
 
             {"connections": int, "ops_per_second": float, "errors": int, "ops": int,
              "backends": [{"backend": "source", "ops": int, "errors": int,
-                           "p50_ms": float, "p99_ms": float}],
+                           "p50_ms": float, "p99_ms": float,
+                           "latency_buckets": (int, ...), "latency_sum_seconds": float}],
              "sides": [{"side": "target", "writes": int, "failures": int, "last_error": str}],
              "dirty_pending": int, "noscript_replies": int,
              "cross_slot": [{"command": "mget", "count": int, "examples": [[bytes, ...], ...]}]}
@@ -593,16 +594,21 @@ class InterlaySupervisor:
         backends: dict[str, dict[str, Any]] = {}
         for report in reports:
             for backend in report.backends:
-                entry = backends.setdefault(backend.backend, {"ops": 0, "errors": 0, "histograms": []})
+                entry = backends.setdefault(backend.backend, {"ops": 0, "errors": 0, "histograms": [],
+                                                              "since_start": [], "latency_sum_seconds": 0.0})
                 entry["ops"] += backend.ops
                 entry["errors"] += backend.errors
                 entry["histograms"].append(backend.histogram)
+                entry["since_start"].append(getattr(backend, "latency_buckets", ()))  # issue 24
+                entry["latency_sum_seconds"] += getattr(backend, "latency_sum_seconds", 0.0)
         backend_stats = []
         for name, entry in backends.items():
             merged = latency.merge(entry["histograms"])
             backend_stats.append({"backend": name, "ops": entry["ops"], "errors": entry["errors"],
                                   "p50_ms": round(latency.percentile(merged, 50), 4),
-                                  "p99_ms": round(latency.percentile(merged, 99), 4)})
+                                  "p99_ms": round(latency.percentile(merged, 99), 4),
+                                  "latency_buckets": latency.merge(entry["since_start"]),
+                                  "latency_sum_seconds": entry["latency_sum_seconds"]})
         sides: dict[str, dict[str, Any]] = {}
         for report in reports:
             for side, writes, failures, last_error in report.sides:

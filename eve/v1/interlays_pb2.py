@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x65ve/v1/interlays.proto\x12\x06\x65ve.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd3\x03\n\x10InterlaySettings\x12\'\n\x1amax_concurrent_connections\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0blisten_host\x18\x02 \x01(\t\x12+\n\x1eoutput_buffer_hard_limit_bytes\x18\x1e \x01(\x03H\x01\x88\x01\x01\x12+\n\x1eoutput_buffer_soft_limit_bytes\x18\x1f \x01(\x03H\x02\x88\x01\x01\x12\'\n\x1aoutput_buffer_soft_seconds\x18  \x01(\x01H\x03\x88\x01\x01\x12 \n\x13stuck_connection_ms\x18! \x01(\x05H\x04\x88\x01\x01\x12\x15\n\rtls_cert_file\x18\" \x01(\t\x12\x14\n\x0ctls_key_file\x18# \x01(\t\x12\x13\n\x0btls_ca_file\x18$ \x01(\tB\x1d\n\x1b_max_concurrent_connectionsB!\n\x1f_output_buffer_hard_limit_bytesB!\n\x1f_output_buffer_soft_limit_bytesB\x1d\n\x1b_output_buffer_soft_secondsB\x16\n\x14_stuck_connection_ms\"\\\n\x0c\x42\x61\x63kendStats\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x0b\n\x03ops\x18\x02 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x03\x12\x0e\n\x06p50_ms\x18\x04 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x05 \x01(\x01\"T\n\x0e\x44ualWriteStats\x12\x0c\n\x04side\x18\x01 \x01(\t\x12\x0e\n\x06writes\x18\x02 \x01(\x03\x12\x10\n\x08\x66\x61ilures\x18\x03 \x01(\x03\x12\x12\n\nlast_error\x18\x04 \x01(\t\"\xd7\x01\n\rInterlayStats\x12\x13\n\x0b\x63onnections\x18\x01 \x01(\x03\x12\x16\n\x0eops_per_second\x18\x02 \x01(\x01\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x03\x12&\n\x08\x62\x61\x63kends\x18\x04 \x03(\x0b\x32\x14.eve.v1.BackendStats\x12+\n\x0b\x64ual_writes\x18\x05 \x03(\x0b\x32\x16.eve.v1.DualWriteStats\x12\x1a\n\x12\x64irty_keys_pending\x18\x06 \x01(\x03\x12\x18\n\x10noscript_replies\x18( \x01(\x03\"\xbc\x02\n\x08Interlay\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12*\n\x08settings\x18\x04 \x01(\x0b\x32\x18.eve.v1.InterlaySettings\x12$\n\x05state\x18\x05 \x01(\x0e\x32\x15.eve.v1.InterlayState\x12\x16\n\x0elistener_ports\x18\x06 \x03(\x05\x12$\n\x05stats\x18\x07 \x01(\x0b\x32\x15.eve.v1.InterlayStats\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"o\n\x15\x43reateInterlayRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12*\n\x08settings\x18\x04 \x01(\x0b\x32\x18.eve.v1.InterlaySettings\" \n\x12GetInterlayRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x16\n\x14ListInterlaysRequest\"<\n\x15ListInterlaysResponse\x12#\n\tinterlays\x18\x01 \x03(\x0b\x32\x10.eve.v1.Interlay\"#\n\x15\x44\x65leteInterlayRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteInterlayResponse\"\"\n\x14StartInterlayRequest\x12\n\n\x02id\x18\x01 \x01(\t\"!\n\x13StopInterlayRequest\x12\n\n\x02id\x18\x01 \x01(\t*\x9e\x01\n\rInterlayState\x12\x1e\n\x1aINTERLAY_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10INTERLAY_STOPPED\x10\x01\x12\x15\n\x11INTERLAY_STARTING\x10\x02\x12\x14\n\x10INTERLAY_RUNNING\x10\x03\x12\x15\n\x11INTERLAY_STOPPING\x10\x04\x12\x13\n\x0fINTERLAY_FAILED\x10\x05\x32\xfa\x04\n\x0fInterlayService\x12_\n\x0e\x43reateInterlay\x12\x1d.eve.v1.CreateInterlayRequest\x1a\x10.eve.v1.Interlay\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/api/v1/interlays:\x01*\x12[\n\x0bGetInterlay\x12\x1a.eve.v1.GetInterlayRequest\x1a\x10.eve.v1.Interlay\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/interlays/{id}\x12g\n\rListInterlays\x12\x1c.eve.v1.ListInterlaysRequest\x1a\x1d.eve.v1.ListInterlaysResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/api/v1/interlays\x12o\n\x0e\x44\x65leteInterlay\x12\x1d.eve.v1.DeleteInterlayRequest\x1a\x1e.eve.v1.DeleteInterlayResponse\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/interlays/{id}\x12h\n\rStartInterlay\x12\x1c.eve.v1.StartInterlayRequest\x1a\x10.eve.v1.Interlay\"\'\x82\xd3\xe4\x93\x02!\"\x1c/api/v1/interlays/{id}/start:\x01*\x12\x65\n\x0cStopInterlay\x12\x1b.eve.v1.StopInterlayRequest\x1a\x10.eve.v1.Interlay\"&\x82\xd3\xe4\x93\x02 \"\x1b/api/v1/interlays/{id}/stop:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x65ve/v1/interlays.proto\x12\x06\x65ve.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd3\x03\n\x10InterlaySettings\x12\'\n\x1amax_concurrent_connections\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0blisten_host\x18\x02 \x01(\t\x12+\n\x1eoutput_buffer_hard_limit_bytes\x18\x1e \x01(\x03H\x01\x88\x01\x01\x12+\n\x1eoutput_buffer_soft_limit_bytes\x18\x1f \x01(\x03H\x02\x88\x01\x01\x12\'\n\x1aoutput_buffer_soft_seconds\x18  \x01(\x01H\x03\x88\x01\x01\x12 \n\x13stuck_connection_ms\x18! \x01(\x05H\x04\x88\x01\x01\x12\x15\n\rtls_cert_file\x18\" \x01(\t\x12\x14\n\x0ctls_key_file\x18# \x01(\t\x12\x13\n\x0btls_ca_file\x18$ \x01(\tB\x1d\n\x1b_max_concurrent_connectionsB!\n\x1f_output_buffer_hard_limit_bytesB!\n\x1f_output_buffer_soft_limit_bytesB\x1d\n\x1b_output_buffer_soft_secondsB\x16\n\x14_stuck_connection_ms\"\xc2\x01\n\x0c\x42\x61\x63kendStats\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x0b\n\x03ops\x18\x02 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x03\x12\x0e\n\x06p50_ms\x18\x04 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x05 \x01(\x01\x12&\n\x1dlatency_bucket_bounds_seconds\x18\x84\x02 \x03(\x01\x12\x1e\n\x15latency_bucket_counts\x18\x85\x02 \x03(\x03\x12\x1c\n\x13latency_sum_seconds\x18\x86\x02 \x01(\x01\"T\n\x0e\x44ualWriteStats\x12\x0c\n\x04side\x18\x01 \x01(\t\x12\x0e\n\x06writes\x18\x02 \x01(\x03\x12\x10\n\x08\x66\x61ilures\x18\x03 \x01(\x03\x12\x12\n\nlast_error\x18\x04 \x01(\t\"\xd7\x01\n\rInterlayStats\x12\x13\n\x0b\x63onnections\x18\x01 \x01(\x03\x12\x16\n\x0eops_per_second\x18\x02 \x01(\x01\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x03\x12&\n\x08\x62\x61\x63kends\x18\x04 \x03(\x0b\x32\x14.eve.v1.BackendStats\x12+\n\x0b\x64ual_writes\x18\x05 \x03(\x0b\x32\x16.eve.v1.DualWriteStats\x12\x1a\n\x12\x64irty_keys_pending\x18\x06 \x01(\x03\x12\x18\n\x10noscript_replies\x18( \x01(\x03\"\xbc\x02\n\x08Interlay\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12*\n\x08settings\x18\x04 \x01(\x0b\x32\x18.eve.v1.InterlaySettings\x12$\n\x05state\x18\x05 \x01(\x0e\x32\x15.eve.v1.InterlayState\x12\x16\n\x0elistener_ports\x18\x06 \x03(\x05\x12$\n\x05stats\x18\x07 \x01(\x0b\x32\x15.eve.v1.InterlayStats\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"o\n\x15\x43reateInterlayRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12*\n\x08settings\x18\x04 \x01(\x0b\x32\x18.eve.v1.InterlaySettings\" \n\x12GetInterlayRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x16\n\x14ListInterlaysRequest\"<\n\x15ListInterlaysResponse\x12#\n\tinterlays\x18\x01 \x03(\x0b\x32\x10.eve.v1.Interlay\"#\n\x15\x44\x65leteInterlayRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteInterlayResponse\"\"\n\x14StartInterlayRequest\x12\n\n\x02id\x18\x01 \x01(\t\"!\n\x13StopInterlayRequest\x12\n\n\x02id\x18\x01 \x01(\t*\x9e\x01\n\rInterlayState\x12\x1e\n\x1aINTERLAY_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10INTERLAY_STOPPED\x10\x01\x12\x15\n\x11INTERLAY_STARTING\x10\x02\x12\x14\n\x10INTERLAY_RUNNING\x10\x03\x12\x15\n\x11INTERLAY_STOPPING\x10\x04\x12\x13\n\x0fINTERLAY_FAILED\x10\x05\x32\xfa\x04\n\x0fInterlayService\x12_\n\x0e\x43reateInterlay\x12\x1d.eve.v1.CreateInterlayRequest\x1a\x10.eve.v1.Interlay\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/api/v1/interlays:\x01*\x12[\n\x0bGetInterlay\x12\x1a.eve.v1.GetInterlayRequest\x1a\x10.eve.v1.Interlay\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/interlays/{id}\x12g\n\rListInterlays\x12\x1c.eve.v1.ListInterlaysRequest\x1a\x1d.eve.v1.ListInterlaysResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/api/v1/interlays\x12o\n\x0e\x44\x65leteInterlay\x12\x1d.eve.v1.DeleteInterlayRequest\x1a\x1e.eve.v1.DeleteInterlayResponse\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/interlays/{id}\x12h\n\rStartInterlay\x12\x1c.eve.v1.StartInterlayRequest\x1a\x10.eve.v1.Interlay\"\'\x82\xd3\xe4\x93\x02!\"\x1c/api/v1/interlays/{id}/start:\x01*\x12\x65\n\x0cStopInterlay\x12\x1b.eve.v1.StopInterlayRequest\x1a\x10.eve.v1.Interlay\"&\x82\xd3\xe4\x93\x02 \"\x1b/api/v1/interlays/{id}/stop:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,34 +45,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INTERLAYSERVICE'].methods_by_name['StartInterlay']._serialized_options = b'\202\323\344\223\002!\"\034/api/v1/interlays/{id}/start:\001*'
   _globals['_INTERLAYSERVICE'].methods_by_name['StopInterlay']._loaded_options = None
   _globals['_INTERLAYSERVICE'].methods_by_name['StopInterlay']._serialized_options = b'\202\323\344\223\002 \"\033/api/v1/interlays/{id}/stop:\001*'
-  _globals['_INTERLAYSTATE']._serialized_start=1652
-  _globals['_INTERLAYSTATE']._serialized_end=1810
+  _globals['_INTERLAYSTATE']._serialized_start=1755
+  _globals['_INTERLAYSTATE']._serialized_end=1913
   _globals['_INTERLAYSETTINGS']._serialized_start=98
   _globals['_INTERLAYSETTINGS']._serialized_end=565
-  _globals['_BACKENDSTATS']._serialized_start=567
-  _globals['_BACKENDSTATS']._serialized_end=659
-  _globals['_DUALWRITESTATS']._serialized_start=661
-  _globals['_DUALWRITESTATS']._serialized_end=745
-  _globals['_INTERLAYSTATS']._serialized_start=748
-  _globals['_INTERLAYSTATS']._serialized_end=963
-  _globals['_INTERLAY']._serialized_start=966
-  _globals['_INTERLAY']._serialized_end=1282
-  _globals['_CREATEINTERLAYREQUEST']._serialized_start=1284
-  _globals['_CREATEINTERLAYREQUEST']._serialized_end=1395
-  _globals['_GETINTERLAYREQUEST']._serialized_start=1397
-  _globals['_GETINTERLAYREQUEST']._serialized_end=1429
-  _globals['_LISTINTERLAYSREQUEST']._serialized_start=1431
-  _globals['_LISTINTERLAYSREQUEST']._serialized_end=1453
-  _globals['_LISTINTERLAYSRESPONSE']._serialized_start=1455
-  _globals['_LISTINTERLAYSRESPONSE']._serialized_end=1515
-  _globals['_DELETEINTERLAYREQUEST']._serialized_start=1517
-  _globals['_DELETEINTERLAYREQUEST']._serialized_end=1552
-  _globals['_DELETEINTERLAYRESPONSE']._serialized_start=1554
-  _globals['_DELETEINTERLAYRESPONSE']._serialized_end=1578
-  _globals['_STARTINTERLAYREQUEST']._serialized_start=1580
-  _globals['_STARTINTERLAYREQUEST']._serialized_end=1614
-  _globals['_STOPINTERLAYREQUEST']._serialized_start=1616
-  _globals['_STOPINTERLAYREQUEST']._serialized_end=1649
-  _globals['_INTERLAYSERVICE']._serialized_start=1813
-  _globals['_INTERLAYSERVICE']._serialized_end=2447
+  _globals['_BACKENDSTATS']._serialized_start=568
+  _globals['_BACKENDSTATS']._serialized_end=762
+  _globals['_DUALWRITESTATS']._serialized_start=764
+  _globals['_DUALWRITESTATS']._serialized_end=848
+  _globals['_INTERLAYSTATS']._serialized_start=851
+  _globals['_INTERLAYSTATS']._serialized_end=1066
+  _globals['_INTERLAY']._serialized_start=1069
+  _globals['_INTERLAY']._serialized_end=1385
+  _globals['_CREATEINTERLAYREQUEST']._serialized_start=1387
+  _globals['_CREATEINTERLAYREQUEST']._serialized_end=1498
+  _globals['_GETINTERLAYREQUEST']._serialized_start=1500
+  _globals['_GETINTERLAYREQUEST']._serialized_end=1532
+  _globals['_LISTINTERLAYSREQUEST']._serialized_start=1534
+  _globals['_LISTINTERLAYSREQUEST']._serialized_end=1556
+  _globals['_LISTINTERLAYSRESPONSE']._serialized_start=1558
+  _globals['_LISTINTERLAYSRESPONSE']._serialized_end=1618
+  _globals['_DELETEINTERLAYREQUEST']._serialized_start=1620
+  _globals['_DELETEINTERLAYREQUEST']._serialized_end=1655
+  _globals['_DELETEINTERLAYRESPONSE']._serialized_start=1657
+  _globals['_DELETEINTERLAYRESPONSE']._serialized_end=1681
+  _globals['_STARTINTERLAYREQUEST']._serialized_start=1683
+  _globals['_STARTINTERLAYREQUEST']._serialized_end=1717
+  _globals['_STOPINTERLAYREQUEST']._serialized_start=1719
+  _globals['_STOPINTERLAYREQUEST']._serialized_end=1752
+  _globals['_INTERLAYSERVICE']._serialized_start=1916
+  _globals['_INTERLAYSERVICE']._serialized_end=2550
 # @@protoc_insertion_point(module_scope)

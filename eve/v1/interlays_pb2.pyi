@@ -49,18 +49,24 @@ class InterlaySettings(_message.Message):
     def __init__(self, max_concurrent_connections: _Optional[int] = ..., listen_host: _Optional[str] = ..., output_buffer_hard_limit_bytes: _Optional[int] = ..., output_buffer_soft_limit_bytes: _Optional[int] = ..., output_buffer_soft_seconds: _Optional[float] = ..., stuck_connection_ms: _Optional[int] = ..., tls_cert_file: _Optional[str] = ..., tls_key_file: _Optional[str] = ..., tls_ca_file: _Optional[str] = ...) -> None: ...
 
 class BackendStats(_message.Message):
-    __slots__ = ("backend", "ops", "errors", "p50_ms", "p99_ms")
+    __slots__ = ("backend", "ops", "errors", "p50_ms", "p99_ms", "latency_bucket_bounds_seconds", "latency_bucket_counts", "latency_sum_seconds")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     OPS_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     P50_MS_FIELD_NUMBER: _ClassVar[int]
     P99_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_BUCKET_BOUNDS_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_BUCKET_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_SUM_SECONDS_FIELD_NUMBER: _ClassVar[int]
     backend: str
     ops: int
     errors: int
     p50_ms: float
     p99_ms: float
-    def __init__(self, backend: _Optional[str] = ..., ops: _Optional[int] = ..., errors: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ...) -> None: ...
+    latency_bucket_bounds_seconds: _containers.RepeatedScalarFieldContainer[float]
+    latency_bucket_counts: _containers.RepeatedScalarFieldContainer[int]
+    latency_sum_seconds: float
+    def __init__(self, backend: _Optional[str] = ..., ops: _Optional[int] = ..., errors: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., latency_bucket_bounds_seconds: _Optional[_Iterable[float]] = ..., latency_bucket_counts: _Optional[_Iterable[int]] = ..., latency_sum_seconds: _Optional[float] = ...) -> None: ...
 
 class DualWriteStats(_message.Message):
     __slots__ = ("side", "writes", "failures", "last_error")

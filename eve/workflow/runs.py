@@ -889,6 +889,7 @@ def _metrics_attributes(progress: Progress) -> dict[str, Any]:
             "keys_skipped": progress.skipped, "keys_conflicting": progress.conflicts,
             "keys_failed": progress.failed, "bytes": progress.bytes,
             "keys_per_second": round(progress.keys_per_second, 1),
+            "bytes_per_second": round(progress.bytes_per_second, 1),
             "eta_seconds": round(eta, 1) if eta is not None else "",
             "source_keys": progress.source_keys}
 
