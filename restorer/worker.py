@@ -459,7 +459,8 @@ class _Restorer:
             self._errors.add(result.failed, self._attributes)
             first = error_keys[0]
             self.log.warning("batch node=%s db=%d seq=%d: %d error keys (first: %r on %s: %s)", header.node,
-                             header.db, header.seq, result.failed, first.key[:100], first.node, first.reason)
+                             header.db, header.seq, result.failed, first.key[:100], first.node, first.reason,
+                             extra={"reason": f"error keys: {first.reason}"})
         return result
 
 
@@ -538,14 +539,19 @@ def _restarted(log: _Log, results: _Queue, worker: str, exc: ServerRestarted, wh
     return False
 
 
-def main(options: RestorerOptions, batches: _Queue, results: _Queue) -> None:
+def main(options: RestorerOptions, batches: _Queue, results: _Queue, *, log_queue: Any = None) -> None:
     """Entry point of a spawned restorer process; exits 0 after STOP, 1 after FAILED or RESTARTED."""
     from eve.core import telemetry
     from eve.core.child_process import die_with_parent, ignore_interrupts
 
     die_with_parent()
     ignore_interrupts()
-    logging.basicConfig(level=options.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if log_queue is not None:  # through the parent's logging (eve.core.worker_logs)
+        from eve.core.worker_logs import forward_to
+
+        forward_to(log_queue, options.log_level)
+    else:
+        logging.basicConfig(level=options.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     log = _Log(logger, {"worker": options.worker})
     ok = False
     tel = None

@@ -71,6 +71,7 @@ from opentelemetry.propagate import inject
 from eve.core.errors import AuthError, EndpointError, Side, SourceError, UnavailableError
 from eve.core.frames import Batch, BatchHeader, Failed, Restarted, Stop, encode
 from eve.core.telemetry import setup
+from eve.core.worker_logs import forward_to
 from eve.redis.cluster import (
     DENIED,
     RECONNECT_FIRST_DELAY,
@@ -682,7 +683,8 @@ class _Scanner:
             if kind == TRANSIENT:
                 raise _Transient(f"{self.address} answered DUMP/PTTL of {_key_repr(key)} with: {text}")
         for key, error in errors:
-            self.log.warning("db=%d skipped key %s: the source could not read it: %s", db, _key_repr(key), error)
+            self.log.warning("db=%d skipped key %s: the source could not read it: %s", db, _key_repr(key), error,
+                             extra={"reason": f"the source could not read a key: {error}"})
 
     def _raise_for(self, reply: ReplyError, what: str) -> None:
         text = str(reply)
@@ -775,7 +777,8 @@ class _StopSignal:
         return True
 
 
-def main(options: ScannerOptions, batches: BatchQueue, stop_event: StopEvent | None = None) -> None:
+def main(options: ScannerOptions, batches: BatchQueue, stop_event: StopEvent | None = None, *,
+         log_queue: Any = None) -> None:
     """Entry point of a scanner process (``multiprocessing`` spawn target).
 
     Logs to stderr, sets up OpenTelemetry as ``eve-scanner``, treats SIGTERM and
@@ -787,8 +790,11 @@ def main(options: ScannerOptions, batches: BatchQueue, stop_event: StopEvent | N
     from eve.core.child_process import die_with_parent
 
     die_with_parent()
-    logging.basicConfig(level=options.log_level, stream=sys.stderr, force=True,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    if log_queue is not None:  # through the parent's logging (eve.core.worker_logs)
+        forward_to(log_queue, options.log_level)
+    else:
+        logging.basicConfig(level=options.log_level, stream=sys.stderr, force=True,
+                            format="%(asctime)s %(levelname)s %(message)s")
     stop = _StopSignal(stop_event)
     for signum in (signal.SIGTERM, signal.SIGINT):
         try:

@@ -50,6 +50,7 @@ from eve.core.endpoints import ConnectionSpec
 from eve.core.enums import ConflictPolicy, DataMovementMode
 from eve.core.errors import EndpointError, Side, SourceError, StateError, TargetError
 from eve.core.store import COUNTER_FIELDS, Store
+from eve.core.worker_logs import WorkerLogs
 from eve.redis.cluster import ClientOptions, ClusterClient, ServerRestarted, ServerRunIds
 from eve.redis.wire import ReplyError, pack
 from restorer import RestorerOptions
@@ -224,6 +225,8 @@ class BulkCopy:
         self.progress = Progress()
         self.epoch = 0
         self._context = multiprocessing.get_context("spawn")
+        # The workers log through this process (issue 24): above a progress bar, repeats collapsed.
+        self.worker_logs = WorkerLogs()
 
     # -- planning -------------------------------------------------------------------
 
@@ -280,6 +283,17 @@ class BulkCopy:
                                         self.options.conflict)
         committed = self.store.counters(self.options.run_id)
         self.progress.add(committed)
+        try:
+            self._run_pipelines(stop_event)
+        finally:
+            self.worker_logs.close()  # one line per warning the workers repeated, with its count
+        self.progress.seconds = time.monotonic() - self.progress.started
+        if self.on_progress:
+            self.on_progress(self.progress)
+        return self.progress
+
+    def _run_pipelines(self, stop_event: threading.Event | None) -> None:
+        """The pipeline, started again from the last checkpoint or from the start as needed."""
         while True:
             try:
                 self._run_pipeline(stop_event)
@@ -296,10 +310,6 @@ class BulkCopy:
                 self.progress = dataclasses.replace(self.progress, **self.store.counters(self.options.run_id))
             except _SideRestarted as restarted:
                 self._copy_again(restarted)
-        self.progress.seconds = time.monotonic() - self.progress.started
-        if self.on_progress:
-            self.on_progress(self.progress)
-        return self.progress
 
     @property
     def server_run_ids(self) -> dict[str, str]:
@@ -408,14 +418,15 @@ class BulkCopy:
         depth = options.queue_depth or 2 * len(restorers) + 2
         batches = ctx.Queue(maxsize=depth)
         results = ctx.Queue()
+        logs = self.worker_logs.follow(ctx.Queue())
         workers: dict[str, multiprocessing.process.BaseProcess] = {}
         try:
             for r in restorers:
                 workers[r.worker] = ctx.Process(target=restorer_main, args=(r, batches, results),
-                                                name=r.worker, daemon=True)
+                                                kwargs={"log_queue": logs}, name=r.worker, daemon=True)
             for s in scanners:
                 workers[s.worker] = ctx.Process(target=scanner_main, args=(s, batches),
-                                                name=s.worker, daemon=True)
+                                                kwargs={"log_queue": logs}, name=s.worker, daemon=True)
             for name, process in workers.items():
                 process.start()
                 log.info("started %s pid=%d", name, process.pid)
@@ -431,7 +442,8 @@ class BulkCopy:
                 if process.is_alive():
                     process.kill()
                     process.join()
-            for q in (batches, results):
+            self.worker_logs.unfollow(logs)
+            for q in (batches, results, logs):
                 q.cancel_join_thread()
                 q.close()
 
