@@ -6,6 +6,7 @@ never traps: a job that failed before copying is not one to resume, --force, eve
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from keyspace import fill
+from keyspace import TYPES, fill
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -165,6 +166,40 @@ def test_dry_run_prints_the_plan_and_copies_nothing(server_factory, tmp_path):
                                   state=tmp_path / "s.db").stdout)
     assert document["dry_run"] and document["source_keys"] == 120
     assert [finding["code"] for finding in document["findings"]] == ["TARGET_NOT_EMPTY"]
+    # The estimate (issue 24): a timed sample, and per type how keys move; Valkey 9.1 reads
+    # Redis 7.0's payloads as they are.
+    assert re.search(r"estimate: (about \d+s|under a second) for 120 keys, from a timed sample of "
+                     r"100 keys copied at [\d,]+ keys/s", result.stdout), result.stdout
+    assert "  string: as is" in result.stdout
+    estimate = document["estimate"]
+    assert estimate["total_keys"] == 120 and estimate["sample_keys"] == 100 and estimate["keys_per_second"] > 0
+    assert estimate["estimated_seconds"] == pytest.approx(120 / estimate["keys_per_second"], rel=0.01, abs=0.001)
+    assert set(estimate["types"]) == set(TYPES)
+    assert all(moves["as_is"] == sum(moves.values()) > 0 for moves in estimate["types"].values())
+    assert target.client().dbsize() == 1, "the sample's scratch keys are removed"
+
+
+@pytest.mark.parametrize(("mode", "moves"), [
+    ("auto", {"set": "logical", "stream": "logical"}),
+    ("dump-restore", {"set": "failed", "stream": "failed"}),
+], ids=["auto", "dump-restore"])
+def test_dry_run_estimates_how_each_type_moves(server_factory, tmp_path, mode, moves):
+    """Redis 8.2 to Redis 7.0: payloads relabelled (transcoded) but set-listpack and stream-listpacks-3,
+    which Redis 7.0 cannot read: copied logically in AUTO, not at all in DUMP_RESTORE."""
+    source, target = server_factory("redis-8.2"), server_factory("redis-7.0")
+    fill(source.client(), 60)
+    result = migrate("--source", url(source), "--target", url(target), "--dry-run", "--json", "--mode", mode,
+                     state=tmp_path / "s.db")
+    assert result.returncode == 0, result.stderr
+    types = json.loads(result.stdout)["estimate"]["types"]
+    for kind, counts in types.items():
+        expected = moves.get(kind, "transcoded")
+        assert counts[expected] > 0 and counts[expected] == sum(counts.values()), (kind, counts)
+    text = migrate("--source", url(source), "--target", url(target), "--dry-run", "--mode", mode,
+                   state=tmp_path / "s.db").stdout
+    assert ("  set: logically" if mode == "auto" else "  set: not at all") in text, text
+    assert "  string: transcoded" in text
+    assert target.client().dbsize() == 0
 
 
 def _slow_job(source, target, state: Path) -> subprocess.Popen:

@@ -221,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--force", action="store_true",
                          help="start a new job even though the one in --state did not finish (it is discarded)")
     migrate.add_argument("--dry-run", action="store_true",
-                         help="run the pre-flight and print the plan; copy nothing")
+                         help="run the pre-flight and print the plan with an estimate: a timed sample of 100 keys "
+                              "copied to scratch keys on the target (removed after) says how long the copy takes "
+                              "and how each type moves; copy nothing else")
     migrate.add_argument("--state", default="eve-migrate.db", metavar="PATH",
                          help="job state (checkpoints, error keys); default %(default)s")
     migrate.add_argument("--json", action="store_true", help="print the summary as one JSON object")

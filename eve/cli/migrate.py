@@ -274,7 +274,7 @@ def run_migrate(args: MigrateArgs) -> int:
     source, target, mirrors, dbs, target_db = _parse(args)
     facts, findings = _preflight(source, target, mirrors, dbs, target_db, args)
     if args.dry_run:
-        return _dry_run(args, facts, findings, dbs)
+        return _dry_run(args, facts, findings, dbs, _estimate(args, source, target, facts[0].keys))
     for finding in findings:
         if not (args.resume and finding.code == preflight.TARGET_NOT_EMPTY):  # a resumed job's own keys
             _warn(finding.message)
@@ -412,15 +412,72 @@ def _summary(args: MigrateArgs, store: Store, run_id: str, progress: Progress, f
     return 1 if error_count else 0
 
 
+# Keys the dry run copies, timed, to estimate the job (scratch names, removed after: eve.prepare.testrun).
+DRY_RUN_SAMPLE = 100
+# How a key moves, in the words of --dry-run: TypeResult field -> words.
+_HOW = (("as_is", "as is"), ("transcoded", "transcoded"), ("logical", "logically"), ("failed", "not at all"))
+
+
+def _estimate(args: MigrateArgs, source: ConnectionSpec, target: ConnectionSpec, source_keys: int) -> Any:
+    """A short timed sample, like a run's test run (``eve.prepare.testrun``): up to
+    ``DRY_RUN_SAMPLE`` keys spread over the types, copied in the job's mode to scratch keys on
+    the target (with a short TTL, deleted at the end) and verified; the rate gives the
+    estimate, each type's results how its keys will move."""
+    from eve.core.endpoints import EndpointConfig
+    from eve.prepare.testrun import test_run
+
+    if not source_keys:
+        return None
+    return test_run(EndpointConfig(source, source, source), EndpointConfig(target, target, target),
+                    run_id=f"dry-run-{uuid.uuid4().hex[:8]}", sample=DRY_RUN_SAMPLE, total_keys=source_keys,
+                    mode=_mode(args))
+
+
+def _estimate_document(report: Any) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    return {"estimated_seconds": round(report.estimated_seconds, 3), "sample_keys": report.keys,
+            "keys_per_second": round(report.keys_per_second, 1), "total_keys": report.total_keys,
+            "types": {result.type: {field: getattr(result, field) for field, _ in _HOW}
+                      for result in report.results},
+            "errors": list(report.errors)}
+
+
+def _estimate_lines(report: Any) -> list[str]:
+    if report is None:
+        return ["estimate: nothing to copy (the source holds no key)"]
+    if not report.keys:
+        return ["estimate: none (no key could be sampled)"]
+    lines = [f"estimate: {_duration(report.estimated_seconds)} for {report.total_keys:,} keys, from a timed "
+             f"sample of {report.keys:,} keys copied at {report.keys_per_second:,.0f} keys/s (to scratch keys on "
+             "the target, removed since)", "how keys will move, per type (of the sample):"]
+    for result in report.results:
+        moves = [f"{words} {getattr(result, field):,}" for field, words in _HOW if getattr(result, field)]
+        lines.append(f"  {result.type}: {', '.join(moves) or 'not sampled'}")
+    lines += [f"  not at all: {error}" for error in report.errors[:5]]
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return "under a second"
+    if seconds < 120:
+        return f"about {seconds:.0f}s"
+    if seconds < 7200:
+        return f"about {seconds / 60:.0f} min"
+    return f"about {seconds / 3600:.1f} h"
+
+
 def _dry_run(args: MigrateArgs, facts: list[preflight.SideFacts], findings: list[preflight.Finding],
-             dbs: tuple[int, ...] | None) -> int:
+             dbs: tuple[int, ...] | None, estimate: Any = None) -> int:
     plan = _plan_lines(facts, dbs, args)
     if args.json:
         print(json.dumps({"dry_run": True, "plan": plan, "source_keys": facts[0].keys,
+                          "estimate": _estimate_document(estimate),
                           "findings": [dataclasses.asdict(finding) for finding in findings]}))
         return 0
     print("eve migrate: dry run, nothing copied; the plan:")
-    for line in plan:
+    for line in plan + _estimate_lines(estimate):
         print(f"  {line}")
     for finding in findings:
         print(f"  warning: {finding.message}")

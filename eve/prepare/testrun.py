@@ -76,9 +76,14 @@ class TypeResult:
     keys: int      # sampled keys of this type that were copied
     ok: int        # restored and verified equal
     failed: int    # refused by the target, or read back different from an unchanged source key
-    transcoded: int = 0   # of ``keys``, restored with their payload relabelled
-    logical: int = 0      # of ``keys``, copied logically
+    transcoded: int = 0   # of ``keys``, restored with their payload relabelled (not failed)
+    logical: int = 0      # of ``keys``, copied logically (not failed)
     changed: int = 0      # of ``keys``, changed on the source while being verified: not failures
+
+    @property
+    def as_is(self) -> int:
+        """Keys restored from their payload as the source dumped it."""
+        return self.keys - self.transcoded - self.logical - self.failed
 
 
 @dataclass(frozen=True)
@@ -437,8 +442,8 @@ def _report(entries: list[_Sampled], started: float, copy_seconds: float, total:
             continue
         tally = counts[entry.type]
         tally[0] += 1
-        tally[3] += entry.how == RELABEL
-        tally[4] += entry.how == LOGICAL
+        tally[3] += entry.how == RELABEL and entry.ok is True    # a key that failed did not move
+        tally[4] += entry.how == LOGICAL and entry.ok is True
         if entry.changed:
             tally[5] += 1
             changed.append(f"{entry.type} key {key_text(entry.key)!r} (db {entry.db}): {entry.reason}")
