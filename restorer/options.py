@@ -49,6 +49,9 @@ class RestorerOptions:
     reconnect_seconds: float = DEFAULT_RECONNECT_SECONDS  # keep retrying a lost target this long, then fail
     max_pipeline: int = DEFAULT_MAX_PIPELINE   # RESTOREs per pipeline (one sendall)
     log_level: int = logging.INFO              # the coordinator's level, passed down (spawned processes inherit none)
+    # The job's trace context (eve.core.telemetry.carrier): the parent of a restore batch whose
+    # frame carries none; a frame's own (its scan batch) wins.
+    trace_context: tuple[tuple[str, str], ...] = ()
     # (address, run_id) of every node of the target and mirror targets the job wrote to: a node that
     # answers with another run_id restarted, and the restorer reports RESTARTED instead of going on.
     # Nodes not listed are learned on first contact.

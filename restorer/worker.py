@@ -69,7 +69,7 @@ import time
 from operator import itemgetter
 from typing import Any, Protocol
 
-from opentelemetry import metrics, propagate, trace
+from opentelemetry import metrics, trace
 
 from eve.core.endpoints import ConnectionSpec
 from eve.core.enums import DataMovementMode
@@ -87,6 +87,7 @@ from eve.core.frames import (
     decode,
     encode,
 )
+from eve.core.telemetry import context_of
 from eve.redis.cluster import (
     ASK,
     BUSYKEY,
@@ -414,12 +415,10 @@ class _Restorer:
 
     def apply(self, batch: Batch) -> Result:
         header = batch.header
-        links = []
-        if header.trace:
-            scanned = trace.get_current_span(propagate.extract(header.trace)).get_span_context()
-            if scanned.is_valid:
-                links.append(trace.Link(scanned))
-        with self.tracer.start_as_current_span("restore batch", links=links) as span:
+        # A child of the scan batch whose frame carried its context (issue 24: one trace per job),
+        # else of the job itself.
+        parent = context_of(header.trace) if header.trace else context_of(self.options.trace_context)
+        with self.tracer.start_as_current_span("restore batch", context=parent) as span:
             rows = batch.rows
             # ABSTTL: the expiry is absolute, so a key whose expiry passed in transit
             # is skipped rather than created (DESIGN.md 4.3). It is gone from the

@@ -105,6 +105,8 @@ class ScannerOptions:
     big_key_threshold_bytes: int = DEFAULT_BIG_KEY_THRESHOLD_BYTES  # 0 = off; see the class docstring
     server_run_id: str | None = None  # the node's run_id when planned; None: learned on first contact
     log_level: int = logging.INFO     # the coordinator's level, passed down (spawned processes inherit none)
+    # The job's trace context (eve.core.telemetry.carrier): each scan batch span is its child.
+    trace_context: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, ConnectionSpec):

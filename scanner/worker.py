@@ -70,7 +70,7 @@ from opentelemetry.propagate import inject
 
 from eve.core.errors import AuthError, EndpointError, Side, SourceError, UnavailableError
 from eve.core.frames import Batch, BatchHeader, Failed, Restarted, Stop, encode
-from eve.core.telemetry import setup
+from eve.core.telemetry import context_of, setup
 from eve.core.worker_logs import forward_to
 from eve.redis.cluster import (
     DENIED,
@@ -406,6 +406,7 @@ class _Scanner:
         self.batches = batches
         self.stop_event = stop_event
         self.tracer = tracer or trace.get_tracer(__name__)
+        self.trace_parent = context_of(options.trace_context)  # the job's span (eve.core.telemetry)
         meter = meter or metrics.get_meter("eve.scanner")
         self.keys_counter = meter.create_counter("eve.scanner.keys", unit="{key}",
                                                  description="keys read from the source and sent")
@@ -503,7 +504,7 @@ class _Scanner:
             cursor, scanned, rows, big, batch_skipped, nbytes = self._retrying(self._step, db, cursor)
             if scanned == 0 and cursor != 0:
                 continue  # an empty reply: fold it into the next batch
-            span = self.tracer.start_span("scan batch", start_time=span_start, attributes={
+            span = self.tracer.start_span("scan batch", context=self.trace_parent, start_time=span_start, attributes={
                 "node": options.node, "db": db, "keys": len(rows), "big_keys": len(big), "bytes": nbytes,
                 # OpenTelemetry attributes are int64; a SCAN cursor is unsigned 64-bit.
                 "cursor": cursor if cursor < 1 << 63 else str(cursor),

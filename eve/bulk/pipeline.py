@@ -44,12 +44,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from opentelemetry import trace
+
 from eve.bulk.functions import copy_functions
 from eve.core import frames
 from eve.core.endpoints import ConnectionSpec
 from eve.core.enums import ConflictPolicy, DataMovementMode
 from eve.core.errors import EndpointError, Side, SourceError, StateError, TargetError
 from eve.core.store import COUNTER_FIELDS, Store
+from eve.core.telemetry import carrier
 from eve.core.worker_logs import WorkerLogs
 from eve.redis.cluster import ClientOptions, ClusterClient, ServerRestarted, ServerRunIds
 from eve.redis.wire import ReplyError, pack
@@ -64,6 +67,10 @@ __all__ = ["BulkOptions", "BulkCopy", "CopyStopped", "Progress", "SourcePlan", "
            "MAX_RESTORERS", "retry_error_keys"]
 
 log = logging.getLogger("eve.bulk.pipeline")
+
+# After the last batch, how long the workers get to exit on their own (flushing their spans
+# and log records) before they are terminated.
+WORKER_EXIT_SECONDS = 5.0
 
 DEFAULT_RESTORERS = 2
 MAX_RESTORERS = 64  # per job, the API's cap too: more processes than that only thrash a host
@@ -283,10 +290,15 @@ class BulkCopy:
                                         self.options.conflict)
         committed = self.store.counters(self.options.run_id)
         self.progress.add(committed)
-        try:
-            self._run_pipelines(stop_event)
-        finally:
-            self.worker_logs.close()  # one line per warning the workers repeated, with its count
+        # Under the caller's span (eve migrate's job, a run's copy phase): one trace per job.
+        with trace.get_tracer("eve.bulk").start_as_current_span("bulk copy", attributes={
+                "eve.run": self.options.run_id, "eve.source_keys": self.progress.source_keys}) as span:
+            try:
+                self._run_pipelines(stop_event)
+            finally:
+                self.worker_logs.close()  # one line per warning the workers repeated, with its count
+                span.set_attributes({"eve.scanned": self.progress.scanned, "eve.restored": self.progress.restored,
+                                     "eve.failed": self.progress.failed, "eve.restarts": self.progress.restarts})
         self.progress.seconds = time.monotonic() - self.progress.started
         if self.on_progress:
             self.on_progress(self.progress)
@@ -384,6 +396,7 @@ class BulkCopy:
         streams: dict[tuple[str, int], _Stream] = {}
         scanners: list[ScannerOptions] = []
         log_level = logging.getLogger().getEffectiveLevel()
+        trace_context = carrier()  # the bulk copy's span: every batch of every worker descends from it
         self.epoch += 1
         for plan in plans:
             todo = tuple(db for db in plan.dbs if not checkpoints.get((plan.node, db), (0, False))[1])
@@ -400,7 +413,7 @@ class BulkCopy:
                 max_bytes_per_second=options.max_bytes_per_second, max_pipeline=options.max_pipeline,
                 backoff_latency_ms=options.backoff_latency_ms, latency_budget_ms=options.latency_budget_ms,
                 reconnect_seconds=options.reconnect_seconds, max_source_share=options.max_source_share,
-                server_run_id=plan.server_run_id, log_level=log_level,
+                server_run_id=plan.server_run_id, log_level=log_level, trace_context=trace_context,
                 big_key_threshold_bytes=options.big_key_threshold_bytes))
         if not streams:
             return
@@ -411,7 +424,7 @@ class BulkCopy:
             target_cluster=target_cluster, mirrors=mirrors, conflict=options.conflict,
             preserve_ttl=options.preserve_ttl, mode=options.mode, source=options.source,
             source_cluster=self._source_cluster, reconnect_seconds=options.reconnect_seconds,
-            max_pipeline=options.max_pipeline, log_level=log_level,
+            max_pipeline=options.max_pipeline, log_level=log_level, trace_context=trace_context,
             server_run_ids=tuple(self._target_run_ids.items())) for i in range(max(1, options.restorers))]
 
         ctx = self._context
@@ -433,6 +446,10 @@ class BulkCopy:
             log.info("bulk copy epoch=%d scanners=%d restorers=%d streams=%d", self.epoch, len(scanners),
                      len(restorers), len(streams))
             self._supervise(streams, workers, [r.worker for r in restorers], batches, results, stop_event)
+            # Done: each worker exits on its own once it has flushed its spans and log records.
+            deadline = time.monotonic() + WORKER_EXIT_SECONDS
+            for process in workers.values():
+                process.join(timeout=max(0.0, deadline - time.monotonic()))
         finally:
             for process in workers.values():
                 if process.is_alive():

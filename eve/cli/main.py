@@ -53,9 +53,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from eve.cli.migrate import MigrateArgs, run_migrate
+    from eve.core import telemetry
 
     _setup_logging("eve-migrate", args.verbose, quiet=not args.verbose)
+    # One trace per job (issue 24): its root span here, the scan and restore batches of its
+    # worker processes below it. With no OTEL_TRACES_EXPORTER nothing is exported.
+    tel = telemetry.setup("eve-migrate")
+    try:
+        with telemetry.root_span("eve migrate", tracer=tel.tracer("eve.cli"),
+                                 attributes={"eve.resume": args.resume, "eve.dry_run": args.dry_run}):
+            return _migrate(args)
+    finally:
+        tel.shutdown()
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from eve.cli.migrate import MigrateArgs, run_migrate
+
     return run_migrate(MigrateArgs(
         source=args.source, target=args.target, mirrors=tuple(args.mirror or ()), conflict=args.conflict,
         mode=args.mode,

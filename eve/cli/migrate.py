@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from opentelemetry import trace
+
 from eve.bulk import error_keys as export_mod
 from eve.bulk.pipeline import (
     DEFAULT_SOURCE_SHARE,
@@ -310,6 +312,7 @@ def run_migrate(args: MigrateArgs) -> int:
             max_source_share=_source_share(args), backoff_latency_ms=args.backoff_latency_ms,
             latency_budget_ms=args.latency_budget_ms, big_key_threshold_bytes=args.big_key_bytes)
         exporter = _metrics_exporter(args, run_id)  # before the job is recorded: a port in use leaves no job
+        trace.get_current_span().set_attribute("eve.run", run_id)  # eve migrate's root span (eve.cli.main)
         copy = BulkCopy(options, store)
         copy.prepare()  # unreachable servers fail here, before a job is recorded
         job = store.set_run_state(run_id, "COPYING") if args.resume else store.create_run(run_id, "COPYING", setup)
