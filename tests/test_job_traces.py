@@ -155,3 +155,66 @@ def test_a_run_and_its_phases_are_one_trace():
     # Outside any span the carrier is empty, and an empty carrier starts a new trace.
     assert telemetry.carrier() == () and trace.get_current_span(telemetry.context_of(())).get_span_context() \
         == trace.INVALID_SPAN_CONTEXT
+
+
+_WORKFLOW_PHASES = r'''
+import json, sys
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from eve.core import telemetry
+from eve.core.store import Store
+from eve.workflow.runs import Workflow
+
+exporter = InMemorySpanExporter()
+telemetry.setup("eve-coordinator", span_exporter=exporter, set_global=True)
+store = Store(sys.argv[1])
+store.create_run("r1", "COPYING")
+
+def copy(run_id):  # what the copy thread does: the bulk copy's spans under the current one
+    with trace.get_tracer("eve.bulk").start_as_current_span("bulk copy"):
+        pass
+
+def sync(run_id):  # the sync phase: the re-copy loop is made in it, its batches copied anywhere
+    from eve.core.endpoints import ConnectionSpec
+    from eve.live.backlog import DirtyKeys
+    from eve.live.recopy import DirtyKeySync, SyncOptions
+    loop = DirtyKeySync(SyncOptions(authoritative=ConnectionSpec("127.0.0.1", int(sys.argv[2])),
+                                    others=(ConnectionSpec("127.0.0.1", int(sys.argv[3])),)), DirtyKeys())
+    import threading
+    elsewhere = threading.Thread(target=lambda: loop.recopy([(0, b"k1"), (0, b"k2")]))
+    elsewhere.start()
+    elsewhere.join(timeout=30)
+    loop.close()
+
+first = Workflow(store)
+first._spawn("r1", "copy", copy)
+first._threads["r1"].join(timeout=30)
+first._spawn("r1", "sync", sync)
+first._threads["r1"].join(timeout=30)
+again = Workflow(store)  # a restarted coordinator: the same run, the same trace
+with again._phase("r1", "verify"):
+    pass
+print(json.dumps([{"name": s.name, "trace": s.context.trace_id, "id": s.context.span_id,
+                   "parent": s.parent.span_id if s.parent else None} for s in exporter.get_finished_spans()]))
+'''
+
+
+@pytest.mark.integration
+def test_a_runs_phases_stay_in_its_trace_across_a_coordinator_restart(tmp_path, server_factory):
+    """The workflow: a phase thread (_spawn) runs under its phase span, itself under the run's
+    root span kept in the store, which the next coordinator of the store continues; a re-copy
+    batch is a child of the phase its loop was made in, whichever thread copies it."""
+    source, target = server_factory("redis-7.0"), server_factory("redis-7.0")
+    source.client().mset({"k1": "1", "k2": "2"})
+    result = subprocess.run([sys.executable, "-c", _WORKFLOW_PHASES, str(tmp_path / "eve.db"), str(source.port),
+                             str(target.port)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    spans = {span["name"]: span for span in json.loads(result.stdout.strip().splitlines()[-1])}
+    assert set(spans) == {"run r1", "copy", "bulk copy", "sync", "re-copy batch", "verify"}
+    assert len({span["trace"] for span in spans.values()}) == 1
+    root = spans["run r1"]
+    assert root["parent"] is None
+    assert spans["copy"]["parent"] == root["id"] and spans["verify"]["parent"] == root["id"]
+    assert spans["bulk copy"]["parent"] == spans["copy"]["id"]
+    assert spans["re-copy batch"]["parent"] == spans["sync"]["id"] and spans["sync"]["parent"] == root["id"]
+    assert target.client().mget("k1", "k2") == [b"1", b"2"]

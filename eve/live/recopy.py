@@ -77,6 +77,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
 from eve.core.endpoints import ConnectionSpec
 from eve.core.errors import ConfigError, EndpointError
 from eve.core.frames import ErrorKeyRow
@@ -523,6 +526,9 @@ class DirtyKeySync:
         # flagged (and accepted) once, by whichever thread meets it first.
         self.run_ids = ServerRunIds(dict(options.server_run_ids), log=log)
         self._stop_event: threading.Event | None = None  # run()'s: ends reconnect waits early
+        # The span current where the loop was made (a run's sync or cutover phase): each
+        # re-copy batch is its child, from whichever thread copies it (issue 24).
+        self._trace_parent = otel_context.get_current()
 
     def __repr__(self) -> str:
         others = ", ".join(spec.address for spec in self.options.others)
@@ -547,7 +553,11 @@ class DirtyKeySync:
         every other side, or a logical copy where the payload is refused. Raises UnavailableError/AuthError when a side cannot be used,
         ServerRestarted when one restarted (``run`` and ``drain`` flag a full resync then);
         per-key refusals are in the result (and passed to ``on_error``)."""
-        result = self._copier().recopy(items)
+        with trace.get_tracer("eve.live").start_as_current_span(
+                "re-copy batch", context=self._trace_parent, attributes={"eve.keys": len(items)}) as span:
+            result = self._copier().recopy(items)
+            span.set_attributes({"eve.copied": result.copied, "eve.deleted": result.deleted,
+                                 "eve.failed": result.failed})
         result.put_off_transient()
         with self._lock:
             self._copied += result.copied

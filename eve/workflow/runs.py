@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from enum import Enum
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, ContextManager, Iterator, Mapping
 
 from eve.bulk.error_keys import copy_failure
 from eve.bulk.pipeline import (
@@ -32,6 +32,7 @@ from eve.bulk.pipeline import (
     retry_error_keys,
 )
 from eve.core import endpoints as endpoint_model
+from eve.core import telemetry
 from eve.core.endpoints import EndpointConfig
 from eve.core.enums import Strategy, WriteConsistency
 from eve.core.errors import ConfigError, EveError, NotFoundError, StateError
@@ -491,7 +492,8 @@ class Workflow:
             return self.get(run_id)
         self._transition(run_id, RunState.CUTTING_OVER, "cutover of writes started")
         try:
-            live.cutover()
+            with self._phase(run_id, "cutover"):
+                live.cutover()
         except EveError as exc:
             self._transition(run_id, RunState.SYNCING, f"cutover aborted: {exc}")
             raise StateError(f"cutover aborted, traffic unchanged: {exc}") from exc
@@ -567,9 +569,10 @@ class Workflow:
 
         def compare() -> Any:
             # At the run's own rate limit: the source may be serving production traffic.
-            return verify(options.source, options.target, dbs=options.dbs, match=options.match, type=options.type,
-                          ttl_tolerance_ms=ttl_tolerance_ms or 1000,
-                          max_keys_per_second=options.max_keys_per_second)
+            with self._phase(run_id, "verify"):
+                return verify(options.source, options.target, dbs=options.dbs, match=options.match,
+                              type=options.type, ttl_tolerance_ms=ttl_tolerance_ms or 1000,
+                              max_keys_per_second=options.max_keys_per_second)
 
         if live is None:
             report = compare()
@@ -627,7 +630,8 @@ class Workflow:
         live = self._live.get(run_id) or self._adopt_route(run_id, RunState(record.state))
         if live is not None:
             try:
-                live.rollback()
+                with self._phase(run_id, "rollback"):
+                    live.rollback()
             except EveError as exc:
                 self._fail(run_id, f"rollback could not finish: {exc}; call Rollback again")
                 raise StateError(f"rollback could not finish: {exc}; traffic stays where it was, call Rollback "
@@ -715,10 +719,20 @@ class Workflow:
 
     # -- threads, restart --------------------------------------------------------------------
 
+    def _phase(self, run_id: str, name: str) -> ContextManager[Any]:
+        """A span for one phase of the run (prepare, copy, sync, cutover, verify, rollback) under
+        the run's own trace, kept with the run so a restarted coordinator continues it (issue 24)."""
+        saved = self.store.report(run_id, "trace")
+        if not isinstance(saved, dict) or not saved:
+            saved = telemetry.new_run_trace(run_id)
+            self.store.set_report(run_id, "trace", saved)
+        return telemetry.phase_span(name, saved, attributes={"eve.run": run_id})
+
     def _spawn(self, run_id: str, what: str, target: Callable[[str], None]) -> None:
         def body() -> None:
             try:
-                target(run_id)
+                with self._phase(run_id, what):
+                    target(run_id)
             except Exception as exc:  # noqa: BLE001 - a worker thread must record, not vanish
                 log.exception("run %s: %s crashed", run_id, what)
                 self._fail(run_id, f"{what} crashed: {type(exc).__name__}: {exc}")
