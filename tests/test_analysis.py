@@ -183,8 +183,8 @@ def test_test_run_tells_keys_changed_on_the_source_from_keys_the_target_got_wron
     assert (strings.keys, strings.ok, strings.changed, strings.failed) == (20, 13, 6, 1)
     assert len(report.changed) == 6 and all("changed on the source while being verified" in line
                                             for line in report.changed)
-    assert report.errors == (f"string key 'k:19' (db 0): the copy differs from the source key, which did not change: "
-                             "the target refused or corrupted it",)
+    assert report.errors == (("string key 'k:19' (db 0): the copy differs from the source key, which did not "
+                              "change: the target refused or corrupted it"),)
     assert report.summary() == ("13 keys copied and verified; 6 changed on the source while being verified (written "
                                 "meanwhile: re-read, not a failure; the copy carries their new value); 1 failed: "
                                 "refused or corrupted by the target")

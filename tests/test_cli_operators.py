@@ -23,16 +23,16 @@ pytestmark = [pytest.mark.timeout(120)]
 
 def _create_parser():
     parser = build_parser()
-    interlays = next(action for action in parser._subparsers._group_actions[0].choices.values()  # noqa: SLF001
+    interlays = next(action for action in parser._subparsers._group_actions[0].choices.values()
                      if action.prog.endswith(" interlays"))
-    return interlays._subparsers._group_actions[0].choices["create"]  # noqa: SLF001
+    return interlays._subparsers._group_actions[0].choices["create"]
 
 
 def test_every_interlay_setting_has_a_flag_whose_help_states_its_default():
     fields = {field.name for field in interlays_pb2.InterlaySettings.DESCRIPTOR.fields}
     assert {name for name, _kind, _help in INTERLAY_FLAGS.values()} == fields
     create = _create_parser()
-    options = {option: action for action in create._actions for option in action.option_strings}  # noqa: SLF001
+    options = {option: action for action in create._actions for option in action.option_strings}
     for flag, (name, _kind, _help) in INTERLAY_FLAGS.items():
         assert flag in options, f"no flag for settings.{name}"
         assert "default" in options[flag].help, f"{flag}'s help does not state its default"

@@ -6,8 +6,8 @@ never traps: a job that failed before copying is not one to resume, --force, eve
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys

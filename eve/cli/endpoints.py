@@ -29,9 +29,9 @@ if TYPE_CHECKING:
     from eve.v1 import common_pb2, endpoints_pb2, interlays_pb2
 
 __all__ = [
+    "INTERLAY_FLAGS",
     "PASSWORD_SLOTS",
     "add_endpoint_commands",
-    "INTERLAY_FLAGS",
     "add_interlay_commands",
     "apply_passwords",
     "format_reply",
@@ -399,22 +399,22 @@ INTERLAY_FLAGS: dict[str, tuple[str, type, str]] = {
     "--listen-host": ("listen_host", str,
                       "address the listeners bind (default 127.0.0.1; 0.0.0.0 for application hosts)"),
     "--output-buffer-hard-limit": ("output_buffer_hard_limit_bytes", int,
-                                   "bytes of replies a client has not read, at most; over it the client is "
-                                   "disconnected (default 268435456 = 256 MB; 0: no limit)"),
+                                   ("bytes of replies a client has not read, at most; over it the client is "
+                                    "disconnected (default 268435456 = 256 MB; 0: no limit)")),
     "--output-buffer-soft-limit": ("output_buffer_soft_limit_bytes", int,
-                                   "bytes of unread replies a client may hold for --output-buffer-soft-seconds "
-                                   "before it is disconnected (default 67108864 = 64 MB; 0: no limit)"),
+                                   ("bytes of unread replies a client may hold for --output-buffer-soft-seconds "
+                                    "before it is disconnected (default 67108864 = 64 MB; 0: no limit)")),
     "--output-buffer-soft-seconds": ("output_buffer_soft_seconds", float,
                                      "seconds a client may stay over the soft limit (default 60)"),
     "--stuck-connection-ms": ("stuck_connection_ms", int,
-                              "milliseconds the oldest request on a shared backend connection may wait "
-                              "before the connection takes no new commands (default 100)"),
+                              ("milliseconds the oldest request on a shared backend connection may wait "
+                               "before the connection takes no new commands (default 100)")),
     "--tls-cert-file": ("tls_cert_file", str,
                         "serve clients over TLS (rediss://) with this PEM certificate chain (default: no TLS)"),
     "--tls-key-file": ("tls_key_file", str, "the certificate's private key, PEM, unencrypted (default: none)"),
     "--tls-ca-file": ("tls_ca_file", str,
-                      "require client certificates signed by the CA certificates in this PEM file "
-                      "(default: none, clients need no certificate)"),
+                      ("require client certificates signed by the CA certificates in this PEM file "
+                       "(default: none, clients need no certificate)")),
 }
 
 

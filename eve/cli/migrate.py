@@ -451,9 +451,9 @@ def _estimate_lines(report: Any) -> list[str]:
         return ["estimate: nothing to copy (the source holds no key)"]
     if not report.keys:
         return ["estimate: none (no key could be sampled)"]
-    lines = [f"estimate: {_duration(report.estimated_seconds)} for {report.total_keys:,} keys, from a timed "
-             f"sample of {report.keys:,} keys copied at {report.keys_per_second:,.0f} keys/s (to scratch keys on "
-             "the target, removed since)", "how keys will move, per type (of the sample):"]
+    lines = [(f"estimate: {_duration(report.estimated_seconds)} for {report.total_keys:,} keys, from a timed "
+              f"sample of {report.keys:,} keys copied at {report.keys_per_second:,.0f} keys/s (to scratch keys on "
+              "the target, removed since)"), "how keys will move, per type (of the sample):"]
     for result in report.results:
         moves = [f"{words} {getattr(result, field):,}" for field, words in _HOW if getattr(result, field)]
         lines.append(f"  {result.type}: {', '.join(moves) or 'not sampled'}")

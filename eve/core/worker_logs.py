@@ -99,7 +99,8 @@ class WorkerLogs:
                 record = log_queue.get()
             except (EOFError, OSError, ValueError):
                 return
-            except Exception:  # noqa: BLE001 - a record cut short by a killed worker: skip it
+            except Exception as exc:  # noqa: BLE001 - a record cut short by a killed worker: skip it
+                log.debug("a worker's log record could not be read: %s", exc)
                 continue
             if record is None:
                 return

@@ -21,7 +21,8 @@ import threading
 import time
 import uuid
 from enum import Enum
-from typing import Any, Callable, ContextManager, Iterator, Mapping
+from contextlib import AbstractContextManager
+from typing import Any, Callable, Iterator, Mapping
 
 from eve.bulk.error_keys import copy_failure
 from eve.bulk.pipeline import (
@@ -719,7 +720,7 @@ class Workflow:
 
     # -- threads, restart --------------------------------------------------------------------
 
-    def _phase(self, run_id: str, name: str) -> ContextManager[Any]:
+    def _phase(self, run_id: str, name: str) -> AbstractContextManager[Any]:
         """A span for one phase of the run (prepare, copy, sync, cutover, verify, rollback) under
         the run's own trace, kept with the run so a restarted coordinator continues it (issue 24)."""
         saved = self.store.report(run_id, "trace")
