@@ -108,7 +108,12 @@ class EveServer:
         cmd += [self.address, *args]
         return subprocess.run(cmd, input=data, capture_output=True, text=True, timeout=timeout)
 
-    def stop(self) -> None:
+    def stop(self, *, reap_interlays: bool = True) -> None:
+        """SIGTERM, and wait. A graceful stop leaves the interlays serving for the next
+        coordinator (issue 24); unless ``reap_interlays=False`` (a test of that), the ones this
+        SIGTERM left are killed, as they died with it before, so that no test leaves a process
+        running. A coordinator already killed (SIGKILL) keeps its survivors for the next one."""
+        terminating = self.process is not None and self.process.poll() is None
         for channel in self._channels:
             channel.close()
         self._channels.clear()
@@ -123,6 +128,11 @@ class EveServer:
             self.process.stdout.close()
         if getattr(self, "_log", None):
             self._log.close()
+        if reap_interlays and terminating:
+            from eve.api.server import interlay_control_dir
+            from proxies import reap_interlays as reap
+
+            reap(Path(interlay_control_dir(str(self.state))))
 
 
 def migrate(*args: str, state: Path, timeout: float = 120, verbose: bool = False) -> subprocess.CompletedProcess:

@@ -521,7 +521,7 @@ def test_an_application_connection_survives_a_sigterm_of_eve_serve_and_a_restart
     control_dir = Path(interlay_control_dir(str(eve.state)))
     pids = interlay_pids(control_dir)["app"]
 
-    eve.stop()  # SIGTERM, and waits for eve serve to exit
+    eve.stop(reap_interlays=False)  # SIGTERM, and waits for eve serve to exit
     assert eve.process.returncode == 0, eve.log()  # type: ignore[union-attr]
     assert "left serving" in eve.log()
     for expected in range(2, 12):
@@ -558,7 +558,7 @@ def test_stop_interlays_on_exit_stops_them_with_eve_serve(tmp_path, server_facto
         client = _client(port)
         assert client.incr("counter") == 1
         pids = interlay_pids(control_dir)["app"]
-        eve.stop()
+        eve.stop(reap_interlays=False)
         assert eve.process.returncode == 0, eve.log()  # type: ignore[union-attr]
         assert not any(os.path.exists(f"/proc/{pid}") and "zombie" not in Path(f"/proc/{pid}/status").read_text()
                        .lower() for pid in pids)
