@@ -441,7 +441,9 @@ def test_mirror_receives_the_same_keys_and_reports_its_own_failures(server_facto
     spans = [span for span in exporter.get_finished_spans() if span.name == "restore batch"]
     assert len(spans) == 1
     span = spans[0]
-    assert [link.context.span_id for link in span.links] == [scan_span.get_span_context().span_id]
+    # A child of the scan batch whose frame it applied: one trace per job (issue 24).
+    assert span.parent.span_id == scan_span.get_span_context().span_id
+    assert span.context.trace_id == scan_span.get_span_context().trace_id
     assert span.attributes["eve.keys"] == len(rows) and span.attributes["eve.failed"] == len(refused)
     counters = {metric.name: sum(point.value for point in metric.data.data_points)
                 for resource in reader.get_metrics_data().resource_metrics
