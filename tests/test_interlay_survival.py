@@ -363,7 +363,10 @@ def _connection_errors(writers: Writers) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_a_live_run_loses_no_write_across_a_coordinator_kill(tmp_path, eve, server_factory):
+@pytest.mark.parametrize("stop", ["kill", "sigterm"])
+def test_a_live_run_loses_no_write_across_a_coordinator_kill(tmp_path, eve, server_factory, stop):
+    """SIGKILL, or a graceful SIGTERM (issue 24): either way the interlay keeps serving and
+    spooling the dirty keys, and the next coordinator takes the run over without a full compare."""
     live = Live(eve, server_factory, wpb.SOURCE_AUTHORITATIVE, keys=500, engines=(ENGINE, "valkey-8.1"))
     control_dir = Path(interlay_control_dir(str(eve.state)))
     restarted = None
@@ -373,7 +376,11 @@ def test_a_live_run_loses_no_write_across_a_coordinator_kill(tmp_path, eve, serv
             live.wait_in_sync()
             writers.wait_ops(300)
             pids = interlay_pids(control_dir)["app"]
-            _kill(eve)
+            if stop == "kill":
+                _kill(eve)
+            else:
+                eve.stop(reap_interlays=False)
+                assert eve.process.returncode == 0 and "left serving" in eve.log()  # type: ignore[union-attr]
             writers.wait_ops(300)  # dual writes go on with nobody supervising
             restarted = _restart(live, tmp_path, "eve-restarted")
             assert interlay_pids(control_dir)["app"] == pids

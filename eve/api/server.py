@@ -218,13 +218,16 @@ def serve(options: ServerOptions, *, on_ready: Callable[[str], None] | None = No
     if http_server is not None:
         http_server.stop()
     stopped = server.stop(grace=5)
-    workflow.shutdown()
     if options.stop_interlays_on_exit:
+        workflow.shutdown()
         coordinator.shutdown_interlays()
     else:
+        # Detached first, as a crash leaves them: the live runs' shutdown then cannot switch their
+        # dirty-key tracking off, so what is written until the next coordinator is spooled.
         left = coordinator.interlays.detach_all()
         if left:
             log.info("interlays left serving for the next coordinator: %s (eve serve --stop-interlays-on-exit "
                      "or StopInterlay stops them)", ", ".join(left))
+        workflow.shutdown()
     stopped.wait()
     store.close()
