@@ -5,8 +5,9 @@ up before percentiles are read.
 Buckets grow by 10%: a percentile read from them is within 10% of the true
 value, from 10 microseconds to about 90 seconds.
 
-Besides, every round trip since the process started goes into the coarse
-buckets of ``LATENCY_BUCKETS_SECONDS`` with their sum: the histogram Prometheus
+Besides, every round trip since the process started is counted in the coarse
+buckets of ``LATENCY_BUCKETS_SECONDS`` with their sum (exactly up to MAX_SAMPLES
+per report, scaled from the thinned samples past it): the histogram Prometheus
 scrapes (``eve_interlay_backend_latency_seconds``, issue 24), which adds up
 across processes and interlays and can be re-quantiled.
 """
@@ -90,21 +91,37 @@ class Stats:
         self._last_ops = 0
         self._last_time = time.monotonic()
 
+    def _count_latency(self, samples: list[float], total: int) -> None:
+        """Add ``total`` round trips to the exported histogram, from ``samples`` (all of them, or
+        an even thinning of them past MAX_SAMPLES: then each kept one stands for its share, so
+        the count stays exact and the buckets and sum are scaled, at no more cost per report)."""
+        if not total:
+            return
+        counts = [0] * len(self.latency_buckets)
+        bounds = LATENCY_BUCKETS_SECONDS
+        for sample in samples:
+            counts[bisect.bisect_left(bounds, sample)] += 1
+        scale = total / len(samples)
+        if scale != 1:
+            counts = [round(count * scale) for count in counts]
+            counts[max(range(len(counts)), key=counts.__getitem__)] += total - sum(counts)
+        for i, count in enumerate(counts):
+            self.latency_buckets[i] += count
+        self.latency_sum += sum(samples) * scale
+
     def report(self, worker: int, label: str, sides: tuple = (), dirty_pending: int = 0,
                cross_slot: tuple = ()) -> messages.StatsReport:
         now = time.monotonic()
         samples, self.samples = self.samples, []
-        buckets, bounds = self.latency_buckets, LATENCY_BUCKETS_SECONDS
-        for sample in samples:  # all of them, before thinning: the exported counts are exact
-            buckets[bisect.bisect_left(bounds, sample)] += 1
-        self.latency_sum += sum(samples)
-        if len(samples) > MAX_SAMPLES:
-            samples = samples[:: len(samples) // MAX_SAMPLES + 1]
+        total = len(samples)
+        if total > MAX_SAMPLES:
+            samples = samples[:: total // MAX_SAMPLES + 1]
+        self._count_latency(samples, total)
         interval_ops, self._last_ops = self.ops - self._last_ops, self.ops
         seconds, self._last_time = now - self._last_time, now
         backend = messages.BackendReport(label, self.backend_ops, self.backend_errors,
                                          histogram(sample * 1000.0 for sample in samples),
-                                         tuple(buckets), self.latency_sum)
+                                         tuple(self.latency_buckets), self.latency_sum)
         return messages.StatsReport(worker=worker, connections=self.connections, ops=self.ops,
                                     errors=self.errors + self.backend_errors, interval_ops=interval_ops,
                                     interval_seconds=seconds, backends=(backend,), sides=sides,

@@ -55,6 +55,7 @@ def _ancestors_reach(span: dict, by_id: dict[str, dict], root_id: str) -> bool:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # eve migrate as a process (CI's second step)
 def test_eve_migrate_exports_one_trace_for_its_job(tmp_path, server_factory):
     """OTEL_TRACES_EXPORTER=console: every span of the job, from the three processes or more,
     shares one trace, whose only root is the job's span; every batch descends from it."""

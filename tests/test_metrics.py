@@ -115,21 +115,26 @@ def test_metric_names_follow_the_openmetrics_conventions():
 
 
 def test_proxy_latency_histogram_counts_every_round_trip_since_the_start():
-    """The exported buckets count every sample, also those the interval's percentiles thin out,
-    and keep counting across reports (a Prometheus counter); the sum is in seconds."""
+    """The exported buckets count every round trip and keep counting across reports (a
+    Prometheus counter), the sum in seconds; past MAX_SAMPLES per report the thinned samples
+    stand for the others: the count stays exact, the buckets are scaled."""
     from proxy.stats import MAX_SAMPLES, Stats
 
     stats = Stats()
-    stats.samples = [0.00003] * (MAX_SAMPLES + 10) + [0.003, 20.0]
+    stats.samples = [0.00003] * 1000 + [0.003, 20.0]
     first = stats.report(0, "source").backends[0]
-    assert sum(first.latency_buckets) == MAX_SAMPLES + 12
-    assert first.latency_buckets[0] == MAX_SAMPLES + 10  # under 50 microseconds
+    assert sum(first.latency_buckets) == 1002
+    assert first.latency_buckets[0] == 1000  # under 50 microseconds
     assert first.latency_buckets[LATENCY_BUCKETS_SECONDS.index(0.005)] == 1
     assert first.latency_buckets[-1] == 1  # above 10 s
-    stats.samples = [0.0002]
+    assert first.latency_sum_seconds == pytest.approx(0.03 + 20.003)
+    stats.samples = [0.0002] * (3 * MAX_SAMPLES) + [0.0007] * MAX_SAMPLES
     second = stats.report(0, "source").backends[0]
-    assert sum(second.latency_buckets) == MAX_SAMPLES + 13
-    assert second.latency_sum_seconds == pytest.approx(0.00003 * (MAX_SAMPLES + 10) + 20.0032)
+    assert sum(second.latency_buckets) == 1002 + 4 * MAX_SAMPLES
+    assert second.latency_buckets[LATENCY_BUCKETS_SECONDS.index(0.00025)] == pytest.approx(3 * MAX_SAMPLES, rel=0.01)
+    assert second.latency_buckets[LATENCY_BUCKETS_SECONDS.index(0.001)] == pytest.approx(MAX_SAMPLES, rel=0.01)
+    assert second.latency_sum_seconds == pytest.approx(20.033 + 3 * MAX_SAMPLES * 0.0002 + MAX_SAMPLES * 0.0007,
+                                                       rel=0.01)
 
 
 def test_grafana_dashboard_queries_only_exported_metrics():

@@ -107,6 +107,7 @@ def _run_in_pty(args: list[str], timeout: float = 90) -> tuple[int, str]:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # eve migrate as a process on a terminal (CI's second step)
 def test_migrate_progress_bar_stays_whole_under_a_warning_repeated_per_batch(tmp_path, server_factory):
     """A target out of memory (maxmemory below what it uses) refuses every RESTORE: every batch
     has error keys, and its restorer a warning. On a terminal, the warning shows once above the
