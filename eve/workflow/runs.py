@@ -20,8 +20,8 @@ import re
 import threading
 import time
 import uuid
-from enum import Enum
 from contextlib import AbstractContextManager
+from enum import Enum
 from typing import Any, Callable, Iterator, Mapping
 
 from eve.bulk.error_keys import copy_failure
@@ -245,10 +245,9 @@ class Workflow:
             self._event(run_id, "prepare", "test run started")
             report = test_run(source, target, run_id=run_id, total_keys=total, mode=setup.mode)
             self.store.set_report(run_id, "testrun", _jsonable(dataclasses.asdict(report)))
-            failed = report.failed
             self._event(run_id, "testrun", f"test run: {report.summary()}; "
                         f"estimated {report.estimated_seconds:.0f}s for the full copy",
-                        {"keys": report.keys, "failed": failed, "changed": report.changed_keys,
+                        {"keys": report.keys, "failed": report.failed, "changed": report.changed_keys,
                          "estimated_seconds": f"{report.estimated_seconds:.1f}"})
         except EveError as exc:
             self._fail(run_id, f"prepare failed: {exc}")
