@@ -53,7 +53,7 @@ from collections.abc import Callable
 from eve.redis import resp
 from eve.redis.framing import RequestScanner, partial_request
 from eve.redis.resp import MAX_INLINE
-from proxy.backend import Backend, Node, set_no_delay
+from proxy.backend import DEDICATED, Backend, Node, set_no_delay
 from proxy.parts import BLOCKING, CONTROL, SCRIPTED, SHARED, SPECIAL, XREAD, Clients, Parts
 from proxy.routing import COUNTED, DUAL, PLAIN, READ_TARGET, SCRIPT, SOURCE, DualBatch, Router
 from proxy.slots import ClusterSide
@@ -107,6 +107,7 @@ HOLD_MIN_RATE = 10 << 20
 HOLD_WINDOW = 1.0
 _NO_MAINT_NOTIFICATIONS = b"-ERR interlay: CLIENT MAINT_NOTIFICATIONS is not available through an interlay\r\n"
 _NO_REPLICATION = b"-ERR interlay: replication commands (SYNC, PSYNC, REPLCONF) are not forwarded\r\n"
+_NIL = {2: b"$-1\r\n", 3: b"_\r\n"}   # CLIENT GETNAME of a connection never named, by protocol
 
 Tag = Callable[[bytes | None], bytes | None]   # sees a reply frame, returns the bytes to deliver
 
@@ -153,7 +154,7 @@ class Client(asyncio.Protocol):
         "closing", "close_error", "quitting", "resetting", "reset_done", "req_stream", "write_paused",
         "pause_reasons", "paused_backend", "resume_scheduled", "rejected", "announce", "max_bulk", "max_args",
         "threshold", "scanner", "issued", "answered", "marks", "multi_marks", "wdb", "multi_deferred", "listener",
-        "hard_limit", "soft_limit", "soft_seconds", "soft_since", "process", "hold_spent",
+        "hard_limit", "soft_limit", "soft_seconds", "soft_since", "process", "hold_spent", "lib_info",
     )
 
     def __init__(self, parts: Parts, clients: Clients, router: Router, node: Node) -> None:
@@ -180,6 +181,9 @@ class Client(asyncio.Protocol):
         self.shared: Backend | None = None
         self.pinned: Backend | None = None
         self.forever = False          # pinned for the rest of the connection
+        # CLIENT SETINFO requests (by attribute) sent on a shared connection: replayed on the
+        # client's own connection once it asks about itself (CLIENT INFO/ID/LIST...).
+        self.lib_info: dict[bytes, bytes] = {}
         self.in_multi = False
         self.watching = False
         self.db = 0
@@ -988,6 +992,12 @@ class Client(asyncio.Protocol):
             return self._send_control(raw)
         if name == b"client":
             sub = args[1].lower() if len(args) > 1 else b""
+            if sub == b"getname" and len(args) == 2:
+                # Never named (a SETNAME pins the client to a connection of its own):
+                # nil, as the server answers, and no connection spent on it.
+                return self._local(_NIL[self.protocol])
+            if sub == b"setinfo" and len(args) == 4:
+                self.lib_info[args[2].lower()] = raw
             if sub in CLIENT_SHARED or not sub:
                 return self._send_shared(raw)
             if sub == b"maint_notifications":
@@ -1228,6 +1238,7 @@ class Client(asyncio.Protocol):
             return None
         proto, user, setname = _hello_options(args)
         if setname:
+            self._replay_identity(conn)
             self.forever = True
         return self._hello_tag(conn, proto, user)
 
@@ -1237,9 +1248,21 @@ class Client(asyncio.Protocol):
             # Replies stop coming (or skip one): nothing can be counted any more.
             self._go_raw(conn)
             self.forever = True
+        elif sub == b"setinfo":
+            # Set on the client's own connection: it must not go back to the idle pool with it.
+            self.forever = True
         elif sub and sub not in CLIENT_SHARED:
+            self._replay_identity(conn)
             self.forever = True
         return None
+
+    def _replay_identity(self, conn: Backend) -> None:
+        """The connection becomes the client's own for good (it asks about itself or names
+        itself): what it told the shared connection about itself (CLIENT SETINFO) is told
+        again here first, so CLIENT INFO/LIST show it as directly."""
+        if not self.forever and conn.kind == DEDICATED:
+            for raw in self.lib_info.values():
+                conn.send(None, raw, 1, _swallow)
 
     def _state_cluster(self, conn: Backend, name: bytes, args: list[bytes]) -> Tag | None:
         sub = args[1].lower() if len(args) > 1 else b""

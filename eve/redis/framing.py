@@ -209,4 +209,4 @@ REPLY_MAX_DEPTH = sys.maxsize
 
 # ``scan_reply(buf, pos, remaining, stack, max_bulk)``: ``(end, pos, remaining, need)``
 # of the codec's resumable frame scan, at any depth.
-scan_reply = functools.partial(resp.scan_frame, max_depth=REPLY_MAX_DEPTH)
+scan_reply = functools.partial(resp.scan_frame, max_depth=REPLY_MAX_DEPTH, strict=False)

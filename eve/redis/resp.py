@@ -240,6 +240,7 @@ _MAP = 0x25  # %
 _SET = 0x7E  # ~
 _PUSH = 0x3E  # >
 _ATTRIBUTE = 0x7C  # |
+_LINE_TYPES = frozenset((_INTEGER, _NULL_T, _DOUBLE, _BOOLEAN, _BIG_NUMBER))
 
 # Aggregate type -> (elements per count, extra elements). An attribute is its
 # pairs plus the value it annotates, and counts as one element of its parent.
@@ -320,7 +321,7 @@ def _buffer(buf):
 
 
 def scan_frame(buf, pos: int, remaining: int, stack: list, max_bulk: int, max_depth: int = DEFAULT_MAX_DEPTH,
-               tokens: list | None = None):
+               tokens: list | None = None, strict: bool = True):
     """Skip over frames without building values, validating as it goes.
 
     ``remaining`` is how many elements are still due at the current level and
@@ -334,6 +335,11 @@ def scan_frame(buf, pos: int, remaining: int, stack: list, max_bulk: int, max_de
     ``(type, start, end)`` for a string or line (its payload is
     ``buf[start:end]``; ``start`` -1 for ``$-1``), ``(type, count)`` for an
     aggregate header (elements due, -1 for ``*-1``).
+
+    With ``strict`` False (a proxy forwarding replies byte for byte), the text of a
+    line (integer, double, boolean, null, big number) is not checked: its CRLF alone
+    ends it, and a server's reply a client would get as is directly (a script's
+    ``{big_number='123\\r\\n123'}`` arrives as ``(123  123``) is framed, not refused.
     """
     n = len(buf)
     find = buf.find
@@ -390,6 +396,9 @@ def scan_frame(buf, pos: int, remaining: int, stack: list, max_bulk: int, max_de
         else:
             if t == _SIMPLE or t == _ERROR:
                 pass
+            elif not strict:
+                if t not in _LINE_TYPES:
+                    raise _bad_type(t)
             elif t == _INTEGER:
                 if not _is_integer(buf[pos + 1 : eol]):
                     raise ProtocolError("Protocol error: invalid integer")
