@@ -26,8 +26,16 @@ SOURCE_AUTHORITATIVE   the source's, as soon as it arrives    counted per side, 
 TARGET_AUTHORITATIVE   the target's, as soon as it arrives    counted per side, reported, re-copied
 BOTH_REQUIRED          the authoritative side's, once every   an error to the client (that command's
                        side answered; an error if one failed  reply alone); re-copied
-BEST_EFFORT            the authoritative side's               counted only
+BEST_EFFORT            the authoritative side's, as soon as   counted only: no key of a mirrored
+                       it arrives                             write is marked dirty
 =====================  =====================================  ==================================
+
+BEST_EFFORT is the cheapest mode: a mirrored write costs one more write per side
+and nothing per key (``Router.marks_mirrored`` is False, so the client computes no
+marks for its dual writes); what a side refused is found by the next compare
+(Verify, which re-copies what differs: run it before the cutover). Writes
+that are not mirrored (a transaction, another db, a script not declared
+deterministic) are still marked: no other path takes them to the other sides.
 
 (SOURCE_ and TARGET_AUTHORITATIVE differ by which side is authoritative; the
 workflow flips it at cutover.) Under BOTH_REQUIRED a batch's replies are
@@ -223,6 +231,7 @@ class Router:
         self.mirrors: list[tuple[str, Side]] = []
         self.policy = WriteConsistency.SOURCE_AUTHORITATIVE
         self.both = False
+        self.marks_mirrored = True          # a mirrored write's keys are marked dirty (all but BEST_EFFORT)
         self.read_percent = 0
         self.scripts_deterministic = False
         self.sides: dict[str, Side] = {}    # side name -> where its commands go, the source's included
@@ -276,6 +285,7 @@ class Router:
             self.side_stats.setdefault(name, SideStats())
         self.policy = policy
         self.both = policy is WriteConsistency.BOTH_REQUIRED
+        self.marks_mirrored = policy is not WriteConsistency.BEST_EFFORT
         self.read_percent = route.read_percent if route.authoritative == SOURCE else 0
         self.target = sides.get(TARGET) if self.read_percent else None
         self.scripts_deterministic = route.scripts_deterministic
