@@ -701,7 +701,7 @@ class Client(asyncio.Protocol):
                 kind = SPECIAL if _is_control(args) else SCRIPTED if name.lower() == b"script" else SHARED
             stateless = (kind == SHARED or kind == SCRIPTED) and self.authenticated
             writes = False
-            if cross_slot is not None and argc > 2:
+            if cross_slot is not None and argc > 2 and commands.may_span(name):
                 if args is None:
                     args = self._args(buf[pos:end])
                 cross_slot.check(name, commands.keys(args))
@@ -865,6 +865,7 @@ class Client(asyncio.Protocol):
             return False
         kinds = self.kinds
         may_write = self.commands.may_write
+        may_span = self.commands.may_span
         writes = []
         spanning = None
         for _, args, name, argc in requests:
@@ -876,7 +877,7 @@ class Client(asyncio.Protocol):
                 writes.append(args)
             elif routing:
                 return False  # a read among dual writes: _route makes runs of each
-            if argc > 2:
+            if argc > 2 and may_span(name):
                 if spanning is None:
                     spanning = []
                 spanning.append(args)

@@ -320,6 +320,17 @@ class CommandTable:
             return [bytes(args[1])] if len(args) > 1 else []
         return [bytes(args[i]) for i in info.write_key_positions(args)]
 
+    def at_most_one_key(self, name: bytes | str) -> bool:
+        """Every request of this name names at most one key (``SET``, ``GET``, ``HSET``,
+        ``LPUSH``...): its keys cannot span slots, so nobody needs to look for them
+        to count cross-slot commands. False when unknown or when subcommands decide."""
+        info = self.commands.get(_text(name).lower())
+        if info is None or info.subcommands or "movablekeys" in info.flags:
+            return False
+        if info.key_specs:
+            return len(info.key_specs) == 1 and info.key_specs[0].find[:2] == ("range", 0)
+        return info.first_key <= 0 or info.last_key == info.first_key
+
     def first_key_write(self, name: bytes | str) -> bool:
         """A write whose one changed key is argument 1 (``SET``, ``INCR``, ``HSET``...),
         with no subcommands: its keys need no key spec walk."""
