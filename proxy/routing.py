@@ -17,7 +17,10 @@ one write per side (``Router.send_batch``, one side at a time in
 the authoritative replies pass to the client as they arrived, many in one
 write, each command still with its own reply. ``WriteConsistency``
 (``eve.core.enums``; its values are the strings a ``messages.Route`` carries)
-is applied in one place, ``DualBatch._settle``:
+is read by ``Router.apply``, which turns it into what the batches do: ``both``
+(replies held, then settled by ``DualBatch._settle``) and ``marks_mirrored``
+(BEST_EFFORT marks no key of a mirrored write); which side is authoritative
+comes with the route:
 
 =====================  =====================================  ==================================
 policy                 the client's reply                     a failure on another side

@@ -1,4 +1,6 @@
-"""One client for one Redis endpoint, standalone or cluster: the only place Eve routes by slot.
+"""One client for one Redis endpoint, standalone or cluster: where the coordinator and the
+workers route by slot (the interlay's asyncio side does it in ``proxy.slots``; both take
+slots from ``eve.redis.topology.key_slot``).
 
 Everything that sends per-key commands to a side (the restorer, the re-copy loop,
 verification, the test run, error-key retries) goes through ``ClusterClient``::
