@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from eve.bulk.functions import copy_functions
+from eve.bulk.indexes import copy_indexes
 from eve.core import frames
 from eve.core.endpoints import ConnectionSpec
 from eve.core.enums import ConflictPolicy, DataMovementMode
@@ -201,8 +202,9 @@ class _SideRestarted(Exception):
 class BulkCopy:
     """Copies every key of the source to the target (and mirrors), resumably.
 
-    Function libraries, which are not keys, are copied first, on every run and resume
-    (``eve.bulk.functions``; what it did is ``self.functions``).
+    Function libraries and search indexes, which are not keys, are copied first, on every run
+    and resume (``eve.bulk.functions``, ``eve.bulk.indexes``; what they did is ``self.functions``
+    and ``self.indexes``): an index created before its documents arrive indexes them as they come.
 
     ``run()`` returns the final Progress, or raises SourceError / TargetError when
     a side stays unavailable, StateError when the job was stopped by ``stop_event``.
@@ -272,6 +274,8 @@ class BulkCopy:
         self._check_since_last_run()
         self.functions = copy_functions(self.options.source, (self.options.target, *self.options.mirrors),
                                         self.options.conflict)
+        self.indexes = copy_indexes(self.options.source, (self.options.target, *self.options.mirrors),
+                                    self.options.conflict)
         committed = self.store.counters(self.options.run_id)
         self.progress.add(committed)
         while True:
