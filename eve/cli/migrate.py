@@ -90,6 +90,9 @@ class MigrateArgs:
     dry_run: bool = False
     force: bool = False
     metrics_port: int | None = None    # serve /metrics on 127.0.0.1 while the job runs
+    # Copy everything else when the target lacks a module the source's keys need (MODULES_DIFFER):
+    # those keys become error keys naming the module (issue 23).
+    skip_module_keys: bool = False
     command: tuple[str, ...] = ()      # the words after ``eve``, to print the command to run next
 
 
@@ -220,7 +223,24 @@ def _preflight(source: ConnectionSpec, target: ConnectionSpec, mirrors: list[Con
     if blocking:
         raise ConfigError("; ".join(finding.message for finding in blocking) + "; nothing was copied",
                           field="--target")
+    _check_modules(source, [target, *mirrors], args)
     return facts, findings
+
+
+def _check_modules(source: ConnectionSpec, targets: list[ConnectionSpec], args: MigrateArgs) -> None:
+    """MODULES_DIFFER before anything is copied (issue 23): refused (exit 2) when the source holds
+    keys of a module a target lacks, unless ``--skip-module-keys``; the rest are warnings."""
+    from eve.prepare.compat import module_issues
+
+    issues = module_issues(source, targets)
+    blocking = [issue for issue in issues if issue.blocking]
+    if blocking and not args.skip_module_keys:
+        modules = ", ".join(sorted({issue.evidence["module"] for issue in blocking}))
+        raise ConfigError(f"modules differ ({modules}): " + " ".join(issue.message for issue in blocking)
+                          + " Nothing was copied; --skip-module-keys copies everything else, those keys "
+                          "becoming error keys naming the module", field="--skip-module-keys")
+    for issue in issues:
+        _warn(issue.message)
 
 
 def _source_share(args: MigrateArgs) -> float:
