@@ -195,3 +195,52 @@ def test_modules_differ_towards_valkey_names_modules_counts_and_indexes(modules_
     assert sum("of module 'bf'" in reason for reason in reasons) == 10
     assert keyspace.assert_same(source.client(), target.client(),
                                 keys={k for k in source.client().scan_iter() if k.startswith((b"plain", b"item"))})
+
+
+# -- through an interlay ---------------------------------------------------------------------------
+
+
+def _route(target, *, authoritative: str = "source", mirror: bool = True, read_percent: int = 0):
+    from proxies import endpoint_for
+
+    from eve.core.enums import WriteConsistency
+    from proxy import messages
+    from proxy.routing import SOURCE, TARGET
+
+    other = TARGET if authoritative == SOURCE else SOURCE
+    return messages.Route(authoritative=authoritative, sides=((TARGET, endpoint_for(target.host, target.port).write),),
+                          mirror_to=(other,) if mirror else (), policy=WriteConsistency.SOURCE_AUTHORITATIVE,
+                          read_percent=read_percent)
+
+
+def test_index_commands_reach_every_side_and_searches_the_authoritative_one(modules_server, supervisor, interlay):
+    source, target = modules_server(), modules_server()
+    src, dst = source.client(), target.client()
+    it = interlay(source)
+    client = it.client(protocol=2)
+
+    def set_route(route) -> None:
+        supervisor.route(it.id, route)
+        assert supervisor.dirty_barrier(it.id, timeout=5)
+
+    set_route(_route(target))
+    client.execute_command(*HASH_INDEX)
+    client.execute_command("FT.ALIASADD", "items", "idx:items")        # flagged readonly by RediSearch
+    client.execute_command("FT.SYNUPDATE", "idx:items", "greetings", "hello", "hey")
+    client.hset("item:1", mapping={"title": "hello", "price": 3})
+    client.hset("item:2", mapping={"title": "hey", "price": 4})
+    assert definitions(target) == definitions(source)
+    assert dst.execute_command("FT.SYNDUMP", "idx:items") == src.execute_command("FT.SYNDUMP", "idx:items")
+    assert search(dst, "items", "hello") == search(src, "items", "hello") == (2, [b"item:1", b"item:2"])
+
+    # The target holds a document the source lacks: who answers a search is plain to see.
+    dst.hset("item:3", mapping={"title": "hello", "price": 5})
+    set_route(_route(target, read_percent=100))
+    assert search(client, "idx:items", "hello")[0] == 2, "reads of an index stay on the authoritative side"
+    set_route(_route(target, authoritative="target"))
+    assert search(client, "items", "hello")[0] == 3, "after the cutover the target answers"
+    client.execute_command("FT.ALTER", "idx:items", "SCHEMA", "ADD", "extra", "TEXT")
+    assert definitions(target) == definitions(source) and "extra" in definitions(source)[b"idx:items"]
+    client.execute_command("FT.DROPINDEX", "idx:items")
+    assert src.execute_command("FT._LIST") == dst.execute_command("FT._LIST") == []
+    client.close()
