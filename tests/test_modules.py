@@ -244,3 +244,26 @@ def test_index_commands_reach_every_side_and_searches_the_authoritative_one(modu
     client.execute_command("FT.DROPINDEX", "idx:items")
     assert src.execute_command("FT._LIST") == dst.execute_command("FT._LIST") == []
     client.close()
+
+
+def test_logical_copy_of_json_and_filters_in_chunks(modules_server, tmp_path):
+    """LOGICAL: JSON documents by JSON.GET/JSON.SET; above the big-key threshold a Bloom filter
+    (and the Cuckoo filters) go in the module's own chunks (BF.SCANDUMP/BF.LOADCHUNK)."""
+    source, target = modules_server(), modules_server()
+    src, dst = source.client(), target.client()
+    fill_modules(src, big_bloom=100_000)
+    big = src.memory_usage("bloom:big")
+    assert big > 100_000
+    result = migrate("--source", source.url, "--target", target.url, "--json", "--mode", "logical",
+                     "--big-key-bytes", "100000", state=tmp_path / "s.db")
+    report = summary(result)
+    assert result.returncode == 0 and report["error_keys"] == 0, (report, result.stderr)
+    assert report["restored"] == src.dbsize()
+    dst.execute_command("FT.ALIASADD", "items", "idx:items")
+    assert_same_module_data(src, dst)
+    assert dst.execute_command("BF.INFO", "bloom:big") == src.execute_command("BF.INFO", "bloom:big")
+    assert all(dst.execute_command("BF.MEXISTS", "bloom:big", *[f"b{j}" for j in range(0, 100_000, 997)]))
+    stats = dst.info("commandstats")
+    assert stats["cmdstat_bf.loadchunk"]["calls"] >= 2, "the big filter went in chunks"
+    assert stats["cmdstat_json.set"]["calls"] == DOCS, "every document was written logically"
+    assert "cmdstat_restore" not in stats

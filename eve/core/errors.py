@@ -165,6 +165,15 @@ MODULE_OF_TYPE = {
 }
 
 
+def name_module(type_name: str, reason: str) -> str:
+    """``reason`` for a key of ``type_name``, saying which module the type is of when it is a
+    well-known module's and the reason does not say it yet (error keys name the module)."""
+    module = MODULE_OF_TYPE.get(type_name)
+    if module is None or "of module" in reason:
+        return reason
+    return f"a {type_name!r} key (of module {module!r}): {reason}"
+
+
 class UnsupportedTypeError(LogicalCopyError):
     """The key's type (a module type) has no logical form here."""
 
