@@ -698,8 +698,7 @@ def _module_issues(source: _Side, src: _Facts, tgt: _Facts, label: str,
         evidence = {"endpoint": label, "module": name, "difference": why,
                     "source_module_version": str(src.modules[name][0]),
                     "target_module_version": str(tgt.modules[name][0]) if name in tgt.modules else "none",
-                    "source_module_key_types": ", ".join(f"{kind}={count}" for kind, count in sorted(found.items()))
-                    or "none",
+                    "source_module_key_types": ", ".join(sorted(found)) or "none",
                     "module_keys": counts or "none",
                     "indexes": ", ".join(affected) or "none",
                     "keys_sampled": str(looked)}
