@@ -267,3 +267,19 @@ def test_logical_copy_of_json_and_filters_in_chunks(modules_server, tmp_path):
     assert stats["cmdstat_bf.loadchunk"]["calls"] >= 2, "the big filter went in chunks"
     assert stats["cmdstat_json.set"]["calls"] == DOCS, "every document was written logically"
     assert "cmdstat_restore" not in stats
+
+
+def test_analysis_lists_module_types_and_index_definitions(modules_server):
+    from eve.core.endpoints import EndpointConfig
+    from eve.prepare.analysis import analyze
+
+    server = modules_server()
+    fill_modules(server.client())
+    analysis = analyze(EndpointConfig(read=spec(server), write=spec(server), admin=spec(server)))
+    assert analysis.module_types == ("MBbloom--", "MBbloomCF", "ReJSON-RL")
+    types = {stats.type: stats.keys for db in analysis.dbs for stats in db.types}
+    assert (types["ReJSON-RL"], types["MBbloom--"], types["MBbloomCF"]) == (DOCS, 5, 5)
+    assert [line.rsplit(": ON", 1)[0] for line in analysis.search_indexes] == ["idx:items", "idx:people"]
+    assert analysis.search_indexes[1] == ("idx:people: ON JSON PREFIX 1 person: SCHEMA $.name AS name TEXT WEIGHT 1 "
+                                          "$.age AS age NUMERIC SORTABLE UNF $.tags[*] AS tags TAG")
+    assert list(analysis.to_dict()["search_indexes"]) == list(analysis.search_indexes)

@@ -245,7 +245,8 @@ def issue_to_proto(issue: dict[str, Any]) -> workflows_pb2.CompatibilityIssue:
 def analysis_to_proto(body: dict[str, Any]) -> workflows_pb2.Analysis:
     out = workflows_pb2.Analysis(used_memory_bytes=int(body.get("used_memory_bytes", 0)),
                                  sampled=bool(body.get("sampled")), sampled_keys=int(body.get("sampled_keys", 0)),
-                                 module_types=list(body.get("module_types", [])))
+                                 module_types=list(body.get("module_types", [])),
+                                 search_indexes=list(body.get("search_indexes", [])))
     for db in body.get("dbs", []):
         out.dbs.add(db=db["db"], keys=db["keys"], keys_with_ttl=db["keys_with_ttl"],
                     types=[workflows_pb2.TypeStats(**t) for t in db.get("types", [])])
