@@ -17,6 +17,7 @@ from eve.bulk.indexes import compare_indexes, copy_indexes, read_indexes
 from eve.core.endpoints import ConnectionSpec
 from eve.core.enums import ConflictPolicy
 from eve.core.store import Store
+from eve.live.verify import verify
 from eve.prepare.compat import module_issues
 from eve.redis.cluster import ClusterClient
 
@@ -158,12 +159,18 @@ def test_verify_reports_an_index_that_differs(modules_server):
     fill_modules(src)
     copy_indexes(spec(source), [spec(target)])
     for key in src.scan_iter(count=1000):
-        dst.restore(key, 0, src.dump(key), replace=True)
+        dst.restore(key, max(src.pttl(key), 0), src.dump(key), replace=True)
     assert compare_indexes(spec(source), spec(target)) == []
+    assert verify(spec(source), spec(target)).clean
     dst.execute_command("FT.ALTER", "idx:items", "SCHEMA", "ADD", "extra", "TEXT")
     dst.delete("person:3")
     differences = {(d.index, d.kind) for d in compare_indexes(spec(source), spec(target))}
     assert differences == {("idx:items", "definition"), ("idx:people", "num_docs")}
+    src.delete("person:3")   # the keys are the same again: the index definition alone differs
+    report = verify(spec(source), spec(target))
+    assert not report.clean and (report.missing, report.different) == (0, 0)
+    assert len(report.index_differences) == 1 and "search index idx:items: definition differs" in report.summary()
+    assert "extra TEXT" in report.index_differences[0]
 
 
 def test_modules_differ_towards_valkey_names_modules_counts_and_indexes(modules_server, server_factory, tmp_path):
