@@ -290,3 +290,53 @@ def test_analysis_lists_module_types_and_index_definitions(modules_server):
     assert analysis.search_indexes[1] == ("idx:people: ON JSON PREFIX 1 person: SCHEMA $.name AS name TEXT WEIGHT 1 "
                                           "$.age AS age NUMERIC SORTABLE UNF $.tags[*] AS tags TAG")
     assert list(analysis.to_dict()["search_indexes"]) == list(analysis.search_indexes)
+
+
+# -- a live run ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_search_answers_alike_after_a_live_cutover_and_after_a_rollback(eve, modules_server, server_factory):
+    """An online run between two Redis 8.2 with modules, driven through the API: the indexes arrive
+    with the bulk copy, index commands and documents written through the interlay reach both sides;
+    FT.SEARCH through the interlay answers as the source did, after the cutover (from the target)
+    and after a rollback (from the source)."""
+    import redis
+    from live_runs import Live
+
+    from eve.v1 import workflows_pb2 as wpb
+
+    modules_server()   # skips the test, naming the module, when one does not load here
+    live = Live(eve, server_factory, wpb.SOURCE_AUTHORITATIVE, keys=200,
+                engines=("redis-8.2-modules", "redis-8.2-modules"))
+    src, dst = live.source.client(), live.target.client()
+    fill_modules(src)
+    live.approve()
+    live.wait_in_sync()
+    app = redis.Redis(host="127.0.0.1", port=live.port, protocol=2)
+    # No command lists the source's aliases: one set again through the interlay reaches the target.
+    app.execute_command("FT.ALIASUPDATE", "items", "idx:items")
+    app.hset("item:new", mapping={"title": "hello again", "price": 7, "tags": "red"})
+    app.execute_command("JSON.SET", "person:new", "$", json.dumps({"name": "bobby", "age": 50, "tags": ["admin"]}))
+    app.execute_command("FT.CREATE", "idx:late", "ON", "HASH", "PREFIX", "1", "item:", "SCHEMA", "price", "NUMERIC")
+    expected = {(index, query): search(src, index, query) for index, query in QUERIES}
+    assert expected[("idx:items", "hello")][0] == DOCS + 1, "every document, by the synonym group, and the new one"
+
+    cut = live.traffic(100, cutover=True)
+    assert cut.state == wpb.CUT_OVER and cut.writes_on_target
+    assert definitions(live.target) == definitions(live.source)
+    for (index, query), answer in expected.items():
+        assert search(app, index, query) == search(dst, index, query) == answer, (index, query)
+    assert search(app, "idx:late", "@price:[7 7]") == search(src, "idx:late", "@price:[7 7]") == \
+        (2, [b"item:7", b"item:new"])
+    verified = live.stub.Verify(wpb.VerifyRequest(run=live.run))
+    assert verified.clean, verified
+
+    # After the cutover the target is authoritative; a new document lands on both sides.
+    app.hset("item:after", mapping={"title": "hello once more", "price": 8})
+    rolled = live.stub.Rollback(wpb.RollbackRequest(run=live.run, reason="test rollback"))
+    assert rolled.state == wpb.ROLLED_BACK
+    assert search(app, "items", "hello") == search(src, "items", "hello")
+    assert b"item:after" in search(app, "items", "hello")[1], "the source holds the write made after the cutover"
+    app.close()
