@@ -73,7 +73,13 @@ from opentelemetry import metrics, propagate, trace
 
 from eve.core.endpoints import ConnectionSpec
 from eve.core.enums import DataMovementMode
-from eve.core.errors import EndpointError, Side, TargetError, UnsupportedTypeError, name_module
+from eve.core.errors import (
+    EndpointError,
+    Side,
+    TargetError,
+    UnsupportedTypeError,
+    name_module,
+)
 from eve.core.frames import (
     COORDINATOR,
     Batch,

@@ -35,12 +35,18 @@ import redis.cluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from eve.cli.engines import ENGINE_NAMES, EXTRA_ENGINE_NAMES, Engine, EngineNotFound, get_engine
+from eve.cli.engines import (
+    ENGINE_NAMES,
+    EXTRA_ENGINE_NAMES,
+    Engine,
+    EngineNotFound,
+    get_engine,
+)
 
 __all__ = [
     "CLUSTER_SLOTS",
-    "ENGINE_NAMES",
     "ENGINES_ENV",
+    "ENGINE_NAMES",
     "EXTRA_ENGINE_NAMES",
     "Engine",
     "EngineNotFound",

@@ -61,15 +61,21 @@ deleted in the same pipeline that wrote it, so a crash leaves nothing for long.
 
 from __future__ import annotations
 
-from collections import Counter
 import re
 import secrets
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from eve.core.endpoints import ConnectionSpec, EndpointConfig
 from eve.core.enums import DataMovementMode
-from eve.core.errors import AuthError, ConfigError, EndpointError, Side, UnavailableError
+from eve.core.errors import (
+    AuthError,
+    ConfigError,
+    EndpointError,
+    Side,
+    UnavailableError,
+)
 from eve.prepare import preflight
 from eve.prepare.analysis import Analysis
 from eve.redis.rdb import (
