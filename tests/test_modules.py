@@ -182,6 +182,19 @@ def test_modules_differ_towards_valkey_names_modules_counts_and_indexes(modules_
     assert f"{DOCS} ReJSON-RL" in issues["ReJSON"].message and "idx:people" in issues["ReJSON"].message
     assert "5 MBbloom--" in issues["bf"].message and "5 MBbloomCF" in issues["bf"].message
     assert issues["search"].evidence["indexes"] == "idx:items, idx:people"
+    # Prepare's check takes the counts from the keyspace analysis.
+    from eve.core.endpoints import EndpointConfig
+    from eve.prepare.analysis import analyze
+    from eve.prepare.compat import check_compatibility
+
+    def endpoint(server) -> EndpointConfig:
+        return EndpointConfig(read=spec(server), write=spec(server), admin=spec(server))
+
+    prepared = [issue for issue in check_compatibility(endpoint(source), endpoint(target),
+                                                       analysis=analyze(endpoint(source)))
+                if issue.code == "MODULES_DIFFER"]
+    assert {issue.evidence["module"]: issue.evidence["module_keys"] for issue in prepared} == \
+        {"ReJSON": f"{DOCS} ReJSON-RL", "bf": "5 MBbloom--, 5 MBbloomCF", "search": "none"}
 
     refused = migrate("--source", source.url, "--target", target.url, "--json", state=tmp_path / "refused.db")
     assert refused.returncode == 2, refused.stderr

@@ -189,10 +189,15 @@ def _attribute_args(attribute: Any) -> list[str]:
 
 def read_indexes(side: ClusterClient, address: str, role: str = "source",
                  error: type[EndpointError] = SourceError) -> dict[bytes, SearchIndex] | None:
-    """Every index of one node by name; None when the node has no RediSearch."""
+    """Every index of one node by name; None when the node has no RediSearch, or its user may not
+    list indexes (NOPERM: logged, as for a node without them)."""
     names = side.call(address, "FT._LIST")
     if isinstance(names, ReplyError):
         if "unknown" in str(names).lower():
+            return None
+        if str(names).startswith("NOPERM"):
+            log.warning("the %s %s does not let Eve list search indexes (%s): none are compared or copied there",
+                        role, address, names)
             return None
         raise error(f"FT._LIST refused by the {role} {address}: {names}")
     indexes: dict[bytes, SearchIndex] = {}
@@ -255,8 +260,8 @@ def copy_indexes(source: ConnectionSpec, targets: Sequence[ConnectionSpec],
         side.connect()
         indexes = read_indexes(side, side.nodes[0])
     if indexes is None:
-        return IndexesCopy(reason=f"the source {source.address} has no search module (it does not know "
-                                  "FT._LIST): no index to copy")
+        return IndexesCopy(reason=f"the source {source.address} lists no search index (no search module, or "
+                                  "FT._LIST not allowed): no index to copy")
     report = IndexesCopy(indexes=tuple(sorted(index.label for index in indexes.values())))
     if not indexes:
         return report
@@ -275,8 +280,8 @@ def _write_node(side: ClusterClient, address: str, indexes: dict[bytes, SearchIn
     present = read_indexes(side, address, "target", TargetError)
     if present is None:
         report.lost += [f"{index.label} on {address}" for index in indexes.values()]
-        report.reason = (f"the target {address} has no search module: the source's search indexes "
-                         f"({', '.join(report.indexes)}) are not created there")
+        report.reason = (f"the target {address} has no search module (or does not allow FT._LIST): the "
+                         f"source's search indexes ({', '.join(report.indexes)}) are not created there")
         log.warning("%s", report.reason)
         return
     for name, index in indexes.items():
