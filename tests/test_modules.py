@@ -345,6 +345,12 @@ def test_search_answers_alike_after_a_live_cutover_and_after_a_rollback(eve, mod
         (2, [b"item:7", b"item:new"])
     verified = live.stub.Verify(wpb.VerifyRequest(run=live.run))
     assert verified.clean, verified
+    dst.execute_command("FT.SYNUPDATE", "idx:late", "g", "a", "b")   # synonyms are not a definition
+    dst.execute_command("FT.ALTER", "idx:late", "SCHEMA", "ADD", "extra", "TEXT")
+    verified = live.stub.Verify(wpb.VerifyRequest(run=live.run))
+    assert not verified.clean and (verified.missing, verified.different) == (0, 0), verified
+    assert len(verified.index_differences) == 1 and "idx:late: definition differs" in verified.index_differences[0]
+    src.execute_command("FT.ALTER", "idx:late", "SCHEMA", "ADD", "extra", "TEXT")
 
     # After the cutover the target is authoritative; a new document lands on both sides.
     app.hset("item:after", mapping={"title": "hello once more", "price": 8})

@@ -309,4 +309,5 @@ def verify_to_proto(report: Any) -> workflows_pb2.VerifyReport:
         clean=report.clean, keys_compared=report.keys_compared, missing=report.missing, extra=report.extra,
         different=report.different, ttl_mismatch=report.ttl_mismatch,
         examples=[workflows_pb2.KeyDifference(key=d.key, key_text=d.key_text, db=d.db, kind=d.kind, detail=d.detail)
-                  for d in report.examples])
+                  for d in report.examples],
+        index_differences=list(getattr(report, "index_differences", ())))

@@ -577,7 +577,7 @@ class KeyDifference(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., key_text: _Optional[str] = ..., db: _Optional[int] = ..., kind: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class VerifyReport(_message.Message):
-    __slots__ = ("clean", "keys_compared", "missing", "extra", "different", "ttl_mismatch", "examples")
+    __slots__ = ("clean", "keys_compared", "missing", "extra", "different", "ttl_mismatch", "examples", "index_differences")
     CLEAN_FIELD_NUMBER: _ClassVar[int]
     KEYS_COMPARED_FIELD_NUMBER: _ClassVar[int]
     MISSING_FIELD_NUMBER: _ClassVar[int]
@@ -585,6 +585,7 @@ class VerifyReport(_message.Message):
     DIFFERENT_FIELD_NUMBER: _ClassVar[int]
     TTL_MISMATCH_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    INDEX_DIFFERENCES_FIELD_NUMBER: _ClassVar[int]
     clean: bool
     keys_compared: int
     missing: int
@@ -592,7 +593,8 @@ class VerifyReport(_message.Message):
     different: int
     ttl_mismatch: int
     examples: _containers.RepeatedCompositeFieldContainer[KeyDifference]
-    def __init__(self, clean: _Optional[bool] = ..., keys_compared: _Optional[int] = ..., missing: _Optional[int] = ..., extra: _Optional[int] = ..., different: _Optional[int] = ..., ttl_mismatch: _Optional[int] = ..., examples: _Optional[_Iterable[_Union[KeyDifference, _Mapping]]] = ...) -> None: ...
+    index_differences: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, clean: _Optional[bool] = ..., keys_compared: _Optional[int] = ..., missing: _Optional[int] = ..., extra: _Optional[int] = ..., different: _Optional[int] = ..., ttl_mismatch: _Optional[int] = ..., examples: _Optional[_Iterable[_Union[KeyDifference, _Mapping]]] = ..., index_differences: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CompleteRequest(_message.Message):
     __slots__ = ("run", "accept_differences", "notes")
