@@ -105,6 +105,9 @@ class BulkOptions:
     max_restarts: int = DEFAULT_MAX_RESTARTS
     max_side_restarts: int = DEFAULT_MAX_SIDE_RESTARTS
     big_key_threshold_bytes: int = DEFAULT_BIG_KEY_THRESHOLD_BYTES  # 0: every key DUMPed (scanner.options)
+    # (alias, index) pairs of search index aliases to set on the targets: RediSearch lists none
+    # (eve.bulk.indexes).
+    index_aliases: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -275,7 +278,7 @@ class BulkCopy:
         self.functions = copy_functions(self.options.source, (self.options.target, *self.options.mirrors),
                                         self.options.conflict)
         self.indexes = copy_indexes(self.options.source, (self.options.target, *self.options.mirrors),
-                                    self.options.conflict)
+                                    self.options.conflict, aliases=self.options.index_aliases)
         committed = self.store.counters(self.options.run_id)
         self.progress.add(committed)
         while True:
