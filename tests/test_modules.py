@@ -168,6 +168,10 @@ def test_verify_reports_an_index_that_differs(modules_server):
     dst.delete("person:3")
     differences = {(d.index, d.kind) for d in compare_indexes(spec(source), spec(target))}
     assert differences == {("idx:items", "definition"), ("idx:people", "num_docs")}
+    narrowed = verify(spec(source), spec(target), match="item:*")   # some keys only: counts say nothing
+    assert narrowed.index_differences == (
+        "search index idx:items: definition differs (source " + " ".join(definitions(source)[b"idx:items"])
+        + ", target " + " ".join(definitions(target)[b"idx:items"]) + ")",)
     src.delete("person:3")   # the keys are the same again: the index definition alone differs
     report = verify(spec(source), spec(target))
     assert not report.clean and (report.missing, report.different) == (0, 0)
