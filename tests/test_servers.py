@@ -232,3 +232,18 @@ def test_redis_6_2_and_redis_8_2_with_modules_start(server_factory: ServerFactor
     assert str(with_modules.info("server")["redis_version"]).startswith("8.2.")
     loaded = {entry[b"name"] for entry in with_modules.execute_command("MODULE", "LIST")}
     assert {b"ReJSON", b"bf", b"search"} <= loaded
+
+
+@pytest.mark.timeout(30)
+def test_a_module_that_does_not_load_is_told_apart(server_factory: ServerFactory, tmp_path: Path) -> None:
+    """The modules_server fixture skips on the server's "failed to load" (conftest.py): the words it
+    looks for are there, and the server is gone."""
+    import dataclasses
+
+    broken = tmp_path / "broken.so"
+    broken.write_bytes(b"not a shared library")
+    broken.chmod(0o755)
+    engine = dataclasses.replace(get_engine("redis-8.2-modules"), loadmodules=(broken,))
+    with pytest.raises(ServerStartError, match="failed to load") as raised:
+        server_factory(engine)
+    assert "Can't load module" in str(raised.value)
