@@ -365,3 +365,39 @@ def test_search_answers_alike_after_a_live_cutover_and_after_a_rollback(eve, mod
     assert search(app, "items", "hello") == search(src, "items", "hello")
     assert b"item:after" in search(app, "items", "hello")[1], "the source holds the write made after the cutover"
     app.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_an_acknowledged_modules_differ_copies_the_rest_through_the_api(eve, modules_server, server_factory):
+    from eve.v1 import endpoints_pb2 as epb
+    from eve.v1 import workflows_pb2 as wpb
+    from eve_process import wait_state
+
+    source, target = modules_server(), server_factory("valkey-9.1")
+    fill_modules(source.client())
+    for name, server in (("src", source), ("dst", target)):
+        eve.endpoints().CreateEndpoint(epb.CreateEndpointRequest(endpoint=name, kind="redis", config=epb.EndpointConfig(
+            target=epb.Connection(host=server.host, port=server.port))))
+    stub = eve.migrations()
+    stub.CreateRun(wpb.CreateRunRequest(id="modules"))
+    stub.SubmitSetup(wpb.SubmitSetupRequest(run="modules", setup=wpb.RunSetup(source="src", target="dst",
+                                                                              max_error_ratio=1)))
+    stub.Prepare(wpb.PrepareRequest(run="modules"))
+    wait_state(stub, "modules", "READY")
+    analysis = stub.GetAnalysis(wpb.GetAnalysisRequest(run="modules"))
+    assert list(analysis.module_types) == ["MBbloom--", "MBbloomCF", "ReJSON-RL"]
+    assert [line.split(": ON")[0] for line in analysis.search_indexes] == ["idx:items", "idx:people"]
+    issues = stub.GetCompatibility(wpb.GetCompatibilityRequest(run="modules")).issues
+    differ = {issue.evidence["module"]: issue for issue in issues if issue.code == "MODULES_DIFFER"}
+    assert differ["ReJSON"].blocking and f"{DOCS} ReJSON-RL" in differ["ReJSON"].message
+    with pytest.raises(Exception, match="approval refused"):
+        stub.Approve(wpb.ApproveRequest(run="modules"))
+    for issue in issues:
+        stub.AcknowledgeIssue(wpb.AcknowledgeIssueRequest(run="modules", issue_id=issue.id, notes="copy the rest"))
+    stub.Approve(wpb.ApproveRequest(run="modules"))
+    done = wait_state(stub, "modules", "CUT_OVER", "FAILED")
+    assert done.state == wpb.CUT_OVER, done.failure_reason
+    errors = stub.ListErrorKeys(wpb.ListErrorKeysRequest(run="modules", page_size=100)).error_keys
+    assert len(errors) == DOCS + 10 and all("of module" in error.reason for error in errors)
+    assert target.client().dbsize() == DOCS + 30

@@ -28,8 +28,9 @@ Codes (``CODES``):
   module provides. The message names the module, the key types with their
   counts (from the keyspace analysis when given, else from a sample) and the
   search indexes affected (every index when RediSearch is missing; those ``ON
-  JSON`` when RedisJSON is): an operator who acknowledges it gets everything
-  else copied, and those keys as error keys naming the module (issue 23).
+  JSON`` when RedisJSON is). Blocking but acknowledgeable (``ACKNOWLEDGEABLE``):
+  an operator who acknowledges it gets everything else copied, and those keys as
+  error keys naming the module (issue 23).
 * ``ACL_MISSING_COMMANDS``: a role's user cannot run a command Eve needs in
   that role. Blocking for the commands the chosen mode needs.
 * ``CLUSTER_MODE_DIFFERS``: standalone vs cluster. Blocking only when a
@@ -127,7 +128,9 @@ CODES = (
 )
 # Blocking issues an operator may still acknowledge: the application may stop using those
 # commands, or accept their errors, before the cutover.
-ACKNOWLEDGEABLE = frozenset({"CROSS_SLOT_COMMANDS"})
+# MODULES_DIFFER: an operator who acknowledges it gets everything else copied, and the module's
+# keys as error keys naming the module (issue 23).
+ACKNOWLEDGEABLE = frozenset({"CROSS_SLOT_COMMANDS", "MODULES_DIFFER"})
 # The pre-flight findings Prepare reports (a non-empty target is the conflict policy's business).
 _IDENTITY_CODES = frozenset({preflight.SAME_SERVER, preflight.REPLICATION_LINK, preflight.TARGET_READ_ONLY,
                              preflight.SOURCE_IS_REPLICA})
