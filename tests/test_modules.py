@@ -370,9 +370,10 @@ def test_search_answers_alike_after_a_live_cutover_and_after_a_rollback(eve, mod
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_an_acknowledged_modules_differ_copies_the_rest_through_the_api(eve, modules_server, server_factory):
+    from eve_process import wait_state
+
     from eve.v1 import endpoints_pb2 as epb
     from eve.v1 import workflows_pb2 as wpb
-    from eve_process import wait_state
 
     source, target = modules_server(), server_factory("valkey-9.1")
     fill_modules(source.client())

@@ -23,8 +23,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ENGINE_NAMES", "EXTRA_ENGINE_NAMES", "Engine", "EngineNotFound", "get_engine", "EmbeddedServer",
-           "free_loopback_port"]
+__all__ = [
+    "ENGINE_NAMES",
+    "EXTRA_ENGINE_NAMES",
+    "EmbeddedServer",
+    "Engine",
+    "EngineNotFound",
+    "free_loopback_port",
+    "get_engine",
+]
 
 # The default test matrix: each test parametrized by engine runs on these.
 ENGINE_NAMES = ("redis-7.0", "redis-8.2", "valkey-8.1", "valkey-9.1")
