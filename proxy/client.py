@@ -99,7 +99,6 @@ _EMPTY_EXEC = b"*0\r\n"
 _RESET = b"+RESET\r\n"
 _MAX_CLIENTS = b"-ERR max number of clients reached\r\n"
 MERGE_MARKS = 64   # keys of consecutive writes recorded together, at most
-_FUNCTION = b"function"  # FUNCTION LOAD/DELETE/FLUSH/RESTORE reach every side of a live run (SCRIPT is SCRIPTED)
 # A shared connection streaming a large reply to a client that does not read as
 # fast is held for it while the client reads at least this many bytes per
 # second, measured over each window (Client.hold_backend).
@@ -720,7 +719,7 @@ class Client(asyncio.Protocol):
                     if args is None:
                         args = self._args(buf[pos:end])
                     route = router.script_route(args, writes, routable)
-                elif routable and (writes or (router.read_percent and conn is None) or name.lower() == _FUNCTION):
+                elif routable and (writes or (router.read_percent and conn is None) or router.every_side(name)):
                     if args is None:
                         args = self._args(buf[pos:end])
                     route = router.decide(args, writes)

@@ -65,7 +65,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         backoff_latency_ms=args.backoff_latency_ms, latency_budget_ms=args.latency_budget_ms,
         big_key_bytes=args.big_key_bytes, source_password_file=args.source_password_file,
         target_password_file=args.target_password_file, dry_run=args.dry_run, force=args.force,
-        metrics_port=args.metrics_port, command=tuple(args.argv)))
+        metrics_port=args.metrics_port, skip_module_keys=args.skip_module_keys,
+        index_aliases=tuple(args.index_alias or ()), command=tuple(args.argv)))
 
 
 def _cmd_errors(args: argparse.Namespace) -> int:
@@ -206,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--resume", action="store_true", help="continue the unfinished job in --state")
     migrate.add_argument("--force", action="store_true",
                          help="start a new job even though the one in --state did not finish (it is discarded)")
+    migrate.add_argument("--skip-module-keys", action="store_true",
+                         help="copy everything else when the target lacks a module whose keys the source holds "
+                              "(they become error keys naming the module); without it such a job is refused")
+    migrate.add_argument("--index-alias", action="append", metavar="ALIAS=INDEX",
+                         help="set this search index alias on the target too (RediSearch has no command that "
+                              "lists aliases); repeat for each")
     migrate.add_argument("--dry-run", action="store_true",
                          help="run the pre-flight and print the plan; copy nothing")
     migrate.add_argument("--state", default="eve-migrate.db", metavar="PATH",

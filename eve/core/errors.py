@@ -157,12 +157,31 @@ class LogicalCopyError(EveError):
         self.reply = reply
 
 
+# Key types (as TYPE names them) of well-known modules -> the module (as MODULE LIST names it),
+# so that an error key says which module the target lacks (issue 23).
+MODULE_OF_TYPE = {
+    "ReJSON-RL": "ReJSON", "MBbloom--": "bf", "MBbloomCF": "bf", "TopK-TYPE": "bf", "CMSk-TYPE": "bf",
+    "TDIS-TYPE": "bf", "TSDB-TYPE": "timeseries", "graphdata": "graph",
+}
+
+
+def name_module(type_name: str, reason: str) -> str:
+    """``reason`` for a key of ``type_name``, saying which module the type is of when it is a
+    well-known module's and the reason does not say it yet (error keys name the module)."""
+    module = MODULE_OF_TYPE.get(type_name)
+    if module is None or "of module" in reason:
+        return reason
+    return f"a {type_name!r} key (of module {module!r}): {reason}"
+
+
 class UnsupportedTypeError(LogicalCopyError):
     """The key's type (a module type) has no logical form here."""
 
     def __init__(self, type_name: str, supported: tuple[str, ...] = ()) -> None:
         only = f": only {', '.join(supported)} can" if supported else ""
-        super().__init__(f"a {type_name!r} key (a module type) cannot be copied logically{only}")
+        module = MODULE_OF_TYPE.get(type_name)
+        of = f"of module {module!r}" if module else "a module type"
+        super().__init__(f"a {type_name!r} key ({of}) cannot be copied logically{only}")
         self.type = type_name
 
 
