@@ -905,12 +905,10 @@ class Client(asyncio.Protocol):
     def _send_run(self, conn: Backend | ClusterSide, data: bytes, count: int, dual: bool, writes: list[list[bytes]]) -> None:
         """A run of ``count`` requests; ``writes``: the arguments of its writes, whose
         keys are marked dirty once answered (on every side, for dual writes)."""
+        marks = self.commands.batch_marks(writes, self.wdb) if writes else []
         if dual:
-            # BEST_EFFORT: a mirrored write's failures are counted, its keys never marked.
-            marks = self.commands.batch_marks(writes, self.wdb) if writes and self.router.marks_mirrored else []
             self._dual_write(conn, data, count, marks)
             return
-        marks = self.commands.batch_marks(writes, self.wdb) if writes else []
         if marks:
             self._track_marks(marks, self.issued + count)
         self._send(conn, data, count)
@@ -942,8 +940,7 @@ class Client(asyncio.Protocol):
         router = self.router
         if route == SCRIPT:
             mirror = writes and router.scripts_deterministic and bool(router.mirrors)
-            self._dual_write(conn, raw, 1, marks if not mirror or router.marks_mirrored else [],
-                             heal=True, mirror=mirror)
+            self._dual_write(conn, raw, 1, marks, heal=True, mirror=mirror)
             return
         if marks:
             self._track_marks(marks, self.issued + 1)

@@ -18,9 +18,8 @@ the authoritative replies pass to the client as they arrived, many in one
 write, each command still with its own reply. ``WriteConsistency``
 (``eve.core.enums``; its values are the strings a ``messages.Route`` carries)
 is read by ``Router.apply``, which turns it into what the batches do: ``both``
-(replies held, then settled by ``DualBatch._settle``) and ``marks_mirrored``
-(BEST_EFFORT marks no key of a mirrored write); which side is authoritative
-comes with the route:
+(replies held, then settled by ``DualBatch._settle``); which side is
+authoritative comes with the route:
 
 =====================  =====================================  ==================================
 policy                 the client's reply                     a failure on another side
@@ -29,16 +28,15 @@ SOURCE_AUTHORITATIVE   the source's, as soon as it arrives    counted per side, 
 TARGET_AUTHORITATIVE   the target's, as soon as it arrives    counted per side, reported, re-copied
 BOTH_REQUIRED          the authoritative side's, once every   an error to the client (that command's
                        side answered; an error if one failed  reply alone); re-copied
-BEST_EFFORT            the authoritative side's, as soon as   counted only: no key of a mirrored
-                       it arrives                             write is marked dirty
+BEST_EFFORT            the authoritative side's, as soon as   counted only (no dual_write event);
+                       it arrives                             its keys re-copied like any write's
 =====================  =====================================  ==================================
 
-BEST_EFFORT is the cheapest mode: a mirrored write costs one more write per side
-and nothing per key (``Router.marks_mirrored`` is False, so the client computes no
-marks for its dual writes); what a side refused is found by the next compare
-(Verify, which re-copies what differs: run it before the cutover). Writes
-that are not mirrored (a transaction, another db, a script not declared
-deterministic) are still marked: no other path takes them to the other sides.
+Every policy marks the keys of every mirrored write, BEST_EFFORT included: the
+marks are what makes a cutover safe (the backlog drained means the new
+authoritative side holds every acknowledged write, even where a mirrored command
+failed or did something else there, an ``XADD *`` choosing another id). A
+BEST_EFFORT without marks would need a full compare inside the cutover.
 
 (SOURCE_ and TARGET_AUTHORITATIVE differ by which side is authoritative; the
 workflow flips it at cutover.) Under BOTH_REQUIRED a batch's replies are
@@ -250,7 +248,6 @@ class Router:
         self.mirrors: list[tuple[str, Side]] = []
         self.policy = WriteConsistency.SOURCE_AUTHORITATIVE
         self.both = False
-        self.marks_mirrored = True          # a mirrored write's keys are marked dirty (all but BEST_EFFORT)
         self.read_percent = 0
         self.scripts_deterministic = False
         self.sides: dict[str, Side] = {}    # side name -> where its commands go, the source's included
@@ -304,7 +301,6 @@ class Router:
             self.side_stats.setdefault(name, SideStats())
         self.policy = policy
         self.both = policy is WriteConsistency.BOTH_REQUIRED
-        self.marks_mirrored = policy is not WriteConsistency.BEST_EFFORT
         self.read_percent = route.read_percent if route.authoritative == SOURCE else 0
         self.target = sides.get(TARGET) if self.read_percent else None
         self.scripts_deterministic = route.scripts_deterministic

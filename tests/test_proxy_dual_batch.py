@@ -227,30 +227,3 @@ def test_a_script_run_on_the_source_alone_is_cached_on_the_target(pair, supervis
     assert target_client.get("only-on-source") is None and source.client().get("only-on-source") == b"from-eval"
     client.close()
 
-
-def test_best_effort_counts_failures_and_marks_nothing(pair, supervisor, interlay) -> None:
-    """BEST_EFFORT (issue 20, item 2): the source's replies at once, the target's
-    failures counted, no key of a mirrored write marked dirty; a write that is not
-    mirrored (a transaction) is still marked, since nothing else carries it over."""
-    source, target = pair
-    it = interlay(source)
-    keys = DirtyKeys()
-    target.client().rpush("differs", "a list on the target")
-    routed(supervisor, it, target, WriteConsistency.BEST_EFFORT, keys=keys)
-    sock = it.raw()
-    sock.sendall(pipeline(("SET", "a", "1"), ("INCR", "differs"), ("GET", "a"), ("HSET", "h", "f", "v")))
-    assert recv_exactly(sock, 5 + 4 + 7 + 4) == b"+OK\r\n:1\r\n$1\r\n1\r\n:1\r\n"
-    wait_for(lambda: target_stats(supervisor, it)["failures"] == 1, timeout=5, what="the target's failure counted")
-    assert target.client().get("a") == b"1" and target.client().hget("h", "f") == b"v"
-    assert drain_dirty(supervisor, it, keys, timeout=5) == set()
-    sock.sendall(pipeline(("MULTI",), ("SET", "tx", "1"), ("EXEC",)))
-    assert recv_exactly(sock, 5 + 9 + 9) == b"+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n"
-    marked: set = set()
-
-    def tx_marked() -> bool:
-        marked.update(drain_dirty(supervisor, it, keys, timeout=5))
-        return (0, b"tx") in marked
-
-    wait_for(tx_marked, timeout=5, what="the transaction's key marked")
-    assert (0, b"a") not in marked and (0, b"h") not in marked
-    sock.close()
