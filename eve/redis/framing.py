@@ -12,6 +12,7 @@ scanner (``eve.redis.resp.scan_frame``), at any depth (``REPLY_MAX_DEPTH``).
 from __future__ import annotations
 
 import functools
+import re
 import sys
 
 import hiredis
@@ -22,11 +23,12 @@ from eve.redis.resp import ProtocolError
 __all__ = ["REPLY_MAX_DEPTH", "PartialRequest", "RequestScanner", "partial_request", "scan_request", "scan_reply"]
 
 
-def scan_request(buf: bytes, pos: int, max_bulk: int, max_args: int):
+def scan_request(buf: bytes, pos: int, max_bulk: int, max_args: int, unauthenticated: bool = False):
     """``(end, name, argc)`` of the request starting at ``pos``, or None when
     more bytes are needed. ``name`` is the first argument as sent (any case);
     an empty request (blank inline line, ``*0``, ``*-1``) has argc 0.
-    Raises ProtocolError for malformed or oversized requests."""
+    Raises ProtocolError for malformed or oversized requests (``unauthenticated``:
+    with Redis' limits for a client that has not authenticated yet)."""
     if buf[pos] != 0x2A:  # inline command
         parsed = resp.parse_command(buf, pos, max_bulk=max_bulk, max_args=max_args)
         if parsed is None:
@@ -34,7 +36,7 @@ def scan_request(buf: bytes, pos: int, max_bulk: int, max_args: int):
         args, end = parsed
         return end, (args[0] if args else b""), len(args)
     spans: list = []
-    end = resp.scan_multibulk(buf, pos, max_bulk, max_args, spans)
+    end = resp.scan_multibulk(buf, pos, max_bulk, max_args, spans, unauthenticated)
     if end < 0:
         return None
     if not spans:
@@ -44,6 +46,28 @@ def scan_request(buf: bytes, pos: int, max_bulk: int, max_args: int):
 
 
 _NED = object()  # hiredis: not enough data
+
+# An aggregate header (``*N``) of five digits or more. hiredis sizes a list by N
+# as soon as it reads the header, and frees it slot by slot when the reader is
+# dropped with the request incomplete: 1.6 s for ``*1000000000`` on one core,
+# during which every client of the process waits (issue 19). A buffer where
+# such a count is not backed by the bytes that follow it (each element takes
+# three bytes at least) goes to ``scan_request`` instead, whose checks take
+# constant time per header. Data that happens to look like a header only costs
+# the slower walk.
+_LONG_COUNT = re.compile(rb"\*([0-9]{5,})\r")
+_LONG_COUNT_DIGITS = 18
+
+
+def _unbacked_count(buf: bytes) -> bool:
+    """Whether a long aggregate count in ``buf`` announces more elements than the
+    bytes after it could hold."""
+    n = len(buf)
+    for match in _LONG_COUNT.finditer(buf):
+        digits = match.group(1)
+        if len(digits) > _LONG_COUNT_DIGITS or int(digits) * 3 > n - match.end():
+            return True
+    return False
 
 
 class _NotCanonical(Exception):
@@ -81,7 +105,10 @@ class RequestScanner:
         self.max_bulk = max_bulk
         self.max_args = max_args
 
-    def scan(self, buf: bytes) -> tuple[list, int, str | None]:
+    def scan(self, buf: bytes, unauthenticated: bool = False) -> tuple[list, int, str | None]:
+        if unauthenticated:
+            # Redis' tighter limits for such a client (its first commands: AUTH, HELLO).
+            return self._slow(buf, 0, [], True)
         requests: list = []
         end = self.scan_canonical(buf, None, 0, requests)[0]
         if end == len(buf):
@@ -99,7 +126,7 @@ class RequestScanner:
         it as ``(end, args, name, argc)``; or ``kinds``, for the proxy's hot
         path (a buffer of nothing but such requests is forwarded as it is): a
         request whose name does not map to ``forwardable`` counts as not canonical."""
-        if buf[0] != 0x2A or len(buf) > self.max_bulk:
+        if buf[0] != 0x2A or len(buf) > self.max_bulk or _unbacked_count(buf):
             return -1, 0
         reader = self._reader
         if reader is None:
@@ -147,13 +174,13 @@ class RequestScanner:
             self._reader = None
         return p, count if append is None else len(requests)  # type: ignore[arg-type]
 
-    def _slow(self, buf: bytes, pos: int, requests: list):
+    def _slow(self, buf: bytes, pos: int, requests: list, unauthenticated: bool = False):
         n = len(buf)
         max_bulk, max_args = self.max_bulk, self.max_args
         append = requests.append
         while pos < n:
             try:
-                request = scan_request(buf, pos, max_bulk, max_args)
+                request = scan_request(buf, pos, max_bulk, max_args, unauthenticated)
             except ProtocolError as exc:
                 return requests, pos, str(exc)
             if request is None:
