@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Collection, Iterator
 
-from eve.core.errors import AlreadyExistsError, ConfigError, NotFoundError, StateError
+from eve.core.errors import (
+    AlreadyExistsError,
+    ConfigError,
+    NotFoundError,
+    StateError,
+    StorageError,
+    StorageFullError,
+)
 
 __all__ = ["Store", "EndpointRecord", "InterlayRecord", "RunRecord", "RunEndpointRecord", "ErrorKeyRecord",
            "SCHEMA_VERSION", "COUNTER_FIELDS"]
@@ -151,6 +158,10 @@ MIGRATIONS: list[str] = [
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
+# SQLite's primary result codes that say the file cannot be written (SQLITE_FULL aside).
+_STORAGE_CODES = frozenset((sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY,
+                            sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB))
+
 COUNTER_FIELDS = ("scanned", "restored", "skipped", "conflicts", "failed", "bytes")
 
 
@@ -255,15 +266,45 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: all of it or nothing. A state file that cannot be written (a
+        full disk, an I/O error) is a StorageError naming it; the transaction is rolled back,
+        so nothing of it was written, and the next one works once the disk does."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._rollback()
+                    raise
+            except sqlite3.DatabaseError as exc:
+                storage = self._storage_error(exc)
+                if storage is None:
+                    raise
+                raise storage from exc
+
+    def _rollback(self) -> None:
+        # SQLite may have rolled back already (SQLITE_FULL, SQLITE_IOERR may end the
+        # transaction themselves); a ROLLBACK that fails leaves nothing more to undo.
+        if self._db.in_transaction:
+            try:
                 self._db.execute("ROLLBACK")
-                raise
-            else:
-                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                pass
+
+    def _storage_error(self, exc: sqlite3.Error) -> StorageError | None:
+        """The StorageError an SQLite error means, or None when it is not about the file."""
+        code = getattr(exc, "sqlite_errorcode", None)
+        primary = code & 0xFF if code is not None else None
+        if primary == sqlite3.SQLITE_FULL:
+            return StorageFullError(
+                f"the state file {self.path} cannot be written: its disk is full; nothing of this change was "
+                "written (free space and retry)", path=str(self.path))
+        if primary in _STORAGE_CODES:
+            return StorageError(f"the state file {self.path} cannot be written ({exc}); nothing of this change "
+                                "was written", path=str(self.path))
+        return None
 
     def close(self) -> None:
         with self._lock:
