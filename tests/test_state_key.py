@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import grpc
 import pytest
 from eve_process import EveServer
 
