@@ -250,8 +250,12 @@ class Store:
         # Deleted and overwritten content (a password before it was sealed) is zeroed, not left in free pages.
         self._db.execute("PRAGMA secure_delete=ON")
         self._db.row_factory = sqlite3.Row
-        self._migrate()
-        self._check_credentials()
+        try:
+            self._migrate()
+            self._check_credentials()
+        except BaseException:
+            self._db.close()
+            raise
 
     # -- plumbing -----------------------------------------------------------------
 
