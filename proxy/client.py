@@ -51,7 +51,7 @@ from collections import deque
 from collections.abc import Callable
 
 from eve.redis import resp
-from eve.redis.framing import RequestScanner, partial_request
+from eve.redis.framing import RequestScanner
 from eve.redis.resp import MAX_INLINE
 from proxy.backend import DEDICATED, Backend, Node, set_no_delay
 from proxy.parts import BLOCKING, CONTROL, SCRIPTED, SHARED, SPECIAL, XREAD, Clients, Parts
@@ -1391,7 +1391,7 @@ class Client(asyncio.Protocol):
     def _incomplete(self, buf: bytes, pos: int, n: int) -> int:
         """An incomplete request with a lot buffered: stream it to a dedicated
         connection as it arrives instead of holding it whole. Returns the new position."""
-        info = partial_request(buf, pos)
+        info = self.scanner.partial(buf, pos)
         if info is None or info.name is None:
             return pos
         if n - pos <= self.threshold and info.bulk_len <= self.threshold:

@@ -708,7 +708,7 @@ def _parse_inline(buf, pos: int):
 
 
 def scan_multibulk(buf, pos: int, max_bulk: int, max_args: int, spans: list,
-                   unauthenticated: bool = False) -> int:
+                   unauthenticated: bool = False, state: list | None = None) -> int:
     """Walk the multibulk request at ``pos`` (``buf[pos]`` is ``*``) by Redis'
     rules: its end, or -1 while it is incomplete. The ``(start, end)`` of each
     complete argument is appended to ``spans``. A count of 0 or less is an
@@ -716,9 +716,18 @@ def scan_multibulk(buf, pos: int, max_bulk: int, max_args: int, spans: list,
     Raises ProtocolError for malformed or oversized requests; each count and
     length is checked when its line is read, before anything that grows with
     it. ``unauthenticated``: the client has not authenticated on a server that
-    requires it, and Redis' tighter limits for such clients apply too."""
+    requires it, and Redis' tighter limits for such clients apply too.
+
+    ``state``: where an incomplete walk stopped, ``[count, position of the first
+    incomplete argument, arguments complete]`` (set once the count line is read),
+    and given back non-empty, where the walk resumes (``pos`` is then ignored;
+    ``spans`` gets the arguments walked from there), so a request arriving in
+    many pieces is walked once, not once per piece (issue 19)."""
     find = buf.find
     n = len(buf)
+    if state:
+        count, pos, done = state
+        return _walk_arguments(buf, pos, count, done, max_bulk, spans, unauthenticated, state)
     eol = find(b"\r\n", pos + 1)
     if eol < 0:
         if n - pos > MAX_INLINE:
@@ -735,17 +744,24 @@ def scan_multibulk(buf, pos: int, max_bulk: int, max_args: int, spans: list,
         return eol + 2
     else:
         raise ProtocolError(_E_MULTIBULK_LENGTH)
-    pos = eol + 2
-    for _ in range(count):
+    return _walk_arguments(buf, eol + 2, count, 0, max_bulk, spans, unauthenticated, state)
+
+
+def _walk_arguments(buf, pos: int, count: int, done: int, max_bulk: int, spans: list, unauthenticated: bool,
+                    state: list | None) -> int:
+    """``scan_multibulk`` past the count line: arguments ``done`` .. ``count`` from ``pos``."""
+    find = buf.find
+    n = len(buf)
+    while done < count:
         if pos >= n:
-            return -1
+            break
         if buf[pos] != _BULK:
             raise ProtocolError(f"Protocol error: expected '$', got '{_show(buf[pos])}'")
         eol = find(b"\r\n", pos + 1)
         if eol < 0:
             if n - pos > MAX_INLINE:
                 raise ProtocolError("Protocol error: too big bulk count string")
-            return -1
+            break
         s = buf[pos + 1 : eol]
         if not s.isdigit() or len(s) > _MAX_LENGTH_DIGITS:
             raise ProtocolError(_E_BULK_LENGTH)
@@ -757,12 +773,17 @@ def scan_multibulk(buf, pos: int, max_bulk: int, max_args: int, spans: list,
         start = eol + 2
         end = start + length
         if end + 2 > n:
-            return -1
+            break
         if buf[end] != 13 or buf[end + 1] != 10:
             raise ProtocolError(_E_BULK_CRLF)
         spans.append((start, end))
         pos = end + 2
-    return pos
+        done += 1
+    else:
+        return pos
+    if state is not None:
+        state[:] = [count, pos, done]
+    return -1
 
 
 def parse_command(
