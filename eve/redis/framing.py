@@ -47,15 +47,17 @@ def scan_request(buf: bytes, pos: int, max_bulk: int, max_args: int, unauthentic
 
 _NED = object()  # hiredis: not enough data
 
-# An aggregate header (``*N``) of five digits or more. hiredis sizes a list by N
+# An aggregate header (``*N``, and RESP3's ``%N`` ``~N`` ``>N`` ``|N``, which hiredis
+# parses inside a request too) of five digits or more. hiredis sizes a list by N
 # as soon as it reads the header, and frees it slot by slot when the reader is
 # dropped with the request incomplete: 1.6 s for ``*1000000000`` on one core,
-# during which every client of the process waits (issue 19). A buffer where
+# 37 s for ``>1000000000`` nested in a request, during which every client of the
+# process waits (issue 19). A buffer where
 # such a count is not backed by the bytes that follow it (each element takes
 # three bytes at least) goes to ``scan_request`` instead, whose checks take
 # constant time per header. Data that happens to look like a header only costs
 # the slower walk.
-_LONG_COUNT = re.compile(rb"\*([0-9]{5,})\r")
+_LONG_COUNT = re.compile(rb"[*%~>|]([0-9]{5,})\r")
 _LONG_COUNT_DIGITS = 18
 
 
