@@ -255,7 +255,7 @@ class _Pending:
     """An incomplete multibulk request at ``buf[pos:]`` and its walk's ``state``
     (``resp.scan_multibulk``), with positions relative to ``pos``."""
 
-    __slots__ = ("buf", "pos", "unauthenticated", "state", "name")
+    __slots__ = ("buf", "name", "pos", "state", "unauthenticated")
 
     def __init__(self, buf: bytes, pos: int, unauthenticated: bool, state: list,
                  name: tuple[int, int] | None) -> None:
