@@ -51,7 +51,7 @@ from collections import deque
 from collections.abc import Callable
 
 from eve.redis import resp
-from eve.redis.framing import RequestScanner, partial_request
+from eve.redis.framing import RequestScanner
 from eve.redis.resp import MAX_INLINE
 from proxy.backend import DEDICATED, Backend, Node, set_no_delay
 from proxy.parts import BLOCKING, CONTROL, SCRIPTED, SHARED, SPECIAL, XREAD, Clients, Parts
@@ -617,7 +617,7 @@ class Client(asyncio.Protocol):
                 if conn is not None and (not self.outstanding or self.current is conn):
                     self._send(conn, buf, count)
                     return
-        requests, end, error = self.scanner.scan(buf)
+        requests, end, error = self.scanner.scan(buf, not self.authenticated)
         if end == n and (self.dirty.tracking or self.router.active) and self._send_whole(buf, requests):
             return
         pos, routed_all = self._route(buf, requests)
@@ -625,6 +625,11 @@ class Client(asyncio.Protocol):
             # Every complete request was routed: what follows is a protocol
             # error, or the start of a request still arriving.
             if error is not None:
+                if error in _UNAUTHENTICATED_ERRORS and not self._settled():
+                    # Redis judges a request by the AUTH before it: wait for its reply.
+                    self.buf = buf[pos:] + self.buf if self.buf else buf[pos:]
+                    self._stall()
+                    return
                 if not self.closing and self.transport is not None:
                     self._protocol_error(error)
                 return
@@ -1383,7 +1388,7 @@ class Client(asyncio.Protocol):
     def _incomplete(self, buf: bytes, pos: int, n: int) -> int:
         """An incomplete request with a lot buffered: stream it to a dedicated
         connection as it arrives instead of holding it whole. Returns the new position."""
-        info = partial_request(buf, pos)
+        info = self.scanner.partial(buf, pos)
         if info is None or info.name is None:
             return pos
         if n - pos <= self.threshold and info.bulk_len <= self.threshold:
@@ -1478,6 +1483,8 @@ class Client(asyncio.Protocol):
         self.close_error = b"-ERR " + message.encode() + b"\r\n"
         self._finish_close()
 
+
+_UNAUTHENTICATED_ERRORS = frozenset((resp.E_UNAUTHENTICATED_MULTIBULK, resp.E_UNAUTHENTICATED_BULK))
 
 _ModeCommand = Callable[[Client, Backend, bytes], None]
 _StateCommand = Callable[[Client, Backend, bytes, list], "Tag | None"]

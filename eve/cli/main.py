@@ -33,11 +33,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from eve.api.server import ServerOptions, serve
     from eve.api.tls import TlsFiles
     from eve.core import telemetry
+    from eve.core.secrets import StateKey
 
     _setup_logging("coordinator", args.verbose)
     telemetry.setup("eve-coordinator")
     options = ServerOptions(listen=args.listen, state_path=args.state, token=read_token(args.token_file),
                             http_listen=args.http, insecure=args.insecure,
+                            state_key=StateKey.from_options(args.key_file, os.environ),
                             tls=TlsFiles.from_flags(args.tls_cert, args.tls_key, args.tls_client_ca))
 
     def ready(address: str) -> None:
@@ -140,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="gRPC listen address (default %(default)s; port 0 picks a free one)")
     serve.add_argument("--state", default="eve-state.db", metavar="PATH",
                        help="SQLite state file, created on first start (default %(default)s)")
+    serve.add_argument("--key-file", metavar="PATH",
+                       help="seal the endpoint passwords in the state file with this key (EVE_STATE_KEY works "
+                            "too; 'eve state new-key FILE' writes one); without a key they are stored in clear")
     serve.add_argument("--token-file", metavar="PATH",
                        help="require 'authorization: Bearer <token>' on every call (or set EVE_TOKEN)")
     serve.add_argument("--http", metavar="HOST:PORT",
@@ -284,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--run", dest="run_id", metavar="ID", help="discard: this job (default: the latest)")
     jobs.add_argument("--json", action="store_true", help="print one JSON object")
     jobs.set_defaults(run=_cmd_jobs)
+
+    from eve.cli import state as state_cli
+
+    state_cli.add_state_commands(commands)
 
     # Clients of a running coordinator (eve serve): eve.cli.runs, eve.cli.endpoints.
     from eve.cli import endpoints as endpoints_cli, runs as runs_cli

@@ -5,6 +5,8 @@
     +-- NotFoundError        a named endpoint, interlay or run does not exist (NOT_FOUND)
     +-- AlreadyExistsError   the name is taken (ALREADY_EXISTS)
     +-- StateError           the call is not allowed in the current state (FAILED_PRECONDITION)
+    +-- StorageError         the state file cannot be written; ``path`` names it (UNAVAILABLE)
+    |   +-- StorageFullError ... its disk is full (RESOURCE_EXHAUSTED)
     +-- EndpointError        a Redis-compatible server failed us; ``side`` says which one
     |   +-- SourceError      ... the source of a run
     |   +-- TargetError      ... the target (or a mirror target) of a run
@@ -37,6 +39,8 @@ __all__ = [
     "NotFoundError",
     "AlreadyExistsError",
     "StateError",
+    "StorageError",
+    "StorageFullError",
     "EndpointError",
     "SourceError",
     "TargetError",
@@ -82,6 +86,19 @@ class AlreadyExistsError(EveError):
 
 class StateError(EveError):
     pass
+
+
+class StorageError(EveError):
+    """The coordinator's state file cannot be written (or read): the change asked for was not
+    made, and nothing of it was written. ``path`` is the file."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class StorageFullError(StorageError):
+    """The state file's disk (or quota) is full."""
 
 
 class EndpointError(EveError):
