@@ -481,7 +481,7 @@ class ClusterClient:
         if self.cluster is None:
             self.cluster = self.info("cluster").get("cluster_enabled") == "1"
         else:
-            self._on_node(self.address, lambda conn: conn.connected or conn.open())
+            self._on_node(self.address, lambda conn: None if conn.connected else conn.open())
         if self.cluster and self.slots is None:
             self.refresh_slots()
         self._connected = True

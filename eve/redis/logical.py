@@ -513,10 +513,9 @@ def _value_writes(key: bytes, value: LogicalValue, chunk: int, now_ms: int | Non
     if chunk < 1:
         raise ValueError(f"chunk must be at least 1, got {chunk}")
     kind, data = value.type, value.data
-    if kind == "string":
-        return [pack("SET", key, data)]
-    if kind == JSON_TYPE:
-        return [pack("JSON.SET", key, "$", data)]
+    if kind == "string" or kind == JSON_TYPE:
+        assert isinstance(data, bytes)  # LogicalValue: a string's (and a JSON document's) data is bytes
+        return [pack("SET", key, data) if kind == "string" else pack("JSON.SET", key, "$", data)]
     if kind in ("list", "set"):
         verb = "RPUSH" if kind == "list" else "SADD"
         return [pack(verb, key, *part) for part in _chunks(data, chunk)]
