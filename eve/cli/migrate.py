@@ -91,6 +91,7 @@ class MigrateArgs:
     force: bool = False
     metrics_port: int | None = None    # serve /metrics on 127.0.0.1 while the job runs
     command: tuple[str, ...] = ()      # the words after ``eve``, to print the command to run next
+    ray: str | None = None             # --ray ADDRESS: scanners and restorers as Ray actors (eve.bulk.ray_runner)
 
 
 def _identity(spec: ConnectionSpec) -> dict[str, Any]:
@@ -279,7 +280,7 @@ def run_migrate(args: MigrateArgs) -> int:
         if not (args.resume and finding.code == preflight.TARGET_NOT_EMPTY):  # a resumed job's own keys
             _warn(finding.message)
     store = Store(args.state)
-    exporter = None
+    exporter = runner = None
     try:
         job = _latest_job(store)
         if args.resume and job is not None and args.mode is None:
@@ -310,7 +311,8 @@ def run_migrate(args: MigrateArgs) -> int:
             max_source_share=_source_share(args), backoff_latency_ms=args.backoff_latency_ms,
             latency_budget_ms=args.latency_budget_ms, big_key_threshold_bytes=args.big_key_bytes)
         exporter = _metrics_exporter(args, run_id)  # before the job is recorded: a port in use leaves no job
-        copy = BulkCopy(options, store)
+        runner = _ray_runner(args)
+        copy = BulkCopy(options, store, runner=runner)
         copy.prepare()  # unreachable servers fail here, before a job is recorded
         job = store.set_run_state(run_id, "COPYING") if args.resume else store.create_run(run_id, "COPYING", setup)
         view = _ProgressView(args.progress and not args.json)
@@ -333,6 +335,9 @@ def run_migrate(args: MigrateArgs) -> int:
             return EXIT_INTERRUPTED
         except Exception as exc:
             _record_failure(store, job.id, exc)
+            if args.ray and store.get_run(job.id).state == "FAILED":
+                print(f"eve migrate: the job's checkpoints are kept; continue it with: "
+                      f"{_next_command(args, '--resume')}  (without --ray to go on locally)", file=sys.stderr)
             raise
         finally:
             signal.signal(signal.SIGINT, previous)
@@ -348,7 +353,21 @@ def run_migrate(args: MigrateArgs) -> int:
     finally:
         if exporter is not None:
             exporter.stop()
+        if runner is not None:
+            runner.close()
         store.close()
+
+
+def _ray_runner(args: MigrateArgs) -> Any:
+    """``--ray ADDRESS``: the copy's workers as Ray actors, ``--restorers`` of them per Ray node; the
+    cluster is joined here, so an unreachable one fails before a job is recorded."""
+    if not args.ray:
+        return None
+    from eve.bulk.ray_runner import RayOptions, RayRunner
+
+    runner = RayRunner(RayOptions(address=args.ray, restorers_per_node=max(1, args.restorers)))
+    runner.connect()
+    return runner
 
 
 def _metrics_exporter(args: MigrateArgs, run_id: str) -> Any:
@@ -385,6 +404,8 @@ def _summary(args: MigrateArgs, store: Store, run_id: str, progress: Progress, f
         summary["errors_out"] = args.errors_out
     if progress.side_restarts:
         summary["side_restart_reasons"] = progress.side_restart_reasons
+    if progress.restarts:
+        summary["restart_reasons"] = progress.restart_reasons
     if args.json:
         print(json.dumps(summary))
     else:
@@ -395,6 +416,9 @@ def _summary(args: MigrateArgs, store: Store, run_id: str, progress: Progress, f
             print(f"  restarts: a side restarted {progress.side_restarts:,} time(s) during the job and may have lost "
                   "what it held; every key was copied again from the start, and the numbers above count only "
                   f"that last copy ({progress.side_restart_reasons[-1]})")
+        if progress.restarts:
+            print(f"  restarts: the copy's workers restarted {progress.restarts:,} time(s) from the committed cursors "
+                  f"(nothing lost, nothing counted twice): {'; '.join(progress.restart_reasons)}")
         if progress.skipped:
             print(f"  skipped: {progress.skipped:,} keys expired or were deleted on the source between SCAN and "
                   "DUMP (or their TTL ran out in transit); they are not on the target, as on the source")
