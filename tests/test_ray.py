@@ -85,3 +85,112 @@ def test_standalone_to_three_master_cluster_on_ray(ray_cluster, server_factory, 
     assert report["scanned"] == 1200 and report["restored"] == 1200 and report["error_keys"] == 0
     assert report["restarts"] == 0
     assert assert_same(source.client(), target.client()) == 1200
+
+
+def _wait_for(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _start_migrate(*args: str, state: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "eve", "migrate", *args, "--state", str(state), "--no-progress", "--json"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process: subprocess.Popen, timeout: float = 150) -> tuple[int, str, str]:
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        raise AssertionError(f"eve migrate did not end; stderr:\n{err}")
+    return process.returncode, out, err
+
+
+@pytest.mark.slow
+def test_three_masters_to_two_masters_on_ray(ray_cluster, cluster_factory, tmp_path):
+    source = cluster_factory("redis-7.0", masters=3)
+    target = cluster_factory("valkey-9.1", masters=2)
+    fill(source.client(), 1500, binary=False)
+    result = migrate("--source", source.url, "--target", target.url, "--ray", ray_cluster.address, "--json",
+                     "--restorers", "1", state=tmp_path / "s.db")
+    assert result.returncode == 0, result.stderr
+    report = summary(result)
+    assert report["scanned"] == 1500 and report["restored"] == 1500 and report["error_keys"] == 0
+    assert assert_same(source.client(), target.client()) == 1500
+
+
+@pytest.mark.slow
+def test_every_db_values_and_ttls_on_ray(ray_cluster, server_factory, tmp_path):
+    source = server_factory("redis-7.0")
+    target = server_factory("valkey-8.1")
+    for db in (0, 3, 9):
+        fill(source.client(db=db), 400, prefix=f"d{db}", seed=db)
+    result = migrate("--source", url(source), "--target", url(target), "--ray", ray_cluster.address, "--json",
+                     "--restorers", "1", state=tmp_path / "s.db")
+    assert result.returncode == 0, result.stderr
+    assert summary(result)["restored"] == 1200
+    for db in (0, 3, 9):
+        assert assert_same(source.client(db=db), target.client(db=db)) == 400
+
+
+@pytest.mark.slow
+def test_a_node_removed_mid_copy_restarts_from_the_cursors(own_ray_cluster, server_factory, tmp_path):
+    cluster = own_ray_cluster(3)
+    source = server_factory("redis-7.0")
+    target = server_factory("redis-7.0")
+    for db in (0, 2):
+        fill(source.client(db=db), 4000, prefix=f"d{db}", seed=db, binary=False)
+    process = _start_migrate("--source", url(source), "--target", url(target), "--ray", cluster.address,
+                             "--restorers", "2", "--scan-count", "100", "--max-keys-per-sec", "1500",
+                             state=tmp_path / "s.db")
+    try:
+        _wait_for(lambda: target.client().dbsize() >= 1500 or process.poll() is not None, 90, "the copy to start")
+        assert process.poll() is None, "the copy ended before a node could be removed"
+        # Every node holds restorers (SPREAD, two per node): this one's are lost mid-copy.
+        cluster.remove_node(next(iter(cluster.worker_nodes)))
+        code, out, err = _finish(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert code == 0, err
+    report = summary(subprocess.CompletedProcess([], code, out, err))
+    assert report["restarts"] >= 1, report
+    reasons = report["restart_reasons"]
+    assert any("lost on Ray node" in reason for reason in reasons), reasons
+    # Nothing lost, nothing counted twice.
+    assert report["scanned"] == 8000 and report["restored"] == 8000 and report["error_keys"] == 0
+    for db in (0, 2):
+        assert assert_same(source.client(db=db), target.client(db=db)) == 4000
+
+
+@pytest.mark.slow
+def test_resume_after_the_ray_cluster_went_away(own_ray_cluster, server_factory, tmp_path):
+    cluster = own_ray_cluster(2)
+    source = server_factory("redis-7.0")
+    target = server_factory("redis-7.0")
+    fill(source.client(), 6000, binary=False)
+    state = tmp_path / "s.db"
+    process = _start_migrate("--source", url(source), "--target", url(target), "--ray", cluster.address,
+                             "--restorers", "1", "--scan-count", "100", "--max-keys-per-sec", "500", state=state)
+    try:
+        _wait_for(lambda: target.client().dbsize() >= 1000 or process.poll() is not None, 90, "the copy to start")
+        assert process.poll() is None, "the copy ended before the Ray cluster could go"
+        cluster.shutdown()
+        code, out, err = _finish(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert code == 2, err     # unreachable: what an unreachable server gives too
+    assert "Ray cluster" in err and "--resume" in err, err
+    result = migrate("--source", url(source), "--target", url(target), "--resume", "--json", "--restorers", "1",
+                     state=state)
+    assert result.returncode == 0, result.stderr
+    report = summary(result)
+    assert report["scanned"] == 6000 and report["restored"] == 6000
+    assert assert_same(source.client(), target.client()) == 6000

@@ -61,6 +61,7 @@ DEFAULT_CPUS_PER_ACTOR = 0.5
 NAMESPACE = "eve"
 INLINE_BYTES = 16 * 1024           # frames up to this size travel inside the queue, larger ones by reference
 KILL_WAIT_SECONDS = 5.0
+LOSS_WAIT_SECONDS = 2.0            # after a failure: how long to wait for Ray to report actors lost with it
 
 
 class RayUnavailable(UnavailableError):
@@ -245,6 +246,28 @@ class _ActorProcess:
         return self._exitcode
 
 
+def _head_node(nodes: list[dict[str, Any]]) -> str | None:
+    """The head node's id: the queues live there, by the cluster's control plane (GCS), which the
+    coordinator cannot do without anyway; a worker node may go without taking the queues along."""
+    for node in nodes:
+        if any(name.startswith("node:__internal_head__") for name in node.get("Resources", {})):
+            return node["NodeID"]
+    return None
+
+
+def _lost_workers(workers: dict[str, _ActorProcess], wait: float = LOSS_WAIT_SECONDS) -> list[_ActorProcess]:
+    """The actors Ray reports lost, after a short wait: one failing worker is often the first sign
+    of a node gone with others (a restorer whose queue or batch went with the node)."""
+    ray = import_ray()
+    running = [w.ref for w in workers.values() if w.exitcode is None]
+    if running:
+        try:
+            ray.wait(running, num_returns=len(running), timeout=wait)
+        except Exception:  # noqa: BLE001 - the loss is read from each ref below
+            pass
+    return [w for w in workers.values() if w.exitcode is not None and w.lost]
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
@@ -311,10 +334,7 @@ class RayRunner:
         count = max(1, self.options.restorers_per_node * len(nodes))
         template = restorers[0]
         restorers = [dataclasses.replace(template, worker=f"restorer-{i + 1}") for i in range(count)]
-        try:
-            here = ray.get_runtime_context().get_node_id()
-        except Exception:  # noqa: BLE001 - a Ray client driver has no node of its own
-            here = None
+        here = _head_node(nodes)
         depth = copy.options.queue_depth or 2 * len(restorers) + 2
         batches = results = None
         workers: dict[str, _ActorProcess] = {}
@@ -323,19 +343,24 @@ class RayRunner:
             worker = _worker_class()
             level = logging.getLogger().getEffectiveLevel()
             spread = {"num_cpus": self.options.cpus_per_actor, "scheduling_strategy": "SPREAD"}
+            where: dict[str, Any] = {}
+            # An actor runs its calls one at a time, in order: where() is asked before the worker
+            # loop takes the actor over.
             for r in restorers:
                 actor = worker.options(**spread).remote(r.worker, level)
+                where[r.worker] = actor.where.remote()
                 workers[r.worker] = _ActorProcess(r.worker, actor, actor.restore.remote(r, batches, results))
             for s in scanners:
                 actor = worker.options(**spread).remote(s.worker, level)
+                where[s.worker] = actor.where.remote()
                 workers[s.worker] = _ActorProcess(s.worker, actor, actor.scan.remote(s, batches))
-            self._record_placements(workers)
+            self._record_placements(where)
             log.info("bulk copy epoch=%d on Ray (%d nodes): scanners=%d restorers=%d streams=%d", copy.epoch,
                      len(nodes), len(scanners), len(restorers), len(streams))
             try:
                 copy._supervise(streams, workers, [r.worker for r in restorers], batches, results, stop_event)
             except _Restart as restart:
-                lost = [w for w in workers.values() if w.lost]
+                lost = _lost_workers(workers)
                 if lost:
                     self._check_cluster()
                     raise _Restart("; ".join(f"{w.name} lost on Ray node {self.placements.get(w.name, '?')[:12]} "
@@ -349,9 +374,8 @@ class RayRunner:
         finally:
             self._tear_down(workers, batches, results)
 
-    def _record_placements(self, workers: dict[str, _ActorProcess]) -> None:
+    def _record_placements(self, refs: dict[str, Any]) -> None:
         ray = import_ray()
-        refs = {name: w.actor.where.remote() for name, w in workers.items()}
         try:
             placed = dict(zip(refs, ray.get(list(refs.values()), timeout=60)))
         except Exception:  # noqa: BLE001 - a placement is only reported; a lost actor shows in its exitcode
@@ -366,7 +390,7 @@ class RayRunner:
         """After a loss: is the cluster still there? (Then the pipeline restarts; else RayUnavailable.)"""
         nodes = self.alive_nodes()
         if not nodes:
-            raise RayUnavailable(f"the Ray cluster at {self.options.address} has no node alive")
+            raise RayUnavailable(f"the Ray cluster at {self.options.address} went away: no node alive")
 
     def _tear_down(self, workers: dict[str, _ActorProcess], batches: _FrameQueue | None,
                    results: _FrameQueue | None) -> None:
