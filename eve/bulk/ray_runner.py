@@ -61,7 +61,7 @@ DEFAULT_CPUS_PER_ACTOR = 0.5
 NAMESPACE = "eve"
 INLINE_BYTES = 16 * 1024           # frames up to this size travel inside the queue, larger ones by reference
 KILL_WAIT_SECONDS = 5.0
-LOSS_WAIT_SECONDS = 2.0            # after a failure: how long to wait for Ray to report actors lost with it
+LOSS_WAIT_SECONDS = 5.0            # after a failure: how long to wait for Ray to report what it lost
 
 
 class RayUnavailable(UnavailableError):
@@ -255,19 +255,6 @@ def _head_node(nodes: list[dict[str, Any]]) -> str | None:
     return None
 
 
-def _lost_workers(workers: dict[str, _ActorProcess], wait: float = LOSS_WAIT_SECONDS) -> list[_ActorProcess]:
-    """The actors Ray reports lost, after a short wait: one failing worker is often the first sign
-    of a node gone with others (a restorer whose queue or batch went with the node)."""
-    ray = import_ray()
-    running = [w.ref for w in workers.values() if w.exitcode is None]
-    if running:
-        try:
-            ray.wait(running, num_returns=len(running), timeout=wait)
-        except Exception:  # noqa: BLE001 - the loss is read from each ref below
-            pass
-    return [w for w in workers.values() if w.exitcode is not None and w.lost]
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
@@ -360,15 +347,14 @@ class RayRunner:
             try:
                 copy._supervise(streams, workers, [r.worker for r in restorers], batches, results, stop_event)
             except _Restart as restart:
-                lost = _lost_workers(workers)
-                if lost:
-                    self._check_cluster()
-                    raise _Restart("; ".join(f"{w.name} lost on Ray node {self.placements.get(w.name, '?')[:12]} "
-                                             f"({w.lost})" for w in lost)) from restart
+                reason = self._loss(workers, {node["NodeID"] for node in nodes})
+                if reason:
+                    raise _Restart(f"{reason} (first sign: {restart})") from restart
                 raise
             except ray.exceptions.RayError as exc:
-                self._check_cluster()
-                raise _Restart(f"Ray: {_first_line(exc)}") from exc
+                log.warning("a Ray call of the coordinator failed: %s", _first_line(exc), exc_info=True)
+                reason = self._loss(workers, {node["NodeID"] for node in nodes})
+                raise _Restart(f"{reason or 'Ray'} (first sign: {_first_line(exc)})") from exc
         except (ConnectionError, ray.exceptions.RaySystemError) as exc:
             raise RayUnavailable(f"the Ray cluster at {self.options.address} is gone: {_first_line(exc)}") from exc
         finally:
@@ -385,6 +371,32 @@ class RayRunner:
         for node in placed.values():
             per_node[node] = per_node.get(node, 0) + 1
         log.info("actors per Ray node: %s", ", ".join(f"{node[:12]}={n}" for node, n in sorted(per_node.items())))
+
+    def _loss(self, workers: dict[str, _ActorProcess], alive_before: set[str]) -> str | None:
+        """What Ray lost, if anything: the nodes gone since the epoch started (with the workers
+        they held) and the actors reported dead. A failing worker is often the first sign of a
+        node gone with others (a restorer whose batch went with the scanner's node): wait a
+        little for Ray to tell. None when Ray lost nothing (an ordinary worker failure)."""
+        ray = import_ray()
+        deadline = time.monotonic() + LOSS_WAIT_SECONDS
+        while True:
+            self._check_cluster()
+            gone = alive_before - {node["NodeID"] for node in self.alive_nodes()}
+            lost = [w for w in workers.values() if w.exitcode is not None and w.lost]
+            if gone or lost or time.monotonic() >= deadline:
+                break
+            running = [w.ref for w in workers.values() if w.exitcode is None]
+            try:
+                ray.wait(running, num_returns=1, timeout=0.2)
+            except Exception:  # noqa: BLE001 - the loss is read again above
+                time.sleep(0.2)
+        parts = []
+        for node in sorted(gone):
+            held = sorted(name for name, where in self.placements.items() if where == node and name in workers)
+            parts.append(f"Ray node {node[:12]} died with {', '.join(held) or 'no worker of this copy'}")
+        parts += [f"{w.name} lost on Ray node {self.placements.get(w.name, '?')[:12]} ({w.lost})"
+                  for w in lost if self.placements.get(w.name) not in gone]
+        return "; ".join(parts) or None
 
     def _check_cluster(self) -> None:
         """After a loss: is the cluster still there? (Then the pipeline restarts; else RayUnavailable.)"""
