@@ -263,6 +263,6 @@ def test_verify_on_ray_sends_back_the_differences(ray_cluster, cluster_factory, 
     report = json.loads(dirty.stdout)
     assert (report["missing"], report["different"], report["extra"]) == (1, 1, 1), report
     kinds = sorted(json.loads(line)["kind"] for line in out.read_text().splitlines())
-    assert kinds == ["EXTRA", "MISSING", "VALUE"]
+    assert kinds == ["extra", "missing", "value"]
     refused = eve_verify("--fix")
     assert refused.returncode == 2 and "--fix" in refused.stderr

@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ DEFAULT_CPUS_PER_ACTOR = 0.5
 NAMESPACE = "eve"
 INLINE_BYTES = 16 * 1024           # frames up to this size travel inside the queue, larger ones by reference
 KILL_WAIT_SECONDS = 5.0
+CONNECT_TIMEOUT_SECONDS = 5.0
 LOSS_WAIT_SECONDS = 5.0            # after a failure: how long to wait for Ray to report what it lost
 
 
@@ -246,6 +248,19 @@ class _ActorProcess:
         return self._exitcode
 
 
+def _check_reachable(address: str) -> None:
+    """A HOST:PORT (or ray://HOST:PORT) nobody listens on fails at once: ray.init would wait long."""
+    if address in (LOCAL, "auto"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return   # something else ray.init understands; it says what is wrong itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_SECONDS).close()
+    except OSError as exc:
+        raise RayUnavailable(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
+
+
 def _head_node(nodes: list[dict[str, Any]]) -> str | None:
     """The head node's id: the queues live there, by the cluster's control plane (GCS), which the
     coordinator cannot do without anyway; a worker node may go without taking the queues along."""
@@ -278,6 +293,7 @@ class RayRunner:
         ray = import_ray()
         if ray.is_initialized():
             return
+        _check_reachable(self.options.address)
         try:
             if self.options.address == LOCAL:
                 ray.init(num_cpus=self.options.local_cpus, include_dashboard=False, log_to_driver=False,
