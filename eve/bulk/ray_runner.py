@@ -63,6 +63,7 @@ NAMESPACE = "eve"
 INLINE_BYTES = 16 * 1024           # frames up to this size travel inside the queue, larger ones by reference
 KILL_WAIT_SECONDS = 5.0
 CONNECT_TIMEOUT_SECONDS = 5.0
+PLACEMENT_SECONDS = 120.0          # every actor of an epoch started, or the copy fails saying so
 LOSS_WAIT_SECONDS = 5.0            # after a failure: how long to wait for Ray to report what it lost
 
 
@@ -334,7 +335,7 @@ class RayRunner:
         nodes = self.alive_nodes()
         if not nodes:
             raise RayUnavailable(f"the Ray cluster at {self.options.address} has no node alive")
-        count = max(1, self.options.restorers_per_node * len(nodes))
+        count = self._restorer_count(nodes)
         template = restorers[0]
         restorers = [dataclasses.replace(template, worker=f"restorer-{i + 1}") for i in range(count)]
         here = _head_node(nodes)
@@ -346,6 +347,8 @@ class RayRunner:
             worker = _worker_class()
             level = logging.getLogger().getEffectiveLevel()
             spread = {"num_cpus": self.options.cpus_per_actor, "scheduling_strategy": "SPREAD"}
+            # A scanner per source master, whatever the CPUs: no CPU asked, so none waits for a slot.
+            scanning = {"num_cpus": 0, "scheduling_strategy": "SPREAD"}
             where: dict[str, Any] = {}
             # An actor runs its calls one at a time, in order: where() is asked before the worker
             # loop takes the actor over.
@@ -354,7 +357,7 @@ class RayRunner:
                 where[r.worker] = actor.where.remote()
                 workers[r.worker] = _ActorProcess(r.worker, actor, actor.restore.remote(r, batches, results))
             for s in scanners:
-                actor = worker.options(**spread).remote(s.worker, level)
+                actor = worker.options(**scanning).remote(s.worker, level)
                 where[s.worker] = actor.where.remote()
                 workers[s.worker] = _ActorProcess(s.worker, actor, actor.scan.remote(s, batches))
             self._record_placements(where)
@@ -376,10 +379,28 @@ class RayRunner:
         finally:
             self._tear_down(workers, batches, results)
 
+    def _restorer_count(self, nodes: list[dict[str, Any]]) -> int:
+        """``restorers_per_node`` on each alive node, fewer where its CPUs do not hold that many
+        actors of ``cpus_per_actor`` (Ray would leave the others waiting for a slot forever)."""
+        per_node = self.options.restorers_per_node
+        cpus = self.options.cpus_per_actor
+        count = 0
+        for node in nodes:
+            fits = int(node.get("Resources", {}).get("CPU", 0) // cpus) if cpus > 0 else per_node
+            count += min(per_node, fits)
+        if count < per_node * len(nodes):
+            log.warning("the Ray nodes' CPUs hold %d restorers of %.2f CPU, not %d per node", count, cpus, per_node)
+        if count == 0:
+            raise RayUnavailable(f"no Ray node has {cpus} CPU free for a restorer")
+        return count
+
     def _record_placements(self, refs: dict[str, Any]) -> None:
         ray = import_ray()
         try:
-            placed = dict(zip(refs, ray.get(list(refs.values()), timeout=60)))
+            placed = dict(zip(refs, ray.get(list(refs.values()), timeout=PLACEMENT_SECONDS)))
+        except ray.exceptions.GetTimeoutError:
+            raise RayUnavailable(f"the Ray cluster at {self.options.address} did not start the copy's {len(refs)} "
+                                 f"actors within {PLACEMENT_SECONDS:.0f} s (CPUs taken by other work?)") from None
         except Exception:  # noqa: BLE001 - a placement is only reported; a lost actor shows in its exitcode
             return
         self.placements.update(placed)
