@@ -51,11 +51,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from servers import RedisCluster, available_engines, start_cluster  # noqa: E402
+from servers import RedisCluster, available_engines, start_cluster
 
-from eve.bulk.pipeline import BulkCopy, BulkOptions, CopyStopped  # noqa: E402
-from eve.cli.urls import parse_redis_url  # noqa: E402
-from eve.core.store import Store  # noqa: E402
+from eve.bulk.pipeline import BulkCopy, BulkOptions, CopyStopped
+from eve.cli.urls import parse_redis_url
+from eve.core.store import Store
 
 DEFAULT_KEYS = 200_000
 DEFAULT_NODES = "1,2,3"

@@ -7,11 +7,8 @@ fault and end-to-end tests are marked slow."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -20,7 +17,7 @@ from eve_process import migrate, summary
 from keyspace import assert_same, fill
 
 ray = pytest.importorskip("ray")
-from ray.cluster_utils import Cluster  # noqa: E402
+from ray.cluster_utils import Cluster  # noqa: E402 - after importorskip
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -161,7 +158,8 @@ def test_a_node_removed_mid_copy_restarts_from_the_cursors(own_ray_cluster, serv
     report = summary(subprocess.CompletedProcess([], code, out, err))
     assert report["restarts"] >= 1, report
     reasons = report["restart_reasons"]
-    assert any("Ray node" in reason and ("died with" in reason or "lost on" in reason) for reason in reasons), (reasons, err[-4000:])
+    named = [reason for reason in reasons if "Ray node" in reason and ("died with" in reason or "lost on" in reason)]
+    assert named, (reasons, err[-4000:])
     # Nothing lost, nothing counted twice.
     assert report["scanned"] == 8000 and report["restored"] == 8000 and report["error_keys"] == 0
     for db in (0, 2):

@@ -65,8 +65,8 @@ def _comparer_class() -> Any:
 
 def _masters(spec: ConnectionSpec, role: str) -> list[str]:
     error = SourceError if role == "source" else TargetError
-    with ClusterClient(spec, role=role, error=error,
-                       options=ClientOptions(timeout=10.0, reconnect_seconds=0, client_name="eve-verify-plan")) as client:
+    options = ClientOptions(timeout=10.0, reconnect_seconds=0, client_name="eve-verify-plan")
+    with ClusterClient(spec, role=role, error=error, options=options) as client:
         client.connect()
         return list(client.nodes)
 
