@@ -75,6 +75,7 @@ class MethodResult:
     keys: int = 0
     seconds: float = 0.0
     keys_per_second: float = 0.0
+    mb_per_second: float = 0.0                 # DUMP payload bytes restored
     ratio: float | None = None                 # keys/s against the multiprocessing pipeline
     peak_mb_per_node: list[float] = field(default_factory=list)
     coordinator_cpu_seconds: float = 0.0
@@ -187,6 +188,21 @@ class _CountingStore(Store):
         super().commit_batches(*args, **kwargs)
 
 
+def store_commits_per_second(workdir: Path, commits: int = 3000) -> float:
+    """What the coordinator's state store sustains: ``commit_batches`` transactions per second, each
+    the checkpoint of one acknowledged batch (a cursor and the counters; no error key)."""
+    store = Store(str(workdir / "commits.db"))
+    try:
+        store.create_run("commits", "COPYING", {"bench": "scale"})
+        counters = {"scanned": 1000, "restored": 1000, "skipped": 0, "conflicts": 0, "failed": 0, "bytes": 150_000}
+        started = time.monotonic()
+        for number in range(commits):
+            store.commit_batches("commits", f"10.0.0.{number % 100}:6379", 0, number + 1, False, counters, [], [])
+        return round(commits / (time.monotonic() - started), 1)
+    finally:
+        store.close()
+
+
 def _empty_store_bytes(workdir: Path) -> int:
     path = workdir / "empty.db"
     if not path.exists():
@@ -232,6 +248,7 @@ def copy_once(method: str, nodes: int, source: RedisCluster, target: RedisCluste
     if not result.ok:
         result.error = f"target holds {result.keys} keys, restored {progress.restored}, source {keys}"
     result.keys_per_second = round(progress.restored / seconds, 1)
+    result.mb_per_second = round(progress.bytes / seconds / 1e6, 2)
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     result.coordinator_cpu_seconds = round(cpu, 2)
     result.coordinator_cpu_share = round(cpu / seconds, 3)
@@ -310,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     results: list[MethodResult] = []
     with tempfile.TemporaryDirectory(prefix="eve-scale-") as tmp:
         workdir = Path(tmp)
+        commits = store_commits_per_second(workdir)
+        log(f"the state store sustains {commits:,.0f} checkpoint commits/s")
         source = start_cluster(engines[args.engine], workdir / "source", masters=args.source_masters)
         target = start_cluster(engines[args.engine], workdir / "target", masters=args.target_masters)
         try:
@@ -330,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             result.ratio = round(result.keys_per_second / base, 3)
     report = {"keys": args.keys, "source_masters": args.source_masters, "target_masters": args.target_masters,
               "restorers": args.restorers, "cpus": os.cpu_count(), "cpus_per_node": args.cpus_per_node,
+              "store_commits_per_second": commits,
               "methods": [asdict(result) for result in results],
               "ray_1_node_at_least_0_8x": next((r.ratio >= 0.8 for r in results
                                                 if r.method == "ray-1" and r.ratio is not None), None)}
@@ -338,13 +358,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"{args.keys:,} keys, {args.source_masters} -> {args.target_masters} masters, {os.cpu_count()} CPUs, "
               f"restorers {args.restorers} (per Ray node)")
-        print(f"{'method':<16}{'keys/s':>10}{'ratio':>8}{'seconds':>9}{'coord CPU':>11}{'ckpt/s':>8}"
+        print(f"state store: {commits:,.0f} checkpoint commits/s sustained")
+        print(f"{'method':<16}{'keys/s':>10}{'MB/s':>7}{'ratio':>8}{'seconds':>9}{'coord CPU':>11}{'ckpt/s':>8}"
               f"{'state B/Mkey':>14}  peak MB per node")
         for r in results:
             if not r.ok:
                 print(f"{r.method:<16} FAILED: {r.error}")
                 continue
-            print(f"{r.method:<16}{r.keys_per_second:>10,.0f}{r.ratio if r.ratio is not None else '-':>8}"
+            print(f"{r.method:<16}{r.keys_per_second:>10,.0f}{r.mb_per_second:>7.1f}{r.ratio if r.ratio is not None else '-':>8}"
                   f"{r.seconds:>9.1f}{r.coordinator_cpu_share:>10.0%} {r.checkpoint_writes_per_second:>8.1f}"
                   f"{r.state_bytes_per_million_keys:>14,.0f}  {', '.join(f'{p:.0f}' for p in r.peak_mb_per_node)}")
         if (os.cpu_count() or 1) <= 4 and len(args.node_counts) > 1:

@@ -7,6 +7,7 @@ fault and end-to-end tests are marked slow."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -105,6 +106,21 @@ def _finish(process: subprocess.Popen, timeout: float = 150) -> tuple[int, str, 
         out, err = process.communicate()
         raise AssertionError(f"eve migrate did not end; stderr:\n{err}")
     return process.returncode, out, err
+
+
+def test_a_ray_address_nobody_listens_on_fails_at_once(server_factory, tmp_path):
+    source, target = server_factory("redis-7.0"), server_factory("redis-7.0")
+    source.client().set("k", "v")
+    with socket.socket() as probe:   # a port bound and closed: nothing listens there now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = migrate("--source", url(source), "--target", url(target), "--ray", f"127.0.0.1:{port}",
+                     state=tmp_path / "s.db", timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in result.stderr
+    assert target.client().dbsize() == 0
+    blank = migrate("--source", url(source), "--target", url(target), "--ray", " ", state=tmp_path / "s.db")
+    assert blank.returncode == 2 and "a Ray address is 'local'" in blank.stderr, blank.stderr
 
 
 @pytest.mark.slow
