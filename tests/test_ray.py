@@ -280,3 +280,33 @@ def test_verify_on_ray_sends_back_the_differences(ray_cluster, cluster_factory, 
     assert kinds == ["extra", "missing", "value"]
     refused = eve_verify("--fix")
     assert refused.returncode == 2 and "--fix" in refused.stderr
+
+
+def test_verify_by_node_adds_up_to_the_whole_pass(cluster_factory, server_factory):
+    """The hook the comparing actors use (verify's ``nodes``): a pass per source master, and one per
+    target master for the extra keys, find together what one pass finds."""
+    from eve.cli.urls import parse_redis_url
+    from eve.live.ray_verify import _masters, _merge
+    from eve.live.verify import verify
+
+    source = cluster_factory("redis-7.0", masters=3)
+    target = server_factory("redis-7.0")
+    fill(source.client(), 300, binary=False)
+    dst = target.client()
+    for key in source.client().scan_iter(count=500):
+        dst.restore(key, 0, source.client().dump(key), replace=True)
+    dst.delete("k:string:0")
+    dst.set("k:string:6", b"changed")
+    dst.set("only-on-target", b"x")
+    source_spec, target_spec = parse_redis_url(source.url)[0], parse_redis_url(url(target))[0]
+    whole = verify(source_spec, target_spec)
+    masters = _masters(source_spec, "source")
+    assert len(masters) == 3
+    parts = [verify(source_spec, target_spec, check_extra=False, nodes=((node,), ())) for node in masters]
+    parts.append(verify(source_spec, target_spec, nodes=((), tuple(_masters(target_spec, "target")))))
+    assert [p.keys_compared for p in parts[:3]] != [0, 0, 0] and all(p.keys_compared < 300 for p in parts[:3])
+    merged = _merge(parts, 1.0, max_examples=20, max_differences=100)
+    assert (merged.keys_compared, merged.missing, merged.different, merged.extra) == \
+        (whole.keys_compared, whole.missing, whole.different, whole.extra) == (300, 1, 1, 1)
+    assert not merged.clean
+    assert sorted(d.kind for d in merged.differences) == sorted(d.kind for d in whole.differences)
