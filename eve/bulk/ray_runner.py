@@ -24,9 +24,10 @@ instead of processes, and gives them Ray queues instead of ``multiprocessing`` q
   the job's checkpoints stay, so ``eve migrate --resume`` continues it, on Ray or locally.
 
 Placement: restorers are spread over the nodes (``SPREAD``), ``restorers_per_node`` of
-them per alive node; each actor asks for ``cpus_per_actor`` CPUs, so a node never holds
-more actors than its CPUs allow (the per-node cap Ray enforces). Queue actors ask for no
-CPU and stay on the coordinator's node.
+them per alive node (None: the job's ``restorers``, per node); each asks for
+``cpus_per_actor`` CPUs, and a node whose CPUs hold fewer gets fewer (the per-node cap).
+Scanners, one per source master, ask for no CPU (none may wait for a slot) and are spread
+too. The queue actors ask for no CPU and live on the head node.
 
 ``ray`` is an optional dependency (``pip install 'eve-migrate[ray]'``): this module imports
 it only when a runner connects.
@@ -41,7 +42,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from eve.core import frames
 from eve.core.errors import ConfigError, Side, UnavailableError
@@ -51,19 +52,19 @@ from scanner import ScannerOptions
 if TYPE_CHECKING:  # pragma: no cover
     from eve.bulk.pipeline import BulkCopy, _Stream
 
-__all__ = ["RayOptions", "RayRunner", "RayUnavailable", "LOCAL", "DEFAULT_RESTORERS_PER_NODE",
-           "DEFAULT_CPUS_PER_ACTOR", "import_ray"]
+__all__ = ["RayOptions", "RayRunner", "RayUnavailable", "LOCAL", "DEFAULT_CPUS_PER_ACTOR", "import_ray"]
 
 log = logging.getLogger("eve.bulk.ray")
 
 LOCAL = "local"                    # --ray local: start a Ray instance on this machine
-DEFAULT_RESTORERS_PER_NODE = 2
 DEFAULT_CPUS_PER_ACTOR = 0.5
 NAMESPACE = "eve"
 INLINE_BYTES = 16 * 1024           # frames up to this size travel inside the queue, larger ones by reference
 KILL_WAIT_SECONDS = 5.0
 CONNECT_TIMEOUT_SECONDS = 5.0
-PLACEMENT_SECONDS = 120.0          # every actor of an epoch started, or the copy fails saying so
+PLACEMENT_SECONDS = 120.0
+WATCHDOG_SECONDS = 1.0             # how often the GCS is asked during a copy
+GCS_LOST_SECONDS = 10.0            # unanswered that long, the cluster is gone (Ray itself gives up at 60 s)          # every actor of an epoch started, or the copy fails saying so
 LOSS_WAIT_SECONDS = 5.0            # after a failure: how long to wait for Ray to report what it lost
 
 
@@ -85,7 +86,7 @@ def import_ray() -> Any:
 @dataclass(frozen=True)
 class RayOptions:
     address: str = LOCAL                     # "local", or what ray.init(address=...) accepts
-    restorers_per_node: int = DEFAULT_RESTORERS_PER_NODE
+    restorers_per_node: int | None = None    # None: the job's restorers (BulkOptions.restorers), per node
     cpus_per_actor: float = DEFAULT_CPUS_PER_ACTOR
     local_cpus: int | None = None            # "local": the CPUs the started instance offers (None: all)
 
@@ -93,7 +94,7 @@ class RayOptions:
         if not self.address or not self.address.strip():
             raise ConfigError("a Ray address is 'local' or what ray.init(address=...) accepts "
                               "(ray://host:10001, host:6379, auto)", field="ray")
-        if self.restorers_per_node < 1:
+        if self.restorers_per_node is not None and self.restorers_per_node < 1:
             raise ConfigError("must be 1 or more", field="restorers_per_node")
         if self.cpus_per_actor < 0:
             raise ConfigError("must be 0 or more", field="cpus_per_actor")
@@ -279,11 +280,53 @@ def _first_line(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- the runner
 
 
-class RayRunner:
-    """Runs a ``BulkCopy``'s pipeline on a Ray cluster (``BulkCopy(..., runner=RayRunner(...))``)."""
+class _Watchdog:
+    """Watches the cluster's control plane (GCS) while an epoch runs: a Ray driver whose GCS stays
+    unreachable is terminated by Ray itself after a minute ("Failed to connect to GCS ... The
+    program will terminate"), whatever the code was doing, and calls to a cluster gone can block
+    until then. After ``GCS_LOST_SECONDS`` without a TCP answer from the GCS this calls
+    ``on_lost(message)`` first, so that the caller can fail the job with a clear reason (and keep
+    it resumable) before Ray ends the process."""
 
-    def __init__(self, options: RayOptions) -> None:
+    def __init__(self, address: str, gcs: str, on_lost: Callable[[str], None]) -> None:
+        self.address = address
+        host, _, port = gcs.rpartition(":")
+        self.gcs = (host.strip("[]"), int(port))
+        self.on_lost = on_lost
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="eve-ray-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        unreachable_since: float | None = None
+        while not self._stop.wait(WATCHDOG_SECONDS):
+            try:
+                socket.create_connection(self.gcs, timeout=WATCHDOG_SECONDS).close()
+                unreachable_since = None
+            except OSError as exc:
+                now = time.monotonic()
+                unreachable_since = unreachable_since or now
+                if now - unreachable_since >= GCS_LOST_SECONDS and not self._stop.is_set():
+                    self.on_lost(f"the Ray cluster at {self.address} went away: its control plane "
+                                 f"{self.gcs[0]}:{self.gcs[1]} has not answered for {GCS_LOST_SECONDS:.0f} s "
+                                 f"({exc.strerror or exc})")
+                    return
+
+
+class RayRunner:
+    """Runs a ``BulkCopy``'s pipeline on a Ray cluster (``BulkCopy(..., runner=RayRunner(...))``).
+
+    ``on_lost(message)``: called from another thread when the cluster's control plane stays
+    unreachable during a copy (``_Watchdog``); None leaves the process to Ray, which ends it."""
+
+    def __init__(self, options: RayOptions, *, on_lost: Callable[[str], None] | None = None) -> None:
         self.options = options
+        self.on_lost = on_lost
         self._started_here = False
         self.placements: dict[str, str] = {}   # worker -> Ray node id of its last epoch
 
@@ -335,13 +378,14 @@ class RayRunner:
         nodes = self.alive_nodes()
         if not nodes:
             raise RayUnavailable(f"the Ray cluster at {self.options.address} has no node alive")
-        count = self._restorer_count(nodes)
+        count = self._restorer_count(nodes, self.options.restorers_per_node or len(restorers))
         template = restorers[0]
         restorers = [dataclasses.replace(template, worker=f"restorer-{i + 1}") for i in range(count)]
         here = _head_node(nodes)
         depth = copy.options.queue_depth or 2 * len(restorers) + 2
         batches = results = None
         workers: dict[str, _ActorProcess] = {}
+        watchdog = self._watchdog()
         try:
             batches, results = _FrameQueue(depth, here), _FrameQueue(0, here)
             worker = _worker_class()
@@ -377,12 +421,26 @@ class RayRunner:
         except (ConnectionError, ray.exceptions.RaySystemError) as exc:
             raise RayUnavailable(f"the Ray cluster at {self.options.address} is gone: {_first_line(exc)}") from exc
         finally:
+            if watchdog is not None:
+                watchdog.stop()
             self._tear_down(workers, batches, results)
 
-    def _restorer_count(self, nodes: list[dict[str, Any]]) -> int:
-        """``restorers_per_node`` on each alive node, fewer where its CPUs do not hold that many
+    def _watchdog(self) -> _Watchdog | None:
+        if self.on_lost is None or self.options.address.startswith("ray://"):
+            return None   # a Ray Client driver gets ConnectionError instead of being ended
+        try:
+            gcs = import_ray().get_runtime_context().gcs_address
+        except Exception:  # noqa: BLE001 - no GCS address known: nothing to watch
+            return None
+        if not gcs or ":" not in gcs:
+            return None
+        watchdog = _Watchdog(self.options.address, gcs, self.on_lost)
+        watchdog.start()
+        return watchdog
+
+    def _restorer_count(self, nodes: list[dict[str, Any]], per_node: int) -> int:
+        """``per_node`` restorers on each alive node, fewer where its CPUs do not hold that many
         actors of ``cpus_per_actor`` (Ray would leave the others waiting for a slot forever)."""
-        per_node = self.options.restorers_per_node
         cpus = self.options.cpus_per_actor
         count = 0
         for node in nodes:

@@ -19,8 +19,10 @@ environment (``EVE_SOURCE_PASSWORD``, ``EVE_TARGET_PASSWORD``,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -41,7 +43,7 @@ from eve.bulk.pipeline import (
     Progress,
     retry_error_keys,
 )
-from eve.cli.exits import EXIT_INTERRUPTED
+from eve.cli.exits import EXIT_INTERRUPTED, EXIT_USAGE
 from eve.cli.progress import TerminalProgress
 from eve.cli.urls import PASSWORD_ENV, mask_url, parse_redis_url, password_for
 from eve.core.endpoints import ConnectionSpec
@@ -315,6 +317,8 @@ def run_migrate(args: MigrateArgs) -> int:
         copy = BulkCopy(options, store, runner=runner)
         copy.prepare()  # unreachable servers fail here, before a job is recorded
         job = store.set_run_state(run_id, "COPYING") if args.resume else store.create_run(run_id, "COPYING", setup)
+        if runner is not None:
+            runner.on_lost = functools.partial(_ray_lost, args, job.id)
         view = _ProgressView(args.progress and not args.json)
         copy.on_progress = view.update
         if exporter is not None:
@@ -368,6 +372,22 @@ def _ray_runner(args: MigrateArgs) -> Any:
     runner = RayRunner(RayOptions(address=args.ray, restorers_per_node=max(1, args.restorers)))
     runner.connect()
     return runner
+
+
+def _ray_lost(args: MigrateArgs, run_id: str, message: str) -> None:
+    """The Ray cluster's control plane stopped answering mid-copy; Ray is about to end this process
+    (a driver without its GCS does not go on). Fail the job first, with the reason, resumable."""
+    from eve.bulk.ray_runner import RayUnavailable
+
+    store = Store(args.state)
+    try:
+        _record_failure(store, run_id, RayUnavailable(message))
+    finally:
+        store.close()
+    print(f"eve migrate: {message}", file=sys.stderr)
+    print(f"eve migrate: the job's checkpoints are kept; continue it with: {_next_command(args, '--resume')}  "
+          "(without --ray to go on locally)", file=sys.stderr, flush=True)
+    os._exit(EXIT_USAGE)
 
 
 def _metrics_exporter(args: MigrateArgs, run_id: str) -> Any:
