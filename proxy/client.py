@@ -51,7 +51,7 @@ from collections import deque
 from collections.abc import Callable
 
 from eve.redis import resp
-from eve.redis.framing import RequestScanner, partial_request
+from eve.redis.framing import RequestScanner
 from eve.redis.resp import MAX_INLINE
 from proxy.backend import DEDICATED, Backend, Node, set_no_delay
 from proxy.parts import BLOCKING, CONTROL, SCRIPTED, SHARED, SPECIAL, XREAD, Clients, Parts
@@ -99,7 +99,6 @@ _EMPTY_EXEC = b"*0\r\n"
 _RESET = b"+RESET\r\n"
 _MAX_CLIENTS = b"-ERR max number of clients reached\r\n"
 MERGE_MARKS = 64   # keys of consecutive writes recorded together, at most
-_FUNCTION = b"function"  # FUNCTION LOAD/DELETE/FLUSH/RESTORE reach every side of a live run (SCRIPT is SCRIPTED)
 # A shared connection streaming a large reply to a client that does not read as
 # fast is held for it while the client reads at least this many bytes per
 # second, measured over each window (Client.hold_backend).
@@ -618,7 +617,7 @@ class Client(asyncio.Protocol):
                 if conn is not None and (not self.outstanding or self.current is conn):
                     self._send(conn, buf, count)
                     return
-        requests, end, error = self.scanner.scan(buf)
+        requests, end, error = self.scanner.scan(buf, not self.authenticated)
         if end == n and (self.dirty.tracking or self.router.active) and self._send_whole(buf, requests):
             return
         pos, routed_all = self._route(buf, requests)
@@ -626,6 +625,11 @@ class Client(asyncio.Protocol):
             # Every complete request was routed: what follows is a protocol
             # error, or the start of a request still arriving.
             if error is not None:
+                if error in _UNAUTHENTICATED_ERRORS and not self._settled():
+                    # Redis judges a request by the AUTH before it: wait for its reply.
+                    self.buf = buf[pos:] + self.buf if self.buf else buf[pos:]
+                    self._stall()
+                    return
                 if not self.closing and self.transport is not None:
                     self._protocol_error(error)
                 return
@@ -701,7 +705,7 @@ class Client(asyncio.Protocol):
                 kind = SPECIAL if _is_control(args) else SCRIPTED if name.lower() == b"script" else SHARED
             stateless = (kind == SHARED or kind == SCRIPTED) and self.authenticated
             writes = False
-            if cross_slot is not None and argc > 2:
+            if cross_slot is not None and argc > 2 and commands.may_span(name):
                 if args is None:
                     args = self._args(buf[pos:end])
                 cross_slot.check(name, commands.keys(args))
@@ -720,7 +724,7 @@ class Client(asyncio.Protocol):
                     if args is None:
                         args = self._args(buf[pos:end])
                     route = router.script_route(args, writes, routable)
-                elif routable and (writes or (router.read_percent and conn is None) or name.lower() == _FUNCTION):
+                elif routable and (writes or (router.read_percent and conn is None) or router.every_side(name)):
                     if args is None:
                         args = self._args(buf[pos:end])
                     route = router.decide(args, writes)
@@ -865,6 +869,7 @@ class Client(asyncio.Protocol):
             return False
         kinds = self.kinds
         may_write = self.commands.may_write
+        may_span = self.commands.may_span
         writes = []
         spanning = None
         for _, args, name, argc in requests:
@@ -876,7 +881,7 @@ class Client(asyncio.Protocol):
                 writes.append(args)
             elif routing:
                 return False  # a read among dual writes: _route makes runs of each
-            if argc > 2:
+            if argc > 2 and may_span(name):
                 if spanning is None:
                     spanning = []
                 spanning.append(args)
@@ -1383,7 +1388,7 @@ class Client(asyncio.Protocol):
     def _incomplete(self, buf: bytes, pos: int, n: int) -> int:
         """An incomplete request with a lot buffered: stream it to a dedicated
         connection as it arrives instead of holding it whole. Returns the new position."""
-        info = partial_request(buf, pos)
+        info = self.scanner.partial(buf, pos)
         if info is None or info.name is None:
             return pos
         if n - pos <= self.threshold and info.bulk_len <= self.threshold:
@@ -1478,6 +1483,8 @@ class Client(asyncio.Protocol):
         self.close_error = b"-ERR " + message.encode() + b"\r\n"
         self._finish_close()
 
+
+_UNAUTHENTICATED_ERRORS = frozenset((resp.E_UNAUTHENTICATED_MULTIBULK, resp.E_UNAUTHENTICATED_BULK))
 
 _ModeCommand = Callable[[Client, Backend, bytes], None]
 _StateCommand = Callable[[Client, Backend, bytes, list], "Tag | None"]

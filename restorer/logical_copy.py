@@ -146,7 +146,7 @@ class LogicalWriter:
             except LogicalCopyError as exc:
                 outcomes.append(self._failed(node, str(exc), exc.reply or ""))
                 continue
-            outcomes.append(Written(RESTORED) if status == WRITTEN else Written(CONFLICT, reason))
+            outcomes.append(Written(RESTORED) if status == WRITTEN else Written(CONFLICT, reason or ""))
         return outcomes
 
     def _checked(self, node: str, replies: Sequence[Any]) -> Written:

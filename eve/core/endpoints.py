@@ -272,7 +272,8 @@ def parse_config(config: Any) -> EndpointConfig:
             key = f"{role}_conn"
             if config.get(key) is not None:
                 specs[role] = _parse_connection(config[key], f"config.{key}", creds[role])
-        specs.setdefault("read", specs.get("write"))
+        if "read" not in specs:
+            specs["read"] = specs["write"]  # one of the two is set (checked above)
         specs.setdefault("write", specs["read"])
         specs.setdefault("admin", specs["write"])
     pool = config.get("connection_pool") or {}
@@ -305,7 +306,8 @@ def merge_redacted(new: Mapping[str, Any], old: Mapping[str, Any]) -> dict[str, 
     merged = copy.deepcopy(dict(new))
     for key, section in merged.items():
         if isinstance(section, Mapping) and section.get("password") == REDACTED:
-            previous = old.get(key) if isinstance(old.get(key), Mapping) else {}
+            stored = old.get(key)
+            previous: Mapping[str, Any] = stored if isinstance(stored, Mapping) else {}
             if not previous.get("password"):
                 raise ConfigError(f"{REDACTED!r} given but no password is stored here; "
                                   "send the password itself", field=f"config.{key}.password")
