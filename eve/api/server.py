@@ -14,7 +14,7 @@ import signal
 import threading
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -70,6 +70,7 @@ class ServerOptions:
     # A graceful stop (SIGTERM, SIGINT) leaves the interlays serving, detached as after a crash,
     # for the next coordinator to re-attach (issue 24); True stops them with the coordinator.
     stop_interlays_on_exit: bool = False
+    ray: str | None = None          # the Ray cluster for the bulk copy and Verify of every run (issue 22)
 
 
 def parse_listen(listen: str, *, field: str = "listen") -> tuple[str, int]:
@@ -153,6 +154,17 @@ def interlay_control_dir(state_path: str) -> str | None:
     return None if state_path == ":memory:" else f"{state_path}.interlays"
 
 
+def _ray_runner(address: str | None) -> Any:
+    """``eve serve --ray ADDRESS``: joined at start, so an unreachable cluster fails before serving."""
+    if not address:
+        return None
+    from eve.bulk.ray_runner import RayOptions, RayRunner
+
+    runner = RayRunner(RayOptions(address=address))
+    runner.connect()
+    return runner
+
+
 def serve(options: ServerOptions, *, on_ready: Callable[[str], None] | None = None,
           on_http_ready: Callable[[str], None] | None = None,
           stop_event: threading.Event | None = None, tracer_provider: TracerProvider | None = None) -> None:
@@ -163,6 +175,7 @@ def serve(options: ServerOptions, *, on_ready: Callable[[str], None] | None = No
     http_address = parse_listen(options.http_listen, field="--http") if options.http_listen else None
     if http_address is not None:
         check_exposure(http_address[0], options, field="--http")
+    ray = _ray_runner(options.ray)
     store = Store(options.state_path, options.state_key)
     if options.state_key is None and options.state_path != ":memory:":
         log.warning("no state key (--key-file or %s): endpoint passwords are stored in clear in %s",
@@ -171,7 +184,7 @@ def serve(options: ServerOptions, *, on_ready: Callable[[str], None] | None = No
     # Interlays outlive the coordinator (issue 12): their control sockets and tokens live by the state file.
     coordinator.interlays = InterlaySupervisor(on_state=coordinator.interlay_failed, workers=options.interlay_workers,
                                                control_dir=interlay_control_dir(options.state_path))
-    workflow = Workflow(store, interlays=coordinator.interlays)
+    workflow = Workflow(store, interlays=coordinator.interlays, ray=ray)
     servicers = build_servicers(coordinator, workflow)
     server = build_server(coordinator, token=options.token, max_workers=options.max_workers,
                           tracer_provider=tracer_provider, workflow=workflow, servicers=servicers)
@@ -236,3 +249,5 @@ def serve(options: ServerOptions, *, on_ready: Callable[[str], None] | None = No
         workflow.shutdown()
     stopped.wait()
     store.close()
+    if ray is not None:
+        ray.close()

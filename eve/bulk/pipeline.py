@@ -42,7 +42,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 from opentelemetry import trace
 
@@ -64,7 +64,7 @@ from scanner import ScannerOptions
 from scanner.options import DEFAULT_BIG_KEY_THRESHOLD_BYTES
 from scanner import main as scanner_main
 
-__all__ = ["BulkOptions", "BulkCopy", "CopyStopped", "Progress", "SourcePlan", "DEFAULT_RESTORERS",
+__all__ = ["BulkOptions", "BulkCopy", "CopyStopped", "PipelineRunner", "Progress", "SourcePlan", "DEFAULT_RESTORERS",
            "MAX_RESTORERS", "retry_error_keys"]
 
 log = logging.getLogger("eve.bulk.pipeline")
@@ -142,6 +142,7 @@ class Progress:
     restarts: int = 0
     side_restarts: int = 0  # copies started again from the beginning because a side restarted
     side_restart_reasons: list[str] = field(default_factory=list)
+    restart_reasons: list[str] = field(default_factory=list)  # why the pipeline restarted (a lost worker)
 
     def add(self, counters: dict[str, int]) -> None:
         for name in COUNTER_FIELDS:
@@ -191,6 +192,13 @@ class _Stream:
     done: bool = False
 
 
+class PipelineRunner(Protocol):
+    """Runs one epoch of a BulkCopy's workers somewhere else than this host's processes."""
+
+    def run(self, copy: "BulkCopy", scanners: list[ScannerOptions], restorers: list[RestorerOptions],
+            streams: dict[tuple[str, int], _Stream], stop_event: threading.Event | None) -> None: ...
+
+
 class CopyStopped(StateError):
     """The copy stopped because its stop_event was set; it resumes from its checkpoints."""
 
@@ -229,8 +237,10 @@ class BulkCopy:
 
     def __init__(self, options: BulkOptions, store: Store, *,
                  on_progress: Callable[[Progress], None] | None = None,
-                 on_error_keys: Callable[[list[frames.ErrorKeyRow]], None] | None = None) -> None:
+                 on_error_keys: Callable[[list[frames.ErrorKeyRow]], None] | None = None,
+                 runner: "PipelineRunner | None" = None) -> None:
         self.options = options
+        self.runner = runner  # None: processes on this host; else e.g. eve.bulk.ray_runner.RayRunner
         self.store = store
         self.on_progress = on_progress
         self.on_error_keys = on_error_keys
@@ -326,7 +336,8 @@ class BulkCopy:
                     raise EndpointError(f"bulk copy gave up after {self.options.max_restarts} restarts: {restart}")
                 log.warning("restarting the pipeline from the last checkpoint: %s", restart)
                 # Forget what was acknowledged but not committed: it will be sent again.
-                self.progress = dataclasses.replace(self.progress, **self.store.counters(self.options.run_id))
+                self.progress = dataclasses.replace(self.progress, **self.store.counters(self.options.run_id),
+                                                    restart_reasons=[*self.progress.restart_reasons, str(restart)])
             except _SideRestarted as restarted:
                 self._copy_again(restarted)
 
@@ -390,7 +401,7 @@ class BulkCopy:
         self.store.restart_copy(self.options.run_id)
         old = self.progress
         self.progress = Progress(started=old.started, restarts=old.restarts, side_restarts=old.side_restarts,
-                                 side_restart_reasons=old.side_restart_reasons)
+                                 side_restart_reasons=old.side_restart_reasons, restart_reasons=old.restart_reasons)
         self.prepare()  # who the sides are now: new run_ids, and what the source holds now
         self._save_run_ids()
         if self.on_progress:
@@ -434,6 +445,8 @@ class BulkCopy:
             max_pipeline=options.max_pipeline, log_level=log_level, trace_context=trace_context,
             server_run_ids=tuple(self._target_run_ids.items())) for i in range(max(1, options.restorers))]
 
+        if self.runner is not None:   # the same workers and frames elsewhere (eve.bulk.ray_runner)
+            return self.runner.run(self, scanners, restorers, streams, stop_event)
         ctx = self._context
         depth = options.queue_depth or 2 * len(restorers) + 2
         batches = ctx.Queue(maxsize=depth)

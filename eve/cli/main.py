@@ -39,7 +39,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     telemetry.setup("eve-coordinator")
     options = ServerOptions(listen=args.listen, state_path=args.state, token=read_token(args.token_file),
                             http_listen=args.http, insecure=args.insecure, interlay_workers=args.interlay_workers,
-                            stop_interlays_on_exit=args.stop_interlays_on_exit,
+                            stop_interlays_on_exit=args.stop_interlays_on_exit, ray=args.ray,
                             state_key=StateKey.from_options(args.key_file, os.environ),
                             tls=TlsFiles.from_flags(args.tls_cert, args.tls_key, args.tls_client_ca))
 
@@ -83,7 +83,7 @@ def _migrate(args: argparse.Namespace) -> int:
         big_key_bytes=args.big_key_bytes, source_password_file=args.source_password_file,
         target_password_file=args.target_password_file, dry_run=args.dry_run, force=args.force,
         metrics_port=args.metrics_port, skip_module_keys=args.skip_module_keys,
-        index_aliases=tuple(args.index_alias or ()), command=tuple(args.argv)))
+        index_aliases=tuple(args.index_alias or ()), command=tuple(args.argv), ray=args.ray))
 
 
 def _cmd_errors(args: argparse.Namespace) -> int:
@@ -119,7 +119,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                           max_keys_per_second=args.max_keys_per_second,
                           source_password_file=args.source_password_file,
                           target_password_file=args.target_password_file, out=args.out, fix=args.fix,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, ray=args.ray)
+
+
+_RAY_HELP = ("run on a Ray cluster (pip install 'eve-migrate[ray]'): 'local' starts one on this machine, "
+             "otherwise what ray.init(address=...) accepts (ray://HOST:10001, HOST:6379, auto)")
 
 
 def _positive(text: str) -> int:
@@ -184,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "serving their clients and the next eve serve of this --state re-attaches")
     serve.add_argument("--insecure", action="store_true",
                        help="allow a token without TLS off loopback (a trusted network): it crosses in clear")
+    serve.add_argument("--ray", metavar="ADDRESS", help=_RAY_HELP + ", for the bulk copy and Verify of every run")
     serve.set_defaults(run=_cmd_serve)
 
     migrate = commands.add_parser(
@@ -215,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--type", metavar="T",
                          help="only keys of this type: string, list, set, zset, hash, stream, or a module type")
     migrate.add_argument("--db", type=_positive, metavar="N", help="only this database (default: every db with keys)")
+    migrate.add_argument("--ray", metavar="ADDRESS", help=_RAY_HELP + "; --restorers is then per Ray node")
     migrate.add_argument("--restorers", type=_positive, default=2, metavar="N",
                          help="restorer processes, 1 to 64 (default %(default)s)")
     migrate.add_argument("--max-keys-per-second", "--max-keys-per-sec", dest="max_keys_per_second",
@@ -291,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "what differs again from the source (DUMP/RESTORE REPLACE, or a logical copy) and "
                              "DELETE keys that are only on the target; then compare those keys again. Refused "
                              "when both URLs reach one server")
+    verify.add_argument("--ray", metavar="ADDRESS", help=_RAY_HELP + " (one comparing actor per source master)")
     verify.add_argument("--json", action="store_true", help="print one JSON object")
     verify.add_argument("--no-progress", action="store_true", help="no progress bar")
     verify.set_defaults(run=_cmd_verify)

@@ -19,8 +19,10 @@ environment (``EVE_SOURCE_PASSWORD``, ``EVE_TARGET_PASSWORD``,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -43,7 +45,7 @@ from eve.bulk.pipeline import (
     Progress,
     retry_error_keys,
 )
-from eve.cli.exits import EXIT_INTERRUPTED
+from eve.cli.exits import EXIT_INTERRUPTED, EXIT_USAGE
 from eve.cli.progress import TerminalProgress
 from eve.cli.urls import PASSWORD_ENV, mask_url, parse_redis_url, password_for
 from eve.core.endpoints import ConnectionSpec
@@ -98,6 +100,7 @@ class MigrateArgs:
     # ALIAS=INDEX: search index aliases to set on the target (RediSearch has no command listing them).
     index_aliases: tuple[str, ...] = ()
     command: tuple[str, ...] = ()      # the words after ``eve``, to print the command to run next
+    ray: str | None = None             # --ray ADDRESS: scanners and restorers as Ray actors (eve.bulk.ray_runner)
 
 
 def _identity(spec: ConnectionSpec) -> dict[str, Any]:
@@ -314,7 +317,7 @@ def run_migrate(args: MigrateArgs) -> int:
         if not (args.resume and finding.code == preflight.TARGET_NOT_EMPTY):  # a resumed job's own keys
             _warn(finding.message)
     store = Store(args.state)
-    exporter = None
+    exporter = runner = None
     try:
         job = _latest_job(store)
         if args.resume and job is not None and args.mode is None:
@@ -347,9 +350,12 @@ def run_migrate(args: MigrateArgs) -> int:
             index_aliases=_index_aliases(args))
         exporter = _metrics_exporter(args, run_id)  # before the job is recorded: a port in use leaves no job
         trace.get_current_span().set_attribute("eve.run", run_id)  # eve migrate's root span (eve.cli.main)
-        copy = BulkCopy(options, store)
+        runner = _ray_runner(args)
+        copy = BulkCopy(options, store, runner=runner)
         copy.prepare()  # unreachable servers fail here, before a job is recorded
         job = store.set_run_state(run_id, "COPYING") if args.resume else store.create_run(run_id, "COPYING", setup)
+        if runner is not None:
+            runner.on_lost = functools.partial(_ray_lost, args, job.id)
         view = _ProgressView(args.progress and not args.json)
         copy.on_progress = view.update
         if exporter is not None:
@@ -370,6 +376,9 @@ def run_migrate(args: MigrateArgs) -> int:
             return EXIT_INTERRUPTED
         except Exception as exc:
             _record_failure(store, job.id, exc)
+            if args.ray and store.get_run(job.id).state == "FAILED":
+                print(f"eve migrate: the job's checkpoints are kept; continue it with: "
+                      f"{_next_command(args, '--resume')}  (without --ray to go on locally)", file=sys.stderr)
             raise
         finally:
             signal.signal(signal.SIGINT, previous)
@@ -385,7 +394,37 @@ def run_migrate(args: MigrateArgs) -> int:
     finally:
         if exporter is not None:
             exporter.stop()
+        if runner is not None:
+            runner.close()
         store.close()
+
+
+def _ray_runner(args: MigrateArgs) -> Any:
+    """``--ray ADDRESS``: the copy's workers as Ray actors, ``--restorers`` of them per Ray node; the
+    cluster is joined here, so an unreachable one fails before a job is recorded."""
+    if not args.ray:
+        return None
+    from eve.bulk.ray_runner import RayOptions, RayRunner
+
+    runner = RayRunner(RayOptions(address=args.ray, restorers_per_node=max(1, args.restorers)))
+    runner.connect()
+    return runner
+
+
+def _ray_lost(args: MigrateArgs, run_id: str, message: str) -> None:
+    """The Ray cluster's control plane stopped answering mid-copy; Ray is about to end this process
+    (a driver without its GCS does not go on). Fail the job first, with the reason, resumable."""
+    from eve.bulk.ray_runner import RayUnavailable
+
+    store = Store(args.state)
+    try:
+        _record_failure(store, run_id, RayUnavailable(message))
+    finally:
+        store.close()
+    print(f"eve migrate: {message}", file=sys.stderr)
+    print(f"eve migrate: the job's checkpoints are kept; continue it with: {_next_command(args, '--resume')}  "
+          "(without --ray to go on locally)", file=sys.stderr, flush=True)
+    os._exit(EXIT_USAGE)
 
 
 def _metrics_exporter(args: MigrateArgs, run_id: str) -> Any:
@@ -422,6 +461,8 @@ def _summary(args: MigrateArgs, store: Store, run_id: str, progress: Progress, f
         summary["errors_out"] = args.errors_out
     if progress.side_restarts:
         summary["side_restart_reasons"] = progress.side_restart_reasons
+    if progress.restarts:
+        summary["restart_reasons"] = progress.restart_reasons
     if args.json:
         print(json.dumps(summary))
     else:
@@ -432,6 +473,9 @@ def _summary(args: MigrateArgs, store: Store, run_id: str, progress: Progress, f
             print(f"  restarts: a side restarted {progress.side_restarts:,} time(s) during the job and may have lost "
                   "what it held; every key was copied again from the start, and the numbers above count only "
                   f"that last copy ({progress.side_restart_reasons[-1]})")
+        if progress.restarts:
+            print(f"  restarts: the copy's workers restarted {progress.restarts:,} time(s) from the committed cursors "
+                  f"(nothing lost, nothing counted twice): {'; '.join(progress.restart_reasons)}")
         if progress.skipped:
             print(f"  skipped: {progress.skipped:,} keys expired or were deleted on the source between SCAN and "
                   "DUMP (or their TTL ran out in transit); they are not on the target, as on the source")

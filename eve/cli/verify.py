@@ -27,7 +27,16 @@ from eve.bulk.error_keys import format_for_path
 from eve.cli.progress import TerminalProgress
 from eve.cli.urls import mask_url, parse_redis_url, password_for
 from eve.core.errors import ConfigError
-from eve.live.verify import EXTRA, MISSING, TTL, KeyDifference, VerifyProgress, VerifyReport, verify
+from eve.live.verify import (
+    DEFAULT_MAX_DIFFERENCES,
+    EXTRA,
+    MISSING,
+    TTL,
+    KeyDifference,
+    VerifyProgress,
+    VerifyReport,
+    verify,
+)
 
 __all__ = ["verify_command", "DIFFERENCE_COLUMNS", "human_duration"]
 
@@ -35,15 +44,28 @@ DIFFERENCE_COLUMNS = ("key", "key_base64", "db", "kind", "detail", "source_type"
                       "target_ttl_ms")
 
 
+def _on_ray(address: str) -> tuple[Any, Any]:
+    """``--ray ADDRESS``: a runner joined to the cluster, and ``verify`` on it."""
+    import functools
+
+    from eve.bulk.ray_runner import RayOptions, RayRunner
+    from eve.live.ray_verify import verify_on_ray
+
+    runner = RayRunner(RayOptions(address=address))
+    runner.connect()
+    return runner, functools.partial(verify_on_ray, runner)
+
+
 def verify_command(source_url: str, target_url: str, *, ttl_tolerance_ms: int, as_json: bool, max_examples: int,
                    db: int | None, match: str | None, max_keys_per_second: int = 0,
                    source_password_file: str | None = None, target_password_file: str | None = None,
-                   out: str | None = None, fix: bool = False, progress: bool = True) -> int:
+                   out: str | None = None, fix: bool = False, progress: bool = True, ray: str | None = None) -> int:
     """``eve verify``: print the summary and examples (or one JSON object); 0 when clean (with ``fix``:
     when clean after the fix), 1 otherwise.
 
     The db is ``db``, else the one the URLs name (they must agree), else every db with keys.
-    Errors (unreachable server, bad URL) propagate for the CLI to map to its exit codes."""
+    Errors (unreachable server, bad URL) propagate for the CLI to map to its exit codes.
+    ``ray``: compare on that Ray cluster, an actor per source master (``eve.live.ray_verify``)."""
     source, source_db = parse_redis_url(source_url, field="--source")
     target, target_db = parse_redis_url(target_url, field="--target")
     source = password_for(source, flag="--source", password_file=source_password_file)
@@ -53,12 +75,20 @@ def verify_command(source_url: str, target_url: str, *, ttl_tolerance_ms: int, a
             raise ConfigError(f"the URLs name different dbs ({source_db} and {target_db}); verify compares one db "
                               "on both sides, choose it with --db", field="--db")
         db = source_db if source_db is not None else target_db
+    if ray and fix:
+        raise ConfigError("--fix re-copies through this host: run it without --ray", field="--fix")
     differences_file = _DifferenceFile(out) if out else None
     view = _ProgressView(progress and not as_json)
+    runner = None
     try:
-        # The report keeps the examples only: every difference goes to the file as it is found.
-        report = verify(source, target, dbs=None if db is None else [db], match=match,
-                        ttl_tolerance_ms=ttl_tolerance_ms, max_examples=max_examples, max_differences=max_examples,
+        compare: Any = verify
+        if ray:
+            runner, compare = _on_ray(ray)
+        # The report keeps the examples only: every difference goes to the file as it is found
+        # (on Ray, as the actors send them back: every one, for the file).
+        report = compare(source, target, dbs=None if db is None else [db], match=match,
+                        ttl_tolerance_ms=ttl_tolerance_ms, max_examples=max_examples,
+                        max_differences=max_examples if not (ray and out) else DEFAULT_MAX_DIFFERENCES,
                         max_keys_per_second=max_keys_per_second,
                         on_difference=differences_file.write if differences_file else None,
                         on_progress=view.update if view.enabled else None, fix=fix)
@@ -74,6 +104,8 @@ def verify_command(source_url: str, target_url: str, *, ttl_tolerance_ms: int, a
         raise
     finally:
         view.close()
+        if runner is not None:
+            runner.close()
     if differences_file:
         differences_file.finish()
     if as_json:

@@ -1193,9 +1193,9 @@ def _budgeted(items: list[tuple[bytes, str, int]]) -> Iterator[list[tuple[bytes,
 
 
 def _scan_keys(side: _Side, db: int, *, scan_count: int, match: bytes | None, key_type: str | None,
-               ignore: tuple[bytes, ...]) -> Iterator[list[bytes]]:
-    """The keys of each SCAN step on every node of ``side`` (ignored prefixes left out)."""
-    for address in side.scan_nodes:
+               ignore: tuple[bytes, ...], nodes: Sequence[str] | None = None) -> Iterator[list[bytes]]:
+    """The keys of each SCAN step on every node of ``side`` (or only ``nodes``; ignored prefixes left out)."""
+    for address in side.scan_nodes if nodes is None else nodes:
         cursor = b"0"
         while True:
             cursor, keys = side.scan(address, cursor, scan_count, match, key_type)
@@ -1322,10 +1322,13 @@ def verify(source: ConnectionSpec, target: ConnectionSpec, *, dbs: Sequence[int]
            max_keys_per_second: int = 0, scan_count: int = DEFAULT_SCAN_COUNT, check_extra: bool = True,
            ignore_prefixes: Sequence[bytes] = DEFAULT_IGNORE_PREFIXES,
            timeout: float = DEFAULT_TIMEOUT, on_difference: Callable[[KeyDifference], None] | None = None,
-           on_progress: Callable[[VerifyProgress], None] | None = None, fix: bool = False) -> VerifyReport:
+           on_progress: Callable[[VerifyProgress], None] | None = None, fix: bool = False,
+           nodes: tuple[Sequence[str] | None, Sequence[str] | None] = (None, None)) -> VerifyReport:
     """Compare every key of the source with the target (module docstring); a report, never an exception
     for a difference. ``on_difference`` gets every difference as it is found, ``on_progress`` the
-    counts after each SCAN step; ``fix`` re-copies what differs and compares it again (``report.fix``)."""
+    counts after each SCAN step; ``fix`` re-copies what differs and compares it again (``report.fix``).
+    ``nodes``: (source nodes, target nodes) SCANned, None for every one: one node's share of a pass
+    (``eve.live.ray_verify`` runs a pass per node on a Ray cluster)."""
     key_type = type
     if ttl_tolerance_ms < 0:
         raise ConfigError("must be 0 or more", field="ttl_tolerance_ms")
@@ -1391,7 +1394,8 @@ def verify(source: ConnectionSpec, target: ConnectionSpec, *, dbs: Sequence[int]
                 side.use_db(db)
                 if other.has_db(db):
                     other.use_db(db)
-                for keys in _scan_keys(side, db, **scan):  # type: ignore[arg-type]
+                for keys in _scan_keys(side, db, **scan,  # type: ignore[arg-type]
+                                       nodes=nodes[0] if side is source_side else nodes[1]):
                     if limit is not None:
                         limit.charge(len(keys))
                     check(db, keys)

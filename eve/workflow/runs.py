@@ -77,9 +77,11 @@ _CHANGED_ENDPOINT_HINT = ("the run works from the endpoints as they were approve
 
 
 class Workflow:
-    def __init__(self, store: Store, *, restorers_default: int = 2, interlays: Any = None) -> None:
-        """``interlays``: the coordinator's ``InterlaySupervisor`` (online strategies need it)."""
+    def __init__(self, store: Store, *, restorers_default: int = 2, interlays: Any = None, ray: Any = None) -> None:
+        """``interlays``: the coordinator's ``InterlaySupervisor`` (online strategies need it); ``ray``: an
+        ``eve.bulk.ray_runner.RayRunner`` that runs the bulk copy and Verify of every run (``eve serve --ray``)."""
         self.store = store
+        self.ray = ray
         self.restorers_default = restorers_default
         self.interlays = interlays
         self._live: dict[str, LiveRun] = {}
@@ -371,7 +373,7 @@ class Workflow:
                 # Before the first key is read: every write from now on is a dirty key.
                 live.start_tracking()
             copy = BulkCopy(self._bulk_options(run_id, setup), self.store, on_progress=on_progress,
-                            on_error_keys=lambda rows: self._error_key_events_for(run_id, rows))
+                            on_error_keys=lambda rows: self._error_key_events_for(run_id, rows), runner=self.ray)
             progress = copy.run(stop_event=stop)
         except CopyStopped:
             return  # stopped on purpose (cancel, rollback, shutdown): whoever stopped it moves the state
@@ -379,6 +381,8 @@ class Workflow:
             self._fail(run_id, f"copy failed: {exc}")
             return
         self._progress[run_id] = progress
+        for reason in progress.restart_reasons:   # a lost worker (a process, a Ray actor or node)
+            self._event(run_id, "bulk", f"the copy restarted from its committed cursors: {reason}")
         self._event(run_id, "metrics", "bulk copy finished", _metrics_attributes(progress))
         failure = copy_failure(self.store, run_id, progress, setup.max_error_ratio)
         if failure:
@@ -573,6 +577,13 @@ class Workflow:
         def compare() -> Any:
             # At the run's own rate limit: the source may be serving production traffic.
             with self._phase(run_id, "verify"):
+                if self.ray is not None:   # a comparing actor per source master (eve serve --ray)
+                    from eve.live.ray_verify import verify_on_ray
+
+                    return verify_on_ray(self.ray, options.source, options.target, dbs=options.dbs,
+                                         match=options.match, type=options.type,
+                                         ttl_tolerance_ms=ttl_tolerance_ms or 1000,
+                                         max_keys_per_second=options.max_keys_per_second)
                 return verify(options.source, options.target, dbs=options.dbs, match=options.match,
                               type=options.type, ttl_tolerance_ms=ttl_tolerance_ms or 1000,
                               max_keys_per_second=options.max_keys_per_second)
