@@ -129,6 +129,7 @@ class Owner(ReplySink, Protocol):
     """The client a dedicated connection is pinned to."""
 
     write_paused: bool   # its socket takes no more for now: a reply streaming to it waits
+    announce: str        # the interlay address MOVED/ASK redirections are rewritten to
 
     def pinned_lost(self, conn: Backend, error: bytes) -> None: ...
     def barrier_reply(self, conn: Backend, settled: bool) -> None: ...
@@ -891,6 +892,7 @@ class Backend(asyncio.Protocol):
 
     def _continue_stream(self, data: bytes) -> bytes | None:
         sink = self.stream_to
+        assert sink is not None  # only called while a reply streams to its sink
         if self.stream_left:
             left = self.stream_left
             if len(data) < left:

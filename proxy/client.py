@@ -671,7 +671,7 @@ class Client(asyncio.Protocol):
         # The run: buf[run_start:pos] holds run_count requests for run_conn, not sent yet
         # (a run of all of buf slices to buf itself: no copy); run_dual: a run of dual
         # writes; run_writes: the arguments of its writes, whose keys are marked dirty.
-        run_conn: Backend | None = None
+        run_conn: Backend | ClusterSide | None = None
         run_start = 0
         run_count = 0
         run_dual = False
@@ -712,7 +712,7 @@ class Client(asyncio.Protocol):
             if stateless:
                 if self.asking:
                     self.asking = False  # ASKING applies to the command right after it
-                conn = self.pinned
+                conn: Backend | ClusterSide | None = self.pinned
                 route = PLAIN
                 # A live run's route (proxy.routing): stateless writes go to every side (a
                 # pinned client's too, unless queued in MULTI, in another db, or on a raw
@@ -730,10 +730,10 @@ class Client(asyncio.Protocol):
                     route = router.decide(args, writes)
                 if route == READ_TARGET:
                     target = router.target
-                    conn = target if target.__class__ is ClusterSide else \
+                    conn = target if isinstance(target, ClusterSide) else \
                         target.shared_conn(self.protocol, self.slot)  # type: ignore[union-attr]
                 elif conn is None and routable and router.slotted:
-                    conn = router.primary  # type: ignore[assignment]
+                    conn = router.primary  # type: ignore[assignment]  # slotted: a ClusterSide
                 if conn is None:
                     if kind == SCRIPTED:
                         conn = self.node.script_conn(self.protocol, self.slot)
@@ -785,7 +785,7 @@ class Client(asyncio.Protocol):
                     self._stall()
                     break
                 if conn.raw:
-                    self._send_uncounted(conn, name, args, buf[pos:end])
+                    self._send_uncounted(conn, name, args, buf[pos:end])  # type: ignore[arg-type]  # a node's
                     pos = end
                     continue
                 if route == SCRIPT or route == COUNTED:
@@ -916,7 +916,7 @@ class Client(asyncio.Protocol):
             return
         if marks:
             self._track_marks(marks, self.issued + count)
-        self._send(conn, data, count)
+        self._send(conn, data, count)  # type: ignore[arg-type]  # a cluster side's runs are dual (_route)
 
     def _dual_write(self, conn: Backend | ClusterSide, data: bytes, count: int, marks: list, *, heal: bool = False,
                     mirror: bool = True) -> None:
@@ -1440,17 +1440,20 @@ class Client(asyncio.Protocol):
                 head += data[i:]
                 i = n
                 if len(head) > MAX_INLINE:
-                    return self._stream_error(conn, "Protocol error: too big bulk count string")
+                    self._stream_error(conn, "Protocol error: too big bulk count string")
+                    return None
                 break
             line = head + data[i : newline + 1]
             head = b""
             i = newline + 1
             digits = line[1:-2]
             if line[:1] != b"$" or line[-2:] != b"\r\n" or not digits.isdigit() or len(digits) > 18:
-                return self._stream_error(conn, "Protocol error: invalid bulk length")
+                self._stream_error(conn, "Protocol error: invalid bulk length")
+                return None
             length = int(digits)
             if length > self.max_bulk:
-                return self._stream_error(conn, "Protocol error: invalid bulk length")
+                self._stream_error(conn, "Protocol error: invalid bulk length")
+                return None
             left = length + 2
         if conn.closed:
             self.req_stream = None

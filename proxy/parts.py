@@ -25,7 +25,7 @@ Command kinds (``classify``), by name:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,7 +133,7 @@ class CommandCache:
                 self.one_key[bytes(name)] = one
         return not one
 
-    def keys(self, args: list[bytes]) -> list[bytes]:
+    def keys(self, args: Sequence[bytes]) -> list[bytes]:
         """The keys of a request (none before the table arrives)."""
         table = self.table
         return table.keys(args) if table is not None else []

@@ -384,10 +384,11 @@ class Router:
             if conn is not None:
                 conn.send(None, resp.encode_command(b"SCRIPT", b"LOAD", body), 1, _discard)
 
-    def heal(self, conn: Backend, sink: DualBatch | SideBatch, raw: bytes, args: list[bytes]) -> bool:
+    def heal(self, conn: Backend | ClusterSide, sink: DualBatch | SideBatch, raw: bytes, args: list[bytes]) -> bool:
         """An ``EVALSHA`` answered NOSCRIPT on ``conn``: load the body the interlay saw there
-        and send the request again, its reply to ``sink``. False when it cannot be healed."""
-        if len(args) < 2 or args[0].lower() not in _EVALSHA_NAMES or conn.closed:
+        and send the request again, its reply to ``sink``. False when it cannot be healed
+        (nor on a cluster side: scripts are loaded on every master when it joins the route)."""
+        if not isinstance(conn, Backend) or len(args) < 2 or args[0].lower() not in _EVALSHA_NAMES or conn.closed:
             return False
         body = self.scripts.get(bytes(args[1]).lower())
         if body is None:
@@ -481,21 +482,23 @@ class Router:
         before: a cluster side may answer some at once, CROSSSLOT or no master.)"""
         batch = DualBatch(client, self, conn, raw, count, marks, before, heal)
         self.pending += 1
-        by_slot = conn.__class__ is ClusterSide
-        requests = split_requests(raw, client.max_bulk, client.max_args) if by_slot else None
-        if not by_slot:
-            conn.send(batch, raw, count)  # type: ignore[call-arg]
-        if mirror:
-            for name, node in self.mirrors:
-                self.send_to_side(batch, name, node, raw, count, requests)
-        if by_slot:
+        if isinstance(conn, ClusterSide):
+            requests = split_requests(raw, client.max_bulk, client.max_args)
+            if mirror:
+                for name, node in self.mirrors:
+                    self.send_to_side(batch, name, node, raw, count, requests)
             # Last: a cluster side may answer at once, and the join must know every side
             # it waits for by then. Each request to its slot's master(s), the replies back
             # in the client's order (``proxy.slots``).
             protocol, slot = client.protocol, client.slot
-            for args, request in requests:  # type: ignore[union-attr]
-                conn.send(batch, args, request, protocol, slot, order=client)  # type: ignore[call-arg]
-        elif conn.write_paused:
+            for args, request in requests:
+                conn.send(batch, args, request, protocol, slot, order=client)
+            return batch
+        conn.send(batch, raw, count)
+        if mirror:
+            for name, node in self.mirrors:
+                self.send_to_side(batch, name, node, raw, count, None)
+        if conn.write_paused:
             conn.hold(client)
         return batch
 
@@ -559,12 +562,13 @@ class DualBatch:
 
     __slots__ = ("client", "router", "conn", "raw", "count", "marks", "left", "got", "hold", "held", "failures",
                  "heal", "healed", "before", "after", "done", "delivered")
+    delivered: bool   # (declared here: an earlier batch's is read while this one is built)
     stream_to = None   # a client's ``current`` may be a DualBatch: nothing streams through it
     transport = None
     waits_for_replies = True   # told by Backend.close when its connection goes
 
-    def __init__(self, client: Writer, router: Router, conn: Backend, raw: bytes, count: int, marks: list,
-                 before: DualBatch | None, heal: bool) -> None:
+    def __init__(self, client: Writer, router: Router, conn: Backend | ClusterSide, raw: bytes, count: int,
+                 marks: list, before: DualBatch | None, heal: bool) -> None:
         self.client = client
         self.router = router
         self.conn = conn

@@ -415,7 +415,7 @@ def client_tls(options: ProxyOptions) -> ssl.SSLContext | None:
 
 def _observe(proxy: Proxy, meter: metrics.Meter) -> None:
     """OpenTelemetry instruments reading the proxy's counters when an exporter collects."""
-    attributes = {"interlay": proxy.options.interlay_id, "worker": proxy.options.worker}
+    attributes: dict[str, str | int] = {"interlay": proxy.options.interlay_id, "worker": proxy.options.worker}
     stats = proxy.stats
 
     def observe(value: Callable[[], float]) -> Callable[[metrics.CallbackOptions], list[metrics.Observation]]:

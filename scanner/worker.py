@@ -184,12 +184,15 @@ def rows_from_replies(keys: Sequence[bytes], replies: Sequence[Any], now_ms: int
     if len(rows) == len(keys):
         return rows, 0, []
     # Something was skipped: go again, key by key, to tell vanished keys from errors.
-    rows, errors, skipped = [], [], 0
+    rows, skipped = [], 0
+    errors: list[tuple[bytes, ReplyError]] = []
     for index, key in enumerate(keys):
         payload = replies[2 * index] if preserve_ttl else replies[index]
         pttl = replies[2 * index + 1] if preserve_ttl else -1
-        if isinstance(payload, ReplyError) or isinstance(pttl, ReplyError):
-            errors.append((key, payload if isinstance(payload, ReplyError) else pttl))
+        if isinstance(payload, ReplyError):
+            errors.append((key, payload))
+        elif isinstance(pttl, ReplyError):
+            errors.append((key, pttl))
         elif payload is None or pttl == -2:
             skipped += 1
         else:
@@ -494,7 +497,7 @@ class _Scanner:
         seq = keys = skipped = 0
         began = time.monotonic()
         span_start: int | None = None
-        attributes = {"node": options.node, "db": db}
+        attributes: dict[str, str | int] = {"node": options.node, "db": db}
         self.log.info("db=%d scanning from cursor=%d", db, cursor)
         while True:
             if self.stop_event is not None and self.stop_event.is_set():
