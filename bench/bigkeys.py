@@ -18,7 +18,8 @@ and prints, per window, the probe's p50, p99 and max latency in ms, with the
 copy's seconds, and the source's own time per command of the window's commands
 (``INFO latencystats``: p99 and max of DUMP, ZSCAN, GETRANGE, in ms), which is
 what its other clients wait behind, free of the probe's own scheduling on a
-shared machine (the load average is printed with the results); then the ratios of the chunked windows' p99 to the idle p99,
+shared machine (the load average is printed with the results); then the ratios of the chunked
+windows' p99 to the idle p99,
 and of DUMP's blocking time to the chunked copy's p99. The goal (issue 13):
 the chunked copy keeps the source's p99 under 10 ms. Reported, not enforced:
 every number is measured in this run on this machine (which the servers, the

@@ -365,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
             if not r.ok:
                 print(f"{r.method:<16} FAILED: {r.error}")
                 continue
-            print(f"{r.method:<16}{r.keys_per_second:>10,.0f}{r.mb_per_second:>7.1f}{r.ratio if r.ratio is not None else '-':>8}"
+            ratio = r.ratio if r.ratio is not None else '-'
+            print(f"{r.method:<16}{r.keys_per_second:>10,.0f}{r.mb_per_second:>7.1f}{ratio:>8}"
                   f"{r.seconds:>9.1f}{r.coordinator_cpu_share:>10.0%} {r.checkpoint_writes_per_second:>8.1f}"
                   f"{r.state_bytes_per_million_keys:>14,.0f}  {', '.join(f'{p:.0f}' for p in r.peak_mb_per_node)}")
         if (os.cpu_count() or 1) <= 4 and len(args.node_counts) > 1:

@@ -546,7 +546,8 @@ class Backend(asyncio.Protocol):
         out.clear()
         self.transport.write(data)
 
-    def send(self, sink: Any, data: bytes, count: int, tag: Callable[[bytes | None], bytes | None] | None = None) -> None:
+    def send(self, sink: Any, data: bytes, count: int,
+             tag: Callable[[bytes | None], bytes | None] | None = None) -> None:
         self.pending.append([sink, count, tag, perf_counter()])
         self.out.append(data)
         if self.up and not self.flush_scheduled:

@@ -907,7 +907,8 @@ class Client(asyncio.Protocol):
             return True
         return held and current.__class__ is DualBatch and current.conn is conn  # type: ignore[union-attr]
 
-    def _send_run(self, conn: Backend | ClusterSide, data: bytes, count: int, dual: bool, writes: list[list[bytes]]) -> None:
+    def _send_run(self, conn: Backend | ClusterSide, data: bytes, count: int, dual: bool,
+                  writes: list[list[bytes]]) -> None:
         """A run of ``count`` requests; ``writes``: the arguments of its writes, whose
         keys are marked dirty once answered (on every side, for dual writes)."""
         marks = self.commands.batch_marks(writes, self.wdb) if writes else []

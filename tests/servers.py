@@ -549,7 +549,7 @@ def start_cluster(
 def _form_cluster(nodes: list[RedisServer], deadline: float) -> None:
     clients = [node.client(socket_timeout=5) for node in nodes]
     try:
-        for i, (node, client) in enumerate(zip(nodes, clients)):
+        for i, client in enumerate(clients):
             # Distinct config epochs up front, as `redis-cli --cluster create`
             # does, so the nodes need no epoch-collision rounds.
             client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", i + 1)

@@ -393,8 +393,8 @@ def test_at_most_one_key_by_key_specs_and_legacy_triples() -> None:
         "set": CommandInfo(name="set", arity=-2, flags=frozenset(), key_specs=(one,)),
         "mget": CommandInfo(name="mget", arity=-2, flags=frozenset(), key_specs=(many,)),
         "eval": CommandInfo(name="eval", arity=-2, flags=frozenset(), key_specs=(numkeys,)),
-        "lmove": CommandInfo(name="lmove", arity=-2, flags=frozenset(), key_specs=(one, KeySpec(flags=frozenset({"RW"}), begin=("index", 2),
-                                                                    find=("range", 0, 1, 0)))),
+        "lmove": CommandInfo(name="lmove", arity=-2, flags=frozenset(), key_specs=(
+            one, KeySpec(flags=frozenset({"RW"}), begin=("index", 2), find=("range", 0, 1, 0)))),
         "ping": CommandInfo(name="ping", arity=-2, flags=frozenset()),
         "legacy-get": CommandInfo(name="legacy-get", arity=-2, flags=frozenset(), first_key=1, last_key=1, step=1),
         "legacy-del": CommandInfo(name="legacy-del", arity=-2, flags=frozenset(), first_key=1, last_key=-1, step=1),

@@ -104,7 +104,7 @@ def _finish(process: subprocess.Popen, timeout: float = 150) -> tuple[int, str, 
     except subprocess.TimeoutExpired:
         process.kill()
         out, err = process.communicate()
-        raise AssertionError(f"eve migrate did not end; stderr:\n{err}")
+        raise AssertionError(f"eve migrate did not end; stderr:\n{err}") from None
     return process.returncode, out, err
 
 

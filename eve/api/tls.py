@@ -41,7 +41,8 @@ class TlsFiles:
         return files
 
     def server_context(self) -> ssl.SSLContext:
-        return server_context(self.cert, self.key, self.client_ca, fields=("--tls-cert", "--tls-key", "--tls-client-ca"))
+        return server_context(self.cert, self.key, self.client_ca,
+                              fields=("--tls-cert", "--tls-key", "--tls-client-ca"))
 
     def grpc_credentials(self) -> grpc.ServerCredentials:
         client_ca = Path(self.client_ca).read_bytes() if self.client_ca else None

@@ -224,7 +224,8 @@ def _read_index(side: ClusterClient, address: str, name: bytes, role: str,
                 synonyms.setdefault(_text(group), []).append(term)
     try:
         num_docs = int(float(_text(fields.get("num_docs", 0))))
-        indexing = float(_text(fields.get("percent_indexed", 1))) < 1 or _text(fields.get("indexing", 0)) not in ("0", "")
+        indexing = float(_text(fields.get("percent_indexed", 1))) < 1 \
+            or _text(fields.get("indexing", 0)) not in ("0", "")
     except ValueError:
         num_docs, indexing = 0, False
     return SearchIndex(name=name, definition=create_args(info),

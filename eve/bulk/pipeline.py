@@ -333,7 +333,8 @@ class BulkCopy:
             except _Restart as restart:
                 self.progress.restarts += 1
                 if self.progress.restarts > self.options.max_restarts:
-                    raise EndpointError(f"bulk copy gave up after {self.options.max_restarts} restarts: {restart}")
+                    raise EndpointError(
+                        f"bulk copy gave up after {self.options.max_restarts} restarts: {restart}") from restart
                 log.warning("restarting the pipeline from the last checkpoint: %s", restart)
                 # Forget what was acknowledged but not committed: it will be sent again.
                 self.progress = dataclasses.replace(self.progress, **self.store.counters(self.options.run_id),
@@ -528,7 +529,7 @@ class BulkCopy:
             if not stopping and all(stream.done for stream in streams.values()):
                 # Every batch is acknowledged: let the restorers finish and exit.
                 stopping = True
-                for name in restorer_names:
+                for _ in restorer_names:
                     batches.put(frames.encode(frames.Stop(frames.COORDINATOR)))
             for name, process in workers.items():
                 exitcode = process.exitcode

@@ -62,9 +62,9 @@ NAMESPACE = "eve"
 INLINE_BYTES = 16 * 1024           # frames up to this size travel inside the queue, larger ones by reference
 KILL_WAIT_SECONDS = 5.0
 CONNECT_TIMEOUT_SECONDS = 5.0
-PLACEMENT_SECONDS = 120.0
+PLACEMENT_SECONDS = 120.0          # every actor of an epoch started, or the copy fails saying so
 WATCHDOG_SECONDS = 1.0             # how often the GCS is asked during a copy
-GCS_LOST_SECONDS = 10.0            # unanswered that long, the cluster is gone (Ray itself gives up at 60 s)          # every actor of an epoch started, or the copy fails saying so
+GCS_LOST_SECONDS = 10.0            # unanswered that long, the cluster is gone (Ray itself gives up at 60 s)
 LOSS_WAIT_SECONDS = 5.0            # after a failure: how long to wait for Ray to report what it lost
 
 

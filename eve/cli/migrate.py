@@ -206,8 +206,8 @@ def _flag_of(side: Side) -> str:
 
 
 def _preflight(source: ConnectionSpec, target: ConnectionSpec, mirrors: list[ConnectionSpec],
-               dbs: tuple[int, ...] | None, target_db: int | None, args: MigrateArgs) -> tuple[list[preflight.SideFacts],
-                                                                        list[preflight.Finding]]:
+               dbs: tuple[int, ...] | None, target_db: int | None,
+               args: MigrateArgs) -> tuple[list[preflight.SideFacts], list[preflight.Finding]]:
     """Who the sides are; raises ConfigError (exit 2) for a blocking finding, returns the rest."""
     try:
         facts = [preflight.inspect(source, Side.SOURCE, "source"), preflight.inspect(target, Side.TARGET, "target")]

@@ -1,8 +1,9 @@
 """What every command that talks to a running coordinator (``eve serve``) shares: where it
 listens and how to authenticate (``--address``/``EVE_ADDRESS``, ``EVE_TOKEN``/``--token-file``,
 ``--tls-ca``, and a client certificate for a coordinator that requires mutual TLS:
-``--tls-cert``/``--tls-key`` or ``EVE_TLS_CERT``/``EVE_TLS_KEY``), the call with its metadata and deadline, gRPC status codes mapped to exit codes
-in one place (``STATUS_EXIT_CODES``), and the output: ``--json`` (the API's reply) or tables.
+``--tls-cert``/``--tls-key`` or ``EVE_TLS_CERT``/``EVE_TLS_KEY``), the call with its metadata
+and deadline, gRPC status codes mapped to exit codes in one place (``STATUS_EXIT_CODES``), and
+the output: ``--json`` (the API's reply) or tables.
 
 The token travels as ``authorization: Bearer <token>`` metadata and is never printed; endpoint
 configs come back from the API with their passwords redacted.

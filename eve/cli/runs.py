@@ -513,7 +513,8 @@ def _list_error_keys(api: Api, out: Output, args: argparse.Namespace) -> int:
                       str(error.attempts), error.reason)
     out.print(table)
     if token:
-        out.print(f"more error keys than --limit {args.limit}; eve runs errors {args.run_id} --export FILE has them all",
+        out.print(f"more error keys than --limit {args.limit}; "
+                  f"eve runs errors {args.run_id} --export FILE has them all",
                   markup=False)
     return EXIT_OK
 

@@ -570,9 +570,10 @@ class DirtyKeySync:
 
     def recopy(self, items: list[Item]) -> RecopyResult:
         """DUMP+PTTL on the authoritative side, then RESTORE ... ABSTTL REPLACE (or DEL) on
-        every other side, or a logical copy where the payload is refused. Raises UnavailableError/AuthError when a side cannot be used,
-        ServerRestarted when one restarted (``run`` and ``drain`` flag a full resync then);
-        per-key refusals are in the result (and passed to ``on_error``)."""
+        every other side, or a logical copy where the payload is refused. Raises
+        UnavailableError/AuthError when a side cannot be used, ServerRestarted when one
+        restarted (``run`` and ``drain`` flag a full resync then); per-key refusals are in the
+        result (and passed to ``on_error``)."""
         with trace.get_tracer("eve.live").start_as_current_span(
                 "re-copy batch", context=self._trace_parent, attributes={"eve.keys": len(items)}) as span:
             result = self._copier().recopy(items)
@@ -662,8 +663,8 @@ class DirtyKeySync:
 
     def check_sides(self) -> bool:
         """Ask every side who it is (a PING on each connection; one that has to be reopened reads
-        ``INFO server``): a restarted one flags a full resync, as a re-copy that meets it does. True when one had restarted; a side that
-        cannot be reached is left to the next re-copy."""
+        ``INFO server``): a restarted one flags a full resync, as a re-copy that meets it does.
+        True when one had restarted; a side that cannot be reached is left to the next re-copy."""
         try:
             self._copier().identify()
         except ServerRestarted as exc:

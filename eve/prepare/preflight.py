@@ -143,7 +143,7 @@ def inspect(spec: ConnectionSpec, side: Side, label: str, *, timeout: float = DE
         if any(word in str(exc) for word in ("NOAUTH", "NOPERM", "WRONGPASS")):
             hint = "give its password" if "NOAUTH" in str(exc) else "check its user's ACL"
             raise AuthError(f"the {label} {spec.address} refused Eve: {exc} ({hint})", side=side) from exc
-        raise exc.on_side(side)
+        raise exc.on_side(side)  # noqa: B904 - the same exception, now naming its side
 
 
 def check_db(facts: SideFacts, db: int | None, *, field: str) -> None:

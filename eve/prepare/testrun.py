@@ -351,7 +351,8 @@ def _recheck(differing: list[tuple[_Sampled, Any]], source: ClusterClient) -> No
     from an unchanged source key is a failure."""
     for db, group in _by_db([entry for entry, _copy in differing]):
         keys = [entry.key for entry in group]
-        commands = [command for entry in group for command in (("DUMP", entry.key), _read_command(entry.type, entry.key))]
+        commands = [command for entry in group
+                    for command in (("DUMP", entry.key), _read_command(entry.type, entry.key))]
         replies = _pipeline(source, db, keys, commands, per_key=2)
         copies = {id(entry): copy for entry, copy in differing}
         for i, entry in enumerate(group):

@@ -125,7 +125,8 @@ WRITTEN, CONFLICT = "written", "conflict"
 # (https://redis.io/docs/latest/develop/interact/programmability/lua-api/#resp2-to-lua-type-conversion).
 # A hash's extra is {field, expiry ms, ...} of its fields with a TTL, from HPEXPIRETIME in
 # slices (unpack() stays far below Lua's C stack limit); an engine without field TTLs answers
-# "unknown command" (Redis 7.0: "Unknown Redis command called from script") and has none. A stream's extra is its state and its groups, from
+# "unknown command" (Redis 7.0: "Unknown Redis command called from script") and has none.
+# A stream's extra is its state and its groups, from
 # XINFO STREAM FULL COUNT 0 (every entry, group, consumer and pending entry; Redis 6.0+).
 READ_SCRIPT = """\
 local key = KEYS[1]

@@ -30,8 +30,8 @@ from eve.core.errors import ConfigError, StateError
 from eve.core.store import RunEndpointRecord
 
 __all__ = ["Filters", "RateLimits", "RunSetup", "parse_setup", "guided_setup", "endpoint_changes",
-           "describe_config_change", "is_migrate_job", "MIGRATE_JOB_KIND", "ROLE_FIELDS", "MAX_DB", "MAX_PIPELINE_DEPTH",
-           "MAX_RESTORERS"]
+           "describe_config_change", "is_migrate_job", "MIGRATE_JOB_KIND", "ROLE_FIELDS", "MAX_DB",
+           "MAX_PIPELINE_DEPTH", "MAX_RESTORERS"]
 
 # ``eve migrate`` jobs share the runs table; their setup is a dict of its own with this "kind".
 MIGRATE_JOB_KIND = "migrate"
