@@ -757,8 +757,29 @@ class InterlaySupervisor:
         reports = [worker.attached for worker in workers if worker.attached is not None]
         first = dataclasses.replace(reports[0], spooled=sum(report.spooled for report in reports),
                                     overflowed=any(report.overflowed for report in reports))
+        controls = [ControlOptions(entry["socket"], token, None, self.spool_keys)
+                    for entry in sorted(record["workers"], key=lambda entry: int(entry["worker"]))]
         return _Interlay(interlay_id, first.nodes, bool(record.get("cluster")), workers, None,
-                         ports=first.ports, route=first.route, attached=first)
+                         ports=first.ports, route=first.route, attached=first,
+                         controls=controls if len(controls) == len(workers) else [])
+
+    def adopt(self, interlay_id: str, port: int, listen_host: str, endpoint: EndpointConfig,
+              max_concurrent_connections: int, settings: Mapping[str, Any] | None = None) -> None:
+        """How to start again a process of an interlay this supervisor re-attached to (``recover``),
+        should one die: as ``start`` would. StateError when the interlay's ports differ from those
+        it serves on (its source's topology changed): a death then fails it, to be started by hand."""
+        listen_host = listen_host or "127.0.0.1"
+        options, _, _ = self._options(interlay_id, port, listen_host, endpoint, max_concurrent_connections, settings)
+        with self._lock:
+            interlay = self._interlays.get(interlay_id)
+            if interlay is None or interlay.options:
+                return
+            if options[0].ports != interlay.ports or len(options) != len(interlay.workers) or \
+                    len(interlay.controls) != len(options):
+                raise StateError(f"interlay {interlay_id!r} serves ports {interlay.ports} with "
+                                 f"{len(interlay.workers)} processes; it would start with {options[0].ports} and "
+                                 f"{len(options)}")
+            interlay.options = options
 
     def _connect(self, interlay_id: str, entry: dict[str, Any], token: bytes) -> _Worker | None:
         """One surviving process, attached: it proved to be the one that started (pid and start
