@@ -72,7 +72,7 @@ class Proxy:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.parts = Parts.of(options, self._send)
         self.stats = self.parts.stats
-        self.clients = Clients(self.stats, options.max_connections, counter)
+        self.clients = Clients(self.stats, options.max_connections, counter, options.worker)
         self.servers: list[asyncio.base_events.Server] = []
         self.stopping = False
         self.nodes = [Node(self.parts, i, spec) for i, spec in enumerate(options.nodes)]

@@ -135,3 +135,50 @@ def test_a_proxy_that_cannot_be_restarted_fails_the_interlay_with_the_reason(ser
         assert _client(port).ping()
     finally:
         supervisor.stop_all()
+
+
+# --------------------------------------------------------------------------- issue 19, item 4 (in part)
+
+
+class _BrokenSupervisor(InterlaySupervisor):
+    """Unit-test stand-in: a supervisor whose start fails with an error outside Eve's tree."""
+
+    def start(self, *args, **kwargs):  # type: ignore[override]
+        raise OSError(28, "No space left on device")
+
+
+def _coordinator(tmp_path, supervisor, backend):
+    from eve.core.store import Store
+    from eve.workflow.registry import Coordinator
+
+    store = Store(str(tmp_path / "eve.db"))
+    coordinator = Coordinator(store, supervisor)
+    coordinator.create_endpoint("src", "redis", {"target": {"host": backend.host, "port": backend.port}})
+    return store, coordinator
+
+
+def test_an_interlay_that_fails_to_start_is_failed_with_its_last_error(tmp_path, server_factory) -> None:
+    store, coordinator = _coordinator(tmp_path, _BrokenSupervisor(), server_factory(ENGINE))
+    try:
+        coordinator.create_interlay("app", "src", free_port(), {})
+        with pytest.raises(OSError):
+            coordinator.start_interlay("app")
+        record = store.get_interlay("app")
+        assert record.state == "FAILED" and "No space left on device" in record.last_error
+    finally:
+        store.close()
+
+
+def test_an_interlay_left_starting_fails_with_its_last_error_after_a_coordinator_restart(tmp_path, server_factory):
+    """The state file says STARTING (a coordinator died while starting it, or could not record
+    the outcome): the next coordinator starts it again, and records FAILED with the reason when
+    that fails too, without stopping its own start."""
+    store, coordinator = _coordinator(tmp_path, _BrokenSupervisor(), server_factory(ENGINE))
+    try:
+        coordinator.create_interlay("app", "src", free_port(), {})
+        store.set_interlay_state("app", "STARTING")
+        coordinator.restart_interlays()
+        record = store.get_interlay("app")
+        assert record.state == "FAILED" and "OSError" in record.last_error and "No space left" in record.last_error
+    finally:
+        store.close()

@@ -355,7 +355,9 @@ class InterlaySupervisor:
         ports = options[0].ports
         for listener in ports:
             check_port_free(listen_host, listener)
-        counter = self._context.Value("q", 0)
+        # One connection count per process, no lock (proxy.parts.Clients): a process killed
+        # with SIGKILL leaves no lock held; its successor's slot is zeroed.
+        counter = self._context.Array("q", self.workers, lock=False)
         interlay = _Interlay(interlay_id, tuple(node.address for node in nodes), cluster, [], counter, ports=ports,
                              route=route, dirty=dirty, options=options)
         controls = self._control_options(interlay_id, route)
@@ -1110,6 +1112,8 @@ class InterlaySupervisor:
                     # Nobody of this interlay listens now: someone else may have taken a port meanwhile.
                     for listener in interlay.ports:
                         check_port_free(interlay.options[0].listen_host, listener)
+                if interlay.counter is not None:
+                    interlay.counter[dead.index] = 0   # the dead process's clients are gone
                 worker = self._spawn(interlay, interlay.options[dead.index])
                 try:
                     self._wait_ready(interlay, [worker])
