@@ -62,6 +62,7 @@ def test_a_killed_proxy_is_back_on_its_port_under_its_route_with_tracking(server
                               target=ConnectionSpec(target.host, target.port))
         # Cut over: the target takes the writes, none to the source.
         supervisor.route("it", route_for(options, TARGET, dual=False))
+        assert supervisor.dirty_barrier("it", 10)   # answered after the route: it applies from here on
         _client(port).set("before", "1")
         assert target.client().get("before") == b"1" and source.client().get("before") is None
         old = supervisor.status("it").pids[0]

@@ -198,7 +198,9 @@ class _AttachedProcess:
             pass
 
     def close(self) -> None:
-        os.close(self.sentinel)
+        if self.sentinel >= 0:
+            os.close(self.sentinel)
+            self.sentinel = -1
 
 
 def _addresses(host: str, port: int) -> list[tuple[int, tuple]]:
@@ -879,8 +881,14 @@ class InterlaySupervisor:
                     continue
                 try:
                     message = messages.check(worker.pipe.recv())
-                except (EOFError, OSError, ValueError):
-                    continue  # the process is gone: its sentinel says so below
+                except (EOFError, OSError) as exc:
+                    # The process is gone (its end of the pipe closed): say so now, not at the timeout.
+                    log.debug("interlay %s: pipe of pid=%s: %r", interlay.interlay_id, worker.process.pid, exc)
+                    worker.process.join(timeout=1.0)
+                    raise StateError(f"interlay {interlay.interlay_id!r}: proxy process pid={worker.process.pid} "
+                                     f"exited with code {worker.process.exitcode} before listening") from None
+                except ValueError:
+                    continue
                 if isinstance(message, messages.Ready):
                     worker.ready = True
                     del pending[worker.pipe]
@@ -1050,6 +1058,13 @@ class InterlaySupervisor:
             deaths = self._death(interlay)
             dirty = interlay.dirty
             self._changed.notify_all()
+        # Closed here, on the monitor thread that reads them (its last messages were read before).
+        try:
+            worker.pipe.close()
+        except OSError:
+            pass
+        if isinstance(worker.process, _AttachedProcess):
+            worker.process.close()
         if dirty is not None:
             dirty.mark_all(None)
         if not interlay.options:
@@ -1088,12 +1103,6 @@ class InterlaySupervisor:
     def _restart(self, interlay: _Interlay, dead: _Worker, reason: str, deaths: int) -> None:
         """Start a process in the place of ``dead``: at once the first time, after a doubling
         pause when they keep dying; FAILED (``_give_up``) on a crash loop or a port taken."""
-        try:
-            dead.pipe.close()
-        except OSError:
-            pass
-        if isinstance(dead.process, _AttachedProcess):
-            dead.process.close()
         cause = reason
         while True:
             if deaths > self.restart_limit:
