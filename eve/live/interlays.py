@@ -144,6 +144,7 @@ class _Worker:
     receipts: collections.deque = field(default_factory=collections.deque)
     confirmed: int = 0                          # the latest CONFIRM sent
     replaced: bool = False                      # died; a new process takes its place (or the interlay failed)
+    taken_over: bool = False                    # its pipe closed while it lived on: another coordinator has it
 
 
 @dataclass
@@ -183,7 +184,8 @@ class _AttachedProcess:
         return start_identity(self.pid) == self.identity
 
     def join(self, timeout: float | None = None) -> None:
-        select.select([self.sentinel], [], [], timeout)
+        if self.sentinel >= 0:
+            select.select([self.sentinel], [], [], timeout)
 
     def terminate(self) -> None:
         self._signal(signal.SIGTERM)
@@ -192,6 +194,8 @@ class _AttachedProcess:
         self._signal(signal.SIGKILL)
 
     def _signal(self, signum: int) -> None:
+        if self.sentinel < 0:
+            return
         try:
             signal.pidfd_send_signal(self.sentinel, signum)
         except ProcessLookupError:
@@ -1009,7 +1013,14 @@ class InterlaySupervisor:
                         worker.stopped = True
                     elif isinstance(message, messages.Failed):
                         worker.failure = message.reason
-        except (EOFError, OSError):
+        except EOFError:
+            # A process that dies closes its pipe as it exits; one that lives on closed it for a
+            # newer coordinator that attached (proxy.control): then it is no longer ours to restart.
+            worker.process.join(timeout=0.5)
+            if worker.process.is_alive():
+                worker.taken_over = True
+                worker.pipe.close()   # on the monitor thread, which alone reads it
+        except OSError:
             pass
         except ValueError as exc:
             log.error("interlay %s worker=%d: %s", interlay.interlay_id, worker.index, exc)
@@ -1067,6 +1078,9 @@ class InterlaySupervisor:
             worker.process.close()
         if dirty is not None:
             dirty.mark_all(None)
+        if worker.taken_over:
+            self._give_up(interlay, f"{reason}; another coordinator had taken it over")
+            return
         if not interlay.options:
             self._give_up(interlay, f"{reason}; it was started by an earlier coordinator and cannot be "
                           "restarted by this one: StartInterlay it")
