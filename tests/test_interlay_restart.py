@@ -18,10 +18,10 @@ import redis
 from proxies import LOOPBACK, endpoint_for, wait_for
 from servers import free_port
 
+from eve.core.endpoints import ConnectionSpec
 from eve.live.backlog import DirtyKeys
 from eve.live.interlays import FAILED, RUNNING, InterlaySupervisor
 from eve.live.run import LiveOptions, route_for
-from eve.core.endpoints import ConnectionSpec
 from proxy.routing import TARGET
 
 ENGINE = "redis-7.0"

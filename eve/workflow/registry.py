@@ -265,7 +265,7 @@ class Coordinator:
             reason = str(exc) if isinstance(exc, EveError) else f"{type(exc).__name__}: {exc}"
             try:
                 self.store.set_interlay_state(id, "FAILED", reason or type(exc).__name__)
-            except Exception:  # noqa: BLE001 - the state file refuses writes (a full disk): the next
+            except Exception:  # the state file refuses writes (a full disk): the next
                 # coordinator start finds it STARTING and starts it again (or records FAILED then)
                 log.exception("interlay %s: cannot record that it failed to start", id)
             raise
@@ -320,7 +320,7 @@ class Coordinator:
             elif record.id in wanted:
                 try:
                     self.start_interlay(record.id, (routes or {}).get(record.id))
-                except Exception as exc:  # noqa: BLE001 - recorded FAILED with the reason; the others start
+                except Exception as exc:  # recorded FAILED with the reason; the others start
                     log.error("interlay %s could not be restarted: %s", record.id, exc)
 
     def shutdown_interlays(self) -> None:
