@@ -183,3 +183,32 @@ def test_an_interlay_left_starting_fails_with_its_last_error_after_a_coordinator
         assert record.state == "FAILED" and "OSError" in record.last_error and "No space left" in record.last_error
     finally:
         store.close()
+
+
+def test_a_re_attached_interlay_is_restarted_too_once_adopted(server_factory, tmp_path) -> None:
+    """A coordinator that re-attached to an interlay another one started (issue 12) is told how
+    to start its processes (``adopt``, as ``restart_interlays`` does), and restarts a dead one."""
+    server = server_factory(ENGINE)
+    control = tmp_path / "control"
+    first = InterlaySupervisor(stats_interval=0.2, control_dir=control)
+    second = InterlaySupervisor(stats_interval=0.2, control_dir=control)
+    port = free_port()
+    endpoint = endpoint_for(server.host, server.port)
+    try:
+        first.start("it", port, LOOPBACK, endpoint, 100)
+        assert second.recover({"it"}) == ["it"]
+        second.adopt("it", port, LOOPBACK, endpoint, 100)
+        # (Two coordinators alive at once happen only here: the first must have seen it go first.)
+        wait_for(lambda: first._interlays["it"].workers[0].taken_over, what="the first seeing the takeover")
+        old = second.status("it").pids[0]
+        os.kill(old, signal.SIGKILL)
+        _reconnect_within(port, RECONNECT_SECONDS)
+        wait_for(lambda: second.restarts("it")[0] == 1, what="the restart")
+        assert second.status("it").state == RUNNING and second.status("it").pids[0] != old
+        # The first coordinator had lost it to the second: it does not start another.
+        wait_for(lambda: first.status("it").state == FAILED, what="the first coordinator letting it go")
+        assert first.restarts("it")[0] == 0
+        assert "another coordinator" in first.status("it").reason
+    finally:
+        second.stop_all()
+        first.stop_all()
