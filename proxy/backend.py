@@ -172,20 +172,25 @@ class Node:
 
     # -- handshake ------------------------------------------------------------------
 
-    def handshake(self, protocol: int) -> list[bytes]:
+    def handshake(self, protocol: int, named: bool = True) -> list[bytes]:
+        """The commands that open a connection. A dedicated connection (``named`` False)
+        becomes one client's own: it carries no name of the interlay's, so the client's
+        ``CLIENT GETNAME``/``INFO``/``LIST`` show what it set itself, as directly."""
         spec = self.spec
         user = spec.username or "default"
         if protocol == 3:
             args: list[Any] = ["HELLO", 3]
             if spec.password:
                 args += ["AUTH", user, spec.password]
-            args += ["SETNAME", self._setname]
+            if named:
+                args += ["SETNAME", self._setname]
             return [resp.encode_command(*args)]
         commands = []
         if spec.password:
             auth = ["AUTH", user, spec.password] if spec.username else ["AUTH", spec.password]
             commands.append(resp.encode_command(*auth))
-        commands.append(resp.encode_command("CLIENT", "SETNAME", self._setname))
+        if named:
+            commands.append(resp.encode_command("CLIENT", "SETNAME", self._setname))
         return commands
 
     def on_handshake_reply(self, frame: bytes) -> None:
@@ -402,7 +407,8 @@ class Backend(asyncio.Protocol):
         # The interlay's own commands go ahead of the clients' queued ones.
         front: list[tuple[bytes, Callable]] = []
         if self.kind != BARE:
-            front = [(command, self._on_handshake) for command in node.handshake(self.protocol)]
+            front = [(command, self._on_handshake)
+                     for command in node.handshake(self.protocol, named=self.kind != DEDICATED)]
             table = self.parts.commands.table_request()
             if table is not None:
                 front.append(table)

@@ -51,9 +51,9 @@ from collections import deque
 from collections.abc import Callable
 
 from eve.redis import resp
-from eve.redis.framing import RequestScanner, partial_request
+from eve.redis.framing import RequestScanner
 from eve.redis.resp import MAX_INLINE
-from proxy.backend import Backend, Node, set_no_delay
+from proxy.backend import DEDICATED, Backend, Node, set_no_delay
 from proxy.parts import BLOCKING, CONTROL, SCRIPTED, SHARED, SPECIAL, XREAD, Clients, Parts
 from proxy.routing import COUNTED, DUAL, PLAIN, READ_TARGET, SCRIPT, SOURCE, DualBatch, Router
 from proxy.slots import ClusterSide
@@ -99,7 +99,6 @@ _EMPTY_EXEC = b"*0\r\n"
 _RESET = b"+RESET\r\n"
 _MAX_CLIENTS = b"-ERR max number of clients reached\r\n"
 MERGE_MARKS = 64   # keys of consecutive writes recorded together, at most
-_FUNCTION = b"function"  # FUNCTION LOAD/DELETE/FLUSH/RESTORE reach every side of a live run (SCRIPT is SCRIPTED)
 # A shared connection streaming a large reply to a client that does not read as
 # fast is held for it while the client reads at least this many bytes per
 # second, measured over each window (Client.hold_backend).
@@ -107,6 +106,7 @@ HOLD_MIN_RATE = 10 << 20
 HOLD_WINDOW = 1.0
 _NO_MAINT_NOTIFICATIONS = b"-ERR interlay: CLIENT MAINT_NOTIFICATIONS is not available through an interlay\r\n"
 _NO_REPLICATION = b"-ERR interlay: replication commands (SYNC, PSYNC, REPLCONF) are not forwarded\r\n"
+_NIL = {2: b"$-1\r\n", 3: b"_\r\n"}   # CLIENT GETNAME of a connection never named, by protocol
 
 Tag = Callable[[bytes | None], bytes | None]   # sees a reply frame, returns the bytes to deliver
 
@@ -153,7 +153,7 @@ class Client(asyncio.Protocol):
         "closing", "close_error", "quitting", "resetting", "reset_done", "req_stream", "write_paused",
         "pause_reasons", "paused_backend", "resume_scheduled", "rejected", "announce", "max_bulk", "max_args",
         "threshold", "scanner", "issued", "answered", "marks", "multi_marks", "wdb", "multi_deferred", "listener",
-        "hard_limit", "soft_limit", "soft_seconds", "soft_since", "process", "hold_spent",
+        "hard_limit", "soft_limit", "soft_seconds", "soft_since", "process", "hold_spent", "lib_info",
     )
 
     def __init__(self, parts: Parts, clients: Clients, router: Router, node: Node) -> None:
@@ -180,6 +180,9 @@ class Client(asyncio.Protocol):
         self.shared: Backend | None = None
         self.pinned: Backend | None = None
         self.forever = False          # pinned for the rest of the connection
+        # CLIENT SETINFO requests (by attribute) sent on a shared connection: replayed on the
+        # client's own connection once it asks about itself (CLIENT INFO/ID/LIST...).
+        self.lib_info: dict[bytes, bytes] = {}
         self.in_multi = False
         self.watching = False
         self.db = 0
@@ -614,7 +617,7 @@ class Client(asyncio.Protocol):
                 if conn is not None and (not self.outstanding or self.current is conn):
                     self._send(conn, buf, count)
                     return
-        requests, end, error = self.scanner.scan(buf)
+        requests, end, error = self.scanner.scan(buf, not self.authenticated)
         if end == n and (self.dirty.tracking or self.router.active) and self._send_whole(buf, requests):
             return
         pos, routed_all = self._route(buf, requests)
@@ -622,6 +625,11 @@ class Client(asyncio.Protocol):
             # Every complete request was routed: what follows is a protocol
             # error, or the start of a request still arriving.
             if error is not None:
+                if error in _UNAUTHENTICATED_ERRORS and not self._settled():
+                    # Redis judges a request by the AUTH before it: wait for its reply.
+                    self.buf = buf[pos:] + self.buf if self.buf else buf[pos:]
+                    self._stall()
+                    return
                 if not self.closing and self.transport is not None:
                     self._protocol_error(error)
                 return
@@ -697,7 +705,7 @@ class Client(asyncio.Protocol):
                 kind = SPECIAL if _is_control(args) else SCRIPTED if name.lower() == b"script" else SHARED
             stateless = (kind == SHARED or kind == SCRIPTED) and self.authenticated
             writes = False
-            if cross_slot is not None and argc > 2:
+            if cross_slot is not None and argc > 2 and commands.may_span(name):
                 if args is None:
                     args = self._args(buf[pos:end])
                 cross_slot.check(name, commands.keys(args))
@@ -716,7 +724,7 @@ class Client(asyncio.Protocol):
                     if args is None:
                         args = self._args(buf[pos:end])
                     route = router.script_route(args, writes, routable)
-                elif routable and (writes or (router.read_percent and conn is None) or name.lower() == _FUNCTION):
+                elif routable and (writes or (router.read_percent and conn is None) or router.every_side(name)):
                     if args is None:
                         args = self._args(buf[pos:end])
                     route = router.decide(args, writes)
@@ -861,6 +869,7 @@ class Client(asyncio.Protocol):
             return False
         kinds = self.kinds
         may_write = self.commands.may_write
+        may_span = self.commands.may_span
         writes = []
         spanning = None
         for _, args, name, argc in requests:
@@ -872,7 +881,7 @@ class Client(asyncio.Protocol):
                 writes.append(args)
             elif routing:
                 return False  # a read among dual writes: _route makes runs of each
-            if argc > 2:
+            if argc > 2 and may_span(name):
                 if spanning is None:
                     spanning = []
                 spanning.append(args)
@@ -988,6 +997,12 @@ class Client(asyncio.Protocol):
             return self._send_control(raw)
         if name == b"client":
             sub = args[1].lower() if len(args) > 1 else b""
+            if sub == b"getname" and len(args) == 2:
+                # Never named (a SETNAME pins the client to a connection of its own):
+                # nil, as the server answers, and no connection spent on it.
+                return self._local(_NIL[self.protocol])
+            if sub == b"setinfo" and len(args) == 4:
+                self.lib_info[args[2].lower()] = raw
             if sub in CLIENT_SHARED or not sub:
                 return self._send_shared(raw)
             if sub == b"maint_notifications":
@@ -1228,6 +1243,7 @@ class Client(asyncio.Protocol):
             return None
         proto, user, setname = _hello_options(args)
         if setname:
+            self._replay_identity(conn)
             self.forever = True
         return self._hello_tag(conn, proto, user)
 
@@ -1237,9 +1253,21 @@ class Client(asyncio.Protocol):
             # Replies stop coming (or skip one): nothing can be counted any more.
             self._go_raw(conn)
             self.forever = True
+        elif sub == b"setinfo":
+            # Set on the client's own connection: it must not go back to the idle pool with it.
+            self.forever = True
         elif sub and sub not in CLIENT_SHARED:
+            self._replay_identity(conn)
             self.forever = True
         return None
+
+    def _replay_identity(self, conn: Backend) -> None:
+        """The connection becomes the client's own for good (it asks about itself or names
+        itself): what it told the shared connection about itself (CLIENT SETINFO) is told
+        again here first, so CLIENT INFO/LIST show it as directly."""
+        if not self.forever and conn.kind == DEDICATED:
+            for raw in self.lib_info.values():
+                conn.send(None, raw, 1, _swallow)
 
     def _state_cluster(self, conn: Backend, name: bytes, args: list[bytes]) -> Tag | None:
         sub = args[1].lower() if len(args) > 1 else b""
@@ -1360,7 +1388,7 @@ class Client(asyncio.Protocol):
     def _incomplete(self, buf: bytes, pos: int, n: int) -> int:
         """An incomplete request with a lot buffered: stream it to a dedicated
         connection as it arrives instead of holding it whole. Returns the new position."""
-        info = partial_request(buf, pos)
+        info = self.scanner.partial(buf, pos)
         if info is None or info.name is None:
             return pos
         if n - pos <= self.threshold and info.bulk_len <= self.threshold:
@@ -1455,6 +1483,8 @@ class Client(asyncio.Protocol):
         self.close_error = b"-ERR " + message.encode() + b"\r\n"
         self._finish_close()
 
+
+_UNAUTHENTICATED_ERRORS = frozenset((resp.E_UNAUTHENTICATED_MULTIBULK, resp.E_UNAUTHENTICATED_BULK))
 
 _ModeCommand = Callable[[Client, Backend, bytes], None]
 _StateCommand = Callable[[Client, Backend, bytes, list], "Tag | None"]

@@ -20,7 +20,11 @@ https://redis.io/docs/latest/develop/reference/key-specs/):
 A spec whose positions fall outside the arguments (a syntax error the command
 itself will report) contributes no key, as the server's partial search does.
 Commands without key specs (servers before 7.0) fall back to the legacy
-first/last/step triple. Specs of type ``unknown`` (``SORT ... STORE``,
+first/last/step triple. That triple cannot say where the keys of a command
+flagged ``movablekeys`` are (``EVAL``'s are counted by ``numkeys``): for the
+movable-key commands of Redis 6.2, the specs Redis 7.0 reports for them are
+used (``_LEGACY_MOVABLE``, issue 23), so a script's declared keys are still
+recorded dirty on a 6.2 source. Specs of type ``unknown`` (``SORT ... STORE``,
 ``MIGRATE ... KEYS``) cannot be followed without the command's own code:
 ``incomplete_keys`` tells which commands have one.
 
@@ -163,6 +167,26 @@ class KeySpec:
         return list(range(first, last + 1, step))
 
 
+def _spec(flags: str, begin: tuple, find: tuple) -> KeySpec:
+    return KeySpec(flags=frozenset(flags.lower().split()), begin=begin, find=find)
+
+
+_NUMKEYS_AT_2 = (_spec("RW", ("index", 2), ("keynum", 0, 1, 1)),)             # EVAL script numkeys key...
+_STORE_NUMKEYS = (_spec("OW", ("index", 1), ("range", 0, 1, 0)),             # ZUNIONSTORE dest numkeys key...
+                  _spec("RO", ("index", 2), ("keynum", 0, 1, 1)))
+_NUMKEYS_AT_1 = (_spec("RO", ("index", 1), ("keynum", 0, 1, 1)),)            # ZUNION numkeys key...
+_POP_NUMKEYS_AT_1 = (_spec("RW", ("index", 1), ("keynum", 0, 1, 1)),)        # LMPOP numkeys key...
+_STREAMS = (_spec("RO", ("keyword", b"streams", 1), ("range", -1, 1, 2)),)   # XREAD ... STREAMS key... id...
+# Redis 7.0's key specs of the movable-key commands Redis 6.2 has (module docstring).
+_LEGACY_MOVABLE: dict[str, tuple[KeySpec, ...]] = {
+    "eval": _NUMKEYS_AT_2, "evalsha": _NUMKEYS_AT_2, "eval_ro": _NUMKEYS_AT_2, "evalsha_ro": _NUMKEYS_AT_2,
+    "zunionstore": _STORE_NUMKEYS, "zinterstore": _STORE_NUMKEYS, "zdiffstore": _STORE_NUMKEYS,
+    "zunion": _NUMKEYS_AT_1, "zinter": _NUMKEYS_AT_1, "zdiff": _NUMKEYS_AT_1,
+    "lmpop": _POP_NUMKEYS_AT_1, "zmpop": _POP_NUMKEYS_AT_1,
+    "xread": _STREAMS, "xreadgroup": _STREAMS,
+}
+
+
 @dataclass(frozen=True)
 class CommandInfo:
     """One command (or subcommand, named ``container|sub``) as the server describes it."""
@@ -184,6 +208,8 @@ class CommandInfo:
         name = _text(raw[0]).lower()
         specs = tuple(KeySpec.from_reply(spec) for spec in raw[8]) if len(raw) > 8 and \
             isinstance(raw[8], list) else ()
+        if not specs and len(raw) <= 8 and "movablekeys" in _flags(raw[2]):
+            specs = _LEGACY_MOVABLE.get(name, ())   # a server before 7.0 (module docstring)
         subs: dict[str, CommandInfo] = {}
         if len(raw) > 9 and isinstance(raw[9], list):
             for sub in raw[9]:
@@ -319,6 +345,17 @@ class CommandTable:
         if info.name in self._first_key_writes:
             return [bytes(args[1])] if len(args) > 1 else []
         return [bytes(args[i]) for i in info.write_key_positions(args)]
+
+    def at_most_one_key(self, name: bytes | str) -> bool:
+        """Every request of this name names at most one key (``SET``, ``GET``, ``HSET``,
+        ``LPUSH``...): its keys cannot span slots, so nobody needs to look for them
+        to count cross-slot commands. False when unknown or when subcommands decide."""
+        info = self.commands.get(_text(name).lower())
+        if info is None or info.subcommands or "movablekeys" in info.flags:
+            return False
+        if info.key_specs:
+            return len(info.key_specs) == 1 and info.key_specs[0].find[:2] == ("range", 0)
+        return info.first_key <= 0 or info.last_key == info.first_key
 
     def first_key_write(self, name: bytes | str) -> bool:
         """A write whose one changed key is argument 1 (``SET``, ``INCR``, ``HSET``...),

@@ -82,7 +82,8 @@ class CommandCache:
     that comes up) and, cached by command name as sent, what the parts ask of
     it for every request: its kind, whether it may write, and the keys it changes."""
 
-    __slots__ = ("process", "cluster", "table", "loading", "failed", "waiting", "kinds", "writes", "first_key")
+    __slots__ = ("process", "cluster", "table", "loading", "failed", "waiting", "kinds", "writes", "first_key",
+                 "one_key")
 
     def __init__(self, process: str, cluster: bool) -> None:
         self.process = process          # names the process in logs
@@ -95,6 +96,7 @@ class CommandCache:
         self.kinds: dict[bytes, int] = {}
         self.writes: dict[bytes, bool] = {}
         self.first_key: dict[bytes, bool] = {}   # name as sent -> a write whose one key is argument 1
+        self.one_key: dict[bytes, bool] = {}     # name as sent -> names at most one key (may_span)
 
     def classify(self, name: bytes) -> int:
         kind = classify(name, self.table, self.cluster)
@@ -119,6 +121,17 @@ class CommandCache:
     def batch_marks(self, requests: list[list[bytes]], db: int) -> list[dirty.Mark]:
         """The marks of the writes of one pipeline run (``proxy.dirty.batch_marks``)."""
         return dirty.batch_marks(self.table, requests, db, self.first_key)
+
+    def may_span(self, name: bytes) -> bool:
+        """Whether a request named ``name`` (as sent) may name keys of more than one slot:
+        only then are its keys looked up for the cross-slot count (``proxy.slots.CrossSlot``)."""
+        one = self.one_key.get(name)
+        if one is None:
+            table = self.table
+            one = table is not None and table.at_most_one_key(name)
+            if table is not None and len(self.one_key) < MAX_NAME_CACHE:
+                self.one_key[bytes(name)] = one
+        return not one
 
     def keys(self, args: list[bytes]) -> list[bytes]:
         """The keys of a request (none before the table arrives)."""
@@ -163,6 +176,7 @@ class CommandCache:
         self.kinds.clear()
         self.writes.clear()
         self.first_key.clear()
+        self.one_key.clear()
         log.info("%s: command table of %d commands loaded", self.process, len(self.table))
         self._wake()
 

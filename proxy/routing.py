@@ -17,7 +17,9 @@ one write per side (``Router.send_batch``, one side at a time in
 the authoritative replies pass to the client as they arrived, many in one
 write, each command still with its own reply. ``WriteConsistency``
 (``eve.core.enums``; its values are the strings a ``messages.Route`` carries)
-is applied in one place, ``DualBatch._settle``:
+is read by ``Router.apply``, which turns it into what the batches do: ``both``
+(replies held, then settled by ``DualBatch._settle``); which side is
+authoritative comes with the route:
 
 =====================  =====================================  ==================================
 policy                 the client's reply                     a failure on another side
@@ -26,8 +28,15 @@ SOURCE_AUTHORITATIVE   the source's, as soon as it arrives    counted per side, 
 TARGET_AUTHORITATIVE   the target's, as soon as it arrives    counted per side, reported, re-copied
 BOTH_REQUIRED          the authoritative side's, once every   an error to the client (that command's
                        side answered; an error if one failed  reply alone); re-copied
-BEST_EFFORT            the authoritative side's               counted only
+BEST_EFFORT            the authoritative side's, as soon as   counted only (no dual_write event);
+                       it arrives                             its keys re-copied like any write's
 =====================  =====================================  ==================================
+
+Every policy marks the keys of every mirrored write, BEST_EFFORT included: the
+marks are what makes a cutover safe (the backlog drained means the new
+authoritative side holds every acknowledged write, even where a mirrored command
+failed or did something else there, an ``XADD *`` choosing another id). A
+BEST_EFFORT without marks would need a full compare inside the cutover.
 
 (SOURCE_ and TARGET_AUTHORITATIVE differ by which side is authoritative; the
 workflow flips it at cutover.) Under BOTH_REQUIRED a batch's replies are
@@ -56,6 +65,14 @@ Only stateless writes are mirrored. Writes of a pinned client (``MULTI``/
 deterministic run on the authoritative side alone and reach the others by
 re-copy of their keys. ``SCRIPT LOAD``/``FLUSH`` and ``FUNCTION LOAD``/
 ``DELETE``/``FLUSH``/``RESTORE`` go to every side.
+
+Search indexes (RediSearch, issue 23) live beside the keyspace like function
+libraries: the commands that change an index definition, its aliases, synonyms
+or dictionaries (``FT.CREATE``, ``FT.DROPINDEX``, ``FT.ALTER``, ``FT.ALIAS*``,
+``FT.SYNUPDATE``, ``FT.DICTADD``/``DEL``) go to every side, whether the module
+flags them write or readonly; the keyless reads of an index (``FT.SEARCH``,
+``FT.AGGREGATE``, ``FT.CURSOR``, ``FT.INFO``...) are served by the authoritative
+side, never shifted by key hash (their "key" is the index name).
 
 Scripts survive the cutover (issue 12): the router remembers every script body
 the interlay forwards (``SCRIPT LOAD``, ``EVAL``, ``EVAL_RO``) from the process'
@@ -111,6 +128,14 @@ MAX_SCRIPT_BYTES = 64 << 20
 SLOTS = 16384
 _SCRIPT_SUBCOMMANDS = {b"script": frozenset((b"load", b"flush")),
                        b"function": frozenset((b"load", b"delete", b"flush", b"restore"))}
+# RediSearch (module docstring): index changes reach every side, index reads the authoritative one.
+_EVERY_SIDE = frozenset((b"function", b"ft.create", b"ft.dropindex", b"ft.drop", b"ft.alter", b"ft.aliasadd",
+                         b"ft.aliasupdate", b"ft.aliasdel", b"ft.synupdate", b"ft.synadd", b"ft.dictadd",
+                         b"ft.dictdel", b"ft._createifnx", b"ft._alterifnx", b"ft._dropindexifx", b"ft._dropifx",
+                         b"ft._aliasaddifnx", b"ft._aliasdelifx"))
+_INDEX_READS = frozenset((b"ft.search", b"ft.aggregate", b"ft.cursor", b"ft.profile", b"ft.explain",
+                          b"ft.explaincli", b"ft.info", b"ft.spellcheck", b"ft.syndump", b"ft.tagvals", b"ft._list",
+                          b"ft.dictdump", b"ft.sugget", b"ft.suglen"))
 _EVAL_NAMES = frozenset((b"eval", b"eval_ro"))
 _EVALSHA_NAMES = frozenset((b"evalsha", b"evalsha_ro"))
 _NOSCRIPT = b"-NOSCRIPT"
@@ -402,6 +427,10 @@ class Router:
             if sub not in subcommands:
                 return PLAIN
             return DUAL if self.mirrors else PLAIN
+        if name in _EVERY_SIDE:
+            return DUAL if self.mirrors else PLAIN
+        if name in _INDEX_READS:
+            return PLAIN
         if may_write:
             if not self.mirrors:
                 return PLAIN
@@ -413,6 +442,12 @@ class Router:
             if keys and reads_from_target(keys[0], self.read_percent):
                 return READ_TARGET
         return PLAIN
+
+    @staticmethod
+    def every_side(name: bytes) -> bool:
+        """Whether a request named ``name`` may reach every side whatever its flags (``decide``):
+        ``FUNCTION`` (by subcommand) and the RediSearch commands that change an index."""
+        return name.lower() in _EVERY_SIDE
 
     def always_mirrored(self, name: bytes) -> bool:
         """Whether every write named ``name`` (as sent) is a dual write while the route

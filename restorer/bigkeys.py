@@ -46,8 +46,13 @@ written during its chunked copy may be copied as a mix of before and after
 dirty and the re-copy loop copies it again, chunked too (``eve.live.recopy``).
 A piece is ``chunk`` elements or ``chunk_bytes`` bytes at most, halved while a read
 takes more than ``PIECE_BUDGET_SECONDS`` (a busy source) and grown back while reads
-are quick. A key of a module type has no commands to read it in parts: it is
-DUMPed whole and RESTOREd under the temporary key. Pending entries of a stream are
+are quick. Bloom and Cuckoo filters (RedisBloom) are read in the module's own
+chunks, ``BF.SCANDUMP``/``CF.SCANDUMP key iterator`` until the iterator is 0
+again, each written with ``BF.LOADCHUNK``/``CF.LOADCHUNK tmp iterator data``; a
+JSON document is read with ``JSON.GET`` and written with ``JSON.SET tmp $``
+(any JSON implementation reads that, issue 23). A key of another module type has
+no commands to read it in parts: it is DUMPed whole and RESTOREd under the
+temporary key. Pending entries of a stream are
 read with ``XPENDING``, whose idle times are
 relative: their delivery times are kept to within the copy's round trips.
 """
@@ -62,7 +67,7 @@ from typing import Any
 
 from eve.core.endpoints import ConnectionSpec
 from eve.core.enums import ConflictPolicy
-from eve.core.errors import SourceError, TargetError
+from eve.core.errors import SourceError, TargetError, name_module
 from eve.core.frames import ConflictRow, ErrorKeyRow
 from eve.redis.cluster import ClientOptions, ClusterClient
 from eve.redis.logical import (
@@ -77,7 +82,12 @@ from eve.redis.rdb import MERGEABLE_TYPES
 from eve.redis.wire import ReplyError, pack
 from restorer.policies import _tmp_key
 
+# Module types read in the module's own chunks (ChunkedCopier): copied this way whatever their size
+# when a logical copy is needed, since the logical read of one key has no form for them.
+CHUNKED_MODULE_TYPES = frozenset(("MBbloom--", "MBbloomCF"))
+
 __all__ = [
+    "CHUNKED_MODULE_TYPES",
     "COPIED",
     "CONFLICT",
     "DEFAULT_CHUNK",
@@ -151,7 +161,9 @@ class ChunkedCopier:
         self.chunk_bytes = chunk_bytes
         self._scale = 1.0   # of chunk and chunk_bytes, halved while the source is slow (_read)
         self._pieces = {"string": self._string_pieces, "list": self._list_pieces, "set": self._set_pieces,
-                        "zset": self._zset_pieces, "hash": self._hash_pieces, "stream": self._stream_pieces}
+                        "zset": self._zset_pieces, "hash": self._hash_pieces, "stream": self._stream_pieces,
+                        "MBbloom--": self._bloom_pieces, "MBbloomCF": self._cuckoo_pieces,
+                        "ReJSON-RL": self._json_pieces}
 
     def copy(self, db: int, key: bytes, size: int = 0) -> BigKeyCopy:
         """One key (``size``: its MEMORY USAGE, for the counters): COPIED, GONE, CONFLICT or FAILED.
@@ -238,6 +250,27 @@ class ChunkedCopier:
         # A module type has no commands Eve knows to read it in parts: one DUMP, as without
         # the threshold, restored under the temporary key (the rest as for any big key).
         yield [pack("RESTORE", into, 0, self._read(db, key, "DUMP", key), "REPLACE")]
+
+    def _bloom_pieces(self, db: int, key: bytes, into: bytes) -> Iterator[list[bytes]]:
+        return self._filter_pieces(db, key, into, "BF")
+
+    def _cuckoo_pieces(self, db: int, key: bytes, into: bytes) -> Iterator[list[bytes]]:
+        return self._filter_pieces(db, key, into, "CF")
+
+    def _filter_pieces(self, db: int, key: bytes, into: bytes, family: str) -> Iterator[list[bytes]]:
+        # https://redis.io/docs/latest/commands/bf.scandump/: the first chunk is the filter's
+        # header, every chunk is loaded with its iterator, an iterator of 0 ends the dump.
+        iterator: Any = 0
+        while True:
+            iterator, data = self._read(db, key, f"{family}.SCANDUMP", key, iterator)
+            if int(iterator) == 0:
+                return
+            yield [pack(f"{family}.LOADCHUNK", into, iterator, data)]
+
+    def _json_pieces(self, db: int, key: bytes, into: bytes) -> Iterator[list[bytes]]:
+        # A document is one value to RedisJSON: read whole (no DUMP payload, so any JSON
+        # implementation of the target reads it), written under the temporary key.
+        yield [pack("JSON.SET", into, "$", self._read(db, key, "JSON.GET", key))]
 
     def _list_pieces(self, db: int, key: bytes, into: bytes) -> Iterator[list[bytes]]:
         start = 0
@@ -393,7 +426,7 @@ class BigKeys:
                 out.conflicts.append(ConflictRow(key, db, copied.type, copied.reason or "BUSYKEY"))
             else:
                 out.errors.append(ErrorKeyRow(key, db, target.node_for_key(key), copied.type, size,
-                                              copied.reason or "chunked copy failed", 1))
+                                              name_module(copied.type, copied.reason or "chunked copy failed"), 1))
         return out
 
     def close(self) -> None:

@@ -73,7 +73,13 @@ from opentelemetry import metrics, propagate, trace
 
 from eve.core.endpoints import ConnectionSpec
 from eve.core.enums import DataMovementMode
-from eve.core.errors import EndpointError, Side, TargetError
+from eve.core.errors import (
+    EndpointError,
+    Side,
+    TargetError,
+    UnsupportedTypeError,
+    name_module,
+)
 from eve.core.frames import (
     COORDINATOR,
     Batch,
@@ -112,7 +118,7 @@ from eve.redis.rdb import (
     target_format,
 )
 from eve.redis.wire import ReplyError
-from restorer.bigkeys import BigKeys
+from restorer.bigkeys import CHUNKED_MODULE_TYPES, BigKeys
 from restorer.logical_copy import LogicalWriter, SourceRead, SourceReader
 from restorer.options import RestorerOptions
 from restorer.policies import CONFLICT, RESTORED, conflict_handling
@@ -167,6 +173,7 @@ class _Target:
         self.log = log
         self.mode = options.mode
         self.source = source
+        self.big_keys: BigKeys | None = None      # the restorer's, for filters copied logically
         self.format: TargetFormat | None = None   # learned on connect
         self._accepted: dict[bytes, bool] = {}    # payload version bytes -> restorable as is
         self._plans: dict[tuple[int, bytes], str] = {}   # (type byte, version bytes) -> format.plan
@@ -355,8 +362,13 @@ class _Target:
             return
         reads = self.source.read(db, [row[0] for row, _why in rows])
         writing: list[tuple[Row, str, SourceRead]] = []
+        chunked: list[tuple[bytes, int]] = []
         for (row, why), read in zip(rows, reads):
-            if read.error is not None:
+            if isinstance(read.error, UnsupportedTypeError) and read.error.type in CHUNKED_MODULE_TYPES \
+                    and self.big_keys is not None:
+                # Bloom and Cuckoo filters have no one-read form: the module's own chunks (issue 23).
+                chunked.append((row[0], len(row[2])))
+            elif read.error is not None:
                 self._logical_error(out, db, self.source.client.address, row, why, str(read.error), 1)
             elif read.value is None:
                 out.skipped += 1
@@ -371,7 +383,18 @@ class _Target:
             elif outcome.status == CONFLICT:
                 out.conflicts.append(ConflictRow(row[0], db, read.value.type, outcome.detail))  # type: ignore[union-attr]
             else:
-                self._logical_error(out, db, outcome.node, row, why, outcome.detail, outcome.attempts)
+                self._logical_error(out, db, outcome.node, row, why,
+                                    name_module(read.value.type, outcome.detail),  # type: ignore[union-attr]
+                                    outcome.attempts)
+        if chunked:
+            assert self.big_keys is not None
+            big = self.big_keys.copy(db, chunked, self.client)
+            out.restored += big.restored
+            out.logical += big.restored
+            out.bytes += big.bytes
+            out.skipped += big.skipped
+            out.conflicts += big.conflicts
+            out.errors += big.errors
 
     def _logical_error(self, out: _Outcome, db: int, address: str, row: Row, why: str, failure: str,
                        attempts: int) -> None:
@@ -394,6 +417,8 @@ class _Restorer:
                         for spec, cluster in options.mirrors]
         self.big_keys = BigKeys(options.source, options.source_cluster, self.target.client.options,
                                 worker=options.worker, policy=options.conflict, preserve_ttl=options.preserve_ttl)
+        for side in (self.target, *self.mirrors):
+            side.big_keys = self.big_keys   # filters copied logically go in chunks (_Target._copy_logically)
         self._attributes = {"eve.worker": options.worker, "eve.run_id": options.run_id}
         self._keys = meter.create_counter("eve.restorer.keys", unit="{key}", description="keys restored")
         self._bytes = meter.create_counter("eve.restorer.bytes", unit="By", description="DUMP payload bytes restored")

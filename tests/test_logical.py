@@ -152,8 +152,12 @@ def test_module_types_have_no_logical_form():
     with pytest.raises(UnsupportedTypeError, match="'graphdata' key .* cannot be copied logically") as raised:
         parse_read([b"graphdata", -1])
     assert raised.value.type == "graphdata"
-    with pytest.raises(UnsupportedTypeError):
-        pack_write(b"k", LogicalValue("ReJSON-RL", -1, b""))
+    with pytest.raises(UnsupportedTypeError, match="of module 'bf'"):
+        pack_write(b"k", LogicalValue("MBbloom--", -1, b""))
+    # JSON documents have one (issue 23): JSON.GET's text, written back with JSON.SET key $.
+    document = parse_read([b"ReJSON-RL", 5000, b'{"a":[1,2]}'])
+    assert document == LogicalValue("ReJSON-RL", 5000, b'{"a":[1,2]}') and document.elements == 1
+    assert pack_write(b"k", document, 123)[2] == pack("JSON.SET", b"k", "$", b'{"a":[1,2]}')
 
 
 def test_pack_read_is_one_eval_of_the_script():

@@ -89,6 +89,10 @@ def test_keys_from_each_engines_key_specs(engine, server_factory) -> None:
     assert "pubsub" in table.flags([b"SUBSCRIBE", b"c"])
     assert table.lookup([b"xinfo", b"stream", b"s"]).name == "xinfo|stream"
     assert table.lookup([b"no-such"]) is None
+    # Only commands that can name more than one key are looked at for cross-slot counts.
+    assert table.at_most_one_key(b"SET") and table.at_most_one_key(b"hset") and table.at_most_one_key(b"GET")
+    for name in (b"MSET", b"MGET", b"DEL", b"SORT", b"EVAL", b"LMOVE", b"OBJECT", b"SINTERSTORE"):
+        assert not table.at_most_one_key(name), name
     # SORT ... STORE: the STORE key is found by SORT's own code, not by a key spec.
     assert table.lookup([b"SORT", b"k"]).incomplete_keys
     assert table.keys([b"SORT", b"k", b"STORE", b"dst"])[0] == b"k"
@@ -377,3 +381,25 @@ def test_dirty_recorder_sends_batches() -> None:
         assert not recorder.pending
 
     asyncio.run(scenario())
+
+
+def test_at_most_one_key_by_key_specs_and_legacy_triples() -> None:
+    """Commands whose requests name one key at most need no cross-slot look (issue 20)."""
+    from proxy.commands import CommandInfo, CommandTable, KeySpec
+
+    one = KeySpec(flags=frozenset({"RW"}), begin=("index", 1), find=("range", 0, 1, 0))
+    many = KeySpec(flags=frozenset({"RO"}), begin=("index", 1), find=("range", -1, 1, 0))
+    numkeys = KeySpec(flags=frozenset({"RO"}), begin=("index", 2), find=("keynum", 0, 1, 1))
+    table = CommandTable({
+        "set": CommandInfo(name="set", arity=-2, flags=frozenset(), key_specs=(one,)),
+        "mget": CommandInfo(name="mget", arity=-2, flags=frozenset(), key_specs=(many,)),
+        "eval": CommandInfo(name="eval", arity=-2, flags=frozenset(), key_specs=(numkeys,)),
+        "lmove": CommandInfo(name="lmove", arity=-2, flags=frozenset(), key_specs=(one, KeySpec(flags=frozenset({"RW"}), begin=("index", 2),
+                                                                    find=("range", 0, 1, 0)))),
+        "ping": CommandInfo(name="ping", arity=-2, flags=frozenset()),
+        "legacy-get": CommandInfo(name="legacy-get", arity=-2, flags=frozenset(), first_key=1, last_key=1, step=1),
+        "legacy-del": CommandInfo(name="legacy-del", arity=-2, flags=frozenset(), first_key=1, last_key=-1, step=1),
+    })
+    assert table.at_most_one_key(b"SET") and table.at_most_one_key("ping") and table.at_most_one_key("legacy-get")
+    for name in ("mget", "eval", "lmove", "legacy-del", "unknown"):
+        assert not table.at_most_one_key(name), name

@@ -226,3 +226,4 @@ def test_a_script_run_on_the_source_alone_is_cached_on_the_target(pair, supervis
     wait_for(lambda: target_client.script_exists(sha) == [True], timeout=5, what="the body on the target")
     assert target_client.get("only-on-source") is None and source.client().get("only-on-source") == b"from-eval"
     client.close()
+

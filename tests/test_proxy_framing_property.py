@@ -174,7 +174,9 @@ def test_a_reply_that_cannot_be_framed_reaches_nobody(conversation, data, thresh
     commands, _, _ = conversation
     bad = data.draw(st.integers(0, len(commands) - 1), label="unframeable reply")
     replies = [reply for _, reply, _ in commands]
-    garbage = data.draw(st.sampled_from([b"?what\r\n", b"$abc\r\n", b"*x\r\n", b"%-2\r\n", b"#maybe\r\n"]))
+    # A line's text (``#maybe``, ``(123  123``) is forwarded as the server wrote it, as a
+    # client gets it directly: only what cannot be framed at all is garbage here.
+    garbage = data.draw(st.sampled_from([b"?what\r\n", b"$abc\r\n", b"*x\r\n", b"%-2\r\n", b"!x\r\n"]))
     stream = b"".join(replies[:bad]) + garbage + b"".join(replies[bad + 1:])
     cuts = sorted(data.draw(st.lists(st.integers(1, max(1, len(stream) - 1)), max_size=20, unique=True)))
     clients = run_backend(commands, _reads(stream, cuts), threshold)

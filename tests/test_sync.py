@@ -277,7 +277,8 @@ def test_delete_expiry_and_ttl_rules(server_factory):
         assert sync.drain(5)
         assert sync.stats().as_dict() | {"lag_seconds": 0} == {
             "backlog": 0, "in_flight": 0, "copied": 2, "deleted": 2, "failed": 0, "lag_seconds": 0,
-            "overflowed": False, "marked": 4, "dropped": 0, "unavailable": 0, "last_error": None, "restarts": 0}
+            "overflowed": False, "marked": 4, "dropped": 0, "unavailable": 0, "last_error": None, "restarts": 0,
+            "refusing": None}
     assert not target.exists("gone", "expiring")
     assert target.get("ttl") == b"new"
     assert abs(target.pttl("ttl") - source.pttl("ttl")) < 1000   # absolute expiry, read with PTTL

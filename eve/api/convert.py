@@ -245,7 +245,8 @@ def issue_to_proto(issue: dict[str, Any]) -> workflows_pb2.CompatibilityIssue:
 def analysis_to_proto(body: dict[str, Any]) -> workflows_pb2.Analysis:
     out = workflows_pb2.Analysis(used_memory_bytes=int(body.get("used_memory_bytes", 0)),
                                  sampled=bool(body.get("sampled")), sampled_keys=int(body.get("sampled_keys", 0)),
-                                 module_types=list(body.get("module_types", [])))
+                                 module_types=list(body.get("module_types", [])),
+                                 search_indexes=list(body.get("search_indexes", [])))
     for db in body.get("dbs", []):
         out.dbs.add(db=db["db"], keys=db["keys"], keys_with_ttl=db["keys_with_ttl"],
                     types=[workflows_pb2.TypeStats(**t) for t in db.get("types", [])])
@@ -308,4 +309,5 @@ def verify_to_proto(report: Any) -> workflows_pb2.VerifyReport:
         clean=report.clean, keys_compared=report.keys_compared, missing=report.missing, extra=report.extra,
         different=report.different, ttl_mismatch=report.ttl_mismatch,
         examples=[workflows_pb2.KeyDifference(key=d.key, key_text=d.key_text, db=d.db, kind=d.kind, detail=d.detail)
-                  for d in report.examples])
+                  for d in report.examples],
+        index_differences=list(getattr(report, "index_differences", ())))

@@ -76,6 +76,10 @@ TOKEN_REQUIRED = "missing or invalid token: send the header 'Authorization: Bear
 # The gRPC server takes messages of up to 4 MiB; a JSON body says the same in up to about twice
 # that (base64 for bytes, field names).
 MAX_BODY_BYTES = 8 * 1024 * 1024
+# How deep a JSON body may nest (objects and arrays). Eve's deepest request is a few levels;
+# the protobuf JSON parser stops at 100. A deeper body is a 400 saying so, never a
+# RecursionError (issue 19).
+MAX_JSON_DEPTH = 64
 
 # gRPC status -> HTTP status, the one table. FAILED_PRECONDITION is 409: the request conflicts
 # with the state of the run, endpoint or interlay (approve before prepare, delete an endpoint in use).
@@ -245,6 +249,27 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
+_TOO_DEEP = f"the body nests objects and arrays deeper than {MAX_JSON_DEPTH} levels, the limit"
+
+
+def _depth(value: Any) -> int:
+    """How deep ``value`` nests objects and arrays (a scalar is 0), without recursion; stops
+    counting past the limit."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if level > deepest:
+            deepest = level
+            if deepest > MAX_JSON_DEPTH:
+                break
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 async def _request_message(route: HttpRoute, request: Request) -> Message:
     raw = await _read_body(request)
     document: dict[str, Any] = {}
@@ -254,10 +279,14 @@ async def _request_message(route: HttpRoute, request: Request) -> Message:
                               "query string")
         try:
             parsed = json.loads(raw)
+        except RecursionError:
+            raise ConfigError(_TOO_DEEP) from None
         except UnicodeDecodeError:
             raise ConfigError("the body is not UTF-8 JSON") from None
         except json.JSONDecodeError as exc:
             raise ConfigError(f"the body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        if _depth(parsed) > MAX_JSON_DEPTH:
+            raise ConfigError(_TOO_DEEP)
         if route.body == "*":
             if not isinstance(parsed, dict):
                 raise ConfigError(f"the body must be a JSON object, got {type(parsed).__name__}")

@@ -16,6 +16,8 @@ from eve.core.errors import (
     EveError,
     NotFoundError,
     StateError,
+    StorageError,
+    StorageFullError,
     UnavailableError,
 )
 
@@ -32,6 +34,8 @@ STATUS_CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (StateError, grpc.StatusCode.FAILED_PRECONDITION),
     (AuthError, grpc.StatusCode.PERMISSION_DENIED),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (StorageFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (StorageError, grpc.StatusCode.UNAVAILABLE),
     (EveError, grpc.StatusCode.FAILED_PRECONDITION),
     (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
 ]

@@ -30,6 +30,7 @@ from eve.api.tls import TlsFiles
 from eve.core.errors import (
     ConfigError,
 )
+from eve.core.secrets import KEY_ENV, StateKey
 from eve.core.store import Store
 from eve.live.interlays import InterlaySupervisor
 from eve.v1 import (
@@ -64,6 +65,7 @@ class ServerOptions:
     http_listen: str | None = None  # HOST:PORT of the HTTP/JSON API and /metrics; None: no HTTP listener
     tls: TlsFiles | None = None     # for both listeners; None: plaintext
     insecure: bool = False          # accept a token without TLS off loopback
+    state_key: StateKey | None = None  # seals the passwords in the state file; None: kept in clear
 
 
 def parse_listen(listen: str, *, field: str = "listen") -> tuple[str, int]:
@@ -157,7 +159,10 @@ def serve(options: ServerOptions, *, on_ready: Callable[[str], None] | None = No
     http_address = parse_listen(options.http_listen, field="--http") if options.http_listen else None
     if http_address is not None:
         check_exposure(http_address[0], options, field="--http")
-    store = Store(options.state_path)
+    store = Store(options.state_path, options.state_key)
+    if options.state_key is None and options.state_path != ":memory:":
+        log.warning("no state key (--key-file or %s): endpoint passwords are stored in clear in %s",
+                    KEY_ENV, options.state_path)
     coordinator = Coordinator(store)
     # Interlays outlive the coordinator (issue 12): their control sockets and tokens live by the state file.
     coordinator.interlays = InterlaySupervisor(on_state=coordinator.interlay_failed,

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from eve.bulk.functions import copy_functions
+from eve.bulk.indexes import copy_indexes
 from eve.core import frames
 from eve.core.endpoints import ConnectionSpec
 from eve.core.enums import ConflictPolicy, DataMovementMode
@@ -104,6 +105,9 @@ class BulkOptions:
     max_restarts: int = DEFAULT_MAX_RESTARTS
     max_side_restarts: int = DEFAULT_MAX_SIDE_RESTARTS
     big_key_threshold_bytes: int = DEFAULT_BIG_KEY_THRESHOLD_BYTES  # 0: every key DUMPed (scanner.options)
+    # (alias, index) pairs of search index aliases to set on the targets: RediSearch lists none
+    # (eve.bulk.indexes).
+    index_aliases: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -201,8 +205,9 @@ class _SideRestarted(Exception):
 class BulkCopy:
     """Copies every key of the source to the target (and mirrors), resumably.
 
-    Function libraries, which are not keys, are copied first, on every run and resume
-    (``eve.bulk.functions``; what it did is ``self.functions``).
+    Function libraries and search indexes, which are not keys, are copied first, on every run
+    and resume (``eve.bulk.functions``, ``eve.bulk.indexes``; what they did is ``self.functions``
+    and ``self.indexes``): an index created before its documents arrive indexes them as they come.
 
     ``run()`` returns the final Progress, or raises SourceError / TargetError when
     a side stays unavailable, StateError when the job was stopped by ``stop_event``.
@@ -272,6 +277,8 @@ class BulkCopy:
         self._check_since_last_run()
         self.functions = copy_functions(self.options.source, (self.options.target, *self.options.mirrors),
                                         self.options.conflict)
+        self.indexes = copy_indexes(self.options.source, (self.options.target, *self.options.mirrors),
+                                    self.options.conflict, aliases=self.options.index_aliases)
         committed = self.store.counters(self.options.run_id)
         self.progress.add(committed)
         while True:

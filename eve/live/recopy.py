@@ -99,6 +99,7 @@ from eve.redis.cluster import (
     is_transient,
     payload_refused,
     quotes_transient,
+    refusal,
 )
 from eve.redis.rdb import payload_type
 from eve.redis.wire import ReplyError, pack
@@ -194,6 +195,8 @@ class RecopyResult:
     # Keys a side answered only with a transient error (CLUSTERDOWN during a failover or a
     # restart, TRYAGAIN during a resharding, LOADING...) after every retry: copied again later.
     retry: list[Item] = field(default_factory=list)
+    # side (address) -> the last transient reply it gave for the keys in ``retry``: why it refuses.
+    refused: dict[str, str] = field(default_factory=dict)
 
     def add(self, other: "RecopyResult") -> None:
         self.copied += other.copied
@@ -202,6 +205,7 @@ class RecopyResult:
         self.failures.extend(other.failures)
         self.logical += other.logical
         self.retry.extend(other.retry)
+        self.refused.update(other.refused)
 
     def put_off_transient(self) -> None:
         """Keys that failed only transiently move from ``failures`` to ``retry``: a side that
@@ -213,6 +217,9 @@ class RecopyResult:
         retry = [item for item, only_transient in transient.items() if only_transient]
         if retry:
             put_off = set(retry)
+            for failure in self.failures:
+                if (failure.db, failure.key) in put_off:
+                    self.refused[failure.side] = failure.reason
             self.failures = [f for f in self.failures if (f.db, f.key) not in put_off]
             self.failed -= len(retry)
             self.retry.extend(retry)
@@ -232,6 +239,9 @@ class SyncStats:
     unavailable: int          # batches put back because a side was unreachable
     last_error: str | None
     restarts: int = 0         # sides found restarted (each flagged a full resync)
+    # Why keys wait: "127.0.0.1:7001 refuses writes: OOM (out of memory: ...): <its reply>",
+    # while the last batch with keys put back said so (None once a batch goes through).
+    refusing: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -492,6 +502,15 @@ class _Batch:
                 result.logical += key in self.logical
 
 
+def refusing_text(refused: dict[str, str]) -> str:
+    """``"<side> refuses writes: OOM (out of memory: ...): <reply>"`` per side, for events."""
+    said = []
+    for side, reply in sorted(refused.items()):
+        why = refusal(reply)
+        said.append(f"{side} refuses writes: {why}: {reply}" if why else f"{side} answers {reply}")
+    return "; ".join(said)
+
+
 def _logical_failure(side: ClusterClient, exc: LogicalCopyError) -> str:
     return f"logical copy failed ({side.address} refuses the DUMP payload): {exc}"
 
@@ -519,6 +538,7 @@ class DirtyKeySync:
         self._lock = threading.Lock()
         self._copied = self._deleted = self._failed = self._unavailable = self._restarts = 0
         self._last_error: str | None = None
+        self._refusing: str | None = None
         # Who the sides' servers are, shared by every worker thread's clients: a restart is
         # flagged (and accepted) once, by whichever thread meets it first.
         self.run_ids = ServerRunIds(dict(options.server_run_ids), log=log)
@@ -607,12 +627,18 @@ class DirtyKeySync:
             retry = set(result.retry)
             self.dirty.requeue(result.retry)
             self.dirty.done(item for item in items if item not in retry)
+            refusing = refusing_text(result.refused)
             with self._lock:
                 self._unavailable += 1
                 self._last_error = f"{len(retry)} keys answered only with transient errors"
-            log.warning("sync: %d keys answered only with transient errors; put back in the backlog", len(retry))
+                self._refusing = refusing
+            log.warning("sync: %d keys answered only with transient errors; put back in the backlog: %s",
+                        len(retry), refusing)
             return False
         self.dirty.done(items)
+        if self._refusing is not None:
+            with self._lock:
+                self._refusing = None
         return True
 
     def _restarted(self, exc: ServerRestarted) -> None:
@@ -726,4 +752,5 @@ class DirtyKeySync:
             return SyncStats(backlog=dirty.backlog, in_flight=dirty.in_flight, copied=self._copied,
                              deleted=self._deleted, failed=self._failed, lag_seconds=round(dirty.lag_seconds, 3),
                              overflowed=dirty.overflowed, marked=dirty.marked, dropped=dirty.dropped,
-                             unavailable=self._unavailable, last_error=self._last_error, restarts=self._restarts)
+                             unavailable=self._unavailable, last_error=self._last_error, restarts=self._restarts,
+                             refusing=self._refusing)

@@ -288,8 +288,10 @@ class LiveRun:
                 steady_since = None
             if now - last_event >= 2.0:
                 last_event = now
-                self.on_event("progress", f"catching up: {size} dirty keys, lag {self.dirty.lag_seconds:.1f}s",
-                              self.metrics())
+                metrics = self.metrics()
+                why = f"; {metrics['refusing']}" if metrics["refusing"] else ""  # issue 19: why keys wait
+                self.on_event("progress", f"catching up: {size} dirty keys, lag {self.dirty.lag_seconds:.1f}s{why}",
+                              metrics)
             stop_event.wait(0.1)
         return False
 
@@ -488,7 +490,8 @@ class LiveRun:
         stats = sync.stats().as_dict() if sync is not None else {}
         return {"dirty_backlog": self.dirty.backlog, "lag_seconds": round(self.dirty.lag_seconds, 3),
                 "recopied": stats.get("copied", 0), "recopy_failed": stats.get("failed", 0),
-                "authoritative": self.authoritative, "read_percent_target": self.read_percent}
+                "authoritative": self.authoritative, "read_percent_target": self.read_percent,
+                "refusing": stats.get("refusing") or ""}
 
     def side_failures(self) -> Sequence[dict[str, Any]]:
         try:

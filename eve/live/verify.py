@@ -47,6 +47,12 @@ Digests (``_value_digest`` is the reference, the chunked readers give the same b
   differ). Missing keys and type differences of module keys are found as
   for every key.
 
+Search indexes (RediSearch) are not keys: ``verify`` also compares each index's
+definition and, once both sides finished indexing, its document count
+(``num_docs``; not when ``match``, ``type`` or ``dbs`` narrow the comparison),
+``eve.bulk.indexes.compare_indexes``; a difference is listed in
+``VerifyReport.index_differences`` and makes the report not clean (issue 23).
+
 Keys changing while they are compared can show up as differences; the re-copy
 loop makes such keys exact again, and a later pass is clean.
 
@@ -106,6 +112,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import heapq
 import logging
@@ -114,6 +121,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
+from eve.bulk.indexes import compare_indexes
 from eve.core.endpoints import ConnectionSpec
 from eve.core.errors import (
     AuthError,
@@ -281,6 +289,7 @@ class VerifyReport:
     seconds: float
     not_comparable: int = 0  # module-type keys whose DUMP payloads could not prove equality (not differences)
     fix: FixReport | None = None  # fix=True: what was re-copied and what still differs
+    index_differences: tuple[str, ...] = ()  # search indexes missing, extra or different (_verify_indexes)
 
     def summary(self) -> str:
         if self.clean:
@@ -291,6 +300,8 @@ class VerifyReport:
                     f"{self.seconds:,.2f} s")
         if self.not_comparable:
             text += f" ({self.not_comparable:,} module-type keys not comparable)"
+        if self.index_differences:
+            text += "; " + "; ".join(self.index_differences)
         return text
 
     def as_dict(self) -> dict[str, Any]:
@@ -298,7 +309,8 @@ class VerifyReport:
                 "extra": self.extra, "different": self.different, "ttl_mismatch": self.ttl_mismatch,
                 "not_comparable": self.not_comparable, "seconds": round(self.seconds, 3),
                 "examples": [difference.as_dict() for difference in self.examples],
-                **({"fix": self.fix.as_dict()} if self.fix is not None else {})}
+                **({"fix": self.fix.as_dict()} if self.fix is not None else {}),
+                **({"index_differences": list(self.index_differences)} if self.index_differences else {})}
 
 
 @dataclass(frozen=True)
@@ -1405,5 +1417,17 @@ def verify(source: ConnectionSpec, target: ConnectionSpec, *, dbs: Sequence[int]
         target_side.close()
     seconds = time.monotonic() - started
     report = tally.report(seconds, fix=fixer.report(seconds) if fixer is not None else None)
+    # Document counts say something only when every key was compared.
+    report = _verify_indexes(report, source, target, counts=pattern is None and key_type is None and dbs is None)
     log.info("verify %s -> %s: %s", source.address, target.address, report.summary())
     return report
+
+
+def _verify_indexes(report: VerifyReport, source: ConnectionSpec, target: ConnectionSpec, *,
+                    counts: bool) -> VerifyReport:
+    """The report with the search indexes compared too (module docstring, issue 23); ``counts``:
+    their document counts too (not when only some keys were compared)."""
+    differences = tuple(str(difference) for difference in compare_indexes(source, target, counts=counts))
+    if not differences:
+        return report
+    return dataclasses.replace(report, index_differences=differences, clean=False)

@@ -12,6 +12,10 @@ A node's database is sampled up to ``sample_limit`` keys. Key and expiry counts
 always come from ``INFO keyspace`` (exact); types, memory and TTL buckets come
 from the sample, scaled by ``keys / sampled`` when the sample stopped early
 (``Analysis.sampled`` is then true). Big keys are the largest sampled keys.
+
+Search indexes (RediSearch) are not keys: ``Analysis.search_indexes`` lists each
+index of the source's first master with its definition, as ``FT.CREATE``'s
+arguments rebuilt from ``FT.INFO`` (``eve.bulk.indexes``, issue 23).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from eve.bulk.indexes import create_args
 from eve.core.endpoints import ConnectionSpec, EndpointConfig
 from eve.core.errors import AuthError, EndpointError, UnavailableError
 from eve.redis.topology import Node, cluster_masters, info_section, node_spec
@@ -99,6 +104,7 @@ class Analysis:
     sampled: bool                                 # some node/db was sampled, not walked entirely
     sampled_keys: int                             # keys looked at
     encodings: tuple[EncodingStats, ...] = ()     # most keys first
+    search_indexes: tuple[str, ...] = ()          # "name: ON HASH PREFIX ... SCHEMA ..." (RediSearch)
 
     @property
     def keys(self) -> int:
@@ -284,8 +290,11 @@ def analyze(source: EndpointConfig, *, sample_limit: int = DEFAULT_SAMPLE_LIMIT,
         raise ValueError("sample_limit must be at least 1")
     tally = _Tally(big_keys)
     used_memory = 0
+    indexes: tuple[str, ...] | None = None
     for spec in source_nodes(source, timeout=timeout):
         with FastConnection(spec, timeout=timeout, client_name=CLIENT_NAME) as conn:
+            if indexes is None:
+                indexes = _search_indexes(conn)
             used_memory += int(info_section(conn, "memory").get("used_memory", 0))
             for db, (keys, expires) in sorted(keyspace(conn).items()):
                 if not keys:
@@ -311,4 +320,18 @@ def analyze(source: EndpointConfig, *, sample_limit: int = DEFAULT_SAMPLE_LIMIT,
         sampled_keys=tally.sampled_keys,
         encodings=tuple(EncodingStats(kind, encoding, round(count)) for (kind, encoding), count in
                         sorted(tally.encodings.items(), key=lambda item: (-item[1], item[0]))),
+        search_indexes=indexes or (),
     )
+
+
+def _search_indexes(conn: FastConnection) -> tuple[str, ...]:
+    """Every search index of one node with its definition; () without RediSearch."""
+    names = conn.execute("FT._LIST")
+    if isinstance(names, ReplyError) or not isinstance(names, list):
+        return ()
+    listed = []
+    for name in sorted(names):
+        info = conn.execute("FT.INFO", name)
+        if not isinstance(info, ReplyError):
+            listed.append(f"{name.decode('utf-8', 'backslashreplace')}: {' '.join(create_args(info))}")
+    return tuple(listed)

@@ -25,7 +25,12 @@ Codes (``CODES``):
   of them); module keys are ``MODULES_DIFFER``'s business.
 * ``MODULES_DIFFER``: the source has a module the target lacks (or has in an
   older major version). Blocking when the source holds keys of a type the
-  module provides.
+  module provides. The message names the module, the key types with their
+  counts (from the keyspace analysis when given, else from a sample) and the
+  search indexes affected (every index when RediSearch is missing; those ``ON
+  JSON`` when RedisJSON is). Blocking but acknowledgeable (``ACKNOWLEDGEABLE``):
+  an operator who acknowledges it gets everything else copied, and those keys as
+  error keys naming the module (issue 23).
 * ``ACL_MISSING_COMMANDS``: a role's user cannot run a command Eve needs in
   that role. Blocking for the commands the chosen mode needs.
 * ``CLUSTER_MODE_DIFFERS``: standalone vs cluster. Blocking only when a
@@ -59,12 +64,19 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from eve.core.endpoints import ConnectionSpec, EndpointConfig
 from eve.core.enums import DataMovementMode
-from eve.core.errors import AuthError, ConfigError, EndpointError, Side, UnavailableError
+from eve.core.errors import (
+    AuthError,
+    ConfigError,
+    EndpointError,
+    Side,
+    UnavailableError,
+)
 from eve.prepare import preflight
 from eve.prepare.analysis import Analysis
 from eve.redis.rdb import (
@@ -91,6 +103,7 @@ __all__ = [
     "ServerVersion",
     "blocking",
     "check_compatibility",
+    "module_issues",
     "rdb_format",
     "server_version",
     "source_version_issue",
@@ -115,7 +128,9 @@ CODES = (
 )
 # Blocking issues an operator may still acknowledge: the application may stop using those
 # commands, or accept their errors, before the cutover.
-ACKNOWLEDGEABLE = frozenset({"CROSS_SLOT_COMMANDS"})
+# MODULES_DIFFER: an operator who acknowledges it gets everything else copied, and the module's
+# keys as error keys naming the module (issue 23).
+ACKNOWLEDGEABLE = frozenset({"CROSS_SLOT_COMMANDS", "MODULES_DIFFER"})
 # The pre-flight findings Prepare reports (a non-empty target is the conflict policy's business).
 _IDENTITY_CODES = frozenset({preflight.SAME_SERVER, preflight.REPLICATION_LINK, preflight.TARGET_READ_ONLY,
                              preflight.SOURCE_IS_REPLICA})
@@ -138,6 +153,7 @@ _MODULE_KEY_TYPES: dict[str, frozenset[str]] = {
     "ReJSON": frozenset({"ReJSON-RL"}),
     "timeseries": frozenset({"TSDB-TYPE"}),
     "bf": frozenset({"MBbloom--", "MBbloomCF", "TopK-TYPE", "CMSk-TYPE", "TDIS-TYPE"}),
+    "search": frozenset(),  # RediSearch keeps indexes beside the keyspace, no key type (eve.bulk.indexes)
 }
 _PAYLOAD_REFUSED = "payload version or checksum"
 _DENIED = ("NOPERM", "NOAUTH")
@@ -620,9 +636,10 @@ def _movement_issue(analysis: Analysis | None, probe: _DumpProbe, src: _Facts, t
 # --------------------------------------------------------------------------- modules
 
 
-def _module_key_types(side: _Side) -> tuple[set[str], int]:
-    """Non-core key types on the source, from a bounded SCAN + TYPE sample per node and db."""
-    found: set[str] = set()
+def _module_key_types(side: _Side) -> tuple[Counter[str], int]:
+    """Non-core key types on the source with their counts, from a bounded SCAN + TYPE sample per
+    node and db."""
+    found: Counter[str] = Counter()
     looked = 0
     for spec in side.node_specs(side.config.read):
         for db in _dbs_of(side, spec):
@@ -630,11 +647,31 @@ def _module_key_types(side: _Side) -> tuple[set[str], int]:
                 types = side.in_db(spec, db, [("TYPE", key) for key in keys])
                 found.update(_text(t) for t in types if not isinstance(t, ReplyError))
                 looked += len(keys)
-    found.discard("none")
-    return found - CORE_TYPES, looked
+    for kind in ("none", *CORE_TYPES):
+        found.pop(kind, None)
+    return found, looked
 
 
-def _module_issues(source: _Side, src: _Facts, tgt: _Facts, label: str) -> list[CompatIssue]:
+def _search_indexes(side: _Side) -> dict[str, str]:
+    """The source's search indexes by name -> key type (HASH / JSON); {} without RediSearch."""
+    names = side.ask("FT._LIST")
+    if isinstance(names, ReplyError) or not isinstance(names, list):
+        return {}
+    indexes = {}
+    for name in names:
+        info = side.ask("FT.INFO", name)
+        key_type = "HASH"
+        if isinstance(info, list):
+            fields = {_text(info[i]): info[i + 1] for i in range(0, len(info) - 1, 2)}
+            definition = fields.get("index_definition")
+            if isinstance(definition, list) and b"key_type" in definition:
+                key_type = _text(definition[definition.index(b"key_type") + 1])
+        indexes[_text(name)] = key_type
+    return indexes
+
+
+def _module_issues(source: _Side, src: _Facts, tgt: _Facts, label: str,
+                   analysis: Analysis | None = None) -> list[CompatIssue]:
     if src.modules is None or tgt.modules is None:
         return []
     differing: list[tuple[str, str]] = []
@@ -646,24 +683,42 @@ def _module_issues(source: _Side, src: _Facts, tgt: _Facts, label: str) -> list[
     if not differing:
         return []
     found, looked = _module_key_types(source)
+    if analysis is not None:
+        # The analysis walked (or sampled and scaled) the whole keyspace: its counts are better.
+        counted: Counter[str] = Counter()
+        for db in analysis.dbs:
+            for stats in db.types:
+                if stats.type not in CORE_TYPES:
+                    counted[stats.type] += stats.keys
+        found = counted + Counter({kind: count for kind, count in found.items() if kind not in counted})
+    indexes = _search_indexes(source) if any(name in ("search", "ReJSON") for name, _ in differing) else {}
     target_types = set().union(*(_MODULE_KEY_TYPES.get(name, frozenset()) for name in tgt.modules))
     known_types = set().union(*_MODULE_KEY_TYPES.values())
     issues = []
     for name, why in differing:
         if name in _MODULE_KEY_TYPES:
-            holding = found & _MODULE_KEY_TYPES[name]
+            holding = set(found) & _MODULE_KEY_TYPES[name]
         else:
             # An unknown module may own any module type the target cannot serve.
-            holding = found - target_types - known_types
+            holding = set(found) - target_types - known_types
+        affected = sorted(indexes) if name == "search" else \
+            sorted(index for index, key_type in indexes.items() if key_type == "JSON") if name == "ReJSON" else []
+        counts = ", ".join(f"{found[kind]} {kind}" for kind in sorted(holding))
         evidence = {"endpoint": label, "module": name, "difference": why,
                     "source_module_version": str(src.modules[name][0]),
                     "target_module_version": str(tgt.modules[name][0]) if name in tgt.modules else "none",
                     "source_module_key_types": ", ".join(sorted(found)) or "none",
+                    "module_keys": counts or "none",
+                    "indexes": ", ".join(affected) or "none",
                     "keys_sampled": str(looked)}
+        on_indexes = f"; search indexes affected: {', '.join(affected)}" if affected else ""
         if holding:
-            message = (f"The source has module {name!r} ({why}) and holds keys of its type "
-                       f"{', '.join(sorted(holding))}; the {label} cannot store them. Load the module on the "
-                       "target or exclude those keys.")
+            message = (f"The source has module {name!r} ({why}) and holds keys of its types ({counts}){on_indexes}; "
+                       f"the {label} cannot store them. Load the module on the target, exclude those keys, or "
+                       "acknowledge it to copy everything else (those keys become error keys naming the module).")
+        elif affected:
+            message = (f"The source has module {name!r} ({why}){on_indexes}: they cannot be created on the "
+                       f"{label}, and commands of the module will fail there.")
         else:
             message = (f"The source has module {name!r} ({why}); no keys of a type it provides were found in "
                        f"a sample of {looked} keys, but commands of the module will fail on the {label}.")
@@ -984,7 +1039,7 @@ def check_compatibility(source: EndpointConfig, target: EndpointConfig, *, mirro
             any_refused = any_refused or refused
             issues += [i for i in (_older_version_issue(src.version, tgt.version, side.label),
                                    _dump_issue(probe, mode, src, tgt, side.label), movement) if i]
-            issues += _module_issues(src_side, src, tgt, side.label)
+            issues += _module_issues(src_side, src, tgt, side.label, analysis)
             issues += [i for i in (_cluster_issue(src, tgt, side.label), _memory_issue(src, tgt, side.label),
                                    _cross_slot_issue(cross_slot, tgt, side.label)) if i]
             issues += _target_acl(side, mode, refused, policy)
@@ -995,6 +1050,26 @@ def check_compatibility(source: EndpointConfig, target: EndpointConfig, *, mirro
             for side in sides:
                 extra = _NOTIFICATIONS if keyspace_notifications and side is src_side else []
                 issues += _acl_issues(side, "write", [*_LIVE, *extra])
+    finally:
+        for side in sides:
+            side.close()
+    return issues
+
+
+def module_issues(source: ConnectionSpec, targets: Sequence[ConnectionSpec], *,
+                  timeout: float = DEFAULT_TIMEOUT) -> list[CompatIssue]:
+    """``MODULES_DIFFER`` alone, between a source and each target (``eve migrate`` asks it before
+    anything is copied, issue 23); every connection is the one spec given."""
+    src_side = _Side("source", EndpointConfig(read=source, write=source, admin=source), timeout)
+    sides = [src_side]
+    issues: list[CompatIssue] = []
+    try:
+        src = _gather(src_side)
+        for i, spec in enumerate(targets):
+            side = _Side("target" if i == 0 else f"mirror target {spec.address}",
+                         EndpointConfig(read=spec, write=spec, admin=spec), timeout)
+            sides.append(side)
+            issues += _module_issues(src_side, src, _gather(side), side.label)
     finally:
         for side in sides:
             side.close()

@@ -1,4 +1,6 @@
-"""One client for one Redis endpoint, standalone or cluster: the only place Eve routes by slot.
+"""One client for one Redis endpoint, standalone or cluster: where the coordinator and the
+workers route by slot (the interlay's asyncio side does it in ``proxy.slots``; both take
+slots from ``eve.redis.topology.key_slot``).
 
 Everything that sends per-key commands to a side (the restorer, the re-copy loop,
 verification, the test run, error-key retries) goes through ``ClusterClient``::
@@ -108,6 +110,8 @@ __all__ = [
     "quotes_transient",
     "payload_refused",
     "refreshes_slots",
+    "refusal",
+    "REFUSALS",
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_MAX_REDIRECTS",
     "DEFAULT_RECONNECT_SECONDS",
@@ -149,6 +153,34 @@ _PAYLOAD_REFUSED = ("DUMP payload version or checksum are wrong", "Bad data form
 def error_code(message: str) -> str:
     """The error code of a reply: ``"BUSY"`` for ``"BUSY Redis is busy running a script..."``."""
     return message.split(" ", 1)[0]
+
+
+# Why a server refuses writes, by its reply's error code: said in a live run's events beside
+# the reply itself, so an operator reads the cause rather than a growing backlog (issue 19).
+REFUSALS = {
+    "OOM": "out of memory: used memory is over maxmemory and the eviction policy frees nothing",
+    "READONLY": "read-only: a replica",
+    "LOADING": "loading its dataset",
+    "MASTERDOWN": "a replica whose link to its master is down",
+    "MISCONF": "refusing writes since its last RDB save failed (stop-writes-on-bgsave-error)",
+    "NOREPLICAS": "short of good replicas (min-replicas-to-write)",
+    "BUSY": "busy running a script or function",
+    "CLUSTERDOWN": "in a cluster that is down",
+    "TRYAGAIN": "moving the keys' slots (resharding)",
+    "NOPERM": "denying Eve's user the command (ACL)",
+    "NOAUTH": "asking for authentication",
+    "WRONGPASS": "refusing Eve's credentials",
+}
+
+
+def refusal(message: str) -> str | None:
+    """``"OOM (out of memory: ...)"`` for an error reply that refuses writes (or a message
+    quoting one after ``": "``), None for any other."""
+    for text in (message, message.rpartition(": ")[2]):
+        code = error_code(text)
+        if code in REFUSALS:
+            return f"{code} ({REFUSALS[code]})"
+    return None
 
 
 def is_transient(message: str) -> bool:

@@ -45,7 +45,9 @@ What is not:
   before 9): the write is refused and ``check_write`` says so (an error key,
   never a silent loss);
 - module types (anything TYPE does not call string, hash, list, set, zset or
-  stream): ``UnsupportedTypeError``, the key cannot be copied logically;
+  stream), but for JSON documents (``ReJSON-RL``: read with ``JSON.GET``, written
+  with ``JSON.SET key $``, so any JSON implementation of the other side reads it,
+  issue 23): ``UnsupportedTypeError``, the key cannot be copied logically;
 - LRU/LFU access information and the internal encoding (listpack, intset, ...),
   which the other side chooses from its own configuration.
 
@@ -78,6 +80,8 @@ from eve.redis.wire import ReplyError, pack
 __all__ = [
     "CONFLICT",
     "DEFAULT_CHUNK",
+    "JSON_TYPE",
+    "LOGICAL_TYPES",
     "MERGE_SCRIPT",
     "MERGE_SHA",
     "READ_SCRIPT",
@@ -106,6 +110,9 @@ __all__ = [
 
 DEFAULT_CHUNK = 1000   # elements (fields, members, entries) per write command
 TYPES = ("string", "hash", "list", "set", "zset", "stream")
+# A module type with a logical form: RedisJSON's documents (Valkey's JSON module keeps the name).
+JSON_TYPE = "ReJSON-RL"
+LOGICAL_TYPES = (*TYPES, JSON_TYPE)
 # A row sent again carries an expiry computed again from PTTL (a few ms apart from the first);
 # the target key's expiry is the first one. Within this, the two are the same expiry.
 SAME_EXPIRY_TOLERANCE_MS = 1000
@@ -148,6 +155,7 @@ if kind == 'hash' then
   return {kind, pttl, flat, ttls}
 end
 if kind == 'list' then return {kind, pttl, redis.call('LRANGE', key, 0, -1)} end
+if kind == 'ReJSON-RL' then return {kind, pttl, redis.call('JSON.GET', key)} end
 if kind == 'set' then return {kind, pttl, redis.call('SMEMBERS', key)} end
 if kind == 'zset' then return {kind, pttl, redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')} end
 if kind == 'stream' then
@@ -279,7 +287,7 @@ Data = Union[
 class LogicalValue:
     """One key's value as ``parse_read`` found it on the authoritative side."""
 
-    type: str                   # one of TYPES
+    type: str                   # one of LOGICAL_TYPES
     pttl: int                   # milliseconds left when it was read; -1 without expiry
     data: Data
     stream: StreamState | None = None   # streams only
@@ -290,8 +298,8 @@ class LogicalValue:
 
     @property
     def elements(self) -> int:
-        """Fields, members or entries (1 for a string)."""
-        return 1 if self.type == "string" else len(self.data)
+        """Fields, members or entries (1 for a string or a JSON document)."""
+        return 1 if self.type in ("string", JSON_TYPE) else len(self.data)
 
     def expiry(self, read_at_ms: int) -> int:
         """The absolute expiry in Unix milliseconds for a read made at ``read_at_ms``; 0 without one."""
@@ -328,8 +336,8 @@ def parse_read(reply: Any) -> LogicalValue | None:
     kind, pttl = reply[0].decode(errors="replace"), reply[1]
     if kind == "none" or pttl == -2:
         return None
-    if kind not in TYPES:
-        raise UnsupportedTypeError(kind, TYPES)
+    if kind not in LOGICAL_TYPES:
+        raise UnsupportedTypeError(kind, LOGICAL_TYPES)
     if len(reply) < 3:
         raise LogicalCopyError(f"the read script replied no value for a {kind} key")
     data, extra = _parse_data(kind, reply[2]), reply[3] if len(reply) > 3 else None
@@ -344,9 +352,9 @@ def parse_read(reply: Any) -> LogicalValue | None:
 
 
 def _parse_data(kind: str, raw: Any) -> Data:
-    if kind == "string":
+    if kind in ("string", JSON_TYPE):
         if not isinstance(raw, bytes):
-            raise LogicalCopyError(f"a string value must be bytes, got {_short(raw)}")
+            raise LogicalCopyError(f"a {kind} value must be bytes, got {_short(raw)}")
         return raw
     items = _bytes_list(kind, raw) if kind != "stream" else raw
     if kind in ("list", "set"):
@@ -507,6 +515,8 @@ def _value_writes(key: bytes, value: LogicalValue, chunk: int, now_ms: int | Non
     kind, data = value.type, value.data
     if kind == "string":
         return [pack("SET", key, data)]
+    if kind == JSON_TYPE:
+        return [pack("JSON.SET", key, "$", data)]
     if kind in ("list", "set"):
         verb = "RPUSH" if kind == "list" else "SADD"
         return [pack(verb, key, *part) for part in _chunks(data, chunk)]
@@ -517,7 +527,7 @@ def _value_writes(key: bytes, value: LogicalValue, chunk: int, now_ms: int | Non
                 for part in _chunks(data, chunk)]
     if kind == "stream":
         return _stream_writes(key, value)
-    raise UnsupportedTypeError(kind, TYPES)
+    raise UnsupportedTypeError(kind, LOGICAL_TYPES)
 
 
 def _hash_writes(key: bytes, value: LogicalValue, chunk: int, now_ms: int | None) -> list[bytes]:

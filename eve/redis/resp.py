@@ -36,8 +36,12 @@ __all__ = [
     "DEFAULT_MAX_ARGS",
     "DEFAULT_MAX_BULK",
     "DEFAULT_MAX_DEPTH",
+    "E_UNAUTHENTICATED_BULK",
+    "E_UNAUTHENTICATED_MULTIBULK",
     "MAX_INLINE",
     "NIL",
+    "UNAUTHENTICATED_MAX_ARGS",
+    "UNAUTHENTICATED_MAX_BULK",
     "Array",
     "Attribute",
     "BigNumber",
@@ -67,7 +71,13 @@ __all__ = [
 # Redis' proto-max-bulk-len default.
 DEFAULT_MAX_BULK = 512 * 1024 * 1024
 DEFAULT_MAX_DEPTH = 128
-DEFAULT_MAX_ARGS = 1024 * 1024
+# Redis' multibulk count limit (``processMultibulkBuffer``: ``ll > INT_MAX``):
+# a count up to it is accepted and waits for its arguments (issue 19).
+DEFAULT_MAX_ARGS = 2**31 - 1
+# And for a client that has not authenticated yet on a server that requires it
+# ("unauthenticated multibulk length" / "unauthenticated bulk length").
+UNAUTHENTICATED_MAX_ARGS = 10
+UNAUTHENTICATED_MAX_BULK = 16384
 # Redis' PROTO_INLINE_MAX_SIZE: the longest inline request, and the longest
 # count line ("*123", "$45") before it is refused as "too big".
 MAX_INLINE = 64 * 1024
@@ -240,6 +250,7 @@ _MAP = 0x25  # %
 _SET = 0x7E  # ~
 _PUSH = 0x3E  # >
 _ATTRIBUTE = 0x7C  # |
+_LINE_TYPES = frozenset((_INTEGER, _NULL_T, _DOUBLE, _BOOLEAN, _BIG_NUMBER))
 
 # Aggregate type -> (elements per count, extra elements). An attribute is its
 # pairs plus the value it annotates, and counts as one element of its parent.
@@ -274,6 +285,8 @@ _DOUBLE_RE = re.compile(
 _E_BULK_LENGTH = "Protocol error: invalid bulk length"
 _E_BULK_CRLF = "Protocol error: bulk data not followed by CRLF"
 _E_MULTIBULK_LENGTH = "Protocol error: invalid multibulk length"
+E_UNAUTHENTICATED_MULTIBULK = "Protocol error: unauthenticated multibulk length"
+E_UNAUTHENTICATED_BULK = "Protocol error: unauthenticated bulk length"
 
 
 def _show(byte: int) -> str:
@@ -320,7 +333,7 @@ def _buffer(buf):
 
 
 def scan_frame(buf, pos: int, remaining: int, stack: list, max_bulk: int, max_depth: int = DEFAULT_MAX_DEPTH,
-               tokens: list | None = None):
+               tokens: list | None = None, strict: bool = True):
     """Skip over frames without building values, validating as it goes.
 
     ``remaining`` is how many elements are still due at the current level and
@@ -334,6 +347,11 @@ def scan_frame(buf, pos: int, remaining: int, stack: list, max_bulk: int, max_de
     ``(type, start, end)`` for a string or line (its payload is
     ``buf[start:end]``; ``start`` -1 for ``$-1``), ``(type, count)`` for an
     aggregate header (elements due, -1 for ``*-1``).
+
+    With ``strict`` False (a proxy forwarding replies byte for byte), the text of a
+    line (integer, double, boolean, null, big number) is not checked: its CRLF alone
+    ends it, and a server's reply a client would get as is directly (a script's
+    ``{big_number='123\\r\\n123'}`` arrives as ``(123  123``) is framed, not refused.
     """
     n = len(buf)
     find = buf.find
@@ -390,6 +408,9 @@ def scan_frame(buf, pos: int, remaining: int, stack: list, max_bulk: int, max_de
         else:
             if t == _SIMPLE or t == _ERROR:
                 pass
+            elif not strict:
+                if t not in _LINE_TYPES:
+                    raise _bad_type(t)
             elif t == _INTEGER:
                 if not _is_integer(buf[pos + 1 : eol]):
                     raise ProtocolError("Protocol error: invalid integer")
@@ -686,14 +707,27 @@ def _parse_inline(buf, pos: int):
     return _split_args(bytes(buf[pos:stop])), newline + 1
 
 
-def scan_multibulk(buf, pos: int, max_bulk: int, max_args: int, spans: list) -> int:
+def scan_multibulk(buf, pos: int, max_bulk: int, max_args: int, spans: list,
+                   unauthenticated: bool = False, state: list | None = None) -> int:
     """Walk the multibulk request at ``pos`` (``buf[pos]`` is ``*``) by Redis'
     rules: its end, or -1 while it is incomplete. The ``(start, end)`` of each
     complete argument is appended to ``spans``. A count of 0 or less is an
     empty request (``processMultibulkBuffer``: "if (ll <= 0) return C_OK").
-    Raises ProtocolError for malformed or oversized requests."""
+    Raises ProtocolError for malformed or oversized requests; each count and
+    length is checked when its line is read, before anything that grows with
+    it. ``unauthenticated``: the client has not authenticated on a server that
+    requires it, and Redis' tighter limits for such clients apply too.
+
+    ``state``: where an incomplete walk stopped, ``[count, position of the first
+    incomplete argument, arguments complete]`` (set once the count line is read),
+    and given back non-empty, where the walk resumes (``pos`` is then ignored;
+    ``spans`` gets the arguments walked from there), so a request arriving in
+    many pieces is walked once, not once per piece (issue 19)."""
     find = buf.find
     n = len(buf)
+    if state:
+        count, pos, done = state
+        return _walk_arguments(buf, pos, count, done, max_bulk, spans, unauthenticated, state)
     eol = find(b"\r\n", pos + 1)
     if eol < 0:
         if n - pos > MAX_INLINE:
@@ -704,36 +738,52 @@ def scan_multibulk(buf, pos: int, max_bulk: int, max_args: int, spans: list) -> 
         count = int(s)
         if count > max_args:
             raise ProtocolError(_E_MULTIBULK_LENGTH)
+        if unauthenticated and count > UNAUTHENTICATED_MAX_ARGS:
+            raise ProtocolError(E_UNAUTHENTICATED_MULTIBULK)
     elif s[:1] == b"-" and s[1:].isdigit():
         return eol + 2
     else:
         raise ProtocolError(_E_MULTIBULK_LENGTH)
-    pos = eol + 2
-    for _ in range(count):
+    return _walk_arguments(buf, eol + 2, count, 0, max_bulk, spans, unauthenticated, state)
+
+
+def _walk_arguments(buf, pos: int, count: int, done: int, max_bulk: int, spans: list, unauthenticated: bool,
+                    state: list | None) -> int:
+    """``scan_multibulk`` past the count line: arguments ``done`` .. ``count`` from ``pos``."""
+    find = buf.find
+    n = len(buf)
+    while done < count:
         if pos >= n:
-            return -1
+            break
         if buf[pos] != _BULK:
             raise ProtocolError(f"Protocol error: expected '$', got '{_show(buf[pos])}'")
         eol = find(b"\r\n", pos + 1)
         if eol < 0:
             if n - pos > MAX_INLINE:
                 raise ProtocolError("Protocol error: too big bulk count string")
-            return -1
+            break
         s = buf[pos + 1 : eol]
         if not s.isdigit() or len(s) > _MAX_LENGTH_DIGITS:
             raise ProtocolError(_E_BULK_LENGTH)
         length = int(s)
         if length > max_bulk:
             raise ProtocolError(_E_BULK_LENGTH)
+        if unauthenticated and length > UNAUTHENTICATED_MAX_BULK:
+            raise ProtocolError(E_UNAUTHENTICATED_BULK)
         start = eol + 2
         end = start + length
         if end + 2 > n:
-            return -1
+            break
         if buf[end] != 13 or buf[end + 1] != 10:
             raise ProtocolError(_E_BULK_CRLF)
         spans.append((start, end))
         pos = end + 2
-    return pos
+        done += 1
+    else:
+        return pos
+    if state is not None:
+        state[:] = [count, pos, done]
+    return -1
 
 
 def parse_command(

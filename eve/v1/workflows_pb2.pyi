@@ -318,7 +318,7 @@ class TtlBucket(_message.Message):
     def __init__(self, bucket: _Optional[str] = ..., keys: _Optional[int] = ...) -> None: ...
 
 class Analysis(_message.Message):
-    __slots__ = ("dbs", "big_keys", "ttl_distribution", "module_types", "used_memory_bytes", "sampled", "sampled_keys")
+    __slots__ = ("dbs", "big_keys", "ttl_distribution", "module_types", "used_memory_bytes", "sampled", "sampled_keys", "search_indexes")
     DBS_FIELD_NUMBER: _ClassVar[int]
     BIG_KEYS_FIELD_NUMBER: _ClassVar[int]
     TTL_DISTRIBUTION_FIELD_NUMBER: _ClassVar[int]
@@ -326,6 +326,7 @@ class Analysis(_message.Message):
     USED_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     SAMPLED_FIELD_NUMBER: _ClassVar[int]
     SAMPLED_KEYS_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_INDEXES_FIELD_NUMBER: _ClassVar[int]
     dbs: _containers.RepeatedCompositeFieldContainer[DbStats]
     big_keys: _containers.RepeatedCompositeFieldContainer[BigKey]
     ttl_distribution: _containers.RepeatedCompositeFieldContainer[TtlBucket]
@@ -333,7 +334,8 @@ class Analysis(_message.Message):
     used_memory_bytes: int
     sampled: bool
     sampled_keys: int
-    def __init__(self, dbs: _Optional[_Iterable[_Union[DbStats, _Mapping]]] = ..., big_keys: _Optional[_Iterable[_Union[BigKey, _Mapping]]] = ..., ttl_distribution: _Optional[_Iterable[_Union[TtlBucket, _Mapping]]] = ..., module_types: _Optional[_Iterable[str]] = ..., used_memory_bytes: _Optional[int] = ..., sampled: _Optional[bool] = ..., sampled_keys: _Optional[int] = ...) -> None: ...
+    search_indexes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, dbs: _Optional[_Iterable[_Union[DbStats, _Mapping]]] = ..., big_keys: _Optional[_Iterable[_Union[BigKey, _Mapping]]] = ..., ttl_distribution: _Optional[_Iterable[_Union[TtlBucket, _Mapping]]] = ..., module_types: _Optional[_Iterable[str]] = ..., used_memory_bytes: _Optional[int] = ..., sampled: _Optional[bool] = ..., sampled_keys: _Optional[int] = ..., search_indexes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetTestRunRequest(_message.Message):
     __slots__ = ("run",)
@@ -575,7 +577,7 @@ class KeyDifference(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., key_text: _Optional[str] = ..., db: _Optional[int] = ..., kind: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class VerifyReport(_message.Message):
-    __slots__ = ("clean", "keys_compared", "missing", "extra", "different", "ttl_mismatch", "examples")
+    __slots__ = ("clean", "keys_compared", "missing", "extra", "different", "ttl_mismatch", "examples", "index_differences")
     CLEAN_FIELD_NUMBER: _ClassVar[int]
     KEYS_COMPARED_FIELD_NUMBER: _ClassVar[int]
     MISSING_FIELD_NUMBER: _ClassVar[int]
@@ -583,6 +585,7 @@ class VerifyReport(_message.Message):
     DIFFERENT_FIELD_NUMBER: _ClassVar[int]
     TTL_MISMATCH_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    INDEX_DIFFERENCES_FIELD_NUMBER: _ClassVar[int]
     clean: bool
     keys_compared: int
     missing: int
@@ -590,7 +593,8 @@ class VerifyReport(_message.Message):
     different: int
     ttl_mismatch: int
     examples: _containers.RepeatedCompositeFieldContainer[KeyDifference]
-    def __init__(self, clean: _Optional[bool] = ..., keys_compared: _Optional[int] = ..., missing: _Optional[int] = ..., extra: _Optional[int] = ..., different: _Optional[int] = ..., ttl_mismatch: _Optional[int] = ..., examples: _Optional[_Iterable[_Union[KeyDifference, _Mapping]]] = ...) -> None: ...
+    index_differences: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, clean: _Optional[bool] = ..., keys_compared: _Optional[int] = ..., missing: _Optional[int] = ..., extra: _Optional[int] = ..., different: _Optional[int] = ..., ttl_mismatch: _Optional[int] = ..., examples: _Optional[_Iterable[_Union[KeyDifference, _Mapping]]] = ..., index_differences: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CompleteRequest(_message.Message):
     __slots__ = ("run", "accept_differences", "notes")

@@ -39,6 +39,7 @@ from eve.core.frames import ErrorKeyRow
 from eve.core.store import RunRecord, Store
 from eve.live.run import LiveOptions, LiveRun, read_clusters, route_for
 from eve.prepare.compat import ACKNOWLEDGEABLE
+from eve.redis.cluster import refusal
 from eve.workflow.setup import ROLE_FIELDS, RunSetup, endpoint_changes, guided_setup, is_migrate_job
 from eve.workflow.states import (
     LIVE_STATES,
@@ -478,14 +479,16 @@ class Workflow:
                     seen[side["side"]] = failures
                     healed = "counted only (BEST_EFFORT)" \
                         if live.options.policy == WriteConsistency.BEST_EFFORT else "their keys are re-copied"
+                    why = refusal(side["last_error"])  # issue 19: why the side refuses writes
                     self._event(run_id, "dual_write", f"{new} writes failed on {side['side']}: "
-                                f"{side['last_error']}; {healed}",
+                                f"{side['last_error']}{' (' + why + ')' if why else ''}; {healed}",
                                 {"side": side["side"], "failures": failures, "last_error": side["last_error"]})
             metrics = live.metrics()
             if metrics != last:
                 last = metrics
+                why = f"; {metrics['refusing']}" if metrics.get("refusing") else ""  # issue 19: why keys wait
                 self._event(run_id, "progress", f"live: {metrics['dirty_backlog']} dirty keys, lag "
-                            f"{metrics['lag_seconds']}s, {metrics['recopied']} re-copied", metrics)
+                            f"{metrics['lag_seconds']}s, {metrics['recopied']} re-copied{why}", metrics)
 
     def set_traffic(self, run_id: str, read_percent_target: int, cutover_writes: bool) -> RunRecord:
         record = self.get(run_id)
