@@ -179,13 +179,16 @@ class _AttachedProcess:
         self.identity = identity
         self.sentinel = os.pidfd_open(pid)
         self.exitcode: int | None = None
+        self._closing = threading.Lock()
 
     def is_alive(self) -> bool:
         return start_identity(self.pid) == self.identity
 
     def join(self, timeout: float | None = None) -> None:
-        if self.sentinel >= 0:
+        try:
             select.select([self.sentinel], [], [], timeout)
+        except (OSError, ValueError):
+            pass   # closed (by stop() on another thread): nothing to wait for
 
     def terminate(self) -> None:
         self._signal(signal.SIGTERM)
@@ -202,9 +205,11 @@ class _AttachedProcess:
             pass
 
     def close(self) -> None:
-        if self.sentinel >= 0:
-            os.close(self.sentinel)
-            self.sentinel = -1
+        # Once, whichever thread comes first (the monitor when it died, stop() when it stops).
+        with self._closing:
+            fd, self.sentinel = self.sentinel, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 def _addresses(host: str, port: int) -> list[tuple[int, tuple]]:
@@ -967,12 +972,12 @@ class InterlaySupervisor:
                     for worker in interlay.workers:
                         if not worker.pipe.closed:
                             watched[worker.pipe] = (interlay, worker, "pipe")
-                        if not worker.replaced:
+                        if not worker.replaced and worker.process.sentinel >= 0:
                             watched[worker.process.sentinel] = (interlay, worker, "exit")
             try:
                 ready = multiprocessing.connection.wait([self._wake_r, *watched], timeout=1.0)
-            except OSError:
-                ready = []  # a pipe closed under us by stop(): look again
+            except (OSError, ValueError):
+                ready = []  # a pipe or pidfd closed under us by stop(): look again
             for item in ready:
                 if item is self._wake_r:
                     try:
@@ -1016,6 +1021,8 @@ class InterlaySupervisor:
         except EOFError:
             # A process that dies closes its pipe as it exits; one that lives on closed it for a
             # newer coordinator that attached (proxy.control): then it is no longer ours to restart.
+            if interlay.state != RUNNING:
+                return   # being stopped: nothing to decide
             worker.process.join(timeout=0.5)
             if worker.process.is_alive():
                 worker.taken_over = True
