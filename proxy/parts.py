@@ -189,14 +189,21 @@ class CommandCache:
 class Clients:
     """The clients of one process: who is connected, admission under
     ``max_connections`` (across the workers of an interlay through the
-    counter their supervisor shares), and whether clients are read at all."""
+    counters their supervisor shares), and whether clients are read at all.
 
-    __slots__ = ("stats", "limit", "counter", "connected", "admitting", "paused", "_last_id")
+    ``counter``: a shared array (``multiprocessing.Array("q", workers, lock=False)``) with one
+    slot per worker, ``slot`` this one's. Each worker writes its own slot alone and reads the
+    others': no lock, so a worker killed with SIGKILL can neither leave one held (freezing the
+    others and its successor) nor leak its count (its successor starts from a zeroed slot,
+    issue 19). Workers admitting at the same instant may go past the limit by one each."""
 
-    def __init__(self, stats: Stats, limit: int, counter: Any = None) -> None:
+    __slots__ = ("stats", "limit", "counter", "slot", "connected", "admitting", "paused", "_last_id")
+
+    def __init__(self, stats: Stats, limit: int, counter: Any = None, slot: int = 0) -> None:
         self.stats = stats
         self.limit = limit
-        self.counter = counter          # multiprocessing.Value shared by the workers, or None
+        self.counter = counter          # the workers' shared connection counts, or None
+        self.slot = slot
         self.connected: set[Any] = set()
         self.admitting = True           # False once the process stops
         self.paused = False             # clients are not read (a cutover or rollback flips sides)
@@ -218,16 +225,12 @@ class Clients:
             return False
         stats = self.stats
         counter = self.counter
-        if counter is not None:
-            with counter.get_lock():
-                if counter.value >= self.limit:
-                    stats.rejected += 1
-                    return False
-                counter.value += 1
-        elif stats.connections >= self.limit:
+        if (sum(counter) if counter is not None else stats.connections) >= self.limit:
             stats.rejected += 1
             return False
         stats.connections += 1
+        if counter is not None:
+            counter[self.slot] = stats.connections
         self.connected.add(client)
         return True
 
@@ -236,8 +239,7 @@ class Clients:
             self.connected.discard(client)
             self.stats.connections -= 1
             if self.counter is not None:
-                with self.counter.get_lock():
-                    self.counter.value -= 1
+                self.counter[self.slot] = self.stats.connections
 
 
 @dataclass(frozen=True, slots=True)

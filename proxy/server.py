@@ -72,7 +72,7 @@ class Proxy:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.parts = Parts.of(options, self._send)
         self.stats = self.parts.stats
-        self.clients = Clients(self.stats, options.max_connections, counter)
+        self.clients = Clients(self.stats, options.max_connections, counter, options.worker)
         self.servers: list[asyncio.base_events.Server] = []
         self.stopping = False
         self.nodes = [Node(self.parts, i, spec) for i, spec in enumerate(options.nodes)]
@@ -343,6 +343,10 @@ class Proxy:
         if detachable is not None and detachable.route is not None:
             # Restarted after a cutover: the first client already meets the target as authoritative.
             self.apply_route(detachable.route)
+        if self.control is not None:
+            # What the supervisor put in the pipe before starting this process (a restart under a
+            # live run: its route, dirty-key tracking) applies before the first client (issue 19).
+            self._on_control()
         try:
             if detachable is not None:
                 self._control_listener = ControlListener(detachable, self.attach)

@@ -204,17 +204,22 @@ def _proxy_pids(parent: int) -> list[int]:
 
 
 def test_interlay_lost_mid_run_fails_the_run_and_rollback_recovers(eve, server_factory):
+    """A proxy that dies is restarted (issue 19: tests/test_interlay_restart_runs.py); one that
+    keeps dying (a crash loop) fails its interlay, and the run, with the reason."""
     live = Live(eve, server_factory, wpb.SOURCE_AUTHORITATIVE, keys=300)
     with Writers(live.port, threads=2) as writers:
         live.approve()
         live.wait_in_sync()
         writers.wait_ops(200)
-        pids = _proxy_pids(eve.process.pid)
-        assert pids, "no proxy process found"
-        for pid in pids:
-            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while live.state() != wpb.FAILED:
+            assert time.monotonic() < deadline, "the run never failed"
+            for pid in _proxy_pids(eve.process.pid):
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
         failed = wait_state(live.stub, live.run, "FAILED", timeout=30)
         assert "interlay 'app'" in failed.failure_reason and "no longer tracked" in failed.failure_reason
+        assert "crash loop" in failed.failure_reason
     rolled = live.stub.Rollback(wpb.RollbackRequest(run=live.run, reason="interlay lost"))
     assert rolled.state == wpb.ROLLED_BACK
     writers.check_counters(live.source.client())

@@ -301,14 +301,15 @@ def test_clients_are_admitted_up_to_the_limit() -> None:
 
 
 def test_clients_share_the_limit_across_workers() -> None:
-    counter = multiprocessing.Value("i", 1)  # another worker's client
+    counter = multiprocessing.Array("q", 2, lock=False)
+    counter[0] = 1  # another worker's client
     stats = Stats()
-    clients = Clients(stats, limit=2, counter=counter)
+    clients = Clients(stats, limit=2, counter=counter, slot=1)
     first = object()
-    assert clients.admit(first) and counter.value == 2
+    assert clients.admit(first) and list(counter) == [1, 1]
     assert not clients.admit(object()) and stats.rejected == 1
     clients.closed(first)
-    assert counter.value == 1 and stats.connections == 0
+    assert list(counter) == [1, 0] and stats.connections == 0
 
 
 def _raw_reply(server, request: bytes) -> bytes:

@@ -58,6 +58,10 @@ class DirtyKeys:
         self._resync_all = False
         self._resync: set[int] = set()
         self.marked = 0      # marks that queued a key (repeats of a queued key not counted)
+        # ``watch``: keys whose next marks are noted (a verification telling writes that passed the
+        # interlay from writes made around it), and those of them marked since.
+        self._watched: set[Item] = set()
+        self._watch_hits: set[Item] = set()
         self.dropped = 0     # marks dropped because the backlog was full
 
     def __repr__(self) -> str:
@@ -74,6 +78,8 @@ class DirtyKeys:
             key = key.encode() if isinstance(key, str) else bytes(key)
         item = (db, key)
         with self._lock:
+            if self._watched and item in self._watched:
+                self._watch_hits.add(item)
             if item in self._queued:
                 return
             if item in self._in_flight:
@@ -87,6 +93,18 @@ class DirtyKeys:
             self.marked += 1
             if len(self._queued) == 1:
                 self._changed.notify_all()
+
+    def watch(self, items: Iterable[Item]) -> None:
+        """Note which of ``items`` are marked from now on (``watched_marks``); replaces an earlier watch."""
+        with self._lock:
+            self._watched = set(items)
+            self._watch_hits = set()
+
+    def watched_marks(self) -> set[Item]:
+        """The watched keys marked since ``watch``; ends the watch."""
+        with self._lock:
+            hits, self._watch_hits, self._watched = self._watch_hits, set(), set()
+            return hits
 
     def mark_many(self, db: int, keys: Iterable[bytes]) -> None:
         for key in keys:

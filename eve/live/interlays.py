@@ -49,6 +49,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import queue
 import secrets
 import select
 import signal
@@ -104,6 +105,13 @@ DEFAULT_DRAIN_SECONDS = 5.0
 DISCOVERY_TIMEOUT = 3.0
 STOP_GRACE_SECONDS = 5.0
 ATTACH_TIMEOUT = 5.0
+# A proxy process that dies is started again at once on the same ports (issue 19); one that
+# keeps dying is started again after a growing pause, and given up on (the interlay FAILED,
+# with the reason) after RESTART_LIMIT deaths within RESTART_WINDOW seconds: a crash loop.
+RESTART_LIMIT = 5
+RESTART_WINDOW = 60.0
+RESTART_BACKOFF = 0.25            # the pause before the second restart in a row; doubles after
+RESTART_BACKOFF_MAX = 4.0
 # A Unix socket's path holds at most 107 bytes (unix(7)); a longer control dir gets its sockets elsewhere.
 MAX_SOCKET_PATH = 100
 
@@ -135,6 +143,8 @@ class _Worker:
     received: int = 0
     receipts: collections.deque = field(default_factory=collections.deque)
     confirmed: int = 0                          # the latest CONFIRM sent
+    replaced: bool = False                      # died; a new process takes its place (or the interlay failed)
+    taken_over: bool = False                    # its pipe closed while it lived on: another coordinator has it
 
 
 @dataclass
@@ -151,6 +161,12 @@ class _Interlay:
     dirty: Any = None              # eve.live.backlog.DirtyKeys receiving the written keys, or None
     route: messages.Route | None = None   # the last route its processes were given
     attached: messages.Attached | None = None   # how a re-attached interlay said it was doing
+    # What a restart of one of its processes needs: each process's options and control options
+    # (none for an interlay this supervisor re-attached to and was not told how to start).
+    options: tuple[ProxyOptions, ...] = ()
+    controls: list[ControlOptions] = field(default_factory=list)
+    generation: int = 0            # processes replaced since it started (a barrier or pause spanning one fails)
+    deaths: collections.deque = field(default_factory=collections.deque)   # monotonic times of recent deaths
 
 
 class _AttachedProcess:
@@ -163,12 +179,16 @@ class _AttachedProcess:
         self.identity = identity
         self.sentinel = os.pidfd_open(pid)
         self.exitcode: int | None = None
+        self._closing = threading.Lock()
 
     def is_alive(self) -> bool:
         return start_identity(self.pid) == self.identity
 
     def join(self, timeout: float | None = None) -> None:
-        select.select([self.sentinel], [], [], timeout)
+        try:
+            select.select([self.sentinel], [], [], timeout)
+        except (OSError, ValueError):
+            pass   # closed (by stop() on another thread): nothing to wait for
 
     def terminate(self) -> None:
         self._signal(signal.SIGTERM)
@@ -177,13 +197,19 @@ class _AttachedProcess:
         self._signal(signal.SIGKILL)
 
     def _signal(self, signum: int) -> None:
+        if self.sentinel < 0:
+            return
         try:
             signal.pidfd_send_signal(self.sentinel, signum)
         except ProcessLookupError:
             pass
 
     def close(self) -> None:
-        os.close(self.sentinel)
+        # Once, whichever thread comes first (the monitor when it died, stop() when it stops).
+        with self._closing:
+            fd, self.sentinel = self.sentinel, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 def _addresses(host: str, port: int) -> list[tuple[int, tuple]]:
@@ -264,14 +290,16 @@ class InterlaySupervisor:
                  stats_interval: float = DEFAULT_STATS_INTERVAL,
                  on_state: Callable[[str, str, str], None] | None = None,
                  proxy_options: dict[str, Any] | None = None, control_dir: str | Path | None = None,
-                 spool_keys: int = DEFAULT_SPOOL_KEYS) -> None:
+                 spool_keys: int = DEFAULT_SPOOL_KEYS, restart_limit: int = RESTART_LIMIT) -> None:
         """``workers``: proxy processes per interlay, sharing its ports (SO_REUSEPORT).
         ``on_state(interlay_id, state, reason)`` is called from the supervisor's
         thread when an interlay changes state on its own (FAILED).
         ``proxy_options``: further ``ProxyOptions`` fields for every process.
         ``control_dir``: where the interlays that outlive this coordinator keep their
         control sockets and tokens (None: they die with it); ``spool_keys`` bounds the
-        dirty keys each process keeps meanwhile."""
+        dirty keys each process keeps meanwhile. ``restart_limit``: deaths of its processes an interlay
+        survives within ``RESTART_WINDOW`` (each process started again in its place); one more is a
+        crash loop, and the interlay FAILED (0: never restarted)."""
         if workers < 1:
             raise ConfigError(f"must be at least 1, got {workers}", field="workers")
         self.workers = workers
@@ -290,10 +318,20 @@ class InterlaySupervisor:
         self._barrier_token = 0
         self.control_dir = Path(control_dir) if control_dir is not None else None
         self.spool_keys = spool_keys
+        self.restart_limit = restart_limit
         self._socket_dir: str | None = None   # for sockets whose path in control_dir would be too long
         if self.control_dir is not None:
             self.control_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.control_dir.chmod(0o700)
+        # The live runs' side of their interlays (``Workflow`` sets them): ``run_route(id)`` ->
+        # (route, dirty): the route of the run that carries the interlay's traffic, and the
+        # ``DirtyKeys`` its writes go to (None: not tracked), for every process started without
+        # a route given; ``on_restart(id, reason)``: a process of it died and another took its place.
+        self.run_route: Callable[[str], tuple[messages.Route | None, Any]] | None = None
+        self.on_restart: Callable[[str, str], None] | None = None
+        self._restarts: dict[str, tuple[int, str]] = {}   # interlay -> (processes started again, why last)
+        self._restart_jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._restarter: threading.Thread | None = None
 
     # -- API ------------------------------------------------------------------------------
 
@@ -318,37 +356,31 @@ class InterlaySupervisor:
                     raise StateError(f"interlay {interlay_id!r} is already {existing.state.lower()}")
                 self._reap(existing)
                 del self._interlays[interlay_id]
-        spec = endpoint.write
-        nodes, cluster = self._discover(interlay_id, spec)
-        ports = tuple(port + i for i in range(len(nodes)))
-        if ports[-1] > 65535:
-            raise ConfigError(f"{len(nodes)} listeners from port {port} go past 65535", field="port")
+        dirty = None
+        if route is None and self.run_route is not None:
+            # Every start takes the route of the run that carries the interlay's traffic (issue 19):
+            # never plain forwarding to the source after a cutover, never to the target before one.
+            route, dirty = self.run_route(interlay_id)
+        options, nodes, cluster = self._options(interlay_id, port, listen_host, endpoint,
+                                                max_concurrent_connections, settings)
+        ports = options[0].ports
         for listener in ports:
             check_port_free(listen_host, listener)
-        options = tuple(ProxyOptions(
-            interlay_id=interlay_id, listen_host=listen_host, ports=ports, nodes=tuple(nodes), cluster=cluster,
-            pool_size=endpoint.pool_size, max_connections=max_concurrent_connections, worker=i,
-            workers=self.workers, stats_interval=self.stats_interval,
-            log_level=logging.getLogger().getEffectiveLevel(), **{**self.proxy_options, **(settings or {})})
-            for i in range(self.workers))
-        counter = self._context.Value("q", 0)
+        # One connection count per process, no lock (proxy.parts.Clients): a process killed
+        # with SIGKILL leaves no lock held; its successor's slot is zeroed.
+        counter = self._context.Array("q", self.workers, lock=False)
         interlay = _Interlay(interlay_id, tuple(node.address for node in nodes), cluster, [], counter, ports=ports,
-                             route=route)
+                             route=route, dirty=dirty, options=options)
         controls = self._control_options(interlay_id, route)
+        interlay.controls = controls
+        if dirty is not None:
+            # A process of this interlay died under a live run: the keys it had not reported are gone.
+            dirty.mark_all(None)
         with self._lock:
             self._interlays[interlay_id] = interlay
         try:
             for opts in options:
-                parent, child = self._context.Pipe(duplex=True)
-                detachable = controls[opts.worker] if controls else None
-                process = self._context.Process(target=proxy_main, args=(opts, child, counter, detachable),
-                                                name=f"interlay-{interlay_id}-{opts.worker}", daemon=True)
-                process.start()
-                child.close()
-                interlay.workers.append(_Worker(opts.worker, process, parent))
-                log.info("interlay %s worker=%d pid=%d started (ports %s, backend %s)", interlay_id,
-                         opts.worker, process.pid, ",".join(map(str, ports)),
-                         ",".join(node.address for node in nodes))
+                interlay.workers.append(self._spawn(interlay, opts))
             if controls:
                 # Before they listen: a coordinator killed from here on leaves processes the next one finds.
                 self._write_control_file(interlay, controls)
@@ -363,7 +395,61 @@ class InterlaySupervisor:
             interlay.state = RUNNING
             self._changed.notify_all()
         self._ensure_monitor()
+        if dirty is not None:
+            self._restarted(interlay_id, "started again while its run tracked writes")
         return list(ports)
+
+    def _options(self, interlay_id: str, port: int, listen_host: str, endpoint: EndpointConfig,
+                 max_concurrent_connections: int, settings: Mapping[str, Any] | None,
+                 ) -> tuple[tuple[ProxyOptions, ...], list[ConnectionSpec], bool]:
+        """Each process's options, the nodes fronted and whether they are a cluster's masters."""
+        nodes, cluster = self._discover(interlay_id, endpoint.write)
+        ports = tuple(port + i for i in range(len(nodes)))
+        if ports[-1] > 65535:
+            raise ConfigError(f"{len(nodes)} listeners from port {port} go past 65535", field="port")
+        options = tuple(ProxyOptions(
+            interlay_id=interlay_id, listen_host=listen_host, ports=ports, nodes=tuple(nodes), cluster=cluster,
+            pool_size=endpoint.pool_size, max_connections=max_concurrent_connections, worker=i,
+            workers=self.workers, stats_interval=self.stats_interval,
+            log_level=logging.getLogger().getEffectiveLevel(), **{**self.proxy_options, **(settings or {})})
+            for i in range(self.workers))
+        return options, nodes, cluster
+
+    def _spawn(self, interlay: _Interlay, opts: ProxyOptions) -> _Worker:
+        """Start one proxy process. Its route and dirty-key tracking are in its pipe before it
+        starts: it applies them before it listens, so its first client meets them."""
+        parent, child = self._context.Pipe(duplex=True)
+        if interlay.route is not None:
+            parent.send(interlay.route)
+        if interlay.dirty is not None:
+            parent.send(messages.TrackDirty(True))
+        detachable = interlay.controls[opts.worker] if interlay.controls else None
+        if detachable is not None and detachable.route != interlay.route:
+            detachable = dataclasses.replace(detachable, route=interlay.route)
+        process = self._context.Process(target=proxy_main, args=(opts, child, interlay.counter, detachable),
+                                        name=f"interlay-{interlay.interlay_id}-{opts.worker}", daemon=True)
+        process.start()
+        child.close()
+        log.info("interlay %s worker=%d pid=%d started (ports %s, backend %s)", interlay.interlay_id,
+                 opts.worker, process.pid, ",".join(map(str, opts.ports)),
+                 ",".join(node.address for node in opts.nodes))
+        return _Worker(opts.worker, process, parent)
+
+    def restarts(self, interlay_id: str) -> tuple[int, str]:
+        """How many times a process of the interlay was started again after it died (or the
+        interlay was started again while its run tracked writes), and why the last time."""
+        with self._lock:
+            return self._restarts.get(interlay_id, (0, ""))
+
+    def _restarted(self, interlay_id: str, reason: str) -> None:
+        with self._lock:
+            count = self._restarts.get(interlay_id, (0, ""))[0] + 1
+            self._restarts[interlay_id] = (count, reason)
+        if self.on_restart is not None:
+            try:
+                self.on_restart(interlay_id, reason)
+            except Exception:
+                log.exception("on_restart callback failed")
 
     def stop(self, interlay_id: str, drain_seconds: float = DEFAULT_DRAIN_SECONDS) -> None:
         """Stop accepting clients, give requests in flight ``drain_seconds`` to
@@ -414,12 +500,14 @@ class InterlaySupervisor:
             self._barrier_token += 1
             token = self._barrier_token
             workers = list(interlay.workers)
+            generation = interlay.generation
         for worker in workers:
             if not self._send(worker, messages.DirtyBarrier(token)):
                 return False
         with self._changed:
             while True:
-                if interlay.state != RUNNING:
+                # A process that died meanwhile took its unreported keys along (the run compares in full).
+                if interlay.state != RUNNING or interlay.generation != generation:
                     return False
                 if all(worker.barrier_done >= token for worker in workers):
                     return True
@@ -455,8 +543,9 @@ class InterlaySupervisor:
             workers = list(interlay.workers)
             interlay.route = route
         for worker in workers:
-            if not self._send(worker, route):
+            if not self._send(worker, route) and not worker.replaced and worker.process.is_alive():
                 raise StateError(f"interlay {interlay_id!r}: proxy process pid={worker.process.pid} is gone")
+            # (one that died is being replaced: its successor starts under ``interlay.route``)
         log.info("interlay %s: route authoritative=%s dual writes to %s policy=%s reads on target=%d%%",
                  interlay_id, route.authoritative, ",".join(route.mirror_to) or "nobody", route.policy,
                  route.read_percent)
@@ -473,11 +562,12 @@ class InterlaySupervisor:
             self._barrier_token += 1
             token = self._barrier_token
             workers = list(interlay.workers)
+            generation = interlay.generation
         for worker in workers:
             self._send(worker, messages.Pause(token, timeout))
         with self._changed:
             while True:
-                if interlay.state != RUNNING:
+                if interlay.state != RUNNING or interlay.generation != generation:
                     return False
                 if all(worker.paused >= token for worker in workers):
                     return all(worker.settled for worker in workers)
@@ -511,11 +601,15 @@ class InterlaySupervisor:
                 pass
         with self._lock:
             self._closing = True
+            restarter, self._restarter = self._restarter, None
         self._wake()
         monitor = self._monitor
         if monitor is not None:
             monitor.join(timeout=5)
             self._monitor = None
+        if restarter is not None:
+            self._restart_jobs.put(None)
+            restarter.join(timeout=10)
         with self._lock:
             self._closing = False
 
@@ -556,8 +650,9 @@ class InterlaySupervisor:
     def running(self, interlay_id: str) -> bool:
         with self._lock:
             interlay = self._interlays.get(interlay_id)
-            return interlay is not None and interlay.state == RUNNING and \
-                all(worker.process.is_alive() for worker in interlay.workers)
+            # RUNNING while a process that died is being replaced (issue 19): its clients
+            # reconnect on the same ports in a moment, and the others are served meanwhile.
+            return interlay is not None and interlay.state == RUNNING
 
     def status(self, interlay_id: str) -> InterlayStatus:
         with self._lock:
@@ -715,8 +810,29 @@ class InterlaySupervisor:
         reports = [worker.attached for worker in workers if worker.attached is not None]
         first = dataclasses.replace(reports[0], spooled=sum(report.spooled for report in reports),
                                     overflowed=any(report.overflowed for report in reports))
+        controls = [ControlOptions(entry["socket"], token, None, self.spool_keys)
+                    for entry in sorted(record["workers"], key=lambda entry: int(entry["worker"]))]
         return _Interlay(interlay_id, first.nodes, bool(record.get("cluster")), workers, None,
-                         ports=first.ports, route=first.route, attached=first)
+                         ports=first.ports, route=first.route, attached=first,
+                         controls=controls if len(controls) == len(workers) else [])
+
+    def adopt(self, interlay_id: str, port: int, listen_host: str, endpoint: EndpointConfig,
+              max_concurrent_connections: int, settings: Mapping[str, Any] | None = None) -> None:
+        """How to start again a process of an interlay this supervisor re-attached to (``recover``),
+        should one die: as ``start`` would. StateError when the interlay's ports differ from those
+        it serves on (its source's topology changed): a death then fails it, to be started by hand."""
+        listen_host = listen_host or "127.0.0.1"
+        options, _, _ = self._options(interlay_id, port, listen_host, endpoint, max_concurrent_connections, settings)
+        with self._lock:
+            interlay = self._interlays.get(interlay_id)
+            if interlay is None or interlay.options:
+                return
+            if options[0].ports != interlay.ports or len(options) != len(interlay.workers) or \
+                    len(interlay.controls) != len(options):
+                raise StateError(f"interlay {interlay_id!r} serves ports {interlay.ports} with "
+                                 f"{len(interlay.workers)} processes; it would start with {options[0].ports} and "
+                                 f"{len(options)}")
+            interlay.options = options
 
     def _connect(self, interlay_id: str, entry: dict[str, Any], token: bytes) -> _Worker | None:
         """One surviving process, attached: it proved to be the one that started (pid and start
@@ -798,9 +914,9 @@ class InterlaySupervisor:
             return [spec], False
         return [node_spec(spec, master) for master in masters], True
 
-    def _wait_ready(self, interlay: _Interlay) -> None:
+    def _wait_ready(self, interlay: _Interlay, workers: list[_Worker] | None = None) -> None:
         deadline = time.monotonic() + self.start_timeout
-        pending = {worker.pipe: worker for worker in interlay.workers}
+        pending = {worker.pipe: worker for worker in (interlay.workers if workers is None else workers)}
         while pending:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -814,8 +930,14 @@ class InterlaySupervisor:
                     continue
                 try:
                     message = messages.check(worker.pipe.recv())
-                except (EOFError, OSError, ValueError):
-                    continue  # the process is gone: its sentinel says so below
+                except (EOFError, OSError) as exc:
+                    # The process is gone (its end of the pipe closed): say so now, not at the timeout.
+                    log.debug("interlay %s: pipe of pid=%s: %r", interlay.interlay_id, worker.process.pid, exc)
+                    worker.process.join(timeout=1.0)
+                    raise StateError(f"interlay {interlay.interlay_id!r}: proxy process pid={worker.process.pid} "
+                                     f"exited with code {worker.process.exitcode} before listening") from None
+                except ValueError:
+                    continue
                 if isinstance(message, messages.Ready):
                     worker.ready = True
                     del pending[worker.pipe]
@@ -890,11 +1012,12 @@ class InterlaySupervisor:
                     for worker in interlay.workers:
                         if not worker.pipe.closed:
                             watched[worker.pipe] = (interlay, worker, "pipe")
-                        watched[worker.process.sentinel] = (interlay, worker, "exit")
+                        if not worker.replaced and worker.process.sentinel >= 0:
+                            watched[worker.process.sentinel] = (interlay, worker, "exit")
             try:
                 ready = multiprocessing.connection.wait([self._wake_r, *watched], timeout=1.0)
-            except OSError:
-                ready = []  # a pipe closed under us by stop(): look again
+            except (OSError, ValueError):
+                ready = []  # a pipe or pidfd closed under us by stop(): look again
             for item in ready:
                 if item is self._wake_r:
                     try:
@@ -935,7 +1058,16 @@ class InterlaySupervisor:
                         worker.stopped = True
                     elif isinstance(message, messages.Failed):
                         worker.failure = message.reason
-        except (EOFError, OSError):
+        except EOFError:
+            # A process that dies closes its pipe as it exits; one that lives on closed it for a
+            # newer coordinator that attached (proxy.control): then it is no longer ours to restart.
+            if interlay.state != RUNNING:
+                return   # being stopped: nothing to decide
+            worker.process.join(timeout=0.5)
+            if worker.process.is_alive():
+                worker.taken_over = True
+                worker.pipe.close()   # on the monitor thread, which alone reads it
+        except OSError:
             pass
         except ValueError as exc:
             log.error("interlay %s worker=%d: %s", interlay.interlay_id, worker.index, exc)
@@ -967,24 +1099,164 @@ class InterlaySupervisor:
             log.exception("interlay %s: cannot mark dirty keys", interlay.interlay_id)
 
     def _exited(self, interlay: _Interlay, worker: _Worker) -> None:
+        """A process died without being asked to: another takes its place on the same ports at
+        once (issue 19), under the interlay's last route; with more than one process per
+        interlay the others serve meanwhile. The dirty keys it had not reported are gone: a
+        run tracking writes is told to compare the sides in full (``mark_all``)."""
         with self._lock:
-            if interlay.state != RUNNING or self._interlays.get(interlay.interlay_id) is not interlay:
+            if interlay.state != RUNNING or self._interlays.get(interlay.interlay_id) is not interlay \
+                    or worker.replaced:
                 return
             worker.process.join(timeout=1.0)
             code = worker.process.exitcode
             reason = worker.failure or f"proxy process pid={worker.process.pid} exited" + \
                 (f" with code {code}" if code is not None else "")
+            worker.replaced = True
+            interlay.generation += 1
+            deaths = self._death(interlay)
+            dirty = interlay.dirty
+            self._changed.notify_all()
+        # Closed here, on the monitor thread that reads them (its last messages were read before).
+        try:
+            worker.pipe.close()
+        except OSError:
+            pass
+        if isinstance(worker.process, _AttachedProcess):
+            worker.process.close()
+        if dirty is not None:
+            dirty.mark_all(None)
+        if worker.taken_over:
+            self._give_up(interlay, f"{reason}; another coordinator had taken it over")
+            return
+        if not interlay.options:
+            self._give_up(interlay, f"{reason}; it was started by an earlier coordinator and cannot be "
+                          "restarted by this one: StartInterlay it")
+            return
+        log.error("interlay %s worker=%d: %s; restarting it", interlay.interlay_id, worker.index, reason)
+        with self._lock:
+            self._restart_jobs.put((interlay, worker, reason, deaths))
+            if self._restarter is None or not self._restarter.is_alive():
+                # One thread that lives as long as the processes it starts: Linux kills a
+                # process whose parent *thread* ends (PR_SET_PDEATHSIG, die_with_parent).
+                self._restarter = threading.Thread(target=self._restarts_loop, name="interlay-restarter",
+                                                   daemon=True)
+                self._restarter.start()
+
+    def _restarts_loop(self) -> None:
+        while True:
+            job = self._restart_jobs.get()
+            if job is None:
+                return
+            try:
+                self._restart(*job)
+            except Exception:
+                log.exception("interlay %s: restart failed", job[0].interlay_id)
+
+    @staticmethod
+    def _death(interlay: _Interlay) -> int:
+        """Record one death of a process of ``interlay``; how many there were within the window."""
+        now = time.monotonic()
+        interlay.deaths.append(now)
+        while interlay.deaths and now - interlay.deaths[0] > RESTART_WINDOW:
+            interlay.deaths.popleft()
+        return len(interlay.deaths)
+
+    def _restart(self, interlay: _Interlay, dead: _Worker, reason: str, deaths: int) -> None:
+        """Start a process in the place of ``dead``: at once the first time, after a doubling
+        pause when they keep dying; FAILED (``_give_up``) on a crash loop or a port taken."""
+        cause = reason
+        while True:
+            if deaths > self.restart_limit:
+                self._give_up(interlay, f"{reason}; crash loop: its proxy processes died or failed to start "
+                              f"{deaths} times within {RESTART_WINDOW:g}s (the last: {cause}); not restarted again")
+                return
+            if deaths > 1:
+                time.sleep(min(RESTART_BACKOFF_MAX, RESTART_BACKOFF * 2 ** (deaths - 2)))
+            with self._lock:
+                if interlay.state != RUNNING or self._interlays.get(interlay.interlay_id) is not interlay or \
+                        self._closing:
+                    return
+                alone = all(other.replaced for other in interlay.workers)
+            try:
+                if alone:
+                    # Nobody of this interlay listens now: someone else may have taken a port meanwhile.
+                    for listener in interlay.ports:
+                        check_port_free(interlay.options[0].listen_host, listener)
+                if interlay.counter is not None:
+                    interlay.counter[dead.index] = 0   # the dead process's clients are gone
+                worker = self._spawn(interlay, interlay.options[dead.index])
+                try:
+                    self._wait_ready(interlay, [worker])
+                except BaseException:
+                    worker.replaced = True
+                    self._reap_worker(worker)
+                    raise
+            except StateError as exc:
+                if "already in use" in str(exc) or "cannot listen" in str(exc):
+                    self._give_up(interlay, f"{reason}; it cannot be restarted: {exc}")
+                    return
+                cause = str(exc)
+                with self._lock:
+                    deaths = self._death(interlay)
+                log.error("interlay %s worker=%d: restart failed (%s)", interlay.interlay_id, dead.index, exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - spawning failed (no memory, no file descriptors...)
+                self._give_up(interlay, f"{reason}; it cannot be restarted: {type(exc).__name__}: {exc}")
+                return
+            break
+        with self._lock:
+            abandoned = interlay.state != RUNNING or self._interlays.get(interlay.interlay_id) is not interlay
+            if not abandoned:
+                interlay.workers[interlay.workers.index(dead)] = worker
+                route, tracking = interlay.route, interlay.dirty is not None
+                self._changed.notify_all()
+        if abandoned:   # stopped meanwhile
+            self._reap_worker(worker)
+            return
+        # A route or tracking set while it started went to the others only: again, to be sure.
+        if route is not None:
+            self._send(worker, route)
+        self._send(worker, messages.TrackDirty(tracking))
+        if interlay.controls:
+            self._write_control_file(interlay, interlay.controls)
+        self._wake()
+        log.warning("interlay %s worker=%d restarted as pid=%d on ports %s (%s); %s", interlay.interlay_id,
+                    worker.index, worker.process.pid, ",".join(map(str, interlay.ports)), reason,
+                    describe_route(interlay.route))
+        self._restarted(interlay.interlay_id, reason)
+        if self.on_state is not None:
+            try:
+                self.on_state(interlay.interlay_id, RUNNING, f"restarted after: {reason}")
+            except Exception:
+                log.exception("on_state callback failed")
+
+    @staticmethod
+    def _reap_worker(worker: _Worker) -> None:
+        if worker.process.is_alive():
+            worker.process.kill()
+        worker.process.join(timeout=5)
+        try:
+            worker.pipe.close()
+        except OSError:
+            pass
+
+    def _give_up(self, interlay: _Interlay, reason: str) -> None:
+        """The interlay cannot serve again on its own: FAILED, with the reason, everywhere."""
+        with self._lock:
+            if interlay.state != RUNNING or self._interlays.get(interlay.interlay_id) is not interlay:
+                return
             interlay.state = FAILED
             interlay.reason = reason
+            for worker in interlay.workers:
+                worker.replaced = True
             self._changed.notify_all()
         log.error("interlay %s FAILED: %s", interlay.interlay_id, reason)
         # The other workers of the interlay would serve only part of its clients.
         for other in interlay.workers:
-            if other is not worker and other.process.is_alive():
+            if other.process.is_alive():
                 other.process.kill()
         if self.on_state is not None:
             try:
                 self.on_state(interlay.interlay_id, FAILED, reason)
             except Exception:
                 log.exception("on_state callback failed")
-

@@ -157,6 +157,7 @@ class LiveRun:
         self._reconciling = False
         self._reconciled_at = 0.0      # time.monotonic when the last full compare had marked what differed
         self._layouts: dict[str, tuple[Node, ...]] = {}   # side -> its masters (none: standalone)
+        self._routed = False           # a route was given to the interlay (before: plain forwarding to the source)
 
     def __repr__(self) -> str:
         return (f"LiveRun({self.options.run_id} via {self.options.interlay_id}: authoritative {self.authoritative}, "
@@ -174,9 +175,27 @@ class LiveRun:
         return read_clusters(self.options, self._layouts)
 
     def _route(self) -> None:
-        self.interlays.route(self.options.interlay_id,
-                             route_for(self.options, self.authoritative, self.dual, self.read_percent,
-                                       clusters=self._clusters()))
+        self._routed = True
+        self.interlays.route(self.options.interlay_id, self.current_route())
+
+    def current_route(self) -> messages.Route | None:
+        """The route a proxy process of the run's interlay must serve under now (issue 19: every
+        start of one takes it); None before the run gave one (plain forwarding to the source)."""
+        if not self._routed and self.authoritative == SOURCE:
+            return None
+        return route_for(self.options, self.authoritative, self.dual, self.read_percent, clusters=self._clusters())
+
+    def interlay_down(self) -> bool:
+        """The run tracks writes and its interlay is not running (it failed and could not be restarted)."""
+        return self._tracking and not self.interlays.running(self.options.interlay_id)
+
+    def interlay_restarted(self, reason: str) -> None:
+        """A proxy process of the interlay died and another serves in its place (``InterlaySupervisor``
+        marked every db dirty: the keys the dead one had not reported are gone)."""
+        self.on_event("interlay", f"the interlay's proxy process died ({reason}) and was started again on the "
+                      f"same ports under the run's route; the dirty keys it had not reported are gone, so the "
+                      f"sides are compared in full and what differs is re-copied from the {self.authoritative}",
+                      {"reason": reason, "authoritative": self.authoritative})
 
     # -- 1. tracking ------------------------------------------------------------------------
 
@@ -370,7 +389,8 @@ class LiveRun:
                     # A write still in flight could land on either side after the flip: its
                     # outcome would decide which value the re-copy spreads. Not now, then.
                     raise StateError(f"replies were still in flight after {options.pause_seconds:g}s (a slow "
-                                     f"side?); clients resumed on the {self.authoritative}, try again")
+                                     f"side, or a proxy process that died?); clients resumed on the {self.authoritative}, "
+                                     "try again")
                 if not self.barrier():
                     raise StateError("the interlay did not report its last dirty keys in time")
                 if not self.reconcile_if_needed():

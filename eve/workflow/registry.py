@@ -247,7 +247,10 @@ class Coordinator:
         return self.interlays
 
     def start_interlay(self, id: str, route: Any = None) -> InterlayRecord:
-        """``route``: the live run's route to serve under from the first client on (a restart)."""
+        """``route``: the live run's route to serve under from the first client on (a restart);
+        None: the supervisor asks the workflow for the route of the run carrying the interlay's
+        traffic (``InterlaySupervisor.run_route``). An interlay that does not start is FAILED with
+        the reason as its ``last_error``, whatever went wrong: never left STARTING (issue 19)."""
         record = self.get_interlay(id)
         supervisor = self._supervisor()
         if supervisor.running(id):
@@ -258,8 +261,13 @@ class Coordinator:
             ports = supervisor.start(id, record.port, record.settings.get("listen_host", DEFAULT_LISTEN_HOST), config,
                                      record.settings.get("max_concurrent_connections", DEFAULT_MAX_CONNECTIONS),
                                      proxy_settings(record.settings), route=route)
-        except EveError as exc:
-            self.store.set_interlay_state(id, "FAILED", str(exc))
+        except BaseException as exc:
+            reason = str(exc) if isinstance(exc, EveError) else f"{type(exc).__name__}: {exc}"
+            try:
+                self.store.set_interlay_state(id, "FAILED", reason or type(exc).__name__)
+            except Exception:  # the state file refuses writes (a full disk): the next
+                # coordinator start finds it STARTING and starts it again (or records FAILED then)
+                log.exception("interlay %s: cannot record that it failed to start", id)
             raise
         log.info("interlay started id=%s ports=%s endpoint=%s", id, ports, record.endpoint)
         return self.store.set_interlay_state(id, "RUNNING")
@@ -300,10 +308,19 @@ class Coordinator:
         for record in records:
             if record.id in recovered:
                 self.store.set_interlay_state(record.id, "RUNNING")
+                try:
+                    # How to start one of its processes again should it die (issue 19).
+                    self.interlays.adopt(record.id, record.port,
+                                         record.settings.get("listen_host", DEFAULT_LISTEN_HOST),
+                                         self.endpoint_config(record.endpoint),
+                                         record.settings.get("max_concurrent_connections", DEFAULT_MAX_CONNECTIONS),
+                                         proxy_settings(record.settings))
+                except EveError as exc:
+                    log.error("interlay %s: its processes cannot be restarted should they die: %s", record.id, exc)
             elif record.id in wanted:
                 try:
                     self.start_interlay(record.id, (routes or {}).get(record.id))
-                except EveError as exc:
+                except Exception as exc:  # recorded FAILED with the reason; the others start
                     log.error("interlay %s could not be restarted: %s", record.id, exc)
 
     def shutdown_interlays(self) -> None:

@@ -66,6 +66,10 @@ MAX_ERROR_KEY_EVENTS = 10_000
 PROGRESS_EVENT_SECONDS = 2.0
 CONFIRM_SECONDS = 0.25     # how often a live run tells its interlay which dirty keys are re-copied
 VERIFY_DRAIN_SECONDS = 30.0
+# The reason of a verification error key that Verify did not overwrite (issue 19, item 2).
+OUTSIDE_WRITE = ("written outside the interlay after the cutover (no write through it while the sides were "
+                 "compared twice): not overwritten from the target; fix it by hand, or Complete with "
+                 "accept_differences")
 # States after which a coordinator restart resumes the run's work on its endpoints.
 _RESUMED_WORK = frozenset({RunState.APPROVED, RunState.COPYING, RunState.SYNCING})
 # What a run refused because an endpoint changed under it can do next.
@@ -91,6 +95,10 @@ class Workflow:
         self._stops: dict[str, threading.Event] = {}
         self._progress: dict[str, Progress] = {}
         self._error_key_events: dict[str, int] = {}
+        if interlays is not None and hasattr(interlays, "run_route"):
+            # Every start of an interlay takes the route of the run carrying its traffic (issue 19).
+            interlays.run_route = self.interlay_route
+            interlays.on_restart = self._interlay_restarted
 
     # -- records and transitions ----------------------------------------------------------
 
@@ -448,12 +456,27 @@ class Workflow:
         seen: dict[str, int] = {}
         last = None
         told = time.monotonic()
+        down = False
         while not stop.wait(CONFIRM_SECONDS):
             live.confirm_recopied()
             if time.monotonic() - told < PROGRESS_EVENT_SECONDS:
                 continue
             told = time.monotonic()
-            live.check_sync()
+            try:
+                live.check_sync()
+            except StateError as exc:
+                if not live.interlay_down() or live.authoritative != TARGET:
+                    raise
+                # Writes cut over: the run cannot fail (nor go back on its own), and its interlay could
+                # not be restarted: say so loudly, once, and go on when it is started again (it then
+                # takes the run's route, the target authoritative, and the sides are compared in full).
+                if not down:
+                    down = True
+                    self._event(run_id, "error", f"{exc}: the applications cannot reach the target through it; "
+                                "StartInterlay it (it starts with the target authoritative, and the sides are "
+                                "compared in full), or Rollback", {"interlay": live.options.interlay_id})
+                continue
+            down = False
             live.reconcile_if_needed()
             for side in live.side_failures():
                 failures = side["failures"]
@@ -588,32 +611,71 @@ class Workflow:
                               type=options.type, ttl_tolerance_ms=ttl_tolerance_ms or 1000,
                               max_keys_per_second=options.max_keys_per_second)
 
+        outside: set[tuple[int, bytes]] = set()
         if live is None:
             report = compare()
         else:
             # Writes keep coming: compare once the backlog is re-copied; what differs is
             # re-copied and compared again, and what still differs is an error key.
+            live.reconcile_if_needed()   # a proxy process died meanwhile: what it knew is compared first
             live.wait_synced(VERIFY_DRAIN_SECONDS)
             report = compare()
-            if report.differences:
-                for difference in report.differences:
+            recopy = list(report.differences)
+            if report.differences and live.authoritative == TARGET:
+                outside, recopy, report = self._written_outside(run_id, live, report, compare)
+            if recopy:
+                for difference in recopy:
                     live.dirty.mark(difference.db, difference.key)
-                self._event(run_id, "verify", f"{len(report.differences)} differences re-copied; comparing again")
+                self._event(run_id, "verify", f"{len(recopy)} differences re-copied from the {live.authoritative}; "
+                            "comparing again")
                 live.wait_synced(VERIFY_DRAIN_SECONDS)
                 report = compare()
         if report.differences:
             # Error keys: listed, exported and retried (RetryErrorKeys) like any other.
             self.store.add_verification_differences(run_id, [
                 ErrorKeyRow(d.key, d.db, options.source.address, "", 0,
-                            f"verification: {d.kind.lower()}: {d.detail}", 1) for d in report.differences])
+                            f"verification: {d.kind.lower()}: {d.detail}" + (
+                                f"; {OUTSIDE_WRITE}" if (d.db, d.key) in outside else ""), 1)
+                for d in report.differences])
         body = _jsonable(dataclasses.asdict(report))
         body.pop("differences", None)
+        written_outside = sum((d.db, d.key) in outside for d in report.differences)
+        body["written_outside"] = written_outside
         self.store.set_report(run_id, "verify", body)
         self._event(run_id, "verify", "verification clean" if report.clean else
                     f"verification found {report.missing} missing, {report.extra} extra, {report.different} "
-                    f"different, {report.ttl_mismatch} TTL mismatches",
-                    {"clean": report.clean, "keys_compared": report.keys_compared})
+                    f"different, {report.ttl_mismatch} TTL mismatches"
+                    + (f"; {written_outside} of them written outside the interlay, not overwritten: fix them or "
+                       "Complete with accept_differences" if written_outside else ""),
+                    {"clean": report.clean, "keys_compared": report.keys_compared,
+                     "written_outside": written_outside})
         return report
+
+    def _written_outside(self, run_id: str, live: LiveRun, report: Any,
+                         compare: Callable[[], Any]) -> tuple[set[tuple[int, bytes]], list[Any], Any]:
+        """The target is authoritative: a key that differs may hold a write made on the source
+        outside Eve after the cutover (issue 19, item 2), which copying the target over it would
+        lose without a word. The differing keys are watched while the backlog drains and the
+        sides are compared again: a key that still differs and had no write through the interlay
+        meanwhile was written around it: reported, never overwritten (Complete then needs
+        accept_differences). The others (writes racing the compare) are re-copied as usual.
+        Returns (keys written outside, differences to re-copy, the second report)."""
+        first = {(d.db, d.key) for d in report.differences}
+        live.dirty.watch(first)
+        try:
+            live.wait_synced(VERIFY_DRAIN_SECONDS)
+            report = compare()
+        finally:
+            through_interlay = live.dirty.watched_marks()
+        outside = {(d.db, d.key) for d in report.differences
+                   if (d.db, d.key) in first and (d.db, d.key) not in through_interlay}
+        if outside:
+            examples = ", ".join(repr(key.decode("utf-8", "backslashreplace")[:100]) for _, key in sorted(outside)[:5])
+            self._event(run_id, "verify", f"{len(outside)} keys differ between the sides with no write through the "
+                        f"interlay since the last compare (e.g. {examples}): written outside Eve on one side, "
+                        "maybe on the source after the cutover; not overwritten from the target",
+                        {"written_outside": len(outside)})
+        return outside, [d for d in report.differences if (d.db, d.key) not in outside], report
 
     def complete(self, run_id: str, accept_differences: bool = False, notes: str = "") -> RunRecord:
         self._require(run_id, RunState.CUT_OVER, doing="Complete")
@@ -886,7 +948,31 @@ class Workflow:
 
         self._spawn(run_id, "sync", reverse_sync)
 
-    def restart_routes(self) -> dict[str, Any]:
+    def _carrying(self, interlay_id: str) -> tuple[str, LiveRun] | None:
+        """The live run (id, live part) whose traffic goes through ``interlay_id`` now."""
+        for run_id, live in list(self._live.items()):
+            if live.options.interlay_id == interlay_id and live.tracking:
+                return run_id, live
+        return None
+
+    def interlay_route(self, interlay_id: str) -> tuple[Any, Any]:
+        """(route, dirty keys) a proxy process of ``interlay_id`` starts under (``InterlaySupervisor.
+        run_route``): those of the live run carrying its traffic: the target authoritative after a
+        cutover, the source before one, dual writes and read shares as the run has them, every
+        write tracked. After a coordinator restart (no live part yet), the route the run's state
+        says (``restart_routes``); None: plain forwarding to the interlay's endpoint."""
+        carrying = self._carrying(interlay_id)
+        if carrying is not None:
+            live = carrying[1]
+            return live.current_route(), live.dirty
+        return self.restart_routes(interlay_id).get(interlay_id), None
+
+    def _interlay_restarted(self, interlay_id: str, reason: str) -> None:
+        carrying = self._carrying(interlay_id)
+        if carrying is not None:
+            carrying[1].interlay_restarted(reason)
+
+    def restart_routes(self, interlay_id: str | None = None) -> dict[str, Any]:
         """Interlay id -> the route it must start under after a coordinator restart, for the live
         runs whose target is authoritative: an interlay that did not survive (a reboot) is started
         fronting the target, never the source, so no write lands on the side being left."""
@@ -894,7 +980,7 @@ class Workflow:
         for record in self.store.list_runs():
             setup = self.setup(record)
             if setup is None or not setup.online or RunState(record.state) not in LIVE_STATES or \
-                    not self.store.traffic(record.id)[1]:
+                    interlay_id not in (None, setup.interlay) or not self.store.traffic(record.id)[1]:
                 continue
             try:
                 options = self._live_options(record.id, setup)
