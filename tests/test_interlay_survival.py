@@ -279,7 +279,7 @@ def test_plain_forwarding_keeps_its_clients_across_a_coordinator_kill(tmp_path, 
     eve.interlays().CreateInterlay(ipb.CreateInterlayRequest(id="app", endpoint="src", port=port))
     eve.interlays().StartInterlay(ipb.StartInterlayRequest(id="app"))
     client = _client(port)
-    for i in range(50):
+    for _ in range(50):
         client.incr("counter")
     control_dir = Path(interlay_control_dir(str(eve.state)))
     pids = interlay_pids(control_dir)["app"]
@@ -289,7 +289,7 @@ def test_plain_forwarding_keeps_its_clients_across_a_coordinator_kill(tmp_path, 
 
     wait_for(lambda: stats(eve).stats.backends and stats(eve).stats.backends[0].ops >= 50, what="stats")
     _kill(eve)
-    for i in range(50):
+    for _ in range(50):
         client.incr("counter")  # the same connection, with nobody supervising
     restarted = EveServer(state=eve.state, log_path=tmp_path / "eve-restarted.log").start()
     try:

@@ -389,8 +389,8 @@ class LiveRun:
                     # A write still in flight could land on either side after the flip: its
                     # outcome would decide which value the re-copy spreads. Not now, then.
                     raise StateError(f"replies were still in flight after {options.pause_seconds:g}s (a slow "
-                                     f"side, or a proxy process that died?); clients resumed on the {self.authoritative}, "
-                                     "try again")
+                                     f"side, or a proxy process that died?); clients resumed on the "
+                                     f"{self.authoritative}, try again")
                 if not self.barrier():
                     raise StateError("the interlay did not report its last dirty keys in time")
                 if not self.reconcile_if_needed():
