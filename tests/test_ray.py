@@ -310,24 +310,3 @@ def test_verify_by_node_adds_up_to_the_whole_pass(cluster_factory, server_factor
         (whole.keys_compared, whole.missing, whole.different, whole.extra) == (300, 1, 1, 1)
     assert not merged.clean
     assert sorted(d.kind for d in merged.differences) == sorted(d.kind for d in whole.differences)
-
-
-@pytest.mark.slow
-def test_a_copy_through_ray_client(server_factory, tmp_path):
-    """``--ray ray://HOST:PORT``: the coordinator outside the cluster, through Ray Client."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    cluster = Cluster(initialize_head=True, head_node_args={**HEAD, "ray_client_server_port": port})
-    try:
-        cluster.add_node(**NODE)
-        cluster.wait_for_nodes()
-        source, target = server_factory("redis-7.0"), server_factory("redis-7.0")
-        fill(source.client(), 1000, binary=False)
-        result = migrate("--source", url(source), "--target", url(target), "--ray", f"ray://127.0.0.1:{port}",
-                         "--json", "--restorers", "1", state=tmp_path / "s.db")
-        assert result.returncode == 0, result.stderr
-        assert summary(result)["restored"] == 1000
-        assert assert_same(source.client(), target.client()) == 1000
-    finally:
-        cluster.shutdown()
