@@ -424,9 +424,18 @@ def _scan_with_stalls(source, caplog, **options) -> str:
         scanning.wait(30)
         stalls = source.client()
         stalls.ping()
+        # The first stall is on the wire before the scanner is let go, so its next round trips
+        # meet it whatever the threads' timing (on a quiet machine the scanner used to finish
+        # its last batches before a 50 ms burst reached the server).
+        conn = stalls.connection_pool.get_connection()
+        try:
+            conn.send_command("DEBUG", "SLEEP", "0.3")
+            stalling.set()
+            conn.read_response()
+        finally:
+            stalls.connection_pool.release(conn)
         deadline = time.monotonic() + 3
         while not done.is_set() and time.monotonic() < deadline:
-            stalling.set()
             stalls.execute_command("DEBUG", "SLEEP", "0.05")
             time.sleep(0.02)
 
