@@ -977,12 +977,17 @@ class InterlaySupervisor:
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join()
-            try:
-                worker.pipe.close()
-            except OSError:
-                pass
-            if isinstance(worker.process, _AttachedProcess):
-                worker.process.close()
+            InterlaySupervisor._close_worker(worker)
+
+    @staticmethod
+    def _close_worker(worker: _Worker) -> None:
+        """Its pipe, and the pidfd of a re-attached process: closed once it is gone."""
+        try:
+            worker.pipe.close()
+        except OSError:
+            pass
+        if isinstance(worker.process, _AttachedProcess):
+            worker.process.close()
 
     # -- watching -------------------------------------------------------------------------------
 
@@ -1117,12 +1122,7 @@ class InterlaySupervisor:
             dirty = interlay.dirty
             self._changed.notify_all()
         # Closed here, on the monitor thread that reads them (its last messages were read before).
-        try:
-            worker.pipe.close()
-        except OSError:
-            pass
-        if isinstance(worker.process, _AttachedProcess):
-            worker.process.close()
+        self._close_worker(worker)
         if dirty is not None:
             dirty.mark_all(None)
         if worker.taken_over:
